@@ -1,71 +1,292 @@
-"""Evaluation: a model's accuracy on a question set, prompted with the spec's answer-format closer.
+"""Benchmark evaluation, as the paper does it.
 
-    python eval.py --model runs/demo/checkpoints/step_000012 --data arithmetic --limit 200
-    python eval.py --model Qwen3.5-0.8B --data test.jsonl --samples 4 --out results.json
+    python eval.py --model runs/demo/zppo/checkpoints/step_000010 --benchmarks arithmetic
+    python eval.py --model Qwen3.5-0.8B --benchmarks gsm8k,math500,aime2025 --samples 4 --out results.json
+    python eval.py --model M --benchmarks gsm8k --data-dir benchmarks/   # offline: benchmarks/gsm8k.jsonl
 
-Score = mean reward over k samples per question (avg@k; k = 1 is pass@1), with its standard error
-over questions.
+Protocol: each benchmark's own format directives ("Think step by step", "put your final answer
+within \\boxed{}", ...) are stripped and only the spec's closer is appended; sampling at temperature
+0.6, top-p 0.95, top-k 20, min-p 0, presence penalty 1.5; the score is avg@k (mean reward over k
+samples per question; k = 1 is pass@1) with its standard error over questions. Answers are graded by
+reward.py (short answers, multiple-choice letters) or by an LLM judge (free-form gold answers).
 """
 import json
 import math
+import os
+import random
+import re
+import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
 from transformers import HfArgumentParser
 
-from data import load_examples
+from data import make_arithmetic
 from reformulate import with_closer
-from reward import grade, last_boxed
-from rollout import TransformersEngine, load_model
+from reward import grade, is_choice, last_boxed, normalize
+
+# name -> where the questions live and how to read them. `fields` maps our names to the set's own;
+# `choices` is a list field (or list of fields) of options rendered "A. ..."; `route` picks the grader:
+# "rule" (reward.py; free-form gold answers go to the judge), "choice" (letters), "judge" (always).
+BENCHMARKS = {
+    "gsm8k": dict(family="math", hub="openai/gsm8k", config="main", split="test", route="rule",
+                  fields={"question": "question", "answer": "answer"}),
+    "math500": dict(family="math", hub="HuggingFaceH4/MATH-500", split="test", route="rule",
+                    fields={"question": "problem", "answer": "answer"}),
+    "aime2025": dict(family="math", hub="MathArena/aime_2025", split="train", route="rule",
+                     fields={"question": "problem", "answer": "answer"}),
+    "imo_answerbench": dict(family="math", hub="Hwilner/imo-answerbench", split="train", route="rule",
+                            fields={"question": "Problem", "answer": "Short Answer"}),
+    "gpqa_diamond": dict(family="knowledge", hub="Idavidrein/gpqa", config="gpqa_diamond", split="train",
+                         route="choice", fields={"question": "Question", "answer": "Correct Answer"},
+                         choices=["Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"],
+                         shuffle=True),
+    "mmlu": dict(family="knowledge", hub="cais/mmlu", config="all", split="test", route="choice",
+                 fields={"question": "question", "answer": "answer"}, choices="choices"),
+    "mmlu_pro": dict(family="knowledge", hub="TIGER-Lab/MMLU-Pro", split="test", route="choice",
+                     fields={"question": "question", "answer": "answer"}, choices="options"),
+    "mmlu_redux": dict(family="knowledge", hub="edinburgh-dawg/mmlu-redux-2.0", config="all", split="test",
+                       route="choice", fields={"question": "question", "answer": "answer"}, choices="choices"),
+    "ceval": dict(family="knowledge", hub="ceval/ceval-exam", config="all", split="val", route="choice",
+                  fields={"question": "question", "answer": "answer"}, choices=["A", "B", "C", "D"]),
+    "hle": dict(family="knowledge", hub="cais/hle", split="test", route="rule",
+                fields={"question": "question", "answer": "answer"}),
+    "multichallenge": dict(family="instruction", hub="ScaleAI/MultiChallenge", split="test", route="judge",
+                           fields={"question": "question", "answer": "answer"}),
+    "arithmetic": dict(family="math", hub=None, split="test", route="rule", fields={}),  # the demo's task
+}
+SAMPLING = dict(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=1.5)
+
+# Format directives that benchmarks ship inside their questions; the closer replaces all of them.
+DIRECTIVES = [
+    r"(?:please\s+)?(?:let'?s\s+)?think\s+step[\s-]+by[\s-]+step[.,:;!]?(?:\s*and)?",
+    r"(?:please\s+)?reason\s+step\s+by\s+step[.,;]?(?:\s*and)?",
+    r"(?:please\s+)?(?:put|place|write|enclose|return)\s+(?:your|the)\s+final\s+answer\s+(?:with)?in\s+\\boxed\{\}\.?",
+    r"(?:please\s+)?(?:put|write)\s+your\s+(?:final\s+)?answer\s+in\s+\\boxed\{\}\.?",
+    r"the\s+last\s+line\s+of\s+your\s+response\s+should\s+be\s+of\s+the\s+following\s+format:.*?(?:\n|$)",
+    r"answer\s+with\s+(?:only\s+)?the\s+(?:option'?s?\s+)?letter[^.\n]*\.?",
+    r"(?:your\s+)?final\s+answer\s+should\s+be\s+(?:a\s+single\s+letter|in\s+the\s+format)[^.\n]*\.?",
+]
+_DIRECTIVES = re.compile("|".join(f"(?:{d})" for d in DIRECTIVES), re.IGNORECASE)
+
+
+def strip_directives(question):
+    """The question without the benchmark's own answer-format instructions."""
+    lines = []
+    for line in question.split("\n"):
+        kept = re.sub(r"[ \t]{2,}", " ", _DIRECTIVES.sub("", line)).strip()
+        if kept or not line.strip():  # a line that held only a directive goes; blank lines stay
+            lines.append(kept)
+    return "\n".join(lines).strip()
+
+
+def render_choices(question, options):
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return question + "\n\n" + "\n".join(f"{letters[i]}. {o}" for i, o in enumerate(options))
+
+
+def to_example(row, spec, where):
+    """A raw benchmark row (hub or local JSONL, same field names) -> an example dict."""
+    f = spec["fields"]
+    missing = [k for k in f.values() if k not in row]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing} (has {sorted(row)})")
+    question, answer = str(row[f["question"]]), row[f["answer"]]
+    choices = spec.get("choices")
+    if choices:
+        options = [row[c] for c in choices] if isinstance(choices, list) else list(row[choices])
+        options = [str(o) for o in options]
+        if isinstance(choices, list) and not isinstance(answer, int) and not is_choice(str(answer)):
+            correct = str(answer)  # the answer is an option's text (GPQA)
+            if spec.get("shuffle"):  # fixed per question, so every run sees the same order
+                random.Random(question).shuffle(options)
+            answer = "ABCDEFGHIJ"[options.index(correct)]
+        elif isinstance(answer, int) or str(answer).isdigit():
+            answer = "ABCDEFGHIJ"[int(answer)]  # MMLU stores the index
+        question = render_choices(question, options)
+    if isinstance(answer, str) and "\n#### " in answer:  # GSM8K: worked solution ending in "#### 72"
+        answer = answer.rsplit("\n#### ", 1)[1].replace(",", "")
+    return {"id": str(row.get("id", where)), "question": strip_directives(question), "answer": str(answer).strip(),
+            "route": spec["route"]}
+
+
+def load_benchmark(name, data_dir=None, limit=None):
+    """A benchmark's examples from DATA_DIR/NAME.jsonl if present, else from the hub; errors say what was tried."""
+    if name not in BENCHMARKS:
+        raise KeyError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    spec, tried = BENCHMARKS[name], []
+    if name == "arithmetic":
+        return [dict(ex, route="rule") for ex in make_arithmetic(limit, split="test")]
+    if data_dir:
+        path = os.path.join(data_dir, f"{name}.jsonl")
+        if os.path.exists(path):
+            with open(path) as f:
+                rows = [json.loads(line) for line in f if line.strip()]
+            return [to_example(r, spec, f"{path}:{i + 1}") for i, r in enumerate(rows[:limit])]
+        tried.append(f"{path} (not found)")
+    try:
+        import datasets
+
+        rows = datasets.load_dataset(spec["hub"], spec.get("config"), split=spec["split"])
+        n = len(rows) if limit is None else min(limit, len(rows))
+        return [to_example(rows[i], spec, f"{spec['hub']}[{i}]") for i in range(n)]
+    except Exception as e:  # no network, no `datasets`, a renamed set: report and let the others run
+        tried.append(f"hub {spec['hub']} ({type(e).__name__}: {str(e)[:200]})")
+    raise RuntimeError(f"benchmark {name!r} could not be loaded; tried: " + "; ".join(tried))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the LLM judge: for gold answers no rule can check
+
+JUDGE_PROMPT = """You are grading an answer to a question against the reference answer.
+Question:
+{question}
+
+Reference answer:
+{gold}
+
+Candidate's final answer:
+{answer}
+
+Decide whether the candidate's final answer is equivalent to the reference answer (same meaning and, for numbers and expressions, the same value; wording may differ). Reply with exactly one line of JSON and nothing else: {{"verdict": "correct"}} or {{"verdict": "wrong"}}"""
+
+
+def parse_verdict(text):
+    """1.0 for exactly {"verdict": "correct"}, 0.0 for anything else (a think block before it is allowed)."""
+    text = re.sub(r"^\s*<think>.*?</think>", "", text, flags=re.DOTALL).strip()
+    try:
+        verdict = json.loads(text)
+    except ValueError:
+        return 0.0
+    ok = isinstance(verdict, dict) and set(verdict) == {"verdict"} and verdict["verdict"] in ("correct", "wrong")
+    return float(ok and verdict["verdict"] == "correct")
+
+
+def rule_checkable(gold):
+    """A letter, a number or a math expression; long words mean free-form prose, which goes to the judge."""
+    plain = re.sub(r"\\[A-Za-z]+", " ", normalize(str(gold)))
+    return is_choice(gold) or not re.search(r"[A-Za-z]{4,}", plain)
+
+
+def route_of(example):
+    route = example.get("route", "rule")
+    return "judge" if route == "rule" and not rule_checkable(example["answer"]) else route
+
+
+def judge_scores(judge, items):
+    """items: (example, response) pairs -> 0/1 each, in one batch through the judge engine."""
+    if not items:
+        return []
+    if judge is None:
+        return [0.0] * len(items)  # no judge model: free-form answers cannot be checked
+    prompts = [JUDGE_PROMPT.format(question=ex["question"], gold=ex["answer"],
+                                   answer=last_boxed(r) or r[-2000:]) for ex, r in items]
+    outs = judge.generate(prompts, n=1, max_new_tokens=512, temperature=0.0)
+    return [parse_verdict(o[0].text) for o in outs]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# scoring
+
+
+def mean_stderr(values):
+    n = len(values)
+    mean = sum(values) / n
+    var = sum((v - mean) ** 2 for v in values) / (n - 1) if n > 1 else 0.0
+    return mean, math.sqrt(var / n)
+
+
+def evaluate(engine, examples, samples=1, max_new_tokens=1024, judge=None, **sampling):
+    """avg@k of `engine` on `examples`; every question goes through the engine in one batch."""
+    sampling = {**SAMPLING, **sampling}
+    groups = engine.generate([with_closer(ex["question"]) for ex in examples], n=samples,
+                             max_new_tokens=max_new_tokens, **sampling)
+    pairs = [(ex, r.text) for ex, g in zip(examples, groups) for r in g]
+    routes = [route_of(ex) for ex, _ in pairs]
+    scores = [grade(text, ex["answer"]) if route != "judge" else None for (ex, text), route in zip(pairs, routes)]
+    judged = iter(judge_scores(judge, [p for p, s in zip(pairs, scores) if s is None]))
+    scores = [next(judged) if s is None else s for s in scores]
+    per_question = [sum(scores[i * samples:(i + 1) * samples]) / samples for i in range(len(examples))]
+    accuracy, stderr = mean_stderr(per_question)
+    records = [{"id": ex["id"], "answer": ex["answer"], "response": text, "extracted": last_boxed(text),
+                "route": route, "correct": bool(s)} for (ex, text), route, s in zip(pairs, routes, scores)]
+    return {"accuracy": accuracy, "stderr": stderr, "questions": len(examples), "samples": samples, "records": records}
+
+
+def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, data_dir=None, limit=None,
+                   log=print, **sampling):
+    """Every named benchmark (a failing one is reported and skipped), plus per-family macro averages."""
+    results, errors = {}, {}
+    for name in names:
+        try:
+            examples = load_benchmark(name, data_dir, limit)
+        except Exception as e:
+            errors[name] = str(e)
+            log(f"[skip] {e}")
+            continue
+        start = time.time()
+        res = evaluate(engine, examples, samples, max_new_tokens, judge, **sampling)
+        results[name] = dict(res, family=BENCHMARKS[name]["family"], seconds=time.time() - start)
+    families = {}
+    for name, res in results.items():
+        families.setdefault(res["family"], []).append(res["accuracy"])
+    macro = {fam: sum(accs) / len(accs) for fam, accs in families.items()}
+    return {"benchmarks": results, "macro": macro, "errors": errors}
+
+
+def markdown_table(summary):
+    lines = ["| benchmark | family | accuracy (%) | ± s.e. | questions x k | seconds |", "| --- | --- | --- | --- | --- | --- |"]
+    for name, r in summary["benchmarks"].items():
+        lines.append(f"| {name} | {r['family']} | {100 * r['accuracy']:.1f} | {100 * r['stderr']:.1f} | "
+                     f"{r['questions']} x {r['samples']} | {r['seconds']:.0f} |")
+    for fam, acc in summary["macro"].items():
+        lines.append(f"| **{fam} (macro)** | {fam} | {100 * acc:.1f} | | | |")
+    for name, err in summary["errors"].items():
+        lines.append(f"| {name} | failed | | | | |")
+    return "\n".join(lines)
 
 
 @dataclass
 class EvalConfig:
     model: str = field(metadata={"help": "model directory, hub id, bare Qwen name or .gguf file"})
-    data: str = field(default="arithmetic", metadata={"help": "'arithmetic', a .jsonl file, or a hub data set"})
-    split: str = field(default="test", metadata={"help": "split (hub sets; 'arithmetic' draws held-out items)"})
-    data_config: Optional[str] = field(default=None, metadata={"help": "hub data set config"})
-    limit: Optional[int] = field(default=None, metadata={"help": "evaluate the first N questions"})
+    benchmarks: str = field(default="gsm8k", metadata={"help": f"comma-separated, from: {', '.join(BENCHMARKS)}"})
+    data_dir: Optional[str] = field(default=None, metadata={"help": "folder of NAME.jsonl files, tried before the hub"})
+    limit: Optional[int] = field(default=None, metadata={"help": "evaluate the first N questions of each benchmark"})
     samples: int = field(default=1, metadata={"help": "k samples per question (avg@k)"})
-    max_new_tokens: int = field(default=1024, metadata={"help": "response cap"})
-    temperature: float = field(default=0.6, metadata={"help": "0 = greedy"})
-    top_p: float = field(default=0.95, metadata={"help": "nucleus sampling"})
-    top_k: int = field(default=20, metadata={"help": "0 disables top-k"})
+    max_new_tokens: int = field(default=12_288, metadata={"help": "response cap (paper: 12,288)"})
+    judge: Optional[str] = field(default=None, metadata={"help": "judge model for free-form answers (train.py: the teacher)"})
     batch_size: int = field(default=64, metadata={"help": "sequences per generate call"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
-    out: Optional[str] = field(default=None, metadata={"help": "write the summary and every response here (JSON)"})
-
-
-def evaluate(engine, examples, samples=1, max_new_tokens=1024, temperature=0.6, top_p=0.95, top_k=20):
-    """avg@k accuracy of `engine` on `examples`; all questions go through the engine in one batch."""
-    groups = engine.generate([with_closer(ex["question"]) for ex in examples], n=samples,
-                             max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k)
-    records, per_question = [], []
-    for ex, group in zip(examples, groups):
-        scores = [grade(r.text, ex["answer"]) for r in group]
-        per_question.append(sum(scores) / len(scores))
-        records += [{"id": ex["id"], "answer": ex["answer"], "response": r.text, "extracted": last_boxed(r.text),
-                     "correct": bool(s)} for r, s in zip(group, scores)]
-    n = len(per_question)
-    mean = sum(per_question) / n
-    var = sum((x - mean) ** 2 for x in per_question) / (n - 1) if n > 1 else 0.0
-    return {"accuracy": mean, "stderr": math.sqrt(var / n), "questions": n, "samples": samples, "records": records}
+    out: Optional[str] = field(default=None, metadata={"help": "summary JSON here"})
+    responses: Optional[str] = field(default=None, metadata={"help": "every response, extracted answer and verdict (JSONL)"})
 
 
 def main(cfg):
     import torch
 
+    from rollout import TransformersEngine, load_model
+
     torch.manual_seed(cfg.seed)
-    model, tokenizer = load_model(cfg.model, device="cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_model(cfg.model, device=device)
     engine = TransformersEngine(model.eval(), tokenizer, max_batch_size=cfg.batch_size)
-    examples = load_examples(cfg.data, split=cfg.split, limit=cfg.limit, seed=cfg.seed, config=cfg.data_config)
-    result = evaluate(engine, examples, cfg.samples, cfg.max_new_tokens, cfg.temperature, cfg.top_p, cfg.top_k)
-    print(f"{cfg.data}: accuracy {100 * result['accuracy']:.1f} ± {100 * result['stderr']:.1f} "
-          f"(avg@{cfg.samples} over {result['questions']} questions)")
+    judge = None
+    if cfg.judge:
+        j_model, j_tok = load_model(cfg.judge, dtype=torch.bfloat16 if device == "cuda" else torch.float32, device=device)
+        judge = TransformersEngine(j_model.eval(), j_tok, max_batch_size=cfg.batch_size)
+    names = [n.strip() for n in cfg.benchmarks.split(",") if n.strip()]
+    summary = run_benchmarks(engine, names, cfg.samples, cfg.max_new_tokens, judge, cfg.data_dir, cfg.limit)
+    print(markdown_table(summary))
+    if cfg.responses:
+        with open(cfg.responses, "w") as f:
+            for name, r in summary["benchmarks"].items():
+                f.writelines(json.dumps({"benchmark": name, **rec}) + "\n" for rec in r["records"])
     if cfg.out:
+        slim = {name: {k: v for k, v in r.items() if k != "records"} for name, r in summary["benchmarks"].items()}
         with open(cfg.out, "w") as f:
-            json.dump({"config": asdict(cfg), **result}, f, indent=1)
-    return result
+            json.dump({"config": asdict(cfg), "benchmarks": slim, "macro": summary["macro"],
+                       "errors": summary["errors"]}, f, indent=1)
+    return summary
 
 
 if __name__ == "__main__":

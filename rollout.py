@@ -1,7 +1,8 @@
 """Generation engines: prompts in, sampled responses with their token ids and log-probs out.
 
 Every engine has the same small surface, so train.py never knows which one it drives:
-    engine.generate(prompts, n, max_new_tokens, temperature, top_p, top_k) -> [[Rollout] * n per prompt]
+    engine.generate(prompts, n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty)
+        -> [[Rollout] * n per prompt]
     engine.sync_weights(model)   # after an optimizer phase: make the engine sample from `model`
 Prompts are user-message texts; the engine applies the model's chat template. This file holds the
 transformers engine (CPU, tests, small GPU runs) and the model loading shared by train.py and eval.py.
@@ -11,6 +12,7 @@ import os
 from dataclasses import dataclass, field
 
 import torch
+from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 
@@ -19,7 +21,7 @@ class Rollout:
     text: str  # decoded response, special tokens removed
     prompt_ids: list  # chat-templated prompt tokens
     token_ids: list  # response tokens, the end-of-sequence token included when the model stopped
-    logprobs: list = field(default_factory=list)  # sampling log-prob of each response token
+    logprobs: list = field(default_factory=list)  # log-prob of each token under softmax(logits / temperature)
     finish_reason: str = "stop"  # "stop" (end-of-sequence) or "length" (hit max_new_tokens)
 
 
@@ -60,9 +62,8 @@ def load_model(name_or_path, dtype=torch.float32, device="cpu"):
 
 
 def chat_prompt_ids(tokenizer, text, **template_kwargs):
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                        tokenize=True, **template_kwargs)
-    return list(ids["input_ids"] if isinstance(ids, dict) or hasattr(ids, "keys") else ids)
+    return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+                                              tokenize=True, return_dict=False, **template_kwargs))
 
 
 class TransformersEngine:
@@ -81,17 +82,20 @@ class TransformersEngine:
         self.model = model
 
     @torch.no_grad()
-    def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0):
+    def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
+                 presence_penalty=0.0):
         prompt_ids = [chat_prompt_ids(self.tokenizer, p, **self.template_kwargs) for p in prompts]
         # one row per rollout, prompts repeated n times; chunks bound the padded batch in memory
         rows = [i for i in range(len(prompts)) for _ in range(n)]
+        sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, presence_penalty=presence_penalty)
         results = []
-        for start in range(0, len(rows), self.max_batch_size):
+        for start in tqdm(range(0, len(rows), self.max_batch_size), desc="generate", leave=False,
+                          disable=len(rows) <= self.max_batch_size):
             chunk = rows[start:start + self.max_batch_size]
-            results += self._generate_rows([prompt_ids[i] for i in chunk], max_new_tokens, temperature, top_p, top_k)
+            results += self._generate_rows([prompt_ids[i] for i in chunk], max_new_tokens, **sampling)
         return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
 
-    def _generate_rows(self, prompt_ids, max_new_tokens, temperature, top_p, top_k):
+    def _generate_rows(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty):
         model, pad = self.model, self.tokenizer.pad_token_id
         device = next(model.parameters()).device
         width = max(len(p) for p in prompt_ids)
@@ -100,23 +104,31 @@ class TransformersEngine:
         greedy = temperature == 0
         config = GenerationConfig(
             do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
-            top_k=None if greedy else (top_k or 0), max_new_tokens=max_new_tokens, pad_token_id=pad,
-            eos_token_id=sorted(self.eos_ids), return_dict_in_generate=True)
+            top_k=None if greedy else (top_k or 0), min_p=(min_p or None) if not greedy else None,
+            max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=sorted(self.eos_ids),
+            return_dict_in_generate=True)
+        seen = torch.zeros(len(prompt_ids), model.config.get_text_config().vocab_size, dtype=torch.bool, device=device)
         recorded = []
 
+        # Custom processors run on the raw logits, before transformers' temperature / top-k / top-p warpers.
+        def penalise(ids, scores):
+            # presence penalty (as in vLLM): subtract a constant from every token already generated
+            if ids.shape[1] > width:
+                seen[torch.arange(len(ids)), ids[:, -1]] = True
+            return scores - presence_penalty * seen[:, :scores.shape[-1]].to(scores.dtype)
+
         def record(ids, scores):
-            # called before each token is sampled with the final (temperature/top-p processed) scores:
-            # the log-softmax is the sampling distribution; the sampled token is read one call later
-            recorded.append(torch.log_softmax(scores.float(), dim=-1))
+            # log-softmax(logits / T): the distribution the trainer recomputes; the sampled token is
+            # read one call later (and after the loop for the last one)
+            recorded.append(torch.log_softmax(scores.float() / (temperature or 1.0), dim=-1))
             if len(recorded) > 1:
-                prev = recorded[-2]
-                recorded[-2] = prev.gather(-1, ids[:, -1:]).squeeze(-1)
+                recorded[-2] = recorded[-2].gather(-1, ids[:, -1:]).squeeze(-1)
             return scores
 
         was_training = model.training
         model.eval()
         out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
-                             logits_processor=[record])
+                             logits_processor=([penalise] if presence_penalty else []) + [record])
         model.train(was_training)
         new = out.sequences[:, width:]
         if recorded:

@@ -20,7 +20,6 @@ import json
 import math
 import os
 import random
-import shutil
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -32,12 +31,14 @@ from tqdm import tqdm
 from transformers import HfArgumentParser
 
 from buffer import ReplayBuffer
+from checkpoint import atomic_write, find_checkpoint, load_checkpoint, save_checkpoint
 from data import load_examples, take
+from eval import run_benchmarks
 from reformulate import (bcq_prompt, compression_prompt, dedup, extract_summary, ncq_prompt, pick_bcq_pair,
                          postcap, precap, with_closer)
 from reward import grade, last_boxed
 from rollout import TransformersEngine, load_model
-from zppo import compute_advantages, policy_loss, token_entropy, token_logprobs
+from zppo import compute_advantages, old_logprobs, ppo_update
 
 
 def arg(default, help):
@@ -98,6 +99,13 @@ class Config:
     resume: Optional[str] = arg(None, "continue a run: its out_dir or one of its checkpoints")
     report_to: str = arg("none", "accelerate trackers: none, all, tensorboard, wandb, ...")
     dump_reformulated: bool = arg(False, "write every BCQ/NCQ prompt with its rollouts to reformulated.jsonl")
+    # evaluation (eval.py's protocol; free-form answers are judged by the teacher model)
+    eval_benchmarks: Optional[str] = arg(None, "comma-separated eval.py benchmarks, run every --eval-every steps and at the end")
+    eval_every: int = arg(0, "0 = only at the end (when --eval-benchmarks is set)")
+    eval_samples: int = arg(1, "k samples per question (avg@k)")
+    eval_max_new_tokens: int = arg(12_288, "eval response cap")
+    eval_limit: Optional[int] = arg(None, "first N questions of each benchmark")
+    eval_data_dir: Optional[str] = arg(None, "folder of NAME.jsonl benchmark files, tried before the hub")
 
 
 def parse_config(argv=None):
@@ -119,143 +127,6 @@ def round_half_up(x):
 def mean(xs):
     xs = list(xs)
     return sum(xs) / len(xs) if xs else 0.0
-
-
-# ---------------------------------------------------------------------------------------------------------
-# log-probs and the update
-
-
-def response_logprobs(model, seqs, temperature, pad_id, entropy=False):
-    """Teacher-forced log-probs of each response token, (B, R) with a mask.
-
-    Prompts are left-padded and responses right-padded, so every response starts in the same column
-    and only the last R + 1 positions need logits (the vocabulary projection dominates memory)."""
-    device = next(model.parameters()).device
-    P = max(len(s["prompt_ids"]) for s in seqs)
-    R = max(len(s["token_ids"]) for s in seqs)
-    ids = torch.full((len(seqs), P + R), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    mask = torch.zeros(len(seqs), R)
-    for b, s in enumerate(seqs):
-        p, r = s["prompt_ids"], s["token_ids"]
-        ids[b, P - len(p):P + len(r)] = torch.tensor(p + r)
-        attn[b, P - len(p):P + len(r)] = 1
-        mask[b, :len(r)] = 1
-    ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
-    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, logits_to_keep=R + 1).logits
-    logits = logits[:, :-1]  # position P-1+k predicts response token k
-    logprobs = token_logprobs(logits, ids[:, P:], temperature)
-    ent = token_entropy(logits, temperature) if entropy else None
-    return logprobs, mask, ent
-
-
-def pad_rows(rows, width, device):
-    out = torch.zeros(len(rows), width, device=device)
-    for b, r in enumerate(rows):
-        out[b, :len(r)] = torch.tensor(r[:width], device=device)
-    return out
-
-
-def micro_batches(seqs, size):
-    """Chunks of similar length (sorted), so little compute goes to padding."""
-    seqs = sorted(seqs, key=lambda s: (len(s["prompt_ids"]), len(s["token_ids"])))
-    return [seqs[i:i + size] for i in range(0, len(seqs), size)]
-
-
-@torch.no_grad()
-def old_logprobs(model, seqs, cfg, pad_id):
-    """Log-probs of the sampling policy (the weights before this step's updates) for the sequences that
-    enter the gradient; returns the policy's mean token entropy on them (None if there are none)."""
-    if cfg.skip_zero_adv:
-        seqs = [s for s in seqs if s["adv"] != 0]
-    model.eval()
-    ent_sum, n_tok = 0.0, 0
-    for micro in micro_batches(seqs, cfg.micro_batch_size):
-        lp, mask, ent = response_logprobs(model, micro, cfg.temperature, pad_id, entropy=True)
-        for b, s in enumerate(micro):
-            s["old_logprobs"] = lp[b, :len(s["token_ids"])].tolist()
-        ent_sum += (ent * mask).sum().item()
-        n_tok += mask.sum().item()
-    model.train()
-    return ent_sum / n_tok if n_tok else None
-
-
-def ppo_update(model, optimizer, accelerator, seqs, cfg, pad_id, rng):
-    """Spec step 10: the step batch in I equal mini-batches, one optimizer step each.
-
-    A sequence with A = 0 adds exactly zero loss and zero gradient, so with --skip-zero-adv it is left
-    out of the forward/backward; its tokens still count in the token-level mean, so the gradient is
-    identical, only cheaper (early on most groups are trivial)."""
-    order = list(range(len(seqs)))
-    rng.shuffle(order)
-    sums, n_tok_total, grad_norms = defaultdict(float), 0, []
-    I = min(cfg.iters_per_step, len(order))
-    for k in range(I):
-        mb = [seqs[i] for i in order[k * len(order) // I:(k + 1) * len(order) // I]]
-        n_tokens = sum(len(s["token_ids"]) for s in mb)  # token-level mean over the whole mini-batch
-        active = [s for s in mb if s["adv"] != 0] if cfg.skip_zero_adv else mb
-        for micro in micro_batches(active, cfg.micro_batch_size):
-            lp, mask, _ = response_logprobs(model, micro, cfg.temperature, pad_id)
-            old = pad_rows([s["old_logprobs"] for s in micro], lp.shape[1], lp.device)
-            adv = torch.tensor([s["adv"] for s in micro], device=lp.device)
-            loss, m = policy_loss(lp, old, adv, mask, cfg.clip_low, cfg.clip_high, cfg.dual_clip, num_tokens=n_tokens)
-            accelerator.backward(loss)
-            tok = mask.sum().item()
-            for key, v in m.items():
-                sums[key] += v * tok
-            sums["loss"] += loss.item() * n_tokens
-            n_tok_total += tok
-        grad_norms.append(float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)) if active else 0.0)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-    out = {f"train/{k}": v / max(n_tok_total, 1) for k, v in sums.items()}
-    out["train/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
-    out["train/active_frac"] = mean([s["adv"] != 0 for s in seqs])
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# checkpoints: written to a temporary folder, then renamed, so a crash never leaves a half checkpoint
-
-
-def save_checkpoint(cfg, step, model, tokenizer, optimizer, buffer, data_pos, rng, accelerator):
-    root = os.path.join(cfg.out_dir, "checkpoints")
-    final, tmp = os.path.join(root, f"step_{step:06d}"), os.path.join(root, f"step_{step:06d}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "python_rng": rng.getstate()}, os.path.join(tmp, "trainer_state.pt"))
-    with open(os.path.join(tmp, "state.json"), "w") as f:
-        json.dump({"step": step, "data_epoch": data_pos[0], "data_pos": data_pos[1], "buffer": buffer.state_dict(),
-                   "config": asdict(cfg)}, f)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    atomic_write(os.path.join(cfg.out_dir, "latest"), os.path.basename(final))
-    kept = sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp"))
-    for old in kept[:-cfg.keep_checkpoints] if cfg.keep_checkpoints > 0 else []:
-        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
-    return final
-
-
-def atomic_write(path, text):
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
-
-
-def find_checkpoint(path):
-    """A run directory (its latest checkpoint) or a checkpoint directory."""
-    if os.path.exists(os.path.join(path, "latest")):
-        with open(os.path.join(path, "latest")) as f:
-            path = os.path.join(path, "checkpoints", f.read().strip())
-    if not os.path.exists(os.path.join(path, "trainer_state.pt")):
-        raise FileNotFoundError(f"--resume {path}: no checkpoint there (expected trainer_state.pt or a 'latest' file)")
-    return path
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -313,23 +184,14 @@ def main(cfg):
     sample = dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
 
     examples = load_examples(cfg.data, limit=cfg.data_limit, seed=cfg.seed, config=cfg.data_config)
-    too_long = [e for e in examples if len(tokenizer(with_closer(e["question"]))["input_ids"]) > cfg.max_prompt_tokens]
-    if too_long:
-        print(f"dropping {len(too_long)} questions whose plain prompt exceeds {cfg.max_prompt_tokens} tokens")
-        examples = [e for e in examples if e not in too_long]
+    fits = [len(ids) <= cfg.max_prompt_tokens for ids in tokenizer([with_closer(e["question"]) for e in examples])["input_ids"]]
+    if not all(fits):
+        print(f"dropping {fits.count(False)} questions whose plain prompt exceeds {cfg.max_prompt_tokens} tokens")
+        examples = [e for e, ok in zip(examples, fits) if ok]
     buffer = ReplayBuffer(cfg.buffer_capacity)
     start, data_pos = 0, (0, 0)
     if ckpt:
-        trainer_state = torch.load(os.path.join(ckpt, "trainer_state.pt"), weights_only=False)
-        optimizer.load_state_dict(trainer_state["optimizer"])
-        torch.set_rng_state(trainer_state["torch_rng"])
-        if trainer_state["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(trainer_state["cuda_rng"])
-        rng.setstate(trainer_state["python_rng"])
-        with open(os.path.join(ckpt, "state.json")) as f:
-            state = json.load(f)
-        start, data_pos = state["step"], (state["data_epoch"], state["data_pos"])
-        buffer.load_state_dict(state["buffer"])
+        start, data_pos = load_checkpoint(ckpt, optimizer, rng, buffer)
         print(f"resumed from {ckpt} at step {start}")
 
     log_path = os.path.join(cfg.out_dir, "metrics.jsonl")
@@ -449,6 +311,12 @@ def main(cfg):
         if cfg.buffer:
             m.update({f"buffer/graduated_total_from_{k}": v for k, v in buffer.graduated_by_bin.items()})
             m.update({f"buffer/admitted_total_at_{k}": v for k, v in buffer.admitted_by_bin.items()})
+        if cfg.eval_benchmarks and ((cfg.eval_every and (step + 1) % cfg.eval_every == 0) or step + 1 == cfg.steps):
+            summary = run_benchmarks(student, cfg.eval_benchmarks.split(","), cfg.eval_samples, cfg.eval_max_new_tokens,
+                                     judge=teacher, data_dir=cfg.eval_data_dir, limit=cfg.eval_limit, log=bar.write)
+            m.update({f"eval/{name}": r["accuracy"] for name, r in summary["benchmarks"].items()})
+            m.update({f"eval/macro_{fam}": acc for fam, acc in summary["macro"].items()})
+            bar.write(f"step {step + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k.startswith("eval/")))
         if dump is not None:
             for (i, kind), p, g, rs in zip(chosen, prompts, reform, reform_rewards):
                 dump.write(json.dumps({"step": step + 1, "kind": kind, "id": questions[i]["id"], "prompt": p,

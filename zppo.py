@@ -1,8 +1,11 @@
-"""ZPPO's math: group advantages (REINFORCE++ two-step) and the clipped policy loss.
+"""ZPPO's optimisation: group advantages (REINFORCE++ two-step), the clipped policy loss, the update.
 
 Pure torch, no I/O, so every formula can be checked by hand in tests/test_zppo.py.
-Spec: ../shared/spec/ZPPO.md, steps 9 and 10.
+Spec (ZPPO.md), steps 9 and 10. A sequence is a dict with prompt_ids, token_ids and, once computed,
+adv and old_logprobs.
 """
+from collections import defaultdict
+
 import torch
 
 ADV_NORMS = ("without_zero", "with_zero", "none")
@@ -98,3 +101,93 @@ def token_entropy(logits, temperature=1.0):
     """Entropy of softmax(logits / temperature) at each position."""
     logp = torch.log_softmax(logits.float() / temperature, dim=-1)
     return -(logp.exp() * logp).sum(-1)
+
+
+def response_logprobs(model, seqs, temperature, pad_id, entropy=False):
+    """Teacher-forced log-probs of each response token, (B, R) with a mask.
+
+    Prompts are left-padded and responses right-padded, so every response starts in the same column
+    and only the last R + 1 positions need logits (the vocabulary projection dominates memory)."""
+    device = next(model.parameters()).device
+    P = max(len(s["prompt_ids"]) for s in seqs)
+    R = max(len(s["token_ids"]) for s in seqs)
+    ids = torch.full((len(seqs), P + R), pad_id, dtype=torch.long)
+    attn = torch.zeros_like(ids)
+    mask = torch.zeros(len(seqs), R)
+    for b, s in enumerate(seqs):
+        p, r = s["prompt_ids"], s["token_ids"]
+        ids[b, P - len(p):P + len(r)] = torch.tensor(p + r)
+        attn[b, P - len(p):P + len(r)] = 1
+        mask[b, :len(r)] = 1
+    ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
+    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, logits_to_keep=R + 1).logits
+    logits = logits[:, :-1]  # position P-1+k predicts response token k
+    logprobs = token_logprobs(logits, ids[:, P:], temperature)
+    ent = token_entropy(logits, temperature) if entropy else None
+    return logprobs, mask, ent
+
+
+def pad_rows(rows, width, device):
+    out = torch.zeros(len(rows), width, device=device)
+    for b, r in enumerate(rows):
+        out[b, :len(r)] = torch.tensor(r[:width], device=device)
+    return out
+
+
+def micro_batches(seqs, size):
+    """Chunks of similar length (sorted), so little compute goes to padding."""
+    seqs = sorted(seqs, key=lambda s: (len(s["prompt_ids"]), len(s["token_ids"])))
+    return [seqs[i:i + size] for i in range(0, len(seqs), size)]
+
+
+@torch.no_grad()
+def old_logprobs(model, seqs, cfg, pad_id):
+    """Log-probs of the sampling policy (the weights before this step's updates) for the sequences that
+    enter the gradient; returns the policy's mean token entropy on them (None if there are none)."""
+    if cfg.skip_zero_adv:
+        seqs = [s for s in seqs if s["adv"] != 0]
+    model.eval()
+    ent_sum, n_tok = 0.0, 0
+    for micro in micro_batches(seqs, cfg.micro_batch_size):
+        lp, mask, ent = response_logprobs(model, micro, cfg.temperature, pad_id, entropy=True)
+        for b, s in enumerate(micro):
+            s["old_logprobs"] = lp[b, :len(s["token_ids"])].tolist()
+        ent_sum += (ent * mask).sum().item()
+        n_tok += mask.sum().item()
+    model.train()
+    return ent_sum / n_tok if n_tok else None
+
+
+def ppo_update(model, optimizer, accelerator, seqs, cfg, pad_id, rng):
+    """Spec step 10: the step batch in I equal mini-batches, one optimizer step each.
+
+    A sequence with A = 0 adds exactly zero loss and zero gradient, so with --skip-zero-adv it is left
+    out of the forward/backward; its tokens still count in the token-level mean, so the gradient is
+    identical, only cheaper (early on most groups are trivial)."""
+    order = list(range(len(seqs)))
+    rng.shuffle(order)
+    sums, n_tok_total, grad_norms = defaultdict(float), 0, []
+    I = min(cfg.iters_per_step, len(order))
+    for k in range(I):
+        mb = [seqs[i] for i in order[k * len(order) // I:(k + 1) * len(order) // I]]
+        n_tokens = sum(len(s["token_ids"]) for s in mb)  # token-level mean over the whole mini-batch
+        active = [s for s in mb if s["adv"] != 0] if cfg.skip_zero_adv else mb
+        for micro in micro_batches(active, cfg.micro_batch_size):
+            lp, mask, _ = response_logprobs(model, micro, cfg.temperature, pad_id)
+            old = pad_rows([s["old_logprobs"] for s in micro], lp.shape[1], lp.device)
+            adv = torch.tensor([s["adv"] for s in micro], device=lp.device)
+            loss, m = policy_loss(lp, old, adv, mask, cfg.clip_low, cfg.clip_high, cfg.dual_clip, num_tokens=n_tokens)
+            accelerator.backward(loss)
+            tok = mask.sum().item()
+            for key, v in m.items():
+                sums[key] += v * tok
+            sums["loss"] += loss.item() * n_tokens
+            n_tok_total += tok
+        grad_norms.append(float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)) if active else 0.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+    out = {f"train/{k}": v / max(n_tok_total, 1) for k, v in sums.items()}
+    out["train/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
+    out["train/active_frac"] = sum(s["adv"] != 0 for s in seqs) / max(len(seqs), 1)
+    return out

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 import train
 from conftest import ROOT
 from rollout import TransformersEngine, load_model
+from zppo import response_logprobs
 
 ARGS = ["--teacher", "gold", "--data", "arithmetic", "--data-limit", "40", "--questions-per-step", "8",
         "--group-size", "4", "--max-new-tokens", "12", "--iters-per-step", "2", "--lr", "1e-3", "--micro-batch-size", "4"]
@@ -26,13 +27,14 @@ def test_response_logprobs_match_unpadded_forward_and_sampling(tiny_model):
     and the engine's sampling log-probs must equal the trainer's recomputation."""
     model, tok = load_model(tiny_model)
     engine = TransformersEngine(model, tok)
-    groups = engine.generate(["What is 1 + 2?", "Hi", "What is 10 - 7? Think hard."], n=2, max_new_tokens=10)
+    groups = engine.generate(["What is 1 + 2?", "Hi", "What is 10 - 7? Think hard."], n=2, max_new_tokens=10,
+                             temperature=0.7, top_k=50)
     seqs = [{"prompt_ids": r.prompt_ids, "token_ids": r.token_ids} for g in groups for r in g]
     assert len({len(s["prompt_ids"]) for s in seqs}) == 3
     with torch.no_grad():
-        batched, mask, _ = train.response_logprobs(model, seqs, 1.0, tok.pad_token_id)
+        batched, mask, _ = response_logprobs(model, seqs, 0.7, tok.pad_token_id)
         for b, (s, r) in enumerate(zip(seqs, [r for g in groups for r in g])):
-            alone, _, _ = train.response_logprobs(model, [s], 1.0, tok.pad_token_id)
+            alone, _, _ = response_logprobs(model, [s], 0.7, tok.pad_token_id)
             n = len(s["token_ids"])
             assert mask[b].sum() == n
             assert torch.allclose(batched[b, :n], alone[0, :n], atol=1e-4)
@@ -62,15 +64,15 @@ def test_cli_trains_two_steps_with_bcq_and_ncq_groups_and_eval_scores_it(tiny_mo
     with open(os.path.join(out, "latest")) as f:
         assert f.read() == "step_000002"
 
-    data = tmp_path / "eval.jsonl"
-    data.write_text("".join(json.dumps({"question": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n" for i in range(5)))
-    res = subprocess.run([sys.executable, "eval.py", "--model", ckpt, "--data", str(data), "--max-new-tokens", "8",
-                          "--samples", "2", "--out", str(tmp_path / "res.json")], cwd=ROOT, check=True,
-                         capture_output=True, text=True)
-    assert "accuracy" in res.stdout
+    (tmp_path / "math500.jsonl").write_text("".join(json.dumps({"problem": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n"
+                                                    for i in range(5)))
+    res = subprocess.run([sys.executable, "eval.py", "--model", ckpt, "--benchmarks", "math500", "--data-dir",
+                          str(tmp_path), "--max-new-tokens", "8", "--samples", "2", "--out", str(tmp_path / "res.json")],
+                         cwd=ROOT, check=True, capture_output=True, text=True)
+    assert "| math500 | math |" in res.stdout
     with open(tmp_path / "res.json") as f:
-        result = json.load(f)
-    assert result["questions"] == 5 and len(result["records"]) == 10 and result["accuracy"] == 0.0
+        result = json.load(f)["benchmarks"]["math500"]
+    assert result["questions"] == 5 and result["samples"] == 2 and result["accuracy"] == 0.0
 
 
 def parity_grade(text, gold):
@@ -143,3 +145,24 @@ def test_model_teacher_generates_and_compresses_candidates(tiny_model, tmp_path,
     out2 = str(tmp_path / "t2")
     train.main(train.parse_config([*ARGS[2:], *args[:-1], out2, "--dump-reformulated", "--no-compress"]))
     assert not any(p.startswith("Compress the response below") for p in prompts_seen)
+
+
+def test_presence_penalty_discourages_repeated_tokens(tiny_model):
+    model, tok = load_model(tiny_model)
+    engine = TransformersEngine(model, tok)
+    plain = engine.generate(["What is 1 + 2?"], n=1, max_new_tokens=24, temperature=0.0)[0][0]
+    penalised = engine.generate(["What is 1 + 2?"], n=1, max_new_tokens=24, temperature=0.0,
+                                presence_penalty=1e4)[0][0]
+    assert len(set(plain.token_ids)) < len(plain.token_ids)  # greedy decoding of a random model repeats itself
+    assert len(set(penalised.token_ids)) == len(penalised.token_ids)
+
+
+def test_eval_runs_inside_training_and_lands_in_the_step_metrics(tiny_model, tmp_path):
+    out = str(tmp_path / "e")
+    cfg = train.parse_config(["--student", tiny_model, *ARGS, "--steps", "2", "--out-dir", out, "--algo", "grpo",
+                              "--eval-benchmarks", "arithmetic,no_such_set", "--eval-every", "1", "--eval-limit", "3",
+                              "--eval-max-new-tokens", "4"])
+    train.main(cfg)
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == [1, 2]  # one line per step, eval scores included
+    assert all(m["eval/arithmetic"] == 0.0 and m["eval/macro_math"] == 0.0 for m in metrics)

@@ -1,0 +1,66 @@
+"""Checkpoints: everything a run needs to continue exactly, written so that a crash never leaves half of one.
+
+A checkpoint is a folder OUT/checkpoints/step_NNNNNN with the model and tokenizer (save_pretrained,
+safetensors), trainer_state.pt (optimizer, torch and Python RNG states) and state.json (step, data
+position, replay buffer, config). It is written under a temporary name and renamed when complete;
+OUT/latest names the newest one.
+"""
+import json
+import os
+import shutil
+from dataclasses import asdict
+
+import torch
+
+
+def save_checkpoint(cfg, step, model, tokenizer, optimizer, buffer, data_pos, rng, accelerator):
+    root = os.path.join(cfg.out_dir, "checkpoints")
+    final, tmp = os.path.join(root, f"step_{step:06d}"), os.path.join(root, f"step_{step:06d}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                "python_rng": rng.getstate()}, os.path.join(tmp, "trainer_state.pt"))
+    with open(os.path.join(tmp, "state.json"), "w") as f:
+        json.dump({"step": step, "data_epoch": data_pos[0], "data_pos": data_pos[1], "buffer": buffer.state_dict(),
+                   "config": asdict(cfg)}, f)
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    atomic_write(os.path.join(cfg.out_dir, "latest"), os.path.basename(final))
+    kept = sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp"))
+    for old in kept[:-cfg.keep_checkpoints] if cfg.keep_checkpoints > 0 else []:
+        shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    return final
+
+
+def atomic_write(path, text):
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+
+
+def find_checkpoint(path):
+    """A run directory (its latest checkpoint) or a checkpoint directory."""
+    if os.path.exists(os.path.join(path, "latest")):
+        with open(os.path.join(path, "latest")) as f:
+            path = os.path.join(path, "checkpoints", f.read().strip())
+    if not os.path.exists(os.path.join(path, "trainer_state.pt")):
+        raise FileNotFoundError(f"--resume {path}: no checkpoint there (expected trainer_state.pt or a 'latest' file)")
+    return path
+
+
+def load_checkpoint(path, optimizer, rng, buffer):
+    """Restore optimizer, RNG states and buffer from a checkpoint folder; returns (step, data position)."""
+    trainer_state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)  # our own file
+    optimizer.load_state_dict(trainer_state["optimizer"])
+    torch.set_rng_state(trainer_state["torch_rng"])
+    if trainer_state["cuda_rng"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(trainer_state["cuda_rng"])
+    rng.setstate(trainer_state["python_rng"])
+    with open(os.path.join(path, "state.json")) as f:
+        state = json.load(f)
+    buffer.load_state_dict(state["buffer"])
+    return state["step"], (state["data_epoch"], state["data_pos"])
