@@ -2,7 +2,7 @@
 
 The teacher reaches the student only through these strings: BCQ shows one correct teacher answer and
 one wrong student answer without saying which is which; NCQ shows the student's own wrong attempts,
-labelled wrong. Prompt strings are the paper's, copied from ../shared/spec/ZPPO.md; spec steps 4-6.
+labelled wrong. Prompt strings are the paper's, as ZPPO.md gives them; spec steps 4-6.
 """
 import re
 

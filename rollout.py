@@ -2,18 +2,28 @@
 
 Every engine has the same small surface, so train.py never knows which one it drives:
     engine.generate(prompts, n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty)
-        -> [[Rollout] * n per prompt]
+        -> per prompt, a list of n Rollouts (empty when a remote request failed for good)
     engine.sync_weights(model)   # after an optimizer phase: make the engine sample from `model`
 Prompts are user-message texts; the engine applies the model's chat template. This file holds the
-transformers engine (CPU, tests, small GPU runs) and the model loading shared by train.py and eval.py.
+transformers engine (CPU, tests, small GPU runs), a remote engine for a teacher behind an
+OpenAI-compatible server, and the model loading shared by train.py and eval.py.
 """
 import importlib.util
+import json
 import os
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+
+_FAILURES_LOCK = threading.Lock()
 
 
 @dataclass
@@ -144,3 +154,51 @@ class TransformersEngine:
                 token_ids=tokens[:length], logprobs=logprobs[row, :length].tolist(),
                 finish_reason="length" if stop is None else "stop"))
         return rollouts
+
+
+class RemoteEngine:
+    """A teacher behind an OpenAI-compatible server (e.g. `vllm serve Qwen/Qwen3.5-27B-FP8`).
+
+    Chat completions over HTTP with a timeout per request, retries with exponential backoff on
+    connection errors, timeouts, 429/5xx answers and malformed bodies, and at most `concurrency`
+    requests in flight. A prompt whose requests all fail gets no rollouts (an empty list) and counts in
+    `failures`: for train.py that question loses its BCQ this step, never the run. The teacher is frozen,
+    so sync_weights does nothing; token ids and log-probs are not needed from it and stay empty."""
+
+    def __init__(self, url, model, timeout=600.0, retries=3, concurrency=32, backoff=1.0):
+        self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions") else "/v1/chat/completions")
+        self.model, self.timeout, self.retries = model, timeout, retries
+        self.concurrency, self.backoff = concurrency, backoff
+        self.failures = 0
+
+    def sync_weights(self, model):
+        pass
+
+    def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
+                 presence_penalty=0.0):
+        body = {"model": self.model, "n": n, "max_tokens": max_new_tokens, "temperature": temperature,
+                "top_p": top_p, "presence_penalty": presence_penalty,
+                # vLLM's server takes these sampling parameters beside the OpenAI ones
+                "top_k": top_k if top_k else -1, "min_p": min_p}
+        with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(prompts)))) as pool:
+            return list(pool.map(lambda p: self._complete(p, body), prompts))
+
+    def _complete(self, prompt, body):
+        data = json.dumps({**body, "messages": [{"role": "user", "content": prompt}]}).encode()
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff * 2 ** (attempt - 1))
+            request = urllib.request.Request(self.url, data=data, headers={"Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                    choices = json.loads(response.read())["choices"]
+                return [Rollout(text=c["message"]["content"] or "", prompt_ids=[], token_ids=[],
+                                finish_reason=c.get("finish_reason") or "stop") for c in choices]
+            except urllib.error.HTTPError as e:
+                if e.code != 429 and e.code < 500:  # a request the server will never accept: do not retry
+                    break
+            except (urllib.error.URLError, TimeoutError, OSError, ValueError, KeyError, TypeError):
+                pass  # unreachable, too slow, or a body that is not the expected JSON: try again
+        with _FAILURES_LOCK:
+            self.failures += 1
+        return []

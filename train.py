@@ -3,7 +3,7 @@
     accelerate launch train.py --student Qwen3.5-0.8B --teacher Qwen3.5-27B   # GPU
     python demo.py                                                            # CPU, offline, ~15 min
 
-One rollout step (numbers are the steps of ../shared/spec/ZPPO.md):
+One rollout step (numbers are the steps of ZPPO.md, the spec of the method):
  1. plain rollouts on new + replayed questions, binary reward
  2. hard questions: plain accuracy < tau
  4. pre-cap: hardest first, at most rho_aug * N_new
@@ -37,7 +37,7 @@ from eval import run_benchmarks
 from reformulate import (bcq_prompt, compression_prompt, dedup, extract_summary, ncq_prompt, pick_bcq_pair,
                          postcap, precap, with_closer)
 from reward import grade, last_boxed
-from rollout import TransformersEngine, load_model
+from rollout import RemoteEngine, TransformersEngine, load_model, resolve_model_name
 from zppo import compute_advantages, old_logprobs, ppo_update
 
 
@@ -50,6 +50,10 @@ class Config:
     # models
     student: str = arg("Qwen3.5-0.8B", "student: a local path, a hub id, a bare Qwen name (-> Qwen/NAME) or a .gguf file")
     teacher: Optional[str] = arg(None, "teacher model (path or name), 'gold' to use the data set's solutions, or none")
+    teacher_url: Optional[str] = arg(None, "OpenAI-compatible server serving --teacher (e.g. http://host:8000)")
+    teacher_timeout: float = arg(600.0, "seconds per teacher request (remote teacher)")
+    teacher_retries: int = arg(3, "retries per teacher request after an error or timeout (remote teacher)")
+    teacher_concurrency: int = arg(32, "teacher requests in flight (remote teacher)")
     # data
     data: str = arg("openai/gsm8k", "'arithmetic' (generated), a .jsonl file, or a hub data set")
     data_config: Optional[str] = arg(None, "hub data set config name (openai/gsm8k: main)")
@@ -155,8 +159,9 @@ def compress_candidates(texts, teacher, cfg):
     if cfg.compress and teacher is not None and cfg.teacher != "gold" and unique:
         outs = teacher.generate([compression_prompt(t) for t in unique], n=1, max_new_tokens=cfg.compress_max_new_tokens,
                                 temperature=cfg.compress_temperature, top_p=cfg.top_p, top_k=cfg.top_k)
-        return {t: extract_summary(o[0].text) for t, o in zip(unique, outs)}
-    return {t: t[:cfg.candidate_max_chars] if cfg.candidate_max_chars else t for t in unique}
+        # a failed remote compression leaves that candidate as written (truncated if asked)
+        return {t: extract_summary(o[0].text) if o else t[:cfg.candidate_max_chars] for t, o in zip(unique, outs)}
+    return {t: t[:cfg.candidate_max_chars] for t in unique}  # [:None] keeps all
 
 
 def main(cfg):
@@ -176,7 +181,10 @@ def main(cfg):
     model, optimizer = accelerator.prepare(model, optimizer)
     student = TransformersEngine(accelerator.unwrap_model(model), tokenizer, max_batch_size=cfg.gen_batch_size)
     teacher = None
-    if cfg.teacher not in (None, "gold"):
+    if cfg.teacher_url:
+        teacher = RemoteEngine(cfg.teacher_url, resolve_model_name(cfg.teacher or "default"), cfg.teacher_timeout,
+                               cfg.teacher_retries, cfg.teacher_concurrency)
+    elif cfg.teacher not in (None, "gold"):
         # the teacher is frozen: half precision on GPU halves its memory and loses nothing that matters
         t_dtype = torch.bfloat16 if accelerator.device.type == "cuda" else torch.float32
         t_model, t_tok = load_model(cfg.teacher, dtype=t_dtype, device=accelerator.device)
@@ -211,6 +219,7 @@ def main(cfg):
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="zppo", disable=not accelerator.is_main_process)
     for step in bar:
         t_step, timer, m = time.time(), defaultdict(float), {}
+        teacher_failures = getattr(teacher, "failures", 0)
 
         # 1. plain rollouts on new questions + replayed hard ones
         new, *pos = take(examples, n_new, cfg.seed, *data_pos)
@@ -301,6 +310,7 @@ def main(cfg):
             "count/questions": len(questions), "count/replayed": len(replay), "count/hard": len(hard),
             "count/bcq": sum(k == "bcq" for _, k in chosen), "count/ncq": sum(k == "ncq" for _, k in chosen),
             "count/no_teacher_correct": sum(not ok for ok in teacher_ok.values()) if cfg.bcq else 0,
+            "count/teacher_failed": getattr(teacher, "failures", 0) - teacher_failures,
             "adv/positive_frac": mean([a > 0 for a in adv.tolist()]),
             "groups/trivial_frac": mean([max(rs) == min(rs) for rs in groups.values()]),
             "policy/entropy": entropy, "buffer/size": len(buffer),

@@ -1,0 +1,139 @@
+"""The remote teacher against a local OpenAI-compatible stub server on 127.0.0.1 (started here, stopped
+here, bounded): normal answers, a slow answer hitting the timeout, a 500 then success, malformed JSON,
+the concurrency cap, and a failing teacher costing BCQ but not the run."""
+import json
+import os
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+import train
+from rollout import RemoteEngine
+from test_train import ARGS, read_metrics
+
+
+class Stub:
+    """Behaviour is chosen by the prompt text: 'slow' (or the model 'slow-teacher'), 'flaky' (one 500 then
+    fine), 'garbage' (not JSON), 'reject' (400); anything else answers normally with n choices echoing it."""
+
+    def __init__(self):
+        self.requests, self.in_flight, self.max_in_flight = [], 0, 0
+        self.lock, self.flaky_seen = threading.Lock(), set()
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                prompt = body["messages"][-1]["content"]
+                with stub.lock:
+                    stub.requests.append(body)
+                    stub.in_flight += 1
+                    stub.max_in_flight = max(stub.max_in_flight, stub.in_flight)
+                try:
+                    time.sleep(0.05)
+                    if prompt.startswith("slow") or body["model"] == "slow-teacher":
+                        time.sleep(1.0)
+                    if prompt.startswith("reject"):
+                        return self.reply(400, b'{"error": "bad request"}')
+                    if prompt.startswith("flaky") and prompt not in stub.flaky_seen:
+                        stub.flaky_seen.add(prompt)
+                        return self.reply(500, b'{"error": "overloaded"}')
+                    if prompt.startswith("garbage"):
+                        return self.reply(200, b"<html>not json")
+                    choices = [{"index": i, "message": {"role": "assistant", "content": f"{prompt} #{i} \\boxed{{7}}"},
+                                "finish_reason": "stop"} for i in range(body["n"])]
+                    self.reply(200, json.dumps({"choices": choices}).encode())
+                finally:
+                    with stub.lock:
+                        stub.in_flight -= 1
+
+            def reply(self, code, payload):
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                try:
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (a timeout under test)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def stub():
+    server = Stub()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+def engine(stub, **kw):
+    return RemoteEngine(stub.url, "teacher-model", **{"timeout": 0.5, "retries": 2, "backoff": 0.01, **kw})
+
+
+def test_normal_answers_and_sampling_parameters(stub):
+    out = engine(stub).generate(["q1", "q2"], n=3, max_new_tokens=50, temperature=0.7, top_p=0.9, top_k=20,
+                                min_p=0.05, presence_penalty=1.5)
+    assert [[r.text for r in g] for g in out] == [[f"q{j} #{i} \\boxed{{7}}" for i in range(3)] for j in (1, 2)]
+    req = stub.requests[0]
+    assert req["model"] == "teacher-model" and req["messages"] == [{"role": "user", "content": req["messages"][0]["content"]}]
+    assert {k: req[k] for k in ("n", "max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty")} == \
+        {"n": 3, "max_tokens": 50, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.05, "presence_penalty": 1.5}
+    assert engine(stub).generate(["q"], top_k=0)[0] and stub.requests[-1]["top_k"] == -1  # 0 = off, vLLM's -1
+
+
+def test_slow_answer_times_out_and_costs_only_that_prompt(stub):
+    e = engine(stub, retries=1)
+    start = time.perf_counter()
+    out = e.generate(["slow one", "fine"], n=1)
+    assert out[0] == [] and len(out[1]) == 1 and e.failures == 1
+    assert time.perf_counter() - start < 5  # two timeouts of 0.5 s, not the 1 s the server takes each time
+
+
+def test_server_error_is_retried(stub):
+    e = engine(stub)
+    out = e.generate(["flaky q"], n=2)
+    assert len(out[0]) == 2 and e.failures == 0
+    assert sum(r["messages"][0]["content"] == "flaky q" for r in stub.requests) == 2
+
+
+def test_malformed_json_is_retried_then_given_up(stub):
+    e = engine(stub, retries=2)
+    assert e.generate(["garbage q"])[0] == [] and e.failures == 1
+    assert len(stub.requests) == 3  # the first try and two retries
+
+
+def test_client_errors_are_not_retried(stub):
+    e = engine(stub)
+    assert e.generate(["reject q"])[0] == [] and len(stub.requests) == 1
+
+
+def test_concurrency_cap(stub):
+    out = engine(stub, concurrency=3).generate([f"p{i}" for i in range(12)])
+    assert all(len(g) == 1 for g in out) and stub.max_in_flight <= 3
+    assert [g[0].text.split(" #")[0] for g in out] == [f"p{i}" for i in range(12)]  # order kept
+
+
+def test_unreachable_server_fails_softly():
+    e = RemoteEngine("http://127.0.0.1:9", "m", timeout=0.2, retries=1, backoff=0.01)
+    assert e.generate(["q"]) == [[]] and e.failures == 1
+
+
+def test_training_with_a_failing_remote_teacher_loses_bcq_not_the_run(tiny_model, tmp_path, stub, monkeypatch):
+    monkeypatch.setattr(train, "grade", lambda text, gold: 0.0)  # all hard, so the cap is filled
+    out = str(tmp_path / "r")
+    cfg = train.parse_config(["--student", tiny_model, *ARGS[2:], "--teacher", "slow-teacher", "--teacher-url",
+                              stub.url, "--teacher-timeout", "0.3", "--teacher-retries", "0", "--steps", "1",
+                              "--out-dir", out])
+    train.main(cfg)
+    (m,) = read_metrics(out)
+    assert m["count/teacher_failed"] > 0 and m["count/bcq"] == 0 and m["count/ncq"] == 2
+    assert os.path.exists(os.path.join(out, "checkpoints", "step_000001", "model.safetensors"))
