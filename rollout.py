@@ -5,8 +5,9 @@ Every engine has the same small surface, so train.py never knows which one it dr
         -> per prompt, a list of n Rollouts (empty when a remote request failed for good)
     engine.sync_weights(model)   # after an optimizer phase: make the engine sample from `model`
 Prompts are user-message texts; the engine applies the model's chat template. This file holds the
-transformers engine (CPU, tests, small GPU runs), a remote engine for a teacher behind an
-OpenAI-compatible server, and the model loading shared by train.py and eval.py.
+transformers engine (CPU, tests, small GPU runs), the vLLM engine (GPU training), a remote engine
+for a teacher behind an OpenAI-compatible server, and the model loading shared by train.py and eval.py.
+Every vLLM call of the project is in this file.
 """
 import importlib.util
 import json
@@ -88,7 +89,7 @@ class TransformersEngine:
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
 
-    def sync_weights(self, model):
+    def sync_weights(self, model, state_dict=None):
         self.model = model
 
     @torch.no_grad()
@@ -156,6 +157,68 @@ class TransformersEngine:
         return rollouts
 
 
+
+def vllm_sampling_params(n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty):
+    """Our sampling arguments as vLLM's SamplingParams (log-prob of each sampled token included)."""
+    from vllm import SamplingParams
+
+    return SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                          top_k=top_k if top_k else -1, min_p=min_p, presence_penalty=presence_penalty, logprobs=0)
+
+
+class VLLMEngine:
+    """vLLM inside the training process ("colocate", as TRL does it): under accelerate every rank holds
+    its own engine on its own GPU (executor `external_launcher`, no extra processes), sharing the GPU
+    with the trainer through `gpu_memory_utilization`; with `sleep=True` the engine releases its memory
+    (weights offloaded, KV cache dropped) between generations, for one-GPU runs that are tight.
+    After every optimizer phase sync_weights pushes the trainer's parameters into the engine and resets
+    the prefix cache, whose entries were computed with the old weights."""
+
+    def __init__(self, model_path, tokenizer, gpu_memory_utilization=0.3, max_model_len=None, seed=0,
+                 sleep=False, dtype="bfloat16", chat_template_kwargs=None):
+        from vllm import LLM
+
+        self.tokenizer, self.template_kwargs = tokenizer, chat_template_kwargs or {}
+        self.llm = LLM(model=model_path, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+                       seed=seed, dtype=dtype, enable_sleep_mode=sleep, enable_prefix_caching=True,
+                       distributed_executor_backend="external_launcher",
+                       logprobs_mode="processed_logprobs")  # log-probs after temperature, as the trainer's
+        self.sleep, self.asleep, self.syncs = sleep, False, 0
+        self._doze()
+
+    def _doze(self):
+        if self.sleep and not self.asleep:
+            self.llm.sleep(level=1)
+            self.asleep = True
+
+    def _wake(self):
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
+
+    def sync_weights(self, model, state_dict=None):
+        """Load `state_dict` (default: the model's; under FSDP pass accelerator.get_state_dict(model), the
+        gathered full weights) into the engine's copy of the model, then drop the stale prefix cache."""
+        self._wake()
+        state = state_dict if state_dict is not None else model.state_dict()
+        inner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
+        inner.load_weights(weights=list(state.items()))
+        self.llm.reset_prefix_cache()
+        self.syncs += 1
+        self._doze()
+
+    def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
+                 presence_penalty=0.0):
+        params = vllm_sampling_params(n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty)
+        requests = [{"prompt_token_ids": chat_prompt_ids(self.tokenizer, p, **self.template_kwargs)} for p in prompts]
+        self._wake()
+        outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
+        self._doze()
+        return [[Rollout(text=o.text, prompt_ids=list(req.prompt_token_ids), token_ids=list(o.token_ids),
+                         logprobs=[lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs or [])],
+                         finish_reason="length" if o.finish_reason == "length" else "stop")
+                 for o in req.outputs] for req in outputs]
+
 class RemoteEngine:
     """A teacher behind an OpenAI-compatible server (e.g. `vllm serve Qwen/Qwen3.5-27B-FP8`).
 
@@ -171,7 +234,7 @@ class RemoteEngine:
         self.concurrency, self.backoff = concurrency, backoff
         self.failures = 0
 
-    def sync_weights(self, model):
+    def sync_weights(self, model, state_dict=None):
         pass
 
     def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,

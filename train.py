@@ -16,11 +16,13 @@ One rollout step (numbers are the steps of ZPPO.md, the spec of the method):
  11. buffer update from plain rollouts only
 Every gradient token was sampled by the student: the teacher's text is only ever part of a prompt.
 """
+import importlib.util
 import json
 import math
 import os
 import random
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Optional
@@ -37,7 +39,7 @@ from eval import run_benchmarks
 from reformulate import (bcq_prompt, compression_prompt, dedup, extract_summary, ncq_prompt, pick_bcq_pair,
                          postcap, precap, with_closer)
 from reward import grade, last_boxed
-from rollout import RemoteEngine, TransformersEngine, load_model, resolve_model_name
+from rollout import RemoteEngine, TransformersEngine, VLLMEngine, load_model, resolve_model_name
 from zppo import compute_advantages, old_logprobs, ppo_update
 
 
@@ -87,6 +89,11 @@ class Config:
     compress_max_new_tokens: int = arg(512, "compressed candidate cap")
     compress_temperature: float = arg(0.0, "compression sampling temperature (0 = greedy) [our default]")
     gen_batch_size: int = arg(64, "sequences per generate call (transformers engine)")
+    engine: Literal["auto", "transformers", "vllm"] = arg("auto", "student rollouts: auto = vllm on GPU when installed")
+    vllm_gpu_memory_utilization: float = arg(0.3, "share of the GPU the colocated vLLM engine may take")
+    vllm_sleep: bool = arg(False, "release vLLM's memory between generations (one tight GPU)")
+    vllm_max_model_len: Optional[int] = arg(None, "vLLM context length (default: the model's)")
+    sync_warn: float = arg(0.1, "warn when engine and trainer log-probs differ by more (mean |diff| per token)")
     # optimisation
     lr: float = arg(1e-6, "AdamW learning rate (constant, no warmup)")
     weight_decay: float = arg(0.1, "AdamW weight decay")
@@ -131,6 +138,19 @@ def round_half_up(x):
 def mean(xs):
     xs = list(xs)
     return sum(xs) / len(xs) if xs else 0.0
+
+
+def sync_check(seqs, threshold, step):
+    """Mean |engine log-prob - trainer log-prob| over the tokens of this step's gradient sequences.
+    Both are the sampling policy's, so the gap is numerical noise unless the engine samples from stale
+    or wrong weights: a silent weight-sync failure shows up here first."""
+    diffs = [abs(a - b) for s in seqs if "old_logprobs" in s and len(s["engine_logprobs"]) == len(s["token_ids"])
+             for a, b in zip(s["engine_logprobs"], s["old_logprobs"])]
+    gap = sum(diffs) / len(diffs) if diffs else None
+    if gap is not None and gap > threshold:
+        warnings.warn(f"step {step}: engine and trainer log-probs differ by {gap:.3f} per token (> {threshold}); "
+                      "is the engine sampling from the current weights?")
+    return gap
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -179,7 +199,13 @@ def main(cfg):
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
                                   weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
-    student = TransformersEngine(accelerator.unwrap_model(model), tokenizer, max_batch_size=cfg.gen_batch_size)
+    if cfg.engine == "auto":
+        cfg.engine = "vllm" if accelerator.device.type == "cuda" and importlib.util.find_spec("vllm") else "transformers"
+    if cfg.engine == "vllm":
+        student = VLLMEngine(resolve_model_name(ckpt or cfg.student), tokenizer, cfg.vllm_gpu_memory_utilization,
+                             cfg.vllm_max_model_len, seed=cfg.seed + accelerator.process_index, sleep=cfg.vllm_sleep)
+    else:
+        student = TransformersEngine(accelerator.unwrap_model(model), tokenizer, max_batch_size=cfg.gen_batch_size)
     teacher = None
     if cfg.teacher_url:
         teacher = RemoteEngine(cfg.teacher_url, resolve_model_name(cfg.teacher or "default"), cfg.teacher_timeout,
@@ -281,7 +307,7 @@ def main(cfg):
                                       (reform, reform_rewards, chosen)):
             for g, rs, (i, kind) in zip(groups, rewards, tags):
                 seqs += [{"prompt_ids": r.prompt_ids, "token_ids": r.token_ids, "reward": x, "kind": kind,
-                          "group": f"{questions[i]['id']}/{kind}"} for r, x in zip(g, rs)]
+                          "group": f"{questions[i]['id']}/{kind}", "engine_logprobs": r.logprobs} for r, x in zip(g, rs)]
         adv = compute_advantages([s["reward"] for s in seqs], [s["group"] for s in seqs], norm=cfg.adv_norm)
         for s, a in zip(seqs, adv.tolist()):
             s["adv"] = a
@@ -289,8 +315,11 @@ def main(cfg):
         # 10. I mini-batch updates; old log-probs are those of the policy that sampled
         t = time.time()
         entropy = old_logprobs(model, seqs, cfg, pad_id)
+        m["sync/logprob_abs_diff"] = sync_check(seqs, cfg.sync_warn, step + 1)
         m.update(ppo_update(model, optimizer, accelerator, seqs, cfg, pad_id, rng))
-        student.sync_weights(accelerator.unwrap_model(model))
+        # the engine samples the next step from the updated weights (gathered in full under FSDP)
+        student.sync_weights(accelerator.unwrap_model(model),
+                             accelerator.get_state_dict(model) if cfg.engine == "vllm" else None)
         timer["update"] += time.time() - t
 
         # 11. buffer update from plain rollouts only

@@ -1,0 +1,76 @@
+"""A stand-in for the `vllm` package, with the class, method and attribute names rollout.py uses from the
+real one (LLM, SamplingParams, RequestOutput-like results, llm_engine...model_runner.model.load_weights,
+reset_prefix_cache, sleep, wake_up). Generation is real: a transformers model loaded from the same path
+samples the tokens, so train.py runs end to end through the vLLM code path on CPU."""
+from types import SimpleNamespace
+
+import torch
+
+from rollout import TransformersEngine, load_model
+
+
+class SamplingParams:
+    def __init__(self, **kwargs):
+        self.__dict__.update(kwargs)
+
+
+class Logprob:
+    def __init__(self, logprob):
+        self.logprob = logprob
+
+
+class _Model:
+    """The engine's own copy of the weights; load_weights copies the trainer's in (unless told to fail)."""
+
+    def __init__(self, llm):
+        self.llm, self.loads = llm, []
+
+    def load_weights(self, weights):
+        weights = list(weights)
+        self.loads.append([name for name, _ in weights])
+        if not self.llm.ignore_weights:  # True simulates a silent sync failure
+            with torch.no_grad():
+                own = dict(self.llm.model.named_parameters())
+                for name, tensor in weights:
+                    if name in own:
+                        own[name].copy_(tensor)
+        return {name for name, _ in weights}
+
+
+class LLM:
+    instances = []
+    ignore_weights = False
+
+    def __init__(self, model, **kwargs):
+        self.kwargs, self.events = kwargs, []
+        self.model, self.tokenizer = load_model(model)
+        self.model.eval()
+        runner = SimpleNamespace(model=_Model(self))
+        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(
+            driver_worker=SimpleNamespace(worker=SimpleNamespace(model_runner=runner))))
+        LLM.instances.append(self)
+
+    def reset_prefix_cache(self):
+        self.events.append("reset_prefix_cache")
+
+    def sleep(self, level=1):
+        self.events.append(f"sleep{level}")
+
+    def wake_up(self):
+        self.events.append("wake_up")
+
+    def generate(self, requests, sampling_params, use_tqdm=True):
+        sp = sampling_params
+        self.events.append("generate")
+        engine = TransformersEngine(self.model, self.tokenizer)
+        ids = [r["prompt_token_ids"] for r in requests for _ in range(sp.n)]
+        rows = engine._generate_rows(ids, sp.max_tokens, sp.temperature, sp.top_p, max(sp.top_k, 0), sp.min_p,
+                                     sp.presence_penalty)
+        outputs = []
+        for i, request in enumerate(requests):
+            completions = [SimpleNamespace(text=r.text, token_ids=tuple(r.token_ids),
+                                           logprobs=[{t: Logprob(lp)} for t, lp in zip(r.token_ids, r.logprobs)],
+                                           finish_reason="length" if r.finish_reason == "length" else "stop")
+                           for r in rows[i * sp.n:(i + 1) * sp.n]]
+            outputs.append(SimpleNamespace(prompt_token_ids=list(request["prompt_token_ids"]), outputs=completions))
+        return outputs
