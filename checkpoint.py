@@ -13,11 +13,11 @@ from dataclasses import asdict
 import torch
 
 
-def save_checkpoint(cfg, step, model, tokenizer, optimizer, buffer, data_pos, rng, accelerator):
+def save_checkpoint(cfg, step, model, state_dict, tokenizer, optimizer, buffer, data_pos, rng, accelerator):
     root = os.path.join(cfg.out_dir, "checkpoints")
     final, tmp = os.path.join(root, f"step_{step:06d}"), os.path.join(root, f"step_{step:06d}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.unwrap_model(model).save_pretrained(tmp, safe_serialization=True)
+    accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,

@@ -219,6 +219,32 @@ class VLLMEngine:
                          finish_reason="length" if o.finish_reason == "length" else "stop")
                  for o in req.outputs] for req in outputs]
 
+
+class ShardedEngine:
+    """Several training processes: each rank generates every world-th prompt with its own engine, then
+    all results are gathered so every rank holds the whole step batch in the original order (rewards,
+    advantages and the buffer are then computed identically everywhere)."""
+
+    def __init__(self, engine, accelerator):
+        self.engine, self.accelerator = engine, accelerator
+
+    def __getattr__(self, name):  # failures, syncs, ...: the wrapped engine's
+        return getattr(self.engine, name)
+
+    def sync_weights(self, model, state_dict=None):
+        self.engine.sync_weights(model, state_dict)
+
+    def generate(self, prompts, n=1, **sampling):
+        from accelerate.utils import gather_object
+
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        mine = list(prompts[rank::world])
+        parts = gather_object([self.engine.generate(mine, n=n, **sampling) if mine else []])
+        out = [None] * len(prompts)
+        for r, part in enumerate(parts):
+            out[r::world] = part
+        return out
+
 class RemoteEngine:
     """A teacher behind an OpenAI-compatible server (e.g. `vllm serve Qwen/Qwen3.5-27B-FP8`).
 

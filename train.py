@@ -39,8 +39,8 @@ from eval import run_benchmarks
 from reformulate import (bcq_prompt, compression_prompt, dedup, extract_summary, ncq_prompt, pick_bcq_pair,
                          postcap, precap, with_closer)
 from reward import grade, last_boxed
-from rollout import RemoteEngine, TransformersEngine, VLLMEngine, load_model, resolve_model_name
-from zppo import compute_advantages, old_logprobs, ppo_update
+from rollout import RemoteEngine, ShardedEngine, TransformersEngine, VLLMEngine, load_model, resolve_model_name
+from zppo import compute_advantages, old_logprobs, plan_minibatches, ppo_update, reduce_sum
 
 
 def arg(default, help):
@@ -110,6 +110,7 @@ class Config:
     resume: Optional[str] = arg(None, "continue a run: its out_dir or one of its checkpoints")
     report_to: str = arg("none", "accelerate trackers: none, all, tensorboard, wandb, ...")
     dump_reformulated: bool = arg(False, "write every BCQ/NCQ prompt with its rollouts to reformulated.jsonl")
+    dump_rollouts: bool = arg(False, "write every rollout's group, reward, advantage and length to rollouts.jsonl")
     # evaluation (eval.py's protocol; free-form answers are judged by the teacher model)
     eval_benchmarks: Optional[str] = arg(None, "comma-separated eval.py benchmarks, run every --eval-every steps and at the end")
     eval_every: int = arg(0, "0 = only at the end (when --eval-benchmarks is set)")
@@ -140,13 +141,14 @@ def mean(xs):
     return sum(xs) / len(xs) if xs else 0.0
 
 
-def sync_check(seqs, threshold, step):
+def sync_check(seqs, threshold, step, accelerator):
     """Mean |engine log-prob - trainer log-prob| over the tokens of this step's gradient sequences.
     Both are the sampling policy's, so the gap is numerical noise unless the engine samples from stale
     or wrong weights: a silent weight-sync failure shows up here first."""
-    diffs = [abs(a - b) for s in seqs if "old_logprobs" in s and len(s["engine_logprobs"]) == len(s["token_ids"])
+    diffs = [abs(a - b) for s in seqs if s["mine"] and len(s["engine_logprobs"]) == len(s["token_ids"])
              for a, b in zip(s["engine_logprobs"], s["old_logprobs"])]
-    gap = sum(diffs) / len(diffs) if diffs else None
+    total, count = reduce_sum(accelerator, [sum(diffs), len(diffs)])
+    gap = total / count if count else None
     if gap is not None and gap > threshold:
         warnings.warn(f"step {step}: engine and trainer log-probs differ by {gap:.3f} per token (> {threshold}); "
                       "is the engine sampling from the current weights?")
@@ -187,8 +189,6 @@ def compress_candidates(texts, teacher, cfg):
 def main(cfg):
     accelerator = Accelerator(log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=cfg.out_dir,
                               mixed_precision=cfg.mixed_precision)
-    if accelerator.num_processes > 1:
-        raise SystemExit("train.py runs one process for now: rollouts are not yet sharded across ranks")
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out_dir, exist_ok=True)
@@ -215,6 +215,9 @@ def main(cfg):
         t_dtype = torch.bfloat16 if accelerator.device.type == "cuda" else torch.float32
         t_model, t_tok = load_model(cfg.teacher, dtype=t_dtype, device=accelerator.device)
         teacher = TransformersEngine(t_model.eval().requires_grad_(False), t_tok, max_batch_size=cfg.gen_batch_size)
+    if accelerator.num_processes > 1:  # every rank generates its share of the prompts and sees all results
+        student = ShardedEngine(student, accelerator)
+        teacher = ShardedEngine(teacher, accelerator) if teacher is not None else None
     sample = dict(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
 
     examples = load_examples(cfg.data, limit=cfg.data_limit, seed=cfg.seed, config=cfg.data_config)
@@ -314,9 +317,11 @@ def main(cfg):
 
         # 10. I mini-batch updates; old log-probs are those of the policy that sampled
         t = time.time()
-        entropy = old_logprobs(model, seqs, cfg, pad_id)
-        m["sync/logprob_abs_diff"] = sync_check(seqs, cfg.sync_warn, step + 1)
-        m.update(ppo_update(model, optimizer, accelerator, seqs, cfg, pad_id, rng))
+        iters = plan_minibatches(seqs, cfg.iters_per_step, rng, accelerator.process_index, accelerator.num_processes,
+                                 cfg.skip_zero_adv)
+        entropy = old_logprobs(model, seqs, cfg, pad_id, accelerator)
+        m["sync/logprob_abs_diff"] = sync_check(seqs, cfg.sync_warn, step + 1, accelerator)
+        m.update(ppo_update(model, optimizer, accelerator, seqs, cfg, pad_id, iters))
         # the engine samples the next step from the updated weights (gathered in full under FSDP)
         student.sync_weights(accelerator.unwrap_model(model),
                              accelerator.get_state_dict(model) if cfg.engine == "vllm" else None)
@@ -356,6 +361,14 @@ def main(cfg):
             m.update({f"eval/{name}": r["accuracy"] for name, r in summary["benchmarks"].items()})
             m.update({f"eval/macro_{fam}": acc for fam, acc in summary["macro"].items()})
             bar.write(f"step {step + 1}: " + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if k.startswith("eval/")))
+        if accelerator.num_processes > 1:  # DDP/FSDP keep the ranks identical; check it, cheaply
+            checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+            sums = accelerator.gather(checksum)
+            m["dist/weight_checksum_spread"] = (sums.max() - sums.min()).item()
+        if cfg.dump_rollouts and accelerator.is_main_process:
+            with open(os.path.join(cfg.out_dir, "rollouts.jsonl"), "a") as f:
+                f.writelines(json.dumps({"step": step + 1, "group": s["group"], "kind": s["kind"], "reward": s["reward"],
+                                         "adv": s["adv"], "tokens": len(s["token_ids"])}) + "\n" for s in seqs)
         if dump is not None:
             for (i, kind), p, g, rs in zip(chosen, prompts, reform, reform_rewards):
                 dump.write(json.dumps({"step": step + 1, "kind": kind, "id": questions[i]["id"], "prompt": p,
@@ -369,8 +382,10 @@ def main(cfg):
         bar.set_postfix(acc=f"{m['acc/plain']:.2f}", bcq=f"{m['acc/bcq']:.2f}", ncq=f"{m['acc/ncq']:.2f}",
                         buf=len(buffer), t=f"{m['time/step']:.0f}s")
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
+            full = accelerator.get_state_dict(model)  # collective under FSDP: every rank takes part
             if accelerator.is_main_process:
-                save_checkpoint(cfg, step + 1, model, tokenizer, optimizer, buffer, data_pos, rng, accelerator)
+                save_checkpoint(cfg, step + 1, model, full, tokenizer, optimizer, buffer, data_pos, rng, accelerator)
+            accelerator.wait_for_everyone()
     if dump is not None:
         dump.close()
     accelerator.end_training()

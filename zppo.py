@@ -141,53 +141,84 @@ def micro_batches(seqs, size):
     return [seqs[i:i + size] for i in range(0, len(seqs), size)]
 
 
+def plan_minibatches(seqs, iters, rng, rank=0, world=1, skip_zero_adv=True):
+    """Spec step 10's split: the whole step batch shuffled into I equal mini-batches. Marks each sequence
+    with its mini-batch, and whether this rank computes it: every rank takes every world-th sequence
+    that enters the gradient. A sequence with A = 0 adds exactly zero loss and zero gradient, so with
+    skip_zero_adv it is not computed at all; its tokens still count in the token-level mean, so the
+    gradient is identical, only cheaper (early on most groups are trivial). Returns I."""
+    order = list(range(len(seqs)))
+    rng.shuffle(order)
+    I = min(iters, len(order))
+    for k in range(I):
+        mb = [seqs[i] for i in order[k * len(order) // I:(k + 1) * len(order) // I]]
+        for s in mb:
+            s["minibatch"], s["mine"] = k, False
+        for s in ([s for s in mb if s["adv"] != 0] if skip_zero_adv else mb)[rank::world]:
+            s["mine"] = True
+    return I
+
+
+def reduce_sum(accelerator, values):
+    """Sum a list of floats over all ranks."""
+    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    return (accelerator.reduce(t, "sum") if accelerator.num_processes > 1 else t).tolist()
+
+
 @torch.no_grad()
-def old_logprobs(model, seqs, cfg, pad_id):
-    """Log-probs of the sampling policy (the weights before this step's updates) for the sequences that
-    enter the gradient; returns the policy's mean token entropy on them (None if there are none)."""
-    if cfg.skip_zero_adv:
-        seqs = [s for s in seqs if s["adv"] != 0]
+def old_logprobs(model, seqs, cfg, pad_id, accelerator):
+    """Log-probs of the sampling policy (the weights before this step's updates) for this rank's share of
+    the gradient sequences; returns the policy's mean token entropy over all ranks' (None if none)."""
     model.eval()
-    ent_sum, n_tok = 0.0, 0
-    for micro in micro_batches(seqs, cfg.micro_batch_size):
+    ent_sum, n_tok = 0.0, 0.0
+    for micro in micro_batches([s for s in seqs if s["mine"]], cfg.micro_batch_size):
         lp, mask, ent = response_logprobs(model, micro, cfg.temperature, pad_id, entropy=True)
         for b, s in enumerate(micro):
             s["old_logprobs"] = lp[b, :len(s["token_ids"])].tolist()
         ent_sum += (ent * mask).sum().item()
         n_tok += mask.sum().item()
     model.train()
+    ent_sum, n_tok = reduce_sum(accelerator, [ent_sum, n_tok])
     return ent_sum / n_tok if n_tok else None
 
 
-def ppo_update(model, optimizer, accelerator, seqs, cfg, pad_id, rng):
-    """Spec step 10: the step batch in I equal mini-batches, one optimizer step each.
+def ppo_update(model, optimizer, accelerator, seqs, cfg, pad_id, iters):
+    """Spec step 10: one optimizer step per mini-batch of plan_minibatches, token-level mean loss.
 
-    A sequence with A = 0 adds exactly zero loss and zero gradient, so with --skip-zero-adv it is left
-    out of the forward/backward; its tokens still count in the token-level mean, so the gradient is
-    identical, only cheaper (early on most groups are trivial)."""
-    order = list(range(len(seqs)))
-    rng.shuffle(order)
+    Over several processes each rank computes its share; the loss is divided by the mini-batch's global
+    token count and multiplied by the number of ranks, because DDP/FSDP average gradients: the result is
+    the gradient of the global token-level mean. Every rank runs the same number of micro-batches (a
+    zero-weight one fills in) so the collective operations inside backward stay in step."""
+    world = accelerator.num_processes
+    keys = ("clip_frac_low", "clip_frac_high", "clip_frac_dual", "approx_kl", "ratio_mean", "loss")
     sums, n_tok_total, grad_norms = defaultdict(float), 0, []
-    I = min(cfg.iters_per_step, len(order))
-    for k in range(I):
-        mb = [seqs[i] for i in order[k * len(order) // I:(k + 1) * len(order) // I]]
-        n_tokens = sum(len(s["token_ids"]) for s in mb)  # token-level mean over the whole mini-batch
-        active = [s for s in mb if s["adv"] != 0] if cfg.skip_zero_adv else mb
-        for micro in micro_batches(active, cfg.micro_batch_size):
+    for k in range(iters):
+        mb = [s for s in seqs if s["minibatch"] == k]
+        n_tokens = sum(len(s["token_ids"]) for s in mb)
+        micros = micro_batches([s for s in mb if s["mine"]], cfg.micro_batch_size)
+        n_micro = len(micros)
+        if world > 1:
+            n_micro = int(accelerator.gather(torch.tensor([n_micro], device=accelerator.device)).max())
+        for j in range(n_micro):
+            micro = micros[j] if j < len(micros) else mb[:1]
             lp, mask, _ = response_logprobs(model, micro, cfg.temperature, pad_id)
+            if j >= len(micros):
+                accelerator.backward(lp.sum() * 0.0)  # a filler: no gradient, same collectives
+                continue
             old = pad_rows([s["old_logprobs"] for s in micro], lp.shape[1], lp.device)
             adv = torch.tensor([s["adv"] for s in micro], device=lp.device)
             loss, m = policy_loss(lp, old, adv, mask, cfg.clip_low, cfg.clip_high, cfg.dual_clip, num_tokens=n_tokens)
-            accelerator.backward(loss)
+            accelerator.backward(loss * world)
             tok = mask.sum().item()
             for key, v in m.items():
                 sums[key] += v * tok
             sums["loss"] += loss.item() * n_tokens
             n_tok_total += tok
-        grad_norms.append(float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)) if active else 0.0)
+        grad_norms.append(float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)) if n_micro else 0.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    out = {f"train/{k}": v / max(n_tok_total, 1) for k, v in sums.items()}
+    totals = reduce_sum(accelerator, [sums[key] for key in keys] + [n_tok_total])
+    out = {f"train/{key}": v / max(totals[-1], 1) for key, v in zip(keys, totals)}
     out["train/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     out["train/active_frac"] = sum(s["adv"] != 0 for s in seqs) / max(len(seqs), 1)
     return out
