@@ -255,6 +255,7 @@ class EvalConfig:
     samples: int = field(default=1, metadata={"help": "k samples per question (avg@k)"})
     max_new_tokens: int = field(default=12_288, metadata={"help": "response cap (paper: 12,288)"})
     judge: Optional[str] = field(default=None, metadata={"help": "judge model for free-form answers (train.py: the teacher)"})
+    judge_url: Optional[str] = field(default=None, metadata={"help": "OpenAI-compatible server serving --judge"})
     batch_size: int = field(default=64, metadata={"help": "sequences per generate call"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     out: Optional[str] = field(default=None, metadata={"help": "summary JSON here"})
@@ -264,14 +265,16 @@ class EvalConfig:
 def main(cfg):
     import torch
 
-    from rollout import TransformersEngine, load_model
+    from rollout import RemoteEngine, TransformersEngine, load_model, resolve_model_name
 
     torch.manual_seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_model(cfg.model, device=device)
     engine = TransformersEngine(model.eval(), tokenizer, max_batch_size=cfg.batch_size)
     judge = None
-    if cfg.judge:
+    if cfg.judge_url:
+        judge = RemoteEngine(cfg.judge_url, resolve_model_name(cfg.judge or "default"))
+    elif cfg.judge:
         j_model, j_tok = load_model(cfg.judge, dtype=torch.bfloat16 if device == "cuda" else torch.float32, device=device)
         judge = TransformersEngine(j_model.eval(), j_tok, max_batch_size=cfg.batch_size)
     names = [n.strip() for n in cfg.benchmarks.split(",") if n.strip()]
