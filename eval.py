@@ -19,6 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+from tqdm import tqdm
 from transformers import HfArgumentParser
 
 from data import make_arithmetic
@@ -185,6 +186,13 @@ def judge_scores(judge, items):
     return [parse_verdict(o[0].text) for o in outs]
 
 
+def score_responses(pairs, judge=None, grade_fn=grade):
+    """0/1 per (example, response): the rule grader where it applies, the judge (one batch) elsewhere."""
+    scores = [grade_fn(text, ex["answer"]) if route_of(ex) != "judge" else None for ex, text in pairs]
+    judged = iter(judge_scores(judge, [p for p, s in zip(pairs, scores) if s is None]))
+    return [next(judged) if s is None else s for s in scores]
+
+
 # ---------------------------------------------------------------------------------------------------------
 # scoring
 
@@ -196,16 +204,16 @@ def mean_stderr(values):
     return mean, math.sqrt(var / n)
 
 
-def evaluate(engine, examples, samples=1, max_new_tokens=1024, judge=None, **sampling):
-    """avg@k of `engine` on `examples`; every question goes through the engine in one batch."""
+def evaluate(engine, examples, samples=1, max_new_tokens=1024, judge=None, desc=None, chunk=512, **sampling):
+    """avg@k of `engine` on `examples`, questions sent to the engine in batches of `chunk`."""
     sampling = {**SAMPLING, **sampling}
-    groups = engine.generate([with_closer(ex["question"]) for ex in examples], n=samples,
-                             max_new_tokens=max_new_tokens, **sampling)
+    prompts = [with_closer(ex["question"]) for ex in examples]
+    groups = []
+    for start in tqdm(range(0, len(prompts), chunk), desc=desc or "eval", disable=desc is None):
+        groups += engine.generate(prompts[start:start + chunk], n=samples, max_new_tokens=max_new_tokens, **sampling)
     pairs = [(ex, r.text) for ex, g in zip(examples, groups) for r in g]
     routes = [route_of(ex) for ex, _ in pairs]
-    scores = [grade(text, ex["answer"]) if route != "judge" else None for (ex, text), route in zip(pairs, routes)]
-    judged = iter(judge_scores(judge, [p for p, s in zip(pairs, scores) if s is None]))
-    scores = [next(judged) if s is None else s for s in scores]
+    scores = score_responses(pairs, judge)
     per_question = [sum(scores[i * samples:(i + 1) * samples]) / samples for i in range(len(examples))]
     accuracy, stderr = mean_stderr(per_question)
     records = [{"id": ex["id"], "answer": ex["answer"], "response": text, "extracted": last_boxed(text),
@@ -225,7 +233,8 @@ def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, da
             log(f"[skip] {e}")
             continue
         start = time.time()
-        res = evaluate(engine, examples, samples, max_new_tokens, judge, **sampling)
+        res = evaluate(engine, examples, samples, max_new_tokens, judge, desc=f"{name} ({len(examples)} x {samples})",
+                       **sampling)
         results[name] = dict(res, family=BENCHMARKS[name]["family"], seconds=time.time() - start)
     families = {}
     for name, res in results.items():

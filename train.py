@@ -30,12 +30,12 @@ from typing import Literal, Optional
 import torch
 from accelerate import Accelerator
 from tqdm import tqdm
-from transformers import HfArgumentParser
+from transformers import AutoTokenizer, HfArgumentParser
 
 from buffer import ReplayBuffer
 from checkpoint import atomic_write, find_checkpoint, load_checkpoint, save_checkpoint
 from data import load_examples, take
-from eval import run_benchmarks
+from eval import run_benchmarks, score_responses
 from reformulate import (bcq_prompt, compression_prompt, dedup, extract_summary, ncq_prompt, pick_bcq_pair,
                          postcap, precap, with_closer)
 from reward import grade, last_boxed
@@ -56,6 +56,8 @@ class Config:
     teacher_timeout: float = arg(600.0, "seconds per teacher request (remote teacher)")
     teacher_retries: int = arg(3, "retries per teacher request after an error or timeout (remote teacher)")
     teacher_concurrency: int = arg(32, "teacher requests in flight (remote teacher)")
+    teacher_engine: Literal["auto", "transformers", "vllm"] = arg("auto", "in-process teacher: auto = as --engine")
+    teacher_gpu_memory_utilization: float = arg(0.4, "share of the GPU an in-process vLLM teacher may take")
     # data
     data: str = arg("openai/gsm8k", "'arithmetic' (generated), a .jsonl file, or a hub data set")
     data_config: Optional[str] = arg(None, "hub data set config name (openai/gsm8k: main)")
@@ -159,6 +161,12 @@ def sync_check(seqs, threshold, step, accelerator):
 # the teacher: reached only through prompts
 
 
+def score_groups(groups, examples, judge):
+    """The binary reward of every rollout: rule grader, or the judge (the teacher) for free-form gold answers."""
+    flat = iter(score_responses([(ex, r.text) for g, ex in zip(groups, examples) for r in g], judge, grade))
+    return [[next(flat) for _ in g] for g in groups]
+
+
 def teacher_correct_rollouts(examples, teacher, cfg):
     """Spec step 3: G_T teacher rollouts per question on the plain prompt, correct ones kept.
     With --teacher gold the data set's worked solution stands in for the teacher's rollouts."""
@@ -171,7 +179,8 @@ def teacher_correct_rollouts(examples, teacher, cfg):
         texts = [[r.text for r in g] for g in groups]
     else:
         texts = [[] for _ in examples]
-    return [[t for t in ts if grade(t, ex["answer"])] for ts, ex in zip(texts, examples)]
+    scores = iter(score_responses([(ex, t) for ts, ex in zip(texts, examples) for t in ts], teacher, grade))
+    return [[t for t in ts if next(scores)] for ts in texts]
 
 
 def compress_candidates(texts, teacher, cfg):
@@ -211,10 +220,15 @@ def main(cfg):
         teacher = RemoteEngine(cfg.teacher_url, resolve_model_name(cfg.teacher or "default"), cfg.teacher_timeout,
                                cfg.teacher_retries, cfg.teacher_concurrency)
     elif cfg.teacher not in (None, "gold"):
-        # the teacher is frozen: half precision on GPU halves its memory and loses nothing that matters
-        t_dtype = torch.bfloat16 if accelerator.device.type == "cuda" else torch.float32
-        t_model, t_tok = load_model(cfg.teacher, dtype=t_dtype, device=accelerator.device)
-        teacher = TransformersEngine(t_model.eval().requires_grad_(False), t_tok, max_batch_size=cfg.gen_batch_size)
+        if (cfg.engine if cfg.teacher_engine == "auto" else cfg.teacher_engine) == "vllm":  # frozen: never synced
+            t_tok = AutoTokenizer.from_pretrained(resolve_model_name(cfg.teacher))
+            teacher = VLLMEngine(resolve_model_name(cfg.teacher), t_tok, cfg.teacher_gpu_memory_utilization,
+                                 seed=cfg.seed + accelerator.process_index)
+        else:
+            # the teacher is frozen: half precision on GPU halves its memory and loses nothing that matters
+            t_dtype = torch.bfloat16 if accelerator.device.type == "cuda" else torch.float32
+            t_model, t_tok = load_model(cfg.teacher, dtype=t_dtype, device=accelerator.device)
+            teacher = TransformersEngine(t_model.eval().requires_grad_(False), t_tok, max_batch_size=cfg.gen_batch_size)
     if accelerator.num_processes > 1:  # every rank generates its share of the prompts and sees all results
         student = ShardedEngine(student, accelerator)
         teacher = ShardedEngine(teacher, accelerator) if teacher is not None else None
@@ -263,7 +277,7 @@ def main(cfg):
                                  max_new_tokens=cfg.max_new_tokens, **sample)
         timer["rollout"] += time.time() - t
         t = time.time()
-        plain_rewards = [[grade(r.text, ex["answer"]) for r in g] for g, ex in zip(plain, questions)]
+        plain_rewards = score_groups(plain, questions, teacher)
         timer["score"] += time.time() - t
         acc = [sum(rs) / len(rs) for rs in plain_rewards]
 
@@ -301,7 +315,7 @@ def main(cfg):
                                   max_new_tokens=cfg.max_new_tokens, **sample) if prompts else []
         timer["rollout"] += time.time() - t
         t = time.time()
-        reform_rewards = [[grade(r.text, questions[i]["answer"]) for r in g] for g, (i, _) in zip(reform, chosen)]
+        reform_rewards = score_groups(reform, [questions[i] for i, _ in chosen], teacher)
         timer["score"] += time.time() - t
 
         # 8. three separate groups per question; 9. advantages over the whole step batch

@@ -45,7 +45,9 @@ class Stub:
                         return self.reply(500, b'{"error": "overloaded"}')
                     if prompt.startswith("garbage"):
                         return self.reply(200, b"<html>not json")
-                    choices = [{"index": i, "message": {"role": "assistant", "content": f"{prompt} #{i} \\boxed{{7}}"},
+                    content = '{"verdict": "correct"}' if prompt.startswith("You are grading") else None
+                    choices = [{"index": i, "message": {"role": "assistant",
+                                                        "content": content or f"{prompt} #{i} \\boxed{{7}}"},
                                 "finish_reason": "stop"} for i in range(body["n"])]
                     self.reply(200, json.dumps({"choices": choices}).encode())
                 finally:
@@ -137,3 +139,18 @@ def test_training_with_a_failing_remote_teacher_loses_bcq_not_the_run(tiny_model
     (m,) = read_metrics(out)
     assert m["count/teacher_failed"] > 0 and m["count/bcq"] == 0 and m["count/ncq"] == 2
     assert os.path.exists(os.path.join(out, "checkpoints", "step_000001", "model.safetensors"))
+
+
+def test_free_form_gold_answers_are_judged_by_the_teacher_during_training(tiny_model, tmp_path, stub):
+    data = tmp_path / "prose.jsonl"
+    data.write_text("".join(json.dumps({"question": f"Describe f{i}.", "answer": "it is strictly increasing"}) + "\n"
+                            for i in range(8)))
+    out = str(tmp_path / "j")
+    cfg = train.parse_config(["--student", tiny_model, "--teacher", "judge-model", "--teacher-url", stub.url,
+                              "--data", str(data), "--questions-per-step", "8", "--group-size", "2",
+                              "--max-new-tokens", "4", "--steps", "1", "--out-dir", out])
+    train.main(cfg)
+    (m,) = read_metrics(out)
+    judged = [r for r in stub.requests if r["messages"][0]["content"].startswith("You are grading")]
+    assert len(judged) == 16 and all(r["temperature"] == 0.0 and r["max_tokens"] == 512 for r in judged)
+    assert m["acc/plain"] == 1.0 and m["count/hard"] == 0  # the judge said correct to every rollout

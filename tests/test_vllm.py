@@ -72,3 +72,15 @@ def test_a_silent_sync_failure_is_caught_by_the_check(fake, tiny_model, tmp_path
                                        "--out-dir", out, "--engine", "vllm", "--sync-warn", "0.01"]))
     gaps = [m["sync/logprob_abs_diff"] for m in read_metrics(out)]
     assert gaps[0] < 1e-3 and gaps[-1] > 0.01
+
+
+def test_in_process_teacher_can_be_a_frozen_vllm_engine(fake, tiny_model, tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "grade", lambda text, gold: 0.0)
+    out = str(tmp_path / "t")
+    train.main(train.parse_config(["--student", tiny_model, *ARGS[2:], "--teacher", tiny_model, "--steps", "1",
+                                   "--engine", "vllm", "--teacher-max-new-tokens", "4", "--compress-max-new-tokens", "4",
+                                   "--out-dir", out]))
+    student, teacher = fake.LLM.instances
+    assert teacher.kwargs["gpu_memory_utilization"] == 0.4 and "generate" in teacher.events
+    assert student.events.count("reset_prefix_cache") == 1 and "reset_prefix_cache" not in teacher.events
+    assert read_metrics(out)[0]["count/ncq"] == 2
