@@ -255,7 +255,7 @@ def main(cfg):
             atomic_write(log_path, "".join(kept))
     if cfg.report_to != "none":
         accelerator.init_trackers("zppo", config=asdict(cfg))
-    dump = open(os.path.join(cfg.out_dir, "reformulated.jsonl"), "a") if cfg.dump_reformulated else None
+    dump = open(os.path.join(cfg.out_dir, "reformulated.jsonl"), "a") if cfg.dump_reformulated and accelerator.is_main_process else None
     n_new = cfg.questions_per_step
     cap = round_half_up(cfg.rho_aug * n_new)
     pad_id = tokenizer.pad_token_id
@@ -350,10 +350,10 @@ def main(cfg):
         groups = defaultdict(list)
         for s in seqs:
             groups[s["group"]].append(s["reward"])
-        by_kind = lambda kind: [x for s in seqs if s["kind"] == kind for x in [s["reward"]]]  # noqa: E731
+        by_kind = lambda kind: [s["reward"] for s in seqs if s["kind"] == kind]  # noqa: E731
         lengths = lambda rolls: [len(r.token_ids) for g in rolls for r in g]  # noqa: E731
         m.update({
-            "acc/plain": mean(by_kind("plain")), "acc/plain_new": mean([a for a in acc[:len(new)]]),
+            "acc/plain": mean(by_kind("plain")), "acc/plain_new": mean(acc[:len(new)]),
             "acc/replay": mean(acc[len(new):]), "acc/bcq": mean(by_kind("bcq")), "acc/ncq": mean(by_kind("ncq")),
             "count/questions": len(questions), "count/replayed": len(replay), "count/hard": len(hard),
             "count/bcq": sum(k == "bcq" for _, k in chosen), "count/ncq": sum(k == "ncq" for _, k in chosen),
