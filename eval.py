@@ -121,9 +121,16 @@ def load_benchmark(name, data_dir=None, limit=None):
     if data_dir:
         path = os.path.join(data_dir, f"{name}.jsonl")
         if os.path.exists(path):
-            with open(path) as f:
-                rows = [json.loads(line) for line in f if line.strip()]
-            return [to_example(r, spec, f"{path}:{i + 1}") for i, r in enumerate(rows[:limit])]
+            examples = []
+            with open(path, encoding="utf-8") as f:
+                for lineno, line in enumerate(f, 1):
+                    if line.strip() and (limit is None or len(examples) < limit):
+                        try:
+                            row = json.loads(line)
+                        except ValueError as err:
+                            raise ValueError(f"{path}:{lineno}: not valid JSON ({err})") from None
+                        examples.append(to_example(row, spec, f"{path}:{lineno}"))
+            return examples
         tried.append(f"{path} (not found)")
     try:
         import datasets

@@ -176,3 +176,13 @@ def test_grader_audit_on_gsm8k_gold_solutions(capsys):
               f"answer; {false_positives} of {len(differing)} pairs with different answers graded correct)")
     assert own >= 0.999
     assert false_positives == 0 and shifted <= 0.02
+
+
+def test_local_benchmark_file_errors_name_file_and_line(tmp_path):
+    (tmp_path / "math500.jsonl").write_text('{"problem": "1?", "answer": "1"}\n\n{"problem": "2?"}\n')
+    with pytest.raises(ValueError, match=r"math500.jsonl:3: missing field"):
+        ev.load_benchmark("math500", data_dir=str(tmp_path))
+    (tmp_path / "math500.jsonl").write_text('{"problem": "1?", "answer": "1"}\n{oops\n')
+    with pytest.raises(ValueError, match=r"math500.jsonl:2: not valid JSON"):
+        ev.load_benchmark("math500", data_dir=str(tmp_path))
+    assert len(ev.load_benchmark("math500", data_dir=str(tmp_path), limit=1)) == 1

@@ -166,3 +166,14 @@ def test_eval_runs_inside_training_and_lands_in_the_step_metrics(tiny_model, tmp
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics] == [1, 2]  # one line per step, eval scores included
     assert all(m["eval/arithmetic"] == 0.0 and m["eval/macro_math"] == 0.0 for m in metrics)
+
+
+def test_bare_qwen_names_mean_the_qwen_hub_repository(tmp_path):
+    from rollout import resolve_model_name
+
+    assert resolve_model_name("Qwen3.5-0.8B") == "Qwen/Qwen3.5-0.8B"
+    assert resolve_model_name("Qwen/Qwen3.5-27B-FP8") == "Qwen/Qwen3.5-27B-FP8"
+    assert resolve_model_name("someorg/model") == "someorg/model"
+    local = tmp_path / "Qwen3.5-local"
+    local.mkdir()
+    assert resolve_model_name(str(local)) == str(local)  # a path is a local model, whatever its name
