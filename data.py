@@ -11,6 +11,29 @@ import re
 _GSM8K_CALC = re.compile(r"<<[^<>]*>>")
 
 
+def split_gsm8k(answer):
+    """GSM8K's answer field is a worked solution ending in "#### 72": (work, "72"), else (None, answer)."""
+    if "\n#### " not in answer:
+        return None, answer
+    work, short = answer.rsplit("\n#### ", 1)
+    return work, short.strip().replace(",", "")
+
+
+def read_jsonl(path, limit=None):
+    """(line number, object) for each non-empty line, at most `limit`; a bad line names file and line."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if limit is not None and len(rows) >= limit:
+                break
+            if line.strip():
+                try:
+                    rows.append((lineno, json.loads(line)))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    return rows
+
+
 def _example(record, where, qid):
     """Validate one record and return the example dict; `where` names the file and line for errors."""
     if not isinstance(record, dict):
@@ -24,10 +47,9 @@ def _example(record, where, qid):
     if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip():
         raise ValueError(f"{where}: 'answer' must be a non-empty string or number, got {answer!r}")
     answer, solution = str(answer).strip(), record.get("solution")
-    if solution is None and "\n#### " in answer:
-        # GSM8K style: the answer field is a worked solution ending in "#### 72"
-        work, answer = answer.rsplit("\n#### ", 1)
-        answer = answer.strip().replace(",", "")
+    work, short = split_gsm8k(answer)
+    if solution is None and work is not None:
+        answer = short
         solution = f"{_GSM8K_CALC.sub('', work).strip()}\nThe answer is \\boxed{{{answer}}}."
     example = {"id": str(record.get("id", qid)), "question": question.strip(), "answer": answer}
     if solution is not None:
@@ -40,18 +62,8 @@ def _example(record, where, qid):
 
 
 def load_jsonl(path, limit=None):
-    examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
-            examples.append(_example(record, f"{path}:{lineno}", f"{os.path.basename(path)}:{lineno}"))
-            if limit is not None and len(examples) >= limit:
-                break
+    examples = [_example(record, f"{path}:{lineno}", f"{os.path.basename(path)}:{lineno}")
+                for lineno, record in read_jsonl(path, limit)]
     if not examples:
         raise ValueError(f"{path}: no examples")
     return examples

@@ -22,7 +22,7 @@ from typing import Optional
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
-from data import make_arithmetic
+from data import make_arithmetic, read_jsonl, split_gsm8k
 from reformulate import with_closer
 from reward import grade, is_choice, last_boxed, normalize
 
@@ -105,8 +105,8 @@ def to_example(row, spec, where):
         elif isinstance(answer, int) or str(answer).isdigit():
             answer = "ABCDEFGHIJ"[int(answer)]  # MMLU stores the index
         question = render_choices(question, options)
-    if isinstance(answer, str) and "\n#### " in answer:  # GSM8K: worked solution ending in "#### 72"
-        answer = answer.rsplit("\n#### ", 1)[1].replace(",", "")
+    if isinstance(answer, str):
+        answer = split_gsm8k(answer)[1]  # GSM8K: the short answer after "####"
     return {"id": str(row.get("id", where)), "question": strip_directives(question), "answer": str(answer).strip(),
             "route": spec["route"]}
 
@@ -121,16 +121,7 @@ def load_benchmark(name, data_dir=None, limit=None):
     if data_dir:
         path = os.path.join(data_dir, f"{name}.jsonl")
         if os.path.exists(path):
-            examples = []
-            with open(path, encoding="utf-8") as f:
-                for lineno, line in enumerate(f, 1):
-                    if line.strip() and (limit is None or len(examples) < limit):
-                        try:
-                            row = json.loads(line)
-                        except ValueError as err:
-                            raise ValueError(f"{path}:{lineno}: not valid JSON ({err})") from None
-                        examples.append(to_example(row, spec, f"{path}:{lineno}"))
-            return examples
+            return [to_example(row, spec, f"{path}:{lineno}") for lineno, row in read_jsonl(path, limit)]
         tried.append(f"{path} (not found)")
     try:
         import datasets
