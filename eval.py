@@ -272,7 +272,7 @@ class EvalConfig:
 def main(cfg):
     import torch
 
-    from rollout import RemoteEngine, TransformersEngine, load_model, resolve_model_name
+    from rollout import RemoteEngine, TransformersEngine, frozen_engine, load_model, resolve_model_name
 
     torch.manual_seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -282,8 +282,7 @@ def main(cfg):
     if cfg.judge_url:
         judge = RemoteEngine(cfg.judge_url, resolve_model_name(cfg.judge or "default"))
     elif cfg.judge:
-        j_model, j_tok = load_model(cfg.judge, dtype=torch.bfloat16 if device == "cuda" else torch.float32, device=device)
-        judge = TransformersEngine(j_model.eval(), j_tok, max_batch_size=cfg.batch_size)
+        judge = frozen_engine(cfg.judge, device, cfg.batch_size)
     names = [n.strip() for n in cfg.benchmarks.split(",") if n.strip()]
     summary = run_benchmarks(engine, names, cfg.samples, cfg.max_new_tokens, judge, cfg.data_dir, cfg.limit)
     print(markdown_table(summary))

@@ -24,9 +24,6 @@ from tqdm import tqdm
 from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
 
-_FAILURES_LOCK = threading.Lock()
-
-
 @dataclass
 class Rollout:
     text: str  # decoded response, special tokens removed
@@ -71,6 +68,13 @@ def load_model(name_or_path, dtype=torch.float32, device="cpu"):
         tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer
 
+
+
+def frozen_engine(name_or_path, device, max_batch_size=64):
+    """A teacher or judge in this process: never trained, so bf16 on GPU (half the memory), fp32 on CPU."""
+    dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+    model, tokenizer = load_model(name_or_path, dtype=dtype, device=device)
+    return TransformersEngine(model.eval().requires_grad_(False), tokenizer, max_batch_size=max_batch_size)
 
 def chat_prompt_ids(tokenizer, text, **template_kwargs):
     return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
@@ -258,7 +262,7 @@ class RemoteEngine:
         self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions") else "/v1/chat/completions")
         self.model, self.timeout, self.retries = model, timeout, retries
         self.concurrency, self.backoff = concurrency, backoff
-        self.failures = 0
+        self.failures, self._lock = 0, threading.Lock()  # requests run in threads
 
     def sync_weights(self, model, state_dict=None):
         pass
@@ -288,6 +292,6 @@ class RemoteEngine:
                     break
             except (urllib.error.URLError, TimeoutError, OSError, ValueError, KeyError, TypeError):
                 pass  # unreachable, too slow, or a body that is not the expected JSON: try again
-        with _FAILURES_LOCK:
+        with self._lock:
             self.failures += 1
         return []

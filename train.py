@@ -39,7 +39,8 @@ from eval import run_benchmarks, score_responses
 from reformulate import (bcq_prompt, compression_prompt, dedup, extract_summary, ncq_prompt, pick_bcq_pair,
                          postcap, precap, with_closer)
 from reward import grade, last_boxed
-from rollout import RemoteEngine, ShardedEngine, TransformersEngine, VLLMEngine, load_model, resolve_model_name
+from rollout import (RemoteEngine, ShardedEngine, TransformersEngine, VLLMEngine, frozen_engine, load_model,
+                     resolve_model_name)
 from zppo import compute_advantages, old_logprobs, plan_minibatches, ppo_update, reduce_sum
 
 
@@ -225,10 +226,7 @@ def main(cfg):
             teacher = VLLMEngine(resolve_model_name(cfg.teacher), t_tok, cfg.teacher_gpu_memory_utilization,
                                  seed=cfg.seed + accelerator.process_index)
         else:
-            # the teacher is frozen: half precision on GPU halves its memory and loses nothing that matters
-            t_dtype = torch.bfloat16 if accelerator.device.type == "cuda" else torch.float32
-            t_model, t_tok = load_model(cfg.teacher, dtype=t_dtype, device=accelerator.device)
-            teacher = TransformersEngine(t_model.eval().requires_grad_(False), t_tok, max_batch_size=cfg.gen_batch_size)
+            teacher = frozen_engine(cfg.teacher, accelerator.device, cfg.gen_batch_size)
     if accelerator.num_processes > 1:  # every rank generates its share of the prompts and sees all results
         student = ShardedEngine(student, accelerator)
         teacher = ShardedEngine(teacher, accelerator) if teacher is not None else None
