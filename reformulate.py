@@ -64,10 +64,6 @@ def ncq_prompt(question, wrong_answers, candidates):
     return f"{question}\n\n{wrong}{NCQ_INSTRUCTION}{_candidates(candidates)}"
 
 
-def hint_question(question, hint):
-    return f"{question} <hint> {hint} </hint>"
-
-
 def compression_prompt(response):
     return COMPRESSION_TEMPLATE.format(response=response)
 
