@@ -1,4 +1,5 @@
-"""Checkpoints: everything a run needs to continue exactly, written so that a crash never leaves half of one.
+"""The run folder: config.json, metrics.jsonl, the optional dumps, and checkpoints that hold everything
+a run needs to continue exactly, written so that a crash never leaves half of one.
 
 A checkpoint is a folder OUT/checkpoints/step_NNNNNN with the model and tokenizer (save_pretrained,
 safetensors), trainer_state.pt (optimizer, torch and Python RNG states) and state.json (step, data
@@ -48,7 +49,8 @@ def find_checkpoint(path):
         with open(os.path.join(path, "latest")) as f:
             path = os.path.join(path, "checkpoints", f.read().strip())
     if not os.path.exists(os.path.join(path, "trainer_state.pt")):
-        raise FileNotFoundError(f"--resume {path}: no checkpoint there (expected trainer_state.pt or a 'latest' file)")
+        raise FileNotFoundError(f"--resume {path}: no checkpoint there (expected trainer_state.pt or a 'latest' "
+                                "file)")
     return path
 
 
@@ -64,3 +66,38 @@ def load_checkpoint(path, optimizer, rng, buffer):
         state = json.load(f)
     buffer.load_state_dict(state["buffer"])
     return state["step"], (state["data_epoch"], state["data_pos"])
+
+
+def open_run(cfg, start, accelerator):
+    """config.json, and metrics.jsonl cut back to the resumed step; returns the metrics path."""
+    log_path = os.path.join(cfg.out_dir, "metrics.jsonl")
+    if accelerator.is_main_process:
+        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
+            json.dump(asdict(cfg), f, indent=2)
+        if os.path.exists(log_path):  # a resumed run rewrites the steps after its checkpoint
+            with open(log_path) as f:
+                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start]
+            atomic_write(log_path, "".join(kept))
+    if cfg.report_to != "none":
+        accelerator.init_trackers("zppo", config=asdict(cfg))
+    return log_path
+
+
+def write_step(cfg, step, metrics, seqs, chosen, questions, prompts, reform, log_path, accelerator):
+    """One line of metrics.jsonl and the optional dumps, written by the main process only."""
+    if not accelerator.is_main_process:
+        return
+    if cfg.dump_rollouts:
+        with open(os.path.join(cfg.out_dir, "rollouts.jsonl"), "a") as f:
+            f.writelines(json.dumps({"step": step, "group": s.group, "kind": s.kind, "reward": s.reward,
+                                     "adv": s.adv, "tokens": len(s.token_ids)}) + "\n" for s in seqs)
+    if cfg.dump_reformulated:
+        reform_rewards = iter(s.reward for s in seqs if s.kind != "plain")
+        with open(os.path.join(cfg.out_dir, "reformulated.jsonl"), "a") as f:
+            for (i, kind), prompt, group in zip(chosen, prompts, reform):
+                rollouts = [{"text": r.text, "reward": next(reform_rewards)} for r in group]
+                f.write(json.dumps({"step": step, "kind": kind, "id": questions[i]["id"], "prompt": prompt,
+                                    "answer": questions[i]["answer"], "rollouts": rollouts}) + "\n")
+    with open(log_path, "a") as f:
+        f.write(json.dumps({"step": step, **metrics}) + "\n")
+    accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=step)

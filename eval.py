@@ -24,7 +24,7 @@ from transformers import HfArgumentParser
 
 from data import make_arithmetic, read_jsonl, split_gsm8k
 from reformulate import with_closer
-from reward import grade, is_choice, last_boxed, normalize
+from reward import is_choice, last_boxed, route_of, score_nested
 
 # name -> where the questions live and how to read them. `fields` maps our names to the set's own;
 # `choices` is a list field (or list of fields) of options rendered "A. ..."; `route` picks the grader:
@@ -135,63 +135,6 @@ def load_benchmark(name, data_dir=None, limit=None):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# the LLM judge: for gold answers no rule can check
-
-JUDGE_PROMPT = """You are grading an answer to a question against the reference answer.
-Question:
-{question}
-
-Reference answer:
-{gold}
-
-Candidate's final answer:
-{answer}
-
-Decide whether the candidate's final answer is equivalent to the reference answer (same meaning and, for numbers and expressions, the same value; wording may differ). Reply with exactly one line of JSON and nothing else: {{"verdict": "correct"}} or {{"verdict": "wrong"}}"""
-
-
-def parse_verdict(text):
-    """1.0 for exactly {"verdict": "correct"}, 0.0 for anything else (a think block before it is allowed)."""
-    text = re.sub(r"^\s*<think>.*?</think>", "", text, flags=re.DOTALL).strip()
-    try:
-        verdict = json.loads(text)
-    except ValueError:
-        return 0.0
-    ok = isinstance(verdict, dict) and set(verdict) == {"verdict"} and verdict["verdict"] in ("correct", "wrong")
-    return float(ok and verdict["verdict"] == "correct")
-
-
-def rule_checkable(gold):
-    """A letter, a number or a math expression; long words mean free-form prose, which goes to the judge."""
-    plain = re.sub(r"\\[A-Za-z]+", " ", normalize(str(gold)))
-    return is_choice(gold) or not re.search(r"[A-Za-z]{4,}", plain)
-
-
-def route_of(example):
-    route = example.get("route", "rule")
-    return "judge" if route == "rule" and not rule_checkable(example["answer"]) else route
-
-
-def judge_scores(judge, items):
-    """items: (example, response) pairs -> 0/1 each, in one batch through the judge engine."""
-    if not items:
-        return []
-    if judge is None:
-        return [0.0] * len(items)  # no judge model: free-form answers cannot be checked
-    prompts = [JUDGE_PROMPT.format(question=ex["question"], gold=ex["answer"],
-                                   answer=last_boxed(r) or r[-2000:]) for ex, r in items]
-    outs = judge.generate(prompts, n=1, max_new_tokens=512, temperature=0.0)
-    return [parse_verdict(o[0].text) for o in outs]
-
-
-def score_responses(pairs, judge=None, grade_fn=grade):
-    """0/1 per (example, response): the rule grader where it applies, the judge (one batch) elsewhere."""
-    scores = [grade_fn(text, ex["answer"]) if route_of(ex) != "judge" else None for ex, text in pairs]
-    judged = iter(judge_scores(judge, [p for p, s in zip(pairs, scores) if s is None]))
-    return [next(judged) if s is None else s for s in scores]
-
-
-# ---------------------------------------------------------------------------------------------------------
 # scoring
 
 
@@ -209,13 +152,12 @@ def evaluate(engine, examples, samples=1, max_new_tokens=1024, judge=None, desc=
     groups = []
     for start in tqdm(range(0, len(prompts), chunk), desc=desc or "eval", disable=desc is None):
         groups += engine.generate(prompts[start:start + chunk], n=samples, max_new_tokens=max_new_tokens, **sampling)
-    pairs = [(ex, r.text) for ex, g in zip(examples, groups) for r in g]
-    routes = [route_of(ex) for ex, _ in pairs]
-    scores = score_responses(pairs, judge)
-    per_question = [sum(scores[i * samples:(i + 1) * samples]) / samples for i in range(len(examples))]
+    scores = score_nested([[r.text for r in g] for g in groups], examples, judge)
+    per_question = [sum(s) / samples for s in scores]
     accuracy, stderr = mean_stderr(per_question)
-    records = [{"id": ex["id"], "answer": ex["answer"], "response": text, "extracted": last_boxed(text),
-                "route": route, "correct": bool(s)} for (ex, text), route, s in zip(pairs, routes, scores)]
+    records = [{"id": ex["id"], "answer": ex["answer"], "response": r.text, "extracted": last_boxed(r.text),
+                "route": route_of(ex), "correct": bool(s)}
+               for ex, g, ss in zip(examples, groups, scores) for r, s in zip(g, ss)]
     return {"accuracy": accuracy, "stderr": stderr, "questions": len(examples), "samples": samples, "records": records}
 
 
@@ -272,17 +214,13 @@ class EvalConfig:
 def main(cfg):
     import torch
 
-    from rollout import RemoteEngine, TransformersEngine, frozen_engine, load_model, resolve_model_name
+    from rollout import TransformersEngine, frozen_engine, load_model
 
     torch.manual_seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, tokenizer = load_model(cfg.model, device=device)
     engine = TransformersEngine(model.eval(), tokenizer, max_batch_size=cfg.batch_size)
-    judge = None
-    if cfg.judge_url:
-        judge = RemoteEngine(cfg.judge_url, resolve_model_name(cfg.judge or "default"))
-    elif cfg.judge:
-        judge = frozen_engine(cfg.judge, device, cfg.batch_size)
+    judge = frozen_engine(cfg.judge, cfg.judge_url, device=device, batch_size=cfg.batch_size)
     names = [n.strip() for n in cfg.benchmarks.split(",") if n.strip()]
     summary = run_benchmarks(engine, names, cfg.samples, cfg.max_new_tokens, judge, cfg.data_dir, cfg.limit)
     print(markdown_table(summary))

@@ -6,6 +6,8 @@ labelled wrong. Prompt strings are the paper's, as ZPPO.md gives them; spec step
 """
 import re
 
+from reward import last_boxed
+
 CLOSER = (
     "You FIRST think about the reasoning process as an internal monologue and then provide the final "
     "answer. The reasoning process MUST BE enclosed within <think> </think> tags. The final answer MUST "
@@ -114,3 +116,33 @@ def pick_bcq_pair(teacher_correct, student_wrong, rng):
     pair = [rng.choice(teacher_correct), rng.choice(student_wrong)]
     rng.shuffle(pair)
     return pair
+
+
+def compress_candidates(texts, teacher, max_chars=None, **sampling):
+    """Candidate compression: the teacher rewrites every candidate into a short trace, so length and style do
+    not tell which BCQ candidate is the teacher's. Returns {original: rewritten}. Without a teacher (or
+    with compression off) candidates stay as written, cut to `max_chars` when given. `sampling`: the
+    teacher's generate arguments (max_new_tokens, temperature, ...)."""
+    unique = list(dict.fromkeys(texts))
+    if teacher is None or not unique:
+        return {t: t[:max_chars] for t in unique}  # [:None] keeps all
+    outs = teacher.generate([compression_prompt(t) for t in unique], n=1, **sampling)
+    # a failed remote compression leaves that candidate as written (truncated if asked)
+    return {t: extract_summary(o[0].text) if o else t[:max_chars] for t, o in zip(unique, outs)}
+
+
+def reformulated_prompts(chosen, questions, wrong, teacher_correct, rng, compressor=None, max_chars=None,
+                         **sampling):
+    """Spec step 5: the prompt of each chosen (question index, "bcq" | "ncq"). BCQ: one correct teacher
+    rollout (teacher_correct[i]) and one wrong student rollout (wrong[i]), shuffled; NCQ: every wrong
+    rollout, their boxed answers listed as WRONG. Candidates are compressed by `compressor` (the teacher)."""
+    raw = [pick_bcq_pair(teacher_correct[i], wrong[i], rng) if kind == "bcq" else wrong[i] for i, kind in chosen]
+    short = compress_candidates([c for cands in raw for c in cands], compressor, max_chars, **sampling)
+    prompts = []
+    for (i, kind), cands in zip(chosen, raw):
+        cands = [short[c] for c in cands]
+        if kind == "bcq":
+            prompts.append(bcq_prompt(questions[i], cands))
+        else:
+            prompts.append(ncq_prompt(questions[i], dedup(last_boxed(w) for w in wrong[i]), cands))
+    return prompts

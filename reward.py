@@ -1,10 +1,14 @@
 """The binary reward: is the last \\boxed{} answer of a response equivalent to the gold answer?
 
-Spec section "Reward". Model output is untrusted: the scan is linear and bounded, over-long answers
+Spec section "Reward". The rule grader (`grade`) checks short answers and letters; a gold answer no
+rule can check (free-form prose) goes to an LLM judge (`score_responses` routes each pair). Training
+rewards and eval.py's scores both go through `score_responses`.
+Model output is untrusted: the scan is linear and bounded, over-long answers
 are compared as text only, exponent towers and huge factorials never reach sympy (Python's big
 integers would compute them in C where no time limit can interrupt), and math-verify runs under its
 own time limit. Nothing is ever eval'd.
 """
+import json
 import re
 from fractions import Fraction
 
@@ -126,3 +130,66 @@ def grade(response, gold):
     """1.0 if the last boxed answer of `response` matches `gold`, else 0.0."""
     pred = last_boxed(response)
     return float(pred is not None and answers_match(pred, gold))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# routing: the rule grader, or an LLM judge for gold answers no rule can check
+
+JUDGE_PROMPT = """You are grading an answer to a question against the reference answer.
+Question:
+{question}
+
+Reference answer:
+{gold}
+
+Candidate's final answer:
+{answer}
+
+Decide whether the candidate's final answer is equivalent to the reference answer (same meaning and, for numbers and expressions, the same value; wording may differ). Reply with exactly one line of JSON and nothing else: {{"verdict": "correct"}} or {{"verdict": "wrong"}}"""
+
+
+def parse_verdict(text):
+    """1.0 for exactly {"verdict": "correct"}, 0.0 for anything else (a think block before it is allowed)."""
+    text = re.sub(r"^\s*<think>.*?</think>", "", text, flags=re.DOTALL).strip()
+    try:
+        verdict = json.loads(text)
+    except ValueError:
+        return 0.0
+    ok = isinstance(verdict, dict) and set(verdict) == {"verdict"} and verdict["verdict"] in ("correct", "wrong")
+    return float(ok and verdict["verdict"] == "correct")
+
+
+def rule_checkable(gold):
+    """A letter, a number or a math expression; long words mean free-form prose, which goes to the judge."""
+    plain = re.sub(r"\\[A-Za-z]+", " ", normalize(str(gold)))
+    return is_choice(gold) or not re.search(r"[A-Za-z]{4,}", plain)
+
+
+def route_of(example):
+    route = example.get("route", "rule")
+    return "judge" if route == "rule" and not rule_checkable(example["answer"]) else route
+
+
+def judge_scores(judge, items):
+    """items: (example, response) pairs -> 0/1 each, in one batch through the judge engine."""
+    if not items:
+        return []
+    if judge is None:
+        return [0.0] * len(items)  # no judge model: free-form answers cannot be checked
+    prompts = [JUDGE_PROMPT.format(question=ex["question"], gold=ex["answer"],
+                                   answer=last_boxed(r) or r[-2000:]) for ex, r in items]
+    outs = judge.generate(prompts, n=1, max_new_tokens=512, temperature=0.0)
+    return [parse_verdict(o[0].text) for o in outs]
+
+
+def score_responses(pairs, judge=None, grade_fn=grade):
+    """0/1 per (example, response): the rule grader where it applies, the judge (one batch) elsewhere."""
+    scores = [grade_fn(text, ex["answer"]) if route_of(ex) != "judge" else None for ex, text in pairs]
+    judged = iter(judge_scores(judge, [p for p, s in zip(pairs, scores) if s is None]))
+    return [next(judged) if s is None else s for s in scores]
+
+
+def score_nested(texts, examples, judge=None, grade_fn=grade):
+    """texts[i] is a list of responses to examples[i]: the same nesting of 0/1 scores, one judge batch for all."""
+    flat = iter(score_responses([(ex, t) for ts, ex in zip(texts, examples) for t in ts], judge, grade_fn))
+    return [[next(flat) for _ in ts] for ts in texts]

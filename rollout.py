@@ -69,12 +69,22 @@ def load_model(name_or_path, dtype=torch.float32, device="cpu"):
     return model.to(device), tokenizer
 
 
-
-def frozen_engine(name_or_path, device, max_batch_size=64):
-    """A teacher or judge in this process: never trained, so bf16 on GPU (half the memory), fp32 on CPU."""
+def frozen_engine(name, url=None, kind="transformers", device="cpu", batch_size=64, timeout=600.0, retries=3,
+                  concurrency=32, gpu_memory_utilization=0.4, seed=0):
+    """A model that is never trained, behind the engine interface: the teacher in train.py, the judge in
+    eval.py. Remote when `url` is given (an OpenAI-compatible server serving `name`), else in this
+    process: vLLM, or transformers in bf16 on GPU (half the memory) and fp32 on CPU. None without a name."""
+    if url:
+        return RemoteEngine(url, resolve_model_name(name or "default"), timeout, retries, concurrency)
+    if name is None:
+        return None
+    if kind == "vllm":
+        tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(name))
+        return VLLMEngine(resolve_model_name(name), tokenizer, gpu_memory_utilization, seed=seed)
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    model, tokenizer = load_model(name_or_path, dtype=dtype, device=device)
-    return TransformersEngine(model.eval().requires_grad_(False), tokenizer, max_batch_size=max_batch_size)
+    model, tokenizer = load_model(name, dtype=dtype, device=device)
+    return TransformersEngine(model.eval().requires_grad_(False), tokenizer, max_batch_size=batch_size)
+
 
 def chat_prompt_ids(tokenizer, text, **template_kwargs):
     return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
@@ -102,7 +112,8 @@ class TransformersEngine:
         prompt_ids = [chat_prompt_ids(self.tokenizer, p, **self.template_kwargs) for p in prompts]
         # one row per rollout, prompts repeated n times; chunks bound the padded batch in memory
         rows = [i for i in range(len(prompts)) for _ in range(n)]
-        sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, presence_penalty=presence_penalty)
+        sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                        presence_penalty=presence_penalty)
         results = []
         for start in tqdm(range(0, len(rows), self.max_batch_size), desc="generate", leave=False,
                           disable=len(rows) <= self.max_batch_size):
@@ -122,7 +133,8 @@ class TransformersEngine:
             top_k=None if greedy else (top_k or 0), min_p=(min_p or None) if not greedy else None,
             max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=sorted(self.eos_ids),
             return_dict_in_generate=True)
-        seen = torch.zeros(len(prompt_ids), model.config.get_text_config().vocab_size, dtype=torch.bool, device=device)
+        vocab = model.config.get_text_config().vocab_size
+        seen = torch.zeros(len(prompt_ids), vocab, dtype=torch.bool, device=device)
         recorded = []
 
         # Custom processors run on the raw logits, before transformers' temperature / top-k / top-p warpers.
@@ -183,7 +195,8 @@ class VLLMEngine:
         from vllm import LLM
 
         self.tokenizer, self.template_kwargs = tokenizer, chat_template_kwargs or {}
-        self.llm = LLM(model=model_path, gpu_memory_utilization=gpu_memory_utilization, max_model_len=max_model_len,
+        self.llm = LLM(model=model_path, gpu_memory_utilization=gpu_memory_utilization,
+                       max_model_len=max_model_len,
                        seed=seed, dtype=dtype, enable_sleep_mode=sleep, enable_prefix_caching=True,
                        distributed_executor_backend="external_launcher",
                        logprobs_mode="processed_logprobs")  # log-probs after temperature, as the trainer's
@@ -214,7 +227,8 @@ class VLLMEngine:
     def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
                  presence_penalty=0.0):
         params = vllm_sampling_params(n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty)
-        requests = [{"prompt_token_ids": chat_prompt_ids(self.tokenizer, p, **self.template_kwargs)} for p in prompts]
+        requests = [{"prompt_token_ids": chat_prompt_ids(self.tokenizer, p, **self.template_kwargs)}
+                    for p in prompts]
         self._wake()
         outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
         self._doze()
@@ -259,7 +273,8 @@ class RemoteEngine:
     so sync_weights does nothing; token ids and log-probs are not needed from it and stay empty."""
 
     def __init__(self, url, model, timeout=600.0, retries=3, concurrency=32, backoff=1.0):
-        self.url = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions") else "/v1/chat/completions")
+        url = url.rstrip("/")
+        self.url = url if url.endswith("/chat/completions") else url + "/v1/chat/completions"
         self.model, self.timeout, self.retries = model, timeout, retries
         self.concurrency, self.backoff = concurrency, backoff
         self.failures, self._lock = 0, threading.Lock()  # requests run in threads

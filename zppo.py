@@ -1,12 +1,29 @@
 """ZPPO's optimisation: group advantages (REINFORCE++ two-step), the clipped policy loss, the update.
 
 Pure torch, no I/O, so every formula can be checked by hand in tests/test_zppo.py.
-Spec (ZPPO.md), steps 9 and 10. A sequence is a dict with prompt_ids, token_ids and, once computed,
-adv and old_logprobs.
+Spec (ZPPO.md), steps 9 and 10. The step batch is a list of `Episode`s; train.py fills in the
+rollout fields, this file the rest.
 """
+import warnings
 from collections import defaultdict
+from dataclasses import dataclass, field
 
 import torch
+
+
+@dataclass
+class Episode:
+    """One student rollout of the step batch, with everything the update needs."""
+    prompt_ids: list  # chat-templated prompt tokens (plain, BCQ or NCQ prompt)
+    token_ids: list  # the sampled response tokens; the only tokens that enter the gradient
+    reward: float = 0.0  # binary reward against the original question's gold answer
+    group: str = ""  # advantage group, "<question id>/<kind>": plain, BCQ and NCQ are separate groups (step 8)
+    kind: str = "plain"  # "plain", "bcq" or "ncq"
+    engine_logprobs: list = field(default_factory=list)  # the engine's log-probs at sampling time (sync check)
+    adv: float = 0.0  # step 9: one scalar, broadcast to every token
+    minibatch: int = 0  # step 10: which of the I mini-batches this episode is in
+    on_this_rank: bool = True  # whether this process computes its forward/backward (plan_minibatches)
+    old_logprobs: list = field(default_factory=list)  # the sampling policy's log-probs, recomputed by the trainer
 
 ADV_NORMS = ("without_zero", "with_zero", "none")
 
@@ -104,25 +121,26 @@ def token_entropy(logits, temperature=1.0):
 
 
 def response_logprobs(model, seqs, temperature, pad_id, entropy=False):
-    """Teacher-forced log-probs of each response token, (B, R) with a mask.
+    """Teacher-forced log-probs of each response token of `seqs` (Episodes): logprobs (B, R), mask (B, R),
+    entropy (B, R) or None.
 
     Prompts are left-padded and responses right-padded, so every response starts in the same column
     and only the last R + 1 positions need logits (the vocabulary projection dominates memory)."""
     device = next(model.parameters()).device
-    P = max(len(s["prompt_ids"]) for s in seqs)
-    R = max(len(s["token_ids"]) for s in seqs)
-    ids = torch.full((len(seqs), P + R), pad_id, dtype=torch.long)
-    attn = torch.zeros_like(ids)
-    mask = torch.zeros(len(seqs), R)
+    P = max(len(s.prompt_ids) for s in seqs)
+    R = max(len(s.token_ids) for s in seqs)
+    ids = torch.full((len(seqs), P + R), pad_id, dtype=torch.long)  # (B, P+R)
+    attn = torch.zeros_like(ids)  # (B, P+R)
+    mask = torch.zeros(len(seqs), R)  # (B, R)
     for b, s in enumerate(seqs):
-        p, r = s["prompt_ids"], s["token_ids"]
+        p, r = s.prompt_ids, s.token_ids
         ids[b, P - len(p):P + len(r)] = torch.tensor(p + r)
         attn[b, P - len(p):P + len(r)] = 1
         mask[b, :len(r)] = 1
     ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
     position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
     logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, logits_to_keep=R + 1).logits
-    logits = logits[:, :-1]  # position P-1+k predicts response token k
+    logits = logits[:, :-1]  # (B, R, V): position P-1+k predicts response token k
     logprobs = token_logprobs(logits, ids[:, P:], temperature)
     ent = token_entropy(logits, temperature) if entropy else None
     return logprobs, mask, ent
@@ -137,13 +155,13 @@ def pad_rows(rows, width, device):
 
 def micro_batches(seqs, size):
     """Chunks of similar length (sorted), so little compute goes to padding."""
-    seqs = sorted(seqs, key=lambda s: (len(s["prompt_ids"]), len(s["token_ids"])))
+    seqs = sorted(seqs, key=lambda s: (len(s.prompt_ids), len(s.token_ids)))
     return [seqs[i:i + size] for i in range(0, len(seqs), size)]
 
 
 def plan_minibatches(seqs, iters, rng, rank=0, world=1, skip_zero_adv=True):
-    """Spec step 10's split: the whole step batch shuffled into I equal mini-batches. Marks each sequence
-    with its mini-batch, and whether this rank computes it: every rank takes every world-th sequence
+    """Spec step 10's split: the whole step batch shuffled into I equal mini-batches. Sets each episode's
+    `minibatch`, and `on_this_rank`, whether this rank computes it: every rank takes every world-th sequence
     that enters the gradient. A sequence with A = 0 adds exactly zero loss and zero gradient, so with
     skip_zero_adv it is not computed at all; its tokens still count in the token-level mean, so the
     gradient is identical, only cheaper (early on most groups are trivial). Returns I."""
@@ -153,9 +171,9 @@ def plan_minibatches(seqs, iters, rng, rank=0, world=1, skip_zero_adv=True):
     for k in range(I):
         mb = [seqs[i] for i in order[k * len(order) // I:(k + 1) * len(order) // I]]
         for s in mb:
-            s["minibatch"], s["mine"] = k, False
-        for s in ([s for s in mb if s["adv"] != 0] if skip_zero_adv else mb)[rank::world]:
-            s["mine"] = True
+            s.minibatch, s.on_this_rank = k, False
+        for s in ([s for s in mb if s.adv != 0] if skip_zero_adv else mb)[rank::world]:
+            s.on_this_rank = True
     return I
 
 
@@ -166,15 +184,15 @@ def reduce_sum(accelerator, values):
 
 
 @torch.no_grad()
-def old_logprobs(model, seqs, cfg, pad_id, accelerator):
-    """Log-probs of the sampling policy (the weights before this step's updates) for this rank's share of
-    the gradient sequences; returns the policy's mean token entropy over all ranks' (None if none)."""
+def fill_old_logprobs(model, seqs, temperature, micro_batch_size, pad_id, accelerator):
+    """Set `old_logprobs` (the sampling policy's: the weights before this step's updates) on this rank's
+    episodes; returns the policy's mean token entropy over all ranks' (None if there are no tokens)."""
     model.eval()
     ent_sum, n_tok = 0.0, 0.0
-    for micro in micro_batches([s for s in seqs if s["mine"]], cfg.micro_batch_size):
-        lp, mask, ent = response_logprobs(model, micro, cfg.temperature, pad_id, entropy=True)
+    for micro in micro_batches([s for s in seqs if s.on_this_rank], micro_batch_size):
+        lp, mask, ent = response_logprobs(model, micro, temperature, pad_id, entropy=True)  # (b, R) each
         for b, s in enumerate(micro):
-            s["old_logprobs"] = lp[b, :len(s["token_ids"])].tolist()
+            s.old_logprobs = lp[b, :len(s.token_ids)].tolist()
         ent_sum += (ent * mask).sum().item()
         n_tok += mask.sum().item()
     model.train()
@@ -182,7 +200,22 @@ def old_logprobs(model, seqs, cfg, pad_id, accelerator):
     return ent_sum / n_tok if n_tok else None
 
 
-def ppo_update(model, optimizer, accelerator, seqs, cfg, pad_id, iters):
+def sync_check(seqs, threshold, step, accelerator):
+    """Mean |engine log-prob - trainer log-prob| over the tokens of this step's gradient sequences.
+    Both are the sampling policy's, so the gap is numerical noise unless the engine samples from stale
+    or wrong weights: a silent weight-sync failure shows up here first."""
+    diffs = [abs(a - b) for s in seqs if s.on_this_rank and len(s.engine_logprobs) == len(s.token_ids)
+             for a, b in zip(s.engine_logprobs, s.old_logprobs)]
+    total, count = reduce_sum(accelerator, [sum(diffs), len(diffs)])
+    gap = total / count if count else None
+    if gap is not None and gap > threshold:
+        warnings.warn(f"step {step}: engine and trainer log-probs differ by {gap:.3f} per token (> {threshold}); "
+                      "is the engine sampling from the current weights?")
+    return gap
+
+
+def ppo_update(model, optimizer, accelerator, seqs, iters, temperature, micro_batch_size, pad_id,
+               clip_low=0.2, clip_high=0.28, dual_clip=10.0, grad_clip=1.0):
     """Spec step 10: one optimizer step per mini-batch of plan_minibatches, token-level mean loss.
 
     Over several processes each rank computes its share; the loss is divided by the mini-batch's global
@@ -193,32 +226,32 @@ def ppo_update(model, optimizer, accelerator, seqs, cfg, pad_id, iters):
     keys = ("clip_frac_low", "clip_frac_high", "clip_frac_dual", "approx_kl", "ratio_mean", "loss")
     sums, n_tok_total, grad_norms = defaultdict(float), 0, []
     for k in range(iters):
-        mb = [s for s in seqs if s["minibatch"] == k]
-        n_tokens = sum(len(s["token_ids"]) for s in mb)
-        micros = micro_batches([s for s in mb if s["mine"]], cfg.micro_batch_size)
+        mb = [s for s in seqs if s.minibatch == k]
+        n_tokens = sum(len(s.token_ids) for s in mb)
+        micros = micro_batches([s for s in mb if s.on_this_rank], micro_batch_size)
         n_micro = len(micros)
         if world > 1:
             n_micro = int(accelerator.gather(torch.tensor([n_micro], device=accelerator.device)).max())
         for j in range(n_micro):
             micro = micros[j] if j < len(micros) else mb[:1]
-            lp, mask, _ = response_logprobs(model, micro, cfg.temperature, pad_id)
+            lp, mask, _ = response_logprobs(model, micro, temperature, pad_id)  # (b, R) each
             if j >= len(micros):
                 accelerator.backward(lp.sum() * 0.0)  # a filler: no gradient, same collectives
                 continue
-            old = pad_rows([s["old_logprobs"] for s in micro], lp.shape[1], lp.device)
-            adv = torch.tensor([s["adv"] for s in micro], device=lp.device)
-            loss, m = policy_loss(lp, old, adv, mask, cfg.clip_low, cfg.clip_high, cfg.dual_clip, num_tokens=n_tokens)
+            old = pad_rows([s.old_logprobs for s in micro], lp.shape[1], lp.device)  # (b, R)
+            adv = torch.tensor([s.adv for s in micro], device=lp.device)  # (b,)
+            loss, m = policy_loss(lp, old, adv, mask, clip_low, clip_high, dual_clip, num_tokens=n_tokens)
             accelerator.backward(loss * world)
             tok = mask.sum().item()
             for key, v in m.items():
                 sums[key] += v * tok
             sums["loss"] += loss.item() * n_tokens
             n_tok_total += tok
-        grad_norms.append(float(accelerator.clip_grad_norm_(model.parameters(), cfg.grad_clip)) if n_micro else 0.0)
+        grad_norms.append(float(accelerator.clip_grad_norm_(model.parameters(), grad_clip)) if n_micro else 0.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     totals = reduce_sum(accelerator, [sums[key] for key in keys] + [n_tok_total])
     out = {f"train/{key}": v / max(totals[-1], 1) for key, v in zip(keys, totals)}
     out["train/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
-    out["train/active_frac"] = sum(s["adv"] != 0 for s in seqs) / max(len(seqs), 1)
+    out["train/active_frac"] = sum(s.adv != 0 for s in seqs) / max(len(seqs), 1)
     return out

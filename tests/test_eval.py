@@ -10,7 +10,7 @@ import eval as ev
 from conftest import ROOT
 from data import load_jsonl
 from reformulate import CLOSER
-from reward import grade
+from reward import grade, route_of
 from rollout import Rollout
 
 
@@ -81,31 +81,12 @@ def test_multiple_choice_rows_become_lettered_questions():
         ev.to_example({"question": "Q"}, ev.BENCHMARKS["mmlu"], "f.jsonl:3")
 
 
-@pytest.mark.parametrize("text,score", [
-    ('{"verdict": "correct"}', 1.0),
-    ('{"verdict":"wrong"}', 0.0),
-    ('  {"verdict": "correct"}\n', 1.0),
-    ('<think>they match</think>\n{"verdict": "correct"}', 1.0),
-    ('The answer is correct. {"verdict": "correct"}', 0.0),  # extra prose
-    ('{"verdict": "correct"} I am sure.', 0.0),
-    ('```json\n{"verdict": "correct"}\n```', 0.0),
-    ('{"verdict": "Correct"}', 0.0),
-    ('{"result": "correct"}', 0.0),  # wrong key
-    ('{"verdict": "correct", "why": "x"}', 0.0),  # extra key
-    ('["correct"]', 0.0),
-    ('{"verdict": "correct"', 0.0),  # malformed
-    ("", 0.0),
-])
-def test_judge_verdict_must_be_strict_json(text, score):
-    assert ev.parse_verdict(text) == score
-
-
 def test_routing_rule_choice_and_judge():
-    assert ev.route_of({"answer": "42", "route": "rule"}) == "rule"
-    assert ev.route_of({"answer": "\\frac{\\sqrt{3}}{2}", "route": "rule"}) == "rule"
-    assert ev.route_of({"answer": "B", "route": "choice"}) == "choice"
-    assert ev.route_of({"answer": "the function is strictly increasing", "route": "rule"}) == "judge"
-    assert ev.route_of({"answer": "7", "route": "judge"}) == "judge"
+    assert route_of({"answer": "42", "route": "rule"}) == "rule"
+    assert route_of({"answer": "\\frac{\\sqrt{3}}{2}", "route": "rule"}) == "rule"
+    assert route_of({"answer": "B", "route": "choice"}) == "choice"
+    assert route_of({"answer": "the function is strictly increasing", "route": "rule"}) == "judge"
+    assert route_of({"answer": "7", "route": "judge"}) == "judge"
 
     examples = [{"id": "n", "question": "num", "answer": "7", "route": "rule"},
                 {"id": "f", "question": "prose", "answer": "it is strictly increasing", "route": "rule"}]

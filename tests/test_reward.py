@@ -3,7 +3,7 @@ import time
 
 import pytest
 
-from reward import answers_match, grade, last_boxed, normalize
+from reward import answers_match, grade, last_boxed, normalize, parse_verdict
 
 
 def test_last_box_wins_and_braces_balance():
@@ -64,3 +64,22 @@ def test_hostile_inputs_finish_quickly(response):
     assert time.perf_counter() - start < 5.0
     assert score in (0.0, 1.0)
     assert score == (1.0 if response.endswith("\\boxed{1}") else 0.0)
+
+
+@pytest.mark.parametrize("text,score", [
+    ('{"verdict": "correct"}', 1.0),
+    ('{"verdict":"wrong"}', 0.0),
+    ('  {"verdict": "correct"}\n', 1.0),
+    ('<think>they match</think>\n{"verdict": "correct"}', 1.0),
+    ('The answer is correct. {"verdict": "correct"}', 0.0),  # extra prose
+    ('{"verdict": "correct"} I am sure.', 0.0),
+    ('```json\n{"verdict": "correct"}\n```', 0.0),
+    ('{"verdict": "Correct"}', 0.0),
+    ('{"result": "correct"}', 0.0),  # wrong key
+    ('{"verdict": "correct", "why": "x"}', 0.0),  # extra key
+    ('["correct"]', 0.0),
+    ('{"verdict": "correct"', 0.0),  # malformed
+    ("", 0.0),
+])
+def test_judge_verdict_must_be_strict_json(text, score):
+    assert parse_verdict(text) == score

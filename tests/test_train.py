@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 import train
 from conftest import ROOT
 from rollout import TransformersEngine, load_model
-from zppo import response_logprobs
+from zppo import Episode, response_logprobs
 
 ARGS = ["--teacher", "gold", "--data", "arithmetic", "--data-limit", "40", "--questions-per-step", "8",
         "--group-size", "4", "--max-new-tokens", "12", "--iters-per-step", "2", "--lr", "1e-3", "--micro-batch-size", "4"]
@@ -29,13 +29,13 @@ def test_response_logprobs_match_unpadded_forward_and_sampling(tiny_model):
     engine = TransformersEngine(model, tok)
     groups = engine.generate(["What is 1 + 2?", "Hi", "What is 10 - 7? Think hard."], n=2, max_new_tokens=10,
                              temperature=0.7, top_k=50)
-    seqs = [{"prompt_ids": r.prompt_ids, "token_ids": r.token_ids} for g in groups for r in g]
-    assert len({len(s["prompt_ids"]) for s in seqs}) == 3
+    seqs = [Episode(r.prompt_ids, r.token_ids) for g in groups for r in g]
+    assert len({len(s.prompt_ids) for s in seqs}) == 3
     with torch.no_grad():
         batched, mask, _ = response_logprobs(model, seqs, 0.7, tok.pad_token_id)
         for b, (s, r) in enumerate(zip(seqs, [r for g in groups for r in g])):
             alone, _, _ = response_logprobs(model, [s], 0.7, tok.pad_token_id)
-            n = len(s["token_ids"])
+            n = len(s.token_ids)
             assert mask[b].sum() == n
             assert torch.allclose(batched[b, :n], alone[0, :n], atol=1e-4)
             assert torch.allclose(alone[0, :n], torch.tensor(r.logprobs), atol=1e-4)
