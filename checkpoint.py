@@ -12,15 +12,16 @@ import shutil
 from dataclasses import asdict
 
 import torch
+from accelerate import DistributedType
 
 
-def save_checkpoint(cfg, step, model, state_dict, tokenizer, optimizer, buffer, data_pos, rng, accelerator):
+def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer, data_pos, rng, accelerator):
     root = os.path.join(cfg.out_dir, "checkpoints")
     final, tmp = os.path.join(root, f"step_{step:06d}"), os.path.join(root, f"step_{step:06d}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    torch.save({"optimizer": optimizer.state_dict(), "torch_rng": torch.get_rng_state(),
+    torch.save({"optimizer": optim_state, "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "python_rng": rng.getstate()}, os.path.join(tmp, "trainer_state.pt"))
     with open(os.path.join(tmp, "state.json"), "w") as f:
@@ -54,10 +55,9 @@ def find_checkpoint(path):
     return path
 
 
-def load_checkpoint(path, optimizer, rng, buffer):
-    """Restore optimizer, RNG states and buffer from a checkpoint folder; returns (step, data position)."""
+def load_checkpoint(path, rng, buffer):
+    """Restore RNG states and buffer from a checkpoint folder; returns (step, data position, optimizer state)."""
     trainer_state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)  # our own file
-    optimizer.load_state_dict(trainer_state["optimizer"])
     torch.set_rng_state(trainer_state["torch_rng"])
     if trainer_state["cuda_rng"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(trainer_state["cuda_rng"])
@@ -65,7 +65,38 @@ def load_checkpoint(path, optimizer, rng, buffer):
     with open(os.path.join(path, "state.json")) as f:
         state = json.load(f)
     buffer.load_state_dict(state["buffer"])
-    return state["step"], (state["data_epoch"], state["data_pos"])
+    return state["step"], (state["data_epoch"], state["data_pos"]), trainer_state["optimizer"]
+
+
+def _fsdp_state_dict_type(model, accelerator):
+    """FSDP's state-dict settings from the accelerate config (full state on the main process, by default)."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    plugin = accelerator.state.fsdp_plugin
+    return FSDP, FSDP.state_dict_type(model, plugin.state_dict_type, plugin.state_dict_config,
+                                      plugin.optim_state_dict_config)
+
+
+def optimizer_state(model, optimizer, accelerator):
+    """The optimizer's whole state. Under FSDP each rank holds a shard: gathered (a collective; every rank
+    calls it) into the full state on the main process, as accelerate's own FSDP checkpointing does."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return optimizer.state_dict()
+    FSDP, settings = _fsdp_state_dict_type(model, accelerator)
+    with settings:
+        return FSDP.optim_state_dict(model, optimizer)
+
+
+def load_optimizer_state(model, optimizer, state, accelerator):
+    """The inverse of optimizer_state: under FSDP the full state is sharded back over the ranks."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        optimizer.load_state_dict(state)
+        return
+    FSDP, settings = _fsdp_state_dict_type(model, accelerator)
+    rank0_only = accelerator.state.fsdp_plugin.optim_state_dict_config.rank0_only
+    with settings:
+        optimizer.load_state_dict(FSDP.optim_state_dict_to_load(
+            model, optimizer, state if accelerator.is_main_process or not rank0_only else None))
 
 
 def open_run(cfg, start, accelerator):

@@ -1,14 +1,18 @@
 """Generation engines: prompts in, sampled responses with their token ids and log-probs out.
 
 Every engine has the same small surface, so train.py never knows which one it drives:
-    engine.generate(prompts, n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty)
+    engine.generate(prompts, n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty,
+                    repetition_penalty)
         -> per prompt, a list of n Rollouts (empty when a remote request failed for good)
     engine.sync_weights(model)   # after an optimizer phase: make the engine sample from `model`
 Prompts are user-message texts; the engine applies the model's chat template. This file holds the
 transformers engine (CPU, tests, small GPU runs), the vLLM engine (GPU training), a remote engine
 for a teacher behind an OpenAI-compatible server, and the model loading shared by train.py and eval.py.
-Every vLLM call of the project is in this file.
+Every vLLM call of the project is in this file. Every sampling field is set explicitly in every engine:
+a checkpoint's own generation_config.json (Qwen's ship top-k, top-p, temperature, sometimes min-p or a
+repetition penalty) never reaches the sampler.
 """
+import contextlib
 import importlib.util
 import json
 import os
@@ -95,9 +99,10 @@ class TransformersEngine:
     """Batched sampling with `model.generate`. The engine shares the trainer's module, so weights are
     always in sync; sync_weights only swaps the module (e.g. after accelerate wraps it)."""
 
-    def __init__(self, model, tokenizer, max_batch_size=64, chat_template_kwargs=None):
+    def __init__(self, model, tokenizer, max_batch_size=64, chat_template_kwargs=None, context=None):
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size = max_batch_size
+        self.context = context or contextlib.nullcontext  # e.g. FSDP: gather the root's parameters to generate
         self.template_kwargs = chat_template_kwargs or {}
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if eos is not None else tokenizer.eos_token_id
@@ -108,12 +113,12 @@ class TransformersEngine:
 
     @torch.no_grad()
     def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
-                 presence_penalty=0.0):
+                 presence_penalty=0.0, repetition_penalty=1.0):
         prompt_ids = [chat_prompt_ids(self.tokenizer, p, **self.template_kwargs) for p in prompts]
         # one row per rollout, prompts repeated n times; chunks bound the padded batch in memory
         rows = [i for i in range(len(prompts)) for _ in range(n)]
         sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                        presence_penalty=presence_penalty)
+                        presence_penalty=presence_penalty, repetition_penalty=repetition_penalty)
         results = []
         for start in tqdm(range(0, len(rows), self.max_batch_size), desc="generate", leave=False,
                           disable=len(rows) <= self.max_batch_size):
@@ -121,7 +126,8 @@ class TransformersEngine:
             results += self._generate_rows([prompt_ids[i] for i in chunk], max_new_tokens, **sampling)
         return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
 
-    def _generate_rows(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty):
+    def _generate_rows(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty,
+                       repetition_penalty=1.0):
         model, pad = self.model, self.tokenizer.pad_token_id
         device = next(model.parameters()).device
         width = max(len(p) for p in prompt_ids)
@@ -131,8 +137,8 @@ class TransformersEngine:
         config = GenerationConfig(
             do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
             top_k=None if greedy else (top_k or 0), min_p=(min_p or None) if not greedy else None,
-            max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=sorted(self.eos_ids),
-            return_dict_in_generate=True)
+            repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens, pad_token_id=pad,
+            eos_token_id=sorted(self.eos_ids), return_dict_in_generate=True)
         vocab = model.config.get_text_config().vocab_size
         seen = torch.zeros(len(prompt_ids), vocab, dtype=torch.bool, device=device)
         recorded = []
@@ -152,11 +158,18 @@ class TransformersEngine:
                 recorded[-2] = recorded[-2].gather(-1, ids[:, -1:]).squeeze(-1)
             return scores
 
-        was_training = model.training
+        # generate() fills every field left None from model.generation_config (the checkpoint's file):
+        # a blank one stands in for the call, so only the arguments above decide the sampling
+        was_training, own_config = model.training, model.generation_config
         model.eval()
-        out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
-                             logits_processor=([penalise] if presence_penalty else []) + [record])
-        model.train(was_training)
+        model.generation_config = GenerationConfig()
+        try:
+            with self.context():
+                out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
+                                     logits_processor=([penalise] if presence_penalty else []) + [record])
+        finally:
+            model.generation_config = own_config
+            model.train(was_training)
         new = out.sequences[:, width:]
         if recorded:
             recorded[-1] = recorded[-1].gather(-1, new[:, -1:]).squeeze(-1)
@@ -174,12 +187,51 @@ class TransformersEngine:
 
 
 
-def vllm_sampling_params(n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty):
+def vllm_sampling_params(n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty,
+                         repetition_penalty=1.0):
     """Our sampling arguments as vLLM's SamplingParams (log-prob of each sampled token included)."""
     from vllm import SamplingParams
 
     return SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                          top_k=top_k if top_k else -1, min_p=min_p, presence_penalty=presence_penalty, logprobs=0)
+                          top_k=top_k if top_k else -1, min_p=min_p, presence_penalty=presence_penalty,
+                          repetition_penalty=repetition_penalty, logprobs=0)
+
+
+def checkpoint_tensor_names(path):
+    """The tensor names of a local checkpoint's safetensors files (what vLLM loaded), or None elsewhere."""
+    from safetensors import safe_open
+
+    if not os.path.isdir(path):
+        try:  # a hub id: vLLM has just downloaded it, so the cache has the files
+            from huggingface_hub import snapshot_download
+            path = snapshot_download(path, allow_patterns=["*.safetensors"], local_files_only=True)
+        except Exception:
+            return None
+    files = [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".safetensors")]
+    names = set()
+    for f in files:
+        with safe_open(f, "pt") as st:
+            names.update(st.keys())
+    return names or None
+
+
+def checkpoint_names_for(trainer_names, checkpoint_names):
+    """{trainer parameter name: the checkpoint's name for it}. A text-only trainer (Qwen3_5ForCausalLM:
+    model.layers.*) pushing into the vision-language checkpoint vLLM loads (model.language_model.layers.*)
+    gets the prefix it lacks. A tied output head absent from the checkpoint is left out (vLLM ties it
+    itself); any other name without a counterpart raises, naming it. Unknown checkpoint names: as is."""
+    if checkpoint_names is None:
+        return {n: n for n in trainer_names}
+    out = {}
+    for name in trainer_names:
+        tried = [name, name.replace("model.", "model.language_model.", 1)]
+        match = next((t for t in tried if t in checkpoint_names), None)
+        if match is not None:
+            out[name] = match
+        elif name != "lm_head.weight":
+            raise RuntimeError(f"weight sync: trainer parameter {name!r} has no counterpart in the checkpoint "
+                               f"the engine loaded (tried {tried}); the trainer and vLLM hold different models")
+    return out
 
 
 class VLLMEngine:
@@ -199,7 +251,9 @@ class VLLMEngine:
                        max_model_len=max_model_len,
                        seed=seed, dtype=dtype, enable_sleep_mode=sleep, enable_prefix_caching=True,
                        distributed_executor_backend="external_launcher",
+                       generation_config="vllm",  # ignore the checkpoint's sampling defaults
                        logprobs_mode="processed_logprobs")  # log-probs after temperature, as the trainer's
+        self.checkpoint_names = checkpoint_tensor_names(model_path)
         self.sleep, self.asleep, self.syncs = sleep, False, 0
         self._doze()
 
@@ -215,18 +269,30 @@ class VLLMEngine:
 
     def sync_weights(self, model, state_dict=None):
         """Load `state_dict` (default: the model's; under FSDP pass accelerator.get_state_dict(model), the
-        gathered full weights) into the engine's copy of the model, then drop the stale prefix cache."""
+        gathered full weights) into the engine's copy of the model, then drop the stale prefix cache.
+        Names are those of the checkpoint vLLM loaded (see checkpoint_names_for); a push that leaves any of
+        the engine's parameters unloaded fails loudly, naming the first: vLLM skips names it does not know
+        with a log line, and a silent miss would sample from stale weights for ever."""
         self._wake()
         state = state_dict if state_dict is not None else model.state_dict()
+        names = checkpoint_names_for(list(state), self.checkpoint_names)
         inner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
-        inner.load_weights(weights=list(state.items()))
+        loaded = inner.load_weights(weights=[(names[k], v) for k, v in state.items() if k in names])
+        if loaded is not None:  # vLLM returns its own (mapped, packed) names of what it loaded
+            vision = any("visual" in n for n in names.values())  # a text-only trainer leaves the tower as is
+            missed = [n for n, _ in inner.named_parameters() if n not in loaded and (vision or "visual" not in n)]
+            if missed:
+                raise RuntimeError(f"weight sync: vLLM loaded {len(loaded)} tensors of the {len(names)} pushed and "
+                                   f"left {len(missed)} of its parameters stale (first: {missed[0]!r}); the names "
+                                   f"pushed (first: {next(iter(names.values()))!r}) do not fit its model class")
         self.llm.reset_prefix_cache()
         self.syncs += 1
         self._doze()
 
     def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
-                 presence_penalty=0.0):
-        params = vllm_sampling_params(n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty)
+                 presence_penalty=0.0, repetition_penalty=1.0):
+        params = vllm_sampling_params(n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty,
+                                      repetition_penalty)
         requests = [{"prompt_token_ids": chat_prompt_ids(self.tokenizer, p, **self.template_kwargs)}
                     for p in prompts]
         self._wake()
@@ -283,11 +349,12 @@ class RemoteEngine:
         pass
 
     def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
-                 presence_penalty=0.0):
+                 presence_penalty=0.0, repetition_penalty=1.0):
         body = {"model": self.model, "n": n, "max_tokens": max_new_tokens, "temperature": temperature,
                 "top_p": top_p, "presence_penalty": presence_penalty,
-                # vLLM's server takes these sampling parameters beside the OpenAI ones
-                "top_k": top_k if top_k else -1, "min_p": min_p}
+                # vLLM's server takes these sampling parameters beside the OpenAI ones; sent always, so the
+                # server's defaults from the checkpoint's generation config never apply
+                "top_k": top_k if top_k else -1, "min_p": min_p, "repetition_penalty": repetition_penalty}
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(prompts)))) as pool:
             return list(pool.map(lambda p: self._complete(p, body), prompts))
 

@@ -22,18 +22,20 @@ import math
 import os
 import random
 import time
+import warnings
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from typing import Literal, Optional
 
 import torch
-from accelerate import Accelerator
+from accelerate import Accelerator, DistributedType
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
 from buffer import ReplayBuffer
-from checkpoint import find_checkpoint, load_checkpoint, open_run, save_checkpoint, write_step
+from checkpoint import (find_checkpoint, load_checkpoint, load_optimizer_state, open_run, optimizer_state,
+                        save_checkpoint, write_step)
 from data import load_examples, take
 from reformulate import postcap, precap, reformulated_prompts, with_closer
 from reward import grade, score_nested
@@ -99,6 +101,8 @@ class Config:
     weight_decay: float = arg(0.1, "AdamW weight decay")
     grad_clip: float = arg(1.0, "gradient-norm clip")
     micro_batch_size: int = arg(8, "sequences per forward/backward (gradient accumulation inside a mini-batch)")
+    gradient_checkpointing: bool = arg(True, "recompute activations in backward: the paper's response lengths need "
+                                             "it; --no-gradient-checkpointing trades memory for speed")
     skip_zero_adv: bool = arg(True, "skip the forward/backward of A = 0 sequences (same gradient, less compute)")
     mixed_precision: Optional[Literal["no", "bf16", "fp16"]] = arg(None, "update autocast; default: accelerate's")
     # run
@@ -153,6 +157,43 @@ def timed(timer, key):
 # setup
 
 
+def fsdp_wrap_classes(model):
+    """The block classes FSDP wraps one unit each: those of the model's `_no_split_modules` that it has.
+    Qwen3.5's list names its vision block for the text-only class too, and accelerate stops at a class
+    it cannot find; wrapping whatever is listed and present works for text and vision-language models."""
+    present = {type(m).__name__ for m in model.modules()}
+    classes = sorted(c for c in (getattr(model, "_no_split_modules", None) or []) if c in present)
+    if not classes:
+        raise ValueError(f"FSDP: none of {type(model).__name__}'s _no_split_modules is in the model; "
+                         "set fsdp_transformer_layer_cls_to_wrap in the accelerate config")
+    return classes
+
+
+def warn_slow_kernels(model, device):
+    """Qwen3.5's linear-attention layers fall back to transformers' torch kernels (correct, several times
+    slower) without flash-linear-attention and causal-conv1d; say so once, on GPU, with what to install."""
+    layers = getattr(model.config.get_text_config(), "layer_types", None) or []
+    missing = [pkg for mod, pkg in (("fla", "flash-linear-attention"), ("causal_conv1d", "causal-conv1d"))
+               if importlib.util.find_spec(mod) is None]
+    if device.type == "cuda" and "linear_attention" in layers and missing:
+        warnings.warn(f"{type(model).__name__} trains on transformers' torch fallback kernels for linear attention "
+                      f"(correct, slow): install {' and '.join(missing)} (see requirements-gpu.txt)")
+
+
+@contextmanager
+def oom_hint(cfg, seqs):
+    """A CUDA out-of-memory error in the update, restated with the shapes that caused it and what to change."""
+    try:
+        yield
+    except torch.OutOfMemoryError as e:
+        longest = max((len(s.prompt_ids) + len(s.token_ids) for s in seqs), default=0)
+        raise RuntimeError(
+            f"out of GPU memory in the update: micro-batches of {cfg.micro_batch_size} sequences of up to "
+            f"{longest} tokens (prompt + response); lower --micro-batch-size"
+            + ("" if cfg.gradient_checkpointing else " or turn on --gradient-checkpointing")
+            + " (no checkpoint was written for this step)") from e
+
+
 def build_engines(cfg, accelerator, model, tokenizer, model_path):
     """The student's rollout engine and the teacher (None for 'gold' or none), sharded over processes."""
     if cfg.engine == "auto":
@@ -163,7 +204,18 @@ def build_engines(cfg, accelerator, model, tokenizer, model_path):
                              cfg.vllm_max_model_len, seed=cfg.seed + accelerator.process_index,
                              sleep=cfg.vllm_sleep)
     else:
-        student = TransformersEngine(accelerator.unwrap_model(model), tokenizer, max_batch_size=cfg.gen_batch_size)
+        context = None
+        if accelerator.distributed_type == DistributedType.FSDP:
+            # generate() runs on the inner module: the root's own parameters (embeddings, head) are gathered
+            # for it, and the root is initialised first (TRL's pattern); blocks gather their own
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            @contextmanager
+            def context():
+                with FSDP.summon_full_params(model, recurse=False, writeback=False), accelerator.autocast():
+                    yield
+        student = TransformersEngine(accelerator.unwrap_model(model), tokenizer, max_batch_size=cfg.gen_batch_size,
+                                     context=context)
     teacher = frozen_engine(
         None if cfg.teacher == "gold" else cfg.teacher, cfg.teacher_url,
         kind=cfg.engine if cfg.teacher_engine == "auto" else cfg.teacher_engine, device=accelerator.device,
@@ -273,6 +325,12 @@ def main(cfg):
     ckpt = find_checkpoint(cfg.resume) if cfg.resume else None
     model, tokenizer = load_model(ckpt or cfg.student)
     model.to(accelerator.device).train()
+    warn_slow_kernels(model, accelerator.device)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        model._no_split_modules = fsdp_wrap_classes(model)
+    if cfg.gradient_checkpointing:  # only in training mode: the no-grad passes run in eval mode, unaffected
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})  # (transformers >= 5.24 renamed it)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
                                   weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -281,7 +339,8 @@ def main(cfg):
     buffer = ReplayBuffer(cfg.buffer_capacity)
     start, data_pos = 0, (0, 0)
     if ckpt:
-        start, data_pos = load_checkpoint(ckpt, optimizer, rng, buffer)
+        start, data_pos, optim = load_checkpoint(ckpt, rng, buffer)
+        load_optimizer_state(model, optimizer, optim, accelerator)
         print(f"resumed from {ckpt} at step {start}")
     log_path = open_run(cfg, start, accelerator)
     n_new, cap = cfg.questions_per_step, round_half_up(cfg.rho_aug * cfg.questions_per_step)
@@ -342,7 +401,7 @@ def main(cfg):
             s.adv = a
 
         # 10. I mini-batch updates; old log-probs are those of the policy that sampled
-        with timed(timer, "update"):
+        with timed(timer, "update"), oom_hint(cfg, seqs):
             iters = plan_minibatches(seqs, cfg.iters_per_step, rng, accelerator.process_index,
                                      accelerator.num_processes, cfg.skip_zero_adv)
             metrics["policy/entropy"] = fill_old_logprobs(model, seqs, cfg.temperature, cfg.micro_batch_size,
@@ -373,9 +432,10 @@ def main(cfg):
         bar.set_postfix(acc=f"{metrics['acc/plain']:.2f}", bcq=f"{metrics['acc/bcq']:.2f}",
                         ncq=f"{metrics['acc/ncq']:.2f}", buf=len(buffer), t=f"{metrics['time/step']:.0f}s")
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
-            full = accelerator.get_state_dict(model)  # collective under FSDP: every rank takes part
+            # both collective under FSDP: every rank takes part, the main process writes
+            full, optim = accelerator.get_state_dict(model), optimizer_state(model, optimizer, accelerator)
             if accelerator.is_main_process:
-                save_checkpoint(cfg, step + 1, model, full, tokenizer, optimizer, buffer, tuple(data_pos), rng,
+                save_checkpoint(cfg, step + 1, model, full, tokenizer, optim, buffer, tuple(data_pos), rng,
                                 accelerator)
             accelerator.wait_for_everyone()
     accelerator.end_training()

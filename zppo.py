@@ -110,22 +110,98 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, clip_low=0.2, clip_hig
 
 def token_logprobs(logits, tokens, temperature=1.0):
     """Log-probability of each token under softmax(logits / temperature): the sampling distribution."""
-    logits = logits.float() / temperature
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature
     return torch.gather(torch.log_softmax(logits, dim=-1), -1, tokens.unsqueeze(-1)).squeeze(-1)
 
 
 def token_entropy(logits, temperature=1.0):
     """Entropy of softmax(logits / temperature) at each position."""
-    logp = torch.log_softmax(logits.float() / temperature, dim=-1)
+    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
 
-def response_logprobs(model, seqs, temperature, pad_id, entropy=False):
+LOGITS_CHUNK_BYTES = 256 * 2 ** 20  # fp32 logits of one chunk of tokens: 270 tokens at Qwen3.5's 248,320 words
+
+
+def _compute_dtype(hidden, weight):
+    """The dtype the output head would run in here: autocast's when it is on (bf16 on GPU), else the weight's."""
+    device = hidden.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
+
+
+def _softmax_dtype(dtype):
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+class ChunkedHead(torch.autograd.Function):
+    """Log-prob of each target token and the entropy of softmax(h W^T / T), from hidden states h (N, H) and
+    the output head's weight W (V, H), without ever holding (N, V) logits: chunks of tokens go through
+    the head one at a time, and backward recomputes each chunk's logits (the technique of verl's
+    FusedLinearForPPO and Liger's fused linear losses). Returns (N, 2) fp32: [log-prob, entropy].
+
+    Gradients, for z = h W^T / T, p = softmax(z), E = sum_v p_v z_v:
+      d logp_t / dz = onehot(t) - p          d entropy / dz = -p * (z - E)
+    then dh = dz W / T and dW = dz^T h / T, accumulated over chunks in fp32."""
+
+    @staticmethod
+    def _logits(h, weight, temperature, dtype):
+        with torch.autocast(h.device.type, enabled=False):  # softmax in fp32 (fp64 for fp64 weights)
+            return (h.to(dtype) @ weight.to(dtype).T).to(_softmax_dtype(dtype)).div_(temperature)  # (n, V)
+
+    @staticmethod
+    def forward(ctx, hidden, weight, targets, temperature, chunk):
+        dtype = _compute_dtype(hidden, weight)
+        out = torch.empty(hidden.shape[0], 2, dtype=_softmax_dtype(dtype), device=hidden.device)
+        for i in range(0, hidden.shape[0], chunk):
+            z = ChunkedHead._logits(hidden[i:i + chunk], weight, temperature, dtype)
+            lse = torch.logsumexp(z, dim=-1)
+            out[i:i + chunk, 0] = z.gather(-1, targets[i:i + chunk, None]).squeeze(-1) - lse
+            p = (z - lse[:, None]).exp_()
+            out[i:i + chunk, 1] = lse - (p[:, None, :] @ z[:, :, None]).view(-1)  # H = lse - E_p[z]
+        ctx.save_for_backward(hidden, weight, targets)
+        ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        hidden, weight, targets = ctx.saved_tensors
+        T, chunk, dtype = ctx.temperature, ctx.chunk, ctx.dtype
+        grad_h = torch.empty_like(hidden)
+        grad_w = torch.zeros(weight.shape, dtype=_softmax_dtype(dtype), device=weight.device)
+        for i in range(0, hidden.shape[0], chunk):
+            h, g_lp, g_ent = hidden[i:i + chunk], grad_out[i:i + chunk, 0], grad_out[i:i + chunk, 1]
+            z = ChunkedHead._logits(h, weight, T, dtype)
+            p = (z - torch.logsumexp(z, dim=-1, keepdim=True)).exp_()
+            if g_ent.any():  # entropy enters no loss in ZPPO, but the gradient is exact when it does
+                z -= (p[:, None, :] @ z[:, :, None]).view(-1, 1)  # z - E_p[z], in place
+                dz = z.mul_(p).mul_(-g_ent[:, None])
+                dz -= p * g_lp[:, None]
+            else:
+                dz = p.mul_(-g_lp[:, None])
+            dz.scatter_add_(-1, targets[i:i + chunk, None], g_lp[:, None])
+            dz = dz.div_(T).to(dtype)
+            with torch.autocast(h.device.type, enabled=False):
+                grad_h[i:i + chunk] = (dz @ weight.to(dtype)).to(hidden.dtype)
+                grad_w += dz.T @ h.to(dtype)
+        return grad_h, grad_w.to(weight.dtype), None, None, None
+
+
+def unwrap(model):
+    """The model inside DDP / FSDP / compile wrappers (FSDP's nested units stay in place)."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or model._orig_mod
+    return model
+
+
+def response_logprobs(model, seqs, temperature, pad_id, entropy=False, chunk_tokens=None):
     """Teacher-forced log-probs of each response token of `seqs` (Episodes): logprobs (B, R), mask (B, R),
     entropy (B, R) or None.
 
     Prompts are left-padded and responses right-padded, so every response starts in the same column
-    and only the last R + 1 positions need logits (the vocabulary projection dominates memory)."""
+    and only the last R + 1 positions reach the output head. The head itself never builds the
+    (B, R, V) logits: for the length of this call its forward is ChunkedHead, which returns (B, R, 2)
+    [log-prob, entropy] in place of logits. It runs inside the model's own forward, so wrappers that
+    gather parameters for it (FSDP) or cast it (autocast) see an ordinary call."""
     device = next(model.parameters()).device
     P = max(len(s.prompt_ids) for s in seqs)
     R = max(len(s.token_ids) for s in seqs)
@@ -139,11 +215,21 @@ def response_logprobs(model, seqs, temperature, pad_id, entropy=False):
         mask[b, :len(r)] = 1
     ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
     position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, logits_to_keep=R + 1).logits
-    logits = logits[:, :-1]  # (B, R, V): position P-1+k predicts response token k
-    logprobs = token_logprobs(logits, ids[:, P:], temperature)
-    ent = token_entropy(logits, temperature) if entropy else None
-    return logprobs, mask, ent
+    targets = ids[:, P:]  # (B, R)
+    head = unwrap(model).get_output_embeddings()
+    chunk = chunk_tokens or max(1, LOGITS_CHUNK_BYTES // (4 * head.weight.shape[0]))
+
+    def head_forward(hidden):  # hidden (B, R+1, H): position P-1+k predicts response token k
+        h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+        return ChunkedHead.apply(h, head.weight, targets.reshape(-1), temperature, chunk).view(len(seqs), R, 2)
+
+    head.forward = head_forward
+    try:
+        out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, logits_to_keep=R + 1,
+                    use_cache=False).logits  # no KV cache: one teacher-forced pass
+    finally:
+        del head.forward  # the class's forward again
+    return out[..., 0], mask, out[..., 1] if entropy else None
 
 
 def pad_rows(rows, width, device):

@@ -25,16 +25,23 @@ class _Model:
     def __init__(self, llm):
         self.llm, self.loads = llm, []
 
+    def named_parameters(self):
+        return self.llm.model.named_parameters()
+
     def load_weights(self, weights):
+        """As vLLM's: loads the names it knows, skips the others without a word, returns the names loaded."""
         weights = list(weights)
         self.loads.append([name for name, _ in weights])
-        if not self.llm.ignore_weights:  # True simulates a silent sync failure
-            with torch.no_grad():
-                own = dict(self.llm.model.named_parameters())
-                for name, tensor in weights:
-                    if name in own:
-                        own[name].copy_(tensor)
-        return {name for name, _ in weights}
+        own = dict(self.llm.model.named_parameters())
+        if self.llm.ignore_weights:  # True simulates a silent sync failure that still claims success
+            return {name for name, _ in weights if name in own}
+        loaded = set()
+        with torch.no_grad():
+            for name, tensor in weights:
+                if name in own:
+                    own[name].copy_(tensor)
+                    loaded.add(name)
+        return loaded
 
 
 class LLM:

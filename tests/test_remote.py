@@ -90,6 +90,7 @@ def test_normal_answers_and_sampling_parameters(stub):
     assert {k: req[k] for k in ("n", "max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty")} == \
         {"n": 3, "max_tokens": 50, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.05, "presence_penalty": 1.5}
     assert engine(stub).generate(["q"], top_k=0)[0] and stub.requests[-1]["top_k"] == -1  # 0 = off, vLLM's -1
+    assert req["repetition_penalty"] == 1.0  # sent always: the server's checkpoint defaults never apply
 
 
 def test_slow_answer_times_out_and_costs_only_that_prompt(stub):

@@ -1,0 +1,192 @@
+"""What the paper's GPU setting needs, checked on CPU: FSDP's wrap classes, explicit sampling fields, the
+vLLM weight-name mapping and its loud failure."""
+import sys
+
+import pytest
+import torch
+from transformers import GenerationConfig, Qwen3_5Config, Qwen3_5ForConditionalGeneration
+
+import fake_vllm
+import rollout
+import train
+from rollout import TransformersEngine, VLLMEngine, checkpoint_names_for, load_model
+
+
+def tiny_vlm():
+    """A vision-language Qwen3.5 of a few hundred thousand parameters (2 text layers, 2 vision blocks)."""
+    text = dict(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                layer_types=["linear_attention", "full_attention"], num_attention_heads=2, num_key_value_heads=1,
+                head_dim=32, linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=16,
+                linear_value_head_dim=16, tie_word_embeddings=True)
+    vision = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
+                  num_position_embeddings=64)
+    return Qwen3_5ForConditionalGeneration(Qwen3_5Config(text_config=text, vision_config=vision,
+                                                         tie_word_embeddings=True))
+
+
+def test_fsdp_wraps_the_blocks_each_model_class_has(tiny_model):
+    model, _ = load_model(tiny_model)
+    assert "Qwen3_5VisionBlock" in model._no_split_modules  # listed, yet absent: what stopped accelerate
+    assert train.fsdp_wrap_classes(model) == ["Qwen3_5DecoderLayer"]
+    assert train.fsdp_wrap_classes(tiny_vlm()) == ["Qwen3_5DecoderLayer", "Qwen3_5VisionBlock"]
+    model._no_split_modules = ["NoSuchBlock"]
+    with pytest.raises(ValueError, match="fsdp_transformer_layer_cls_to_wrap"):
+        train.fsdp_wrap_classes(model)
+
+
+def test_a_checkpoint_s_generation_defaults_never_reach_sampling(tiny_model, tmp_path, monkeypatch):
+    """A checkpoint that ships min-p 0.1, repetition penalty 1.05, top-k 5 and temperature 0.2: the engine
+    samples with exactly the arguments it was given, in training, teacher, judge and eval alike."""
+    model, tok = load_model(tiny_model)
+    model.generation_config.update(min_p=0.1, repetition_penalty=1.05, top_k=5, temperature=0.2, top_p=0.5,
+                                   do_sample=True, no_repeat_ngram_size=2)
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    model, tok = load_model(str(tmp_path / "m"))
+    assert model.generation_config.repetition_penalty == 1.05  # the defaults are really in the checkpoint
+    used = []
+    real = model._prepare_generation_config
+
+    def spy(*args, **kwargs):
+        config, kw = real(*args, **kwargs)
+        used.append(config)
+        return config, kw
+
+    monkeypatch.setattr(model, "_prepare_generation_config", spy)
+    engine = TransformersEngine(model, tok)
+    engine.generate(["What is 1 + 2?"], n=2, max_new_tokens=4, temperature=1.0, top_p=1.0, top_k=0)
+    engine.generate(["What is 1 + 2?"], n=1, max_new_tokens=4, temperature=0.0)  # greedy (judge, eval)
+    sampled, greedy = used
+    assert sampled.do_sample and sampled.temperature == 1.0 and sampled.top_p == 1.0 and sampled.top_k == 0
+    assert not sampled.min_p and sampled.repetition_penalty == 1.0 and not sampled.no_repeat_ngram_size
+    assert not greedy.do_sample and greedy.repetition_penalty == 1.0 and not greedy.no_repeat_ngram_size
+    assert model.generation_config.repetition_penalty == 1.05  # the model's own config is left as it was
+    # the engine's log-probs are those of plain softmax(logits / T): the trainer's recomputation agrees
+    from zppo import Episode, response_logprobs
+    (group,) = engine.generate(["Hi"], n=2, max_new_tokens=6, temperature=1.0)
+    with torch.no_grad():
+        lp, mask, _ = response_logprobs(model, [Episode(r.prompt_ids, r.token_ids) for r in group], 1.0,
+                                        tok.pad_token_id)
+    for b, r in enumerate(group):
+        assert torch.allclose(lp[b, :len(r.token_ids)], torch.tensor(r.logprobs), atol=1e-4)
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    monkeypatch.setattr(fake_vllm.LLM, "instances", [])
+    monkeypatch.setattr(fake_vllm.LLM, "ignore_weights", False)
+    return fake_vllm
+
+
+def test_vllm_ignores_checkpoint_sampling_defaults(fake, tiny_model):
+    _, tok = load_model(tiny_model)
+    VLLMEngine(tiny_model, tok)
+    assert fake.LLM.instances[0].kwargs["generation_config"] == "vllm"
+    assert rollout.vllm_sampling_params(1, 8, 1.0, 1.0, 0, 0.0, 0.0).repetition_penalty == 1.0
+
+
+def test_weight_names_follow_the_checkpoint_vllm_loaded():
+    text_names = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "model.norm.weight",
+                  "lm_head.weight"]
+    # a text checkpoint: names as they are; the tied head (absent from the file) is left to vLLM
+    assert checkpoint_names_for(text_names, set(text_names[:3])) == {n: n for n in text_names[:3]}
+    # the vision-language checkpoint of Qwen3.5 (what vLLM loads) nests the text model one level down
+    vlm = {"model.language_model.embed_tokens.weight", "model.language_model.layers.0.mlp.up_proj.weight",
+           "model.language_model.norm.weight", "model.visual.blocks.0.attn.qkv.weight"}
+    assert checkpoint_names_for(text_names, vlm) == {
+        "model.embed_tokens.weight": "model.language_model.embed_tokens.weight",
+        "model.layers.0.mlp.up_proj.weight": "model.language_model.layers.0.mlp.up_proj.weight",
+        "model.norm.weight": "model.language_model.norm.weight"}
+    with pytest.raises(RuntimeError, match=r"'model.layers.1.extra.weight' has no counterpart"):
+        checkpoint_names_for(["model.layers.1.extra.weight"], vlm)
+
+
+def test_a_push_the_engine_loads_nothing_of_fails_loudly(fake, tiny_model, monkeypatch):
+    model, tok = load_model(tiny_model)
+    engine = VLLMEngine(tiny_model, tok)
+    inner = fake.LLM.instances[0].llm_engine.model_executor.driver_worker.worker.model_runner.model
+    engine.sync_weights(model)  # names match the checkpoint: loaded
+    assert "model.embed_tokens.weight" in inner.loads[-1] and "lm_head.weight" not in inner.loads[-1]
+    real = inner.load_weights
+    # an engine class that skips one name it does not know (vLLM logs it and goes on)
+    monkeypatch.setattr(inner, "load_weights", lambda weights: real([w for w in weights if w[0] != "model.norm.weight"]))
+    with pytest.raises(RuntimeError, match=r"left 1 of its parameters stale \(first: 'model\.norm\.weight'\)"):
+        engine.sync_weights(model)
+    monkeypatch.setattr(inner, "load_weights", lambda weights: set())  # one that accepts none of them
+    with pytest.raises(RuntimeError, match=r"vLLM loaded 0 tensors of the \d+ pushed"):
+        engine.sync_weights(model)
+
+
+def run_bench(tmp_path, *args):
+    import os
+    import subprocess
+
+    from conftest import ROOT
+
+    res = subprocess.run([sys.executable, "bench_gpu.py", "--tiny", "--cpu", "--work", str(tmp_path), *args],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "2"})
+    assert res.returncode == 0, res.stderr[-3000:]
+    return res.stdout
+
+
+def test_gpu_benchmark_table_runs_on_a_tiny_model(tmp_path):
+    out = run_bench(tmp_path, "--skip-smoke", "--micro", "1,2", "--lengths", "16,32", "--budget-s", "60")
+    rows = [line for line in out.splitlines() if line.startswith("| 1 |") or line.startswith("| 2 |")]
+    assert len(rows) == 4 and all(float(r.split("|")[4].replace(",", "")) > 0 for r in rows)  # tokens/s
+
+
+@pytest.mark.slow
+def test_gpu_smoke_script_runs_end_to_end_on_a_tiny_model(tmp_path):
+    out = run_bench(tmp_path, "--skip-table")
+    assert out.count(": ok (") == 3 and "FAILED" not in out  # train, resume, eval
+    assert "step 3: acc/plain" in out
+
+
+FSDP_PROBE = """
+import contextlib, functools, os, sys, torch, torch.distributed as dist
+sys.path.insert(0, {root!r})
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT={port!r})
+dist.init_process_group("gloo", rank=0, world_size=1)
+from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+import train
+from rollout import TransformersEngine, load_model
+from zppo import Episode, response_logprobs
+model, tok = load_model({model!r})
+(name,) = train.fsdp_wrap_classes(model)
+block = next(type(m) for m in model.modules() if type(m).__name__ == name)
+policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={{block}})
+wrapped = FSDP(model, auto_wrap_policy=policy, use_orig_params=True, device_id=torch.device("cpu"))
+@contextlib.contextmanager
+def gather():  # what train.py hands the engine under FSDP, before the root's first forward
+    with FSDP.summon_full_params(wrapped, recurse=False, writeback=False):
+        yield
+engine = TransformersEngine(wrapped.module, tok, context=gather)
+(group,) = engine.generate(["What is 1 + 1?"], n=2, max_new_tokens=6, temperature=1.0)
+lp, mask, _ = response_logprobs(wrapped, [Episode(r.prompt_ids, r.token_ids) for r in group], 1.0, tok.pad_token_id)
+gap = max((lp[b, :len(r.logprobs)] - torch.tensor(r.logprobs)).abs().max().item() for b, r in enumerate(group))
+(lp * mask).sum().backward()
+grads = sum(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in wrapped.parameters())
+print("gap", gap, "units", sum(isinstance(m, FSDP) for m in wrapped.modules()), "grads", grads)
+"""
+
+
+def test_fsdp_generates_before_the_first_forward_and_the_chunked_head_trains_under_it(tiny_model):
+    """FSDP (one CPU process, gloo) wrapping each decoder layer: the engine generates through the gathered
+    root, the chunked head runs inside the wrapped forward, and the gradients reach the parameters."""
+    import socket
+    import subprocess
+
+    from conftest import ROOT
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    res = subprocess.run([sys.executable, "-c", FSDP_PROBE.format(root=ROOT, port=port, model=tiny_model)],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    words = res.stdout.split()
+    assert float(words[words.index("gap") + 1]) < 1e-4  # engine and trainer agree under FSDP
+    assert int(words[words.index("units") + 1]) == 3  # the root and one unit per decoder layer
+    assert int(words[words.index("grads") + 1]) > 0
