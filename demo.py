@@ -88,6 +88,7 @@ def main():
         "--student", student, "--teacher", "gold", "--data", rl_path, "--algo", args.algo,
         "--questions-per-step", "8", "--group-size", "8", "--iters-per-step", "2", "--max-new-tokens", "32",
         "--lr", "1e-5", "--micro-batch-size", "16", "--gen-batch-size", "128", "--mixed-precision", "bf16",
+        "--no-gradient-checkpointing",  # 32-token responses: memory is no issue, recomputation only costs time
         "--steps", str(args.steps), "--save-every", "0", "--out-dir", os.path.join(args.out_dir, args.algo),
         "--dump-reformulated", *extra])
     train.main(cfg)
