@@ -25,16 +25,61 @@ from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
-from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+from transformers import (AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageTextToText,
+                          AutoTokenizer, GenerationConfig)
 
 
 @dataclass
 class Rollout:
     text: str  # decoded response, special tokens removed
-    prompt_ids: list  # chat-templated prompt tokens
+    prompt_ids: list  # chat-templated prompt tokens (image placeholders expanded to the image's tokens)
     token_ids: list  # response tokens, the end-of-sequence token included when the model stopped
     logprobs: list = field(default_factory=list)  # log-prob of each token under softmax(logits / temperature)
     finish_reason: str = "stop"  # "stop" (end-of-sequence) or "length" (hit max_new_tokens)
+    vision: dict = None  # the prompt's image inputs (pixel_values, image_grid_thw), shared by its n rollouts
+
+
+# A prompt is the user message: a text, or {"text": ..., "images": [path, ...]} (image first, then text).
+IMAGE_TOKEN = "<|image_pad|>"  # Qwen's placeholder, one per image in the template, one per merged patch after
+PAPER_PIXELS = (256 * 32 * 32, 1280 * 32 * 32)  # the paper's image bounds (min, max pixels)
+
+
+def prompt_parts(prompt):
+    """(text, image paths) of a prompt."""
+    return (prompt, []) if isinstance(prompt, str) else (prompt["text"], list(prompt.get("images") or []))
+
+
+def open_image(path):
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return image.convert("RGB")
+
+
+def encode_prompt(tokenizer, prompt, **template_kwargs):
+    """(prompt token ids, image inputs or None). The chat template puts one placeholder per image; as
+    Qwen's processor does, each becomes as many placeholders as the image has merged patches, and the
+    image processor (attached to the tokenizer by load_model) gives the pixel values."""
+    text, images = prompt_parts(prompt)
+    ids = chat_prompt_ids(tokenizer, text, images, **template_kwargs)
+    if not images:
+        return ids, None
+    processor = getattr(tokenizer, "image_processor", None)
+    if processor is None:
+        raise ValueError(f"a prompt with images ({images[0]}) for a model without an image processor: load a "
+                         "vision-language checkpoint without --text-only")
+    vision = dict(processor(images=[open_image(p) for p in images], return_tensors="pt"))
+    counts = iter((vision["image_grid_thw"].prod(-1) // processor.merge_size ** 2).tolist())
+    pad = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    return [t for i in ids for t in ([pad] * next(counts) if i == pad else [i])], vision
+
+
+def batch_vision(visions):
+    """Image inputs of a batch's rows (None for rows without images), concatenated in row order."""
+    visions = [v for v in visions if v is not None]
+    if not visions:
+        return {}
+    return {k: torch.cat([v[k] for v in visions]) for k in visions[0]}
 
 
 def resolve_model_name(name):
@@ -52,14 +97,24 @@ def smollm2_gguf():
     return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def load_model(name_or_path, dtype=torch.float32, device="cpu"):
-    """(model, tokenizer) from a local directory, a hub id, or a .gguf file (de-quantised to `dtype`)."""
+def load_model(name_or_path, dtype=torch.float32, device="cpu", text_only=False, pixels=None):
+    """(model, tokenizer) from a local directory, a hub id, or a .gguf file (de-quantised to `dtype`).
+
+    A vision-language checkpoint (its config has a vision tower: Qwen3.5's are) loads as its
+    image-text-to-text class, the class vLLM loads, with its image processor attached to the tokenizer
+    (`tokenizer.image_processor`, images resized within `pixels` = (min, max) when given); `text_only`
+    loads the text model alone (the causal-LM class) for text data."""
     kwargs = {}
     name = resolve_model_name(name_or_path)
     if name.endswith(".gguf"):
         name, kwargs["gguf_file"] = os.path.split(os.path.abspath(name))
     tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
+    vision = not text_only and getattr(AutoConfig.from_pretrained(name, **kwargs), "vision_config", None) is not None
+    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+    model = auto.from_pretrained(name, dtype=dtype, **kwargs)
+    if vision:
+        bounds = {"size": {"shortest_edge": pixels[0], "longest_edge": pixels[1]}} if pixels else {}
+        tokenizer.image_processor = AutoImageProcessor.from_pretrained(name, **bounds)
     if "gguf_file" in kwargs:
         # a GGUF-loaded model is marked quantized and refuses save_pretrained: rebuild it as a plain model
         config = model.config
@@ -90,8 +145,10 @@ def frozen_engine(name, url=None, kind="transformers", device="cpu", batch_size=
     return TransformersEngine(model.eval().requires_grad_(False), tokenizer, max_batch_size=batch_size)
 
 
-def chat_prompt_ids(tokenizer, text, **template_kwargs):
-    return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+def chat_prompt_ids(tokenizer, text, images=(), **template_kwargs):
+    """The chat-templated user turn; with images, their placeholders come first, then the text."""
+    content = text if not images else [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+    return list(tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
                                               tokenize=True, return_dict=False, **template_kwargs))
 
 
@@ -114,7 +171,7 @@ class TransformersEngine:
     @torch.no_grad()
     def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
                  presence_penalty=0.0, repetition_penalty=1.0):
-        prompt_ids = [chat_prompt_ids(self.tokenizer, p, **self.template_kwargs) for p in prompts]
+        encoded = [encode_prompt(self.tokenizer, p, **self.template_kwargs) for p in prompts]
         # one row per rollout, prompts repeated n times; chunks bound the padded batch in memory
         rows = [i for i in range(len(prompts)) for _ in range(n)]
         sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
@@ -123,16 +180,21 @@ class TransformersEngine:
         for start in tqdm(range(0, len(rows), self.max_batch_size), desc="generate", leave=False,
                           disable=len(rows) <= self.max_batch_size):
             chunk = rows[start:start + self.max_batch_size]
-            results += self._generate_rows([prompt_ids[i] for i in chunk], max_new_tokens, **sampling)
+            results += self._generate_rows([encoded[i][0] for i in chunk], max_new_tokens, **sampling,
+                                           vision=[encoded[i][1] for i in chunk])
         return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
 
     def _generate_rows(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty,
-                       repetition_penalty=1.0):
+                       repetition_penalty=1.0, vision=None):
         model, pad = self.model, self.tokenizer.pad_token_id
         device = next(model.parameters()).device
         width = max(len(p) for p in prompt_ids)
         input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=device)
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
+        vision = vision or [None] * len(prompt_ids)
+        images = {k: v.to(device) for k, v in batch_vision(vision).items()}
+        if images:  # the model places multimodal rotary positions from the image tokens' positions
+            images["mm_token_type_ids"] = (input_ids == model.config.image_token_id).int()
         greedy = temperature == 0
         config = GenerationConfig(
             do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
@@ -165,7 +227,8 @@ class TransformersEngine:
         model.generation_config = GenerationConfig()
         try:
             with self.context():
-                out = model.generate(input_ids=input_ids, attention_mask=attention, generation_config=config,
+                out = model.generate(input_ids=input_ids, attention_mask=attention, **images,
+                                     generation_config=config,
                                      logits_processor=([penalise] if presence_penalty else []) + [record])
         finally:
             model.generation_config = own_config
@@ -182,7 +245,7 @@ class TransformersEngine:
             rollouts.append(Rollout(
                 text=self.tokenizer.decode(tokens[:length], skip_special_tokens=True), prompt_ids=prompt,
                 token_ids=tokens[:length], logprobs=logprobs[row, :length].tolist(),
-                finish_reason="length" if stop is None else "stop"))
+                finish_reason="length" if stop is None else "stop", vision=vision[row]))
         return rollouts
 
 

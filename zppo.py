@@ -24,6 +24,7 @@ class Episode:
     minibatch: int = 0  # step 10: which of the I mini-batches this episode is in
     on_this_rank: bool = True  # whether this process computes its forward/backward (plan_minibatches)
     old_logprobs: list = field(default_factory=list)  # the sampling policy's log-probs, recomputed by the trainer
+    vision: dict = None  # the prompt's image inputs (pixel_values, image_grid_thw); None for a text prompt
 
 ADV_NORMS = ("without_zero", "with_zero", "none")
 
@@ -214,7 +215,11 @@ def response_logprobs(model, seqs, temperature, pad_id, entropy=False, chunk_tok
         attn[b, P - len(p):P + len(r)] = 1
         mask[b, :len(r)] = 1
     ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
-    position_ids = (attn.cumsum(-1) - 1).clamp(min=0)
+    inputs = dict(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0))
+    visions = [s.vision for s in seqs if s.vision is not None]
+    if visions:  # rows with and without images mix; the model derives multimodal positions from the image tokens
+        inputs.update({k: torch.cat([v[k] for v in visions]).to(device) for k in visions[0]}, position_ids=None,
+                      mm_token_type_ids=(ids == unwrap(model).config.image_token_id).int())
     targets = ids[:, P:]  # (B, R)
     head = unwrap(model).get_output_embeddings()
     chunk = chunk_tokens or max(1, LOGITS_CHUNK_BYTES // (4 * head.weight.shape[0]))
@@ -225,8 +230,7 @@ def response_logprobs(model, seqs, temperature, pad_id, entropy=False, chunk_tok
 
     head.forward = head_forward
     try:
-        out = model(input_ids=ids, attention_mask=attn, position_ids=position_ids, logits_to_keep=R + 1,
-                    use_cache=False).logits  # no KV cache: one teacher-forced pass
+        out = model(**inputs, logits_to_keep=R + 1, use_cache=False).logits  # no KV cache: one teacher-forced pass
     finally:
         del head.forward  # the class's forward again
     return out[..., 0], mask, out[..., 1] if entropy else None
