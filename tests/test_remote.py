@@ -45,7 +45,7 @@ class Stub:
                         return self.reply(500, b'{"error": "overloaded"}')
                     if prompt.startswith("garbage"):
                         return self.reply(200, b"<html>not json")
-                    content = '{"verdict": "correct"}' if prompt.startswith("You are grading") else None
+                    content = '{"verdict": "correct"}' if prompt.startswith("You are an expert judge") else None
                     choices = [{"index": i, "message": {"role": "assistant",
                                                         "content": content or f"{prompt} #{i} \\boxed{{7}}"},
                                 "finish_reason": "stop"} for i in range(body["n"])]
@@ -151,6 +151,6 @@ def test_free_form_gold_answers_are_judged_by_the_teacher_during_training(tiny_m
                               "--max-new-tokens", "4", "--steps", "1", "--out-dir", out])
     train.main(cfg)
     (m,) = read_metrics(out)
-    judged = [r for r in stub.requests if r["messages"][0]["content"].startswith("You are grading")]
+    judged = [r for r in stub.requests if r["messages"][0]["content"].startswith("You are an expert judge")]
     assert len(judged) == 16 and all(r["temperature"] == 0.0 and r["max_tokens"] == 512 for r in judged)
     assert m["acc/plain"] == 1.0 and m["count/hard"] == 0  # the judge said correct to every rollout
