@@ -4,7 +4,8 @@ Every engine has the same small surface, so train.py never knows which one it dr
     engine.generate(prompts, n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty)
         -> per prompt, a list of n Rollouts (empty when a remote request failed for good)
     engine.sync_weights(model)   # after an optimizer phase: make the engine sample from `model`
-Prompts are user-message texts; the engine applies the model's chat template. This file holds the
+Prompts are user-message texts (or lists of {role, content} messages, a multi-turn chat); the engine
+applies the model's chat template. This file holds the
 transformers engine (CPU, tests, small GPU runs), the vLLM engine (GPU training), a remote engine
 for a teacher behind an OpenAI-compatible server, and the model loading shared by train.py and eval.py.
 Every vLLM call of the project is in this file.
@@ -86,8 +87,10 @@ def frozen_engine(name, url=None, kind="transformers", device="cpu", batch_size=
     return TransformersEngine(model.eval().requires_grad_(False), tokenizer, max_batch_size=batch_size)
 
 
-def chat_prompt_ids(tokenizer, text, **template_kwargs):
-    return list(tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
+def chat_prompt_ids(tokenizer, prompt, **template_kwargs):
+    """A prompt is a user-message text, or a list of {role, content} messages (a multi-turn chat)."""
+    messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                               tokenize=True, return_dict=False, **template_kwargs))
 
 
@@ -292,7 +295,8 @@ class RemoteEngine:
             return list(pool.map(lambda p: self._complete(p, body), prompts))
 
     def _complete(self, prompt, body):
-        data = json.dumps({**body, "messages": [{"role": "user", "content": prompt}]}).encode()
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        data = json.dumps({**body, "messages": messages}).encode()
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))

@@ -92,6 +92,13 @@ def test_normal_answers_and_sampling_parameters(stub):
     assert engine(stub).generate(["q"], top_k=0)[0] and stub.requests[-1]["top_k"] == -1  # 0 = off, vLLM's -1
 
 
+def test_a_conversation_goes_as_the_chat_it_is(stub):
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "and now?"}]
+    (group,) = engine(stub).generate([chat], n=1)
+    assert stub.requests[0]["messages"] == chat and group[0].text.startswith("and now?")
+
+
 def test_slow_answer_times_out_and_costs_only_that_prompt(stub):
     e = engine(stub, retries=1)
     start = time.perf_counter()
