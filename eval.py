@@ -1,4 +1,4 @@
-"""Benchmark evaluation, as the paper scores it (the reference: ../shared/spec/EVAL.md; README "Evaluation").
+"""Benchmark evaluation, as the paper scores it (its appendix B.2 and the project's EVAL.md; README "Evaluation").
 
     python eval.py --model runs/demo/zppo/checkpoints/step_000010 --benchmarks arithmetic
     python eval.py --model Qwen3.5-0.8B --benchmarks aime2025,mmlu_redux,hle --judge Qwen3.5-27B --out results.json
@@ -121,8 +121,9 @@ BENCHMARKS = {
     "arithmetic": dict(family="math", protocol="Exact+Judge", hub=None, split="test", route="rule", fields={}),
 }
 # The paper's decoding for every benchmark, each field explicit so no engine or checkpoint default applies.
-# Its repetition penalty 1.0 means none: engine.generate (rollout.py) has no repetition_penalty argument and
-# applies none, so it is not passed here; add it when the engines take it.
+# Its repetition penalty 1.0 (none) cannot be passed yet: engine.generate (rollout.py) has no repetition_penalty
+# argument. Until it has, a checkpoint's generation_config.json (transformers fills unset fields from it) or a
+# vLLM server's defaults may apply one; add it here when the engines take it.
 SAMPLING = dict(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=1.5)
 # MMLU-Redux rows the reference evaluators score differently: lm-evaluation-harness keeps only the rows
 # annotated "ok" (its mmlu-redux-2.0-ok mirror); evalscope scores every row, re-targeted by correct_answer.
