@@ -613,6 +613,9 @@ def main(cfg):
         raise ValueError("--benchmarks names no benchmark")
     if cfg.samples < 1 or (cfg.limit is not None and cfg.limit < 0):
         raise ValueError(f"--samples must be >= 1 and --limit >= 0 (got {cfg.samples}, {cfg.limit})")
+    for path in (cfg.out, cfg.responses):  # found out now, not after the first benchmark has run
+        if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise FileNotFoundError(f"the folder of {path} does not exist")
     for name in names:
         if name not in BENCHMARKS:  # run_benchmarks reports it as failed; say so before the model loads
             print(f"[warning] unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
