@@ -1,8 +1,10 @@
 """The binary reward: is the last \\boxed{} answer of a response equivalent to the gold answer?
 
-Spec section "Reward". The rule grader (`grade`) checks short answers and letters; a gold answer no
-rule can check (free-form prose) goes to an LLM judge (`score_responses` routes each pair). Training
-rewards and eval.py's scores both go through `score_responses`.
+Spec section "Reward" and EVAL.md "Exact+Judge". The rule grader (`grade`) checks short answers and
+letters; every row it cannot resolve (a free-form gold answer, no parseable box, a truncated response)
+goes to the LLM judge with the paper's prompt and the full response; without a judge such rows score 0
+and are reported as unresolved. Training rewards and eval.py's scores both go through `score_responses`
+/ `score_detailed`, so the routing is the same in both.
 Model output is untrusted: the scan is linear and bounded, over-long answers
 are compared as text only, exponent towers and huge factorials never reach sympy (Python's big
 integers would compute them in C where no time limit can interrupt), and math-verify runs under its
@@ -11,6 +13,8 @@ own time limit. Nothing is ever eval'd.
 import json
 import re
 from fractions import Fraction
+
+import jinja2
 
 MAX_ANSWER_CHARS = 1_000  # a boxed answer longer than this is not an answer
 MAX_BOXES_TRIED = 20  # unbalanced \boxed{ candidates examined from the end before giving up
@@ -133,30 +137,70 @@ def grade(response, gold):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# routing: the rule grader, or an LLM judge for gold answers no rule can check
+# routing (Exact+Judge): the rule grader first, the judge for every row the rule cannot resolve
 
-JUDGE_PROMPT = """You are grading an answer to a question against the reference answer.
-Question:
-{question}
+# The paper's shared judge prompt (Fig. 9; EVAL.md), verbatim: a Jinja2 template, `options` rendered only when
+# the benchmark has answer options. Its long lines are kept as the paper prints them.
+JUDGE_PROMPT = r"""You are an expert judge evaluating whether a model's response is correct according to the ground truth.
+## Your Role (READ FIRST)
+You are a COMPARATOR, not a solver. Your ONLY job is to decide how well the model's response matches the provided GROUND TRUTH.
+• Do NOT attempt to solve the problem yourself.
+• Do NOT infer or derive what the "real" answer should be.
+• Do NOT second-guess the ground truth, even if it seems wrong.
+• The "Model Response" section below MAY be either (a) the model's full trajectory including any <think>...</think> reasoning and a concluding \boxed{...} answer, OR (b) a short EXTRACTED snippet that was already pulled out as the candidate final answer (e.g. a bare letter like B, a number like 42, an expression like x = 5/3). Treat both forms uniformly: the snippet (when given) IS the model's committed final answer, and a full trajectory's final answer is the content inside the last \boxed{...} or the concluding sentence AFTER any </think> tag.
+• If the final answer is missing due to answer format error, truncation, or other reasons, look inside thinking or reasoning.
+• You should OUTPUT JSON with the format {"verdict": "correct" or "wrong"} based on the model's response and the ground truth.
+## Question
+{{ question }}
+{% if options %}## Answer Options
+{{ options }}
+{% endif %}## Model Response
+{{ model_response }}
+## Ground Truth Answer
+{{ ground_truth }}
+Output ONLY a valid JSON object with exactly this format (no prose, no code fences, no trailing commentary): {"verdict": "correct" or "wrong"}"""
+_JUDGE_TEMPLATE = jinja2.Template(JUDGE_PROMPT)  # no autoescape: the texts are not HTML
+JUDGE_MAX_NEW_TOKENS = 512
+# Greedy, as the paper's judge (temperature 0, top-p 1); every field set so no engine default applies.
+JUDGE_SAMPLING = dict(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, presence_penalty=0.0)
+# The judge reads the full response, but a prompt must stay bounded: a longer response loses its START (the
+# answer is at the end), and the cut is marked. 50,000 characters is about 12,500 tokens of English, so a
+# response within the paper's 12,288-token cap nearly always reaches the judge whole.
+JUDGE_MAX_RESPONSE_CHARS = 50_000
 
-Reference answer:
-{gold}
 
-Candidate's final answer:
-{answer}
+def clip_start(text, budget=JUDGE_MAX_RESPONSE_CHARS):
+    """`text` if it fits `budget` characters, else its last `budget` characters after a marker naming the cut."""
+    if len(text) <= budget:
+        return text
+    cut = len(text) - budget
+    return f"[... the first {cut} characters of the response are cut here ...]\n" + text[cut:]
 
-Decide whether the candidate's final answer is equivalent to the reference answer (same meaning and, for numbers and expressions, the same value; wording may differ). Reply with exactly one line of JSON and nothing else: {{"verdict": "correct"}} or {{"verdict": "wrong"}}"""
+
+def judge_prompt(example, response):
+    """The paper's judge prompt for one response: the question without its options, the options (if any),
+    the full response (clipped from the start), the gold answer."""
+    return _JUDGE_TEMPLATE.render(
+        question=example.get("stem", example["question"]), options=example.get("options") or "",
+        model_response=clip_start(response), ground_truth=example["answer"])
 
 
-def parse_verdict(text):
-    """1.0 for exactly {"verdict": "correct"}, 0.0 for anything else (a think block before it is allowed)."""
+def verdict_of(text):
+    """"correct" or "wrong" for exactly {"verdict": "correct"|"wrong"}, None for anything else (a think block
+    before it is allowed: a thinking judge writes one)."""
     text = re.sub(r"^\s*<think>.*?</think>", "", text, flags=re.DOTALL).strip()
     try:
         verdict = json.loads(text)
     except ValueError:
-        return 0.0
-    ok = isinstance(verdict, dict) and set(verdict) == {"verdict"} and verdict["verdict"] in ("correct", "wrong")
-    return float(ok and verdict["verdict"] == "correct")
+        return None
+    if isinstance(verdict, dict) and set(verdict) == {"verdict"} and verdict["verdict"] in ("correct", "wrong"):
+        return verdict["verdict"]
+    return None
+
+
+def parse_verdict(text):
+    """1.0 for exactly {"verdict": "correct"}, 0.0 for anything else (malformed counts as wrong, as in the paper)."""
+    return float(verdict_of(text) == "correct")
 
 
 def rule_checkable(gold):
@@ -166,30 +210,70 @@ def rule_checkable(gold):
 
 
 def route_of(example):
+    """"judge" for a free-form gold answer (or a benchmark that always judges), else the example's route."""
     route = example.get("route", "rule")
     return "judge" if route == "rule" and not rule_checkable(example["answer"]) else route
 
 
-def judge_scores(judge, items):
-    """items: (example, response) pairs -> 0/1 each, in one batch through the judge engine."""
+def rule_verdict(response, gold, truncated=False, grade_fn=grade):
+    """1.0 or 0.0 where the rule grader can decide, None where it cannot and the judge must (Exact+Judge):
+    no parseable box (none, empty, or no letter for a multiple-choice gold), or a truncated response whose
+    last box is wrong (the final answer was never written; that box is an intermediate one). A box that
+    matches is trusted even in a truncated response (the grader audit: no false positives)."""
+    if grade_fn(response, gold):
+        return 1.0
+    pred = last_boxed(response)
+    if pred is None or not pred.strip() or (is_choice(str(gold)) and _letter(pred) is None) or truncated:
+        return None
+    return 0.0
+
+
+def judge_verdicts(judge, items):
+    """items: (example, response) pairs -> (0/1, the judge's raw reply or None) each, in one judge batch.
+    A request that failed for good (a remote judge returns no rollout) scores 0 with reply None."""
     if not items:
         return []
+    prompts = [judge_prompt(ex, r) for ex, r in items]
+    outs = judge.generate(prompts, n=1, max_new_tokens=JUDGE_MAX_NEW_TOKENS, **JUDGE_SAMPLING)
+    return [(parse_verdict(o[0].text), o[0].text) if o else (0.0, None) for o in outs]
+
+
+def judge_scores(judge, items):
+    """items: (example, response) pairs -> 0/1 each; without a judge model every item scores 0."""
     if judge is None:
-        return [0.0] * len(items)  # no judge model: free-form answers cannot be checked
-    prompts = [JUDGE_PROMPT.format(question=ex["question"], gold=ex["answer"],
-                                   answer=last_boxed(r) or r[-2000:]) for ex, r in items]
-    outs = judge.generate(prompts, n=1, max_new_tokens=512, temperature=0.0)
-    return [parse_verdict(o[0].text) for o in outs]
+        return [0.0] * len(items)
+    return [s for s, _ in judge_verdicts(judge, items)]
 
 
-def score_responses(pairs, judge=None, grade_fn=grade):
-    """0/1 per (example, response): the rule grader where it applies, the judge (one batch) elsewhere."""
-    scores = [grade_fn(text, ex["answer"]) if route_of(ex) != "judge" else None for ex, text in pairs]
-    judged = iter(judge_scores(judge, [p for p, s in zip(pairs, scores) if s is None]))
-    return [next(judged) if s is None else s for s in scores]
+def score_detailed(pairs, judge=None, grade_fn=grade, truncated=None):
+    """Per (example, response) a dict: score (0/1), via ("rule", "judge", or "unresolved": the rule could not
+    decide and there is no judge, scored 0) and, for judged ones, the judge's raw reply. `truncated` (one bool
+    per pair; default none truncated) marks responses cut by the token limit. One judge batch for all."""
+    truncated = truncated or [False] * len(pairs)
+    scores = [None if route_of(ex) == "judge" else rule_verdict(text, ex["answer"], cut, grade_fn)
+              for (ex, text), cut in zip(pairs, truncated)]
+    pending = [p for p, s in zip(pairs, scores) if s is None]
+    judged = iter(judge_verdicts(judge, pending) if judge is not None else [])
+    out = []
+    for s in scores:
+        if s is not None:
+            out.append({"score": s, "via": "rule"})
+        elif judge is None:
+            out.append({"score": 0.0, "via": "unresolved"})
+        else:
+            score, reply = next(judged)
+            out.append({"score": score, "via": "judge", "judge_reply": reply})
+    return out
 
 
-def score_nested(texts, examples, judge=None, grade_fn=grade):
-    """texts[i] is a list of responses to examples[i]: the same nesting of 0/1 scores, one judge batch for all."""
-    flat = iter(score_responses([(ex, t) for ts, ex in zip(texts, examples) for t in ts], judge, grade_fn))
+def score_responses(pairs, judge=None, grade_fn=grade, truncated=None):
+    """0/1 per (example, response): the rule grader where it decides, the judge (one batch) for the rest."""
+    return [d["score"] for d in score_detailed(pairs, judge, grade_fn, truncated)]
+
+
+def score_nested(texts, examples, judge=None, grade_fn=grade, truncated=None):
+    """texts[i] is a list of responses to examples[i]: the same nesting of 0/1 scores, one judge batch for all.
+    `truncated`, if given, has the nesting of `texts`."""
+    flat_cut = [c for cs in truncated for c in cs] if truncated is not None else None
+    flat = iter(score_responses([(ex, t) for ts, ex in zip(texts, examples) for t in ts], judge, grade_fn, flat_cut))
     return [[next(flat) for _ in ts] for ts in texts]

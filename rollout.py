@@ -5,7 +5,8 @@ Every engine has the same small surface, so train.py never knows which one it dr
                     repetition_penalty)
         -> per prompt, a list of n Rollouts (empty when a remote request failed for good)
     engine.sync_weights(model)   # after an optimizer phase: make the engine sample from `model`
-Prompts are user-message texts; the engine applies the model's chat template. This file holds the
+Prompts are user-message texts (or lists of {role, content} messages, a multi-turn chat); the engine
+applies the model's chat template. This file holds the
 transformers engine (CPU, tests, small GPU runs), the vLLM engine (GPU training), a remote engine
 for a teacher behind an OpenAI-compatible server, and the model loading shared by train.py and eval.py.
 Every vLLM call of the project is in this file. Every sampling field is set explicitly in every engine:
@@ -39,14 +40,17 @@ class Rollout:
     vision: dict = None  # the prompt's image inputs (pixel_values, image_grid_thw), shared by its n rollouts
 
 
-# A prompt is the user message: a text, or {"text": ..., "images": [path, ...]} (image first, then text).
+# A prompt is the user message: a text, or {"text": ..., "images": [path, ...]} (image first, then text),
+# or a list of {role, content} messages (a multi-turn chat).
 IMAGE_TOKEN = "<|image_pad|>"  # Qwen's placeholder, one per image in the template, one per merged patch after
 PAPER_PIXELS = (256 * 32 * 32, 1280 * 32 * 32)  # the paper's image bounds (min, max pixels)
 
 
 def prompt_parts(prompt):
     """(text, image paths) of a prompt."""
-    return (prompt, []) if isinstance(prompt, str) else (prompt["text"], list(prompt.get("images") or []))
+    if isinstance(prompt, (str, list)):  # a text, or a multi-turn chat
+        return prompt, []
+    return prompt["text"], list(prompt.get("images") or [])
 
 
 def open_image(path):
@@ -146,9 +150,14 @@ def frozen_engine(name, url=None, kind="transformers", device="cpu", batch_size=
 
 
 def chat_prompt_ids(tokenizer, text, images=(), **template_kwargs):
-    """The chat-templated user turn; with images, their placeholders come first, then the text."""
-    content = text if not images else [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
-    return list(tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+    """The chat-templated prompt: a user-message text (with images: their placeholders first, then the
+    text), or a list of {role, content} messages (a multi-turn chat) as it is."""
+    if isinstance(text, list):
+        messages = text
+    else:
+        content = text if not images else [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+        messages = [{"role": "user", "content": content}]
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                               tokenize=True, return_dict=False, **template_kwargs))
 
 
@@ -422,7 +431,8 @@ class RemoteEngine:
             return list(pool.map(lambda p: self._complete(p, body), prompts))
 
     def _complete(self, prompt, body):
-        data = json.dumps({**body, "messages": [{"role": "user", "content": prompt}]}).encode()
+        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        data = json.dumps({**body, "messages": messages}).encode()
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))

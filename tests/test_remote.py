@@ -45,7 +45,7 @@ class Stub:
                         return self.reply(500, b'{"error": "overloaded"}')
                     if prompt.startswith("garbage"):
                         return self.reply(200, b"<html>not json")
-                    content = '{"verdict": "correct"}' if prompt.startswith("You are grading") else None
+                    content = '{"verdict": "correct"}' if prompt.startswith("You are an expert judge") else None
                     choices = [{"index": i, "message": {"role": "assistant",
                                                         "content": content or f"{prompt} #{i} \\boxed{{7}}"},
                                 "finish_reason": "stop"} for i in range(body["n"])]
@@ -91,6 +91,13 @@ def test_normal_answers_and_sampling_parameters(stub):
         {"n": 3, "max_tokens": 50, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.05, "presence_penalty": 1.5}
     assert engine(stub).generate(["q"], top_k=0)[0] and stub.requests[-1]["top_k"] == -1  # 0 = off, vLLM's -1
     assert req["repetition_penalty"] == 1.0  # sent always: the server's checkpoint defaults never apply
+
+
+def test_a_conversation_goes_as_the_chat_it_is(stub):
+    chat = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+            {"role": "user", "content": "and now?"}]
+    (group,) = engine(stub).generate([chat], n=1)
+    assert stub.requests[0]["messages"] == chat and group[0].text.startswith("and now?")
 
 
 def test_slow_answer_times_out_and_costs_only_that_prompt(stub):
@@ -152,6 +159,6 @@ def test_free_form_gold_answers_are_judged_by_the_teacher_during_training(tiny_m
                               "--max-new-tokens", "4", "--steps", "1", "--out-dir", out])
     train.main(cfg)
     (m,) = read_metrics(out)
-    judged = [r for r in stub.requests if r["messages"][0]["content"].startswith("You are grading")]
+    judged = [r for r in stub.requests if r["messages"][0]["content"].startswith("You are an expert judge")]
     assert len(judged) == 16 and all(r["temperature"] == 0.0 and r["max_tokens"] == 512 for r in judged)
     assert m["acc/plain"] == 1.0 and m["count/hard"] == 0  # the judge said correct to every rollout

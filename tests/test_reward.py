@@ -83,3 +83,110 @@ def test_hostile_inputs_finish_quickly(response):
 ])
 def test_judge_verdict_must_be_strict_json(text, score):
     assert parse_verdict(text) == score
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Exact+Judge routing and the paper's judge prompt (EVAL.md)
+
+from reward import (JUDGE_MAX_RESPONSE_CHARS, clip_start, judge_prompt, rule_verdict, score_detailed,  # noqa: E402
+                    score_nested, score_responses, verdict_of)
+from rollout import Rollout  # noqa: E402
+
+
+class Judge:
+    """A stub judge engine: replies from a function of the prompt, records every call."""
+
+    def __init__(self, reply=lambda prompt: '{"verdict": "correct"}', fail=False):
+        self.reply, self.fail, self.calls = reply, fail, []
+
+    def generate(self, prompts, n=1, max_new_tokens=256, **sampling):
+        self.calls.append({"prompts": list(prompts), "n": n, "max_new_tokens": max_new_tokens, **sampling})
+        if self.fail:  # a remote judge whose requests all failed returns no rollout per prompt
+            return [[] for _ in prompts]
+        return [[Rollout(text=self.reply(p), prompt_ids=[], token_ids=[])] for p in prompts]
+
+
+PAPER_LINES = [  # EVAL.md, "The shared judge prompt", lines that must reach the judge exactly
+    "You are an expert judge evaluating whether a model's response is correct according to the ground truth.",
+    "## Your Role (READ FIRST)",
+    "• Do NOT second-guess the ground truth, even if it seems wrong.",
+    "• If the final answer is missing due to answer format error, truncation, or other reasons, look inside "
+    "thinking or reasoning.",
+    'Output ONLY a valid JSON object with exactly this format (no prose, no code fences, no trailing commentary): '
+    '{"verdict": "correct" or "wrong"}',
+]
+
+
+def test_judge_prompt_is_the_papers_template_with_options_only_when_present():
+    plain = judge_prompt({"question": "What is 2+2?", "answer": "4"}, "<think>2+2</think> so four")
+    lines = plain.split("\n")
+    assert all(line in lines for line in PAPER_LINES)
+    assert lines[-7:-1] == ["## Question", "What is 2+2?", "## Model Response", "<think>2+2</think> so four",
+                            "## Ground Truth Answer", "4"]
+    assert "## Answer Options" not in plain and "{{" not in plain and "{%" not in plain
+    mc = judge_prompt({"question": "Pick.\n\nA. one\nB. two", "stem": "Pick.", "options": "A. one\nB. two",
+                       "answer": "B"}, "it is \\boxed{two}")
+    assert "## Question\nPick.\n## Answer Options\nA. one\nB. two\n## Model Response\nit is \\boxed{two}\n" in mc
+
+
+def test_long_responses_lose_their_start_and_the_cut_is_marked():
+    response = "reasoning " * 10_000 + "\\boxed{42}"
+    clipped = clip_start(response)
+    assert clipped.endswith("\\boxed{42}") and len(clipped) < JUDGE_MAX_RESPONSE_CHARS + 100
+    cut = len(response) - JUDGE_MAX_RESPONSE_CHARS
+    assert clipped.startswith(f"[... the first {cut} characters of the response are cut here ...]\n")
+    assert clip_start("short") == "short"
+    assert "\\boxed{42}" in judge_prompt({"question": "Q", "answer": "42"}, response)
+
+
+@pytest.mark.parametrize("response,gold,truncated,expected", [
+    ("so \\boxed{7}", "7", False, 1.0),
+    ("so \\boxed{8}", "7", False, 0.0),
+    ("the answer is 7", "7", False, None),  # no box: the judge decides
+    ("\\boxed{}", "7", False, None),  # an empty box is no answer
+    ("\\boxed{B. 42}", "B", False, None),  # a box without a readable letter
+    ("\\boxed{C}", "B", False, 0.0),
+    ("first \\boxed{3} then the tokens ran o", "7", True, None),  # an intermediate box of a cut response
+    ("first \\boxed{7} then the tokens ran o", "7", True, 1.0),  # a matching box is trusted
+])
+def test_rule_verdict_resolves_what_it_can(response, gold, truncated, expected):
+    assert rule_verdict(response, gold, truncated) == expected
+
+
+def test_unresolved_rows_go_to_the_judge_with_the_full_response():
+    examples = [{"question": "Q1", "answer": "7"}, {"question": "Q2", "answer": "7"},
+                {"question": "Q3", "answer": "it is strictly increasing"}]
+    responses = ["\\boxed{7}", "long reasoning ... and so the answer is seven", "\\boxed{it increases}"]
+    judge = Judge()
+    details = score_detailed(list(zip(examples, responses)), judge)
+    assert [d["via"] for d in details] == ["rule", "judge", "judge"] and [d["score"] for d in details] == [1, 1, 1]
+    (call,) = judge.calls  # one batch: the unboxed response and the free-form gold, nothing the rule decided
+    assert len(call["prompts"]) == 2 and "## Model Response\nlong reasoning ... and so the answer is seven\n" in \
+        call["prompts"][0]
+    assert "## Ground Truth Answer\nit is strictly increasing" in call["prompts"][1]
+    assert (call["temperature"], call["top_p"], call["max_new_tokens"]) == (0.0, 1.0, 512)
+
+    alone = score_detailed(list(zip(examples, responses)), judge=None)  # no judge: unresolved, scored 0
+    assert [(d["via"], d["score"]) for d in alone] == [("rule", 1.0), ("unresolved", 0.0), ("unresolved", 0.0)]
+    failed = score_detailed(list(zip(examples, responses)), Judge(fail=True))
+    assert [d["score"] for d in failed] == [1.0, 0.0, 0.0] and failed[1]["judge_reply"] is None
+    wrong = score_responses(list(zip(examples, responses)), Judge(reply=lambda p: "correct, I think"))
+    assert wrong == [1.0, 0.0, 0.0]  # a malformed verdict is wrong
+
+
+def test_training_rewards_route_the_same_way():
+    """score_nested (train.py's reward) sends an unboxed rollout to the judge when there is one (a teacher);
+    with --teacher gold there is none and it scores 0 as before; truncation follows the nesting of texts."""
+    examples = [{"question": "Q", "answer": "5"}]
+    texts = [["\\boxed{5}", "five", "\\boxed{4} and then"]]
+    judge = Judge(reply=lambda p: '{"verdict": "correct"}' if "five" in p else '{"verdict": "wrong"}')
+    assert score_nested(texts, examples, judge) == [[1.0, 1.0, 0.0]]
+    assert len(judge.calls[0]["prompts"]) == 1  # only "five"
+    assert score_nested(texts, examples, None) == [[1.0, 0.0, 0.0]]
+    assert score_nested(texts, examples, judge, truncated=[[False, False, True]]) == [[1.0, 1.0, 0.0]]
+    assert len(judge.calls[-1]["prompts"]) == 2  # the cut response with a wrong box was judged too
+
+
+def test_verdict_of_names_the_verdict_or_none():
+    assert verdict_of('{"verdict": "wrong"}') == "wrong" and verdict_of('{"verdict": "correct"}') == "correct"
+    assert verdict_of("wrong") is None and verdict_of('{"verdict": "WRONG"}') is None

@@ -130,6 +130,7 @@ def test_model_teacher_generates_and_compresses_candidates(tiny_model, tmp_path,
 
     monkeypatch.setattr(train.TransformersEngine, "generate", spy)
     monkeypatch.setattr(train, "grade", lambda text, gold: float(text.startswith("\x00never")))  # all wrong
+    monkeypatch.setattr("reward.JUDGE_MAX_NEW_TOKENS", 8)  # the teacher judges unboxed rollouts: keep replies short
     out = str(tmp_path / "t")
     args = ["--student", tiny_model, "--teacher", tiny_model, "--teacher-group-size", "2",
             "--teacher-max-new-tokens", "6", "--compress-max-new-tokens", "6", "--steps", "1", "--out-dir", out]

@@ -76,6 +76,7 @@ def test_a_silent_sync_failure_is_caught_by_the_check(fake, tiny_model, tmp_path
 
 def test_in_process_teacher_can_be_a_frozen_vllm_engine(fake, tiny_model, tmp_path, monkeypatch):
     monkeypatch.setattr(train, "grade", lambda text, gold: 0.0)
+    monkeypatch.setattr("reward.JUDGE_MAX_NEW_TOKENS", 8)  # the teacher judges unboxed rollouts: keep replies short
     out = str(tmp_path / "t")
     train.main(train.parse_config(["--student", tiny_model, *ARGS[2:], "--teacher", tiny_model, "--steps", "1",
                                    "--engine", "vllm", "--teacher-max-new-tokens", "4", "--compress-max-new-tokens", "4",
