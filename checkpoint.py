@@ -21,6 +21,8 @@ def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer
     shutil.rmtree(tmp, ignore_errors=True)
     accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    if getattr(tokenizer, "image_processor", None) is not None:  # a vision-language model's, beside it
+        tokenizer.image_processor.save_pretrained(tmp)
     torch.save({"optimizer": optim_state, "torch_rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                 "python_rng": rng.getstate()}, os.path.join(tmp, "trainer_state.pt"))
@@ -121,14 +123,17 @@ def write_step(cfg, step, metrics, seqs, chosen, questions, prompts, reform, log
     if cfg.dump_rollouts:
         with open(os.path.join(cfg.out_dir, "rollouts.jsonl"), "a") as f:
             f.writelines(json.dumps({"step": step, "group": s.group, "kind": s.kind, "reward": s.reward,
-                                     "adv": s.adv, "tokens": len(s.token_ids)}) + "\n" for s in seqs)
+                                     "adv": s.adv, "tokens": len(s.token_ids),
+                                     "images": len(s.vision["image_grid_thw"]) if s.vision else 0}) + "\n"
+                         for s in seqs)
     if cfg.dump_reformulated:
         reform_rewards = iter(s.reward for s in seqs if s.kind != "plain")
         with open(os.path.join(cfg.out_dir, "reformulated.jsonl"), "a") as f:
             for (i, kind), prompt, group in zip(chosen, prompts, reform):
                 rollouts = [{"text": r.text, "reward": next(reform_rewards)} for r in group]
                 f.write(json.dumps({"step": step, "kind": kind, "id": questions[i]["id"], "prompt": prompt,
-                                    "answer": questions[i]["answer"], "rollouts": rollouts}) + "\n")
+                                    "images": questions[i].get("images", []), "answer": questions[i]["answer"],
+                                    "rollouts": rollouts}) + "\n")
     with open(log_path, "a") as f:
         f.write(json.dumps({"step": step, **metrics}) + "\n")
     accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=step)

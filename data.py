@@ -1,7 +1,9 @@
 """Questions in, examples out: JSONL files, Hugging Face data sets, and the generated CPU-demo task.
 
 An example is a dict: id, question, answer (gold short answer), and optionally solution (a worked
-solution ending in \\boxed{answer}, used by --teacher gold) and image (a path or URL).
+solution ending in \\boxed{answer}, used by --teacher gold) and images (a list of image file paths: a JSONL
+row's `image`, one path or a list, relative to the JSONL file or absolute; a hub set's image column is
+written to files once, so examples, the replay buffer and checkpoints hold paths, never pixels).
 """
 import json
 import os
@@ -34,7 +36,7 @@ def read_jsonl(path, limit=None):
     return rows
 
 
-def _example(record, where, qid):
+def _example(record, where, qid, base=""):
     """Validate one record and return the example dict; `where` names the file and line for errors."""
     if not isinstance(record, dict):
         raise ValueError(f"{where}: expected a JSON object with 'question' and 'answer', got {type(record).__name__}")
@@ -57,12 +59,53 @@ def _example(record, where, qid):
             raise ValueError(f"{where}: 'solution' must be a string")
         example["solution"] = solution
     if record.get("image") is not None:
-        example["image"] = str(record["image"])
+        example["images"] = check_images(record["image"], where, base)
     return example
 
 
+def check_images(value, where, base=""):
+    """Absolute paths of a row's image(s), each opened once so a missing or unreadable file fails at load,
+    naming the data file and line and the path."""
+    from PIL import Image, UnidentifiedImageError
+
+    paths = value if isinstance(value, list) else [value]
+    out = []
+    for p in paths:
+        if not isinstance(p, str) or not p:
+            raise ValueError(f"{where}: 'image' must be a path or a list of paths, got {p!r}")
+        path = p if os.path.isabs(p) else os.path.join(base, p)
+        try:
+            with Image.open(path) as image:
+                image.verify()
+        except FileNotFoundError:
+            raise ValueError(f"{where}: image file not found: {path}") from None
+        except (UnidentifiedImageError, OSError) as e:
+            raise ValueError(f"{where}: image file unreadable: {path} ({type(e).__name__})") from None
+        out.append(os.path.abspath(path))
+    return out
+
+
+def save_hub_images(record, name, split, index, folder=None):
+    """A hub row's PIL image(s) written once to files (~/.cache/zppo/images), the row's `image` becoming
+    their paths: examples stay JSON (buffer, checkpoints) and a question keeps the same file across runs."""
+    value = record.get("image")
+    images = value if isinstance(value, list) else [value]
+    if value is None or not all(hasattr(im, "save") for im in images):
+        return record
+    folder = folder or os.path.join(os.path.expanduser("~"), ".cache", "zppo", "images", name.replace("/", "__"))
+    os.makedirs(folder, exist_ok=True)
+    paths = []
+    for k, image in enumerate(images):
+        paths.append(os.path.join(folder, f"{split}_{index}_{k}.png"))
+        if not os.path.exists(paths[-1]):
+            image.convert("RGB").save(paths[-1] + ".tmp.png")
+            os.replace(paths[-1] + ".tmp.png", paths[-1])
+    return {**record, "image": paths}
+
+
 def load_jsonl(path, limit=None):
-    examples = [_example(record, f"{path}:{lineno}", f"{os.path.basename(path)}:{lineno}")
+    base = os.path.dirname(os.path.abspath(path))  # image paths are relative to the data file
+    examples = [_example(record, f"{path}:{lineno}", f"{os.path.basename(path)}:{lineno}", base)
                 for lineno, record in read_jsonl(path, limit)]
     if not examples:
         raise ValueError(f"{path}: no examples")
@@ -77,7 +120,8 @@ def load_hub(name, split="train", limit=None, config=None):
         raise ImportError(f"loading {name!r} from the hub needs `pip install datasets`") from None
     rows = datasets.load_dataset(name, config, split=split)
     n = len(rows) if limit is None else min(limit, len(rows))
-    return [_example(dict(rows[i]), f"{name}[{split}][{i}]", f"{name}:{split}:{i}") for i in range(n)]
+    return [_example(save_hub_images(dict(rows[i]), name, split, i), f"{name}[{split}][{i}]", f"{name}:{split}:{i}")
+            for i in range(n)]
 
 
 def make_arithmetic(n=None, seed=0, split="train", max_operand=20):

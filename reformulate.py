@@ -45,6 +45,12 @@ def with_closer(text):
     return f"{text} {CLOSER}"
 
 
+def user_prompt(example, text):
+    """The engine prompt of `text` about `example`: with the question's images first when it has any (plain,
+    BCQ, NCQ and teacher prompts alike; candidates stay text)."""
+    return {"text": text, "images": example["images"]} if example.get("images") else text
+
+
 def _candidates(texts):
     return "".join(f"\n<candidate>\n{t}\n</candidate>" for t in texts)
 

@@ -29,6 +29,8 @@ from tqdm import tqdm
 from transformers import (AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageTextToText,
                           AutoTokenizer, GenerationConfig)
 
+from zppo import suppressed_token_ids
+
 
 @dataclass
 class Rollout:
@@ -68,14 +70,24 @@ def encode_prompt(tokenizer, prompt, **template_kwargs):
     ids = chat_prompt_ids(tokenizer, text, images, **template_kwargs)
     if not images:
         return ids, None
+    vision = image_inputs(tokenizer, images)
+    return expand_image_tokens(tokenizer, ids, vision), vision
+
+
+def image_inputs(tokenizer, images):
+    """The image processor's inputs for image files: pixel_values (patches, dim), image_grid_thw (images, 3)."""
     processor = getattr(tokenizer, "image_processor", None)
     if processor is None:
         raise ValueError(f"a prompt with images ({images[0]}) for a model without an image processor: load a "
                          "vision-language checkpoint without --text-only")
-    vision = dict(processor(images=[open_image(p) for p in images], return_tensors="pt"))
-    counts = iter((vision["image_grid_thw"].prod(-1) // processor.merge_size ** 2).tolist())
+    return dict(processor(images=[open_image(p) for p in images], return_tensors="pt"))
+
+
+def expand_image_tokens(tokenizer, ids, vision):
+    """Each image placeholder repeated once per merged patch of its image, as Qwen's processor does."""
+    counts = iter((vision["image_grid_thw"].prod(-1) // tokenizer.image_processor.merge_size ** 2).tolist())
     pad = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    return [t for i in ids for t in ([pad] * next(counts) if i == pad else [i])], vision
+    return [t for i in ids for t in ([pad] * next(counts) if i == pad else [i])]
 
 
 def batch_vision(visions):
@@ -212,7 +224,7 @@ class TransformersEngine:
             eos_token_id=sorted(self.eos_ids), return_dict_in_generate=True)
         vocab = model.config.get_text_config().vocab_size
         seen = torch.zeros(len(prompt_ids), vocab, dtype=torch.bool, device=device)
-        recorded = []
+        recorded, suppress = [], suppressed_token_ids(model.config)
 
         # Custom processors run on the raw logits, before transformers' temperature / top-k / top-p warpers.
         def penalise(ids, scores):
@@ -224,6 +236,8 @@ class TransformersEngine:
         def record(ids, scores):
             # log-softmax(logits / T): the distribution the trainer recomputes; the sampled token is
             # read one call later (and after the loop for the last one)
+            if suppress:  # image placeholders are never sampled (zppo.suppressed_token_ids)
+                scores = scores.index_fill(-1, torch.tensor(suppress, device=scores.device), float("-inf"))
             recorded.append(torch.log_softmax(scores.float() / (temperature or 1.0), dim=-1))
             if len(recorded) > 1:
                 recorded[-2] = recorded[-2].gather(-1, ids[:, -1:]).squeeze(-1)
@@ -260,13 +274,15 @@ class TransformersEngine:
 
 
 def vllm_sampling_params(n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty,
-                         repetition_penalty=1.0):
-    """Our sampling arguments as vLLM's SamplingParams (log-prob of each sampled token included)."""
+                         repetition_penalty=1.0, suppress=()):
+    """Our sampling arguments as vLLM's SamplingParams (log-prob of each sampled token included);
+    `suppress`: token ids never sampled (a vision-language model's image placeholders)."""
     from vllm import SamplingParams
 
     return SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                           top_k=top_k if top_k else -1, min_p=min_p, presence_penalty=presence_penalty,
-                          repetition_penalty=repetition_penalty, logprobs=0)
+                          repetition_penalty=repetition_penalty, logprobs=0,
+                          logit_bias={t: -100.0 for t in suppress} or None)
 
 
 def checkpoint_tensor_names(path):
@@ -326,6 +342,7 @@ class VLLMEngine:
                        generation_config="vllm",  # ignore the checkpoint's sampling defaults
                        logprobs_mode="processed_logprobs")  # log-probs after temperature, as the trainer's
         self.checkpoint_names = checkpoint_tensor_names(model_path)
+        self.suppress = suppressed_token_ids(AutoConfig.from_pretrained(model_path))
         self.sleep, self.asleep, self.syncs = sleep, False, 0
         self._doze()
 
@@ -364,16 +381,38 @@ class VLLMEngine:
     def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
                  presence_penalty=0.0, repetition_penalty=1.0):
         params = vllm_sampling_params(n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty,
-                                      repetition_penalty)
-        requests = [{"prompt_token_ids": chat_prompt_ids(self.tokenizer, p, **self.template_kwargs)}
-                    for p in prompts]
+                                      repetition_penalty, self.suppress)
+        requests, visions = [], []
+        for p in prompts:
+            text, images = prompt_parts(p)
+            ids = chat_prompt_ids(self.tokenizer, text, images, **self.template_kwargs)
+            if images:  # vLLM expands the placeholders itself (its documented multi-modal input)
+                requests.append({"prompt": self.tokenizer.decode(ids),
+                                 "multi_modal_data": {"image": [open_image(x) for x in images]}})
+                visions.append(image_inputs(self.tokenizer, images))  # the trainer's, for the update
+            else:
+                requests.append({"prompt_token_ids": ids})
+                visions.append(None)
         self._wake()
         outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
         self._doze()
+        for req, vision, p in zip(outputs, visions, prompts):
+            if vision is not None and len(req.prompt_token_ids) != len(encode_prompt(self.tokenizer, p)[0]):
+                raise RuntimeError(f"vLLM expanded the images of a prompt to {len(req.prompt_token_ids)} tokens, the "
+                                   "trainer's image processor to another count: their pixel bounds differ")
         return [[Rollout(text=o.text, prompt_ids=list(req.prompt_token_ids), token_ids=list(o.token_ids),
                          logprobs=[lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs or [])],
-                         finish_reason="length" if o.finish_reason == "length" else "stop")
-                 for o in req.outputs] for req in outputs]
+                         finish_reason="length" if o.finish_reason == "length" else "stop", vision=vision)
+                 for o in req.outputs] for req, vision in zip(outputs, visions)]
+
+
+def png_data_url(path):
+    import base64
+    import io
+
+    buffer = io.BytesIO()
+    open_image(path).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
 class ShardedEngine:
@@ -431,7 +470,13 @@ class RemoteEngine:
             return list(pool.map(lambda p: self._complete(p, body), prompts))
 
     def _complete(self, prompt, body):
-        messages = prompt if isinstance(prompt, list) else [{"role": "user", "content": prompt}]
+        if isinstance(prompt, list):  # a multi-turn chat, as it is
+            messages = prompt
+        else:  # images as OpenAI-style parts (base64 PNG data URLs), before the text
+            text, images = prompt_parts(prompt)
+            content = text if not images else [{"type": "image_url", "image_url": {"url": png_data_url(x)}}
+                                               for x in images] + [{"type": "text", "text": text}]
+            messages = [{"role": "user", "content": content}]
         data = json.dumps({**body, "messages": messages}).encode()
         for attempt in range(self.retries + 1):
             if attempt:

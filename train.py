@@ -37,9 +37,10 @@ from buffer import ReplayBuffer
 from checkpoint import (find_checkpoint, load_checkpoint, load_optimizer_state, open_run, optimizer_state,
                         save_checkpoint, write_step)
 from data import load_examples, take
-from reformulate import postcap, precap, reformulated_prompts, with_closer
+from reformulate import postcap, precap, reformulated_prompts, user_prompt, with_closer
 from reward import grade, score_nested
-from rollout import ShardedEngine, TransformersEngine, VLLMEngine, frozen_engine, load_model, resolve_model_name
+from rollout import (ShardedEngine, TransformersEngine, VLLMEngine, encode_prompt, frozen_engine, load_model,
+                     resolve_model_name)
 from zppo import Episode, compute_advantages, fill_old_logprobs, plan_minibatches, ppo_update, sync_check
 
 
@@ -57,6 +58,10 @@ class Config:
     teacher_retries: int = arg(3, "retries per teacher request after an error or timeout (remote teacher)")
     teacher_concurrency: int = arg(32, "teacher requests in flight (remote teacher)")
     teacher_engine: Literal["auto", "transformers", "vllm"] = arg("auto", "in-process teacher: auto = as --engine")
+    text_only: bool = arg(False, "load a vision-language checkpoint's text model alone (causal-LM class), for text data")
+    freeze_vision: bool = arg(False, "keep the vision tower frozen (the paper does not say) [our default: trained]")
+    image_min_pixels: int = arg(256 * 32 * 32, "images are resized to at least this many pixels (paper)")
+    image_max_pixels: int = arg(1280 * 32 * 32, "and at most this many (paper)")
     teacher_gpu_memory_utilization: float = arg(0.4, "share of the GPU an in-process vLLM teacher may take")
     # data
     data: str = arg("openai/gsm8k", "'arithmetic' (generated), a .jsonl file, or a hub data set")
@@ -231,7 +236,11 @@ def build_engines(cfg, accelerator, model, tokenizer, model_path):
 def load_questions(cfg, tokenizer):
     """The training questions whose plain prompt fits --max-prompt-tokens."""
     examples = load_examples(cfg.data, limit=cfg.data_limit, seed=cfg.seed, config=cfg.data_config)
-    lengths = [len(ids) for ids in tokenizer([with_closer(e["question"]) for e in examples])["input_ids"]]
+    if any(e.get("images") for e in examples) and not hasattr(tokenizer, "image_processor"):
+        raise ValueError(f"{cfg.data} has images but the student is a text model: use a vision-language "
+                         "checkpoint" + (" without --text-only" if cfg.text_only else ""))
+    # counted as the student sees it: chat template, closer and image tokens
+    lengths = [len(encode_prompt(tokenizer, user_prompt(e, with_closer(e["question"])))[0]) for e in examples]
     fits = [n <= cfg.max_prompt_tokens for n in lengths]
     if not all(fits):
         print(f"dropping {fits.count(False)} questions whose plain prompt exceeds {cfg.max_prompt_tokens} tokens")
@@ -253,7 +262,8 @@ def teacher_correct_rollouts(examples, teacher, cfg):
     if cfg.teacher == "gold":
         texts = [[ex["solution"]] if ex.get("solution") else [] for ex in examples]
     elif teacher is not None and examples:
-        groups = teacher.generate([with_closer(ex["question"]) for ex in examples], n=cfg.teacher_group_size,
+        groups = teacher.generate([user_prompt(ex, with_closer(ex["question"])) for ex in examples],
+                                  n=cfg.teacher_group_size,
                                   max_new_tokens=cfg.teacher_max_new_tokens, temperature=cfg.temperature,
                                   top_p=cfg.top_p, top_k=cfg.top_k)
         texts = [[r.text for r in g] for g in groups]
@@ -323,7 +333,11 @@ def main(cfg):
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out_dir, exist_ok=True)
     ckpt = find_checkpoint(cfg.resume) if cfg.resume else None
-    model, tokenizer = load_model(ckpt or cfg.student)
+    model, tokenizer = load_model(ckpt or cfg.student, text_only=cfg.text_only,
+                                  pixels=(cfg.image_min_pixels, cfg.image_max_pixels))
+    if cfg.freeze_vision:
+        for name, p in model.named_parameters():
+            p.requires_grad_(p.requires_grad and "visual" not in name)
     model.to(accelerator.device).train()
     warn_slow_kernels(model, accelerator.device)
     if accelerator.distributed_type == DistributedType.FSDP:
@@ -331,7 +345,7 @@ def main(cfg):
     if cfg.gradient_checkpointing:  # only in training mode: the no-grad passes run in eval mode, unaffected
         enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
         enable({"use_reentrant": False})  # (transformers >= 5.24 renamed it)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
                                   weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     student, teacher = build_engines(cfg, accelerator, model, tokenizer, ckpt or cfg.student)
@@ -358,7 +372,7 @@ def main(cfg):
         replay = buffer.sample(n_replay, rng, exclude={ex["id"] for ex in new})
         questions = new + replay
         with timed(timer, "rollout"):
-            plain = student.generate([with_closer(ex["question"]) for ex in questions], **sample)
+            plain = student.generate([user_prompt(ex, with_closer(ex["question"])) for ex in questions], **sample)
         with timed(timer, "score"):
             plain_rewards = score_groups(plain, questions, teacher)
         acc = [sum(rewards) / len(rewards) for rewards in plain_rewards]
@@ -387,13 +401,15 @@ def main(cfg):
 
         # 7. student rollouts on the reformulated prompts, scored against the original gold answer
         with timed(timer, "rollout"):
-            reform = student.generate([with_closer(p) for p in prompts], **sample) if prompts else []
+            reform = student.generate([user_prompt(questions[i], with_closer(p)) for (i, _), p in zip(chosen, prompts)],
+                                      **sample) if prompts else []
         with timed(timer, "score"):
             reform_rewards = score_groups(reform, [questions[i] for i, _ in chosen], teacher)
 
         # 8. plain, BCQ and NCQ of one question are three groups; 9. advantages over the whole step batch
         tags = [(i, "plain") for i in range(len(questions))] + chosen
-        seqs = [Episode(r.prompt_ids, r.token_ids, reward, f"{questions[i]['id']}/{kind}", kind, r.logprobs)
+        seqs = [Episode(r.prompt_ids, r.token_ids, reward, f"{questions[i]['id']}/{kind}", kind, r.logprobs,
+                        vision=r.vision)
                 for group, rewards, (i, kind) in zip(plain + reform, plain_rewards + reform_rewards, tags)
                 for r, reward in zip(group, rewards)]
         advantages = compute_advantages([s.reward for s in seqs], [s.group for s in seqs], norm=cfg.adv_norm)

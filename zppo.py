@@ -145,22 +145,25 @@ class ChunkedHead(torch.autograd.Function):
     then dh = dz W / T and dW = dz^T h / T, accumulated over chunks in fp32."""
 
     @staticmethod
-    def _logits(h, weight, temperature, dtype):
+    def _logits(h, weight, temperature, dtype, suppress):
         with torch.autocast(h.device.type, enabled=False):  # softmax in fp32 (fp64 for fp64 weights)
-            return (h.to(dtype) @ weight.to(dtype).T).to(_softmax_dtype(dtype)).div_(temperature)  # (n, V)
+            z = (h.to(dtype) @ weight.to(dtype).T).to(_softmax_dtype(dtype)).div_(temperature)  # (n, V)
+        if suppress is not None:  # tokens the sampler never emits: probability 0 (finite, so 0 * z stays 0)
+            z[:, suppress] = torch.finfo(z.dtype).min
+        return z
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, temperature, chunk):
+    def forward(ctx, hidden, weight, targets, temperature, chunk, suppress=None):
         dtype = _compute_dtype(hidden, weight)
         out = torch.empty(hidden.shape[0], 2, dtype=_softmax_dtype(dtype), device=hidden.device)
         for i in range(0, hidden.shape[0], chunk):
-            z = ChunkedHead._logits(hidden[i:i + chunk], weight, temperature, dtype)
+            z = ChunkedHead._logits(hidden[i:i + chunk], weight, temperature, dtype, suppress)
             lse = torch.logsumexp(z, dim=-1)
             out[i:i + chunk, 0] = z.gather(-1, targets[i:i + chunk, None]).squeeze(-1) - lse
             p = (z - lse[:, None]).exp_()
             out[i:i + chunk, 1] = lse - (p[:, None, :] @ z[:, :, None]).view(-1)  # H = lse - E_p[z]
         ctx.save_for_backward(hidden, weight, targets)
-        ctx.temperature, ctx.chunk, ctx.dtype = temperature, chunk, dtype
+        ctx.temperature, ctx.chunk, ctx.dtype, ctx.suppress = temperature, chunk, dtype, suppress
         return out
 
     @staticmethod
@@ -171,7 +174,7 @@ class ChunkedHead(torch.autograd.Function):
         grad_w = torch.zeros(weight.shape, dtype=_softmax_dtype(dtype), device=weight.device)
         for i in range(0, hidden.shape[0], chunk):
             h, g_lp, g_ent = hidden[i:i + chunk], grad_out[i:i + chunk, 0], grad_out[i:i + chunk, 1]
-            z = ChunkedHead._logits(h, weight, T, dtype)
+            z = ChunkedHead._logits(h, weight, T, dtype, ctx.suppress)
             p = (z - torch.logsumexp(z, dim=-1, keepdim=True)).exp_()
             if g_ent.any():  # entropy enters no loss in ZPPO, but the gradient is exact when it does
                 z -= (p[:, None, :] @ z[:, :, None]).view(-1, 1)  # z - E_p[z], in place
@@ -184,7 +187,16 @@ class ChunkedHead(torch.autograd.Function):
             with torch.autocast(h.device.type, enabled=False):
                 grad_h[i:i + chunk] = (dz @ weight.to(dtype)).to(hidden.dtype)
                 grad_w += dz.T @ h.to(dtype)
-        return grad_h, grad_w.to(weight.dtype), None, None, None
+        return grad_h, grad_w.to(weight.dtype), None, None, None, None
+
+
+def suppressed_token_ids(config):
+    """A vision-language model's image/video placeholder tokens. The policy is the model's distribution
+    without them: the engines never sample one (in a response it would be read as an image slot) and the
+    trainer's log-probs exclude them the same way, so the two stay one distribution."""
+    keys = ("image_token_id", "video_token_id", "vision_start_token_id", "vision_end_token_id")
+    return sorted({getattr(config, k) for k in keys if getattr(config, k, None) is not None}) \
+        if getattr(config, "vision_config", None) is not None else []
 
 
 def unwrap(model):
@@ -223,10 +235,12 @@ def response_logprobs(model, seqs, temperature, pad_id, entropy=False, chunk_tok
     targets = ids[:, P:]  # (B, R)
     head = unwrap(model).get_output_embeddings()
     chunk = chunk_tokens or max(1, LOGITS_CHUNK_BYTES // (4 * head.weight.shape[0]))
+    suppress = suppressed_token_ids(unwrap(model).config) or None
 
     def head_forward(hidden):  # hidden (B, R+1, H): position P-1+k predicts response token k
         h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-        return ChunkedHead.apply(h, head.weight, targets.reshape(-1), temperature, chunk).view(len(seqs), R, 2)
+        out = ChunkedHead.apply(h, head.weight, targets.reshape(-1), temperature, chunk, suppress)
+        return out.view(len(seqs), R, 2)
 
     head.forward = head_forward
     try:

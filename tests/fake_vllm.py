@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import torch
 
-from rollout import TransformersEngine, load_model
+from rollout import TransformersEngine, expand_image_tokens, load_model
 
 
 class SamplingParams:
@@ -70,9 +70,16 @@ class LLM:
         sp = sampling_params
         self.events.append("generate")
         engine = TransformersEngine(self.model, self.tokenizer)
+        for r in requests:  # a text prompt with images: expanded here, as vLLM's multi-modal processor does
+            if "multi_modal_data" in r:
+                r["vision"] = dict(self.tokenizer.image_processor(images=r["multi_modal_data"]["image"],
+                                                                  return_tensors="pt"))
+                ids = self.tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]
+                r["prompt_token_ids"] = expand_image_tokens(self.tokenizer, ids, r["vision"])
         ids = [r["prompt_token_ids"] for r in requests for _ in range(sp.n)]
         rows = engine._generate_rows(ids, sp.max_tokens, sp.temperature, sp.top_p, max(sp.top_k, 0), sp.min_p,
-                                     sp.presence_penalty)
+                                     sp.presence_penalty, sp.repetition_penalty,
+                                     vision=[r.get("vision") for r in requests for _ in range(sp.n)])
         outputs = []
         for i, request in enumerate(requests):
             completions = [SimpleNamespace(text=r.text, token_ids=tuple(r.token_ids),
