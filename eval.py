@@ -17,6 +17,7 @@ Without a judge, responses that need one score 0 and are counted as `unresolved`
 and evaluated on its own: one that fails is reported and the others still run; --out is rewritten after
 every benchmark, and the process exits non-zero when a requested benchmark failed or is unknown.
 """
+import ast
 import json
 import math
 import os
@@ -34,7 +35,7 @@ from tqdm import tqdm
 from transformers import HfArgumentParser
 
 from data import make_arithmetic, read_jsonl, split_gsm8k
-from reformulate import with_closer
+from reformulate import user_prompt, with_closer
 from reward import (JUDGE_MAX_NEW_TOKENS, JUDGE_SAMPLING, clip_start, grade, is_choice, last_boxed, score_detailed,
                     verdict_of)
 
@@ -76,13 +77,18 @@ CEVAL_SUBJECTS = [
     "environmental_impact_assessment_engineer", "tax_accountant", "physician",
 ]
 GPQA_OPTIONS = ["Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"]
+MMMU_PRO_CONFIGS = ["standard (10 options)", "standard (4 options)", "vision"]
+MMMU_PRO_IMAGES = [f"image_{i}" for i in range(1, 8)]
 
 # name -> where the questions live and how to score them. hub with `config` (one) or `configs` (loaded one by
 # one and concatenated); `fields` maps our names to the set's own columns (all required); `id` names the row id
 # column (optional); `choices` is a list column (or list of columns) of options rendered "A. ...", the gold
 # answer being an option's index, letter or text (`answer_is`); `route`:
 # "rule" (Exact+Judge on short answers), "choice" (Exact+Judge on letters), "multichallenge" / "hle"
-# (BenchJudge); `text_only`: rows with an image are skipped (the student reads text only) and counted.
+# (BenchJudge); `images`: the image columns (a file path, relative to a local file, or the hub's image): a row
+# with an image goes to a vision-language student with it, and is skipped and counted for a text-only one;
+# `optional`: our fields a config may lack (MMMU-Pro's vision config has the question inside the image);
+# `options_text`: a column of option text appended to the question as it is (WeMath).
 # Family "llm" is the paper's 10 LLM benchmarks (Table 6): their unweighted mean is its LLM average. The
 # project's own extras are family "math", so they never enter that average.
 BENCHMARKS = {
@@ -97,7 +103,7 @@ BENCHMARKS = {
                          split="train", route="choice", fields={"question": "Question", "answer": "Correct Answer"},
                          choices=GPQA_OPTIONS, answer_is="text", shuffle=True, id="Record ID"),
     "hle": dict(family="llm", protocol="BenchJudge", hub="cais/hle", split="test", route="hle",
-                fields={"question": "question", "answer": "answer"}, id="id", text_only=True),
+                fields={"question": "question", "answer": "answer"}, id="id", images=["image"]),
     "imo_answerbench": dict(family="llm", protocol="Exact+Judge", hub="OpenEvals/IMO-AnswerBench", split="train",
                             route="rule", fields={"question": "Problem", "answer": "Short Answer"}, id="Problem ID"),
     "mmlu": dict(family="llm", protocol="Exact+Judge", hub="cais/mmlu", config="all", split="test", route="choice",
@@ -113,6 +119,26 @@ BENCHMARKS = {
                            route="multichallenge", id="question_id",
                            fields={"conversation": "conversation", "target_question": "target_question",
                                    "answer": "pass_criteria"}),
+    # the paper's VLM benchmarks that the Exact+Judge / Rule+Judge routes score (columns from the sets' cards)
+    "mathvista": dict(family="vlm", protocol="Rule+Judge", hub="AI4Math/MathVista", split="testmini", route="rule",
+                      fields={"question": "question", "answer": "answer"}, choices="choices", answer_is="text",
+                      choices_optional=True, images=["decoded_image"], id="pid"),
+    "mathverse": dict(family="vlm", protocol="Exact+Judge", hub="CaraJ/MathVerse-lmmseval", config="testmini",
+                      split="testmini", route="rule", fields={"question": "question", "answer": "answer"},
+                      images=["image"], id="sample_index"),
+    "mathvision": dict(family="vlm", protocol="Exact+Judge", hub="MathLLMs/MathVision", split="test", route="rule",
+                       fields={"question": "question", "answer": "answer"}, choices="options", answer_is="letter",
+                       choices_optional=True, images=["decoded_image"], id="id"),
+    "ai2d": dict(family="vlm", protocol="Exact+Judge", hub="lmms-lab/ai2d", split="test", route="choice",
+                 fields={"question": "question", "answer": "answer"}, choices="options", answer_is="index",
+                 images=["image"]),
+    "wemath": dict(family="vlm", protocol="Exact+Judge", hub="We-Math/We-Math", split="testmini", route="choice",
+                   fields={"question": "question", "answer": "answer"}, options_text="option", images=["image"],
+                   id="ID"),
+    "mmmu_pro": dict(family="vlm", protocol="Exact+Judge", hub="MMMU/MMMU_Pro", configs=MMMU_PRO_CONFIGS,
+                     split="test", route="choice", fields={"question": "question", "answer": "answer"},
+                     optional=["question"], choices="options", answer_is="letter", images=["image", *MMMU_PRO_IMAGES],
+                     id="id"),
     # not in the paper
     "gsm8k": dict(family="math", protocol="Exact+Judge", hub="openai/gsm8k", config="main", split="test",
                   route="rule", fields={"question": "question", "answer": "answer"}),
@@ -213,21 +239,48 @@ def _conversation(value, where):
     return [{"role": str(m["role"]), "content": str(m["content"])} for m in value]
 
 
-def to_example(row, spec, where, config=None, redux_rows="ok"):
+def row_images(row, spec, where, base, name):
+    """The row's images as file paths: a path (relative to the local file), a hub image (written once to a
+    file, as training data's are) or a data URL (HLE); empty columns are skipped."""
+    from data import check_images, save_hub_images
+
+    paths = []
+    for k, column in enumerate(spec.get("images", [])):
+        value = row.get(column)
+        if value is None or value == "":
+            continue
+        if isinstance(value, str) and value.startswith("data:image"):
+            import base64
+            import io
+
+            from PIL import Image
+            value = Image.open(io.BytesIO(base64.b64decode(value.split(",", 1)[1])))
+        if isinstance(value, str):
+            paths += check_images(value, where, base)
+        else:
+            paths += save_hub_images({"image": value}, name, where.replace("/", "_"), k)["image"]
+    return paths
+
+
+def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, base="", name="bench"):
     """A raw benchmark row (hub or local JSONL, the hub's columns) -> (example, None), or (None, why skipped)
     for a row this student or grader cannot take (an image, an unknown answer format, an MMLU-Redux row left
     out by --mmlu-redux-rows). A row without the set's columns is an error naming `where`."""
     if not isinstance(row, dict):
         raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
-    missing = [c for c in spec["fields"].values() if c not in row and c.upper() not in row]
+    optional = [spec["fields"][k] for k in spec.get("optional", [])]
+    missing = [c for c in spec["fields"].values() if c not in row and c.upper() not in row and c not in optional]
     if missing:
         raise ValueError(f"{where}: missing field(s) {missing} (has {sorted(row)})")
     get = {ours: _column(row, theirs) for ours, theirs in spec["fields"].items()}
-    if spec.get("text_only") and row.get("image"):
+    has_image = any(row.get(c) not in (None, "") for c in spec.get("images", []))
+    if has_image and not vision:  # a text-only student cannot see the question
         return None, "image"
     row_id = _column(row, spec["id"]) if spec.get("id") else None
     row_id = where if row_id is None else f"{config}:{row_id}" if config else str(row_id)
     example = {"id": row_id, "route": spec["route"]}
+    if has_image:
+        example["images"] = row_images(row, spec, where, base, name)
     if spec["route"] == "multichallenge":
         messages = _conversation(get["conversation"], where)
         verdict = str(get["answer"]).strip().upper()
@@ -236,10 +289,15 @@ def to_example(row, spec, where, config=None, redux_rows="ok"):
         last_user = [m["content"] for m in messages if m["role"] == "user"]
         return dict(example, question=last_user[-1] if last_user else "", messages=messages, answer=verdict,
                     target_question=str(get["target_question"])), None
-    stem, answer = strip_directives(str(get["question"])), get["answer"]
+    stem, answer = strip_directives(str(get["question"] or "")), get["answer"]
+    if spec.get("options_text"):
+        stem = f"{stem}\n\n{row.get(spec['options_text']) or ''}".strip()
     choices = spec.get("choices")
-    if choices:
-        options = [str(row[c]) for c in choices] if isinstance(choices, list) else [str(o) for o in row[choices]]
+    listed = row.get(choices) if isinstance(choices, str) else None
+    if isinstance(listed, str) and listed.strip().startswith("["):  # MMMU-Pro stores its options as a list's text
+        listed = ast.literal_eval(listed)
+    if choices and (listed or not spec.get("choices_optional")):
+        options = [str(row[c]) for c in choices] if isinstance(choices, list) else [str(o) for o in listed]
         if "error_type" in get:
             options, answer = _redux_target(row, options, redux_rows)
             if options is None:
@@ -272,12 +330,12 @@ def hub_rows(spec):
             yield f"{spec['hub']}[{config}][{spec['split']}][{i}]", config, dict(rows[i])
 
 
-def _convert(rows, spec, limit, redux_rows):
+def _convert(rows, spec, limit, redux_rows, vision=False, base="", name="bench"):
     examples, skipped = [], Counter()
     for where, config, row in rows:
         if limit is not None and len(examples) >= limit:
             break
-        example, reason = to_example(row, spec, where, config, redux_rows)
+        example, reason = to_example(row, spec, where, config, redux_rows, vision, base, name)
         if example is None:
             skipped[reason] += 1
         else:
@@ -285,7 +343,7 @@ def _convert(rows, spec, limit, redux_rows):
     return examples, dict(skipped)
 
 
-def load_benchmark(name, data_dir=None, limit=None, redux_rows="ok"):
+def load_benchmark(name, data_dir=None, limit=None, redux_rows="ok", vision=False):
     """(examples, skipped rows by reason) from DATA_DIR/NAME.jsonl if present, else from the hub (per-config
     sets loaded config by config and concatenated); errors say what was tried. Rows of a local file are shaped
     as the hub serves them; for a multi-config set an optional `config` field names each row's subject."""
@@ -301,10 +359,10 @@ def load_benchmark(name, data_dir=None, limit=None, redux_rows="ok"):
         if os.path.exists(path):
             rows = ((f"{path}:{lineno}", row.get("config") if isinstance(row, dict) else None, row)
                     for lineno, row in read_jsonl(path))
-            return _convert(rows, spec, limit, redux_rows)
+            return _convert(rows, spec, limit, redux_rows, vision, os.path.dirname(os.path.abspath(path)), name)
         tried.append(f"{path} (not found)")
     try:
-        return _convert(hub_rows(spec), spec, limit, redux_rows)
+        return _convert(hub_rows(spec), spec, limit, redux_rows, vision, "", name)
     except Exception as e:  # no network, no `datasets`, a renamed set: report and let the others run
         tried.append(f"hub {spec['hub']} ({type(e).__name__}: {str(e)[:300]})")
     raise RuntimeError(f"benchmark {name!r} could not be loaded; tried: " + "; ".join(tried))
@@ -456,8 +514,9 @@ def mean_stderr(values):
 
 def student_prompt(example):
     """A MultiChallenge conversation goes as the chat it is, without the closer (its judge grades the reply as
-    the user reads it, and a demanded \\boxed{} would change that task); any other question gets the closer."""
-    return example["messages"] if "messages" in example else with_closer(example["question"])
+    the user reads it, and a demanded \\boxed{} would change that task); any other question gets the closer,
+    after its images when it has some."""
+    return example["messages"] if "messages" in example else user_prompt(example, with_closer(example["question"]))
 
 
 def score_groups(groups, examples, judge):
@@ -533,12 +592,14 @@ def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, da
                    log=print, redux_rows="ok", on_update=None, **sampling):
     """Every named benchmark, each loaded and evaluated on its own: a benchmark that is unknown, cannot load,
     has no questions or fails while evaluating is reported in `errors` and the rest still run. `on_update` is
-    called with the summary so far after every benchmark (eval.py writes --out there)."""
+    called with the summary so far after every benchmark (eval.py writes --out there). Image rows go to a
+    vision-language student (its tokenizer carries an image processor) and are skipped for a text one."""
     results, errors = {}, {}
+    vision = getattr(getattr(engine, "tokenizer", None), "image_processor", None) is not None
     for name in names:
         start = time.time()
         try:
-            examples, skipped = load_benchmark(name, data_dir, limit, redux_rows)
+            examples, skipped = load_benchmark(name, data_dir, limit, redux_rows, vision)
             if not examples:
                 raise ValueError(_no_questions(limit, skipped))
             spec = BENCHMARKS[name]

@@ -187,3 +187,53 @@ def test_remote_teacher_gets_images_as_data_urls(images, monkeypatch):
     (part_image, part_text) = sent[0]["messages"][0]["content"]
     assert part_image["type"] == "image_url" and part_image["image_url"]["url"].startswith("data:image/png;base64,")
     assert part_text == {"type": "text", "text": "What?"}
+
+
+def test_image_benchmarks_go_with_their_images_to_a_vlm_and_are_skipped_for_a_text_student(tmp_path, images):
+    import eval as ev
+    from test_eval import ScriptedEngine
+
+    folder = tmp_path / "bench"
+    folder.mkdir()
+    rel = os.path.relpath(images[0], folder)
+    (folder / "ai2d.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"question": "Which part is red?", "options": ["leaf", "stem", "root"], "answer": "1", "image": rel},
+        {"question": "Which part is green?", "options": ["leaf", "stem"], "answer": "0", "image": images[1]}]))
+    (folder / "mathvista.jsonl").write_text(json.dumps(
+        {"pid": "7", "question": "How many?", "choices": None, "answer": "3", "decoded_image": rel}) + "\n")
+    (folder / "mmmu_pro.jsonl").write_text(json.dumps(  # the vision config: the question is inside the image
+        {"id": "v1", "options": "['1', '2', '3']", "answer": "C", "image": rel, "config": "vision"}) + "\n")
+
+    text = ScriptedEngine(lambda p, k: "\\boxed{B}")
+    summary = ev.run_benchmarks(text, ["ai2d"], data_dir=str(folder), log=lambda *_: None)
+    assert "ai2d" in summary["errors"] and "image: 2" in summary["errors"]["ai2d"]  # all rows need eyes
+
+    class VisionEngine(ScriptedEngine):
+        tokenizer = type("T", (), {"image_processor": object()})()
+
+    answers = {"Which part is red?": "\\boxed{B}", "Which part is green?": "\\boxed{B}", "How many?": "\\boxed{3}"}
+    seen = VisionEngine(lambda p, k: answers.get(p["text"].split("\n")[0].split(" You FIRST")[0], "\\boxed{C}"))
+    summary = ev.run_benchmarks(seen, ["ai2d", "mathvista", "mmmu_pro"], data_dir=str(folder), log=lambda *_: None)
+    prompts = [p for call in seen.calls for p in call["prompts"]]
+    assert all(isinstance(p, dict) and p["images"] and os.path.isabs(p["images"][0]) for p in prompts)
+    assert prompts[0]["text"].startswith("Which part is red?\n\nA. leaf\nB. stem\nC. root")
+    assert summary["benchmarks"]["ai2d"]["accuracy"] == 0.5 and summary["benchmarks"]["mathvista"]["accuracy"] == 1.0
+    assert summary["benchmarks"]["mmmu_pro"]["accuracy"] == 1.0 and summary["benchmarks"]["ai2d"]["protocol"] == "Exact+Judge"
+    assert summary["macro"]["vlm"] == pytest.approx(2.5 / 3) and summary["macro_over"]["vlm"] == 3
+
+
+def test_eval_cli_scores_an_image_benchmark_file_with_a_tiny_vlm(tiny_vlm, images, tmp_path):
+    import subprocess
+
+    from conftest import ROOT
+
+    (tmp_path / "ai2d.jsonl").write_text("".join(json.dumps(
+        {"question": f"Which {i}?", "options": ["a", "b"], "answer": "0", "image": images[i % 3]}) + "\n"
+        for i in range(3)))
+    res = subprocess.run([sys.executable, "eval.py", "--model", tiny_vlm, "--benchmarks", "ai2d", "--data-dir",
+                          str(tmp_path), "--max-new-tokens", "4", "--out", str(tmp_path / "res.json")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    with open(tmp_path / "res.json") as f:
+        result = json.load(f)["benchmarks"]["ai2d"]
+    assert result["questions"] == 3 and not result["skipped"]
