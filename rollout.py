@@ -48,14 +48,19 @@ def smollm2_gguf():
     return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def load_model(name_or_path, dtype=torch.float32, device="cpu"):
-    """(model, tokenizer) from a local directory, a hub id, or a .gguf file (de-quantised to `dtype`)."""
+def load_model(name_or_path, dtype=torch.float32, device="cpu", role="model"):
+    """(model, tokenizer) from a local directory, a hub id, or a .gguf file (de-quantised to `dtype`).
+    A failure names the `role` (student, teacher, judge) and what was tried: the local path or the hub id."""
     kwargs = {}
     name = resolve_model_name(name_or_path)
+    tried = f"the local path {name}" if os.path.exists(name) else f"the hub id {name!r} (no such local path)"
     if name.endswith(".gguf"):
         name, kwargs["gguf_file"] = os.path.split(os.path.abspath(name))
-    tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **kwargs)
+    except OSError as e:  # what transformers raises for a missing file, a bad hub id or no connection
+        raise OSError(f"could not load the {role} {name_or_path!r}: tried {tried}: {e}") from e
     if "gguf_file" in kwargs:
         # a GGUF-loaded model is marked quantized and refuses save_pretrained: rebuild it as a plain model
         config = model.config
