@@ -89,7 +89,7 @@ def main():
         "--questions-per-step", "8", "--group-size", "8", "--iters-per-step", "2", "--max-new-tokens", "32",
         "--lr", "1e-5", "--micro-batch-size", "16", "--gen-batch-size", "128", "--mixed-precision", "bf16",
         "--steps", str(args.steps), "--save-every", "0", "--out-dir", os.path.join(args.out_dir, args.algo),
-        "--dump-reformulated", *extra])
+        "--dump-reformulated", "--overwrite", *extra])  # the demo rebuilds its whole folder (data, primed student)
     train.main(cfg)
     final = os.path.join(cfg.out_dir, "checkpoints", f"step_{cfg.steps:06d}")
     model, tokenizer = load_model(final)
