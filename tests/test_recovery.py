@@ -2,7 +2,6 @@
 no data is lost. One test per case; the tiny random Qwen3.5 model, one or two steps each."""
 import json
 import os
-import warnings
 
 import pytest
 import torch
