@@ -1,23 +1,80 @@
 """The run folder: config.json, metrics.jsonl, the optional dumps, and checkpoints that hold everything
-a run needs to continue exactly, written so that a crash never leaves half of one.
+a run needs to continue exactly, written so that a crash never leaves half of one and a run is never lost.
 
 A checkpoint is a folder OUT/checkpoints/step_NNNNNN with the model and tokenizer (save_pretrained,
 safetensors), trainer_state.pt (optimizer, torch and Python RNG states) and state.json (step, data
-position, replay buffer, config). It is written under a temporary name and renamed when complete;
-OUT/latest names the newest one.
+position, replay buffer, config). It is written under a temporary name, flushed to disk and renamed
+when complete; OUT/latest names the newest one. A fresh run never writes into a folder that holds
+another run (unless told to replace it), and resuming skips a damaged checkpoint for the one before.
 """
 import json
 import os
+import re
 import shutil
+import warnings
 from dataclasses import asdict
 
 import torch
 from accelerate import DistributedType
 
+# what a run writes into its folder: a fresh run refuses a folder that holds any of them, --overwrite deletes them
+# (and config.json, which alone is no run: it is written before the first step)
+RUN_FILES = ("metrics.jsonl", "latest", "checkpoints", "rollouts.jsonl", "reformulated.jsonl")
+_STEP_DIR = re.compile(r"step_(\d+)")
+# flags whose change on resume is expected and not worth a warning
+_RESUME_FLAGS = {"out_dir", "resume", "steps", "overwrite"}
+
+
+def step_of(name):
+    return int(_STEP_DIR.fullmatch(name).group(1))
+
+
+def run_files(out_dir):
+    """The files of a run in out_dir that a fresh run would clobber (an empty checkpoints/ is none)."""
+    return [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))
+            and not (name == "checkpoints" and not os.listdir(os.path.join(out_dir, name)))]
+
+
+def clear_run(out_dir):
+    """--overwrite: delete the previous run's files (only those: the folder may hold other things)."""
+    for name in RUN_FILES + ("config.json",):
+        path = os.path.join(out_dir, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path)
+        elif os.path.exists(path):
+            os.remove(path)
+
+
+def run_folder(path):
+    """The run folder a --resume path belongs to: the path itself, or OUT for OUT/checkpoints/step_N; None
+    for a checkpoint folder outside a run folder."""
+    path = os.path.normpath(path)
+    if not os.path.exists(os.path.join(path, "trainer_state.pt")):
+        return path
+    parent = os.path.dirname(path)
+    return os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else None
+
+
+def _fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(path):
+    """Every file and folder under path on disk, so a rename after it never publishes a half-written file."""
+    for folder, _, files in os.walk(path):
+        for name in files:
+            _fsync(os.path.join(folder, name))
+        _fsync(folder)
+
 
 def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer, data_pos, rng, accelerator):
     root = os.path.join(cfg.out_dir, "checkpoints")
-    final, tmp = os.path.join(root, f"step_{step:06d}"), os.path.join(root, f"step_{step:06d}.tmp")
+    name = f"step_{step:06d}"
+    final, tmp = os.path.join(root, name), os.path.join(root, f"{name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
@@ -29,11 +86,15 @@ def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer
     with open(os.path.join(tmp, "state.json"), "w") as f:
         json.dump({"step": step, "data_epoch": data_pos[0], "data_pos": data_pos[1], "buffer": buffer.state_dict(),
                    "config": asdict(cfg)}, f)
+    _fsync_tree(tmp)
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    atomic_write(os.path.join(cfg.out_dir, "latest"), os.path.basename(final))
-    kept = sorted(d for d in os.listdir(root) if d.startswith("step_") and not d.endswith(".tmp"))
-    for old in kept[:-cfg.keep_checkpoints] if cfg.keep_checkpoints > 0 else []:
+    _fsync(root)
+    atomic_write(os.path.join(cfg.out_dir, "latest"), name)
+    # keep the one just written and the newest keep_checkpoints - 1 before it. Checkpoints after it (left by a
+    # run resumed from an earlier step) are not counted and not deleted: this run replaces them as it gets there
+    older = sorted((d for d in os.listdir(root) if _STEP_DIR.fullmatch(d) and step_of(d) < step), key=step_of)
+    for old in older[:max(0, len(older) - (cfg.keep_checkpoints - 1))] if cfg.keep_checkpoints > 0 else []:
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
     return final
 
@@ -44,17 +105,97 @@ def atomic_write(path, text):
         f.flush()
         os.fsync(f.fileno())
     os.replace(path + ".tmp", path)
+    _fsync(os.path.dirname(path) or ".")
+
+
+def _safetensors_problem(path):
+    """None when the file's header parses and the file holds every byte the header promises."""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            n_header = int.from_bytes(f.read(8), "little")  # the format: 8 bytes of header length, the header,
+            header = json.loads(f.read(n_header))  # then the tensors' bytes at the offsets it lists
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        if 8 + n_header + end > size:
+            return f"{path}: truncated ({size} bytes of {8 + n_header + end})"
+    except (OSError, ValueError, KeyError, TypeError, IndexError) as e:
+        return f"{path}: unreadable ({type(e).__name__}: {e})"
+    return None
+
+
+def checkpoint_problem(path):
+    """None for a complete checkpoint folder, else the first damaged or missing file and what is wrong."""
+    for name in ("state.json", "trainer_state.pt", "config.json"):
+        if not os.path.isfile(os.path.join(path, name)):
+            return f"{os.path.join(path, name)}: missing"
+    try:
+        with open(os.path.join(path, "state.json")) as f:
+            state = json.load(f)
+    except ValueError as e:
+        return f"{os.path.join(path, 'state.json')}: unreadable ({e})"
+    keys = {"step", "data_epoch", "data_pos", "buffer", "config"}
+    missing = keys - set(state) if isinstance(state, dict) else keys
+    if missing:
+        return f"{os.path.join(path, 'state.json')}: no {', '.join(sorted(missing))}"
+    try:  # memory-mapped: the file's structure is read, the tensors are not
+        torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False, mmap=True, map_location="cpu")
+    except Exception as e:  # a truncated zip, a broken pickle: whatever torch raises
+        return f"{os.path.join(path, 'trainer_state.pt')}: unreadable ({type(e).__name__}: {e})"
+    index = os.path.join(path, "model.safetensors.index.json")
+    if os.path.isfile(index):
+        try:
+            with open(index) as f:
+                shards = sorted(set(json.load(f)["weight_map"].values()))
+        except (ValueError, KeyError, TypeError) as e:
+            return f"{index}: unreadable ({type(e).__name__}: {e})"
+    elif os.path.isfile(os.path.join(path, "model.safetensors")):
+        shards = ["model.safetensors"]
+    else:
+        return f"{os.path.join(path, 'model.safetensors')}: missing"
+    for shard in shards:
+        if not os.path.isfile(os.path.join(path, shard)):
+            return f"{os.path.join(path, shard)}: missing"
+        problem = _safetensors_problem(os.path.join(path, shard))
+        if problem:
+            return problem
+    return None
 
 
 def find_checkpoint(path):
-    """A run directory (its latest checkpoint) or a checkpoint directory."""
+    """The checkpoint --resume continues from: `path` itself when it is a checkpoint folder, else the run
+    folder's checkpoint that `latest` names, or when that one is damaged, the newest complete one before it
+    (with a warning naming each damaged file)."""
+    if os.path.exists(os.path.join(path, "trainer_state.pt")):
+        problem = checkpoint_problem(path)
+        if problem:
+            raise ValueError(f"--resume {path}: damaged checkpoint ({problem}); --resume with its run folder "
+                             "falls back to the newest complete checkpoint")
+        return path
+    root = os.path.join(path, "checkpoints")
+    found = sorted((d for d in os.listdir(root) if _STEP_DIR.fullmatch(d)), key=step_of, reverse=True) \
+        if os.path.isdir(root) else []
+    named = None
     if os.path.exists(os.path.join(path, "latest")):
         with open(os.path.join(path, "latest")) as f:
-            path = os.path.join(path, "checkpoints", f.read().strip())
-    if not os.path.exists(os.path.join(path, "trainer_state.pt")):
+            named = f.read().strip()
+        if not _STEP_DIR.fullmatch(named):
+            warnings.warn(f"{os.path.join(path, 'latest')}: names no checkpoint ({named[:40]!r}); trying them all")
+            named = None
+    if not found and named is None:
         raise FileNotFoundError(f"--resume {path}: no checkpoint there (expected trainer_state.pt or a 'latest' "
                                 "file)")
-    return path
+    # after the one `latest` names, only older ones: newer ones belong to a continuation that was abandoned
+    order = [named] + [d for d in found if step_of(d) < step_of(named)] if named else found
+    damaged = []
+    for name in order:
+        problem = checkpoint_problem(os.path.join(root, name))
+        if problem is None:
+            if damaged:
+                warnings.warn(f"--resume {path}: damaged checkpoint ({'; '.join(damaged)}); resuming from the "
+                              f"previous complete one, {name}")
+            return os.path.join(root, name)
+        damaged.append(problem)
+    raise FileNotFoundError(f"--resume {path}: no complete checkpoint ({'; '.join(damaged)})")
 
 
 def load_checkpoint(path, rng, buffer):
@@ -101,15 +242,34 @@ def load_optimizer_state(model, optimizer, state, accelerator):
             model, optimizer, state if accelerator.is_main_process or not rank0_only else None))
 
 
+def config_changes(cfg, path):
+    """'name old -> new' for each flag that differs from the run the checkpoint at `path` was written by."""
+    with open(os.path.join(path, "state.json")) as f:
+        saved = json.load(f)["config"]
+    return [f"{name} {saved[name]!r} -> {value!r}" for name, value in asdict(cfg).items()
+            if name in saved and name not in _RESUME_FLAGS and saved[name] != value]
+
+
 def open_run(cfg, start, accelerator):
-    """config.json, and metrics.jsonl cut back to the resumed step; returns the metrics path."""
+    """config.json, and metrics.jsonl cut back to the resumed step; returns the metrics path. A last line cut
+    short by a crash is dropped (with a warning); a damaged line before it stops the run, naming the line."""
     log_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if accelerator.is_main_process:
-        with open(os.path.join(cfg.out_dir, "config.json"), "w") as f:
-            json.dump(asdict(cfg), f, indent=2)
+        atomic_write(os.path.join(cfg.out_dir, "config.json"), json.dumps(asdict(cfg), indent=2))
         if os.path.exists(log_path):  # a resumed run rewrites the steps after its checkpoint
             with open(log_path) as f:
-                kept = [line for line in f if line.strip() and json.loads(line)["step"] <= start]
+                lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+            kept = []
+            for i, (n, line) in enumerate(lines):
+                try:
+                    row = json.loads(line)
+                except ValueError:
+                    if i < len(lines) - 1:
+                        raise ValueError(f"{log_path}:{n}: not valid JSON; repair or delete this line") from None
+                    warnings.warn(f"{log_path}:{n}: dropping the half-written last line")
+                    continue
+                if row["step"] <= start:
+                    kept.append(line if line.endswith("\n") else line + "\n")
             atomic_write(log_path, "".join(kept))
     if cfg.report_to != "none":
         accelerator.init_trackers("zppo", config=asdict(cfg))
@@ -136,4 +296,19 @@ def write_step(cfg, step, metrics, seqs, chosen, questions, prompts, reform, log
                                     "rollouts": rollouts}) + "\n")
     with open(log_path, "a") as f:
         f.write(json.dumps({"step": step, **metrics}) + "\n")
+    accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=step)
+
+
+def add_to_step(step, metrics, log_path, accelerator):
+    """Merge metrics (an evaluation that ran after the step's checkpoint) into the step's line, the last one
+    of metrics.jsonl; the file is replaced atomically, so a crash leaves the line with or without them."""
+    if not accelerator.is_main_process or not metrics:
+        return
+    with open(log_path) as f:
+        lines = f.readlines()
+    row = json.loads(lines[-1])
+    if row["step"] != step:
+        raise ValueError(f"{log_path}: the last line is step {row['step']}, not {step}")
+    lines[-1] = json.dumps({**row, **metrics}) + "\n"
+    atomic_write(log_path, "".join(lines))
     accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=step)

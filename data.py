@@ -22,18 +22,42 @@ def split_gsm8k(answer):
 
 
 def read_jsonl(path, limit=None):
-    """(line number, object) for each non-empty line, at most `limit`; a bad line names file and line."""
+    """(line number, object) for each non-empty line, at most `limit`; a bad line names file and line.
+
+    Lines are decoded one at a time, so a byte that is not UTF-8 is reported with its line too."""
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
             if limit is not None and len(rows) >= limit:
                 break
+            try:
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark may open a file
+            except UnicodeDecodeError as e:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of "
+                                 "the line); save the file as UTF-8") from None
             if line.strip():
                 try:
                     rows.append((lineno, json.loads(line)))
                 except json.JSONDecodeError as e:
                     raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
     return rows
+
+
+def unique_ids(examples, wheres, dedup=False):
+    """The examples with distinct ids. An id names a question's advantage groups and its buffer entry, so two
+    rows with one id would merge different questions: an error naming both places, or with `dedup` the
+    first row is kept (and the number dropped is printed). `wheres` names each example's file and line."""
+    first, kept = {}, []
+    for ex, where in zip(examples, wheres):
+        if ex["id"] not in first:
+            first[ex["id"]] = where
+            kept.append(ex)
+        elif not dedup:
+            raise ValueError(f"{where}: duplicate id {ex['id']!r} (first at {first[ex['id']]}); ids must be "
+                             "unique: fix the data, or pass --dedup-ids to keep the first row of each id")
+    if len(kept) < len(examples):
+        print(f"--dedup-ids: dropped {len(examples) - len(kept)} rows whose id appeared before")
+    return kept
 
 
 def _example(record, where, qid, base=""):
@@ -103,16 +127,18 @@ def save_hub_images(record, name, split, index, folder=None):
     return {**record, "image": paths}
 
 
-def load_jsonl(path, limit=None):
+def load_jsonl(path, limit=None, dedup_ids=False):
     base = os.path.dirname(os.path.abspath(path))  # image paths are relative to the data file
-    examples = [_example(record, f"{path}:{lineno}", f"{os.path.basename(path)}:{lineno}", base)
-                for lineno, record in read_jsonl(path, limit)]
+    rows = read_jsonl(path, limit)
+    wheres = [f"{path}:{lineno}" for lineno, _ in rows]
+    examples = [_example(record, where, f"{os.path.basename(path)}:{lineno}", base)
+                for where, (lineno, record) in zip(wheres, rows)]
     if not examples:
         raise ValueError(f"{path}: no examples")
-    return examples
+    return unique_ids(examples, wheres, dedup_ids)
 
 
-def load_hub(name, split="train", limit=None, config=None):
+def load_hub(name, split="train", limit=None, config=None, dedup_ids=False):
     """A Hugging Face data set with question/answer fields (needs network and the `datasets` package)."""
     try:
         import datasets
@@ -120,8 +146,12 @@ def load_hub(name, split="train", limit=None, config=None):
         raise ImportError(f"loading {name!r} from the hub needs `pip install datasets`") from None
     rows = datasets.load_dataset(name, config, split=split)
     n = len(rows) if limit is None else min(limit, len(rows))
-    return [_example(save_hub_images(dict(rows[i]), name, split, i), f"{name}[{split}][{i}]", f"{name}:{split}:{i}")
-            for i in range(n)]
+    wheres = [f"{name}[{split}][{i}]" for i in range(n)]
+    examples = [_example(save_hub_images(dict(rows[i]), name, split, i), wheres[i], f"{name}:{split}:{i}")
+                for i in range(n)]
+    if not examples:
+        raise ValueError(f"{name}[{split}]: no examples")
+    return unique_ids(examples, wheres, dedup_ids)
 
 
 def make_arithmetic(n=None, seed=0, split="train", max_operand=20):
@@ -146,28 +176,28 @@ def make_arithmetic(n=None, seed=0, split="train", max_operand=20):
     return examples
 
 
-def load_examples(source, split="train", limit=None, seed=0, config=None):
-    """`arithmetic` (generated), a .jsonl path, or a hub data set name (with its `config`)."""
+def load_examples(source, split="train", limit=None, seed=0, config=None, dedup_ids=False):
+    """`arithmetic` (generated), a .jsonl path, or a hub data set name (with its `config`). Ids are unique:
+    a duplicate is an error unless `dedup_ids` keeps the first row of each."""
     if source == "arithmetic":
         return make_arithmetic(limit, seed=seed, split=split)
     if os.path.exists(source):
-        return load_jsonl(source, limit=limit)
+        return load_jsonl(source, limit=limit, dedup_ids=dedup_ids)
     if source.endswith(".jsonl"):
         raise FileNotFoundError(f"data file not found: {source}")
-    return load_hub(source, split=split, limit=limit, config=config)
+    return load_hub(source, split=split, limit=limit, config=config, dedup_ids=dedup_ids)
 
 
 def take(examples, n, seed, epoch, pos):
-    """The next n examples of a seeded shuffle; a new shuffle starts when a pass is done.
+    """The next n examples of a seeded shuffle of the data, all from one pass.
 
-    Returns (batch, epoch, pos) so the position can be checkpointed and resumed exactly."""
-    batch = []
-    while len(batch) < n:
-        order = list(range(len(examples)))
-        random.Random(seed * 100_003 + epoch).shuffle(order)
-        chunk = order[pos:pos + n - len(batch)]
-        batch += [examples[i] for i in chunk]
-        pos += len(chunk)
-        if pos >= len(examples):
-            epoch, pos = epoch + 1, 0
-    return batch, epoch, pos
+    A new pass (a new shuffle) starts only for a whole batch: when fewer than n examples are left in the
+    current pass, they are skipped, so a batch never holds an example twice. Returns (batch, epoch, pos):
+    the pass the batch came from and the position after it, so a run is checkpointed and resumed exactly."""
+    if not 1 <= n <= len(examples):
+        raise ValueError(f"a batch of {n} distinct examples cannot come from {len(examples)}")
+    if pos + n > len(examples):
+        epoch, pos = epoch + 1, 0
+    order = list(range(len(examples)))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return [examples[i] for i in order[pos:pos + n]], epoch, pos + n

@@ -90,7 +90,7 @@ def main():
         "--lr", "1e-5", "--micro-batch-size", "16", "--gen-batch-size", "128", "--mixed-precision", "bf16",
         "--no-gradient-checkpointing",  # 32-token responses: memory is no issue, recomputation only costs time
         "--steps", str(args.steps), "--save-every", "0", "--out-dir", os.path.join(args.out_dir, args.algo),
-        "--dump-reformulated", *extra])
+        "--dump-reformulated", "--overwrite", *extra])  # the demo rebuilds its whole folder (data, primed student)
     train.main(cfg)
     final = os.path.join(cfg.out_dir, "checkpoints", f"step_{cfg.steps:06d}")
     model, tokenizer = load_model(final)

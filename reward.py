@@ -8,17 +8,21 @@ and are reported as unresolved. Training rewards and eval.py's scores both go th
 Model output is untrusted: the scan is linear and bounded, over-long answers
 are compared as text only, exponent towers and huge factorials never reach sympy (Python's big
 integers would compute them in C where no time limit can interrupt), and math-verify runs under its
-own time limit. Nothing is ever eval'd.
+own time limit, within a time budget per answer (worst case under 2 s). Nothing is ever eval'd.
 """
 import json
 import re
+import time
 from fractions import Fraction
 
 import jinja2
 
 MAX_ANSWER_CHARS = 1_000  # a boxed answer longer than this is not an answer
 MAX_BOXES_TRIED = 20  # unbalanced \boxed{ candidates examined from the end before giving up
-SYMBOLIC_TIMEOUT_S = 2  # math-verify's own (signal-based) limit per parse / verify
+SYMBOLIC_TIMEOUT_S = 1  # math-verify's own limit per parse / comparison (signal.alarm: whole seconds)
+# no math-verify call starts once this much of one answer's grading went to math-verify: a response's worst
+# case is then the budget plus one call's limit, about 1.5 s (a call is rarely more than milliseconds)
+SYMBOLIC_BUDGET_S = 0.5
 
 
 def last_boxed(text, max_chars=MAX_ANSWER_CHARS):
@@ -79,29 +83,104 @@ def _as_fraction(s):
 
 
 _TOWER = re.compile(r"\^\s*\{?[^{}]*\^|\^\s*\{?\s*\(?\s*\d{4,}|\d{4,}\s*!")
+_BIG_INT = re.compile(r"\d{4,}")
+_COMPUTED = re.compile(r"[*^!]|\\cdot|\\times")  # inside a factorial's operand: a product, power or factorial
+_digit_factorial = re.compile(r"[({\[\s]*[0-7]\s*![)}\]\s]*").fullmatch  # one digit's factorial, bracketed or not
+_OPEN, _CLOSE = "({[", ")}]"
+_SCAN = 400  # characters examined around one ^ or ! (the scan stays linear in practice)
 
 
-def _symbolic_equal(pred, gold):
-    """math-verify on both sides, under its time limit; anything that could explode is refused first."""
-    if len(pred) > 200 or _TOWER.search(pred) or _TOWER.search(gold):
+def _group_end(s, i, step):
+    """The index just past the bracketed group that opens at s[i] (reading forward) or closes there (reading
+    backward); any of (), {}, [] counts. An unbalanced group runs to the end of the scanned window."""
+    opens, closes = (_OPEN, _CLOSE) if step == 1 else (_CLOSE, _OPEN)
+    depth, j = 0, i
+    while 0 <= j < len(s) and abs(j - i) < _SCAN:
+        depth += (s[j] in opens) - (s[j] in closes)
+        j += step
+        if depth == 0:
+            break
+    return j
+
+
+def _operand(s, i, step):
+    """The text next to position i, reading forward (step 1: an exponent) or backward (step -1: what a
+    factorial applies to): a bracketed group, a backslash command with its groups (forward), or one run
+    of letters and digits, else the one character there."""
+    while 0 <= i < len(s) and s[i] == " ":
+        i += step
+    j = i
+    if 0 <= i < len(s) and s[i] in (_OPEN if step == 1 else _CLOSE):
+        j = _group_end(s, i, step)
+    elif step == 1 and s.startswith("\\", i):  # \frac{..}{..}, \sqrt{..}: the command and its arguments
+        j = i + 1
+        while j < len(s) and s[j].isalpha():
+            j += 1
+        while j < len(s) and s[j] in _OPEN and j - i < _SCAN:
+            j = _group_end(s, j, 1)
+    else:
+        while 0 <= j < len(s) and abs(j - i) < _SCAN and s[j].isalnum():
+            j += step
+        if j == i and 0 <= i < len(s):  # another sign: itself (the first ! of 9!!)
+            j += step
+    return s[i:j] if step == 1 else s[j + 1:i + 1]
+
+
+def _explosive(s):
+    """Exponent towers ({9}^{{9}^{9}}, 2^{9!}), exponents or factorials of numbers of 4+ digits, factorials of
+    factorials, powers or products ((99!)!, (999*999)!), binomials of big numbers: values sympy would build as
+    exact big integers, in C where no time limit interrupts it, or only at the limit, with nothing gained.
+    Every such answer is graded not equal without trying. The factorial of one digit up to 7 stays allowed
+    inside a factorial or an exponent ((3!)! = 720, 2^{3!} = 64: at most 5040!, milliseconds)."""
+    if _TOWER.search(s) or (("binom" in s or "choose" in s) and _BIG_INT.search(s)):
+        return True
+    for i, c in enumerate(s):
+        if c == "^":
+            exponent = _operand(s, i + 1, 1)
+            if "^" in exponent or _BIG_INT.search(exponent) or "!" in exponent and not _digit_factorial(exponent):
+                return True
+        elif c == "!":
+            operand = _operand(s, i - 1, -1)
+            if (_COMPUTED.search(operand) and not _digit_factorial(operand)) or _BIG_INT.search(operand):
+                return True
+    return False
+
+
+def _within(budget, fn, *args, **kwargs):
+    """fn(*args, **kwargs), its time taken from budget[0] (seconds); not started once the budget is spent."""
+    if budget[0] <= 0:
+        raise TimeoutError("grading budget spent")
+    start = time.monotonic()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        budget[0] -= time.monotonic() - start
+
+
+def _symbolic_equal(pred, gold, budget):
+    """math-verify on both sides, each call under its time limit and all of them within `budget` (a one-item
+    list of seconds left for this answer); anything that could explode is refused first."""
+    if len(pred) > 200 or _explosive(pred) or _explosive(gold):
         return False
     try:
         from math_verify import parse, verify
-        g = parse(f"\\boxed{{{gold}}}", parsing_timeout=SYMBOLIC_TIMEOUT_S)
-        p = parse(f"\\boxed{{{pred}}}", parsing_timeout=SYMBOLIC_TIMEOUT_S)
-        return bool(g and p and verify(g, p, timeout_seconds=SYMBOLIC_TIMEOUT_S))
-    except Exception:  # parse errors, timeouts, the signal limit outside the main thread: not equal
+        g = _within(budget, parse, f"\\boxed{{{gold}}}", parsing_timeout=SYMBOLIC_TIMEOUT_S)
+        p = _within(budget, parse, f"\\boxed{{{pred}}}", parsing_timeout=SYMBOLIC_TIMEOUT_S) if g else []
+        # verify(g, p) is any() over the pairs of extractions, each under its own limit: one pair at a time,
+        # so the budget also bounds the comparisons
+        return any(_within(budget, verify, a, b, timeout_seconds=SYMBOLIC_TIMEOUT_S) for a in g for b in p)
+    except Exception:  # parse errors, timeouts, the spent budget, the signal limit outside the main thread
         return False
 
 
-def _equal(pred, gold):
+def _equal(pred, gold, budget):
     a, b = normalize(pred), normalize(gold)
     if a == b:
         return True
     fa, fb = _as_fraction(a), _as_fraction(b)
     if fa is not None and fb is not None:
         return fa == fb
-    return _symbolic_equal(a, b)
+    return _symbolic_equal(a, b, budget)
 
 
 _DEGREE_PERCENT = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°|\\circ|\\deg|\\%|%")
@@ -122,11 +201,12 @@ def answers_match(pred, gold):
     gold = str(gold)
     if is_choice(gold):
         return _letter(pred) == gold.strip("() ").upper()
-    if _equal(pred, gold):
+    budget = [SYMBOLIC_BUDGET_S]  # shared by the first try and the °/% retry
+    if _equal(pred, gold, budget):
         return True
     stripped_pred, stripped_gold = _DEGREE_PERCENT.sub("", pred), _DEGREE_PERCENT.sub("", gold)
     if (stripped_pred, stripped_gold) != (pred, gold):
-        return _equal(stripped_pred, stripped_gold)
+        return _equal(stripped_pred, stripped_gold, budget)
     return False
 
 

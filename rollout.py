@@ -113,8 +113,9 @@ def smollm2_gguf():
     return os.path.join(spec.submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
 
 
-def load_model(name_or_path, dtype=torch.float32, device="cpu", text_only=False, pixels=None):
+def load_model(name_or_path, dtype=torch.float32, device="cpu", text_only=False, pixels=None, role="model"):
     """(model, tokenizer) from a local directory, a hub id, or a .gguf file (de-quantised to `dtype`).
+    A failure names the `role` (student, teacher, judge) and what was tried: the local path or the hub id.
 
     A vision-language checkpoint (its config has a vision tower: Qwen3.5's are) loads as its
     image-text-to-text class, the class vLLM loads, with its image processor attached to the tokenizer
@@ -122,15 +123,20 @@ def load_model(name_or_path, dtype=torch.float32, device="cpu", text_only=False,
     loads the text model alone (the causal-LM class) for text data."""
     kwargs = {}
     name = resolve_model_name(name_or_path)
+    tried = f"the local path {name}" if os.path.exists(name) else f"the hub id {name!r} (no such local path)"
     if name.endswith(".gguf"):
         name, kwargs["gguf_file"] = os.path.split(os.path.abspath(name))
-    tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-    vision = not text_only and getattr(AutoConfig.from_pretrained(name, **kwargs), "vision_config", None) is not None
-    auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
-    model = auto.from_pretrained(name, dtype=dtype, **kwargs)
-    if vision:
-        bounds = {"size": {"shortest_edge": pixels[0], "longest_edge": pixels[1]}} if pixels else {}
-        tokenizer.image_processor = AutoImageProcessor.from_pretrained(name, **bounds)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+        config = AutoConfig.from_pretrained(name, **kwargs)
+        vision = not text_only and getattr(config, "vision_config", None) is not None
+        auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
+        model = auto.from_pretrained(name, dtype=dtype, **kwargs)
+        if vision:
+            bounds = {"size": {"shortest_edge": pixels[0], "longest_edge": pixels[1]}} if pixels else {}
+            tokenizer.image_processor = AutoImageProcessor.from_pretrained(name, **bounds)
+    except OSError as e:  # what transformers raises for a missing file, a bad hub id or no connection
+        raise OSError(f"could not load the {role} {name_or_path!r}: tried {tried}: {e}") from e
     if "gguf_file" in kwargs:
         # a GGUF-loaded model is marked quantized and refuses save_pretrained: rebuild it as a plain model
         config = model.config

@@ -17,7 +17,6 @@ One rollout step (numbers are the steps of ZPPO.md, the spec of the method):
 Every gradient token was sampled by the student: the teacher's text is only ever part of a prompt.
 """
 import importlib.util
-import json
 import math
 import os
 import random
@@ -34,14 +33,15 @@ from tqdm import tqdm
 from transformers import HfArgumentParser
 
 from buffer import ReplayBuffer
-from checkpoint import (find_checkpoint, load_checkpoint, load_optimizer_state, open_run, optimizer_state,
-                        save_checkpoint, write_step)
+from checkpoint import (add_to_step, clear_run, config_changes, find_checkpoint, load_checkpoint, load_optimizer_state,
+                        open_run, optimizer_state, run_files, run_folder, save_checkpoint, write_step)
 from data import load_examples, take
 from reformulate import postcap, precap, reformulated_prompts, user_prompt, with_closer
 from reward import grade, score_nested
 from rollout import (ShardedEngine, TransformersEngine, VLLMEngine, encode_prompt, frozen_engine, load_model,
                      resolve_model_name)
-from zppo import Episode, compute_advantages, fill_old_logprobs, plan_minibatches, ppo_update, sync_check
+from zppo import (Episode, compute_advantages, fill_old_logprobs, plan_minibatches, ppo_update, reduce_sum,
+                  sync_check)
 
 
 def arg(default, help):
@@ -67,6 +67,7 @@ class Config:
     data: str = arg("openai/gsm8k", "'arithmetic' (generated), a .jsonl file, or a hub data set")
     data_config: Optional[str] = arg(None, "hub data set config name (openai/gsm8k: main)")
     data_limit: Optional[int] = arg(None, "use at most this many questions")
+    dedup_ids: bool = arg(False, "keep the first of the rows sharing an id (default: a duplicate id is an error)")
     # ZPPO (paper's Table 8)
     algo: Literal["zppo", "grpo"] = arg("zppo", "'grpo' is ZPPO with --no-buffer --no-bcq --no-ncq")
     buffer: bool = arg(True, "replay hard questions until they graduate")
@@ -113,10 +114,14 @@ class Config:
     # run
     steps: int = arg(200, "rollout steps")
     seed: int = arg(0, "seed for data order, buffer sampling, tie-breaks and sampling")
-    out_dir: str = arg("runs/zppo", "metrics.jsonl, config.json and checkpoints/ go here")
+    out_dir: Optional[str] = arg(None, "metrics.jsonl, config.json and checkpoints/ go here (default: runs/zppo; "
+                                       "with --resume, that run's folder)")
+    overwrite: bool = arg(False, "let a fresh run replace the run in --out-dir (its metrics, checkpoints, dumps)")
     save_every: int = arg(10, "checkpoint every N steps (and at the end); 0 = only at the end")
-    keep_checkpoints: int = arg(2, "most recent checkpoints kept")
-    resume: Optional[str] = arg(None, "continue a run: its out_dir or one of its checkpoints")
+    keep_checkpoints: int = arg(2, "most recent checkpoints kept (0 = all)")
+    resume: Optional[str] = arg(None, "continue a run, in its folder: its out_dir or one of its checkpoints")
+    max_nonfinite_steps: int = arg(3, "stop after this many rollout steps in a row whose update was skipped for a "
+                                      "NaN/inf loss or gradient (0 = never stop)")
     report_to: str = arg("none", "accelerate trackers: none, all, tensorboard, wandb, ...")
     dump_reformulated: bool = arg(False, "write every BCQ/NCQ prompt with its rollouts to reformulated.jsonl")
     dump_rollouts: bool = arg(False, "write every rollout's group, reward, advantage and length to rollouts.jsonl")
@@ -139,6 +144,87 @@ def parse_config(argv=None):
     if cfg.data == "openai/gsm8k" and cfg.data_config is None:
         cfg.data_config = "main"
     return cfg
+
+
+def _missing_local_path(name):
+    """A model name that can only be a local path (./x, /x, a/b/c, x.gguf, odd characters) and does not exist.
+    owner/name and bare names may be hub ids: whether they load is only known by trying."""
+    if name is None or os.path.exists(name):
+        return False
+    return (name.endswith(".gguf") or name.startswith((".", "/", "~")) or name.count("/") > 1
+            or not all(c.isalnum() or c in "._-/" for c in name))
+
+
+def validate(cfg):
+    """Every flag and the output folder, checked before anything loads; fills in --out-dir. Raises SystemExit
+    listing each problem: a bad value would otherwise do zero work, learn nothing or fail mid-run."""
+    none_or_positive = lambda v: v is None or v >= 1  # noqa: E731
+    rules = [
+        ("questions_per_step", cfg.questions_per_step >= 1, ">= 1"),
+        ("group_size", cfg.group_size >= 2, ">= 2 (a group of one rollout is its own baseline: no advantage)"),
+        ("teacher_group_size", cfg.teacher_group_size >= 1, ">= 1"),
+        ("tau", 0 < cfg.tau <= 1, "in (0, 1]"),
+        ("rho_replay", 0 <= cfg.rho_replay <= 1, "in [0, 1]"),
+        ("rho_aug", 0 <= cfg.rho_aug <= 1, "in [0, 1]"),
+        ("buffer_capacity", cfg.buffer_capacity >= 1, ">= 1"),
+        ("iters_per_step", cfg.iters_per_step >= 1, ">= 1"),
+        ("clip_low", 0 <= cfg.clip_low < 1, "in [0, 1)"),
+        ("clip_high", cfg.clip_high >= 0, ">= 0"),
+        ("dual_clip", cfg.dual_clip > 1, "> 1"),
+        ("candidate_max_chars", none_or_positive(cfg.candidate_max_chars), ">= 1"),
+        ("temperature", cfg.temperature > 0, "> 0 (training rollouts are sampled, and log-probs divide by it)"),
+        ("top_p", 0 < cfg.top_p <= 1, "in (0, 1]"),
+        ("top_k", cfg.top_k >= 0, ">= 0"),
+        ("compress_temperature", cfg.compress_temperature >= 0, ">= 0"),
+        *[(name, getattr(cfg, name) >= 1, ">= 1") for name in (
+            "max_prompt_tokens", "max_new_tokens", "teacher_max_new_tokens", "compress_max_new_tokens",
+            "gen_batch_size", "micro_batch_size", "steps", "teacher_concurrency", "eval_samples",
+            "eval_max_new_tokens")],
+        ("data_limit", none_or_positive(cfg.data_limit), ">= 1"),
+        ("eval_limit", none_or_positive(cfg.eval_limit), ">= 1"),
+        ("lr", cfg.lr > 0, "> 0"),
+        *[(name, getattr(cfg, name) >= 0, ">= 0") for name in (
+            "weight_decay", "teacher_retries", "save_every", "keep_checkpoints", "max_nonfinite_steps",
+            "eval_every", "sync_warn")],
+        ("grad_clip", cfg.grad_clip > 0, "> 0"),
+        ("teacher_timeout", cfg.teacher_timeout > 0, "> 0"),
+        ("vllm_gpu_memory_utilization", 0 < cfg.vllm_gpu_memory_utilization <= 1, "in (0, 1]"),
+        ("teacher_gpu_memory_utilization", 0 < cfg.teacher_gpu_memory_utilization <= 1, "in (0, 1]"),
+    ]
+    problems = [f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be {need}"
+                for name, ok, need in rules if not ok]
+    in_process_teacher = None if cfg.teacher == "gold" or cfg.teacher_url else cfg.teacher
+    for role, name in (("student", None if cfg.resume else cfg.student), ("teacher", in_process_teacher)):
+        if _missing_local_path(name):
+            problems.append(f"--{role} {name}: no such file or directory (the {role} model; a hub id is "
+                            "owner/name)")
+    fresh = True  # a run starting in its own folder, not continuing one there
+    if cfg.resume:
+        run = run_folder(cfg.resume) if os.path.isdir(cfg.resume) else None
+        fresh = run is None
+        if not os.path.isdir(cfg.resume):
+            problems.append(f"--resume {cfg.resume}: no such folder")
+        elif run is None and cfg.out_dir is None:
+            problems.append(f"--resume {cfg.resume}: a checkpoint outside a run folder: give --out-dir")
+        elif run is not None and cfg.out_dir is None:
+            cfg.out_dir = run
+        elif run is not None and os.path.realpath(cfg.out_dir) != os.path.realpath(run):
+            problems.append(f"--out-dir {cfg.out_dir}: --resume continues the run in {run} and writes there; "
+                            f"leave --out-dir out (or give {run})")
+        if cfg.overwrite:
+            problems.append("--overwrite: not with --resume, which continues the run in its folder")
+    cfg.out_dir = cfg.out_dir or "runs/zppo"
+    found = run_files(cfg.out_dir) if fresh and os.path.isdir(cfg.out_dir) else []
+    if found and not cfg.overwrite:
+        problems.append(f"--out-dir {cfg.out_dir}: already holds a run ({', '.join(found)}); continue it with "
+                        f"--resume {cfg.out_dir}, replace it with --overwrite, or choose another --out-dir")
+    if problems:
+        raise SystemExit("train.py: cannot start:\n  " + "\n  ".join(problems))
+    plain = cfg.questions_per_step * cfg.group_size
+    if cfg.iters_per_step > plain:
+        warnings.warn(f"--iters-per-step {cfg.iters_per_step} is more than the {plain} plain rollouts of a step "
+                      f"({cfg.questions_per_step} questions x {cfg.group_size}): it is clamped to one optimizer "
+                      "step per sequence whenever a step has fewer sequences")
 
 
 def round_half_up(x):
@@ -221,30 +307,51 @@ def build_engines(cfg, accelerator, model, tokenizer, model_path):
                     yield
         student = TransformersEngine(accelerator.unwrap_model(model), tokenizer, max_batch_size=cfg.gen_batch_size,
                                      context=context)
-    teacher = frozen_engine(
-        None if cfg.teacher == "gold" else cfg.teacher, cfg.teacher_url,
-        kind=cfg.engine if cfg.teacher_engine == "auto" else cfg.teacher_engine, device=accelerator.device,
-        batch_size=cfg.gen_batch_size, timeout=cfg.teacher_timeout, retries=cfg.teacher_retries,
-        concurrency=cfg.teacher_concurrency, gpu_memory_utilization=cfg.teacher_gpu_memory_utilization,
-        seed=cfg.seed + accelerator.process_index)
+    try:
+        teacher = frozen_engine(
+            None if cfg.teacher == "gold" else cfg.teacher, cfg.teacher_url,
+            kind=cfg.engine if cfg.teacher_engine == "auto" else cfg.teacher_engine, device=accelerator.device,
+            batch_size=cfg.gen_batch_size, timeout=cfg.teacher_timeout, retries=cfg.teacher_retries,
+            concurrency=cfg.teacher_concurrency, gpu_memory_utilization=cfg.teacher_gpu_memory_utilization,
+            seed=cfg.seed + accelerator.process_index)
+    except OSError as e:  # a path that does not exist, an unreachable hub id: say it is the teacher
+        raise OSError(f"the teacher (--teacher {cfg.teacher}): {e}") from e
     if accelerator.num_processes > 1:  # every rank generates its share of the prompts and sees all results
         student = ShardedEngine(student, accelerator)
         teacher = ShardedEngine(teacher, accelerator) if teacher is not None else None
     return student, teacher
 
 
-def load_questions(cfg, tokenizer):
-    """The training questions whose plain prompt fits --max-prompt-tokens."""
-    examples = load_examples(cfg.data, limit=cfg.data_limit, seed=cfg.seed, config=cfg.data_config)
+def load_data(cfg):
+    """The training questions, before any model loads: every bad row named by file and line, ids unique,
+    enough questions for one step."""
+    examples = load_examples(cfg.data, limit=cfg.data_limit, seed=cfg.seed, config=cfg.data_config,
+                             dedup_ids=cfg.dedup_ids)
+    if cfg.questions_per_step > len(examples):
+        raise SystemExit(f"--questions-per-step {cfg.questions_per_step} is more than the {len(examples)} "
+                         f"questions of {cfg.data}: a step would hold a question twice")
+    return examples
+
+
+def fit_prompts(cfg, examples, tokenizer):
+    """The questions whose plain prompt fits --max-prompt-tokens; at least one step's worth, else SystemExit."""
     if any(e.get("images") for e in examples) and not hasattr(tokenizer, "image_processor"):
         raise ValueError(f"{cfg.data} has images but the student is a text model: use a vision-language "
                          "checkpoint" + (" without --text-only" if cfg.text_only else ""))
     # counted as the student sees it: chat template, closer and image tokens
     lengths = [len(encode_prompt(tokenizer, user_prompt(e, with_closer(e["question"])))[0]) for e in examples]
-    fits = [n <= cfg.max_prompt_tokens for n in lengths]
-    if not all(fits):
-        print(f"dropping {fits.count(False)} questions whose plain prompt exceeds {cfg.max_prompt_tokens} tokens")
-    return [e for e, ok in zip(examples, fits) if ok]
+    kept = [e for e, n in zip(examples, lengths) if n <= cfg.max_prompt_tokens]
+    if len(kept) < len(examples):
+        print(f"dropping {len(examples) - len(kept)} questions whose plain prompt exceeds {cfg.max_prompt_tokens} "
+              "tokens")
+    if not kept:
+        raise SystemExit(f"none of the {len(examples)} questions of {cfg.data} fits --max-prompt-tokens "
+                         f"{cfg.max_prompt_tokens}: the shortest plain prompt has {min(lengths)} tokens")
+    if cfg.questions_per_step > len(kept):
+        raise SystemExit(f"--questions-per-step {cfg.questions_per_step} is more than the {len(kept)} questions "
+                         f"of {cfg.data} that fit --max-prompt-tokens {cfg.max_prompt_tokens}: a step would hold "
+                         "a question twice")
+    return kept
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -302,15 +409,23 @@ def step_metrics(seqs, questions, n_new, plain, reform, acc, hard, chosen, teach
 
 
 def periodic_eval(student, teacher, cfg, step, log):
-    """eval.py's benchmarks every --eval-every steps and at the end; the teacher judges free-form answers."""
+    """eval.py's benchmarks every --eval-every steps and at the end; the teacher judges free-form answers.
+    It runs after the step's checkpoint is saved, and its sampling draws on a forked random state, so a run
+    resumes exactly whether or not it evaluates. A failure is reported (eval/failed) and training goes on."""
     if not cfg.eval_benchmarks or not ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
         return {}
-    from eval import run_benchmarks  # only here: training itself never depends on eval.py
+    try:
+        from eval import run_benchmarks  # only here: training itself never depends on eval.py
 
-    summary = run_benchmarks(student, cfg.eval_benchmarks.split(","), cfg.eval_samples, cfg.eval_max_new_tokens,
-                             judge=teacher, data_dir=cfg.eval_data_dir, limit=cfg.eval_limit, log=log)
-    metrics = {f"eval/{name}": r["accuracy"] for name, r in summary["benchmarks"].items()}
-    metrics.update({f"eval/macro_{fam}": acc for fam, acc in summary["macro"].items()})
+        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+            summary = run_benchmarks(student, cfg.eval_benchmarks.split(","), cfg.eval_samples,
+                                     cfg.eval_max_new_tokens, judge=teacher, data_dir=cfg.eval_data_dir,
+                                     limit=cfg.eval_limit, log=log)
+        metrics = {f"eval/{name}": r["accuracy"] for name, r in summary["benchmarks"].items()}
+        metrics.update({f"eval/macro_{fam}": acc for fam, acc in summary["macro"].items()})
+    except Exception as e:  # an evaluation costs its own numbers at most, never the run
+        log(f"step {step}: evaluation failed ({type(e).__name__}: {e}); training goes on")
+        return {"eval/failed": 1.0}
     log(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     return metrics
 
@@ -322,19 +437,59 @@ def weight_checksum_spread(model, accelerator):
     return (sums.max() - sums.min()).item()
 
 
+def save(cfg, step, model, tokenizer, optimizer, buffer, data_pos, rng, accelerator):
+    """The step's checkpoint, never of non-finite weights: those stop the run and the last checkpoint stays
+    the one `latest` names. Every rank checks its own parameters (its shard under FSDP) and all agree."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if reduce_sum(accelerator, [len(bad)])[0]:
+        raise SystemExit(f"step {step}: weights hold NaN or inf ({', '.join(bad[:3]) or 'on another rank'}"
+                         f"{', ...' if len(bad) > 3 else ''}); no checkpoint written, {cfg.out_dir}/latest still "
+                         "names the last good one")
+    # both collective under FSDP: every rank takes part (the optimizer's shards are gathered), the main one writes
+    full, optim = accelerator.get_state_dict(model), optimizer_state(model, optimizer, accelerator)
+    if accelerator.is_main_process:
+        save_checkpoint(cfg, step, model, full, tokenizer, optim, buffer, tuple(data_pos), rng, accelerator)
+    accelerator.wait_for_everyone()
+
+
+def resume_from(cfg, ckpt, model, optimizer, rng, buffer, accelerator):
+    """Restore the checkpoint's state; say which flags differ from its run's, and apply --lr and
+    --weight-decay to the restored optimizer (loading it brings back the values it was saved with)."""
+    changes = config_changes(cfg, ckpt)
+    if changes:
+        warnings.warn(f"--resume: flags differ from the run that wrote {ckpt}: {', '.join(changes)}")
+    start, data_pos, optim = load_checkpoint(ckpt, rng, buffer)
+    load_optimizer_state(model, optimizer, optim, accelerator)
+    for key in ("lr", "weight_decay"):
+        restored = {group[key] for group in optimizer.param_groups}
+        if restored != {getattr(cfg, key)}:
+            print(f"--{key.replace('_', '-')} {getattr(cfg, key)} replaces the restored optimizer's "
+                  f"{', '.join(map(str, sorted(restored)))}")
+            for group in optimizer.param_groups:
+                group[key] = getattr(cfg, key)
+    print(f"resumed from {ckpt} at step {start}")
+    return start, data_pos
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the loop
 
 
 def main(cfg):
+    validate(cfg)  # flags, the output folder, then the data: all before any model loads
+    examples = load_data(cfg)
+    ckpt = find_checkpoint(cfg.resume) if cfg.resume else None
     accelerator = Accelerator(log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=cfg.out_dir,
                               mixed_precision=cfg.mixed_precision)
+    if cfg.overwrite and accelerator.is_main_process and os.path.isdir(cfg.out_dir):
+        clear_run(cfg.out_dir)
+    accelerator.wait_for_everyone()
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    ckpt = find_checkpoint(cfg.resume) if cfg.resume else None
     model, tokenizer = load_model(ckpt or cfg.student, text_only=cfg.text_only,
-                                  pixels=(cfg.image_min_pixels, cfg.image_max_pixels))
+                                  pixels=(cfg.image_min_pixels, cfg.image_max_pixels), role="student")
+    examples = fit_prompts(cfg, examples, tokenizer)
     if cfg.freeze_vision:
         for name, p in model.named_parameters():
             p.requires_grad_(p.requires_grad and "visual" not in name)
@@ -349,17 +504,13 @@ def main(cfg):
                                   weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     student, teacher = build_engines(cfg, accelerator, model, tokenizer, ckpt or cfg.student)
-    examples = load_questions(cfg, tokenizer)
     buffer = ReplayBuffer(cfg.buffer_capacity)
-    start, data_pos = 0, (0, 0)
-    if ckpt:
-        start, data_pos, optim = load_checkpoint(ckpt, rng, buffer)
-        load_optimizer_state(model, optimizer, optim, accelerator)
-        print(f"resumed from {ckpt} at step {start}")
+    start, data_pos = resume_from(cfg, ckpt, model, optimizer, rng, buffer, accelerator) if ckpt else (0, (0, 0))
     log_path = open_run(cfg, start, accelerator)
     n_new, cap = cfg.questions_per_step, round_half_up(cfg.rho_aug * cfg.questions_per_step)
     sample = dict(n=cfg.group_size, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                   top_p=cfg.top_p, top_k=cfg.top_k)
+    nonfinite_steps = 0  # rollout steps in a row whose update skipped a non-finite mini-batch
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="zppo",
                disable=not accelerator.is_main_process)
     for step in bar:
@@ -368,6 +519,7 @@ def main(cfg):
 
         # 1. plain rollouts on new questions + replayed hard ones, binary reward
         new, *data_pos = take(examples, n_new, cfg.seed, *data_pos)
+        metrics["data/epoch"] = data_pos[0]  # the pass over the data this step's new questions come from
         n_replay = round_half_up(cfg.rho_replay * n_new) if cfg.buffer else 0
         replay = buffer.sample(n_replay, rng, exclude={ex["id"] for ex in new})
         questions = new + replay
@@ -426,6 +578,7 @@ def main(cfg):
             metrics.update(ppo_update(model, optimizer, accelerator, seqs, iters, cfg.temperature,
                                       cfg.micro_batch_size, tokenizer.pad_token_id, cfg.clip_low, cfg.clip_high,
                                       cfg.dual_clip, cfg.grad_clip))
+            nonfinite_steps = nonfinite_steps + 1 if metrics["train/skipped_nonfinite"] else 0
             # the engine samples the next step from the updated weights (gathered in full under FSDP)
             student.sync_weights(accelerator.unwrap_model(model),
                                  accelerator.get_state_dict(model) if cfg.engine == "vllm" else None)
@@ -436,24 +589,26 @@ def main(cfg):
             moves = buffer.update(results, cfg.tau)
             metrics.update({f"buffer/{k}": v for k, v in moves.items()})
 
-        # bookkeeping: metrics, optional eval, dumps, checkpoint
+        # bookkeeping: metrics, dumps, checkpoint, then the optional eval (a crash in it loses no checkpoint)
         metrics.update(step_metrics(seqs, questions, len(new), plain, reform, acc, hard, chosen, teacher_ok,
                                     buffer, cfg))
         metrics["count/teacher_failed"] = getattr(teacher, "failures", 0) - teacher_failures
         metrics.update({f"time/{k}": v for k, v in timer.items()}, **{"time/step": time.time() - t_step})
-        metrics.update(periodic_eval(student, teacher, cfg, step + 1, bar.write))
         if accelerator.num_processes > 1:
             metrics["dist/weight_checksum_spread"] = weight_checksum_spread(model, accelerator)
         write_step(cfg, step + 1, metrics, seqs, chosen, questions, prompts, reform, log_path, accelerator)
         bar.set_postfix(acc=f"{metrics['acc/plain']:.2f}", bcq=f"{metrics['acc/bcq']:.2f}",
                         ncq=f"{metrics['acc/ncq']:.2f}", buf=len(buffer), t=f"{metrics['time/step']:.0f}s")
-        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps:
-            # both collective under FSDP: every rank takes part, the main process writes
-            full, optim = accelerator.get_state_dict(model), optimizer_state(model, optimizer, accelerator)
-            if accelerator.is_main_process:
-                save_checkpoint(cfg, step + 1, model, full, tokenizer, optim, buffer, tuple(data_pos), rng,
-                                accelerator)
-            accelerator.wait_for_everyone()
+        stop = cfg.max_nonfinite_steps and nonfinite_steps >= cfg.max_nonfinite_steps
+        if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.steps or stop:
+            save(cfg, step + 1, model, tokenizer, optimizer, buffer, data_pos, rng, accelerator)
+        if stop:  # the skipped updates kept the weights finite: the checkpoint above holds the last good ones
+            accelerator.end_training()
+            raise SystemExit(f"step {step + 1}: stopping after {nonfinite_steps} rollout steps in a row whose "
+                             "update had a NaN or inf loss or gradient (skipped, weights unchanged; see "
+                             f"train/skipped_nonfinite in {log_path}); try a lower --lr, or --resume "
+                             f"{cfg.out_dir} after a fix (--max-nonfinite-steps sets the limit)")
+        add_to_step(step + 1, periodic_eval(student, teacher, cfg, step + 1, bar.write), log_path, accelerator)
     accelerator.end_training()
     return log_path
 

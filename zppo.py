@@ -4,6 +4,7 @@ Pure torch, no I/O, so every formula can be checked by hand in tests/test_zppo.p
 Spec (ZPPO.md), steps 9 and 10. The step batch is a list of `Episode`s; train.py fills in the
 rollout fields, this file the rest.
 """
+import math
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -325,10 +326,13 @@ def ppo_update(model, optimizer, accelerator, seqs, iters, temperature, micro_ba
     Over several processes each rank computes its share; the loss is divided by the mini-batch's global
     token count and multiplied by the number of ranks, because DDP/FSDP average gradients: the result is
     the gradient of the global token-level mean. Every rank runs the same number of micro-batches (a
-    zero-weight one fills in) so the collective operations inside backward stay in step."""
+    zero-weight one fills in) so the collective operations inside backward stay in step.
+    A mini-batch whose loss or gradient norm is not finite (NaN or inf) is not stepped on any rank: its
+    gradient is dropped and counted in train/skipped_nonfinite, because one AdamW step would carry the NaN
+    into every weight and into the optimizer's moments for good."""
     world = accelerator.num_processes
     keys = ("clip_frac_low", "clip_frac_high", "clip_frac_dual", "approx_kl", "ratio_mean", "loss")
-    sums, n_tok_total, grad_norms = defaultdict(float), 0, []
+    sums, n_tok_total, grad_norms, skipped = defaultdict(float), 0, [], 0
     for k in range(iters):
         mb = [s for s in seqs if s.minibatch == k]
         n_tokens = sum(len(s.token_ids) for s in mb)
@@ -336,6 +340,7 @@ def ppo_update(model, optimizer, accelerator, seqs, iters, temperature, micro_ba
         n_micro = len(micros)
         if world > 1:
             n_micro = int(accelerator.gather(torch.tensor([n_micro], device=accelerator.device)).max())
+        finite_loss = True
         for j in range(n_micro):
             micro = micros[j] if j < len(micros) else mb[:1]
             lp, mask, _ = response_logprobs(model, micro, temperature, pad_id)  # (b, R) each
@@ -350,12 +355,24 @@ def ppo_update(model, optimizer, accelerator, seqs, iters, temperature, micro_ba
             for key, v in m.items():
                 sums[key] += v * tok
             sums["loss"] += loss.item() * n_tokens
+            finite_loss = finite_loss and math.isfinite(loss.item())
             n_tok_total += tok
-        grad_norms.append(float(accelerator.clip_grad_norm_(model.parameters(), grad_clip)) if n_micro else 0.0)
-        optimizer.step()
+        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), grad_clip)) if n_micro else 0.0
+        grad_norms.append(grad_norm)
+        # the gradient norm is the same on every rank after the all-reduce, the loss is this rank's own: all
+        # ranks must agree to skip, or their weights would part
+        nonfinite = float(not (finite_loss and math.isfinite(grad_norm)))
+        if (reduce_sum(accelerator, [nonfinite])[0] if world > 1 else nonfinite) > 0:
+            skipped += 1
+            what = "gradient norm" if finite_loss else "loss"
+            warnings.warn(f"mini-batch {k + 1}/{iters}: non-finite {what} (gradient norm {grad_norm}); optimizer "
+                          "step skipped, weights unchanged")
+        else:
+            optimizer.step()
         optimizer.zero_grad(set_to_none=True)
     totals = reduce_sum(accelerator, [sums[key] for key in keys] + [n_tok_total])
     out = {f"train/{key}": v / max(totals[-1], 1) for key, v in zip(keys, totals)}
     out["train/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     out["train/active_frac"] = sum(s.adv != 0 for s in seqs) / max(len(seqs), 1)
+    out["train/skipped_nonfinite"] = skipped
     return out

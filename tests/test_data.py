@@ -17,9 +17,12 @@ def test_loads_fields_and_optional_ones(tmp_path):
     path = write(tmp_path, [json.dumps({"question": "Q1", "answer": 3}),
                             "",
                             json.dumps({"question": "Q2", "answer": "x", "solution": "s", "image": "a.png", "id": 9})])
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")  # an image path is relative to the data file
     ex = load_jsonl(path)
     assert ex[0] == {"id": "d.jsonl:1", "question": "Q1", "answer": "3"}
-    assert ex[1] == {"id": "9", "question": "Q2", "answer": "x", "solution": "s", "image": "a.png"}
+    assert ex[1] == {"id": "9", "question": "Q2", "answer": "x", "solution": "s", "images": [str(tmp_path / "a.png")]}
 
 
 @pytest.mark.parametrize("line,message", [
@@ -64,11 +67,46 @@ def test_arithmetic_task_has_gradable_gold_solutions_and_a_disjoint_test_split()
 
 
 def test_take_is_a_resumable_seeded_stream():
-    examples = [{"id": str(i)} for i in range(10)]
+    examples = [{"id": str(i)} for i in range(12)]
     a, epoch, pos = take(examples, 4, 0, 0, 0)
     b, epoch, pos = take(examples, 4, 0, epoch, pos)
-    c, epoch, pos = take(examples, 4, 0, epoch, pos)  # crosses into the second pass
-    first_pass = [e["id"] for e in a + b + c[:2]]
-    assert sorted(first_pass) == [str(i) for i in range(10)] and (epoch, pos) == (1, 2)
-    again, _, _ = take(examples, 12, 0, 0, 0)
-    assert [e["id"] for e in again] == [e["id"] for e in a + b + c]
+    c, epoch, pos = take(examples, 4, 0, epoch, pos)  # ends the first pass exactly
+    assert sorted(int(e["id"]) for e in a + b + c) == list(range(12)) and (epoch, pos) == (0, 12)
+    d, epoch, pos = take(examples, 4, 0, epoch, pos)  # the second pass, another order
+    assert (epoch, pos) == (1, 4) and [e["id"] for e in d] != [e["id"] for e in a]
+    assert take(examples, 4, 0, 0, 4)[0] == b  # the position alone resumes the stream
+
+
+def test_a_batch_never_holds_a_question_twice_across_a_pass_boundary():
+    """10 questions, 4 per step: the third step would take the 2 left in the pass and 2 of the next pass,
+    possibly the same questions. A new pass starts only for whole batches: the 2 left are skipped."""
+    examples = [{"id": str(i)} for i in range(10)]
+    epoch, pos, seen = 0, 0, []
+    for _ in range(50):
+        batch, epoch, pos = take(examples, 4, 0, epoch, pos)
+        assert len({e["id"] for e in batch}) == 4
+        seen.append(epoch)
+    assert seen[:5] == [0, 0, 1, 1, 2]  # two whole batches per pass
+    with pytest.raises(ValueError, match="a batch of 11 distinct examples cannot come from 10"):
+        take(examples, 11, 0, 0, 0)
+
+
+def test_non_utf8_byte_names_file_and_line(tmp_path):
+    path = tmp_path / "d.jsonl"
+    good = json.dumps({"question": "ok", "answer": "1"}).encode()
+    path.write_bytes(good + b'\n{"question": "caf\xe9", "answer": 1}\n')  # Latin-1 e-acute
+    with pytest.raises(ValueError, match=r"d.jsonl:2: not UTF-8 \(byte 0xe9"):
+        load_jsonl(str(path))
+    path.write_bytes(b"\xef\xbb\xbf" + good + b"\n")  # a UTF-8 byte-order mark is fine
+    assert load_jsonl(str(path))[0]["question"] == "ok"
+
+
+def test_duplicate_ids_name_both_lines_or_keep_the_first(tmp_path, capsys):
+    path = write(tmp_path, [json.dumps({"id": 7, "question": "Q1", "answer": "1"}),
+                            json.dumps({"id": 8, "question": "Q2", "answer": "2"}),
+                            json.dumps({"id": "7", "question": "Q3", "answer": "3"})])
+    with pytest.raises(ValueError, match=r"d.jsonl:3: duplicate id '7' \(first at .*d.jsonl:1\).*--dedup-ids"):
+        load_examples(path)
+    kept = load_examples(path, dedup_ids=True)
+    assert [e["question"] for e in kept] == ["Q1", "Q2"]
+    assert "dropped 1 rows" in capsys.readouterr().out

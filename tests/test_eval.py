@@ -103,7 +103,9 @@ def test_every_benchmark_records_the_papers_protocol():
              "mmlu_redux", "multichallenge"}  # Table 6
     assert {n for n, s in ev.BENCHMARKS.items() if s["family"] == "llm"} == paper
     assert {n: s["protocol"] for n, s in ev.BENCHMARKS.items() if s["protocol"] != "Exact+Judge"} == {
-        "hle": "BenchJudge", "multichallenge": "BenchJudge"}
+        "hle": "BenchJudge", "multichallenge": "BenchJudge", "mathvista": "Rule+Judge"}
+    assert {n for n, s in ev.BENCHMARKS.items() if s["family"] == "vlm"} == {  # those of Table 5 built so far
+        "ai2d", "mathverse", "mathvision", "mathvista", "mmmu_pro", "wemath"}
     assert len(set(ev.MMLU_REDUX_SUBJECTS)) == 57 and len(set(ev.CEVAL_SUBJECTS)) == 52
     assert ev.BENCHMARKS["aime2025"]["hub"] == "opencompass/AIME2025"
     assert ev.BENCHMARKS["imo_answerbench"]["hub"] == "OpenEvals/IMO-AnswerBench"

@@ -2,6 +2,7 @@
 import time
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from reward import answers_match, grade, last_boxed, normalize, parse_verdict
 
@@ -190,3 +191,85 @@ def test_training_rewards_route_the_same_way():
 def test_verdict_of_names_the_verdict_or_none():
     assert verdict_of('{"verdict": "wrong"}') == "wrong" and verdict_of('{"verdict": "correct"}') == "correct"
     assert verdict_of("wrong") is None and verdict_of('{"verdict": "WRONG"}') is None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# property: any string, random or built to explode, is graded 0 or 1 in under 2 s, without raising
+
+LATEX_BITS = ["9", "99", "999", "1", "0", "x", "n", "^", "!", "{", "}", "(", ")", "[", "]", "\\frac", "\\sqrt",
+              "\\binom", "\\cdot", "\\times", "\\pi", "e", "+", "-", "*", "/", ",", ".", " ", "\\boxed{",
+              "\\left(", "\\right)", "%", "^\\circ", "\\infty", "=", "<", "\\{", "\\}", "_", "\\int", "\\sum", "|",
+              "\\"]
+atoms = st.sampled_from(["9", "99", "999", "x", "n", "2", "10", "\\pi", "e"])
+# nested powers, factorials, products and binomials in every bracket style: towers like {9}^{{9}^{9}}, (99!)!
+explosive = st.recursive(atoms, lambda inner: st.one_of(
+    st.tuples(inner, inner).map(lambda ab: "{%s}^{%s}" % ab),
+    st.tuples(inner, inner).map(lambda ab: "%s^%s" % ab),
+    inner.map(lambda a: "(%s)!" % a), inner.map(lambda a: "{%s}!" % a), inner.map(lambda a: a + "!"),
+    st.tuples(inner, inner).map(lambda ab: "(%s*%s)" % ab),
+    st.tuples(inner, inner).map(lambda ab: "\\binom{%s}{%s}" % ab),
+    st.tuples(inner, inner).map(lambda ab: "\\frac{%s}{%s}" % ab)), max_leaves=6)
+answers = st.one_of(explosive, st.lists(st.sampled_from(LATEX_BITS), max_size=40).map("".join),
+                    st.text(max_size=60))
+responses = st.one_of(answers.map(lambda a: "The answer is \\boxed{%s}" % a), st.text(max_size=300),
+                      st.tuples(st.text(max_size=40), answers, answers).map(
+                          lambda t: "%s\\boxed{%s} \\boxed{%s" % t))
+golds = st.one_of(st.sampled_from(["1", "1", "1", "720", "x", "\\frac{1}{2}", "(B)", "\\pi", "90^\\circ", "50\\%",
+                                   "9^{9}"]),
+                  answers)
+
+
+@settings(max_examples=80, deadline=None, database=None, suppress_health_check=list(HealthCheck))
+@given(response=responses, gold=golds)
+@example(response="\\boxed{{9}^{{9}^{9}}}", gold="1")  # the known worst cases always run
+@example(response="so \\boxed{(99!)!}", gold="1")
+@example(response="\\boxed{\\binom{1000000}{500000}}", gold="1")
+def test_grade_is_bounded_on_random_and_adversarial_strings(response, gold):
+    grade("\\boxed{x+1}", "x+2")  # math-verify's one-time import and warm-up are not a response's cost
+    start = time.perf_counter()
+    score = grade(response, gold)
+    assert time.perf_counter() - start < 2.0, (response, gold)
+    assert score in (0.0, 1.0)
+
+
+@pytest.mark.parametrize("tower", ["{9}^{{9}^{9}}", "(99!)!", "9^{{9}^{9}}", "((99)!)!", "(9^9)!", "(999*999)!",
+                                   "\\binom{1000000}{500000}", "2^{9!}", "9!!!!!!!", "(10^{10})!"])
+def test_towers_and_nested_factorials_are_refused_before_math_verify(tower, monkeypatch):
+    """These took 2.0-2.6 s each, stopped only by math-verify's time limit: now refused without trying it."""
+    import math_verify
+
+    calls = []
+    monkeypatch.setattr(math_verify, "parse", lambda *args, **kwargs: calls.append(args))
+    start = time.perf_counter()
+    assert grade("\\boxed{%s}" % tower, "1") == 0.0
+    assert time.perf_counter() - start < 0.1 and calls == []
+
+
+def test_small_factorials_and_powers_still_reach_math_verify():
+    assert answers_match("(3!)!", "720") and answers_match("2^{3!}", "64") and answers_match("5!", "120")
+    assert answers_match("{2}^{10}", "1024") and answers_match("\\binom{5}{2}", "10")
+    assert not answers_match("(3!)!", "721")
+
+
+def test_a_slow_math_verify_is_cut_off_by_the_answers_budget(monkeypatch):
+    """Whatever the pre-check misses, no math-verify call starts once SYMBOLIC_BUDGET_S of the answer is spent."""
+    import math_verify
+
+    import reward
+
+    answers_match("x+1", "x+2")  # math-verify's one-time warm-up, outside the measured time
+    real_parse, calls = math_verify.parse, []
+
+    def slow_parse(*args, **kwargs):
+        calls.append(args[0])
+        time.sleep(0.3)
+        return real_parse(*args, **kwargs)
+
+    monkeypatch.setattr(math_verify, "parse", slow_parse)
+    assert reward.SYMBOLIC_BUDGET_S < 0.6
+    start = time.perf_counter()
+    assert not answers_match("x^2+2x+1", "(x+1)^2")  # equal, but there is no time left to verify it
+    assert calls == ["\\boxed{(x+1)^2}", "\\boxed{x^2+2x+1}"]  # both parses ran, then the budget was spent
+    assert time.perf_counter() - start < 1.0
+    monkeypatch.setattr(reward, "SYMBOLIC_BUDGET_S", 5.0)
+    assert answers_match("x^2+2x+1", "(x+1)^2")

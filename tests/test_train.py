@@ -82,12 +82,15 @@ def parity_grade(text, gold):
 
 
 def test_resume_continues_exactly(tiny_model, tmp_path, monkeypatch):
+    """Also with an evaluation every step: it runs after the checkpoint and samples from a forked random state,
+    so the straight run (no checkpoint at step 1) and the resumed one sample the same step 2."""
     monkeypatch.setattr(train, "grade", parity_grade)
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
-    train.main(train.parse_config(["--student", tiny_model, *ARGS, "--steps", "2", "--out-dir", straight]))
-    train.main(train.parse_config(["--student", tiny_model, *ARGS, "--steps", "1", "--out-dir", resumed]))
-    train.main(train.parse_config(["--student", tiny_model, *ARGS, "--steps", "2", "--out-dir", resumed,
-                                   "--resume", resumed]))
+    args = ["--student", tiny_model, *ARGS, "--eval-benchmarks", "arithmetic", "--eval-every", "1",
+            "--eval-limit", "2", "--eval-max-new-tokens", "4"]
+    train.main(train.parse_config([*args, "--steps", "2", "--out-dir", straight]))
+    train.main(train.parse_config([*args, "--steps", "1", "--out-dir", resumed]))
+    train.main(train.parse_config([*args, "--steps", "2", "--out-dir", resumed, "--resume", resumed]))
     a, b = (os.path.join(d, "checkpoints", "step_000002") for d in (straight, resumed))
     wa, wb = load_file(os.path.join(a, "model.safetensors")), load_file(os.path.join(b, "model.safetensors"))
     w0 = load_file(os.path.join(tiny_model, "model.safetensors"))
