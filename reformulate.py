@@ -1,8 +1,9 @@
-"""Reformulated prompts (BCQ, NCQ, hint), candidate compression, and which hard questions get them.
+"""Reformulated prompts (BCQ, NCQ), candidate compression, and which hard questions get them.
 
 The teacher reaches the student only through these strings: BCQ shows one correct teacher answer and
 one wrong student answer without saying which is which; NCQ shows the student's own wrong attempts,
-labelled wrong. Prompt strings are the paper's, as ZPPO.md gives them; spec steps 4-6.
+labelled wrong. Prompt strings are the paper's, as ZPPO.md gives them; spec steps 4-6. (The Hint
+baseline's prompt is in baselines.py, with the baseline.)
 """
 import re
 
@@ -32,12 +33,6 @@ COMPRESSION_TEMPLATE = """Compress the response below into a summary (in 5 lines
 <response>
 {response}
 </response>"""
-
-HINT_TEMPLATE = (
-    "Read the solved response below and write a concise hint that helps solve the original question. "
-    "Do NOT reveal the final answer, do NOT include any \\boxed{{}} expression, and do NOT copy the full "
-    "solution. Keep only high-level guidance or the key intermediate idea. <response>\n{response} </response>"
-)
 
 
 def with_closer(text):
@@ -74,10 +69,6 @@ def ncq_prompt(question, wrong_answers, candidates):
 
 def compression_prompt(response):
     return COMPRESSION_TEMPLATE.format(response=response)
-
-
-def hint_prompt(response):
-    return HINT_TEMPLATE.format(response=response)
 
 
 _SUMMARY = re.compile(r"<summary>(.*?)</summary>", re.DOTALL)

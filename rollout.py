@@ -2,11 +2,13 @@
 
 Every engine has the same small surface, so train.py never knows which one it drives:
     engine.generate(prompts, n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty,
-                    repetition_penalty)
+                    repetition_penalty, response_prefixes=None)
         -> per prompt, a list of n Rollouts (empty when a remote request failed for good)
     engine.sync_weights(model)   # after an optimizer phase: make the engine sample from `model`
-Prompts are user-message texts (or lists of {role, content} messages, a multi-turn chat); the engine
-applies the model's chat template. This file holds the
+Prompts are user-message texts (or lists of {role, content} messages, a multi-turn chat, or texts with
+images); the engine applies the model's chat template. `response_prefixes` (token ids per prompt, the Prefix
+baseline's) start the assistant turn: they are appended after the templated prompt, so they are part of each
+Rollout's prompt_ids (never of its token_ids) and the text is the whole turn, prefix included. This file holds the
 transformers engine (CPU, tests, small GPU runs), the vLLM engine (GPU training), a remote engine
 for a teacher behind an OpenAI-compatible server, and the model loading shared by train.py and eval.py.
 Every vLLM call of the project is in this file. Every sampling field is set explicitly in every engine:
@@ -179,6 +181,15 @@ def chat_prompt_ids(tokenizer, text, images=(), **template_kwargs):
                                               tokenize=True, return_dict=False, **template_kwargs))
 
 
+def with_prefix_text(groups, prefixes, tokenizer):
+    """With response prefixes, each rollout's text is the whole assistant turn (prefix, then the sampled
+    tokens, decoded together so a character split across the boundary survives): what the reward grades."""
+    for group, prefix in zip(groups, prefixes or []):
+        for r in group:
+            r.text = tokenizer.decode(list(prefix) + r.token_ids, skip_special_tokens=True)
+    return groups
+
+
 class TransformersEngine:
     """Batched sampling with `model.generate`. The engine shares the trainer's module, so weights are
     always in sync; sync_weights only swaps the module (e.g. after accelerate wraps it)."""
@@ -197,8 +208,10 @@ class TransformersEngine:
 
     @torch.no_grad()
     def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
-                 presence_penalty=0.0, repetition_penalty=1.0):
-        encoded = [encode_prompt(self.tokenizer, p, **self.template_kwargs) for p in prompts]
+                 presence_penalty=0.0, repetition_penalty=1.0, response_prefixes=None):
+        prefixes = response_prefixes or [[] for _ in prompts]
+        encoded = [(ids + list(pre), vision) for (ids, vision), pre in
+                   zip((encode_prompt(self.tokenizer, p, **self.template_kwargs) for p in prompts), prefixes)]
         # one row per rollout, prompts repeated n times; chunks bound the padded batch in memory
         rows = [i for i in range(len(prompts)) for _ in range(n)]
         sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
@@ -209,7 +222,8 @@ class TransformersEngine:
             chunk = rows[start:start + self.max_batch_size]
             results += self._generate_rows([encoded[i][0] for i in chunk], max_new_tokens, **sampling,
                                            vision=[encoded[i][1] for i in chunk])
-        return [results[i * n:(i + 1) * n] for i in range(len(prompts))]
+        return with_prefix_text([results[i * n:(i + 1) * n] for i in range(len(prompts))], response_prefixes,
+                                self.tokenizer)
 
     def _generate_rows(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty,
                        repetition_penalty=1.0, vision=None):
@@ -385,13 +399,15 @@ class VLLMEngine:
         self._doze()
 
     def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
-                 presence_penalty=0.0, repetition_penalty=1.0):
+                 presence_penalty=0.0, repetition_penalty=1.0, response_prefixes=None):
         params = vllm_sampling_params(n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty,
                                       repetition_penalty, self.suppress)
         requests, visions = [], []
-        for p in prompts:
+        for p, pre in zip(prompts, response_prefixes or [[] for _ in prompts]):
             text, images = prompt_parts(p)
-            ids = chat_prompt_ids(self.tokenizer, text, images, **self.template_kwargs)
+            ids = chat_prompt_ids(self.tokenizer, text, images, **self.template_kwargs) + list(pre)
+            if images and pre:
+                raise NotImplementedError("response prefixes with images: the transformers engine takes them")
             if images:  # vLLM expands the placeholders itself (its documented multi-modal input)
                 requests.append({"prompt": self.tokenizer.decode(ids),
                                  "multi_modal_data": {"image": [open_image(x) for x in images]}})
@@ -406,10 +422,11 @@ class VLLMEngine:
             if vision is not None and len(req.prompt_token_ids) != len(encode_prompt(self.tokenizer, p)[0]):
                 raise RuntimeError(f"vLLM expanded the images of a prompt to {len(req.prompt_token_ids)} tokens, the "
                                    "trainer's image processor to another count: their pixel bounds differ")
-        return [[Rollout(text=o.text, prompt_ids=list(req.prompt_token_ids), token_ids=list(o.token_ids),
-                         logprobs=[lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs or [])],
-                         finish_reason="length" if o.finish_reason == "length" else "stop", vision=vision)
-                 for o in req.outputs] for req, vision in zip(outputs, visions)]
+        groups = [[Rollout(text=o.text, prompt_ids=list(req.prompt_token_ids), token_ids=list(o.token_ids),
+                           logprobs=[lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs or [])],
+                           finish_reason="length" if o.finish_reason == "length" else "stop", vision=vision)
+                   for o in req.outputs] for req, vision in zip(outputs, visions)]
+        return with_prefix_text(groups, response_prefixes, self.tokenizer)
 
 
 def png_data_url(path):
@@ -435,11 +452,13 @@ class ShardedEngine:
     def sync_weights(self, model, state_dict=None):
         self.engine.sync_weights(model, state_dict)
 
-    def generate(self, prompts, n=1, **sampling):
+    def generate(self, prompts, n=1, response_prefixes=None, **sampling):
         from accelerate.utils import gather_object
 
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         mine = list(prompts[rank::world])
+        if response_prefixes is not None:  # each rank's prompts keep their own prefixes
+            sampling["response_prefixes"] = list(response_prefixes[rank::world])
         parts = gather_object([self.engine.generate(mine, n=n, **sampling) if mine else []])
         out = [None] * len(prompts)
         for r, part in enumerate(parts):
@@ -466,7 +485,10 @@ class RemoteEngine:
         pass
 
     def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
-                 presence_penalty=0.0, repetition_penalty=1.0):
+                 presence_penalty=0.0, repetition_penalty=1.0, response_prefixes=None):
+        if response_prefixes is not None:
+            raise ValueError("RemoteEngine: response prefixes need token-level prompts, which a chat-completions "
+                             "server does not take; only the student (transformers or vLLM engine) continues them")
         body = {"model": self.model, "n": n, "max_tokens": max_new_tokens, "temperature": temperature,
                 "top_p": top_p, "presence_penalty": presence_penalty,
                 # vLLM's server takes these sampling parameters beside the OpenAI ones; sent always, so the

@@ -15,6 +15,8 @@ One rollout step (numbers are the steps of ZPPO.md, the spec of the method):
  10. I mini-batch updates of the PPO clip-higher / dual-clip loss, token-level mean, no KL
  11. buffer update from plain rollouts only
 Every gradient token was sampled by the student: the teacher's text is only ever part of a prompt.
+The paper's baselines (--algo grpo, hint, prefix, off_distill, on_distill) come from baselines.py, called
+at commented points of the same loop.
 """
 import importlib.util
 import math
@@ -32,6 +34,8 @@ from accelerate import Accelerator, DistributedType
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
+from baselines import (DISTILLATION, PRESETS, TEACHER_GUIDED, check_algo, guided_metrics, guided_prompts,
+                       jsd_update, off_distill_targets, shared_teacher)
 from buffer import ReplayBuffer
 from checkpoint import (add_to_step, clear_run, config_changes, find_checkpoint, load_checkpoint, load_optimizer_state,
                         open_run, optimizer_state, run_files, run_folder, save_checkpoint, write_step)
@@ -69,7 +73,9 @@ class Config:
     data_limit: Optional[int] = arg(None, "use at most this many questions")
     dedup_ids: bool = arg(False, "keep the first of the rows sharing an id (default: a duplicate id is an error)")
     # ZPPO (paper's Table 8)
-    algo: Literal["zppo", "grpo"] = arg("zppo", "'grpo' is ZPPO with --no-buffer --no-bcq --no-ncq")
+    algo: Literal["zppo", "grpo", "hint", "prefix", "off_distill", "on_distill"] = arg(
+        "zppo", "zppo, or one of the paper's baselines (baselines.py): grpo = --no-buffer --no-bcq --no-ncq; "
+                "hint and prefix replay by default, grpo and the distillation ones do not (--buffer/--no-buffer)")
     buffer: bool = arg(True, "replay hard questions until they graduate")
     bcq: bool = arg(True, "binary-choice questions (teacher answer vs. student wrong answer)")
     ncq: bool = arg(True, "negative-candidate questions (the student's wrong answers, marked WRONG)")
@@ -87,6 +93,12 @@ class Config:
     clip_high: float = arg(0.28, "PPO ratio clip above 1 (clip-higher)")
     dual_clip: float = arg(10.0, "dual-clip ratio for negative advantages")
     candidate_max_chars: Optional[int] = arg(None, "truncate uncompressed candidates to this many characters")
+    # baselines (baselines.py)
+    hint_max_new_tokens: int = arg(512, "--algo hint: the teacher's hint cap (greedy)")
+    prefix_frac: float = arg(0.4, "--algo prefix: fraction alpha of a correct teacher rollout's tokens given as "
+                                  "the start of the student's answer")
+    jsd_beta: float = arg(0.5, "distillation: beta of the generalized JSD (0.5 = symmetric) [our default: the "
+                               "paper does not give it]")
     # sampling
     temperature: float = arg(1.0, "student and teacher sampling temperature")
     top_p: float = arg(1.0, "nucleus sampling")
@@ -138,9 +150,10 @@ def parse_config(argv=None):
     parser = HfArgumentParser(Config)
     # presets become parser defaults, so any flag given explicitly still wins
     known, _ = parser.parse_known_args(argv)
-    if known.algo == "grpo":
-        parser.set_defaults(buffer=False, bcq=False, ncq=False)
+    parser.set_defaults(**PRESETS.get(known.algo, {}))
     (cfg,) = parser.parse_args_into_dataclasses(args=argv)
+    check_algo(cfg.algo, cfg.teacher, cfg.teacher_url, cfg.teacher_engine, cfg.bcq, cfg.ncq, cfg.jsd_beta,
+               cfg.prefix_frac)
     if cfg.data == "openai/gsm8k" and cfg.data_config is None:
         cfg.data_config = "main"
     return cfg
@@ -396,7 +409,8 @@ def step_metrics(seqs, questions, n_new, plain, reform, acc, hard, chosen, teach
         "acc/bcq": mean(rewards("bcq")), "acc/ncq": mean(rewards("ncq")),
         "count/questions": len(questions), "count/replayed": len(questions) - n_new, "count/hard": len(hard),
         "count/bcq": sum(k == "bcq" for _, k in chosen), "count/ncq": sum(k == "ncq" for _, k in chosen),
-        "count/no_teacher_correct": sum(not ok for ok in teacher_ok.values()) if cfg.bcq else 0,
+        "count/no_teacher_correct": sum(not ok for ok in teacher_ok.values())
+        if cfg.bcq or cfg.algo in TEACHER_GUIDED else 0,
         "adv/positive_frac": mean(s.adv > 0 for s in seqs),
         "groups/trivial_frac": mean(max(rs) == min(rs) for rs in groups.values()),
         "buffer/size": len(buffer), "len/plain": mean(lengths(plain)), "len/reformulated": mean(lengths(reform)),
@@ -504,6 +518,7 @@ def main(cfg):
                                   weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)
     student, teacher = build_engines(cfg, accelerator, model, tokenizer, ckpt or cfg.student)
+    teacher_model = shared_teacher(teacher, tokenizer, model) if cfg.algo in DISTILLATION else None
     buffer = ReplayBuffer(cfg.buffer_capacity)
     start, data_pos = resume_from(cfg, ckpt, model, optimizer, rng, buffer, accelerator) if ckpt else (0, (0, 0))
     log_path = open_run(cfg, start, accelerator)
@@ -511,6 +526,7 @@ def main(cfg):
     sample = dict(n=cfg.group_size, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                   top_p=cfg.top_p, top_k=cfg.top_k)
     nonfinite_steps = 0  # rollout steps in a row whose update skipped a non-finite mini-batch
+    teacher_sample = {**sample, "n": cfg.teacher_group_size, "max_new_tokens": cfg.teacher_max_new_tokens}
     bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="zppo",
                disable=not accelerator.is_main_process)
     for step in bar:
@@ -529,13 +545,14 @@ def main(cfg):
             plain_rewards = score_groups(plain, questions, teacher)
         acc = [sum(rewards) / len(rewards) for rewards in plain_rewards]
 
-        # 2. hard questions; 4. pre-cap, hardest first
+        # 2. hard questions; 4. pre-cap, hardest first (also the Hint and Prefix baselines' questions)
         hard = [i for i, a in enumerate(acc) if a < cfg.tau]
-        kept = precap(acc, hard, cap, rng) if (cfg.bcq or cfg.ncq) else []
+        guided = cfg.bcq or cfg.algo in TEACHER_GUIDED  # needs correct teacher rollouts of the kept questions
+        kept = precap(acc, hard, cap, rng) if (guided or cfg.ncq) else []
 
         # 3. teacher rollouts on the kept hard questions, only the correct ones kept (never cached)
         with timed(timer, "teacher"):
-            correct = teacher_correct_rollouts([questions[i] for i in kept], teacher, cfg) if cfg.bcq else []
+            correct = teacher_correct_rollouts([questions[i] for i in kept], teacher, cfg) if guided else []
         teacher_correct = dict(zip(kept, correct))
         teacher_ok = {i: bool(teacher_correct.get(i)) for i in kept}
 
@@ -551,10 +568,18 @@ def main(cfg):
                 cfg.candidate_max_chars, max_new_tokens=cfg.compress_max_new_tokens,
                 temperature=cfg.compress_temperature, top_p=cfg.top_p, top_k=cfg.top_k)
 
+        # Hint / Prefix in place of 5-6: per kept question with a correct teacher rollout, a hint or a prefix
+        hints, prefixes = [], None
+        if cfg.algo in TEACHER_GUIDED:
+            with timed(timer, "teacher"):
+                chosen, prompts, hints, prefixes = guided_prompts(cfg.algo, kept, teacher_correct, questions, rng,
+                                                                  teacher, cfg.hint_max_new_tokens, tokenizer,
+                                                                  cfg.prefix_frac)
+
         # 7. student rollouts on the reformulated prompts, scored against the original gold answer
         with timed(timer, "rollout"):
             reform = student.generate([user_prompt(questions[i], with_closer(p)) for (i, _), p in zip(chosen, prompts)],
-                                      **sample) if prompts else []
+                                      **sample, response_prefixes=prefixes) if prompts else []
         with timed(timer, "score"):
             reform_rewards = score_groups(reform, [questions[i] for i, _ in chosen], teacher)
 
@@ -568,17 +593,29 @@ def main(cfg):
         for s, a in zip(seqs, advantages.tolist()):
             s.adv = a
 
-        # 10. I mini-batch updates; old log-probs are those of the policy that sampled
-        with timed(timer, "update"), oom_hint(cfg, seqs):
-            iters = plan_minibatches(seqs, cfg.iters_per_step, rng, accelerator.process_index,
-                                     accelerator.num_processes, cfg.skip_zero_adv)
-            metrics["policy/entropy"] = fill_old_logprobs(model, seqs, cfg.temperature, cfg.micro_batch_size,
-                                                          tokenizer.pad_token_id, accelerator)
-            metrics["sync/logprob_abs_diff"] = sync_check(seqs, cfg.sync_warn, step + 1, accelerator)
-            metrics.update(ppo_update(model, optimizer, accelerator, seqs, iters, cfg.temperature,
-                                      cfg.micro_batch_size, tokenizer.pad_token_id, cfg.clip_low, cfg.clip_high,
-                                      cfg.dual_clip, cfg.grad_clip))
-            nonfinite_steps = nonfinite_steps + 1 if metrics["train/skipped_nonfinite"] else 0
+        # Off-Distill: G_T teacher rollouts on every question, the correct ones are the distillation targets
+        targets, teacher_counts = seqs, {}  # On-Distill distils along the student's own rollouts
+        if cfg.algo == "off_distill":
+            with timed(timer, "teacher"):
+                targets, teacher_counts = off_distill_targets(questions, plain, teacher, grade, **teacher_sample)
+
+        # 10. I mini-batch updates; old log-probs are those of the policy that sampled. The distillation
+        #     baselines take one step on the token mean of the JSD to the teacher instead
+        with timed(timer, "update"), oom_hint(cfg, targets):
+            if cfg.algo in DISTILLATION:
+                metrics.update(jsd_update(model, teacher_model, optimizer, accelerator, targets, cfg.temperature,
+                                          cfg.micro_batch_size, tokenizer.pad_token_id, cfg.jsd_beta,
+                                          cfg.grad_clip))
+            else:
+                iters = plan_minibatches(seqs, cfg.iters_per_step, rng, accelerator.process_index,
+                                         accelerator.num_processes, cfg.skip_zero_adv)
+                metrics["policy/entropy"] = fill_old_logprobs(model, seqs, cfg.temperature, cfg.micro_batch_size,
+                                                              tokenizer.pad_token_id, accelerator)
+                metrics["sync/logprob_abs_diff"] = sync_check(seqs, cfg.sync_warn, step + 1, accelerator)
+                metrics.update(ppo_update(model, optimizer, accelerator, seqs, iters, cfg.temperature,
+                                          cfg.micro_batch_size, tokenizer.pad_token_id, cfg.clip_low,
+                                          cfg.clip_high, cfg.dual_clip, cfg.grad_clip))
+            nonfinite_steps = nonfinite_steps + 1 if metrics.get("train/skipped_nonfinite") else 0
             # the engine samples the next step from the updated weights (gathered in full under FSDP)
             student.sync_weights(accelerator.unwrap_model(model),
                                  accelerator.get_state_dict(model) if cfg.engine == "vllm" else None)
@@ -592,6 +629,7 @@ def main(cfg):
         # bookkeeping: metrics, dumps, checkpoint, then the optional eval (a crash in it loses no checkpoint)
         metrics.update(step_metrics(seqs, questions, len(new), plain, reform, acc, hard, chosen, teacher_ok,
                                     buffer, cfg))
+        metrics.update({**guided_metrics(cfg.algo, seqs, chosen, questions, hints, prefixes), **teacher_counts})
         metrics["count/teacher_failed"] = getattr(teacher, "failures", 0) - teacher_failures
         metrics.update({f"time/{k}": v for k, v in timer.items()}, **{"time/step": time.time() - t_step})
         if accelerator.num_processes > 1:

@@ -146,7 +146,7 @@ class ChunkedHead(torch.autograd.Function):
     then dh = dz W / T and dW = dz^T h / T, accumulated over chunks in fp32."""
 
     @staticmethod
-    def _logits(h, weight, temperature, dtype, suppress):
+    def _logits(h, weight, temperature, dtype, suppress=None):
         with torch.autocast(h.device.type, enabled=False):  # softmax in fp32 (fp64 for fp64 weights)
             z = (h.to(dtype) @ weight.to(dtype).T).to(_softmax_dtype(dtype)).div_(temperature)  # (n, V)
         if suppress is not None:  # tokens the sampler never emits: probability 0 (finite, so 0 * z stays 0)

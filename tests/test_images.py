@@ -132,8 +132,8 @@ def test_frozen_vision_tower_does_not_move(tiny_vlm, images, tmp_path, monkeypat
 def test_text_student_on_image_data_fails_before_training(tiny_model, images, tmp_path):
     with pytest.raises(ValueError, match="has images but the student is a text model"):
         train.main(train.parse_config(["--student", tiny_model, "--teacher", "gold", "--data",
-                                       write_data(str(tmp_path), images), "--steps", "1",
-                                       "--out-dir", str(tmp_path / "x")]))
+                                       write_data(str(tmp_path), images), "--steps", "1", "--questions-per-step",
+                                       "4", "--out-dir", str(tmp_path / "x")]))
 
 
 @pytest.fixture
