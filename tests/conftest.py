@@ -7,6 +7,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def build_tiny_model(path, seed=0):
@@ -42,3 +43,14 @@ def images(tmp_path_factory):
         paths.append(str(folder / f"img{i}.png"))
         Image.new("RGB", size, colour).save(paths[-1])
     return paths
+
+
+@pytest.fixture
+def fake(monkeypatch):
+    """A stand-in `vllm` module (tests/fake_vllm.py) injected at the import boundary, fresh for each test."""
+    import fake_vllm
+
+    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
+    monkeypatch.setattr(fake_vllm.LLM, "instances", [])
+    monkeypatch.setattr(fake_vllm.LLM, "ignore_weights", False)
+    return fake_vllm

@@ -10,7 +10,6 @@ import os
 import sys
 
 import pytest
-import torch
 from safetensors.torch import load_file
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -6,7 +6,6 @@ import sys
 import pytest
 import torch
 
-import fake_vllm
 import train
 from data import load_jsonl
 from rollout import RemoteEngine, TransformersEngine, VLLMEngine, encode_prompt, load_model
@@ -134,14 +133,6 @@ def test_text_student_on_image_data_fails_before_training(tiny_model, images, tm
         train.main(train.parse_config(["--student", tiny_model, "--teacher", "gold", "--data",
                                        write_data(str(tmp_path), images), "--steps", "1", "--questions-per-step",
                                        "4", "--out-dir", str(tmp_path / "x")]))
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
-    monkeypatch.setattr(fake_vllm.LLM, "instances", [])
-    monkeypatch.setattr(fake_vllm.LLM, "ignore_weights", False)
-    return fake_vllm
 
 
 def test_vllm_gets_images_as_multimodal_data_and_the_vlm_s_own_weight_names(fake, tiny_vlm, images):

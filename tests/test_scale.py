@@ -4,9 +4,8 @@ import sys
 
 import pytest
 import torch
-from transformers import GenerationConfig, Qwen3_5Config, Qwen3_5ForConditionalGeneration
+from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
-import fake_vllm
 import rollout
 import train
 from rollout import TransformersEngine, VLLMEngine, checkpoint_names_for, load_model
@@ -69,14 +68,6 @@ def test_a_checkpoint_s_generation_defaults_never_reach_sampling(tiny_model, tmp
                                         tok.pad_token_id)
     for b, r in enumerate(group):
         assert torch.allclose(lp[b, :len(r.token_ids)], torch.tensor(r.logprobs), atol=1e-4)
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
-    monkeypatch.setattr(fake_vllm.LLM, "instances", [])
-    monkeypatch.setattr(fake_vllm.LLM, "ignore_weights", False)
-    return fake_vllm
 
 
 def test_vllm_ignores_checkpoint_sampling_defaults(fake, tiny_model):

@@ -1,20 +1,10 @@
 """The vLLM glue against a fake `vllm` module (tests/fake_vllm.py) injected at the import boundary."""
-import sys
 
 import pytest
 
-import fake_vllm
 import train
 from rollout import VLLMEngine, load_model, vllm_sampling_params
 from test_train import ARGS, parity_grade, read_metrics
-
-
-@pytest.fixture
-def fake(monkeypatch):
-    monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
-    monkeypatch.setattr(fake_vllm.LLM, "instances", [])
-    monkeypatch.setattr(fake_vllm.LLM, "ignore_weights", False)
-    return fake_vllm
 
 
 def test_sampling_parameters_are_mapped(fake):
