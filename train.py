@@ -26,19 +26,17 @@ import time
 import warnings
 from collections import defaultdict
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Literal, Optional
 
 import torch
 from accelerate import Accelerator, DistributedType
 from tqdm import tqdm
-from transformers import HfArgumentParser
 
-from baselines import (DISTILLATION, PRESETS, TEACHER_GUIDED, check_algo, guided_metrics, guided_prompts,
-                       jsd_update, off_distill_targets, shared_teacher)
+from baselines import (DISTILLATION, TEACHER_GUIDED, guided_metrics, guided_prompts, jsd_update, off_distill_targets,
+                       shared_teacher)
 from buffer import ReplayBuffer
-from checkpoint import (add_to_step, clear_run, config_changes, find_checkpoint, load_checkpoint, load_optimizer_state,
-                        open_run, optimizer_state, run_files, run_folder, save_checkpoint, write_step)
+from checkpoint import (add_to_step, clear_run, config_changes, find_checkpoint, load_checkpoint,
+                        load_optimizer_state, open_run, optimizer_state, save_checkpoint, write_step)
+from config import Config, parse_config, validate  # noqa: F401 (train.Config for scripts)
 from data import load_examples, take
 from reformulate import postcap, precap, reformulated_prompts, user_prompt, with_closer
 from reward import grade, score_nested
@@ -46,198 +44,6 @@ from rollout import (ShardedEngine, TransformersEngine, VLLMEngine, encode_promp
                      resolve_model_name)
 from zppo import (Episode, compute_advantages, fill_old_logprobs, plan_minibatches, ppo_update, reduce_sum,
                   sync_check)
-
-
-def arg(default, help):
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class Config:
-    # models
-    student: str = arg("Qwen3.5-0.8B", "a local path, a hub id, a bare Qwen name (-> Qwen/NAME) or a .gguf file")
-    teacher: Optional[str] = arg(None, "teacher model (path or name), 'gold' (the data set's solutions), or none")
-    teacher_url: Optional[str] = arg(None, "OpenAI-compatible server serving --teacher (e.g. http://host:8000)")
-    teacher_timeout: float = arg(600.0, "seconds per teacher request (remote teacher)")
-    teacher_retries: int = arg(3, "retries per teacher request after an error or timeout (remote teacher)")
-    teacher_concurrency: int = arg(32, "teacher requests in flight (remote teacher)")
-    teacher_engine: Literal["auto", "transformers", "vllm"] = arg("auto", "in-process teacher: auto = as --engine")
-    text_only: bool = arg(False, "load a vision-language checkpoint's text model alone (causal-LM class), for text data")
-    freeze_vision: bool = arg(False, "keep the vision tower frozen (the paper does not say) [our default: trained]")
-    image_min_pixels: int = arg(256 * 32 * 32, "images are resized to at least this many pixels (paper)")
-    image_max_pixels: int = arg(1280 * 32 * 32, "and at most this many (paper)")
-    teacher_gpu_memory_utilization: float = arg(0.4, "share of the GPU an in-process vLLM teacher may take")
-    # data
-    data: str = arg("openai/gsm8k", "'arithmetic' (generated), a .jsonl file, or a hub data set")
-    data_config: Optional[str] = arg(None, "hub data set config name (openai/gsm8k: main)")
-    data_limit: Optional[int] = arg(None, "use at most this many questions")
-    dedup_ids: bool = arg(False, "keep the first of the rows sharing an id (default: a duplicate id is an error)")
-    # ZPPO (paper's Table 8)
-    algo: Literal["zppo", "grpo", "hint", "prefix", "off_distill", "on_distill"] = arg(
-        "zppo", "zppo, or one of the paper's baselines (baselines.py): grpo = --no-buffer --no-bcq --no-ncq; "
-                "hint and prefix replay by default, grpo and the distillation ones do not (--buffer/--no-buffer)")
-    buffer: bool = arg(True, "replay hard questions until they graduate")
-    bcq: bool = arg(True, "binary-choice questions (teacher answer vs. student wrong answer)")
-    ncq: bool = arg(True, "negative-candidate questions (the student's wrong answers, marked WRONG)")
-    compress: bool = arg(True, "teacher compresses every candidate (a gold teacher never does)")
-    adv_norm: Literal["without_zero", "with_zero", "none"] = arg("without_zero", "advantage step-2 normalisation")
-    questions_per_step: int = arg(384, "N_new: new questions per rollout step")
-    group_size: int = arg(8, "G_S: student rollouts per prompt")
-    teacher_group_size: int = arg(4, "G_T: teacher rollouts per hard question")
-    tau: float = arg(0.5, "hardness threshold on plain accuracy")
-    rho_replay: float = arg(0.25, "replayed questions per step, as a fraction of N_new")
-    rho_aug: float = arg(0.25, "cap on hard questions and on BCQ+NCQ instances, as a fraction of N_new")
-    buffer_capacity: int = arg(10_000, "replay buffer capacity (FIFO eviction)")
-    iters_per_step: int = arg(4, "I: optimizer steps (mini-batches) per rollout step")
-    clip_low: float = arg(0.2, "PPO ratio clip below 1")
-    clip_high: float = arg(0.28, "PPO ratio clip above 1 (clip-higher)")
-    dual_clip: float = arg(10.0, "dual-clip ratio for negative advantages")
-    candidate_max_chars: Optional[int] = arg(None, "truncate uncompressed candidates to this many characters")
-    # baselines (baselines.py)
-    hint_max_new_tokens: int = arg(512, "--algo hint: the teacher's hint cap (greedy)")
-    prefix_frac: float = arg(0.4, "--algo prefix: fraction alpha of a correct teacher rollout's tokens given as "
-                                  "the start of the student's answer")
-    jsd_beta: float = arg(0.5, "distillation: beta of the generalized JSD (0.5 = symmetric) [our default: the "
-                               "paper does not give it]")
-    # sampling
-    temperature: float = arg(1.0, "student and teacher sampling temperature")
-    top_p: float = arg(1.0, "nucleus sampling")
-    top_k: int = arg(0, "0 disables top-k")
-    max_prompt_tokens: int = arg(4096, "questions whose plain prompt is longer are dropped")
-    max_new_tokens: int = arg(12_288, "student response cap")
-    teacher_max_new_tokens: int = arg(12_288, "teacher response cap")
-    compress_max_new_tokens: int = arg(512, "compressed candidate cap")
-    compress_temperature: float = arg(0.0, "compression sampling temperature (0 = greedy) [our default]")
-    gen_batch_size: int = arg(64, "sequences per generate call (transformers engine)")
-    engine: Literal["auto", "transformers", "vllm"] = arg("auto", "student rollouts: auto = vllm on GPU if installed")
-    vllm_gpu_memory_utilization: float = arg(0.3, "share of the GPU the colocated vLLM engine may take")
-    vllm_sleep: bool = arg(False, "release vLLM's memory between generations (one tight GPU)")
-    vllm_max_model_len: Optional[int] = arg(None, "vLLM context length (default: the model's)")
-    sync_warn: float = arg(0.1, "warn when engine and trainer log-probs differ by more (mean |diff| per token)")
-    # optimisation
-    lr: float = arg(1e-6, "AdamW learning rate (constant, no warmup)")
-    weight_decay: float = arg(0.1, "AdamW weight decay")
-    grad_clip: float = arg(1.0, "gradient-norm clip")
-    micro_batch_size: int = arg(8, "sequences per forward/backward (gradient accumulation inside a mini-batch)")
-    gradient_checkpointing: bool = arg(True, "recompute activations in backward: the paper's response lengths need "
-                                             "it; --no-gradient-checkpointing trades memory for speed")
-    skip_zero_adv: bool = arg(True, "skip the forward/backward of A = 0 sequences (same gradient, less compute)")
-    mixed_precision: Optional[Literal["no", "bf16", "fp16"]] = arg(None, "update autocast; default: accelerate's")
-    # run
-    steps: int = arg(200, "rollout steps")
-    seed: int = arg(0, "seed for data order, buffer sampling, tie-breaks and sampling")
-    out_dir: Optional[str] = arg(None, "metrics.jsonl, config.json and checkpoints/ go here (default: runs/zppo; "
-                                       "with --resume, that run's folder)")
-    overwrite: bool = arg(False, "let a fresh run replace the run in --out-dir (its metrics, checkpoints, dumps)")
-    save_every: int = arg(10, "checkpoint every N steps (and at the end); 0 = only at the end")
-    keep_checkpoints: int = arg(2, "most recent checkpoints kept (0 = all)")
-    resume: Optional[str] = arg(None, "continue a run, in its folder: its out_dir or one of its checkpoints")
-    max_nonfinite_steps: int = arg(3, "stop after this many rollout steps in a row whose update was skipped for a "
-                                      "NaN/inf loss or gradient (0 = never stop)")
-    report_to: str = arg("none", "accelerate trackers: none, all, tensorboard, wandb, ...")
-    dump_reformulated: bool = arg(False, "write every BCQ/NCQ prompt with its rollouts to reformulated.jsonl")
-    dump_rollouts: bool = arg(False, "write every rollout's group, reward, advantage and length to rollouts.jsonl")
-    # evaluation (eval.py's protocol; free-form answers are judged by the teacher model)
-    eval_benchmarks: Optional[str] = arg(None, "comma-separated eval.py benchmarks, every --eval-every steps and at the end")
-    eval_every: int = arg(0, "0 = only at the end (when --eval-benchmarks is set)")
-    eval_samples: int = arg(1, "k samples per question (avg@k)")
-    eval_max_new_tokens: int = arg(12_288, "eval response cap")
-    eval_limit: Optional[int] = arg(None, "first N questions of each benchmark")
-    eval_data_dir: Optional[str] = arg(None, "folder of NAME.jsonl benchmark files, tried before the hub")
-
-
-def parse_config(argv=None):
-    parser = HfArgumentParser(Config)
-    # presets become parser defaults, so any flag given explicitly still wins
-    known, _ = parser.parse_known_args(argv)
-    parser.set_defaults(**PRESETS.get(known.algo, {}))
-    (cfg,) = parser.parse_args_into_dataclasses(args=argv)
-    check_algo(cfg.algo, cfg.teacher, cfg.teacher_url, cfg.teacher_engine, cfg.bcq, cfg.ncq, cfg.jsd_beta,
-               cfg.prefix_frac)
-    if cfg.data == "openai/gsm8k" and cfg.data_config is None:
-        cfg.data_config = "main"
-    return cfg
-
-
-def _missing_local_path(name):
-    """A model name that can only be a local path (./x, /x, a/b/c, x.gguf, odd characters) and does not exist.
-    owner/name and bare names may be hub ids: whether they load is only known by trying."""
-    if name is None or os.path.exists(name):
-        return False
-    return (name.endswith(".gguf") or name.startswith((".", "/", "~")) or name.count("/") > 1
-            or not all(c.isalnum() or c in "._-/" for c in name))
-
-
-def validate(cfg):
-    """Every flag and the output folder, checked before anything loads; fills in --out-dir. Raises SystemExit
-    listing each problem: a bad value would otherwise do zero work, learn nothing or fail mid-run."""
-    none_or_positive = lambda v: v is None or v >= 1  # noqa: E731
-    rules = [
-        ("questions_per_step", cfg.questions_per_step >= 1, ">= 1"),
-        ("group_size", cfg.group_size >= 2, ">= 2 (a group of one rollout is its own baseline: no advantage)"),
-        ("teacher_group_size", cfg.teacher_group_size >= 1, ">= 1"),
-        ("tau", 0 < cfg.tau <= 1, "in (0, 1]"),
-        ("rho_replay", 0 <= cfg.rho_replay <= 1, "in [0, 1]"),
-        ("rho_aug", 0 <= cfg.rho_aug <= 1, "in [0, 1]"),
-        ("buffer_capacity", cfg.buffer_capacity >= 1, ">= 1"),
-        ("iters_per_step", cfg.iters_per_step >= 1, ">= 1"),
-        ("clip_low", 0 <= cfg.clip_low < 1, "in [0, 1)"),
-        ("clip_high", cfg.clip_high >= 0, ">= 0"),
-        ("dual_clip", cfg.dual_clip > 1, "> 1"),
-        ("candidate_max_chars", none_or_positive(cfg.candidate_max_chars), ">= 1"),
-        ("temperature", cfg.temperature > 0, "> 0 (training rollouts are sampled, and log-probs divide by it)"),
-        ("top_p", 0 < cfg.top_p <= 1, "in (0, 1]"),
-        ("top_k", cfg.top_k >= 0, ">= 0"),
-        ("compress_temperature", cfg.compress_temperature >= 0, ">= 0"),
-        *[(name, getattr(cfg, name) >= 1, ">= 1") for name in (
-            "max_prompt_tokens", "max_new_tokens", "teacher_max_new_tokens", "compress_max_new_tokens",
-            "gen_batch_size", "micro_batch_size", "steps", "teacher_concurrency", "eval_samples",
-            "eval_max_new_tokens")],
-        ("data_limit", none_or_positive(cfg.data_limit), ">= 1"),
-        ("eval_limit", none_or_positive(cfg.eval_limit), ">= 1"),
-        ("lr", cfg.lr > 0, "> 0"),
-        *[(name, getattr(cfg, name) >= 0, ">= 0") for name in (
-            "weight_decay", "teacher_retries", "save_every", "keep_checkpoints", "max_nonfinite_steps",
-            "eval_every", "sync_warn")],
-        ("grad_clip", cfg.grad_clip > 0, "> 0"),
-        ("teacher_timeout", cfg.teacher_timeout > 0, "> 0"),
-        ("vllm_gpu_memory_utilization", 0 < cfg.vllm_gpu_memory_utilization <= 1, "in (0, 1]"),
-        ("teacher_gpu_memory_utilization", 0 < cfg.teacher_gpu_memory_utilization <= 1, "in (0, 1]"),
-    ]
-    problems = [f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be {need}"
-                for name, ok, need in rules if not ok]
-    in_process_teacher = None if cfg.teacher == "gold" or cfg.teacher_url else cfg.teacher
-    for role, name in (("student", None if cfg.resume else cfg.student), ("teacher", in_process_teacher)):
-        if _missing_local_path(name):
-            problems.append(f"--{role} {name}: no such file or directory (the {role} model; a hub id is "
-                            "owner/name)")
-    fresh = True  # a run starting in its own folder, not continuing one there
-    if cfg.resume:
-        run = run_folder(cfg.resume) if os.path.isdir(cfg.resume) else None
-        fresh = run is None
-        if not os.path.isdir(cfg.resume):
-            problems.append(f"--resume {cfg.resume}: no such folder")
-        elif run is None and cfg.out_dir is None:
-            problems.append(f"--resume {cfg.resume}: a checkpoint outside a run folder: give --out-dir")
-        elif run is not None and cfg.out_dir is None:
-            cfg.out_dir = run
-        elif run is not None and os.path.realpath(cfg.out_dir) != os.path.realpath(run):
-            problems.append(f"--out-dir {cfg.out_dir}: --resume continues the run in {run} and writes there; "
-                            f"leave --out-dir out (or give {run})")
-        if cfg.overwrite:
-            problems.append("--overwrite: not with --resume, which continues the run in its folder")
-    cfg.out_dir = cfg.out_dir or "runs/zppo"
-    found = run_files(cfg.out_dir) if fresh and os.path.isdir(cfg.out_dir) else []
-    if found and not cfg.overwrite:
-        problems.append(f"--out-dir {cfg.out_dir}: already holds a run ({', '.join(found)}); continue it with "
-                        f"--resume {cfg.out_dir}, replace it with --overwrite, or choose another --out-dir")
-    if problems:
-        raise SystemExit("train.py: cannot start:\n  " + "\n  ".join(problems))
-    plain = cfg.questions_per_step * cfg.group_size
-    if cfg.iters_per_step > plain:
-        warnings.warn(f"--iters-per-step {cfg.iters_per_step} is more than the {plain} plain rollouts of a step "
-                      f"({cfg.questions_per_step} questions x {cfg.group_size}): it is clamped to one optimizer "
-                      "step per sequence whenever a step has fewer sequences")
 
 
 def round_half_up(x):
@@ -296,6 +102,27 @@ def oom_hint(cfg, seqs):
             f"{longest} tokens (prompt + response); lower --micro-batch-size"
             + ("" if cfg.gradient_checkpointing else " or turn on --gradient-checkpointing")
             + " (no checkpoint was written for this step)") from e
+
+
+def prepare_student(cfg, path, accelerator):
+    """The student (text or vision-language class), its tokenizer, and AdamW over its trainable parameters,
+    wrapped by accelerate (DDP, FSDP, autocast) with gradient checkpointing as asked."""
+    model, tokenizer = load_model(path, text_only=cfg.text_only, pixels=(cfg.image_min_pixels, cfg.image_max_pixels),
+                                  role="student")
+    if cfg.freeze_vision:
+        for name, p in model.named_parameters():
+            p.requires_grad_(p.requires_grad and "visual" not in name)
+    model.to(accelerator.device).train()
+    warn_slow_kernels(model, accelerator.device)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        model._no_split_modules = fsdp_wrap_classes(model)
+    if cfg.gradient_checkpointing:  # only in training mode: the no-grad passes run in eval mode, unaffected
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})  # (transformers >= 5.24 renamed it)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, tokenizer, optimizer
 
 
 def build_engines(cfg, accelerator, model, tokenizer, model_path):
@@ -501,22 +328,8 @@ def main(cfg):
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    model, tokenizer = load_model(ckpt or cfg.student, text_only=cfg.text_only,
-                                  pixels=(cfg.image_min_pixels, cfg.image_max_pixels), role="student")
+    model, tokenizer, optimizer = prepare_student(cfg, ckpt or cfg.student, accelerator)
     examples = fit_prompts(cfg, examples, tokenizer)
-    if cfg.freeze_vision:
-        for name, p in model.named_parameters():
-            p.requires_grad_(p.requires_grad and "visual" not in name)
-    model.to(accelerator.device).train()
-    warn_slow_kernels(model, accelerator.device)
-    if accelerator.distributed_type == DistributedType.FSDP:
-        model._no_split_modules = fsdp_wrap_classes(model)
-    if cfg.gradient_checkpointing:  # only in training mode: the no-grad passes run in eval mode, unaffected
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable({"use_reentrant": False})  # (transformers >= 5.24 renamed it)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
-                                  weight_decay=cfg.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
     student, teacher = build_engines(cfg, accelerator, model, tokenizer, ckpt or cfg.student)
     teacher_model = shared_teacher(teacher, tokenizer, model) if cfg.algo in DISTILLATION else None
     buffer = ReplayBuffer(cfg.buffer_capacity)
@@ -578,8 +391,8 @@ def main(cfg):
 
         # 7. student rollouts on the reformulated prompts, scored against the original gold answer
         with timed(timer, "rollout"):
-            reform = student.generate([user_prompt(questions[i], with_closer(p)) for (i, _), p in zip(chosen, prompts)],
-                                      **sample, response_prefixes=prefixes) if prompts else []
+            reform_prompts = [user_prompt(questions[i], with_closer(p)) for (i, _), p in zip(chosen, prompts)]
+            reform = student.generate(reform_prompts, **sample, response_prefixes=prefixes) if prompts else []
         with timed(timer, "score"):
             reform_rewards = score_groups(reform, [questions[i] for i, _ in chosen], teacher)
 
