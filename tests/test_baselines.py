@@ -37,6 +37,13 @@ def tiny_teacher(tmp_path_factory):
     return build_random_model(str(tmp_path_factory.mktemp("tiny_teacher")), shape, seed=1)
 
 
+@pytest.fixture(autouse=True)
+def short_judge_replies(monkeypatch):
+    """With a model teacher every unboxed rollout goes to it as judge (Exact+Judge); a random tiny teacher
+    would write 512 tokens of noise for each: 8 keep the runs short and score the same (never valid JSON)."""
+    monkeypatch.setattr("reward.JUDGE_MAX_NEW_TOKENS", 8)
+
+
 def args(student, teacher, algo, out, *extra):
     return ["--student", student, "--teacher", teacher, *SMALL, "--algo", algo, "--out-dir", str(out), *extra]
 
