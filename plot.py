@@ -204,7 +204,8 @@ def _times(ax, runs):
 
 
 def _evals(ax, runs):
-    names = sorted({k for r in runs for row in r["rows"] for k in row if k.startswith("eval/") and k != "eval/failed"})
+    names = sorted({k for r in runs for row in r["rows"] for k in row
+                    if k.startswith("eval/") and k != "eval/failed"})
     curves = [(f"{r['label']} {name[5:]}" if len(names) > 1 else r["label"], *series(r["rows"], name),
                {"color": r["color"], "linestyle": ("-", "--", ":", "-.")[i % 4]})
               for r in runs for i, name in enumerate(names)]

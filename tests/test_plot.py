@@ -51,7 +51,8 @@ def test_two_runs_overlaid_in_one_png(two_runs, tmp_path):
 
 
 def test_panels_without_metrics_are_left_out(tmp_path):
-    run = write_run(tmp_path / "r", [{"step": k, "acc/plain": 0.5, "acc/bcq": 0.0, "count/bcq": 0} for k in (1, 2)])
+    rows = [{"step": k, "acc/plain": 0.5, "acc/bcq": 0.0, "count/bcq": 0} for k in (1, 2)]
+    run = write_run(tmp_path / "r", rows)
     out = plot.main([run])
     assert out == os.path.join(run, "metrics.png") and os.path.getsize(out) > 0
     assert plot.plot_runs([plot.load_run(run)], str(tmp_path / "p.png")) == ["plain"]  # BCQ at count 0 is no data
