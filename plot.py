@@ -129,6 +129,7 @@ def draw_lines(ax, curves, title, ylabel):
 def draw_band(ax, steps, mean, low, high, label, color):
     """A mean curve with a shaded interval (e.g. 95% over seeds); low/high may be None (one seed)."""
     ax.plot(steps, mean, label=label, color=color, marker="o", markersize=3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if low is not None and all(v is not None for v in low + high):
         ax.fill_between(steps, low, high, color=color, alpha=0.2)
 
