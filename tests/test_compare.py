@@ -99,3 +99,18 @@ def test_smoke_study_resumes_a_run_stopped_midway(tmp_path, monkeypatch, capsys)
     assert "zppo seed 0: resumed at step 1, done" in log and "grpo seed 0: done" in log
     run = results["methods"]["zppo"]["runs"]["0"]
     assert [r["step"] for r in run["heldout"]] == [0, 1, 2] and metrics_steps(run["dir"]) == [1, 2]
+
+
+def test_runs_use_the_demos_rl_settings(tiny_model):
+    """compare.py trains with demo.py's flags, so the demo's measured step times size the study."""
+    import demo
+    import train
+
+    cfg = train.parse_config(["--student", tiny_model, "--teacher", "gold", *demo.TRAIN_FLAGS,
+                              *compare.METHODS["grpo_buffer"][1]])
+    assert (cfg.questions_per_step, cfg.group_size, cfg.max_new_tokens, cfg.iters_per_step) == (8, 8, 32, 2)
+    assert cfg.lr == 1e-5
+    assert cfg.mixed_precision == "bf16" and not cfg.gradient_checkpointing
+    assert cfg.algo == "grpo" and cfg.buffer and not cfg.bcq and not cfg.ncq
+    both = train.parse_config(["--student", tiny_model, *compare.METHODS["grpo_both"][1]])
+    assert not both.buffer and both.bcq and both.ncq
