@@ -30,6 +30,8 @@ plus ~15% for the tiered task's longer prompts: ~175 s per step of the three met
 = ~5,250 s of training; scoring 64 held-out questions greedily and 4 times sampled (320 sequences of 32
 tokens) takes ~90 s, at steps 0 (once), 5 and 10 of 9 runs: 19 x 90 = ~1,700 s; loading, checkpoints and
 the primer ~500 s. In all ~7,500 s, about 2.1 hours, within 2.5 hours. This default study has not been run.
+Those step times are the demo machine's: on a CPU without bf16 matrix instructions (AVX2 only) bf16 autocast
+is ~40x slower than fp32 per matmul; use --fp32 there, and check time/step of the first run (README).
 """
 import argparse
 import gc
