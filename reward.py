@@ -157,13 +157,27 @@ def _within(budget, fn, *args, **kwargs):
         budget[0] -= time.monotonic() - start
 
 
+_WARMED = []
+
+
+def _math_verify():
+    """math-verify's parse and verify, warmed up once: the first call builds the LaTeX grammar and sympy's
+    caches (about a second, more on a busy machine), a cost of the process, not of the answer being graded,
+    so it must not eat that answer's budget."""
+    from math_verify import parse, verify
+
+    if not _WARMED:
+        _WARMED.append(verify(parse("\\boxed{(x+1)^2}"), parse("\\boxed{x^2+2x+1}")))
+    return parse, verify
+
+
 def _symbolic_equal(pred, gold, budget):
     """math-verify on both sides, each call under its time limit and all of them within `budget` (a one-item
     list of seconds left for this answer); anything that could explode is refused first."""
     if len(pred) > 200 or _explosive(pred) or _explosive(gold):
         return False
     try:
-        from math_verify import parse, verify
+        parse, verify = _math_verify()
         g = _within(budget, parse, f"\\boxed{{{gold}}}", parsing_timeout=SYMBOLIC_TIMEOUT_S)
         p = _within(budget, parse, f"\\boxed{{{pred}}}", parsing_timeout=SYMBOLIC_TIMEOUT_S) if g else []
         # verify(g, p) is any() over the pairs of extractions, each under its own limit: one pair at a time,
