@@ -82,11 +82,12 @@ def parse_args(argv=None):
                         help="no bf16 autocast (primer and updates: --mixed-precision no): on CPUs without bf16 "
                              "matrix instructions (AVX2 only) a bf16 matmul is ~40x slower than fp32 (measured)")
     parser.add_argument("--smoke", action="store_true",
-                        help="1 seed, 2 steps, scored every step, a tiny random model: checks the whole path")
+                        help="1 seed, 2 steps, scored every step, a tiny random model, fp32: checks the whole path")
     args, extra = parser.parse_known_args(argv)  # anything else is passed on to train.py
     if args.smoke:
         args.seeds, args.steps, args.eval_every, args.eval_limit, args.probe_questions = 1, 2, 1, 8, 4
         args.max_new_tokens = 8
+        args.fp32 = True  # a path check on a tiny model: no bf16, which is slow on CPUs without it
     methods = [m for m in args.methods.split(",") if m]
     problems = [f"--methods: unknown {m!r} (known: {', '.join(METHODS)})" for m in methods if m not in METHODS]
     problems += [f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1" for name in
