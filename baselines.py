@@ -19,7 +19,7 @@ import torch
 from reformulate import with_closer
 from reward import score_nested
 from zppo import (LOGITS_CHUNK_BYTES, ChunkedHead, Episode, _compute_dtype, _softmax_dtype, micro_batches,
-                  reduce_sum, unwrap)
+                  padded_batch, reduce_sum, unwrap, with_head)
 
 TEACHER_GUIDED = ("hint", "prefix")  # one extra group per capped hard question with a correct teacher rollout
 DISTILLATION = ("off_distill", "on_distill")  # a JSD loss to the teacher's distributions instead of PPO
@@ -223,31 +223,6 @@ class ChunkedJSD(torch.autograd.Function):
         return grad_h, grad_w.to(weight.dtype), None, None, None, None, None
 
 
-def _padded_batch(seqs, pad_id, device):
-    """ids, attention mask, position ids (B, P+R) and response mask (B, R): prompts left-padded, responses
-    right-padded, as zppo.response_logprobs lays them out (every response starts in column P)."""
-    P, R = max(len(s.prompt_ids) for s in seqs), max(len(s.token_ids) for s in seqs)
-    ids = torch.full((len(seqs), P + R), pad_id, dtype=torch.long)
-    attn, mask = torch.zeros_like(ids), torch.zeros(len(seqs), R)
-    for b, s in enumerate(seqs):
-        ids[b, P - len(s.prompt_ids):P + len(s.token_ids)] = torch.tensor(s.prompt_ids + s.token_ids)
-        attn[b, P - len(s.prompt_ids):P + len(s.token_ids)] = 1
-        mask[b, :len(s.token_ids)] = 1
-    ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
-    return ids, attn, (attn.cumsum(-1) - 1).clamp(min=0), mask
-
-
-def _with_head(model, head_forward, **inputs):
-    """model(**inputs).logits with the output head's forward replaced for the call (ChunkedHead's trick): the
-    head receives the last hidden states (B, R+1, H) and returns whatever head_forward makes of them."""
-    head = unwrap(model).get_output_embeddings()
-    head.forward = head_forward
-    try:
-        return model(**inputs, use_cache=False).logits
-    finally:
-        del head.forward  # the class's forward again
-
-
 def response_jsd(model, teacher_model, seqs, temperature, pad_id, beta=0.5, chunk_tokens=None):
     """Per-token generalized JSD between the student's (`model`, with gradient) and the frozen teacher's
     next-token distributions at every response token of `seqs`: (B, R) and the response mask (B, R).
@@ -255,12 +230,10 @@ def response_jsd(model, teacher_model, seqs, temperature, pad_id, beta=0.5, chun
     The teacher's forward keeps only its last hidden states (B, R, H_t), without gradient; the student's
     output head then runs ChunkedJSD on its own hidden states and the teacher's, so neither model's
     (tokens x vocabulary) logits are ever held beyond one chunk."""
-    device = next(model.parameters()).device
-    ids, attn, position_ids, mask = _padded_batch(seqs, pad_id, device)
+    inputs, mask = padded_batch(model, seqs, pad_id)
     R = mask.shape[1]
-    inputs = dict(input_ids=ids, attention_mask=attn, position_ids=position_ids, logits_to_keep=R + 1)
     with torch.no_grad():  # the teacher lives on the student's device (frozen_engine puts it there)
-        teacher_hidden = _with_head(teacher_model, lambda hidden: hidden[:, :-1], **inputs)  # (B, R, H_t)
+        teacher_hidden = with_head(teacher_model, lambda hidden: hidden[:, :-1], **inputs)  # (B, R, H_t)
     teacher_weight = unwrap(teacher_model).get_output_embeddings().weight
     head = unwrap(model).get_output_embeddings()
     # two models' fp32 log-probs (and their mixture) per chunk: a third of the log-prob pass's chunk
@@ -271,7 +244,7 @@ def response_jsd(model, teacher_model, seqs, temperature, pad_id, beta=0.5, chun
         th = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
         return ChunkedJSD.apply(h, head.weight, th, teacher_weight, temperature, beta, chunk).view(len(seqs), R)
 
-    return _with_head(model, head_forward, **inputs), mask
+    return with_head(model, head_forward, **inputs), mask
 
 
 def jsd_update(model, teacher_model, optimizer, accelerator, seqs, temperature, micro_batch_size, pad_id, beta,

@@ -207,15 +207,11 @@ def unwrap(model):
     return model
 
 
-def response_logprobs(model, seqs, temperature, pad_id, entropy=False, chunk_tokens=None):
-    """Teacher-forced log-probs of each response token of `seqs` (Episodes): logprobs (B, R), mask (B, R),
-    entropy (B, R) or None.
+def padded_batch(model, seqs, pad_id):
+    """The teacher-forced batch of `seqs` (Episodes): the model's inputs and the response mask (B, R).
 
-    Prompts are left-padded and responses right-padded, so every response starts in the same column
-    and only the last R + 1 positions reach the output head. The head itself never builds the
-    (B, R, V) logits: for the length of this call its forward is ChunkedHead, which returns (B, R, 2)
-    [log-prob, entropy] in place of logits. It runs inside the model's own forward, so wrappers that
-    gather parameters for it (FSDP) or cast it (autocast) see an ordinary call."""
+    Prompts are left-padded and responses right-padded, so every response starts in the same column P
+    and only the last R + 1 positions need the output head (`logits_to_keep`)."""
     device = next(model.parameters()).device
     P = max(len(s.prompt_ids) for s in seqs)
     R = max(len(s.token_ids) for s in seqs)
@@ -228,26 +224,45 @@ def response_logprobs(model, seqs, temperature, pad_id, entropy=False, chunk_tok
         attn[b, P - len(p):P + len(r)] = 1
         mask[b, :len(r)] = 1
     ids, attn, mask = ids.to(device), attn.to(device), mask.to(device)
-    inputs = dict(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0))
+    inputs = dict(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
+                  logits_to_keep=R + 1)
     visions = [s.vision for s in seqs if s.vision is not None]
     if visions:  # rows with and without images mix; the model derives multimodal positions from the image tokens
         inputs.update({k: torch.cat([v[k] for v in visions]).to(device) for k in visions[0]}, position_ids=None,
                       mm_token_type_ids=(ids == unwrap(model).config.image_token_id).int())
-    targets = ids[:, P:]  # (B, R)
+    return inputs, mask
+
+
+def with_head(model, head_forward, **inputs):
+    """model(**inputs).logits with the output head's forward replaced by head_forward for this call: it gets
+    the last hidden states (B, R+1, H) and returns what stands in for the logits. It runs inside the model's
+    own forward, so wrappers that gather parameters for it (FSDP) or cast it (autocast) see an ordinary call."""
+    head = unwrap(model).get_output_embeddings()
+    head.forward = head_forward
+    try:
+        return model(**inputs, use_cache=False).logits  # no KV cache: one teacher-forced pass
+    finally:
+        del head.forward  # the class's forward again
+
+
+def response_logprobs(model, seqs, temperature, pad_id, entropy=False, chunk_tokens=None):
+    """Teacher-forced log-probs of each response token of `seqs` (Episodes): logprobs (B, R), mask (B, R),
+    entropy (B, R) or None.
+
+    The head never builds the (B, R, V) logits: for the length of this call its forward is ChunkedHead,
+    which returns (B, R, 2) [log-prob, entropy] in place of logits (padded_batch, with_head)."""
+    inputs, mask = padded_batch(model, seqs, pad_id)
+    B, R = mask.shape
+    targets = inputs["input_ids"][:, -R:]  # (B, R)
     head = unwrap(model).get_output_embeddings()
     chunk = chunk_tokens or max(1, LOGITS_CHUNK_BYTES // (4 * head.weight.shape[0]))
     suppress = suppressed_token_ids(unwrap(model).config) or None
 
     def head_forward(hidden):  # hidden (B, R+1, H): position P-1+k predicts response token k
         h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-        out = ChunkedHead.apply(h, head.weight, targets.reshape(-1), temperature, chunk, suppress)
-        return out.view(len(seqs), R, 2)
+        return ChunkedHead.apply(h, head.weight, targets.reshape(-1), temperature, chunk, suppress).view(B, R, 2)
 
-    head.forward = head_forward
-    try:
-        out = model(**inputs, logits_to_keep=R + 1, use_cache=False).logits  # no KV cache: one teacher-forced pass
-    finally:
-        del head.forward  # the class's forward again
+    out = with_head(model, head_forward, **inputs)
     return out[..., 0], mask, out[..., 1] if entropy else None
 
 
