@@ -73,17 +73,24 @@ def parse_args(argv=None):
     parser.add_argument("--eval-temperature", type=float, default=0.6,
                         help="sampled scoring's temperature (with eval.py's top-p 0.95 and top-k 20; no presence "
                              "penalty: answers repeat the question's numbers)")
-    parser.add_argument("--max-new-tokens", type=int, default=32, help="response cap in training and scoring")
+    parser.add_argument("--max-new-tokens", type=int, default=48,
+                        help="response cap in training and scoring (the worked solutions of the three-number "
+                             "sums and word problems take up to 41 SmolLM2 tokens; at 32 the probe found every "
+                             "one of those questions at 0/8: the cap, not the skill, failed them)")
     parser.add_argument("--primer-size", type=int, default=32, help="train questions the format primer uses")
     parser.add_argument("--probe-questions", type=int, default=32, help="RL questions the probe samples (0: none)")
     parser.add_argument("--probe-only", action="store_true",
                         help="build (or reuse) the primed student, run the probe, write OUT/probe.json, stop")
-    parser.add_argument("--fp32", action="store_true",
-                        help="no bf16 autocast (primer and updates: --mixed-precision no): on CPUs without bf16 "
-                             "matrix instructions (AVX2 only) a bf16 matmul is ~40x slower than fp32 (measured)")
+    parser.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=None,
+                        help="no bf16 autocast (primer and updates: --mixed-precision no); default: fp32 where the "
+                             "CPU has no bf16 matrix instructions (demo.cpu_has_fast_bf16: on AVX2 only a bf16 "
+                             "matmul is ~40x slower than fp32, measured), bf16 where it has them")
     parser.add_argument("--smoke", action="store_true",
                         help="1 seed, 2 steps, scored every step, a tiny random model, fp32: checks the whole path")
     args, extra = parser.parse_known_args(argv)  # anything else is passed on to train.py
+    if args.fp32 is None:
+        from demo import cpu_has_fast_bf16
+        args.fp32 = not cpu_has_fast_bf16()
     if args.smoke:
         args.seeds, args.steps, args.eval_every, args.eval_limit, args.probe_questions = 1, 2, 1, 8, 4
         args.max_new_tokens = 8
@@ -296,7 +303,7 @@ def checkpoint_step(run_dir):
 def run_one(args, method, seed, student, data_path, test):
     """Train one run to --steps in segments of --eval-every, scoring each segment's checkpoint; resumes."""
     import train
-    from demo import TRAIN_FLAGS
+    from demo import TRAIN_FLAGS, precision_flags
 
     run_dir = os.path.join(args.out_dir, "runs", f"{method}_seed{seed}")
     scores_path = os.path.join(run_dir, "heldout.jsonl")
@@ -319,7 +326,7 @@ def run_one(args, method, seed, student, data_path, test):
         target = min(p for p in points if p > step)
         argv = ["--student", student, "--teacher", "gold", "--data", data_path, *METHODS[method][1],
                 *TRAIN_FLAGS, "--max-new-tokens", str(args.max_new_tokens),
-                *(SMOKE_FLAGS if args.smoke else []), *(["--mixed-precision", "no"] if args.fp32 else []),
+                *(SMOKE_FLAGS if args.smoke else []), *precision_flags(not args.fp32),
                 "--seed", str(seed), "--steps", str(target),
                 "--save-every", "0", "--keep-checkpoints", "1", *args.train_extra]
         # a folder with no checkpoint holds at most a run that crashed in its first segment: start it again

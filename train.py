@@ -230,12 +230,20 @@ def step_metrics(seqs, questions, n_new, plain, reform, acc, hard, chosen, teach
     for s in seqs:
         groups[s.group].append(s.reward)
     rewards = lambda kind: [s.reward for s in seqs if s.kind == kind]  # noqa: E731
+    zero = {q["id"] for q, a in zip(questions, acc) if a == 0}
+    zero_groups = [g for g in groups if g.rsplit("/", 1)[0] in zero and not g.endswith("/plain")]
     lengths = lambda rolls: [len(r.token_ids) for g in rolls for r in g]  # noqa: E731
     metrics = {
         "acc/plain": mean(rewards("plain")), "acc/plain_new": mean(acc[:n_new]), "acc/replay": mean(acc[n_new:]),
         "acc/bcq": mean(rewards("bcq")), "acc/ncq": mean(rewards("ncq")),
         "count/questions": len(questions), "count/replayed": len(questions) - n_new, "count/hard": len(hard),
         "count/bcq": sum(k == "bcq" for _, k in chosen), "count/ncq": sum(k == "ncq" for _, k in chosen),
+        # the mechanism: all-wrong plain groups give GRPO no gradient; a BCQ/NCQ group of such a question with a
+        # correct rollout has nonzero advantages (count/zero_solved), a signal plain sampling did not have
+        "count/plain_zero": len(zero), "count/zero_reformulated": len(zero_groups),
+        "count/zero_solved": sum(max(groups[g]) > 0 for g in zero_groups),
+        "count/bcq_zero": sum(g.endswith("/bcq") for g in zero_groups),
+        "acc/bcq_zero": mean(r for g in zero_groups if g.endswith("/bcq") for r in groups[g]),
         "count/no_teacher_correct": sum(not ok for ok in teacher_ok.values())
         if cfg.bcq or cfg.algo in TEACHER_GUIDED else 0,
         "adv/positive_frac": mean(s.adv > 0 for s in seqs),

@@ -110,7 +110,9 @@ def test_runs_use_the_demos_rl_settings(tiny_model):
                               *compare.METHODS["grpo_buffer"][1]])
     assert (cfg.questions_per_step, cfg.group_size, cfg.max_new_tokens, cfg.iters_per_step) == (8, 8, 32, 2)
     assert cfg.lr == 1e-5
-    assert cfg.mixed_precision == "bf16" and not cfg.gradient_checkpointing
+    assert cfg.gradient_checkpointing  # memory: see TRAIN_FLAGS
+    for bf16, precision in ((True, "bf16"), (False, "no")):
+        assert train.parse_config(["--student", tiny_model, *demo.precision_flags(bf16)]).mixed_precision == precision
     assert cfg.algo == "grpo" and cfg.buffer and not cfg.bcq and not cfg.ncq
     both = train.parse_config(["--student", tiny_model, *compare.METHODS["grpo_both"][1]])
     assert not both.buffer and both.bcq and both.ncq

@@ -52,6 +52,8 @@ def test_cli_trains_two_steps_with_bcq_and_ncq_groups_and_eval_scores_it(tiny_mo
     # so the hardest question gets its BCQ (gold teacher) and its NCQ
     for m in metrics:
         assert m["count/hard"] == m["count/questions"] and m["count/bcq"] == 1 and m["count/ncq"] == 1
+        assert m["count/plain_zero"] == m["count/questions"] and m["count/zero_reformulated"] == 2
+        assert m["count/bcq_zero"] == 1 and m["acc/bcq_zero"] == m["acc/bcq"]
         assert m["buffer/size"] > 0 and "time/update" in m and "policy/entropy" in m
     assert metrics[1]["count/replayed"] == 2  # round(0.25 * 8) drawn from the buffer
     with open(os.path.join(out, "reformulated.jsonl")) as f:
@@ -181,3 +183,27 @@ def test_bare_qwen_names_mean_the_qwen_hub_repository(tmp_path):
     local = tmp_path / "Qwen3.5-local"
     local.mkdir()
     assert resolve_model_name(str(local)) == str(local)  # a path is a local model, whatever its name
+
+
+def test_step_metrics_count_the_all_wrong_groups_a_reformulation_turned_into_signal():
+    from types import SimpleNamespace
+
+    from train import step_metrics
+    from zppo import Episode
+
+    def group(qid, kind, rewards):
+        return [Episode([1], [2, 3], r, f"{qid}/{kind}", kind) for r in rewards]
+
+    # q/a: 0/4 plain, BCQ 1/4 right, NCQ 0/4; q/b: 0/4 plain, only an NCQ, 2/4 right; q/c: 2/4 plain, a BCQ 4/4
+    seqs = (group("q/a", "plain", [0, 0, 0, 0]) + group("q/a", "bcq", [1, 0, 0, 0]) + group("q/a", "ncq", [0] * 4)
+            + group("q/b", "plain", [0] * 4) + group("q/b", "ncq", [1, 1, 0, 0])
+            + group("q/c", "plain", [1, 1, 0, 0]) + group("q/c", "bcq", [1] * 4))
+    questions = [{"id": "q/a"}, {"id": "q/b"}, {"id": "q/c"}]
+    roll = SimpleNamespace(token_ids=[2, 3], finish_reason="stop")
+    cfg = SimpleNamespace(bcq=True, algo="zppo", buffer=False)
+    m = step_metrics(seqs, questions, 3, [[roll]], [[roll]], [0.0, 0.0, 0.5], [0, 1, 2],
+                     [(0, "bcq"), (0, "ncq"), (1, "ncq"), (2, "bcq")], {}, [], cfg)
+    assert m["count/plain_zero"] == 2 and m["count/zero_reformulated"] == 3  # a/bcq, a/ncq, b/ncq
+    assert m["count/zero_solved"] == 2  # a/bcq and b/ncq have a right rollout; a/ncq does not
+    assert m["count/bcq_zero"] == 1 and m["acc/bcq_zero"] == 0.25  # q/c's BCQ is not on a 0/4 question
+    assert m["acc/bcq"] == 5 / 8

@@ -1,0 +1,38 @@
+"""demo.py's pieces that run without the 135M model: the closing mechanism lines and the precision choice."""
+import demo
+
+
+def test_mechanism_lines_sum_the_steps_and_weight_bcq_accuracy_by_groups():
+    rows = [
+        {"count/questions": 8, "count/plain_zero": 5, "count/zero_reformulated": 3, "count/zero_solved": 1,
+         "count/bcq_zero": 2, "acc/bcq_zero": 0.5},
+        {"count/questions": 10, "count/plain_zero": 3, "count/zero_reformulated": 1, "count/zero_solved": 1,
+         "count/bcq_zero": 1, "acc/bcq_zero": 0.125, "buffer/admitted_total_at_0/8": 8,
+         "buffer/graduated_total_from_0/8": 2},
+    ]
+    lines = demo.mechanism_lines(rows, "zppo")
+    assert lines[0].endswith("8 of 18")
+    assert "BCQ/NCQ: 4, 2 with a correct rollout" in lines[1]
+    assert lines[1].endswith(f"{(0.5 * 2 + 0.125) / 3:.3f}")  # 0.375: weighted by BCQ groups, not by steps
+    assert lines[2].startswith("buffer: 2 of the 8 questions admitted at 0/8 graduated (25%")
+    grpo = demo.mechanism_lines([{**rows[0], "count/zero_reformulated": 0, "count/bcq_zero": 0}], "grpo")
+    assert len(grpo) == 1 and grpo[0].endswith("5 of 8")  # no reformulation line, no buffer line
+
+
+def test_precision_follows_the_cpu_flags(monkeypatch, tmp_path):
+    import builtins
+
+    real_open = builtins.open
+
+    def fake(flags):
+        cpuinfo = tmp_path / "cpuinfo"
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n")
+        monkeypatch.setattr(builtins, "open", lambda p, *a, **k: real_open(cpuinfo if p == "/proc/cpuinfo" else p,
+                                                                          *a, **k))
+
+    fake("avx2 fma")
+    assert not demo.cpu_has_fast_bf16() and demo.precision_flags(False) == ["--mixed-precision", "no"]
+    fake("avx2 avx512f avx512_bf16")
+    assert demo.cpu_has_fast_bf16()
+    fake("avx2 amx_bf16 amx_tile")
+    assert demo.cpu_has_fast_bf16() and demo.precision_flags(True) == ["--mixed-precision", "bf16"]
