@@ -66,10 +66,10 @@ def parse_args(argv=None):
     parser.add_argument("--methods", type=str, default="zppo,grpo_buffer,grpo",
                         help=f"comma-separated, from {', '.join(METHODS)}")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. S-1 per method")
-    parser.add_argument("--steps", type=int, default=10, help="rollout steps per run")
+    parser.add_argument("--steps", type=int, default=5, help="rollout steps per run")
     parser.add_argument("--eval-every", type=int, default=5, help="score the held-out split every k steps")
     parser.add_argument("--eval-limit", type=int, default=64, help="held-out questions (16 per tier at 64)")
-    parser.add_argument("--eval-samples", type=int, default=4, help="k of the sampled avg@k")
+    parser.add_argument("--eval-samples", type=int, default=2, help="k of the sampled avg@k")
     parser.add_argument("--eval-temperature", type=float, default=0.6,
                         help="sampled scoring's temperature (with eval.py's top-p 0.95 and top-k 20; no presence "
                              "penalty: answers repeat the question's numbers)")
