@@ -357,7 +357,8 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
                 "dir": run["dir"], "heldout": [step0, *sorted(run["scores"].values(), key=lambda r: r["step"])],
                 "graduation": {b: {"graduated": g, "admitted": a}
                                for b, (g, a) in sorted(plot.graduation_by_bin(rows).items())},
-                "time": plot.phase_times(rows), "final_plain_accuracy": rows[-1].get("acc/plain")}
+                "time": plot.phase_times(rows), "final_plain_accuracy": rows[-1].get("acc/plain"),
+                "mechanism": mechanism(rows, run["config"].get("group_size", 8))}
         for key in ("greedy", "sampled"):
             steps = sorted({r["step"] for run in entry["runs"].values() for r in run["heldout"]})
             curve = []
@@ -377,8 +378,23 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
         phases = [p for p in (*plot.PHASES, "other") if any(p in run["time"] for run in entry["runs"].values())]
         entry["time"] = {p: sum(run["time"].get(p, 0.0) for run in entry["runs"].values()) / len(entry["runs"])
                          for p in phases}
+        entry["mechanism"] = {k: sum(run["mechanism"][k] for run in entry["runs"].values())
+                              for k in ("plain_groups", "plain_zero", "zero_reformulated", "zero_solved", "bcq_zero",
+                                        "bcq_zero_correct_rollouts", "bcq_zero_rollouts")}
         out["methods"][method] = entry
     return out
+
+
+def mechanism(rows, group):
+    """Over a run's steps: plain groups, those at 0/G (no gradient without a teacher), their BCQ/NCQ groups and
+    how many of those had a correct rollout (a gradient), and the BCQ rollouts on 0/G questions and how many were
+    right (train.step_metrics' count/plain_zero, count/zero_*, count/bcq_zero, acc/bcq_zero)."""
+    total = lambda key: sum(r.get(key, 0) for r in rows)  # noqa: E731
+    bcq_rollouts = [(r.get("acc/bcq_zero", 0.0), r.get("count/bcq_zero", 0) * group) for r in rows]
+    return {"plain_groups": total("count/questions"), "plain_zero": total("count/plain_zero"),
+            "zero_reformulated": total("count/zero_reformulated"), "zero_solved": total("count/zero_solved"),
+            "bcq_zero": total("count/bcq_zero"), "bcq_zero_rollouts": sum(n for _, n in bcq_rollouts),
+            "bcq_zero_correct_rollouts": round(sum(a * n for a, n in bcq_rollouts))}
 
 
 def git_commit():
@@ -428,9 +444,10 @@ def draw_plots(results, methods_runs, out_dir):
         ax.legend(fontsize=8)
     paths.append(_save(fig, out_dir, "heldout.png"))
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, key, title in zip(axes, ("acc/plain", "adv/positive_frac"),
-                              ("plain accuracy (training rollouts)", "rollouts with a positive advantage")):
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+    for ax, key, title in zip(axes, ("acc/plain", "adv/positive_frac", "count/zero_solved"),
+                              ("plain accuracy (training rollouts)", "rollouts with a positive advantage",
+                               "0/8 questions given a gradient by a BCQ/NCQ")):
         for m, runs in methods_runs.items():
             steps, mean, low, high = mean_curve([r["rows"] for r in runs.values()], key)
             if steps:

@@ -52,6 +52,12 @@ def test_smoke_study_end_to_end_then_skipped(tmp_path, capsys):
         # GRPO has no buffer; ZPPO and GRPO† admit every question of a random model (0/4 each step)
         assert bool(entry["graduation"]) == (method != "grpo")
     assert results["methods"]["zppo"]["graduation"]["0/4"]["admitted"] == 8
+    # a random model: every plain group at 0/4; only ZPPO asks them again (cap round(0.25 * 4) = 1: one BCQ a step)
+    zppo, grpo = results["methods"]["zppo"]["mechanism"], results["methods"]["grpo"]["mechanism"]
+    assert zppo["plain_zero"] == zppo["plain_groups"] == 4 + 4 + 1  # step 2 replays round(0.25 * 4) = 1
+    assert grpo["plain_zero"] == grpo["plain_groups"] == 8
+    assert zppo["zero_reformulated"] == zppo["bcq_zero"] == 2 and zppo["bcq_zero_rollouts"] == 2 * 4
+    assert grpo["zero_reformulated"] == grpo["zero_solved"] == grpo["bcq_zero_rollouts"] == 0
     assert results["probe"]["questions"] == 4 and sum(results["probe"]["histogram"].values()) == 4
     with open(os.path.join(out, "results.json")) as f:
         assert json.load(f)["methods"]["grpo"]["name"] == "GRPO"
