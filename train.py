@@ -91,6 +91,15 @@ def warn_slow_kernels(model, device):
 
 
 @contextmanager
+def checkpointing(model, on):
+    """Gradient (activation) checkpointing of a transformers model on or off (transformers >= 5.24 renamed it)."""
+    if on:
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
+    else:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+
+
 def oom_hint(cfg, seqs):
     """A CUDA out-of-memory error in the update, restated with the shapes that caused it and what to change."""
     try:
@@ -117,8 +126,7 @@ def prepare_student(cfg, path, accelerator):
     if accelerator.distributed_type == DistributedType.FSDP:
         model._no_split_modules = fsdp_wrap_classes(model)
     if cfg.gradient_checkpointing:  # only in training mode: the no-grad passes run in eval mode, unaffected
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable({"use_reentrant": False})  # (transformers >= 5.24 renamed it)
+        checkpointing(model, True)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
     model, optimizer = accelerator.prepare(model, optimizer)

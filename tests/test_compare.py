@@ -61,6 +61,9 @@ def test_smoke_study_end_to_end_then_skipped(tmp_path, capsys):
     assert results["probe"]["questions"] == 4 and sum(results["probe"]["histogram"].values()) == 4
     with open(os.path.join(out, "results.json")) as f:
         assert json.load(f)["methods"]["grpo"]["name"] == "GRPO"
+    with open(os.path.join(out, "results.md")) as f:
+        table = f.read()
+    assert "| ZPPO | " in table and "| GRPO | 8 | 8 | 0 | 0 | - |" in table and "| 0 / 8 (0%) |" in table
     for name in ("heldout.png", "training.png", "graduation.png", "time.png"):
         with open(os.path.join(out, name), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n", name

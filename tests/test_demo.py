@@ -1,4 +1,8 @@
 """demo.py's pieces that run without the 135M model: the closing mechanism lines and the precision choice."""
+import os
+
+import torch
+
 import demo
 
 
@@ -36,3 +40,27 @@ def test_precision_follows_the_cpu_flags(monkeypatch, tmp_path):
     assert demo.cpu_has_fast_bf16()
     fake("avx2 amx_bf16 amx_tile")
     assert demo.cpu_has_fast_bf16() and demo.precision_flags(True) == ["--mixed-precision", "bf16"]
+
+
+def test_smollm2_is_converted_once_into_the_cache(tiny_model, tmp_path, monkeypatch):
+    from rollout import load_model
+
+    gguf = tmp_path / "SmolLM2.gguf"
+    gguf.write_bytes(b"x" * 123)
+    loads = []
+
+    def fake_load(path, **kwargs):  # stands in for the GGUF de-quantisation
+        loads.append(path)
+        return load_model(tiny_model)
+
+    monkeypatch.setattr(demo, "smollm2_gguf", lambda: str(gguf))
+    monkeypatch.setattr(demo, "load_model", fake_load)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    path = demo.smollm2()
+    assert path == str(tmp_path / "cache" / "zppo" / "SmolLM2-135M-Instruct-123") and loads == [str(gguf)]
+    assert demo.smollm2() == path and loads == [str(gguf)]  # the second call finds the converted copy
+    monkeypatch.setattr(demo, "load_model", load_model)
+    model, _ = demo.load_model(path)
+    reference, _ = load_model(tiny_model)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    assert not [p for p in os.listdir(tmp_path / "cache" / "zppo") if ".tmp" in p]
