@@ -217,6 +217,8 @@ PANELS = [
     ("plain", _line_panel("acc/plain", "plain accuracy (training rollouts)", "accuracy")),
     ("bcq_ncq", _bcq_ncq),
     ("positive_adv", _line_panel("adv/positive_frac", "rollouts with a positive advantage", "fraction")),
+    ("zero_solved", _line_panel("count/zero_solved", "all-wrong (0/G) questions a BCQ/NCQ gave a gradient",
+                                "questions")),
     ("buffer", _line_panel("buffer/size", "replay buffer size", "questions")),
     ("graduation", _graduation),
     ("time", _times),
