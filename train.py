@@ -90,7 +90,6 @@ def warn_slow_kernels(model, device):
                       f"(correct, slow): install {' and '.join(missing)} (see requirements-gpu.txt)")
 
 
-@contextmanager
 def checkpointing(model, on):
     """Gradient (activation) checkpointing of a transformers model on or off (transformers >= 5.24 renamed it)."""
     if on:
@@ -100,6 +99,7 @@ def checkpointing(model, on):
         (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
 
 
+@contextmanager
 def oom_hint(cfg, seqs):
     """A CUDA out-of-memory error in the update, restated with the shapes that caused it and what to change."""
     try:

@@ -64,3 +64,25 @@ def test_smollm2_is_converted_once_into_the_cache(tiny_model, tmp_path, monkeypa
     reference, _ = load_model(tiny_model)
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
     assert not [p for p in os.listdir(tmp_path / "cache" / "zppo") if ".tmp" in p]
+
+
+def test_primer_runs_under_gradient_checkpointing_and_turns_it_off(tiny_model, monkeypatch):
+    import train
+    from rollout import load_model
+
+    model, tokenizer = load_model(tiny_model)
+    seen = []
+    on = lambda: getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing  # noqa: E731
+    real_forward = model.forward
+
+    def forward(*args, **kwargs):
+        seen.append(on())
+        return real_forward(*args, **kwargs)
+
+    monkeypatch.setattr(model, "forward", forward)
+    examples = [{"question": f"What is {i} + 1?", "solution": f"\\boxed{{{i + 1}}}"} for i in range(3)]
+    loss = demo.format_primer(model, tokenizer, examples, batch_size=2, bf16=False)
+    assert seen == [True, True] and loss > 0  # two batches, both checkpointed
+    assert not on() and not model.training
+    train.checkpointing(model, True)
+    assert on()
