@@ -36,6 +36,7 @@ import json
 import math
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -354,7 +355,7 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
                 "dir": run["dir"], "heldout": [step0, *sorted(run["scores"].values(), key=lambda r: r["step"])],
                 "graduation": {b: {"graduated": g, "admitted": a}
                                for b, (g, a) in sorted(plot.graduation_by_bin(rows).items())},
-                "time": plot.phase_times(rows), "final_plain_accuracy": rows[-1].get("acc/plain"),
+                "time": plot.phase_times(rows, statistics.median), "final_plain_accuracy": rows[-1].get("acc/plain"),
                 "mechanism": mechanism(rows, run["config"].get("group_size", 8))}
         for key in ("greedy", "sampled"):
             steps = sorted({r["step"] for run in entry["runs"].values() for r in run["heldout"]})
@@ -372,9 +373,8 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
         entry["graduation"] = {b: {"graduated": pooled[(b, "graduated")], "admitted": pooled[(b, "admitted")],
                                    "rate": pooled[(b, "graduated")] / pooled[(b, "admitted")]}
                                for b in sorted({b for b, _ in pooled}) if pooled[(b, "admitted")]}
-        phases = [p for p in (*plot.PHASES, "other") if any(p in run["time"] for run in entry["runs"].values())]
-        entry["time"] = {p: sum(run["time"].get(p, 0.0) for run in entry["runs"].values()) / len(entry["runs"])
-                         for p in phases}
+        # the median step over every seed's steps: a step slowed by other work on the machine does not move it
+        entry["time"] = plot.phase_times([row for run in runs.values() for row in run["rows"]], statistics.median)
         entry["mechanism"] = {k: sum(run["mechanism"][k] for run in entry["runs"].values())
                               for k in ("plain_groups", "plain_zero", "zero_reformulated", "zero_solved", "bcq_zero",
                                         "bcq_zero_correct_rollouts", "bcq_zero_rollouts")}
@@ -398,14 +398,14 @@ def results_table(results):
     """results.md: the study's numbers as Markdown tables (per method: held-out accuracy before and after with the
     95% interval over seeds, graduation from 0/G, the mechanism counts, seconds per step), for RESULTS.md."""
     def score(c):
-        ci = f" [{c['low']:.3f}, {c['high']:.3f}]" if c["low"] is not None else ""
+        ci = f" [{max(0, c['low']):.3f}, {min(1, c['high']):.3f}]" if c["low"] is not None else ""  # accuracies
         return f"{c['mean']:.3f}{ci}"
 
     st = results["settings"]
     lines = [f"Study: {len(next(iter(results['methods'].values()))['runs'])} seeds x {st['steps']} steps, "
              f"{st['eval_limit']} held-out questions, commit {(results.get('commit') or '?')[:12]}.", "",
              f"| method | held-out greedy, step 0 -> {st['steps']} | sampled avg@{st['eval_samples']}, step 0 -> "
-             f"{st['steps']} | graduated / admitted at 0/G | s / step |", "| --- | --- | --- | --- | --- |"]
+             f"{st['steps']} | graduated / admitted at 0/G | s / step (median) |", "| --- | --- | --- | --- | --- |"]
     for e in results["methods"].values():
         g0, g1, s0, s1 = e["heldout_greedy"][0], e["heldout_greedy"][-1], e["heldout_sampled"][0], e["heldout_sampled"][-1]
         zero = next((v for b, v in e["graduation"].items() if b.startswith("0/")), None)
@@ -465,22 +465,26 @@ def draw_plots(results, methods_runs, out_dir):
             plot.draw_band(ax, [c["step"] for c in curve], [c["mean"] for c in curve],
                            None if None in low else low, None if None in low else [c["high"] for c in curve],
                            e["name"], colors[m])
-        ax.set(title=f"{title} ({band})", xlabel="step", ylabel="accuracy")
+        ax.set(title=title, xlabel="step", ylabel="accuracy")
+        ax.set_ylim(bottom=0)  # an interval over few seeds can reach below 0; accuracy cannot
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.suptitle(band, fontsize=10)
     paths.append(_save(fig, out_dir, "heldout.png"))
 
     fig, axes = plt.subplots(1, 3, figsize=(16, 4))
     for ax, key, title in zip(axes, ("acc/plain", "adv/positive_frac", "count/zero_solved"),
                               ("plain accuracy (training rollouts)", "rollouts with a positive advantage",
-                               "0/8 questions given a gradient by a BCQ/NCQ")):
+                               "0/8 questions a BCQ/NCQ gave a gradient")):
         for m, runs in methods_runs.items():
             steps, mean, low, high = mean_curve([r["rows"] for r in runs.values()], key)
             if steps:
                 plot.draw_band(ax, steps, mean, low, high, results["methods"][m]["name"], colors[m])
-        ax.set(title=f"{title} ({band})", xlabel="step")
+        ax.set(title=title, xlabel="step")
+        ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
+    fig.suptitle(band, fontsize=10)
     paths.append(_save(fig, out_dir, "training.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -496,7 +500,7 @@ def draw_plots(results, methods_runs, out_dir):
     paths.append(_save(fig, out_dir, "graduation.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    plot.draw_phase_times(ax, [(e["name"], e["time"]) for e in results["methods"].values()])
+    plot.draw_phase_times(ax, [(e["name"], e["time"]) for e in results["methods"].values()], "median over steps")
     paths.append(_save(fig, out_dir, "time.png"))
     return paths
 

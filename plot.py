@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import statistics
 
 import matplotlib
 
@@ -99,13 +100,14 @@ def graduation_by_bin(rows):
     return {}
 
 
-def phase_times(rows):
-    """Mean seconds per step of each phase that took time, and 'other' (the rest of time/step)."""
-    means = {p: sum(r.get(f"time/{p}", 0) for r in rows) / len(rows) for p in PHASES}
-    means = {p: t for p, t in means.items() if t > 0}
+def phase_times(rows, stat=statistics.mean):
+    """Seconds per step of each phase that took time, and 'other' (the rest of time/step): the mean over steps,
+    or another `stat` (statistics.median: robust to a step slowed by other work on the machine)."""
+    times = {p: stat([r.get(f"time/{p}", 0) for r in rows]) for p in PHASES}
+    times = {p: t for p, t in times.items() if t > 0}
     if any("time/step" in r for r in rows):
-        means["other"] = max(0.0, sum(r.get("time/step", 0) for r in rows) / len(rows) - sum(means.values()))
-    return means
+        times["other"] = max(0.0, stat([r.get("time/step", 0) for r in rows]) - sum(times.values()))
+    return times
 
 
 def _bin_order(b):
@@ -158,8 +160,9 @@ def draw_graduation(ax, entries):
     ax.grid(alpha=0.3, axis="y")
 
 
-def draw_phase_times(ax, entries):
-    """Stacked bars: mean seconds per step by phase, one bar per entry (label, {phase: seconds})."""
+def draw_phase_times(ax, entries, stat="mean"):
+    """Stacked bars: seconds per step by phase (`stat` names the statistic), one bar per entry (label,
+    {phase: seconds})."""
     phases = [p for p in (*PHASES, "other") if any(p in t for _, t in entries)]
     bottoms = [0.0] * len(entries)
     for k, phase in enumerate(phases):
@@ -167,7 +170,7 @@ def draw_phase_times(ax, entries):
         ax.bar(range(len(entries)), heights, bottom=bottoms, label=phase, color=f"C{k}")
         bottoms = [b + h for b, h in zip(bottoms, heights)]
     ax.set_xticks(range(len(entries)), [label for label, _ in entries], rotation=20, ha="right", fontsize=7)
-    ax.set(title="seconds per step by phase (mean)", ylabel="seconds")
+    ax.set(title=f"seconds per step by phase ({stat})", ylabel="seconds")
     ax.legend(fontsize=7)
     ax.grid(alpha=0.3, axis="y")
 
