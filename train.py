@@ -356,7 +356,7 @@ def main(cfg):
                   top_p=cfg.top_p, top_k=cfg.top_k)
     nonfinite_steps = 0  # rollout steps in a row whose update skipped a non-finite mini-batch
     teacher_sample = {**sample, "n": cfg.teacher_group_size, "max_new_tokens": cfg.teacher_max_new_tokens}
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc="zppo",
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, desc=cfg.algo,
                disable=not accelerator.is_main_process)
     for step in bar:
         t_step, timer, metrics = time.time(), defaultdict(float), {}
