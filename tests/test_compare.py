@@ -16,7 +16,7 @@ def test_help_lists_the_flags_and_the_measured_size():
     assert res.returncode == 0, res.stderr
     for flag in ("--smoke", "--seeds", "--steps", "--eval-every", "--methods", "--eval-samples"):
         assert flag in res.stdout
-    assert "2.5 hours" in res.stdout and "measured on 2 cores" in res.stdout
+    assert "1.7 hours" in res.stdout and "measured on 2 cores" in res.stdout
 
 
 def test_bad_flags_stop_before_anything_runs(tmp_path, capsys):
