@@ -110,6 +110,18 @@ def smollm2():
     return cache
 
 
+def return_large_frees():
+    """Serve allocations of 1 MiB and more from mmap, so freeing them hands the memory back to the OS at once.
+    glibc raises that threshold as the program frees large blocks, and from then on keeps freed tensors in its
+    heap: between steps the demo held ~0.9 GiB it no longer used. A no-op where the C library is not glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD (fixed from now on)
+        libc.mallopt(-1, 1 << 20)  # M_TRIM_THRESHOLD: give back heap tops over 1 MiB
+    except (OSError, AttributeError):
+        pass
+
+
 def release_memory():
     """Hand freed memory back to the OS between phases: glibc keeps the primer's optimizer state and activations
     in its heap otherwise (measured: 2.37 GiB resident after the primer, 0.88 GiB after malloc_trim)."""
@@ -170,8 +182,13 @@ def main():
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast for the primer and the updates; default: on only where the CPU has "
                              "bf16 matrix instructions (cpu_has_fast_bf16), fp32 elsewhere")
+    parser.add_argument("--low-memory", action="store_true",
+                        help="hand every freed block of 1 MiB or more back to the OS at once (return_large_frees): "
+                             "peak memory ~3 GiB instead of ~5.6 GiB, each step ~30%% slower (measured, fp32)")
     args, extra = parser.parse_known_args()  # anything else is passed on to train.py
     bf16 = cpu_has_fast_bf16() if args.bf16 is None else args.bf16
+    if args.low_memory:
+        return_large_frees()
     args.steps = args.steps or (10 if bf16 else 4)
     start = time.time()
     torch.manual_seed(0)

@@ -87,3 +87,17 @@ def test_primer_runs_under_gradient_checkpointing_and_turns_it_off(tiny_model, m
     assert not on() and not model.training
     train.checkpointing(model, True)
     assert on()
+
+
+def test_large_frees_go_back_to_the_os():
+    import platform
+
+    import psutil  # an accelerate dependency
+    demo.return_large_frees()
+    rss = lambda: psutil.Process().memory_info().rss  # noqa: E731
+    before = rss()
+    blocks = [torch.ones(4 << 20) for _ in range(16)]  # 16 x 16 MiB
+    assert rss() - before > 200 << 20
+    del blocks
+    if platform.libc_ver()[0] == "glibc":  # elsewhere the call is a no-op and the allocator decides
+        assert rss() - before < 32 << 20
