@@ -64,7 +64,7 @@ def format_primer(model, tokenizer, examples, epochs=1, batch_size=16, lr=1e-4, 
 
 # the demo's RL settings (compare.py runs every method with them): 8 new questions x 8 rollouts of up to 32 tokens.
 # Gradient checkpointing stays on (train.py's default): without it a micro-batch of 16 BCQ sequences (~300 tokens,
-# 30 layers) keeps several GiB of activations; recomputing them costs about a third more update time.
+# 30 layers) keeps several GiB of activations; recomputing them costs one more forward pass per update.
 TRAIN_FLAGS = [
     "--questions-per-step", "8", "--group-size", "8", "--iters-per-step", "2", "--max-new-tokens", "32",
     "--lr", "1e-5", "--micro-batch-size", "16", "--gen-batch-size", "128"]
