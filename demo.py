@@ -184,7 +184,7 @@ def main():
                              "bf16 matrix instructions (cpu_has_fast_bf16), fp32 elsewhere")
     parser.add_argument("--low-memory", action="store_true",
                         help="hand every freed block of 1 MiB or more back to the OS at once (return_large_frees): "
-                             "peak memory ~3 GiB instead of ~5.6 GiB, each step ~30%% slower (measured, fp32)")
+                             "peak memory ~3.2 GiB instead of ~5.6 GiB, each step ~30%% slower (measured, fp32)")
     args, extra = parser.parse_known_args()  # anything else is passed on to train.py
     bf16 = cpu_has_fast_bf16() if args.bf16 is None else args.bf16
     if args.low_memory:
