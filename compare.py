@@ -356,7 +356,7 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
                 "graduation": {b: {"graduated": g, "admitted": a}
                                for b, (g, a) in sorted(plot.graduation_by_bin(rows).items())},
                 "time": plot.phase_times(rows, statistics.median), "final_plain_accuracy": rows[-1].get("acc/plain"),
-                "mechanism": mechanism(rows, run["config"].get("group_size", 8))}
+                "mechanism": plot.mechanism(rows, run["config"].get("group_size", 8))}
         for key in ("greedy", "sampled"):
             steps = sorted({r["step"] for run in entry["runs"].values() for r in run["heldout"]})
             curve = []
@@ -380,18 +380,6 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
                                         "bcq_zero_correct_rollouts", "bcq_zero_rollouts")}
         out["methods"][method] = entry
     return out
-
-
-def mechanism(rows, group):
-    """Over a run's steps: plain groups, those at 0/G (no gradient without a teacher), their BCQ/NCQ groups and
-    how many of those had a correct rollout (a gradient), and the BCQ rollouts on 0/G questions and how many were
-    right (train.step_metrics' count/plain_zero, count/zero_*, count/bcq_zero, acc/bcq_zero)."""
-    total = lambda key: sum(r.get(key, 0) for r in rows)  # noqa: E731
-    bcq_rollouts = [(r.get("acc/bcq_zero", 0.0), r.get("count/bcq_zero", 0) * group) for r in rows]
-    return {"plain_groups": total("count/questions"), "plain_zero": total("count/plain_zero"),
-            "zero_reformulated": total("count/zero_reformulated"), "zero_solved": total("count/zero_solved"),
-            "bcq_zero": total("count/bcq_zero"), "bcq_zero_rollouts": sum(n for _, n in bcq_rollouts),
-            "bcq_zero_correct_rollouts": round(sum(a * n for a, n in bcq_rollouts))}
 
 
 def results_table(results):

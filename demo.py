@@ -155,17 +155,15 @@ def mechanism_lines(metrics, algo):
     """The closing lines that show ZPPO's mechanism from a run's metrics rows: how many plain groups were all
     wrong (0/8: no gradient for GRPO), how many of those a BCQ/NCQ turned into signal and the BCQ accuracy
     on them, and how many questions admitted to the buffer at 0/8 graduated."""
-    total = lambda key: sum(m.get(key, 0) for m in metrics)  # noqa: E731
-    groups, zero = total("count/questions"), total("count/plain_zero")
-    lines = [f"all-wrong plain groups (0/8, no gradient for GRPO): {zero} of {groups}"]
+    import plot  # (matplotlib: imported only when the run is over)
+
+    m = plot.mechanism(metrics, group=8)  # TRAIN_FLAGS' group size
+    lines = [f"all-wrong plain groups (0/8, no gradient for GRPO): {m['plain_zero']} of {m['plain_groups']}"]
     if algo == "zppo":
-        bcq = [(m["acc/bcq_zero"], m["count/bcq_zero"]) for m in metrics if m.get("count/bcq_zero")]
-        lines.append(f"  of those asked again as BCQ/NCQ: {total('count/zero_reformulated')}, "
-                     f"{total('count/zero_solved')} with a correct rollout (nonzero advantages where plain "
-                     f"sampling had none); BCQ rollout accuracy on them "
-                     f"{sum(a * n for a, n in bcq) / max(1, sum(n for _, n in bcq)):.3f}")
-    last = metrics[-1] if metrics else {}
-    admitted, graduated = last.get("buffer/admitted_total_at_0/8"), last.get("buffer/graduated_total_from_0/8", 0)
+        lines.append(f"  of those asked again as BCQ/NCQ: {m['zero_reformulated']}, {m['zero_solved']} with a correct "
+                     f"rollout (nonzero advantages where plain sampling had none); BCQ rollout accuracy on them "
+                     f"{m['bcq_zero_correct_rollouts'] / max(1, m['bcq_zero_rollouts']):.3f}")
+    graduated, admitted = plot.graduation_by_bin(metrics).get("0/8", (0, 0))
     if admitted:
         lines.append(f"buffer: {graduated} of the {admitted} questions admitted at 0/8 graduated "
                      f"({graduated / admitted:.0%}; the paper at 2B: 28% under ZPPO, 4% under GRPO\u2020)")

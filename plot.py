@@ -100,6 +100,18 @@ def graduation_by_bin(rows):
     return {}
 
 
+def mechanism(rows, group):
+    """Over a run's steps: plain groups, those at 0/G (no gradient without a teacher), their BCQ/NCQ groups and
+    how many of those had a correct rollout (a gradient), and the BCQ rollouts on 0/G questions and how many were
+    right (train.step_metrics' count/plain_zero, count/zero_*, count/bcq_zero, acc/bcq_zero)."""
+    total = lambda key: sum(r.get(key, 0) for r in rows)  # noqa: E731
+    bcq_rollouts = [(r.get("acc/bcq_zero", 0.0), r.get("count/bcq_zero", 0) * group) for r in rows]
+    return {"plain_groups": total("count/questions"), "plain_zero": total("count/plain_zero"),
+            "zero_reformulated": total("count/zero_reformulated"), "zero_solved": total("count/zero_solved"),
+            "bcq_zero": total("count/bcq_zero"), "bcq_zero_rollouts": sum(n for _, n in bcq_rollouts),
+            "bcq_zero_correct_rollouts": round(sum(a * n for a, n in bcq_rollouts))}
+
+
 def phase_times(rows, stat=statistics.mean):
     """Seconds per step of each phase that took time, and 'other' (the rest of time/step): the mean over steps,
     or another `stat` (statistics.median: robust to a step slowed by other work on the machine)."""
