@@ -27,7 +27,7 @@ import time
 if __name__ == "__main__":  # before torch is imported (it reads the variable once), and only for the demo itself
     # torch's CPU allocations of 2 MiB or more are then 2 MiB-aligned and marked for transparent huge pages.
     # Measured on 2 cores (glibc 2.36, THP "madvise"): peak 3.4 GiB through the demo's heaviest step instead of
-    # 5.5 GiB; a no-op where the kernel has THP off.
+    # 5.6 GiB; a no-op where the kernel has THP off.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import torch
@@ -76,7 +76,8 @@ TRAIN_FLAGS = [
     "--questions-per-step", "8", "--group-size", "8", "--iters-per-step", "2", "--max-new-tokens", "32",
     "--lr", "1e-5", "--micro-batch-size", "16", "--gen-batch-size", "128"]
 # the demo's own micro-batch (memory only: the loss is the token-level mean over the whole mini-batch, so the
-# gradient is the same up to rounding): 8 sequences of a heavy step's BCQs keep ~0.3 GiB less than 16, measured
+# gradient is the same up to rounding): 8 sequences at a heavy step's BCQ lengths keep 0.2-0.7 GiB less than 16
+# (measured; README "The CPU demo", Memory)
 DEMO_MICRO_BATCH = "8"
 
 
@@ -192,8 +193,8 @@ def main():
                              "bf16 matrix instructions (cpu_has_fast_bf16), fp32 elsewhere")
     parser.add_argument("--low-memory", action="store_true",
                         help="hand every freed block of 1 MiB or more back to the OS at once (return_large_frees), for "
-                             "kernels without transparent huge pages: peak ~3.2 GiB where the demo otherwise "
-                             "keeps ~5.5 GiB, each step ~30%% slower (measured, fp32)")
+                             "kernels without transparent huge pages: peak ~3.3 GiB where the demo otherwise "
+                             "keeps ~5.6 GiB, each step ~30%% slower (measured, fp32)")
     args, extra = parser.parse_known_args()  # anything else is passed on to train.py
     bf16 = cpu_has_fast_bf16() if args.bf16 is None else args.bf16
     if args.low_memory:
@@ -218,7 +219,8 @@ def main():
     release_memory()
 
     cfg = train.parse_config([
-        "--student", student, "--teacher", "gold", "--data", rl_path, "--algo", args.algo, *TRAIN_FLAGS, "--micro-batch-size", DEMO_MICRO_BATCH, *precision_flags(bf16),
+        "--student", student, "--teacher", "gold", "--data", rl_path, "--algo", args.algo,
+        *TRAIN_FLAGS, "--micro-batch-size", DEMO_MICRO_BATCH, *precision_flags(bf16),  # the later flag wins
         "--steps", str(args.steps), "--save-every", "0", "--out-dir", os.path.join(args.out_dir, args.algo),
         "--dump-reformulated", "--overwrite", *extra])  # the demo rebuilds its whole folder (data, primed student)
     train.main(cfg)
