@@ -101,3 +101,42 @@ def test_large_frees_go_back_to_the_os():
     del blocks
     if platform.libc_ver()[0] == "glibc":  # elsewhere the call is a no-op and the allocator decides
         assert rss() - before < 32 << 20
+
+
+def test_huge_pages_are_asked_for_only_when_the_demo_runs_as_a_script():
+    """compare.py imports demo: its runs (measured without it) keep torch's default allocation; the demo itself
+    sets THP_MEM_ALLOC_ENABLE before torch is imported, and keeps a value the user set."""
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    probe = """
+import os, runpy, sys
+seen = []  # the variable's value when torch is first imported: torch reads it then
+
+class Watch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("THP_MEM_ALLOC_ENABLE"))
+
+sys.meta_path.insert(0, Watch())
+if sys.argv[1] == "import":
+    import demo
+else:  # as a script, stopped by --help before any work
+    sys.argv = ["demo.py", "--help"]
+    try:
+        runpy.run_path("demo.py", run_name="__main__")
+    except SystemExit:
+        pass
+print("THP", *seen)
+"""
+
+    def run(how, **extra):
+        env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+        out = subprocess.run([sys.executable, "-c", probe, how], cwd=root, env={**env, **extra},
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        return out.stdout.splitlines()[-1]
+
+    assert run("import") == "THP None"
+    assert run("script") == "THP 1"
+    assert run("script", THP_MEM_ALLOC_ENABLE="0") == "THP 0"
