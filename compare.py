@@ -375,9 +375,8 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
                                for b in sorted({b for b, _ in pooled}) if pooled[(b, "admitted")]}
         # the median step over every seed's steps: a step slowed by other work on the machine does not move it
         entry["time"] = plot.phase_times([row for run in runs.values() for row in run["rows"]], statistics.median)
-        entry["mechanism"] = {k: sum(run["mechanism"][k] for run in entry["runs"].values())
-                              for k in ("plain_groups", "plain_zero", "zero_reformulated", "zero_solved", "bcq_zero",
-                                        "bcq_zero_correct_rollouts", "bcq_zero_rollouts")}
+        per_run = [run["mechanism"] for run in entry["runs"].values()]
+        entry["mechanism"] = {k: sum(m[k] for m in per_run) for k in per_run[0]}  # plot.mechanism's counts
         out["methods"][method] = entry
     return out
 

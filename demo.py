@@ -162,21 +162,21 @@ def heldout_accuracy(model, tokenizer, examples):
     return evaluate(engine, examples, samples=1, max_new_tokens=32, temperature=0.0, presence_penalty=0.0)["accuracy"]
 
 
-def mechanism_lines(metrics, algo):
-    """The closing lines that show ZPPO's mechanism from a run's metrics rows: how many plain groups were all
-    wrong (0/8: no gradient for GRPO), how many of those a BCQ/NCQ turned into signal and the BCQ accuracy
-    on them, and how many questions admitted to the buffer at 0/8 graduated."""
+def mechanism_lines(metrics, algo, group):
+    """The closing lines that show ZPPO's mechanism from a run's metrics rows (`group` rollouts per question):
+    how many plain groups were all wrong (0/G: no gradient for GRPO), how many of those a BCQ/NCQ turned into
+    signal and the BCQ accuracy on them, and how many questions admitted to the buffer at 0/G graduated."""
     import plot  # (matplotlib: imported only when the run is over)
 
-    m = plot.mechanism(metrics, group=8)  # TRAIN_FLAGS' group size
-    lines = [f"all-wrong plain groups (0/8, no gradient for GRPO): {m['plain_zero']} of {m['plain_groups']}"]
+    m = plot.mechanism(metrics, group)
+    lines = [f"all-wrong plain groups (0/{group}, no gradient for GRPO): {m['plain_zero']} of {m['plain_groups']}"]
     if algo == "zppo":
         lines.append(f"  of those asked again as BCQ/NCQ: {m['zero_reformulated']}, {m['zero_solved']} with a correct "
                      f"rollout (nonzero advantages where plain sampling had none); BCQ rollout accuracy on them "
                      f"{m['bcq_zero_correct_rollouts'] / max(1, m['bcq_zero_rollouts']):.3f}")
-    graduated, admitted = plot.graduation_by_bin(metrics).get("0/8", (0, 0))
+    graduated, admitted = plot.graduation_by_bin(metrics).get(f"0/{group}", (0, 0))
     if admitted:
-        lines.append(f"buffer: {graduated} of the {admitted} questions admitted at 0/8 graduated "
+        lines.append(f"buffer: {graduated} of the {admitted} questions admitted at 0/{group} graduated "
                      f"({graduated / admitted:.0%}; the paper at 2B: 28% under ZPPO, 4% under GRPO\u2020)")
     return lines
 
@@ -237,7 +237,7 @@ def main():
         print(f"{m['step']:>4} {m['acc/plain']:>6.3f} {m['acc/bcq']:>6.3f} {m['acc/ncq']:>6.3f} {m['count/bcq']:>5} "
               f"{m['count/ncq']:>5} {m['count/hard']:>5} {m['buffer/size']:>6} {m.get('buffer/graduated', 0):>5} "
               f"{m['time/rollout']:>7.0f}s {m['time/update']:>6.0f}s")
-    print("\n" + "\n".join(mechanism_lines(metrics, args.algo)))
+    print("\n" + "\n".join(mechanism_lines(metrics, args.algo, cfg.group_size)))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"\nheld-out greedy accuracy ({len(test)} questions): after the primer {primed:.3f} -> "
           f"after {args.algo} {after:.3f}")

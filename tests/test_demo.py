@@ -14,13 +14,14 @@ def test_mechanism_lines_sum_the_steps_and_weight_bcq_accuracy_by_groups():
          "count/bcq_zero": 1, "acc/bcq_zero": 0.125, "buffer/admitted_total_at_0/8": 8,
          "buffer/graduated_total_from_0/8": 2},
     ]
-    lines = demo.mechanism_lines(rows, "zppo")
+    lines = demo.mechanism_lines(rows, "zppo", 8)
     assert lines[0].endswith("8 of 18")
     assert "BCQ/NCQ: 4, 2 with a correct rollout" in lines[1]
     assert lines[1].endswith(f"{(0.5 * 2 + 0.125) / 3:.3f}")  # 0.375: weighted by BCQ groups, not by steps
     assert lines[2].startswith("buffer: 2 of the 8 questions admitted at 0/8 graduated (25%")
-    grpo = demo.mechanism_lines([{**rows[0], "count/zero_reformulated": 0, "count/bcq_zero": 0}], "grpo")
+    grpo = demo.mechanism_lines([{**rows[0], "count/zero_reformulated": 0, "count/bcq_zero": 0}], "grpo", 8)
     assert len(grpo) == 1 and grpo[0].endswith("5 of 8")  # no reformulation line, no buffer line
+    assert demo.mechanism_lines(rows, "grpo", 4)[0].startswith("all-wrong plain groups (0/4,")  # --group-size 4
 
 
 def test_precision_follows_the_cpu_flags(monkeypatch, tmp_path):
