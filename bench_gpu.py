@@ -41,14 +41,11 @@ VISION_TINY = dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, o
                    num_position_embeddings=64, patch_size=16, spatial_merge_size=2, temporal_patch_size=2)
 
 
-def build_random_model(path, shape, seed=0, vision=None, pixels=(32 * 32, 64 * 64)):
-    """A byte-level BPE tokenizer trained on the prompt strings, and a random-weight Qwen3.5 of `shape`
-    (layer_types repeated to the layer count), both saved to `path` for from_pretrained. With `vision`
-    (a vision-tower config) it is the vision-language class, with its image processor (`pixels`: the
-    processor's min and max pixels) and the vision special tokens."""
+def build_tokenizer(shape, vision=False):
+    """A byte-level BPE tokenizer trained on the prompt strings, with Qwen's chat template and special tokens
+    (the vision ones with `vision`); at most 400 tokens and within the model's vocabulary."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import (PreTrainedTokenizerFast, Qwen3_5Config, Qwen3_5ForCausalLM,
-                              Qwen3_5ForConditionalGeneration, Qwen3_5TextConfig)
+    from transformers import PreTrainedTokenizerFast
 
     from reformulate import BCQ_INSTRUCTION, CLOSER, NCQ_INSTRUCTION
 
@@ -62,8 +59,18 @@ def build_random_model(path, shape, seed=0, vision=None, pixels=(32 * 32, 64 * 6
               "<candidate> </candidate> user assistant 0123456789 + - * / = ( ) { }"] * 5
     tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=min(400, shape["vocab_size"]), special_tokens=specials,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                        chat_template=CHAT_TEMPLATE)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
+                                   chat_template=CHAT_TEMPLATE)
+
+
+def build_random_model(path, shape, seed=0, vision=None, pixels=(32 * 32, 64 * 64)):
+    """build_tokenizer's tokenizer and a random-weight Qwen3.5 of `shape` (layer_types repeated to the layer
+    count), both saved to `path` for from_pretrained. With `vision` (a vision-tower config) it is the
+    vision-language class, with its image processor (`pixels`: the processor's min and max pixels) and the
+    vision special tokens."""
+    from transformers import Qwen3_5Config, Qwen3_5ForCausalLM, Qwen3_5ForConditionalGeneration, Qwen3_5TextConfig
+
+    tokenizer = build_tokenizer(shape, vision=bool(vision))
     layers = shape["num_hidden_layers"]
     config = Qwen3_5TextConfig(**{**shape, "layer_types": (shape["layer_types"] * layers)[:layers]},
                                max_position_embeddings=32_768, tie_word_embeddings=True,
@@ -73,7 +80,8 @@ def build_random_model(path, shape, seed=0, vision=None, pixels=(32 * 32, 64 * 6
     if vision:
         from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
-        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in specials}
+        ids = {t: tokenizer.convert_tokens_to_ids(t) for t in
+               ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
         config = Qwen3_5Config(text_config=config.to_dict(), vision_config=vision, tie_word_embeddings=True,
                                image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
                                vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])

