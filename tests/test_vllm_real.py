@@ -25,7 +25,7 @@ from conftest import ROOT, build_tiny_dense, require_vllm
 
 require_vllm()
 
-from rollout import RemoteEngine, vllm_sampling_params  # noqa: E402
+from rollout import RemoteEngine  # noqa: E402
 from test_train import read_metrics  # noqa: E402
 
 # a plain `python train.py`: none of a launcher's variables (the engine must set what vLLM needs itself)
@@ -58,11 +58,14 @@ def dense(tmp_path_factory):
 
 
 def test_sampling_parameters_are_vllm_s():
-    p = vllm_sampling_params(4, 128, 0.6, 0.95, 20, 0.0, 1.5, suppress=[7])
-    assert (p.n, p.max_tokens, p.temperature, p.top_p, p.top_k, p.min_p, p.presence_penalty, p.logprobs) == \
-        (4, 128, 0.6, 0.95, 20, 0.0, 1.5, 0)
-    assert p.repetition_penalty == 1.0 and p.logit_bias == {7: -100.0}
-    assert vllm_sampling_params(1, 8, 1.0, 1.0, 0, 0.0, 0.0).top_k == -1  # our 0 = off is vLLM's -1
+    code, out = run("-c", "import json; from rollout import vllm_sampling_params as sp; "
+                          "p = sp(4, 128, 0.6, 0.95, 20, 0.0, 1.5, suppress=[7]); q = sp(1, 8, 1.0, 1.0, 0, 0.0, 0.0); "
+                          "print('RESULT', json.dumps([p.n, p.max_tokens, p.temperature, p.top_p, p.top_k, p.min_p, "
+                          "p.presence_penalty, p.logprobs, p.repetition_penalty, p.logit_bias, q.top_k]))", timeout=300)
+    assert code == 0, out[-3000:]
+    # our top-k 0 (off) is vLLM's -1; image placeholders get a -100 logit bias (never sampled)
+    assert json.loads(out.split("RESULT ", 1)[1].splitlines()[0]) == \
+        [4, 128, 0.6, 0.95, 20, 0.0, 1.5, 0, 1.0, {"7": -100.0}, -1]
 
 
 def test_engine_log_probs_follow_every_weight_sync(dense):
