@@ -11,8 +11,13 @@ Protocol: each benchmark's own format directives ("Think step by step", "put you
 Each benchmark is scored by its protocol in the paper's Tables 5-7 (`protocol` in BENCHMARKS):
   Exact+Judge  reward.py: the rule grader first; every response it cannot resolve (free-form gold, no
                parseable box, truncated) goes to the judge with the paper's prompt and the full response.
-  BenchJudge   the benchmark's official judge: MultiChallenge's YES/NO verifier, HLE's CAIS judge.
-(Rule+Judge and Det. are the protocols of VLM and video benchmarks, which this text-only project lacks.)
+  Rule+Judge   a benchmark-specific parser first (MathVista's choices, ...), then the judge, as Exact+Judge.
+  Det.         the benchmark's own deterministic metric, no judge: InfographicVQA's ANLS, OCRBench v2's scorer
+               per task type (benchmarks.py).
+  BenchJudge   the benchmark's official judge: MultiChallenge's YES/NO verifier, HLE's CAIS judge, MM-Vet's 0-1
+               grader, CharXiv's reasoning/descriptive graders (benchmarks.py; prompts verbatim in bench_prompts.py).
+Image rows go to a vision-language student with their images; `--list` prints every benchmark with its family,
+source and protocol.
 Without a judge, responses that need one score 0 and are counted as `unresolved`. Each benchmark is loaded
 and evaluated on its own: one that fails is reported and the others still run; --out is rewritten after
 every benchmark, and the process exits non-zero when a requested benchmark failed or is unknown.
@@ -34,6 +39,7 @@ import jinja2
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
+import benchmarks
 from data import make_arithmetic, read_jsonl, split_gsm8k
 from reformulate import user_prompt, with_closer
 from reward import (JUDGE_MAX_NEW_TOKENS, JUDGE_SAMPLING, clip_start, grade, is_choice, last_boxed, score_detailed,
@@ -146,6 +152,8 @@ BENCHMARKS = {
                     fields={"question": "problem", "answer": "answer"}, id="unique_id"),
     "arithmetic": dict(family="math", protocol="Exact+Judge", hub=None, split="test", route="rule", fields={}),
 }
+# the other VLM benchmarks of the paper (and CharXiv's descriptive questions), defined in benchmarks.py
+BENCHMARKS.update(benchmarks.SPECS)
 # The paper's decoding for every benchmark, each field explicit so no engine or checkpoint default applies
 # (the engines also keep a checkpoint's generation_config.json out of sampling: rollout.py).
 SAMPLING = dict(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=1.5, repetition_penalty=1.0)
@@ -279,6 +287,11 @@ def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, bas
     row_id = _column(row, spec["id"]) if spec.get("id") else None
     row_id = where if row_id is None else f"{config}:{row_id}" if config else str(row_id)
     example = {"id": row_id, "route": spec["route"]}
+    if spec.get("convert"):  # benchmarks.py: the set's own fields -> question, answer, route (or why skipped)
+        got = spec["convert"](row, spec, where)
+        if isinstance(got, str):
+            return None, got
+        return _converted(example, got, row, spec, where, base, name, has_image, get), None
     if has_image:
         example["images"] = row_images(row, spec, where, base, name)
     if spec["route"] == "multichallenge":
@@ -316,18 +329,37 @@ def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, bas
     return dict(example, question=stem, answer=str(answer).strip()), None
 
 
+def _converted(example, got, row, spec, where, base, name, has_image, get):
+    """A converter's fields made an example: its suffix on the id, its options lettered (an index gold answer),
+    its question without the benchmark's format directives, the row's images."""
+    got = dict(got)
+    if "id_suffix" in got:
+        example["id"] = f"{example['id']}:{got.pop('id_suffix')}"
+    if has_image:
+        example["images"] = row_images(row, spec, where, base, name)
+    if "choices" in got:
+        options, stem = got.pop("choices"), strip_directives(str(get.get("question") or ""))
+        got.update(stem=stem, question=stem + "\n\n" + render_choices(options), options=render_choices(options),
+                   answer=LETTERS[got.pop("letter_index")])
+    else:
+        got["question"] = strip_directives(got["question"] if "question" in got else str(get.get("question") or ""))
+    return dict(example, **got)
+
+
 def hub_rows(spec):
     """(where, config, row) over the hub set, its configs loaded one at a time (a --limit may stop early)."""
     import datasets
 
     for config in spec.get("configs") or [spec.get("config")]:
-        try:
-            rows = datasets.load_dataset(spec["hub"], config, split=spec["split"])
-        except Exception as e:
-            reason = f"{type(e).__name__}: {str(e)[:200]}"
-            raise RuntimeError(f"config {config}, split {spec['split']}: {reason}") from None
-        for i in range(len(rows)):
-            yield f"{spec['hub']}[{config}][{spec['split']}][{i}]", config, dict(rows[i])
+        for split in spec.get("splits") or [spec["split"]]:  # DynaMath: one split per variant
+            try:
+                rows = datasets.load_dataset(spec["hub"], config, split=split)
+            except Exception as e:
+                reason = f"{type(e).__name__}: {str(e)[:200]}"
+                raise RuntimeError(f"config {config}, split {split}: {reason}") from None
+            label = config if not spec.get("splits") else f"{config}:{split}" if config else split
+            for i in range(len(rows)):
+                yield f"{spec['hub']}[{config}][{split}][{i}]", label, dict(rows[i])
 
 
 def _convert(rows, spec, limit, redux_rows, vision=False, base="", name="bench"):
@@ -335,11 +367,16 @@ def _convert(rows, spec, limit, redux_rows, vision=False, base="", name="bench")
     for where, config, row in rows:
         if limit is not None and len(examples) >= limit:
             break
-        example, reason = to_example(row, spec, where, config, redux_rows, vision, base, name)
-        if example is None:
-            skipped[reason] += 1
-        else:
-            examples.append(example)
+        # CharXiv's descriptive questions: one hub row holds four
+        for where, row in (spec["expand"](row, where) if spec.get("expand") and isinstance(row, dict)
+                           else [(where, row)]):
+            if limit is not None and len(examples) >= limit:
+                break
+            example, reason = to_example(row, spec, where, config, redux_rows, vision, base, name)
+            if example is None:
+                skipped[reason] += 1
+            else:
+                examples.append(example)
     return examples, dict(skipped)
 
 
@@ -478,6 +515,8 @@ def parse_hle(reply, example):
 
 
 BENCH_JUDGES = {"multichallenge": (multichallenge_prompt, parse_multichallenge), "hle": (hle_prompt, parse_hle)}
+BENCH_JUDGES.update(benchmarks.JUDGES)  # MM-Vet, CharXiv
+DET_SCORERS = benchmarks.DET_SCORERS  # route -> score(response, example): ANLS, OCRBench v2
 
 
 def bench_judge_scores(judge, items, make_prompt, parse):
@@ -524,7 +563,11 @@ def score_groups(groups, examples, judge):
     Exact+Judge rows go through reward.score_detailed with truncation marked; BenchJudge rows to their judge."""
     flat = [(ex, r) for ex, g in zip(examples, groups) for r in g]
     verdicts = [None] * len(flat)
-    exact = [i for i, (ex, _) in enumerate(flat) if ex.get("route") not in BENCH_JUDGES]
+    exact = [i for i, (ex, _) in enumerate(flat) if ex.get("route") not in BENCH_JUDGES and ex.get("route") not in
+             DET_SCORERS]
+    for i, (ex, r) in enumerate(flat):  # Det.: the benchmark's own metric, no judge
+        if ex.get("route") in DET_SCORERS:
+            verdicts[i] = {"score": DET_SCORERS[ex["route"]](r.text, ex), "via": "det"}
     details = score_detailed([(flat[i][0], flat[i][1].text) for i in exact], judge, grade,
                              [flat[i][1].finish_reason == "length" for i in exact])
     for i, d in zip(exact, details):
@@ -556,9 +599,11 @@ def evaluate(engine, examples, samples=1, max_new_tokens=1024, judge=None, desc=
     records = []
     for ex, g, vs in zip(examples, groups, verdicts):
         for r, v in zip(g, vs):
-            extracted = v["judge"].get("extracted") if "judge" in v else last_boxed(r.text)
+            extracted = v["judge"].get("extracted") if "judge" in v else \
+                benchmarks.final_answer(r.text) if v["via"] == "det" else last_boxed(r.text)
             records.append({"id": ex["id"], "answer": ex["answer"], "response": r.text, "extracted": extracted,
                             "route": ex.get("route", "rule"), "scored_by": v["via"], "correct": bool(v["score"]),
+                            "score": v["score"],
                             "truncated": r.finish_reason == "length",
                             **({"judge_reply": v["judge_reply"]} if "judge_reply" in v else {}),
                             **({"judge_fields": v["judge"]} if "judge" in v else {})})
@@ -607,6 +652,9 @@ def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, da
                 log(f"[warning] {name}: no judge model; every response is unresolved and scores 0 (see --judge)")
             desc = f"{name} ({len(examples)} x {samples})"
             res = evaluate(engine, examples, samples, max_new_tokens, judge, desc=desc, **sampling)
+            if spec.get("aggregate"):  # upstream's headline number is not the mean over questions (OCRBench v2)
+                headline, extra = spec["aggregate"](examples, res["records"])
+                res = dict(res, accuracy=headline, question_mean=res["accuracy"], **extra)
             results[name] = dict(res, family=spec["family"], protocol=spec["protocol"], skipped=skipped,
                                  seconds=time.time() - start)
         except Exception as e:  # one benchmark's failure never costs the others
