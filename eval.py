@@ -629,8 +629,40 @@ def summarize(results, errors):
     for name, res in results.items():
         families.setdefault(res["family"], []).append(res["accuracy"])
     macro = {fam: sum(accs) / len(accs) for fam, accs in families.items()}
+    # a paper family averaged over fewer benchmarks than its table is not the table's average: name the absent
+    missing = {fam: [n for n in names if n not in results] for fam, names in paper_families().items()
+               if fam in families and any(n not in results for n in names)}
     return {"benchmarks": results, "macro": macro, "macro_over": {f: len(a) for f, a in families.items()},
-            "errors": errors}
+            "macro_missing": missing, "errors": errors}
+
+
+PAPER_FAMILIES = {"vlm": 16, "llm": 10, "video": 5}  # the paper's Tables 5-7: benchmarks per family
+
+
+def paper_families():
+    """The paper's families and their benchmarks, as the registry defines them."""
+    return {fam: [n for n, s in BENCHMARKS.items() if s["family"] == fam] for fam in PAPER_FAMILIES}
+
+
+def source_of(spec):
+    """Where a benchmark's rows come from, as --list prints it."""
+    if spec["hub"] is None:
+        return "generated"
+    configs = spec.get("configs")
+    where = f" ({len(configs)} configs)" if configs else f" config {spec['config']}" if spec.get("config") else ""
+    splits = spec.get("splits")
+    split = f"splits {splits[0]}..{splits[-1]}" if splits else f"split {spec['split']}"
+    return f"{spec['hub']}{where}, {split}"
+
+
+def list_table():
+    """Every benchmark with its family, source and protocol (the paper's families first)."""
+    order = sorted(BENCHMARKS, key=lambda n: (list(PAPER_FAMILIES) + ["math", "extra"]).index(BENCHMARKS[n]["family"]))
+    lines = ["| benchmark | family | source | protocol |", "| --- | --- | --- | --- |"]
+    lines += [f"| {n} | {BENCHMARKS[n]['family']} | {source_of(BENCHMARKS[n])} | {BENCHMARKS[n]['protocol']} |"
+              for n in order]
+    counts = ", ".join(f"{fam} {len(names)}" for fam, names in paper_families().items())
+    return "\n".join(lines + [f"paper families: {counts}; math and extra are not in the paper's averages"])
 
 
 def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, data_dir=None, limit=None,
@@ -682,6 +714,9 @@ def markdown_table(summary):
                      "| | | | | | |")
     for name in summary["errors"]:
         lines.append(f"| {name} | failed | | | | | | | | |")
+    for fam, absent in summary.get("macro_missing", {}).items():
+        total = len(paper_families()[fam])
+        lines.append(f"{fam} macro is over {total - len(absent)} of the paper's {total}; missing: {', '.join(absent)}")
     lines += [f"failed: {name}: {err}" for name, err in summary["errors"].items()]
     return "\n".join(lines)
 
@@ -747,7 +782,8 @@ def main(cfg):
             tmp = cfg.out + ".tmp"  # written whole, then renamed: a crash never leaves half a file
             with open(tmp, "w") as f:
                 json.dump({"config": asdict(cfg), "benchmarks": slim, "macro": summary["macro"],
-                           "macro_over": summary["macro_over"], "errors": summary["errors"]}, f, indent=1)
+                           "macro_over": summary["macro_over"], "macro_missing": summary["macro_missing"],
+                           "errors": summary["errors"]}, f, indent=1)
             os.replace(tmp, cfg.out)
 
     summary = run_benchmarks(engine, names, cfg.samples, cfg.max_new_tokens, judge, cfg.data_dir, cfg.limit,
@@ -760,4 +796,7 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    if "--list" in sys.argv[1:]:  # no model needed
+        print(list_table())
+        sys.exit(0)
     sys.exit(1 if main(HfArgumentParser(EvalConfig).parse_args_into_dataclasses()[0])["errors"] else 0)

@@ -297,3 +297,32 @@ def test_the_new_benchmarks_run_end_to_end_on_a_tiny_vlm(tiny_vlm, images, tmp_p
     assert set(summary["benchmarks"]) == set(names)
     for name, r in summary["benchmarks"].items():
         assert 0.0 <= r["accuracy"] <= 1.0 and r["questions"] >= 1, name
+
+
+def test_family_macro_names_the_benchmarks_it_lacks():
+    results = {"ai2d": {"family": "vlm", "accuracy": 0.5}, "mmvet": {"family": "vlm", "accuracy": 1.0},
+               "gsm8k": {"family": "math", "accuracy": 0.0}}
+    summary = ev.summarize(results, {})
+    assert summary["macro"]["vlm"] == 0.75 and summary["macro_over"]["vlm"] == 2
+    absent = summary["macro_missing"]["vlm"]
+    assert len(absent) == 14 and "ai2d" not in absent and "ocrbench_v2_cn" in absent
+    assert set(summary["macro_missing"]) == {"vlm"}  # no paper family for math; llm and video are not present
+    full = ev.summarize({n: {"family": "vlm", "accuracy": 1.0} for n in ev.paper_families()["vlm"]}, {})
+    assert full["macro_missing"] == {} and full["macro_over"]["vlm"] == 16
+
+
+def test_list_shows_every_benchmark_with_family_source_and_protocol():
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    out = subprocess.run([sys.executable, "eval.py", "--list"], cwd=ROOT, capture_output=True, text=True, check=True)
+    rows = [line.split(" | ") for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    listed = {r[0].lstrip("| "): (r[1], r[2], r[3].rstrip(" |")) for r in rows}
+    assert set(listed) == set(ev.BENCHMARKS)
+    assert listed["infovqa"] == ("vlm", "lmms-lab/DocVQA config InfographicVQA, split validation", "Det.")
+    assert listed["ceval"] == ("llm", "ceval/ceval-exam (52 configs), split val", "Exact+Judge")
+    families = {fam: len(names) for fam, names in ev.paper_families().items()}
+    assert families["vlm"] == 16 and families["llm"] == 10
+    assert f"paper families: vlm 16, llm 10, video {families['video']}" in out.stdout
