@@ -14,6 +14,7 @@ number when upstream does not average over questions (OCRBench v2: the mean of i
 import ast
 import itertools
 import json
+import os
 import re
 
 from bench_prompts import (DESCRIPTIVE_GRADING_ICL, DESCRIPTIVE_GRADING_PREFIX, DESCRIPTIVE_GRADING_QMAP,
@@ -547,3 +548,228 @@ SPECS = {
                          fields={"question": "prompt", "answer": "groundtruth"}, images=["image"],
                          convert=convert_vlmsareblind),
 }
+
+# ---------------------------------------------------------------------------------------------------------
+# video benchmarks: the row's video file found (a local path, a hub file, or under --video-dir), frames sampled
+# and cached (video.py), the clip's frames.json on the example as `videos`
+
+
+def _after(text, marker):
+    return text.split(marker, 1)[1] if marker in text else None
+
+
+_VIDEO_INDEX = {}
+
+
+def video_dir_index(folder):
+    """basename -> path of every file under --video-dir (Video-MME, VideoMMMU and MVBench ship their videos in
+    archives: unpack them there), built once per folder."""
+    if folder not in _VIDEO_INDEX:
+        if not os.path.isdir(folder):
+            raise ValueError(f"--video-dir {folder}: no such folder")
+        _VIDEO_INDEX[folder] = {}
+        for root, _, files in os.walk(folder):
+            for f in files:
+                _VIDEO_INDEX[folder].setdefault(f, os.path.join(root, f))
+    return _VIDEO_INDEX[folder]
+
+
+def resolve_video(name, spec, where, base, cfg):
+    """A local file for a row's video: relative to a local benchmark file, under --video-dir (by the path, then
+    by its file name), or a file of the hub set (a resolve/ URL or a path in the set's repository, downloaded
+    once by huggingface_hub)."""
+    from video import VideoError
+
+    name = str(name)
+    if base and os.path.exists(os.path.join(base, name)):
+        return os.path.join(base, name)
+    if cfg.get("dir"):
+        direct = os.path.join(cfg["dir"], name)
+        if os.path.exists(direct):
+            return direct
+        found = video_dir_index(cfg["dir"]).get(os.path.basename(name))
+        if found:
+            return found
+    repo_path = _after(name, f"/datasets/{spec['hub']}/resolve/")
+    if repo_path is not None or (not base and spec.get("video_in_repo")):
+        from huggingface_hub import hf_hub_download
+
+        revision, _, path = repo_path.partition("/") if repo_path is not None else ("main", "", name)
+        try:
+            return hf_hub_download(spec["hub"], path, repo_type="dataset", revision=revision)
+        except Exception as e:
+            raise VideoError(f"{where}: video {path} of {spec['hub']} not downloadable ({type(e).__name__})") from None
+    raise VideoError(f"{where}: video {name!r} not found" + (f" under --video-dir {cfg['dir']}" if cfg.get("dir")
+                                                            else " (pass --video-dir: the set ships its videos "
+                                                                 "in archives)"))
+
+
+def srt_lines(path):
+    """(start s, end s, text) of each cue of an .srt file."""
+    def seconds(stamp):
+        h, m, s = stamp.strip().replace(",", ".").split(":")
+        return int(h) * 3600 + int(m) * 60 + float(s)
+
+    cues = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        blocks = f.read().replace("\r", "").strip().split("\n\n")
+    for block in blocks:
+        lines = block.split("\n")
+        for k, line in enumerate(lines):
+            if "-->" in line:
+                start, end = line.split("-->")
+                text = " ".join(x.strip() for x in lines[k + 1:] if x.strip())
+                cues.append((seconds(start), seconds(end.split()[0]), text))
+                break
+    return cues
+
+
+def subtitles_at(path, times):
+    """Video-MME with subtitles: the cues shown at the sampled frames' times, in order, once each (lmms-eval's
+    per-frame subtitle selection); "No subtitles available" when the video has none."""
+    if not path or not os.path.exists(path):
+        return "No subtitles available"
+    picked = [text for start, end, text in srt_lines(path) if any(start <= t <= end for t in times)]
+    return "\n".join(dict.fromkeys(picked)) or "No subtitles available"
+
+
+def attach_video(got, spec, where, base, cfg):
+    """The converter's fields with the clip sampled: `videos` [frames.json]; Video-MME's subtitles before the
+    question when the benchmark asks for them."""
+    from video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, load_clip, sample_frames
+
+    got = dict(got)
+    path = resolve_video(got.pop("video_file"), spec, where, base, cfg)
+    index = sample_frames(path, cfg.get("fps") or DEFAULT_FPS, cfg.get("max_frames") or DEFAULT_MAX_FRAMES,
+                          cfg.get("cache"))
+    got["videos"] = [index]
+    subtitle = got.pop("subtitle_file", None)
+    if subtitle is not None:
+        _, meta = load_clip(index)
+        folder = cfg.get("dir") or base
+        srt = os.path.join(folder, "subtitle", subtitle) if folder else None
+        got["question"] = f"This video's subtitles are listed below: \n{subtitles_at(srt, meta['times'])}\n" \
+                          f"{got['question']}"
+    return got
+
+
+def _choice_fields(question, options, gold_letter):
+    """A lettered multiple-choice question (options as eval.py renders them) with its gold letter."""
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return {"question": question, "choices": [str(o) for o in options], "letter_index": letters.index(gold_letter)}
+
+
+def convert_mmvu(row, spec, where):
+    """yale-nlp/MMVU: question_type multiple-choice (choices a dict A-E, answer a letter) or open-ended."""
+    out = {"video_file": row["video"], "route": "mmvu", "question_type": str(row["question_type"]),
+           "stem": str(row["question"])}
+    if row["question_type"] == "multiple-choice":
+        choices = {k: v for k, v in (row.get("choices") or {}).items() if v not in (None, "")}
+        gold = str(row["answer"]).strip()
+        if gold not in choices:
+            return "answer_format"
+        out["choice_map"] = choices
+        out.update(_choice_fields(str(row["question"]), [choices[k] for k in sorted(choices)], gold))
+        out["answer_text"] = gold
+        return out
+    return {**out, "question": str(row["question"]), "answer": str(row["answer"])}
+
+
+# MVBench's videos live in per-source folders (as the set's "video" revision and lmms-eval's task lay them out)
+MVBENCH_FOLDERS = {
+    "object_interaction": "star/Charades_segment", "action_sequence": "star/Charades_segment",
+    "action_prediction": "star/Charades_segment", "action_localization": "sta/sta_video_segment",
+    "moving_count": "clevrer/video_validation", "fine_grained_pose": "nturgbd_convert",
+    "character_order": "perception/videos", "object_shuffle": "perception/videos", "egocentric_navigation": "vlnqa",
+    "moving_direction": "clevrer/video_validation", "episodic_reasoning": "tvqa/video_fps3_hq_segment",
+    "fine_grained_action": "Moments_in_Time_Raw/videos", "scene_transition": "scene_qa/video",
+    "state_change": "perception/videos", "moving_attribute": "clevrer/video_validation",
+    "action_antonym": "ssv2_video_mp4", "unexpected_action": "FunQA_test/test",
+    "counterfactual_inference": "clevrer/video_validation", "object_existence": "clevrer/video_validation",
+    "action_count": "perception/videos",
+}
+MVBENCH_CONFIGS = sorted(MVBENCH_FOLDERS)
+
+
+def convert_mvbench(row, spec, where, config=None):
+    candidates = [str(c) for c in row["candidates"]]
+    if str(row["answer"]) not in candidates:
+        return "answer_format"
+    folder = MVBENCH_FOLDERS.get(str(row.get("config") or ""), "")
+    video = row["video"] if not folder else f"{folder}/{row['video']}"
+    return {"video_file": video, "route": "choice",
+            **_choice_fields(str(row["question"]), candidates, "ABCDEFGHIJ"[candidates.index(str(row["answer"]))])}
+
+
+def _videomme(row, spec, where, subtitles):
+    options = [re.sub(r"^\s*[A-Z]\.\s*", "", str(o)) for o in row["options"]]  # the set writes "A. ..."
+    gold = str(row["answer"]).strip()
+    if not re.fullmatch(r"[A-Z]", gold) or "ABCDEFGHIJ".index(gold) >= len(options):
+        return "answer_format"
+    out = {"video_file": f"{row['videoID']}.mp4", "route": "choice",
+           **_choice_fields(str(row["question"]), options, gold)}
+    return {**out, "subtitle_file": f"{row['videoID']}.srt"} if subtitles else out
+
+
+def convert_videommmu(row, spec, where):
+    """lmms-lab/VideoMMMU: multiple-choice (options a list, answer a letter) or open questions."""
+    video = f"{row['id']}.mp4"
+    options = row.get("options") or []
+    if str(row.get("question_type")) == "multiple-choice" and options:
+        gold = str(row["answer"]).strip()
+        if not re.fullmatch(r"[A-Z]", gold) or "ABCDEFGHIJ".index(gold) >= len(options):
+            return "answer_format"
+        return {"video_file": video, "route": "choice", **_choice_fields(str(row["question"]), options, gold)}
+    return {"video_file": video, "route": "rule", "question": str(row["question"]), "answer": str(row["answer"])}
+
+
+def mmvu_prompt(example, response):
+    """prepare_evaluation_message: the instruction of the question type as the system message; question (with
+    "A: ..." options), ground truth and the model's response as the user one."""
+    from bench_prompts import MMVU_MULTI_CHOICE_INSTRUCTION, MMVU_OPEN_ENDED_INSTRUCTION
+
+    if example["question_type"] == "multiple-choice":
+        options = "\n".join(f"{k}: {v}" for k, v in example["choice_map"].items())
+        context, system = f"Question: {example['stem']}\n\nOptions:\n{options}", MMVU_MULTI_CHOICE_INSTRUCTION
+    else:
+        context, system = f"Question: {example['stem']}", MMVU_OPEN_ENDED_INSTRUCTION
+    user = f"{context}\n\nGround Truth Answer: {example.get('answer_text', example['answer'])}\n\n" \
+           f"Model Response to the Question: {clip_start(response)}"
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def parse_mmvu(reply, example):
+    """Upstream's structured output {extracted_answer: str, correct: bool}; anything else is malformed."""
+    obj = _json_object(reply)
+    if obj is None or not isinstance(obj.get("correct"), bool) or "extracted_answer" not in obj:
+        return None
+    return {"score": float(obj["correct"]), "extracted": str(obj["extracted_answer"])}
+
+
+JUDGES["mmvu"] = (mmvu_prompt, parse_mmvu)
+
+SPECS.update({
+    # yale-nlp/MMVU (validation, 1,000 rows; id, video a resolve/ URL of the set's file, question, choices,
+    # answer, question_type, subject, ...)
+    "mmvu": dict(family="video", protocol="BenchJudge", hub="yale-nlp/MMVU", split="validation", route="mmvu",
+                 fields={"question": "question", "answer": "answer", "type": "question_type"}, video="video",
+                 id="id", convert=convert_mmvu),
+    # OpenGVLab/MVBench: 20 task configs (split train; video, question, candidates, answer the right candidate)
+    "mvbench": dict(family="video", protocol="Rule+Judge", hub="OpenGVLab/MVBench", configs=MVBENCH_CONFIGS,
+                    split="train", route="choice", fields={"question": "question", "answer": "answer"},
+                    video="video", convert=convert_mvbench),
+    # lmms-lab/Video-MME (test; video_id, videoID, duration, domain, question_id, task_type, question, options
+    # "A. ...", answer a letter); subtitles from --video-dir/subtitle/VIDEOID.srt
+    "videomme": dict(family="video", protocol="Rule+Judge", hub="lmms-lab/Video-MME", split="test", route="choice",
+                     fields={"question": "question", "answer": "answer", "video": "videoID"}, video="videoID",
+                     id="question_id", convert=lambda r, s, w: _videomme(r, s, w, False)),
+    "videomme_sub": dict(family="video", protocol="Rule+Judge", hub="lmms-lab/Video-MME", split="test",
+                         route="choice", fields={"question": "question", "answer": "answer", "video": "videoID"},
+                         video="videoID", id="question_id", convert=lambda r, s, w: _videomme(r, s, w, True)),
+    # lmms-lab/VideoMMMU: configs Perception, Comprehension, Adaptation (test; id, question, options, answer,
+    # question_type)
+    "videommmu": dict(family="video", protocol="Rule+Judge", hub="lmms-lab/VideoMMMU",
+                      configs=["Perception", "Comprehension", "Adaptation"], split="test", route="choice",
+                      fields={"question": "question", "answer": "answer"}, video="id", id="id",
+                      convert=convert_videommmu),
+})

@@ -270,7 +270,7 @@ def row_images(row, spec, where, base, name):
     return paths
 
 
-def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, base="", name="bench"):
+def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, base="", name="bench", video=None):
     """A raw benchmark row (hub or local JSONL, the hub's columns) -> (example, None), or (None, why skipped)
     for a row this student or grader cannot take (an image, an unknown answer format, an MMLU-Redux row left
     out by --mmlu-redux-rows). A row without the set's columns is an error naming `where`."""
@@ -284,13 +284,22 @@ def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, bas
     has_image = any(row.get(c) not in (None, "") for c in spec.get("images", []))
     if has_image and not vision:  # a text-only student cannot see the question
         return None, "image"
+    if spec.get("video") and not vision:
+        return None, "video"
     row_id = _column(row, spec["id"]) if spec.get("id") else None
     row_id = where if row_id is None else f"{config}:{row_id}" if config else str(row_id)
     example = {"id": row_id, "route": spec["route"]}
     if spec.get("convert"):  # benchmarks.py: the set's own fields -> question, answer, route (or why skipped)
-        got = spec["convert"](row, spec, where)
+        got = spec["convert"](dict(row, config=config) if config and "config" not in row else row, spec, where)
         if isinstance(got, str):
             return None, got
+        if "video_file" in got:  # a video benchmark: the clip's frames sampled and cached (video.py)
+            from video import VideoError
+            try:
+                got = benchmarks.attach_video(got, spec, where, base, video or {})
+            except VideoError as e:  # an unreadable video costs its row, counted
+                return None, "video: " + ("not found" if "not found" in str(e) or "not downloadable" in str(e)
+                                          else "undecodable")
         return _converted(example, got, row, spec, where, base, name, has_image, get), None
     if has_image:
         example["images"] = row_images(row, spec, where, base, name)
@@ -338,7 +347,8 @@ def _converted(example, got, row, spec, where, base, name, has_image, get):
     if has_image:
         example["images"] = row_images(row, spec, where, base, name)
     if "choices" in got:
-        options, stem = got.pop("choices"), strip_directives(str(get.get("question") or ""))
+        options = got.pop("choices")
+        stem = strip_directives(str(got.pop("question", None) or get.get("question") or ""))
         got.update(stem=stem, question=stem + "\n\n" + render_choices(options), options=render_choices(options),
                    answer=LETTERS[got.pop("letter_index")])
     else:
@@ -362,7 +372,7 @@ def hub_rows(spec):
                 yield f"{spec['hub']}[{config}][{split}][{i}]", label, dict(rows[i])
 
 
-def _convert(rows, spec, limit, redux_rows, vision=False, base="", name="bench"):
+def _convert(rows, spec, limit, redux_rows, vision=False, base="", name="bench", video=None):
     examples, skipped = [], Counter()
     for where, config, row in rows:
         if limit is not None and len(examples) >= limit:
@@ -372,7 +382,7 @@ def _convert(rows, spec, limit, redux_rows, vision=False, base="", name="bench")
                            else [(where, row)]):
             if limit is not None and len(examples) >= limit:
                 break
-            example, reason = to_example(row, spec, where, config, redux_rows, vision, base, name)
+            example, reason = to_example(row, spec, where, config, redux_rows, vision, base, name, video)
             if example is None:
                 skipped[reason] += 1
             else:
@@ -380,7 +390,7 @@ def _convert(rows, spec, limit, redux_rows, vision=False, base="", name="bench")
     return examples, dict(skipped)
 
 
-def load_benchmark(name, data_dir=None, limit=None, redux_rows="ok", vision=False):
+def load_benchmark(name, data_dir=None, limit=None, redux_rows="ok", vision=False, video=None):
     """(examples, skipped rows by reason) from DATA_DIR/NAME.jsonl if present, else from the hub (per-config
     sets loaded config by config and concatenated); errors say what was tried. Rows of a local file are shaped
     as the hub serves them; for a multi-config set an optional `config` field names each row's subject."""
@@ -396,10 +406,10 @@ def load_benchmark(name, data_dir=None, limit=None, redux_rows="ok", vision=Fals
         if os.path.exists(path):
             rows = ((f"{path}:{lineno}", row.get("config") if isinstance(row, dict) else None, row)
                     for lineno, row in read_jsonl(path))
-            return _convert(rows, spec, limit, redux_rows, vision, os.path.dirname(os.path.abspath(path)), name)
+            return _convert(rows, spec, limit, redux_rows, vision, os.path.dirname(os.path.abspath(path)), name, video)
         tried.append(f"{path} (not found)")
     try:
-        return _convert(hub_rows(spec), spec, limit, redux_rows, vision, "", name)
+        return _convert(hub_rows(spec), spec, limit, redux_rows, vision, "", name, video)
     except Exception as e:  # no network, no `datasets`, a renamed set: report and let the others run
         tried.append(f"hub {spec['hub']} ({type(e).__name__}: {str(e)[:300]})")
     raise RuntimeError(f"benchmark {name!r} could not be loaded; tried: " + "; ".join(tried))
@@ -666,7 +676,7 @@ def list_table():
 
 
 def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, data_dir=None, limit=None,
-                   log=print, redux_rows="ok", on_update=None, **sampling):
+                   log=print, redux_rows="ok", on_update=None, video=None, **sampling):
     """Every named benchmark, each loaded and evaluated on its own: a benchmark that is unknown, cannot load,
     has no questions or fails while evaluating is reported in `errors` and the rest still run. `on_update` is
     called with the summary so far after every benchmark (eval.py writes --out there). Image rows go to a
@@ -676,7 +686,7 @@ def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, da
     for name in names:
         start = time.time()
         try:
-            examples, skipped = load_benchmark(name, data_dir, limit, redux_rows, vision)
+            examples, skipped = load_benchmark(name, data_dir, limit, redux_rows, vision, video)
             if not examples:
                 raise ValueError(_no_questions(limit, skipped))
             spec = BENCHMARKS[name]
@@ -737,6 +747,12 @@ class EvalConfig:
         "choices": list(REDUX_ROWS),
         "help": "MMLU-Redux rows: ok = only rows annotated ok (lm-evaluation-harness); corrected = every row, "
                 "wrong gold answers replaced by correct_answer, multi-answer rows skipped (evalscope)"})
+    video_fps: float = field(default=2.0, metadata={
+        "help": "video benchmarks: frames sampled per second of the video (the paper gives none: ours)"})
+    video_max_frames: int = field(default=32, metadata={
+        "help": "video benchmarks: at most this many frames per video, evenly spaced over the whole clip"})
+    video_dir: Optional[str] = field(default=None, metadata={
+        "help": "folder of the unpacked videos of Video-MME (and its subtitle/), VideoMMMU, MVBench"})
     batch_size: int = field(default=64, metadata={"help": "sequences per generate call"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     out: Optional[str] = field(default=None, metadata={"help": "summary JSON here, rewritten after every benchmark"})
@@ -787,7 +803,8 @@ def main(cfg):
             os.replace(tmp, cfg.out)
 
     summary = run_benchmarks(engine, names, cfg.samples, cfg.max_new_tokens, judge, cfg.data_dir, cfg.limit,
-                             redux_rows=cfg.mmlu_redux_rows, on_update=write)
+                             redux_rows=cfg.mmlu_redux_rows, on_update=write,
+                             video=dict(fps=cfg.video_fps, max_frames=cfg.video_max_frames, dir=cfg.video_dir))
     print(markdown_table(summary))
     if summary["errors"]:
         failed = ", ".join(summary["errors"])

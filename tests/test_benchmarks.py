@@ -264,7 +264,7 @@ def test_every_new_vlm_benchmark_is_scored_by_its_protocol(tmp_path, images):
         return '{"verdict": "correct"}' if "red triangle" in prompt else '{"verdict": "wrong"}'
 
     judge = ScriptedEngine(judge_reply)
-    names = [n for n in bm.SPECS]
+    names = [n for n, spec in bm.SPECS.items() if spec["family"] != "video"]  # the image ones (videos: test_video)
     summary = ev.run_benchmarks(VisionEngine(student), names, judge=judge, data_dir=str(tmp_path),
                                 log=lambda *_: None)
     assert summary["errors"] == {}
@@ -291,7 +291,7 @@ def test_the_new_benchmarks_run_end_to_end_on_a_tiny_vlm(tiny_vlm, images, tmp_p
     write_local(str(tmp_path), local_rows(images))
     model, tok = load_model(tiny_vlm, pixels=(1024, 4096))
     engine = TransformersEngine(model.eval(), tok)
-    names = [n for n in bm.SPECS if n != "charxiv_descriptive"]
+    names = [n for n, spec in bm.SPECS.items() if spec["family"] == "vlm"]
     summary = ev.run_benchmarks(engine, names, data_dir=str(tmp_path), max_new_tokens=3, log=lambda *_: None)
     assert summary["errors"] == {}
     assert set(summary["benchmarks"]) == set(names)
@@ -324,5 +324,7 @@ def test_list_shows_every_benchmark_with_family_source_and_protocol():
     assert listed["infovqa"] == ("vlm", "lmms-lab/DocVQA config InfographicVQA, split validation", "Det.")
     assert listed["ceval"] == ("llm", "ceval/ceval-exam (52 configs), split val", "Exact+Judge")
     families = {fam: len(names) for fam, names in ev.paper_families().items()}
-    assert families["vlm"] == 16 and families["llm"] == 10
-    assert f"paper families: vlm 16, llm 10, video {families['video']}" in out.stdout
+    assert families == {"vlm": 16, "llm": 10, "video": 5}
+    assert sum(listed[n][0] in families for n in listed) == 31
+    assert listed["mvbench"] == ("video", "OpenGVLab/MVBench (20 configs), split train", "Rule+Judge")
+    assert "paper families: vlm 16, llm 10, video 5" in out.stdout
