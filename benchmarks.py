@@ -183,7 +183,7 @@ def kie_f1(pred, gold):
     return sum(scores) / len(scores) if scores else 0.0
 
 
-def kie_golds(answer, chinese=False):
+def kie_golds(answer):
     """generate_combinations: every dict with one value per key, from a dict whose values may be lists (a string
     holding the dict is parsed first, as upstream does for the hub's stringified answers)."""
     if not isinstance(answer, dict):
@@ -198,9 +198,8 @@ def kie_golds(answer, chinese=False):
     return [dict(zip(answer, combo)) for combo in itertools.product(*values)]
 
 
-def ocr_kie(pred, answers, chinese=False):
-    golds = kie_golds(_lists(answers)[0] if isinstance(answers, list) and not isinstance(answers[0], dict)
-                      else answers[0] if isinstance(answers, list) else answers, chinese)
+def ocr_kie(pred, answers):
+    golds = kie_golds(answers[0] if isinstance(answers, list) else answers)
     predicted = text_to_dict(str(pred))
     return max((kie_f1(predicted, g) for g in golds), default=0.0)
 
@@ -266,7 +265,7 @@ OCR_TYPES = {
     "formula recognition cn": ("element_parsing", lambda p, ex: ocr_formula(p, ex["answer"], chinese=True)),
     "key information extraction en": ("relationship_extraction", lambda p, ex: ocr_kie(p, ex["answer"])),
     "key information mapping en": ("relationship_extraction", lambda p, ex: ocr_kie(p, ex["answer"])),
-    "key information extraction cn": ("relationship_extraction", lambda p, ex: ocr_kie(p, ex["answer"], True)),
+    "key information extraction cn": ("relationship_extraction", lambda p, ex: ocr_kie(p, ex["answer"])),
     "handwritten answer extraction cn": ("relationship_extraction", lambda p, ex: ocr_handwritten(p, ex["answer"])),
     "text grounding en": ("text_detection", _ocr_grounding),
     "VQA with position en": ("text_detection", _ocr_position),
@@ -402,7 +401,8 @@ def parse_charxiv_descriptive(reply, example):
     return {"score": float(obj["score_T1"]), "extracted": str(obj["extract_answer_T1"])}
 
 
-JUDGES = {"mmvet": (mmvet_prompt, parse_mmvet), "charxiv_reasoning": (charxiv_reasoning_prompt, parse_charxiv_reasoning),
+JUDGES = {"mmvet": (mmvet_prompt, parse_mmvet),
+          "charxiv_reasoning": (charxiv_reasoning_prompt, parse_charxiv_reasoning),
           "charxiv_descriptive": (charxiv_descriptive_prompt, parse_charxiv_descriptive)}
 DET_SCORERS = {"anls": score_anls, "ocrbench": score_ocrbench}
 

@@ -53,8 +53,8 @@ TIER2 = ["pathvqa", "vqarad", "raven", "evochart", "infographicvqa", "aokvqa", "
 DOMAIN_PREFIX = re.compile(r"^(?:stem|chart_?ocr|knowledge_?recognition|counting_?grounding_?search|grounding|"
                            r"spatial_?action|captioning\w*)[-_/]", re.IGNORECASE)
 SUFFIXES = ("merged", "formatted", "difficulty", "filtered")
-ALIASES = {"geometry3k": "geo3k", "multihopqa": "multihop", "cosyn400kmath": "cosynmath", "cosyn400kchart": "cosynchart",
-           "cosyn400kdiagram": "cosyndiagram", "cosyn400ktable": "cosyntable", "infographicsvqa": "infographicvqa"}
+ALIASES = {"geometry3k": "geo3k", "multihopqa": "multihop", "cosyn400kmath": "cosynmath",
+           "cosyn400kchart": "cosynchart", "cosyn400kdiagram": "cosyndiagram", "cosyn400ktable": "cosyntable", "infographicsvqa": "infographicvqa"}
 FILTERS = ["tier", "cross-source", "pass_rate", "answer", "duplicate", "image", "prompt", "cap"]
 
 
@@ -124,8 +124,8 @@ def open_images(values, base):
         try:
             if hasattr(v, "size"):
                 image = v
-            elif isinstance(v, dict):
-                image = Image.open(io.BytesIO(v["bytes"])) if v.get("bytes") else Image.open(os.path.join(base, v["path"]))
+            elif isinstance(v, dict):  # a hub image not decoded: {"bytes", "path"}
+                image = Image.open(io.BytesIO(v["bytes"]) if v.get("bytes") else os.path.join(base, v["path"]))
             else:
                 image = Image.open(v if os.path.isabs(v) else os.path.join(base, v))
             image.load()

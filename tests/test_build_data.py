@@ -32,8 +32,8 @@ def vero_row(source, question, answer, img):
 
 def mmfr_row(i, source, question, answer, img, pass_rate):
     """An MMFineReason-SFT-586K row: the question carries an <image> marker; pass_rate of the 4B annotator."""
-    return {"id": i, "question": f"<image>\n{question}", "answer": answer, "original_answer": f"<think>...</think>{answer}",
-            "qwen3vl_235b_thinking_response": "...", "image": img, "source": source, "pass_rate": pass_rate,
+    return {"id": i, "question": f"<image>\n{question}", "answer": answer,
+            "original_answer": f"<think>...</think>{answer}", "qwen3vl_235b_thinking_response": "...", "image": img, "source": source, "pass_rate": pass_rate,
             "is_consistent": True}
 
 
@@ -75,7 +75,6 @@ def args_for(tmp_path, tiny_vlm, out="out", max_tokens=None):
     vero, mmfr = stand_ins(str(tmp_path))
     argv = ["--out", str(tmp_path / out), "--vero", vero, "--mmfr", mmfr, "--tokenizer", tiny_vlm, "--cap2", "2",
             "--image-min-pixels", "1024", "--image-max-pixels", "4096"]
-    args = build_data.parse_args(argv)
     if max_tokens is None:  # a normal prompt fits with room; the 400-word question does not
         tok = build_data.load_tokenizer(tiny_vlm, (1024, 4096))
         normal = build_data.prompt_tokens(tok, "What is 2 + 2?", [str(tmp_path / "blue.png")])
@@ -88,7 +87,8 @@ def args_for(tmp_path, tiny_vlm, out="out", max_tokens=None):
 def test_canonical_names_merge_the_two_sources_sub_sets():
     assert build_data.canonical("stem-ai2d_merged") == build_data.canonical("AI2D") == "ai2d"
     assert build_data.canonical("Geometry3K") == build_data.canonical("geo3k") == "geo3k"
-    assert build_data.canonical("CoSyn_400k_math") == "cosynmath" and build_data.canonical("arxivqa_formatted") == "arxivqa"
+    assert build_data.canonical("CoSyn_400k_math") == "cosynmath"
+    assert build_data.canonical("arxivqa_formatted") == "arxivqa"
     assert build_data.canonical("chart_ocr-infographic_vqa") == "infographicvqa"
     assert build_data.canonical("mm-openr1") == "mmopenr1"
 

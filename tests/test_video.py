@@ -11,7 +11,6 @@ import pytest
 import torch
 
 import bench_prompts
-import benchmarks as bm
 import eval as ev
 import video
 from test_benchmarks import VisionEngine
@@ -128,7 +127,8 @@ def test_engines_take_videos(clip, tiny_vlm, tmp_path, fake, monkeypatch, images
     part_video, part_text = sent[0]["messages"][0]["content"]
     assert part_video["type"] == "video_url" and part_text == {"type": "text", "text": "What moves?"}
     url = part_video["video_url"]["url"]
-    assert url.startswith("data:video/mp4;base64,") and base64.b64decode(url.split(",", 1)[1]) == open(clip, "rb").read()
+    with open(clip, "rb") as f:
+        assert url.startswith("data:video/mp4;base64,") and base64.b64decode(url.split(",", 1)[1]) == f.read()
 
 
 def video_rows(folder, clip):
