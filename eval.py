@@ -16,7 +16,8 @@ Each benchmark is scored by its protocol in the paper's Tables 5-7 (`protocol` i
                per task type (benchmarks.py).
   BenchJudge   the benchmark's official judge: MultiChallenge's YES/NO verifier, HLE's CAIS judge, MM-Vet's 0-1
                grader, CharXiv's reasoning/descriptive graders (benchmarks.py; prompts verbatim in bench_prompts.py).
-Image rows go to a vision-language student with their images; `--list` prints every benchmark with its family,
+Image rows go to a vision-language student with their images, video rows with frames sampled from the file
+(video.py; --video-fps, --video-max-frames, --video-dir); `--list` prints every benchmark with its family,
 source and protocol.
 Without a judge, responses that need one score 0 and are counted as `unresolved`. Each benchmark is loaded
 and evaluated on its own: one that fails is reported and the others still run; --out is rewritten after

@@ -9,7 +9,7 @@ import pytest
 import bench_prompts
 import benchmarks as bm
 import eval as ev
-from test_eval import ScriptedEngine
+from test_eval import ScriptedEngine, fake_hub  # noqa: F401  (a fixture)
 
 # ---------------------------------------------------------------------------------------------------------
 # ANLS (InfographicVQA)
@@ -328,3 +328,27 @@ def test_list_shows_every_benchmark_with_family_source_and_protocol():
     assert sum(listed[n][0] in families for n in listed) == 31
     assert listed["mvbench"] == ("video", "OpenGVLab/MVBench (20 configs), split train", "Rule+Judge")
     assert "paper families: vlm 16, llm 10, video 5" in out.stdout
+
+
+def test_hub_path_dynamath_reads_its_ten_variant_splits_and_a_missing_one_fails_alone_naming_it(fake_hub, images,
+                                                                                                tmp_path, monkeypatch):
+    from PIL import Image
+
+    monkeypatch.setenv("HOME", str(tmp_path))  # hub images are written under ~/.cache/zppo/images
+    table, asked = fake_hub
+    hub = "DynaMath/DynaMath_Sample"
+    pic = Image.open(images[1])
+    for k, split in enumerate(bm.DYNAMATH_SPLITS):
+        table[(hub, None, split)] = [{"id": 7, "question": "Area?", "image": "images/7.png", "decoded_image": pic,
+                                      "ground_truth": str(k), "answer_type": "float", "subject": "g",
+                                      "knowledge_level": "h"}]
+    examples, skipped = ev.load_benchmark("dynamath", vision=True)
+    assert asked == [(hub, None, s) for s in bm.DYNAMATH_SPLITS] and skipped == {}
+    assert [e["id"] for e in examples] == [f"{s}:7" for s in bm.DYNAMATH_SPLITS]
+    assert [e["answer"] for e in examples] == [str(k) for k in range(10)] and os.path.exists(examples[0]["images"][0])
+    del table[(hub, None, "sample_variant7")]
+    summary = ev.run_benchmarks(VisionEngine(lambda p, k: "\\boxed{0}"), ["dynamath", "embspatial"],
+                                log=lambda *_: None)
+    assert "split sample_variant7" in summary["errors"]["dynamath"] and "DynaMath/DynaMath_Sample" in \
+        summary["errors"]["dynamath"]
+    assert "FlagEval/EmbSpatial-Bench" in summary["errors"]["embspatial"]  # each fails alone, naming what was asked
