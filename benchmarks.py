@@ -1,5 +1,6 @@
-"""The paper's VLM benchmarks beyond eval.py's first ones: their hub sources and row converters, the Det. scorers
-(InfographicVQA's ANLS, OCRBench v2's scorer per task type) and the BenchJudges of MM-Vet and CharXiv.
+"""The paper's VLM benchmarks beyond eval.py's first ones and its video benchmarks: their hub sources and row
+converters, the Det. scorers (InfographicVQA's ANLS, OCRBench v2's scorer per task type), the BenchJudges of
+MM-Vet, CharXiv and MMVU, and where a video row's file is found.
 
 eval.py merges SPECS into its registry, DET_SCORERS into its scoring and JUDGES into its BenchJudges, so every
 benchmark here loads (hub or DATA_DIR/NAME.jsonl, the hub's own columns) and is scored by eval.py's code. Columns

@@ -15,7 +15,8 @@ Each benchmark is scored by its protocol in the paper's Tables 5-7 (`protocol` i
   Det.         the benchmark's own deterministic metric, no judge: InfographicVQA's ANLS, OCRBench v2's scorer
                per task type (benchmarks.py).
   BenchJudge   the benchmark's official judge: MultiChallenge's YES/NO verifier, HLE's CAIS judge, MM-Vet's 0-1
-               grader, CharXiv's reasoning/descriptive graders (benchmarks.py; prompts verbatim in bench_prompts.py).
+               grader, CharXiv's reasoning/descriptive graders, MMVU's judge (benchmarks.py; prompts verbatim in
+               bench_prompts.py).
 Image rows go to a vision-language student with their images, video rows with frames sampled from the file
 (video.py; --video-fps, --video-max-frames, --video-dir); `--list` prints every benchmark with its family,
 source and protocol.
@@ -526,7 +527,7 @@ def parse_hle(reply, example):
 
 
 BENCH_JUDGES = {"multichallenge": (multichallenge_prompt, parse_multichallenge), "hle": (hle_prompt, parse_hle)}
-BENCH_JUDGES.update(benchmarks.JUDGES)  # MM-Vet, CharXiv
+BENCH_JUDGES.update(benchmarks.JUDGES)  # MM-Vet, CharXiv (reasoning, descriptive), MMVU
 DET_SCORERS = benchmarks.DET_SCORERS  # route -> score(response, example): ANLS, OCRBench v2
 
 
