@@ -11,8 +11,15 @@ Protocol: each benchmark's own format directives ("Think step by step", "put you
 Each benchmark is scored by its protocol in the paper's Tables 5-7 (`protocol` in BENCHMARKS):
   Exact+Judge  reward.py: the rule grader first; every response it cannot resolve (free-form gold, no
                parseable box, truncated) goes to the judge with the paper's prompt and the full response.
-  BenchJudge   the benchmark's official judge: MultiChallenge's YES/NO verifier, HLE's CAIS judge.
-(Rule+Judge and Det. are the protocols of VLM and video benchmarks, which this text-only project lacks.)
+  Rule+Judge   a benchmark-specific parser first (MathVista's choices, ...), then the judge, as Exact+Judge.
+  Det.         the benchmark's own deterministic metric, no judge: InfographicVQA's ANLS, OCRBench v2's scorer
+               per task type (benchmarks.py).
+  BenchJudge   the benchmark's official judge: MultiChallenge's YES/NO verifier, HLE's CAIS judge, MM-Vet's 0-1
+               grader, CharXiv's reasoning/descriptive graders, MMVU's judge (benchmarks.py; prompts verbatim in
+               bench_prompts.py).
+Image rows go to a vision-language student with their images, video rows with frames sampled from the file
+(video.py; --video-fps, --video-max-frames, --video-dir); `--list` prints every benchmark with its family,
+source and protocol.
 Without a judge, responses that need one score 0 and are counted as `unresolved`. Each benchmark is loaded
 and evaluated on its own: one that fails is reported and the others still run; --out is rewritten after
 every benchmark, and the process exits non-zero when a requested benchmark failed or is unknown.
@@ -35,6 +42,7 @@ import jinja2
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
+import benchmarks
 from data import make_arithmetic, read_jsonl, split_gsm8k
 from reformulate import user_prompt, with_closer
 from reward import (JUDGE_MAX_NEW_TOKENS, JUDGE_SAMPLING, clip_start, grade, is_choice, last_boxed, score_detailed,
@@ -147,6 +155,8 @@ BENCHMARKS = {
                     fields={"question": "problem", "answer": "answer"}, id="unique_id"),
     "arithmetic": dict(family="math", protocol="Exact+Judge", hub=None, split="test", route="rule", fields={}),
 }
+# the other VLM benchmarks of the paper (and CharXiv's descriptive questions), defined in benchmarks.py
+BENCHMARKS.update(benchmarks.SPECS)
 # The paper's decoding for every benchmark, each field explicit so no engine or checkpoint default applies
 # (the engines also keep a checkpoint's generation_config.json out of sampling: rollout.py).
 SAMPLING = dict(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=1.5, repetition_penalty=1.0)
@@ -263,7 +273,7 @@ def row_images(row, spec, where, base, name):
     return paths
 
 
-def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, base="", name="bench"):
+def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, base="", name="bench", video=None):
     """A raw benchmark row (hub or local JSONL, the hub's columns) -> (example, None), or (None, why skipped)
     for a row this student or grader cannot take (an image, an unknown answer format, an MMLU-Redux row left
     out by --mmlu-redux-rows). A row without the set's columns is an error naming `where`."""
@@ -277,9 +287,23 @@ def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, bas
     has_image = any(row.get(c) not in (None, "") for c in spec.get("images", []))
     if has_image and not vision:  # a text-only student cannot see the question
         return None, "image"
+    if spec.get("video") and not vision:
+        return None, "video"
     row_id = _column(row, spec["id"]) if spec.get("id") else None
     row_id = where if row_id is None else f"{config}:{row_id}" if config else str(row_id)
     example = {"id": row_id, "route": spec["route"]}
+    if spec.get("convert"):  # benchmarks.py: the set's own fields -> question, answer, route (or why skipped)
+        got = spec["convert"](dict(row, config=config) if config and "config" not in row else row, spec, where)
+        if isinstance(got, str):
+            return None, got
+        if "video_file" in got:  # a video benchmark: the clip's frames sampled and cached (video.py)
+            from video import VideoError
+            try:
+                got = benchmarks.attach_video(got, spec, where, base, video or {})
+            except VideoError as e:  # an unreadable video costs its row, counted
+                return None, "video: " + ("not found" if "not found" in str(e) or "not downloadable" in str(e)
+                                          else "undecodable")
+        return _converted(example, got, row, spec, where, base, name, has_image, get), None
     if has_image:
         example["images"] = row_images(row, spec, where, base, name)
     if spec["route"] == "multichallenge":
@@ -317,34 +341,59 @@ def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, bas
     return dict(example, question=stem, answer=str(answer).strip()), None
 
 
+def _converted(example, got, row, spec, where, base, name, has_image, get):
+    """A converter's fields made an example: its suffix on the id, its options lettered (an index gold answer),
+    its question without the benchmark's format directives, the row's images."""
+    got = dict(got)
+    if "id_suffix" in got:
+        example["id"] = f"{example['id']}:{got.pop('id_suffix')}"
+    if has_image:
+        example["images"] = row_images(row, spec, where, base, name)
+    if "choices" in got:
+        options = got.pop("choices")
+        stem = strip_directives(str(got.pop("question", None) or get.get("question") or ""))
+        got.update(stem=stem, question=stem + "\n\n" + render_choices(options), options=render_choices(options),
+                   answer=LETTERS[got.pop("letter_index")])
+    else:
+        got["question"] = strip_directives(got["question"] if "question" in got else str(get.get("question") or ""))
+    return dict(example, **got)
+
+
 def hub_rows(spec):
     """(where, config, row) over the hub set, its configs loaded one at a time (a --limit may stop early)."""
     import datasets
 
     for config in spec.get("configs") or [spec.get("config")]:
-        try:
-            rows = datasets.load_dataset(spec["hub"], config, split=spec["split"])
-        except Exception as e:
-            reason = f"{type(e).__name__}: {str(e)[:200]}"
-            raise RuntimeError(f"config {config}, split {spec['split']}: {reason}") from None
-        for i in range(len(rows)):
-            yield f"{spec['hub']}[{config}][{spec['split']}][{i}]", config, dict(rows[i])
+        for split in spec.get("splits") or [spec["split"]]:  # DynaMath: one split per variant
+            try:
+                rows = datasets.load_dataset(spec["hub"], config, split=split)
+            except Exception as e:
+                reason = f"{type(e).__name__}: {str(e)[:200]}"
+                raise RuntimeError(f"config {config}, split {split}: {reason}") from None
+            label = config if not spec.get("splits") else f"{config}:{split}" if config else split
+            for i in range(len(rows)):
+                yield f"{spec['hub']}[{config}][{split}][{i}]", label, dict(rows[i])
 
 
-def _convert(rows, spec, limit, redux_rows, vision=False, base="", name="bench"):
+def _convert(rows, spec, limit, redux_rows, vision=False, base="", name="bench", video=None):
     examples, skipped = [], Counter()
     for where, config, row in rows:
         if limit is not None and len(examples) >= limit:
             break
-        example, reason = to_example(row, spec, where, config, redux_rows, vision, base, name)
-        if example is None:
-            skipped[reason] += 1
-        else:
-            examples.append(example)
+        # CharXiv's descriptive questions: one hub row holds four
+        for where, row in (spec["expand"](row, where) if spec.get("expand") and isinstance(row, dict)
+                           else [(where, row)]):
+            if limit is not None and len(examples) >= limit:
+                break
+            example, reason = to_example(row, spec, where, config, redux_rows, vision, base, name, video)
+            if example is None:
+                skipped[reason] += 1
+            else:
+                examples.append(example)
     return examples, dict(skipped)
 
 
-def load_benchmark(name, data_dir=None, limit=None, redux_rows="ok", vision=False):
+def load_benchmark(name, data_dir=None, limit=None, redux_rows="ok", vision=False, video=None):
     """(examples, skipped rows by reason) from DATA_DIR/NAME.jsonl if present, else from the hub (per-config
     sets loaded config by config and concatenated); errors say what was tried. Rows of a local file are shaped
     as the hub serves them; for a multi-config set an optional `config` field names each row's subject."""
@@ -360,10 +409,10 @@ def load_benchmark(name, data_dir=None, limit=None, redux_rows="ok", vision=Fals
         if os.path.exists(path):
             rows = ((f"{path}:{lineno}", row.get("config") if isinstance(row, dict) else None, row)
                     for lineno, row in read_jsonl(path))
-            return _convert(rows, spec, limit, redux_rows, vision, os.path.dirname(os.path.abspath(path)), name)
+            return _convert(rows, spec, limit, redux_rows, vision, os.path.dirname(os.path.abspath(path)), name, video)
         tried.append(f"{path} (not found)")
     try:
-        return _convert(hub_rows(spec), spec, limit, redux_rows, vision, "", name)
+        return _convert(hub_rows(spec), spec, limit, redux_rows, vision, "", name, video)
     except Exception as e:  # no network, no `datasets`, a renamed set: report and let the others run
         tried.append(f"hub {spec['hub']} ({type(e).__name__}: {str(e)[:300]})")
     raise RuntimeError(f"benchmark {name!r} could not be loaded; tried: " + "; ".join(tried))
@@ -479,6 +528,8 @@ def parse_hle(reply, example):
 
 
 BENCH_JUDGES = {"multichallenge": (multichallenge_prompt, parse_multichallenge), "hle": (hle_prompt, parse_hle)}
+BENCH_JUDGES.update(benchmarks.JUDGES)  # MM-Vet, CharXiv (reasoning, descriptive), MMVU
+DET_SCORERS = benchmarks.DET_SCORERS  # route -> score(response, example): ANLS, OCRBench v2
 
 
 def bench_judge_scores(judge, items, make_prompt, parse):
@@ -525,7 +576,11 @@ def score_groups(groups, examples, judge):
     Exact+Judge rows go through reward.score_detailed with truncation marked; BenchJudge rows to their judge."""
     flat = [(ex, r) for ex, g in zip(examples, groups) for r in g]
     verdicts = [None] * len(flat)
-    exact = [i for i, (ex, _) in enumerate(flat) if ex.get("route") not in BENCH_JUDGES]
+    exact = [i for i, (ex, _) in enumerate(flat) if ex.get("route") not in BENCH_JUDGES and ex.get("route") not in
+             DET_SCORERS]
+    for i, (ex, r) in enumerate(flat):  # Det.: the benchmark's own metric, no judge
+        if ex.get("route") in DET_SCORERS:
+            verdicts[i] = {"score": DET_SCORERS[ex["route"]](r.text, ex), "via": "det"}
     details = score_detailed([(flat[i][0], flat[i][1].text) for i in exact], judge, grade,
                              [flat[i][1].finish_reason == "length" for i in exact])
     for i, d in zip(exact, details):
@@ -557,9 +612,11 @@ def evaluate(engine, examples, samples=1, max_new_tokens=1024, judge=None, desc=
     records = []
     for ex, g, vs in zip(examples, groups, verdicts):
         for r, v in zip(g, vs):
-            extracted = v["judge"].get("extracted") if "judge" in v else last_boxed(r.text)
+            extracted = v["judge"].get("extracted") if "judge" in v else \
+                benchmarks.final_answer(r.text) if v["via"] == "det" else last_boxed(r.text)
             records.append({"id": ex["id"], "answer": ex["answer"], "response": r.text, "extracted": extracted,
                             "route": ex.get("route", "rule"), "scored_by": v["via"], "correct": bool(v["score"]),
+                            "score": v["score"],
                             "truncated": r.finish_reason == "length",
                             **({"judge_reply": v["judge_reply"]} if "judge_reply" in v else {}),
                             **({"judge_fields": v["judge"]} if "judge" in v else {})})
@@ -585,12 +642,44 @@ def summarize(results, errors):
     for name, res in results.items():
         families.setdefault(res["family"], []).append(res["accuracy"])
     macro = {fam: sum(accs) / len(accs) for fam, accs in families.items()}
+    # a paper family averaged over fewer benchmarks than its table is not the table's average: name the absent
+    missing = {fam: [n for n in names if n not in results] for fam, names in paper_families().items()
+               if fam in families and any(n not in results for n in names)}
     return {"benchmarks": results, "macro": macro, "macro_over": {f: len(a) for f, a in families.items()},
-            "errors": errors}
+            "macro_missing": missing, "errors": errors}
+
+
+PAPER_FAMILIES = {"vlm": 16, "llm": 10, "video": 5}  # the paper's Tables 5-7: benchmarks per family
+
+
+def paper_families():
+    """The paper's families and their benchmarks, as the registry defines them."""
+    return {fam: [n for n, s in BENCHMARKS.items() if s["family"] == fam] for fam in PAPER_FAMILIES}
+
+
+def source_of(spec):
+    """Where a benchmark's rows come from, as --list prints it."""
+    if spec["hub"] is None:
+        return "generated"
+    configs = spec.get("configs")
+    where = f" ({len(configs)} configs)" if configs else f" config {spec['config']}" if spec.get("config") else ""
+    splits = spec.get("splits")
+    split = f"splits {splits[0]}..{splits[-1]}" if splits else f"split {spec['split']}"
+    return f"{spec['hub']}{where}, {split}"
+
+
+def list_table():
+    """Every benchmark with its family, source and protocol (the paper's families first)."""
+    order = sorted(BENCHMARKS, key=lambda n: (list(PAPER_FAMILIES) + ["math", "extra"]).index(BENCHMARKS[n]["family"]))
+    lines = ["| benchmark | family | source | protocol |", "| --- | --- | --- | --- |"]
+    lines += [f"| {n} | {BENCHMARKS[n]['family']} | {source_of(BENCHMARKS[n])} | {BENCHMARKS[n]['protocol']} |"
+              for n in order]
+    counts = ", ".join(f"{fam} {len(names)}" for fam, names in paper_families().items())
+    return "\n".join(lines + [f"paper families: {counts}; math and extra are not in the paper's averages"])
 
 
 def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, data_dir=None, limit=None,
-                   log=print, redux_rows="ok", on_update=None, **sampling):
+                   log=print, redux_rows="ok", on_update=None, video=None, **sampling):
     """Every named benchmark, each loaded and evaluated on its own: a benchmark that is unknown, cannot load,
     has no questions or fails while evaluating is reported in `errors` and the rest still run. `on_update` is
     called with the summary so far after every benchmark (eval.py writes --out there). Image rows go to a
@@ -600,7 +689,7 @@ def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, da
     for name in names:
         start = time.time()
         try:
-            examples, skipped = load_benchmark(name, data_dir, limit, redux_rows, vision)
+            examples, skipped = load_benchmark(name, data_dir, limit, redux_rows, vision, video)
             if not examples:
                 raise ValueError(_no_questions(limit, skipped))
             spec = BENCHMARKS[name]
@@ -608,6 +697,9 @@ def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, da
                 log(f"[warning] {name}: no judge model; every response is unresolved and scores 0 (see --judge)")
             desc = f"{name} ({len(examples)} x {samples})"
             res = evaluate(engine, examples, samples, max_new_tokens, judge, desc=desc, **sampling)
+            if spec.get("aggregate"):  # upstream's headline number is not the mean over questions (OCRBench v2)
+                headline, extra = spec["aggregate"](examples, res["records"])
+                res = dict(res, accuracy=headline, question_mean=res["accuracy"], **extra)
             results[name] = dict(res, family=spec["family"], protocol=spec["protocol"], skipped=skipped,
                                  seconds=time.time() - start)
         except Exception as e:  # one benchmark's failure never costs the others
@@ -635,6 +727,9 @@ def markdown_table(summary):
                      "| | | | | | |")
     for name in summary["errors"]:
         lines.append(f"| {name} | failed | | | | | | | | |")
+    for fam, absent in summary.get("macro_missing", {}).items():
+        total = len(paper_families()[fam])
+        lines.append(f"{fam} macro is over {total - len(absent)} of the paper's {total}; missing: {', '.join(absent)}")
     lines += [f"failed: {name}: {err}" for name, err in summary["errors"].items()]
     return "\n".join(lines)
 
@@ -655,6 +750,12 @@ class EvalConfig:
         "choices": list(REDUX_ROWS),
         "help": "MMLU-Redux rows: ok = only rows annotated ok (lm-evaluation-harness); corrected = every row, "
                 "wrong gold answers replaced by correct_answer, multi-answer rows skipped (evalscope)"})
+    video_fps: float = field(default=2.0, metadata={
+        "help": "video benchmarks: frames sampled per second of the video (the paper gives none: ours)"})
+    video_max_frames: int = field(default=32, metadata={
+        "help": "video benchmarks: at most this many frames per video, evenly spaced over the whole clip"})
+    video_dir: Optional[str] = field(default=None, metadata={
+        "help": "folder of the unpacked videos of Video-MME (and its subtitle/), VideoMMMU, MVBench"})
     batch_size: int = field(default=64, metadata={"help": "sequences per generate call (transformers engine)"})
     engine: str = field(default="auto", metadata={
         "choices": ["auto", "transformers", "vllm"], "help": "auto = vllm on GPU if installed, else transformers"})
@@ -714,11 +815,13 @@ def main(cfg):
             tmp = cfg.out + ".tmp"  # written whole, then renamed: a crash never leaves half a file
             with open(tmp, "w") as f:
                 json.dump({"config": asdict(cfg), "benchmarks": slim, "macro": summary["macro"],
-                           "macro_over": summary["macro_over"], "errors": summary["errors"]}, f, indent=1)
+                           "macro_over": summary["macro_over"], "macro_missing": summary["macro_missing"],
+                           "errors": summary["errors"]}, f, indent=1)
             os.replace(tmp, cfg.out)
 
     summary = run_benchmarks(engine, names, cfg.samples, cfg.max_new_tokens, judge, cfg.data_dir, cfg.limit,
-                             redux_rows=cfg.mmlu_redux_rows, on_update=write)
+                             redux_rows=cfg.mmlu_redux_rows, on_update=write,
+                             video=dict(fps=cfg.video_fps, max_frames=cfg.video_max_frames, dir=cfg.video_dir))
     print(markdown_table(summary))
     if summary["errors"]:
         failed = ", ".join(summary["errors"])
@@ -727,4 +830,7 @@ def main(cfg):
 
 
 if __name__ == "__main__":
+    if "--list" in sys.argv[1:]:  # no model needed
+        print(list_table())
+        sys.exit(0)
     sys.exit(1 if main(HfArgumentParser(EvalConfig).parse_args_into_dataclasses()[0])["errors"] else 0)

@@ -32,6 +32,7 @@ from tqdm import tqdm
 from transformers import (AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageTextToText,
                           AutoTokenizer, GenerationConfig)
 
+from video import prompt_videos, video_data_url, vllm_video
 from zppo import suppressed_token_ids
 
 
@@ -68,13 +69,20 @@ def open_image(path):
 def encode_prompt(tokenizer, prompt, **template_kwargs):
     """(prompt token ids, image inputs or None). The chat template puts one placeholder per image; as
     Qwen's processor does, each becomes as many placeholders as the image has merged patches, and the
-    image processor (attached to the tokenizer by load_model) gives the pixel values."""
+    image processor (attached to the tokenizer by load_model) gives the pixel values. A prompt's videos
+    (video.py: sampled frames) come first, as Qwen's video inputs."""
+    from video import expand_video_tokens, video_inputs
+
     text, images = prompt_parts(prompt)
-    ids = chat_prompt_ids(tokenizer, text, images, **template_kwargs)
-    if not images:
+    videos = prompt_videos(prompt)
+    ids = chat_prompt_ids(tokenizer, text, images, videos=len(videos), **template_kwargs)
+    if not images and not videos:
         return ids, None
-    vision = image_inputs(tokenizer, images)
-    return expand_image_tokens(tokenizer, ids, vision), vision
+    vision = image_inputs(tokenizer, images) if images else {}
+    if videos:
+        vision.update(video_inputs(tokenizer, videos))
+        ids = expand_video_tokens(tokenizer, ids, vision, videos)
+    return (expand_image_tokens(tokenizer, ids, vision) if images else ids), vision
 
 
 def image_inputs(tokenizer, images):
@@ -103,7 +111,8 @@ def batch_vision(visions):
     visions = [v for v in visions if v is not None]
     if not visions:
         return {}
-    return {k: torch.cat([v[k] for v in visions]) for k in visions[0]}
+    keys = dict.fromkeys(k for v in visions for k in v)  # rows with images, videos or both
+    return {k: torch.cat([v[k] for v in visions if k in v]) for k in keys}
 
 
 def resolve_model_name(name):
@@ -182,13 +191,15 @@ def frozen_engine(name, url=None, kind="transformers", device="cpu", batch_size=
     return TransformersEngine(model.eval().requires_grad_(False), tokenizer, max_batch_size=batch_size)
 
 
-def chat_prompt_ids(tokenizer, text, images=(), **template_kwargs):
+def chat_prompt_ids(tokenizer, text, images=(), videos=0, **template_kwargs):
     """The chat-templated prompt: a user-message text (with images: their placeholders first, then the
-    text), or a list of {role, content} messages (a multi-turn chat) as it is."""
+    text; `videos` video placeholders before those), or a list of {role, content} messages (a multi-turn
+    chat) as it is."""
     if isinstance(text, list):
         messages = text
     else:
-        content = text if not images else [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+        visual = [{"type": "video"} for _ in range(videos)] + [{"type": "image"} for _ in images]
+        content = text if not visual else visual + [{"type": "text", "text": text}]
         messages = [{"role": "user", "content": content}]
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                               tokenize=True, return_dict=False, **template_kwargs))
@@ -247,8 +258,9 @@ class TransformersEngine:
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
         vision = vision or [None] * len(prompt_ids)
         images = {k: v.to(device) for k, v in batch_vision(vision).items()}
-        if images:  # the model places multimodal rotary positions from the image tokens' positions
-            images["mm_token_type_ids"] = (input_ids == model.config.image_token_id).int()
+        if images:  # the model places multimodal rotary positions from the image (1) and video (2) tokens' positions
+            images["mm_token_type_ids"] = ((input_ids == model.config.image_token_id).int()
+                                           + 2 * (input_ids == model.config.video_token_id).int())
         greedy = temperature == 0
         config = GenerationConfig(
             do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
@@ -471,11 +483,17 @@ class VLLMEngine:
         requests, visions, expected = [], [], []
         for p, pre in zip(prompts, response_prefixes or [[] for _ in prompts]):
             text, images = prompt_parts(p)
-            ids = chat_prompt_ids(self.tokenizer, text, images) + list(pre)
+            videos = prompt_videos(p)
+            ids = chat_prompt_ids(self.tokenizer, text, images, videos=len(videos)) + list(pre)
             request = {"prompt_token_ids": ids}
             vision = None
-            if images:  # one placeholder per image in `ids`: vLLM expands them itself (its multi-modal input)
-                request["multi_modal_data"] = {"image": [open_image(x) for x in images]}
+            if images or videos:  # one placeholder per image or video in `ids`: vLLM expands them itself
+                data = {"image": [open_image(x) for x in images]} if images else {}
+                if videos:  # evaluation only: the sampled frames with their metadata, vLLM not re-sampling them
+                    data["video"] = [vllm_video(v) for v in videos]
+                    request["mm_processor_kwargs"] = {"do_sample_frames": False}
+                request["multi_modal_data"] = data
+            if images and not videos:
                 vision = image_inputs(self.tokenizer, images)  # the trainer's, for the update
             requests.append(request)
             visions.append(vision)
@@ -570,6 +588,9 @@ class RemoteEngine:
             text, images = prompt_parts(prompt)
             content = text if not images else [{"type": "image_url", "image_url": {"url": png_data_url(x)}}
                                                for x in images] + [{"type": "text", "text": text}]
+            if prompt_videos(prompt):  # the server's documented video input: the file, sampled by the server
+                content = [{"type": "video_url", "video_url": {"url": video_data_url(v)}} for v in prompt_videos(prompt)
+                           ] + (content if isinstance(content, list) else [{"type": "text", "text": text}])
             messages = [{"role": "user", "content": content}]
         data = json.dumps({**body, "messages": messages}).encode()
         for attempt in range(self.retries + 1):

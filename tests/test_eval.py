@@ -103,9 +103,16 @@ def test_every_benchmark_records_the_papers_protocol():
              "mmlu_redux", "multichallenge"}  # Table 6
     assert {n for n, s in ev.BENCHMARKS.items() if s["family"] == "llm"} == paper
     assert {n: s["protocol"] for n, s in ev.BENCHMARKS.items() if s["protocol"] != "Exact+Judge"} == {
-        "hle": "BenchJudge", "multichallenge": "BenchJudge", "mathvista": "Rule+Judge"}
-    assert {n for n, s in ev.BENCHMARKS.items() if s["family"] == "vlm"} == {  # those of Table 5 built so far
-        "ai2d", "mathverse", "mathvision", "mathvista", "mmmu_pro", "wemath"}
+        "hle": "BenchJudge", "multichallenge": "BenchJudge", "mathvista": "Rule+Judge", "charxiv": "BenchJudge",
+        "charxiv_descriptive": "BenchJudge", "mmvet": "BenchJudge", "infovqa": "Det.", "ocrbench_v2_en": "Det.",
+        "ocrbench_v2_cn": "Det.", "mmvu": "BenchJudge", "mvbench": "Rule+Judge", "videomme": "Rule+Judge",
+        "videomme_sub": "Rule+Judge", "videommmu": "Rule+Judge"}
+    assert {n for n, s in ev.BENCHMARKS.items() if s["family"] == "vlm"} == {  # Table 5's 16
+        "ai2d", "babyvision", "charxiv", "dynamath", "embspatial", "infovqa", "mathverse", "mathvision", "mathvista",
+        "mmmu_pro", "mmvet", "ocrbench_v2_en", "ocrbench_v2_cn", "visualpuzzles", "vlmsareblind", "wemath"}
+    assert {n for n, s in ev.BENCHMARKS.items() if s["family"] == "video"} == {  # Table 7's 5
+        "mmvu", "mvbench", "videomme", "videomme_sub", "videommmu"}
+    assert len(ev.BENCHMARKS["mvbench"]["configs"]) == 20
     assert len(set(ev.MMLU_REDUX_SUBJECTS)) == 57 and len(set(ev.CEVAL_SUBJECTS)) == 52
     assert ev.BENCHMARKS["aime2025"]["hub"] == "opencompass/AIME2025"
     assert ev.BENCHMARKS["imo_answerbench"]["hub"] == "OpenEvals/IMO-AnswerBench"
