@@ -17,7 +17,7 @@ import re
 import torch
 
 from reformulate import with_closer
-from reward import score_nested
+from reward import after_thinking, score_nested
 from zppo import (LOGITS_CHUNK_BYTES, ChunkedHead, Episode, _compute_dtype, _softmax_dtype, micro_batches,
                   padded_batch, reduce_sum, unwrap, with_head)
 
@@ -66,7 +66,6 @@ HINT_TEMPLATE = (
     "Do NOT reveal the final answer, do NOT include any \\boxed{{}} expression, and do NOT copy the full "
     "solution. Keep only high-level guidance or the key intermediate idea. <response>\n{response} </response>"
 )
-_THINK = re.compile(r"^\s*<think>.*?</think>", re.DOTALL)
 
 
 def hint_prompt(response):
@@ -89,8 +88,9 @@ def hint_leaks(hint, gold):
 def hint_instances(kept, teacher_correct, questions, teacher, rng, max_new_tokens):
     """The Hint baseline's prompts. For each capped hard question (`kept`, hardest first) with a correct teacher
     rollout (teacher_correct[i], fresh this step): one picked uniformly, the teacher writes a hint from it with
-    the spec's hint prompt (greedy). The reply is the hint as written, except that a leading <think> block of a
-    reasoning teacher is dropped [our default]: it is the teacher's scratch work, not the hint.
+    the spec's hint prompt (greedy). The reply is the hint as written, except that a reasoning teacher's thinking
+    (everything up to its last </think>, reward.after_thinking) is dropped [our default]: it is the teacher's
+    scratch work, not the hint.
     Returns chosen [(i, "hint")], prompts (hinted questions, before the closer) and the hints."""
     picks = [(i, rng.choice(teacher_correct[i])) for i in kept if teacher_correct.get(i)]
     outs = teacher.generate([hint_prompt(r) for _, r in picks], n=1, max_new_tokens=max_new_tokens,
@@ -99,7 +99,7 @@ def hint_instances(kept, teacher_correct, questions, teacher, rng, max_new_token
     for (i, _), out in zip(picks, outs):
         if not out:  # a remote teacher request that failed for good: no hint for this question this step
             continue
-        hint = _THINK.sub("", out[0].text).strip()
+        hint = after_thinking(out[0].text)
         chosen.append((i, "hint"))
         prompts.append(hinted_question(questions[i]["question"], hint))
         hints.append(hint)

@@ -36,8 +36,8 @@ from transformers import HfArgumentParser
 
 from data import make_arithmetic, read_jsonl, split_gsm8k
 from reformulate import user_prompt, with_closer
-from reward import (JUDGE_MAX_NEW_TOKENS, JUDGE_SAMPLING, clip_start, grade, is_choice, last_boxed, score_detailed,
-                    verdict_of)
+from reward import (JUDGE_MAX_NEW_TOKENS, JUDGE_SAMPLING, after_thinking, clip_start, grade, is_choice, last_boxed,
+                    score_detailed, verdict_of)
 
 # ---------------------------------------------------------------------------------------------------------
 # the benchmarks
@@ -422,14 +422,9 @@ HLE_KEYS = {"extracted_final_answer", "reasoning", "correct", "confidence"}
 _MULTICHALLENGE_TEMPLATE, _HLE_TEMPLATE = jinja2.Template(MULTICHALLENGE_PROMPT), jinja2.Template(HLE_PROMPT)
 
 
-def _after_thinking(text):
-    """The text after the last </think>: a reply without the reasoning that led to it."""
-    return text.rsplit("</think>", 1)[-1].strip()
-
-
 def final_reply(text):
     """What MultiChallenge grades: the reply the user would read (after any </think>), not the reasoning."""
-    return _after_thinking(text) if "</think>" in text else text.strip()
+    return after_thinking(text)
 
 
 def multichallenge_prompt(example, response):
@@ -441,7 +436,7 @@ def yes_no_verdict(reply):
     """"YES" or "NO" from a MultiChallenge judge reply: a {"reasoning", "verdict"} JSON object (upstream's schema)
     or, as the prompt asks, reasoning followed by the verdict: the last standalone upper-case YES or NO (lower
     case is prose: "there is no ..."); None when there is neither."""
-    text = _after_thinking(reply)
+    text = after_thinking(reply)
     try:
         obj = json.loads(text)
         if isinstance(obj, dict) and obj.get("verdict") in ("YES", "NO"):
@@ -467,7 +462,7 @@ def parse_hle(reply, example):
     """The CAIS judge's four fields as one JSON object (a think block before it is allowed; `strict`, a field of
     upstream's schema, may be present); None for anything else, which scores 0."""
     try:
-        obj = json.loads(_after_thinking(reply))
+        obj = json.loads(after_thinking(reply))
     except ValueError:
         return None
     if not (isinstance(obj, dict) and HLE_KEYS <= set(obj) <= HLE_KEYS | {"strict"}

@@ -279,10 +279,19 @@ def judge_prompt(example, response):
         model_response=clip_start(response), ground_truth=example["answer"])
 
 
+def after_thinking(text):
+    """The reply after the last </think>, stripped; the whole text when there is none. A reasoning model's
+    thinking ends at its last </think> wherever the block opened: at the start of the reply, after some text,
+    or in the prompt (a chat template may open <think> in the generation prompt, so the reply has no opening
+    tag). Judges' verdicts, the Hint baseline's hints and MultiChallenge's graded reply all read this part."""
+    return text.rsplit("</think>", 1)[-1].strip()
+
+
 def verdict_of(text):
-    """"correct" or "wrong" for exactly {"verdict": "correct"|"wrong"}, None for anything else (a think block
-    before it is allowed: a thinking judge writes one)."""
-    text = re.sub(r"^\s*<think>.*?</think>", "", text, flags=re.DOTALL).strip()
+    """"correct" or "wrong" for exactly {"verdict": "correct"|"wrong"}, None for anything else. A think block
+    before it is allowed (a thinking judge writes one, with or without its opening tag); a verdict written only
+    inside the thinking does not count."""
+    text = after_thinking(text)
     try:
         verdict = json.loads(text)
     except ValueError:

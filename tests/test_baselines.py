@@ -229,6 +229,19 @@ def test_hint_prompts_hold_the_teachers_hint_and_leaks_are_counted():
     assert m == {"acc/hint": 0.5, "count/hint": 3, "count/hint_leak": 2}
 
 
+def test_hint_drops_the_teachers_thinking_wherever_its_block_opened():
+    """The hint is what follows the teacher's last </think>: with the opening tag at the start, after some text,
+    or in the generation prompt (no opening tag in the reply); a reply without a closed block stays whole."""
+    replies = ["<think>scratch</think> add two", "scratch 4</think>\nadd two", "Ok. <think>4</think> add two",
+               "<think>a</think> b </think> add two", "add <think> two"]
+    questions = [{"id": str(i), "question": f"Q{i}", "answer": "4"} for i in range(len(replies))]
+    correct = {i: [f"T{i}"] for i in range(len(replies))}
+    _, prompts, hints = hint_instances(list(correct), correct, questions, ScriptedTeacher(replies),
+                                       random.Random(0), 512)
+    assert hints == ["add two"] * 4 + ["add <think> two"]
+    assert prompts[1] == "Q1 <hint> add two </hint>"
+
+
 def test_hint_leaks_are_a_box_or_the_gold_answer_as_a_whole_number():
     assert hint_leaks("write \\boxed{x}", "9") and hint_leaks("so it is 7.", "7") and hint_leaks("x = -3", "-3")
     assert not hint_leaks("add 17 and 2", "7") and not hint_leaks("about 7.5", "7") and not hint_leaks("no", "7")

@@ -86,6 +86,25 @@ def test_judge_verdict_must_be_strict_json(text, score):
     assert parse_verdict(text) == score
 
 
+@pytest.mark.parametrize("text,verdict", [
+    ('<think>they match</think>{"verdict": "correct"}', "correct"),
+    ('they match</think>\n{"verdict": "correct"}', "correct"),  # the chat template opened <think> in the prompt
+    ('Let me check.\n<think>5 = 5</think>\n{"verdict": "correct"}', "correct"),  # the block after some text
+    ('<think>a</think> b </think>\n{"verdict": "wrong"}', "wrong"),  # thinking ends at the last </think>
+    ('they match</think>{"verdict": "wrong"}', "wrong"),
+    ('<think>{"verdict": "correct"}</think>', None),  # the only JSON is inside the thinking
+    ('<think>{"verdict": "correct"}</think> so I would say so', None),
+    ('{"verdict": "correct"}</think>', None),  # inside a block whose opening tag was in the prompt
+    ('{"verdict": "correct"}</think> it is wrong', None),
+    ('<think>{"verdict": "correct"}', None),  # a block never closed (the judge ran out of tokens)
+])
+def test_judge_verdict_after_a_think_block_anywhere(text, verdict):
+    from reward import verdict_of
+
+    assert verdict_of(text) == verdict
+    assert parse_verdict(text) == float(verdict == "correct")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Exact+Judge routing and the paper's judge prompt (EVAL.md)
 
