@@ -17,7 +17,7 @@ import re
 import torch
 
 from reformulate import with_closer
-from reward import after_thinking, score_nested
+from reward import after_thinking, score_rollouts
 from zppo import (LOGITS_CHUNK_BYTES, ChunkedHead, Episode, _compute_dtype, _softmax_dtype, micro_batches,
                   padded_batch, reduce_sum, unwrap, with_head)
 
@@ -287,7 +287,7 @@ def off_distill_targets(questions, plain, teacher, grade_fn, **sampling):
     so the teacher's token ids are the student's). A question without a correct teacher rollout adds nothing.
     Returns the episodes and the step's counts."""
     teacher_groups = teacher.generate([with_closer(ex["question"]) for ex in questions], **sampling)
-    teacher_rewards = score_nested([[r.text for r in g] for g in teacher_groups], questions, teacher, grade_fn)
+    teacher_rewards = score_rollouts(teacher_groups, questions, teacher, grade_fn)
     targets, missing = [], 0
     for ex, group, rollouts, rewards in zip(questions, plain, teacher_groups, teacher_rewards):
         correct = [r for r, reward in zip(rollouts, rewards) if reward]

@@ -3,8 +3,8 @@
 Spec section "Reward" and EVAL.md "Exact+Judge". The rule grader (`grade`) checks short answers and
 letters; every row it cannot resolve (a free-form gold answer, no parseable box, a truncated response)
 goes to the LLM judge with the paper's prompt and the full response; without a judge such rows score 0
-and are reported as unresolved. Training rewards and eval.py's scores both go through `score_responses`
-/ `score_detailed`, so the routing is the same in both.
+and are reported as unresolved. Training rewards (`score_rollouts`) and eval.py's scores both go through
+`score_detailed` with truncation marked, so the routing is the same in both.
 Model output is untrusted: the scan is linear and bounded, over-long answers
 are compared as text only, exponent towers and huge factorials never reach sympy (Python's big
 integers would compute them in C where no time limit can interrupt), and math-verify runs under its
@@ -372,6 +372,14 @@ def score_detailed(pairs, judge=None, grade_fn=grade, truncated=None):
 def score_responses(pairs, judge=None, grade_fn=grade, truncated=None):
     """0/1 per (example, response): the rule grader where it decides, the judge (one batch) for the rest."""
     return [d["score"] for d in score_detailed(pairs, judge, grade_fn, truncated)]
+
+
+def score_rollouts(groups, examples, judge=None, grade_fn=grade):
+    """score_nested of rollouts (groups[i]: objects with .text and .finish_reason, responses to examples[i]): a
+    response the token limit cut (finish_reason "length") is marked truncated, as eval.py marks it, so a training
+    reward and a benchmark score route the same response the same way (App. D.1: one routing for every method)."""
+    return score_nested([[r.text for r in g] for g in groups], examples, judge, grade_fn,
+                        [[r.finish_reason == "length" for r in g] for g in groups])
 
 
 def score_nested(texts, examples, judge=None, grade_fn=grade, truncated=None):

@@ -39,7 +39,7 @@ from checkpoint import (add_to_step, clear_run, config_changes, find_checkpoint,
 from config import Config, parse_config, validate  # noqa: F401 (train.Config for scripts)
 from data import load_examples, take
 from reformulate import postcap, precap, reformulated_prompts, user_prompt, with_closer
-from reward import grade, score_nested
+from reward import grade, score_nested, score_rollouts
 from rollout import (ShardedEngine, TransformersEngine, VLLMEngine, encode_prompt, frozen_engine, load_model,
                      resolve_model_name)
 from zppo import (Episode, compute_advantages, fill_old_logprobs, plan_minibatches, ppo_update, reduce_sum,
@@ -207,8 +207,9 @@ def fit_prompts(cfg, examples, tokenizer):
 
 
 def score_groups(groups, examples, judge):
-    """The binary reward of every rollout: rule grader, or the judge (the teacher) for free-form gold answers."""
-    return score_nested([[r.text for r in g] for g in groups], examples, judge, grade)
+    """The binary reward of every rollout: rule grader, or the judge (the teacher) for what the rule cannot
+    resolve (free-form gold answers, no parseable box, a truncated response whose last box is wrong)."""
+    return score_rollouts(groups, examples, judge, grade)
 
 
 def teacher_correct_rollouts(examples, teacher, cfg):
@@ -216,15 +217,16 @@ def teacher_correct_rollouts(examples, teacher, cfg):
     With --teacher gold the data set's worked solution stands in for the teacher's rollouts."""
     if cfg.teacher == "gold":
         texts = [[ex["solution"]] if ex.get("solution") else [] for ex in examples]
+        scores = score_nested(texts, examples, teacher, grade)
     elif teacher is not None and examples:
         groups = teacher.generate([user_prompt(ex, with_closer(ex["question"])) for ex in examples],
                                   n=cfg.teacher_group_size,
                                   max_new_tokens=cfg.teacher_max_new_tokens, temperature=cfg.temperature,
                                   top_p=cfg.top_p, top_k=cfg.top_k)
         texts = [[r.text for r in g] for g in groups]
+        scores = score_rollouts(groups, examples, teacher, grade)
     else:
-        texts = [[] for _ in examples]
-    scores = score_nested(texts, examples, teacher, grade)
+        texts = scores = [[] for _ in examples]
     return [[t for t, ok in zip(ts, ss) if ok] for ts, ss in zip(texts, scores)]
 
 

@@ -207,6 +207,37 @@ def test_training_rewards_route_the_same_way():
     assert len(judge.calls[-1]["prompts"]) == 2  # the cut response with a wrong box was judged too
 
 
+def test_a_truncated_response_is_scored_the_same_in_training_and_eval():
+    """One routing for training rewards and benchmarks (App. D.1): a response the token limit cut whose last box
+    is wrong (an intermediate box, the final answer never written) goes to the judge in eval.py and in every
+    training reward (the student's rollouts, ZPPO's teacher rollouts, Off-Distill's targets); the same text
+    finished is the rule's 0 everywhere."""
+    from types import SimpleNamespace
+
+    import eval as ev
+    import train
+    from baselines import off_distill_targets
+
+    def rollouts():
+        text = "first \\boxed{4}, then"
+        return [Rollout(text, [1], [2, 3], finish_reason="length"), Rollout(text, [1], [2, 3], finish_reason="stop")]
+
+    class Teacher:  # answers its plain prompt with the two rollouts, and judges every response correct
+        def generate(self, prompts, n=1, **sampling):
+            return [[Rollout('{"verdict": "correct"}', [], [])] if p.startswith("You are an expert judge")
+                    else rollouts()[:n] for p in prompts]
+
+    examples = [{"id": "q", "question": "Q", "answer": "5"}]
+    scored = ev.score_groups([rollouts()], examples, Judge())
+    assert [v["score"] for v in scored[0]] == [1.0, 0.0] and scored[0][0]["via"] == "judge"
+    assert train.score_groups([rollouts()], examples, Judge()) == [[1.0, 0.0]]
+    cfg = SimpleNamespace(teacher="T", teacher_group_size=2, teacher_max_new_tokens=4, temperature=1.0, top_p=1.0,
+                          top_k=0)
+    assert train.teacher_correct_rollouts(examples, Teacher(), cfg) == [[rollouts()[0].text]]
+    targets, counts = off_distill_targets(examples, [rollouts()], Teacher(), grade, n=2, max_new_tokens=4)
+    assert len(targets) == 1 and counts["acc/teacher"] == 0.5
+
+
 def test_verdict_of_names_the_verdict_or_none():
     assert verdict_of('{"verdict": "wrong"}') == "wrong" and verdict_of('{"verdict": "correct"}') == "correct"
     assert verdict_of("wrong") is None and verdict_of('{"verdict": "WRONG"}') is None
