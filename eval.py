@@ -507,11 +507,18 @@ def mean_stderr(values):
     return mean, math.sqrt(var / n)
 
 
-def student_prompt(example):
-    """A MultiChallenge conversation goes as the chat it is, without the closer (its judge grades the reply as
-    the user reads it, and a demanded \\boxed{} would change that task); any other question gets the closer,
-    after its images when it has some."""
-    return example["messages"] if "messages" in example else user_prompt(example, with_closer(example["question"]))
+def student_prompt(example, multichallenge_closer=True):
+    """The question with the closer, after its images when it has some. A MultiChallenge conversation goes as the
+    chat it is, the closer after its last user turn: the paper's "single shared RL closer" for every benchmark
+    (its judge reads the reply after </think>, box included). multichallenge_closer=False sends the chat untouched
+    (our option: a demanded \\boxed{} changes what the user asked for)."""
+    if "messages" not in example:
+        return user_prompt(example, with_closer(example["question"]))
+    chat = [dict(m) for m in example["messages"]]
+    last = max((i for i, m in enumerate(chat) if m["role"] == "user"), default=None)
+    if multichallenge_closer and last is not None:
+        chat[last]["content"] = with_closer(chat[last]["content"])
+    return chat
 
 
 def score_groups(groups, examples, judge):
@@ -536,12 +543,13 @@ def score_groups(groups, examples, judge):
     return nested
 
 
-def evaluate(engine, examples, samples=1, max_new_tokens=1024, judge=None, desc=None, chunk=512, **sampling):
+def evaluate(engine, examples, samples=1, max_new_tokens=1024, judge=None, desc=None, chunk=512,
+             multichallenge_closer=True, **sampling):
     """avg@k of `engine` on `examples`, questions sent to the engine in batches of `chunk`."""
     if not examples:
         raise ValueError("evaluate: no examples")
     sampling = {**SAMPLING, **sampling}
-    prompts = [student_prompt(ex) for ex in examples]
+    prompts = [student_prompt(ex, multichallenge_closer) for ex in examples]
     groups = []
     for start in tqdm(range(0, len(prompts), chunk), desc=desc or "eval", disable=desc is None):
         groups += engine.generate(prompts[start:start + chunk], n=samples, max_new_tokens=max_new_tokens, **sampling)
@@ -584,7 +592,7 @@ def summarize(results, errors):
 
 
 def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, data_dir=None, limit=None,
-                   log=print, redux_rows="ok", on_update=None, **sampling):
+                   log=print, redux_rows="ok", on_update=None, multichallenge_closer=True, **sampling):
     """Every named benchmark, each loaded and evaluated on its own: a benchmark that is unknown, cannot load,
     has no questions or fails while evaluating is reported in `errors` and the rest still run. `on_update` is
     called with the summary so far after every benchmark (eval.py writes --out there). Image rows go to a
@@ -601,7 +609,8 @@ def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, da
             if judge is None and spec["protocol"] == "BenchJudge":
                 log(f"[warning] {name}: no judge model; every response is unresolved and scores 0 (see --judge)")
             desc = f"{name} ({len(examples)} x {samples})"
-            res = evaluate(engine, examples, samples, max_new_tokens, judge, desc=desc, **sampling)
+            res = evaluate(engine, examples, samples, max_new_tokens, judge, desc=desc,
+                           multichallenge_closer=multichallenge_closer, **sampling)
             results[name] = dict(res, family=spec["family"], protocol=spec["protocol"], skipped=skipped,
                                  seconds=time.time() - start)
         except Exception as e:  # one benchmark's failure never costs the others
@@ -649,6 +658,9 @@ class EvalConfig:
         "choices": list(REDUX_ROWS),
         "help": "MMLU-Redux rows: ok = only rows annotated ok (lm-evaluation-harness); corrected = every row, "
                 "wrong gold answers replaced by correct_answer, multi-answer rows skipped (evalscope)"})
+    multichallenge_closer: bool = field(default=True, metadata={
+        "help": "append the closer to MultiChallenge's last user turn, as to every benchmark (paper); "
+                "--no-multichallenge-closer sends the conversation untouched (our option)"})
     batch_size: int = field(default=64, metadata={"help": "sequences per generate call"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     out: Optional[str] = field(default=None, metadata={"help": "summary JSON here, rewritten after every benchmark"})
@@ -698,7 +710,8 @@ def main(cfg):
             os.replace(tmp, cfg.out)
 
     summary = run_benchmarks(engine, names, cfg.samples, cfg.max_new_tokens, judge, cfg.data_dir, cfg.limit,
-                             redux_rows=cfg.mmlu_redux_rows, on_update=write)
+                             redux_rows=cfg.mmlu_redux_rows, on_update=write,
+                             multichallenge_closer=cfg.multichallenge_closer)
     print(markdown_table(summary))
     if summary["errors"]:
         failed = ", ".join(summary["errors"])
