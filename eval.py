@@ -661,6 +661,11 @@ class EvalConfig:
     multichallenge_closer: bool = field(default=True, metadata={
         "help": "append the closer to MultiChallenge's last user turn, as to every benchmark (paper); "
                 "--no-multichallenge-closer sends the conversation untouched (our option)"})
+    image_min_pixels: int = field(default=256 * 32 * 32, metadata={
+        "help": "images are resized to at least this many pixels (paper: 256x32x32), whatever the checkpoint's "
+                "own processor says"})
+    image_max_pixels: int = field(default=1280 * 32 * 32, metadata={
+        "help": "and at most this many (paper: 1280x32x32)"})
     batch_size: int = field(default=64, metadata={"help": "sequences per generate call"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
     out: Optional[str] = field(default=None, metadata={"help": "summary JSON here, rewritten after every benchmark"})
@@ -679,6 +684,9 @@ def main(cfg):
         raise ValueError("--benchmarks names no benchmark")
     if cfg.samples < 1 or (cfg.limit is not None and cfg.limit < 0):
         raise ValueError(f"--samples must be >= 1 and --limit >= 0 (got {cfg.samples}, {cfg.limit})")
+    if not 0 < cfg.image_min_pixels <= cfg.image_max_pixels:
+        raise ValueError(f"--image-min-pixels must be > 0 and at most --image-max-pixels (got {cfg.image_min_pixels}, "
+                         f"{cfg.image_max_pixels})")
     for path in (cfg.out, cfg.responses):  # found out now, not after the first benchmark has run
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise FileNotFoundError(f"the folder of {path} does not exist")
@@ -687,7 +695,9 @@ def main(cfg):
             print(f"[warning] unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
     torch.manual_seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_model(cfg.model, device=device)
+    # every checkpoint at the same image resolution: a base model's processor would otherwise use its own
+    # defaults and a trained one its training bounds (EVAL.md: min 256x32x32, max 1280x32x32 pixels)
+    model, tokenizer = load_model(cfg.model, device=device, pixels=(cfg.image_min_pixels, cfg.image_max_pixels))
     engine = TransformersEngine(model.eval(), tokenizer, max_batch_size=cfg.batch_size)
     judge = frozen_engine(cfg.judge, cfg.judge_url, device=device, batch_size=cfg.batch_size)
     if cfg.responses:
