@@ -4,8 +4,8 @@
     --algo grpo         no BCQ, no NCQ, no buffer (--buffer: GRPO†)
     --algo hint         + buffer; the teacher writes an answer-free hint for each hard question it can solve,
                         the student answers `question <hint> h </hint>` as a group of its own
-    --algo prefix       + buffer; the student continues the first 40% of a correct teacher rollout, as a group
-                        of its own; the prefix tokens carry no loss
+    --algo prefix       + buffer; the student continues the first floor(0.4 L) of the L tokens of a correct
+                        teacher rollout, as a group of its own; the prefix tokens carry no loss
     --algo off_distill  per-token JSD to the teacher along the teacher's own correct rollouts, one update a step
     --algo on_distill   per-token JSD to the teacher along the student's own rollouts, one update a step
 Everything else (data, G_S, G_T, lengths, optimizer, metrics, checkpoints, resume) is train.py's, shared.
@@ -117,32 +117,55 @@ def hint_instances(kept, teacher_correct, questions, teacher, rng, max_new_token
 # tokens would have touched every function of zppo.py that reads token_ids.)
 
 
-def prefix_ids(text, tokenizer, frac):
-    """The first `frac` of a teacher rollout's tokens in the student's tokenizer (round half up)."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids[:math.floor(frac * len(ids) + 0.5)]
+def prefix_length(n, frac):
+    """floor(frac * n), Alg. 6's p = (t_1 .. t_floor(alpha L)); the 1e-9 keeps a product such as 0.29 * 100
+    (28.999999999999996 in floats) at its exact value."""
+    return math.floor(frac * n + 1e-9)
 
 
-def prefix_instances(kept, teacher_correct, questions, tokenizer, frac, rng):
-    """The Prefix baseline's prompts: for each capped hard question with a correct teacher rollout, one picked
-    uniformly, re-tokenized with the student's tokenizer and cut to its first `frac`. A question without a
-    correct teacher rollout has its plain rollouts only. Returns chosen [(i, "prefix")], prompts (the plain
-    questions, before the closer) and the prefixes (token ids, one list per prompt)."""
+def prefix_ids(rollout, tokenizer, frac, teacher_tokenizer=None):
+    """The first floor(frac * L) of a correct teacher rollout's L tokens, as student token ids. L counts the
+    teacher's own tokens as its engine returned them, less the end-of-sequence token that closes them (the
+    prefix is the start of the answer's text). teacher_tokenizer None: the teacher shares the student's
+    tokenizer and the ids are used as they are; a teacher with another tokenizer has its first floor(frac * L)
+    tokens decoded and re-tokenized with the student's [our default]. A rollout without token ids (a worked
+    solution under --teacher gold, a remote teacher's text) is tokenized with the student's tokenizer and cut
+    there."""
+    ids, source = list(rollout.token_ids), teacher_tokenizer or tokenizer
+    if not ids:
+        ids, source = tokenizer(rollout.text, add_special_tokens=False)["input_ids"], tokenizer
+    elif ids[-1] in source.all_special_ids:
+        ids = ids[:-1]
+    cut = ids[:prefix_length(len(ids), frac)]
+    if source is tokenizer:
+        return cut
+    return tokenizer(source.decode(cut, skip_special_tokens=True), add_special_tokens=False)["input_ids"]
+
+
+def prefix_instances(kept, teacher_correct, questions, tokenizer, frac, rng, teacher_tokenizer=None):
+    """The Prefix baseline's prompts: for each capped hard question with a correct teacher rollout
+    (teacher_correct[i]: Rollouts), one picked uniformly and cut to the first floor(frac * L) of its tokens
+    (prefix_ids). A question without a correct teacher rollout has its plain rollouts only. Returns chosen
+    [(i, "prefix")], prompts (the plain questions, before the closer) and the prefixes (student token ids, one
+    list per prompt)."""
     chosen, prompts, prefixes = [], [], []
     for i in kept:
         if teacher_correct.get(i):
             chosen.append((i, "prefix"))
             prompts.append(questions[i]["question"])
-            prefixes.append(prefix_ids(rng.choice(teacher_correct[i]), tokenizer, frac))
+            prefixes.append(prefix_ids(rng.choice(teacher_correct[i]), tokenizer, frac, teacher_tokenizer))
     return chosen, prompts, prefixes
 
 
 def guided_prompts(algo, kept, teacher_correct, questions, rng, teacher, hint_max_new_tokens, tokenizer,
-                   prefix_frac):
-    """hint_instances or prefix_instances, as (chosen, prompts, hints, prefixes); prefixes is None for Hint."""
+                   prefix_frac, teacher_tokenizer=None):
+    """hint_instances or prefix_instances, as (chosen, prompts, hints, prefixes); prefixes is None for Hint.
+    teacher_correct[i] holds the correct teacher Rollouts of kept question i (Hint reads their texts)."""
     if algo == "hint":
-        return (*hint_instances(kept, teacher_correct, questions, teacher, rng, hint_max_new_tokens), None)
-    chosen, prompts, prefixes = prefix_instances(kept, teacher_correct, questions, tokenizer, prefix_frac, rng)
+        texts = {i: [r.text for r in rs] for i, rs in teacher_correct.items()}
+        return (*hint_instances(kept, texts, questions, teacher, rng, hint_max_new_tokens), None)
+    chosen, prompts, prefixes = prefix_instances(kept, teacher_correct, questions, tokenizer, prefix_frac, rng,
+                                                 teacher_tokenizer)
     return chosen, prompts, [], prefixes
 
 

@@ -39,9 +39,9 @@ from checkpoint import (add_to_step, clear_run, config_changes, find_checkpoint,
 from config import Config, parse_config, validate  # noqa: F401 (train.Config for scripts)
 from data import load_examples, take
 from reformulate import postcap, precap, reformulated_prompts, user_prompt, with_closer
-from reward import grade, score_nested, score_rollouts
-from rollout import (ShardedEngine, TransformersEngine, VLLMEngine, encode_prompt, frozen_engine, load_model,
-                     resolve_model_name)
+from reward import grade, score_rollouts
+from rollout import (Rollout, ShardedEngine, TransformersEngine, VLLMEngine, encode_prompt, frozen_engine,
+                     load_model, resolve_model_name)
 from zppo import (Episode, compute_advantages, fill_old_logprobs, plan_minibatches, ppo_update, reduce_sum,
                   sync_check)
 
@@ -213,21 +213,19 @@ def score_groups(groups, examples, judge):
 
 
 def teacher_correct_rollouts(examples, teacher, cfg):
-    """Spec step 3: G_T teacher rollouts per question on the plain prompt, correct ones kept.
-    With --teacher gold the data set's worked solution stands in for the teacher's rollouts."""
+    """Spec step 3: G_T teacher rollouts per question on the plain prompt, the correct ones kept (Rollouts).
+    With --teacher gold the data set's worked solution stands in for the teacher's rollouts (text, no tokens)."""
     if cfg.teacher == "gold":
-        texts = [[ex["solution"]] if ex.get("solution") else [] for ex in examples]
-        scores = score_nested(texts, examples, teacher, grade)
+        groups = [[Rollout(ex["solution"], [], [])] if ex.get("solution") else [] for ex in examples]
     elif teacher is not None and examples:
         groups = teacher.generate([user_prompt(ex, with_closer(ex["question"])) for ex in examples],
                                   n=cfg.teacher_group_size,
                                   max_new_tokens=cfg.teacher_max_new_tokens, temperature=cfg.temperature,
                                   top_p=cfg.top_p, top_k=cfg.top_k)
-        texts = [[r.text for r in g] for g in groups]
-        scores = score_rollouts(groups, examples, teacher, grade)
     else:
-        texts = scores = [[] for _ in examples]
-    return [[t for t, ok in zip(ts, ss) if ok] for ts, ss in zip(texts, scores)]
+        groups = [[] for _ in examples]
+    scores = score_rollouts(groups, examples, teacher, grade)
+    return [[r for r, ok in zip(g, ss) if ok] for g, ss in zip(groups, scores)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -350,6 +348,10 @@ def main(cfg):
     examples = fit_prompts(cfg, examples, tokenizer)
     student, teacher = build_engines(cfg, accelerator, model, tokenizer, ckpt or cfg.student)
     teacher_model = shared_teacher(teacher, tokenizer, model) if cfg.algo in DISTILLATION else None
+    # Prefix cuts the teacher's own tokens: they are the student's ids unless the teacher has another vocabulary
+    teacher_tokenizer = getattr(teacher, "tokenizer", None) if cfg.algo == "prefix" else None
+    if teacher_tokenizer is not None and teacher_tokenizer.get_vocab() == tokenizer.get_vocab():
+        teacher_tokenizer = None
     buffer = ReplayBuffer(cfg.buffer_capacity)
     start, data_pos = resume_from(cfg, ckpt, model, optimizer, rng, buffer, accelerator) if ckpt else (0, (0, 0))
     log_path = open_run(cfg, start, accelerator)
@@ -384,7 +386,8 @@ def main(cfg):
         # 3. teacher rollouts on the kept hard questions, only the correct ones kept (never cached)
         with timed(timer, "teacher"):
             correct = teacher_correct_rollouts([questions[i] for i in kept], teacher, cfg) if guided else []
-        teacher_correct = dict(zip(kept, correct))
+        teacher_rollouts = dict(zip(kept, correct))
+        teacher_correct = {i: [r.text for r in rs] for i, rs in teacher_rollouts.items()}
         teacher_ok = {i: bool(teacher_correct.get(i)) for i in kept}
 
         # 6. post-cap: BCQ then NCQ per question, hardest first, at most rho_aug * N_new instances
@@ -403,9 +406,9 @@ def main(cfg):
         hints, prefixes = [], None
         if cfg.algo in TEACHER_GUIDED:
             with timed(timer, "teacher"):
-                chosen, prompts, hints, prefixes = guided_prompts(cfg.algo, kept, teacher_correct, questions, rng,
+                chosen, prompts, hints, prefixes = guided_prompts(cfg.algo, kept, teacher_rollouts, questions, rng,
                                                                   teacher, cfg.hint_max_new_tokens, tokenizer,
-                                                                  cfg.prefix_frac)
+                                                                  cfg.prefix_frac, teacher_tokenizer)
 
         # 7. student rollouts on the reformulated prompts, scored against the original gold answer
         with timed(timer, "rollout"):

@@ -16,7 +16,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 import fake_vllm
 import train
 from baselines import (ChunkedJSD, generalized_jsd, guided_metrics, hint_instances, hint_leaks,
-                       off_distill_targets, prefix_ids, response_jsd, shared_teacher)
+                       off_distill_targets, prefix_ids, prefix_length, response_jsd, shared_teacher)
 from bench_gpu import SHAPE_TINY, build_random_model
 from reformulate import with_closer
 from reward import grade
@@ -297,8 +297,49 @@ def test_engines_continue_a_response_prefix(tiny_model, monkeypatch):
             assert torch.allclose(lp[0], torch.tensor(r.logprobs), atol=1e-4)
     with pytest.raises(ValueError, match="response prefixes"):
         RemoteEngine("http://127.0.0.1:9", "m").generate(["q"], response_prefixes=[[1]])
-    ids = tok("abc def ghi jkl mno", add_special_tokens=False)["input_ids"]
-    assert prefix_ids("abc def ghi jkl mno", tok, 0.4) == ids[:math.floor(0.4 * len(ids) + 0.5)] != []
+
+
+def test_prefix_is_the_first_floor_alpha_l_of_the_teachers_own_tokens(tiny_model, tiny_vlm):
+    """Alg. 6: p = (t_1 .. t_floor(alpha L)) of the teacher's L tokens: at alpha 0.4, L = 1..10 give 0 0 1 1 2 2 2
+    3 3 4 tokens (round half up gave 2 at L = 4, 4 at L = 9). A teacher sharing the student's tokenizer gives its
+    ids as they are, not decoded and re-tokenized (which merges these one-character tokens); the end-of-sequence
+    token closing a rollout is not one of the L. A text without tokens (a worked solution) is cut in the
+    student's tokens; a teacher with another vocabulary is cut in its own, then re-tokenized for the student."""
+    _, tok = load_model(tiny_model)
+    _, other = load_model(tiny_vlm)  # the same corpus with four more special tokens: other ids
+    assert tok.get_vocab() != other.get_vocab()
+    chars = list("What+is34?")
+    ids = [tok.convert_tokens_to_ids(c) for c in chars]
+    assert len(set(ids)) == 10 and tok.unk_token_id not in ids
+    assert len(tok(tok.decode(ids), add_special_tokens=False)["input_ids"]) < 10  # re-tokenizing would merge
+    want = [0, 0, 1, 1, 2, 2, 2, 3, 3, 4]
+    for L, n in zip(range(1, 11), want):
+        assert prefix_length(L, 0.4) == n
+        for closed in (ids[:L] + [tok.eos_token_id], ids[:L]):  # stopped, or cut by the token limit
+            assert prefix_ids(Rollout(tok.decode(ids[:L]), [], closed), tok, 0.4) == ids[:n]
+        theirs = [other.convert_tokens_to_ids(c) for c in chars[:L]] + [other.eos_token_id]
+        text = other.decode(theirs[:n], skip_special_tokens=True)
+        assert prefix_ids(Rollout("unused", [], theirs), tok, 0.4, other) == \
+            tok(text, add_special_tokens=False)["input_ids"]
+    solution = "3 + 4 = 7, so the answer is \\boxed{7}"
+    text_ids = tok(solution, add_special_tokens=False)["input_ids"]
+    assert prefix_ids(Rollout(solution, [], []), tok, 0.4) == text_ids[:math.floor(0.4 * len(text_ids))]
+    assert prefix_length(100, 0.29) == 29 and prefix_length(10, 1.0) == 10  # 0.29 * 100 is 28.999... in floats
+
+
+def test_prefix_run_cuts_the_model_teachers_own_token_ids(tiny_model, tiny_teacher, tmp_path, monkeypatch):
+    """train.py hands Prefix the correct teacher rollouts themselves: with a model teacher that shares the
+    student's tokenizer, every prefix is the first floor(0.4 L) of the picked rollout's own token ids."""
+    import baselines
+
+    calls, real = [], baselines.prefix_ids
+    monkeypatch.setattr(baselines, "prefix_ids", lambda r, *a: calls.append((r, a, real(r, *a))) or calls[-1][2])
+    monkeypatch.setattr(train, "grade", lambda text, gold: 1.0 if len(text) % 2 else 0.0)
+    train.main(train.parse_config(args(tiny_model, tiny_teacher, "prefix", tmp_path / "p", "--steps", "1")))
+    assert calls
+    for rollout, (tok, frac, teacher_tokenizer), prefix in calls:
+        body = rollout.token_ids[:-1] if rollout.finish_reason == "stop" else rollout.token_ids
+        assert teacher_tokenizer is None and body and prefix == body[:math.floor(0.4 * len(body))]
 
 
 class GradCapture:
@@ -373,7 +414,7 @@ def test_prefix_run_continues_gold_solutions_and_grades_the_whole_turn(tiny_mode
     for s in prefix_eps:
         question = next(q for q in solutions if s.prompt_ids[:len(chat_prompt_ids(tok, with_closer(q)))]
                         == chat_prompt_ids(tok, with_closer(q)))
-        prefix = prefix_ids(solutions[question], tok, 0.4)
+        prefix = prefix_ids(Rollout(solutions[question], [], []), tok, 0.4)
         assert s.prompt_ids == chat_prompt_ids(tok, with_closer(question)) + prefix and len(prefix) > 3
         text = tok.decode(prefix + s.token_ids, skip_special_tokens=True)
         assert text in graded  # graded as the whole assistant turn
