@@ -16,7 +16,7 @@ import re
 
 import torch
 
-from reformulate import with_closer
+from reformulate import user_prompt, with_closer
 from reward import after_thinking, score_rollouts
 from zppo import (LOGITS_CHUNK_BYTES, ChunkedHead, Episode, _compute_dtype, _softmax_dtype, micro_batches,
                   padded_batch, reduce_sum, unwrap, with_head)
@@ -305,18 +305,19 @@ def jsd_update(model, teacher_model, optimizer, accelerator, seqs, temperature, 
 
 def off_distill_targets(questions, plain, teacher, grade_fn, **sampling):
     """Off-Distill's trajectories: `sampling["n"]` (G_T) fresh teacher rollouts per question on the plain
-    prompt, graded with grade_fn (free-form gold answers by the teacher as judge, as in training); every correct
-    one becomes an Episode on the student's own plain prompt (plain[i][0].prompt_ids; the vocabulary is shared,
-    so the teacher's token ids are the student's). A question without a correct teacher rollout adds nothing.
-    Returns the episodes and the step's counts."""
-    teacher_groups = teacher.generate([with_closer(ex["question"]) for ex in questions], **sampling)
+    prompt, the question's images included (pi_T(.|x), x = image + text), graded with grade_fn (free-form gold
+    answers by the teacher as judge, as in training); every correct one becomes an Episode on the student's own
+    plain prompt (plain[i][0].prompt_ids and its image inputs, so the JSD's forwards see the same x; the
+    vocabulary is shared, so the teacher's token ids are the student's). A question without a correct teacher
+    rollout adds nothing. Returns the episodes and the step's counts."""
+    teacher_groups = teacher.generate([user_prompt(ex, with_closer(ex["question"])) for ex in questions], **sampling)
     teacher_rewards = score_rollouts(teacher_groups, questions, teacher, grade_fn)
     targets, missing = [], 0
     for ex, group, rollouts, rewards in zip(questions, plain, teacher_groups, teacher_rewards):
         correct = [r for r, reward in zip(rollouts, rewards) if reward]
         missing += not correct
-        targets += [Episode(group[0].prompt_ids, r.token_ids, 1.0, f"{ex['id']}/teacher", "teacher")
-                    for r in correct]
+        targets += [Episode(group[0].prompt_ids, r.token_ids, 1.0, f"{ex['id']}/teacher", "teacher",
+                            vision=group[0].vision) for r in correct]
     n_rollouts = sum(map(len, teacher_rewards))
     return targets, {"count/off_distill": len(targets), "count/no_teacher_correct": missing,
                      "acc/teacher": len(targets) / n_rollouts if n_rollouts else 0.0}

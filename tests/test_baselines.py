@@ -15,8 +15,8 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import fake_vllm
 import train
-from baselines import (ChunkedJSD, generalized_jsd, guided_metrics, hint_instances, hint_leaks,
-                       off_distill_targets, prefix_ids, prefix_length, response_jsd, shared_teacher)
+from baselines import (ChunkedJSD, generalized_jsd, guided_metrics, hint_instances, hint_leaks, jsd_update,
+                       off_distill_targets, prefix_ids, response_jsd, shared_teacher)
 from bench_gpu import SHAPE_TINY, build_random_model
 from reformulate import with_closer
 from reward import grade
@@ -305,6 +305,8 @@ def test_prefix_is_the_first_floor_alpha_l_of_the_teachers_own_tokens(tiny_model
     ids as they are, not decoded and re-tokenized (which merges these one-character tokens); the end-of-sequence
     token closing a rollout is not one of the L. A text without tokens (a worked solution) is cut in the
     student's tokens; a teacher with another vocabulary is cut in its own, then re-tokenized for the student."""
+    from baselines import prefix_length
+
     _, tok = load_model(tiny_model)
     _, other = load_model(tiny_vlm)  # the same corpus with four more special tokens: other ids
     assert tok.get_vocab() != other.get_vocab()
@@ -434,6 +436,60 @@ def test_off_distill_targets_are_the_correct_teacher_rollouts_only():
     # question a: one of two teacher rollouts is right; question b: none, so it adds nothing
     assert [(t.prompt_ids, t.token_ids, t.group) for t in targets] == [([1, 2], [7, 8], "a/teacher")]
     assert counts == {"count/off_distill": 1, "count/no_teacher_correct": 1, "acc/teacher": 0.25}
+
+
+def test_off_distill_on_image_data_shows_both_models_the_image(tiny_vlm, images, tmp_path):
+    """pi_T(.|x) with x = image + text: the teacher samples from the image prompt, each target Episode carries
+    the student's image inputs with its image-token prompt, and both forwards of the JSD receive those pixels
+    (without them the same tokens give another loss: the image tokens would be read as text)."""
+    from accelerate import Accelerator
+
+    from bench_gpu import VISION_TINY
+    from reformulate import user_prompt
+
+    teacher_path = build_random_model(str(tmp_path / "vlm_teacher"), SHAPE_TINY, seed=1, vision=VISION_TINY)
+    model, tok = load_model(tiny_vlm)
+    teacher_model, teacher_tok = load_model(teacher_path)
+    assert tok.get_vocab() == teacher_tok.get_vocab()
+    questions = [{"id": "a", "question": "What is 3 + 4?", "answer": "7", "images": [images[0]]},
+                 {"id": "b", "question": "What is 1 + 1?", "answer": "2"},
+                 {"id": "c", "question": "What is 2 + 2?", "answer": "4", "images": [images[1], images[2]]}]
+    prompts = [user_prompt(ex, with_closer(ex["question"])) for ex in questions]
+    torch.manual_seed(0)
+    plain = TransformersEngine(model, tok).generate(prompts, n=1, max_new_tokens=3)
+    teacher = TransformersEngine(teacher_model.eval(), teacher_tok)
+    asked, real_generate = [], teacher.generate
+    teacher.generate = lambda ps, **kw: asked.extend(ps) or real_generate(ps, **kw)
+    targets, counts = off_distill_targets(questions, plain, teacher, lambda text, gold: 1.0, n=2, max_new_tokens=4)
+    assert asked == prompts and asked[0]["images"] == [images[0]]  # the teacher saw the image
+    assert counts["count/off_distill"] == 6 and [t.group for t in targets] == ["a/teacher"] * 2 + ["b/teacher"] * 2 \
+        + ["c/teacher"] * 2
+    pad = tok.convert_tokens_to_ids("<|image_pad|>")
+    for t, group in zip(targets, [plain[0], plain[0], plain[1], plain[1], plain[2], plain[2]]):
+        assert t.prompt_ids == group[0].prompt_ids and t.vision is group[0].vision
+    assert targets[2].vision is None and all(t.vision is not None for t in targets[:2] + targets[4:])
+    image_tokens = int(targets[0].vision["image_grid_thw"].prod(-1).sum()) // 4  # merge size 2 x 2
+    assert targets[0].prompt_ids.count(pad) == image_tokens > 0
+
+    fed = []  # the pixel rows each forward got
+    hooks = [m.register_forward_pre_hook(lambda mod, a, kw, name=name: fed.append(
+        (name, kw["pixel_values"].shape[0] if kw.get("pixel_values") is not None else 0)), with_kwargs=True)
+        for name, m in (("student", model), ("teacher", teacher_model))]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    try:
+        metrics = jsd_update(model, teacher_model, optimizer, Accelerator(cpu=True), targets, 1.0, 8,
+                             tok.pad_token_id, 0.5, 1.0)
+    finally:
+        for h in hooks:
+            h.remove()
+    rows = sum(int(t.vision["pixel_values"].shape[0]) for t in targets if t.vision is not None)
+    assert sorted(fed) == [("student", rows), ("teacher", rows)]  # one micro-batch, every image in both forwards
+    with torch.no_grad():
+        blind = [Episode(t.prompt_ids, t.token_ids, group=t.group) for t in targets]
+        seen = response_jsd(model, teacher_model, targets, 1.0, tok.pad_token_id)[0]
+        unseen = response_jsd(model, teacher_model, blind, 1.0, tok.pad_token_id)[0]
+    assert not torch.allclose(seen[:2], unseen[:2]) and torch.allclose(seen[2:4], unseen[2:4])
+    assert metrics["count/distill_tokens"] == sum(len(t.token_ids) for t in targets)
 
 
 def count_optimizer_steps():
