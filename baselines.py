@@ -13,6 +13,7 @@ train.py's main calls the functions here at commented points; they take explicit
 """
 import math
 import re
+from collections import Counter
 
 import torch
 
@@ -271,36 +272,62 @@ def response_jsd(model, teacher_model, seqs, temperature, pad_id, beta=0.5, chun
 
 
 def jsd_update(model, teacher_model, optimizer, accelerator, seqs, temperature, micro_batch_size, pad_id, beta,
-               grad_clip):
-    """The distillation baselines' update: ONE optimizer step on the token-level mean of the per-token JSD
-    over every response token of `seqs` (micro-batches accumulate into it). Over several processes each rank
-    takes every world-th sequence and the loss is divided by the global token count and multiplied by the
-    world size (DDP/FSDP average gradients), with filler micro-batches so the collectives stay in step, as in
-    zppo.ppo_update. No tokens, no step: AdamW would still move the weights (decay, momentum) with no loss."""
+               grad_clip, weights=None):
+    """The distillation baselines' update: ONE optimizer step on sum_s weights[s] * (sum of the per-token JSD
+    over the response tokens of s) (micro-batches accumulate into it); weights None: 1 / (all tokens of `seqs`),
+    the token-level mean (On-Distill; Off-Distill's weights are off_distill_weights'). Over several processes each
+    rank takes every world-th sequence and its loss is multiplied by the world size (DDP/FSDP average
+    gradients), with filler micro-batches so the collectives stay in step, as in zppo.ppo_update. No tokens, no
+    step: AdamW would still move the weights (decay, momentum) with no loss. train/loss is the objective,
+    train/jsd the token mean of the JSD over every token of `seqs` (the two agree for the token-level mean)."""
     world, rank = accelerator.num_processes, accelerator.process_index
     n_tokens = sum(len(s.token_ids) for s in seqs)  # seqs are the same on every rank
     if n_tokens == 0:
         return {"train/jsd": None, "train/loss": None, "train/grad_norm": 0.0, "count/distill_tokens": 0}
+    weight_of = {id(s): (1.0 / n_tokens if weights is None else w)
+                 for s, w in zip(seqs, weights if weights is not None else seqs)}
     micros = micro_batches(seqs[rank::world], micro_batch_size)
     n_micro = len(micros)
     if world > 1:
         n_micro = int(accelerator.gather(torch.tensor([n_micro], device=accelerator.device)).max())
-    jsd_sum = 0.0
+    jsd_sum, loss_sum = 0.0, 0.0
     for j in range(n_micro):
         micro = micros[j] if j < len(micros) else seqs[:1]
         jsd, mask = response_jsd(model, teacher_model, micro, temperature, pad_id, beta)  # (b, R) each
         if j >= len(micros):
             accelerator.backward(jsd.sum() * 0.0)  # a filler: no gradient, same collectives
             continue
-        token_sum = (jsd * mask).sum()
-        accelerator.backward(token_sum / n_tokens * world)
-        jsd_sum += token_sum.item()
+        row_sums = (jsd * mask).sum(-1)  # (b,)
+        w = torch.tensor([weight_of[id(s)] for s in micro], dtype=row_sums.dtype, device=row_sums.device)
+        loss = (row_sums * w).sum()
+        accelerator.backward(loss * world)
+        jsd_sum += row_sums.sum().item()
+        loss_sum += loss.item()
     grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), grad_clip))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    (jsd_total,) = reduce_sum(accelerator, [jsd_sum])
-    return {"train/jsd": jsd_total / n_tokens, "train/loss": jsd_total / n_tokens, "train/grad_norm": grad_norm,
+    jsd_total, loss_total = reduce_sum(accelerator, [jsd_sum, loss_sum])
+    return {"train/jsd": jsd_total / n_tokens, "train/loss": loss_total, "train/grad_norm": grad_norm,
             "count/distill_tokens": n_tokens}
+
+
+OFF_DISTILL_MEANS = ("question", "token")
+
+
+def off_distill_weights(targets, mean="question"):
+    """Each Off-Distill target's weight in jsd_update. "question" (Alg. 2 l.10): a question's loss is the average
+    over its N_x correct teacher targets of each one's per-token JSD (the mean over its tokens), so a question
+    with four long targets weighs as much as one with a single short one; the step's loss is the plain mean of
+    that over the questions with at least one target [our default: the paper leaves the cross-question
+    aggregation open]. "token": one token mean over every target token of the step (--off-distill-mean token).
+    Targets of one question share their group ("<id>/teacher")."""
+    if mean not in OFF_DISTILL_MEANS:
+        raise ValueError(f"--off-distill-mean must be one of {OFF_DISTILL_MEANS}, got {mean!r}")
+    if mean == "token":
+        return None
+    per_question = Counter(t.group for t in targets)
+    return [1.0 / (len(per_question) * per_question[t.group] * len(t.token_ids)) if t.token_ids else 0.0
+            for t in targets]
 
 
 def off_distill_targets(questions, plain, teacher, grade_fn, **sampling):

@@ -66,6 +66,10 @@ class Config:
                                   "the start of the student's answer")
     jsd_beta: float = arg(0.5, "distillation: beta of the generalized JSD (0.5 = symmetric) [our default: the "
                                "paper does not give it]")
+    off_distill_mean: Literal["question", "token"] = arg(
+        "question", "--algo off_distill: question = the mean over questions of the average over each one's correct "
+                    "teacher targets of their per-token JSD (Alg. 2; the plain mean over questions is our default); "
+                    "token = one token mean over every target token of the step")
     # sampling
     temperature: float = arg(1.0, "student and teacher sampling temperature")
     top_p: float = arg(1.0, "nucleus sampling")

@@ -32,7 +32,7 @@ from accelerate import Accelerator, DistributedType
 from tqdm import tqdm
 
 from baselines import (DISTILLATION, TEACHER_GUIDED, guided_metrics, guided_prompts, jsd_update, off_distill_targets,
-                       shared_teacher)
+                       off_distill_weights, shared_teacher)
 from buffer import ReplayBuffer
 from checkpoint import (add_to_step, clear_run, config_changes, find_checkpoint, load_checkpoint,
                         load_optimizer_state, open_run, optimizer_state, save_checkpoint, write_step)
@@ -434,12 +434,13 @@ def main(cfg):
                 targets, teacher_counts = off_distill_targets(questions, plain, teacher, grade, **teacher_sample)
 
         # 10. I mini-batch updates; old log-probs are those of the policy that sampled. The distillation
-        #     baselines take one step on the token mean of the JSD to the teacher instead
+        #     baselines take one step on the JSD to the teacher instead (Off-Distill: a mean over questions)
         with timed(timer, "update"), oom_hint(cfg, targets):
             if cfg.algo in DISTILLATION:
+                weights = off_distill_weights(targets, cfg.off_distill_mean) if cfg.algo == "off_distill" else None
                 metrics.update(jsd_update(model, teacher_model, optimizer, accelerator, targets, cfg.temperature,
                                           cfg.micro_batch_size, tokenizer.pad_token_id, cfg.jsd_beta,
-                                          cfg.grad_clip))
+                                          cfg.grad_clip, weights))
             else:
                 iters = plan_minibatches(seqs, cfg.iters_per_step, rng, accelerator.process_index,
                                          accelerator.num_processes, cfg.skip_zero_adv)

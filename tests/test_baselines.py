@@ -492,6 +492,49 @@ def test_off_distill_on_image_data_shows_both_models_the_image(tiny_vlm, images,
     assert metrics["count/distill_tokens"] == sum(len(t.token_ids) for t in targets)
 
 
+def test_off_distill_loss_is_the_mean_over_questions_of_each_ones_target_average(tiny_model, tiny_teacher):
+    """Alg. 2 l.10 on two questions, one with 1 correct teacher target and one with 4 of other lengths: the loss is
+    (J_a + (J_b1 + J_b2 + J_b3 + J_b4) / 4) / 2, J_y the mean of target y's per-token JSD (computed here target
+    by target, without padding), and jsd_update steps on its gradient. --off-distill-mean token is the former
+    token mean over all 20 target tokens, another value here (question b's 14 tokens weigh 14/20, not 1/2)."""
+    from accelerate import Accelerator
+
+    from baselines import off_distill_weights
+
+    model, tok = load_model(tiny_model, dtype=torch.float64)
+    teacher, _ = load_model(tiny_teacher, dtype=torch.float64)
+    words = tok("The answer is \\boxed{7} and 3 + 4 = 7 so it is 7", add_special_tokens=False)["input_ids"]
+    assert len(words) >= 11
+    prompt_a, prompt_b = (chat_prompt_ids(tok, with_closer(q)) for q in ("What is 3 + 4?", "What is 1 + 1?"))
+    targets = [Episode(prompt_a, words[:6], group="a/teacher")] + [
+        Episode(prompt_b, words[k:k + n], group="b/teacher") for k, n in ((0, 1), (1, 3), (2, 8), (3, 2))]
+    assert off_distill_weights(targets) == [1 / (2 * 1 * 6), 1 / (2 * 4 * 1), 1 / (2 * 4 * 3), 1 / (2 * 4 * 8),
+                                            1 / (2 * 4 * 2)]
+    per = [response_jsd(model, teacher, [t], 1.0, tok.pad_token_id)[0][0].mean() for t in targets]  # J_y
+    want = (per[0] + sum(per[1:]) / 4) / 2
+    lengths = [len(t.token_ids) for t in targets]
+    token_mean = sum(j * n for j, n in zip(per, lengths)) / sum(lengths)
+    # random tiny models give near-uniform JSDs (~0.0078 a token): the two means differ by ~0.2%, far beyond fp64
+    assert sum(lengths) == 20 and abs(want.item() - token_mean.item()) > 1e-3 * want.item()
+    model.zero_grad()
+    want.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    capture = GradCapture(model)
+    # micro-batches of 1, so no padding: batched linear attention over left padding moves fp64 gradients by ~1e-6
+    m = jsd_update(model, teacher, capture, Accelerator(cpu=True), targets, 1.0, 1, tok.pad_token_id, 0.5, 1e9,
+                   off_distill_weights(targets))
+    assert m["train/loss"] == pytest.approx(want.item(), rel=1e-12)
+    assert m["train/jsd"] == pytest.approx(token_mean.item(), rel=1e-12)  # the diagnostic token mean, as before
+    assert all(torch.allclose(capture.grads[name], g, rtol=1e-9, atol=1e-15) for name, g in grads.items())
+    token = jsd_update(model, teacher, capture, Accelerator(cpu=True), targets, 1.0, 1, tok.pad_token_id, 0.5, 1e9,
+                       off_distill_weights(targets, "token"))
+    assert token["train/loss"] == pytest.approx(token_mean.item(), rel=1e-12) == token["train/jsd"]
+    assert not all(torch.allclose(capture.grads[name], g, rtol=1e-9, atol=1e-15) for name, g in grads.items())
+    assert train.parse_config(["--teacher", "T", "--algo", "off_distill"]).off_distill_mean == "question"
+
+
 def count_optimizer_steps():
     steps = []
     handle = register_optimizer_step_post_hook(lambda opt, a, kw: steps.append(1))
