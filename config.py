@@ -92,7 +92,8 @@ class Config:
     micro_batch_size: int = arg(8, "sequences per forward/backward (gradient accumulation inside a mini-batch)")
     gradient_checkpointing: bool = arg(True, "recompute activations in backward: the paper's response lengths need "
                                              "it; --no-gradient-checkpointing trades memory for speed")
-    skip_zero_adv: bool = arg(True, "skip the forward/backward of A = 0 sequences (same gradient, less compute)")
+    skip_zero_adv: bool = arg(True, "skip the forward/backward of A = 0 sequences (the same update and metrics, "
+                                    "less compute)")
     mixed_precision: Optional[Literal["no", "bf16", "fp16"]] = arg(None, "update autocast; default: accelerate's")
     # run
     steps: int = arg(200, "rollout steps")

@@ -233,7 +233,8 @@ def test_a_truncated_response_is_scored_the_same_in_training_and_eval():
     assert train.score_groups([rollouts()], examples, Judge()) == [[1.0, 0.0]]
     cfg = SimpleNamespace(teacher="T", teacher_group_size=2, teacher_max_new_tokens=4, temperature=1.0, top_p=1.0,
                           top_k=0)
-    assert [[r.finish_reason for r in g] for g in train.teacher_correct_rollouts(examples, Teacher(), cfg)] == [["length"]]
+    kept = train.teacher_correct_rollouts(examples, Teacher(), cfg)
+    assert [[r.finish_reason for r in g] for g in kept] == [["length"]]
     targets, counts = off_distill_targets(examples, [rollouts()], Teacher(), grade, n=2, max_new_tokens=4)
     assert len(targets) == 1 and counts["acc/teacher"] == 0.5
 
