@@ -284,8 +284,8 @@ def jsd_update(model, teacher_model, optimizer, accelerator, seqs, temperature, 
     n_tokens = sum(len(s.token_ids) for s in seqs)  # seqs are the same on every rank
     if n_tokens == 0:
         return {"train/jsd": None, "train/loss": None, "train/grad_norm": 0.0, "count/distill_tokens": 0}
-    weight_of = {id(s): (1.0 / n_tokens if weights is None else w)
-                 for s, w in zip(seqs, weights if weights is not None else seqs)}
+    weights = [1.0 / n_tokens] * len(seqs) if weights is None else weights
+    weight_of = {id(s): w for s, w in zip(seqs, weights)}  # micro_batches reorders the sequences
     micros = micro_batches(seqs[rank::world], micro_batch_size)
     n_micro = len(micros)
     if world > 1:
