@@ -68,6 +68,10 @@ class Config:
                                   "the start of the student's answer")
     jsd_beta: float = arg(0.5, "distillation: beta of the generalized JSD (0.5 = symmetric) [our default: the "
                                "paper does not give it]")
+    off_distill_mean: Literal["question", "token"] = arg(
+        "question", "--algo off_distill: question = the mean over questions of the average over each one's correct "
+                    "teacher targets of their per-token JSD (Alg. 2; the plain mean over questions is our default); "
+                    "token = one token mean over every target token of the step")
     # sampling
     temperature: float = arg(1.0, "student and teacher sampling temperature")
     top_p: float = arg(1.0, "nucleus sampling")
@@ -94,7 +98,8 @@ class Config:
     micro_batch_size: int = arg(8, "sequences per forward/backward (gradient accumulation inside a mini-batch)")
     gradient_checkpointing: bool = arg(True, "recompute activations in backward: the paper's response lengths need "
                                              "it; --no-gradient-checkpointing trades memory for speed")
-    skip_zero_adv: bool = arg(True, "skip the forward/backward of A = 0 sequences (same gradient, less compute)")
+    skip_zero_adv: bool = arg(True, "skip the forward/backward of A = 0 sequences (the same update and metrics, "
+                                    "less compute)")
     mixed_precision: Optional[Literal["no", "bf16", "fp16"]] = arg(None, "update autocast; default: accelerate's")
     # run
     steps: int = arg(200, "rollout steps")

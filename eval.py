@@ -45,8 +45,8 @@ from transformers import HfArgumentParser
 import benchmarks
 from data import make_arithmetic, read_jsonl, split_gsm8k
 from reformulate import user_prompt, with_closer
-from reward import (JUDGE_MAX_NEW_TOKENS, JUDGE_SAMPLING, clip_start, grade, is_choice, last_boxed, score_detailed,
-                    verdict_of)
+from reward import (JUDGE_MAX_NEW_TOKENS, JUDGE_SAMPLING, after_thinking, clip_start, grade, is_choice, last_boxed,
+                    score_detailed, verdict_of)
 
 # ---------------------------------------------------------------------------------------------------------
 # the benchmarks
@@ -472,14 +472,9 @@ HLE_KEYS = {"extracted_final_answer", "reasoning", "correct", "confidence"}
 _MULTICHALLENGE_TEMPLATE, _HLE_TEMPLATE = jinja2.Template(MULTICHALLENGE_PROMPT), jinja2.Template(HLE_PROMPT)
 
 
-def _after_thinking(text):
-    """The text after the last </think>: a reply without the reasoning that led to it."""
-    return text.rsplit("</think>", 1)[-1].strip()
-
-
 def final_reply(text):
     """What MultiChallenge grades: the reply the user would read (after any </think>), not the reasoning."""
-    return _after_thinking(text) if "</think>" in text else text.strip()
+    return after_thinking(text)
 
 
 def multichallenge_prompt(example, response):
@@ -491,7 +486,7 @@ def yes_no_verdict(reply):
     """"YES" or "NO" from a MultiChallenge judge reply: a {"reasoning", "verdict"} JSON object (upstream's schema)
     or, as the prompt asks, reasoning followed by the verdict: the last standalone upper-case YES or NO (lower
     case is prose: "there is no ..."); None when there is neither."""
-    text = _after_thinking(reply)
+    text = after_thinking(reply)
     try:
         obj = json.loads(text)
         if isinstance(obj, dict) and obj.get("verdict") in ("YES", "NO"):
@@ -517,7 +512,7 @@ def parse_hle(reply, example):
     """The CAIS judge's four fields as one JSON object (a think block before it is allowed; `strict`, a field of
     upstream's schema, may be present); None for anything else, which scores 0."""
     try:
-        obj = json.loads(_after_thinking(reply))
+        obj = json.loads(after_thinking(reply))
     except ValueError:
         return None
     if not (isinstance(obj, dict) and HLE_KEYS <= set(obj) <= HLE_KEYS | {"strict"}
@@ -564,11 +559,18 @@ def mean_stderr(values):
     return mean, math.sqrt(var / n)
 
 
-def student_prompt(example):
-    """A MultiChallenge conversation goes as the chat it is, without the closer (its judge grades the reply as
-    the user reads it, and a demanded \\boxed{} would change that task); any other question gets the closer,
-    after its images when it has some."""
-    return example["messages"] if "messages" in example else user_prompt(example, with_closer(example["question"]))
+def student_prompt(example, multichallenge_closer=True):
+    """The question with the closer, after its images when it has some. A MultiChallenge conversation goes as the
+    chat it is, the closer after its last user turn: the paper's "single shared RL closer" for every benchmark
+    (its judge reads the reply after </think>, box included). multichallenge_closer=False sends the chat untouched
+    (our option: a demanded \\boxed{} changes what the user asked for)."""
+    if "messages" not in example:
+        return user_prompt(example, with_closer(example["question"]))
+    chat = [dict(m) for m in example["messages"]]
+    last = max((i for i, m in enumerate(chat) if m["role"] == "user"), default=None)
+    if multichallenge_closer and last is not None:
+        chat[last]["content"] = with_closer(chat[last]["content"])
+    return chat
 
 
 def score_groups(groups, examples, judge):
@@ -597,12 +599,13 @@ def score_groups(groups, examples, judge):
     return nested
 
 
-def evaluate(engine, examples, samples=1, max_new_tokens=1024, judge=None, desc=None, chunk=512, **sampling):
+def evaluate(engine, examples, samples=1, max_new_tokens=1024, judge=None, desc=None, chunk=512,
+             multichallenge_closer=True, **sampling):
     """avg@k of `engine` on `examples`, questions sent to the engine in batches of `chunk`."""
     if not examples:
         raise ValueError("evaluate: no examples")
     sampling = {**SAMPLING, **sampling}
-    prompts = [student_prompt(ex) for ex in examples]
+    prompts = [student_prompt(ex, multichallenge_closer) for ex in examples]
     groups = []
     for start in tqdm(range(0, len(prompts), chunk), desc=desc or "eval", disable=desc is None):
         groups += engine.generate(prompts[start:start + chunk], n=samples, max_new_tokens=max_new_tokens, **sampling)
@@ -679,7 +682,7 @@ def list_table():
 
 
 def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, data_dir=None, limit=None,
-                   log=print, redux_rows="ok", on_update=None, video=None, **sampling):
+                   log=print, redux_rows="ok", on_update=None, video=None, multichallenge_closer=True, **sampling):
     """Every named benchmark, each loaded and evaluated on its own: a benchmark that is unknown, cannot load,
     has no questions or fails while evaluating is reported in `errors` and the rest still run. `on_update` is
     called with the summary so far after every benchmark (eval.py writes --out there). Image rows go to a
@@ -696,7 +699,8 @@ def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, da
             if judge is None and spec["protocol"] == "BenchJudge":
                 log(f"[warning] {name}: no judge model; every response is unresolved and scores 0 (see --judge)")
             desc = f"{name} ({len(examples)} x {samples})"
-            res = evaluate(engine, examples, samples, max_new_tokens, judge, desc=desc, **sampling)
+            res = evaluate(engine, examples, samples, max_new_tokens, judge, desc=desc,
+                           multichallenge_closer=multichallenge_closer, **sampling)
             if spec.get("aggregate"):  # upstream's headline number is not the mean over questions (OCRBench v2)
                 headline, extra = spec["aggregate"](examples, res["records"])
                 res = dict(res, accuracy=headline, question_mean=res["accuracy"], **extra)
@@ -756,6 +760,14 @@ class EvalConfig:
         "help": "video benchmarks: at most this many frames per video, evenly spaced over the whole clip"})
     video_dir: Optional[str] = field(default=None, metadata={
         "help": "folder of the unpacked videos of Video-MME (and its subtitle/), VideoMMMU, MVBench"})
+    multichallenge_closer: bool = field(default=True, metadata={
+        "help": "append the closer to MultiChallenge's last user turn, as to every benchmark (paper); "
+                "--no-multichallenge-closer sends the conversation untouched (our option)"})
+    image_min_pixels: int = field(default=256 * 32 * 32, metadata={
+        "help": "images are resized to at least this many pixels (paper: 256x32x32), whatever the checkpoint's "
+                "own processor says"})
+    image_max_pixels: int = field(default=1280 * 32 * 32, metadata={
+        "help": "and at most this many (paper: 1280x32x32)"})
     batch_size: int = field(default=64, metadata={"help": "sequences per generate call (transformers engine)"})
     engine: str = field(default="auto", metadata={
         "choices": ["auto", "transformers", "vllm"], "help": "auto = vllm on GPU if installed, else transformers"})
@@ -771,14 +783,17 @@ def main(cfg):
     """Evaluate; the summary is returned and written (--out) after every benchmark, failed ones included."""
     import torch
 
-    from rollout import (PAPER_PIXELS, TransformersEngine, VLLMEngine, frozen_engine, load_model, load_tokenizer,
-                         resolve_model_name, vllm_missing)
+    from rollout import (TransformersEngine, VLLMEngine, frozen_engine, load_model, load_tokenizer, resolve_model_name,
+                         vllm_missing)
 
     names = [n.strip() for n in cfg.benchmarks.split(",") if n.strip()]
     if not names:
         raise ValueError("--benchmarks names no benchmark")
     if cfg.samples < 1 or (cfg.limit is not None and cfg.limit < 0):
         raise ValueError(f"--samples must be >= 1 and --limit >= 0 (got {cfg.samples}, {cfg.limit})")
+    if not 0 < cfg.image_min_pixels <= cfg.image_max_pixels:
+        raise ValueError(f"--image-min-pixels must be > 0 and at most --image-max-pixels (got {cfg.image_min_pixels}, "
+                         f"{cfg.image_max_pixels})")
     for path in (cfg.out, cfg.responses):  # found out now, not after the first benchmark has run
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise FileNotFoundError(f"the folder of {path} does not exist")
@@ -787,16 +802,19 @@ def main(cfg):
             print(f"[warning] unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
     torch.manual_seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    # every checkpoint at the same image resolution: a base model's processor would otherwise use its own
+    # defaults and a trained one its training bounds (EVAL.md: min 256x32x32, max 1280x32x32 pixels)
+    pixels = (cfg.image_min_pixels, cfg.image_max_pixels)
     has_vllm = importlib.util.find_spec("vllm") is not None
     kind = cfg.engine if cfg.engine != "auto" else "vllm" if device == "cuda" and has_vllm else "transformers"
     if kind == "vllm":
         if not has_vllm:
             raise SystemExit(vllm_missing("--engine vllm"))
-        tokenizer, _ = load_tokenizer(resolve_model_name(cfg.model), pixels=PAPER_PIXELS)
+        tokenizer, _ = load_tokenizer(resolve_model_name(cfg.model), pixels=pixels)
         engine = VLLMEngine(resolve_model_name(cfg.model), tokenizer, cfg.vllm_gpu_memory_utilization, seed=cfg.seed,
-                            dtype="bfloat16" if device == "cuda" else "float32", pixels=PAPER_PIXELS)
+                            dtype="bfloat16" if device == "cuda" else "float32", pixels=pixels)
     else:
-        model, tokenizer = load_model(cfg.model, device=device)
+        model, tokenizer = load_model(cfg.model, device=device, pixels=pixels)
         engine = TransformersEngine(model.eval(), tokenizer, max_batch_size=cfg.batch_size)
     judge = frozen_engine(cfg.judge, cfg.judge_url, device=device, batch_size=cfg.batch_size)
     if cfg.responses:
@@ -821,7 +839,8 @@ def main(cfg):
 
     summary = run_benchmarks(engine, names, cfg.samples, cfg.max_new_tokens, judge, cfg.data_dir, cfg.limit,
                              redux_rows=cfg.mmlu_redux_rows, on_update=write,
-                             video=dict(fps=cfg.video_fps, max_frames=cfg.video_max_frames, dir=cfg.video_dir))
+                             video=dict(fps=cfg.video_fps, max_frames=cfg.video_max_frames, dir=cfg.video_dir),
+                             multichallenge_closer=cfg.multichallenge_closer)
     print(markdown_table(summary))
     if summary["errors"]:
         failed = ", ".join(summary["errors"])

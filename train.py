@@ -32,16 +32,16 @@ from accelerate import Accelerator, DistributedType
 from tqdm import tqdm
 
 from baselines import (DISTILLATION, TEACHER_GUIDED, guided_metrics, guided_prompts, jsd_update, off_distill_targets,
-                       shared_teacher)
+                       off_distill_weights, shared_teacher)
 from buffer import ReplayBuffer
 from checkpoint import (add_to_step, clear_run, config_changes, find_checkpoint, load_checkpoint,
                         load_optimizer_state, open_run, optimizer_state, save_checkpoint, write_step)
 from config import Config, parse_config, validate  # noqa: F401 (train.Config for scripts)
 from data import load_examples, take
 from reformulate import postcap, precap, reformulated_prompts, user_prompt, with_closer
-from reward import grade, score_nested
-from rollout import (ShardedEngine, TransformersEngine, VLLMEngine, encode_prompt, frozen_engine, load_model,
-                     resolve_model_name)
+from reward import grade, score_rollouts
+from rollout import (Rollout, ShardedEngine, TransformersEngine, VLLMEngine, encode_prompt, frozen_engine,
+                     load_model, resolve_model_name)
 from zppo import (Episode, compute_advantages, fill_old_logprobs, plan_minibatches, ppo_update, reduce_sum,
                   sync_check)
 
@@ -224,25 +224,25 @@ def fit_prompts(cfg, examples, tokenizer):
 
 
 def score_groups(groups, examples, judge):
-    """The binary reward of every rollout: rule grader, or the judge (the teacher) for free-form gold answers."""
-    return score_nested([[r.text for r in g] for g in groups], examples, judge, grade)
+    """The binary reward of every rollout: rule grader, or the judge (the teacher) for what the rule cannot
+    resolve (free-form gold answers, no parseable box, a truncated response whose last box is wrong)."""
+    return score_rollouts(groups, examples, judge, grade)
 
 
 def teacher_correct_rollouts(examples, teacher, cfg):
-    """Spec step 3: G_T teacher rollouts per question on the plain prompt, correct ones kept.
-    With --teacher gold the data set's worked solution stands in for the teacher's rollouts."""
+    """Spec step 3: G_T teacher rollouts per question on the plain prompt, the correct ones kept (Rollouts).
+    With --teacher gold the data set's worked solution stands in for the teacher's rollouts (text, no tokens)."""
     if cfg.teacher == "gold":
-        texts = [[ex["solution"]] if ex.get("solution") else [] for ex in examples]
+        groups = [[Rollout(ex["solution"], [], [])] if ex.get("solution") else [] for ex in examples]
     elif teacher is not None and examples:
         groups = teacher.generate([user_prompt(ex, with_closer(ex["question"])) for ex in examples],
                                   n=cfg.teacher_group_size,
                                   max_new_tokens=cfg.teacher_max_new_tokens, temperature=cfg.temperature,
                                   top_p=cfg.top_p, top_k=cfg.top_k)
-        texts = [[r.text for r in g] for g in groups]
     else:
-        texts = [[] for _ in examples]
-    scores = score_nested(texts, examples, teacher, grade)
-    return [[t for t, ok in zip(ts, ss) if ok] for ts, ss in zip(texts, scores)]
+        groups = [[] for _ in examples]
+    scores = score_rollouts(groups, examples, teacher, grade)
+    return [[r for r, ok in zip(g, ss) if ok] for g, ss in zip(groups, scores)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -365,6 +365,10 @@ def main(cfg):
     examples = fit_prompts(cfg, examples, tokenizer)
     student, teacher = build_engines(cfg, accelerator, model, tokenizer, ckpt or cfg.student)
     teacher_model = shared_teacher(teacher, tokenizer, model) if cfg.algo in DISTILLATION else None
+    # Prefix cuts the teacher's own tokens: they are the student's ids unless the teacher has another vocabulary
+    teacher_tokenizer = getattr(teacher, "tokenizer", None) if cfg.algo == "prefix" else None
+    if teacher_tokenizer is not None and teacher_tokenizer.get_vocab() == tokenizer.get_vocab():
+        teacher_tokenizer = None
     buffer = ReplayBuffer(cfg.buffer_capacity)
     start, data_pos = resume_from(cfg, ckpt, model, optimizer, rng, buffer, accelerator) if ckpt else (0, (0, 0))
     log_path = open_run(cfg, start, accelerator)
@@ -399,7 +403,8 @@ def main(cfg):
         # 3. teacher rollouts on the kept hard questions, only the correct ones kept (never cached)
         with timed(timer, "teacher"):
             correct = teacher_correct_rollouts([questions[i] for i in kept], teacher, cfg) if guided else []
-        teacher_correct = dict(zip(kept, correct))
+        teacher_rollouts = dict(zip(kept, correct))
+        teacher_correct = {i: [r.text for r in rs] for i, rs in teacher_rollouts.items()}
         teacher_ok = {i: bool(teacher_correct.get(i)) for i in kept}
 
         # 6. post-cap: BCQ then NCQ per question, hardest first, at most rho_aug * N_new instances
@@ -418,9 +423,9 @@ def main(cfg):
         hints, prefixes = [], None
         if cfg.algo in TEACHER_GUIDED:
             with timed(timer, "teacher"):
-                chosen, prompts, hints, prefixes = guided_prompts(cfg.algo, kept, teacher_correct, questions, rng,
+                chosen, prompts, hints, prefixes = guided_prompts(cfg.algo, kept, teacher_rollouts, questions, rng,
                                                                   teacher, cfg.hint_max_new_tokens, tokenizer,
-                                                                  cfg.prefix_frac)
+                                                                  cfg.prefix_frac, teacher_tokenizer)
 
         # 7. student rollouts on the reformulated prompts, scored against the original gold answer
         with timed(timer, "rollout"):
@@ -446,12 +451,13 @@ def main(cfg):
                 targets, teacher_counts = off_distill_targets(questions, plain, teacher, grade, **teacher_sample)
 
         # 10. I mini-batch updates; old log-probs are those of the policy that sampled. The distillation
-        #     baselines take one step on the token mean of the JSD to the teacher instead
+        #     baselines take one step on the JSD to the teacher instead (Off-Distill: a mean over questions)
         with timed(timer, "update"), oom_hint(cfg, targets):
             if cfg.algo in DISTILLATION:
+                weights = off_distill_weights(targets, cfg.off_distill_mean) if cfg.algo == "off_distill" else None
                 metrics.update(jsd_update(model, teacher_model, optimizer, accelerator, targets, cfg.temperature,
                                           cfg.micro_batch_size, tokenizer.pad_token_id, cfg.jsd_beta,
-                                          cfg.grad_clip))
+                                          cfg.grad_clip, weights))
             else:
                 iters = plan_minibatches(seqs, cfg.iters_per_step, rng, accelerator.process_index,
                                          accelerator.num_processes, cfg.skip_zero_adv)

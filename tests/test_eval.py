@@ -185,8 +185,9 @@ def test_multichallenge_sends_the_chat_and_passes_when_the_verdict_equals_pass_c
     verdicts = {"avoid nuts": "The sorbet has no nuts.\nVerdict: YES", "use English": "It is in English. YES"}
     judge = ScriptedEngine(lambda p, k: next(v for key, v in verdicts.items() if key in p))
     res = ev.evaluate(student, examples, judge=judge)
-    assert student.calls[0]["prompts"][0] == MULTICHALLENGE_ROWS[0]["conversation"]  # the chat, no closer
-    assert student.calls[0]["prompts"][1][2] == {"role": "user", "content": "What is the capital of Italy?"}
+    chat = MULTICHALLENGE_ROWS[0]["conversation"]
+    assert student.calls[0]["prompts"][0] == chat[:2] + [{"role": "user", "content": f"{chat[2]['content']} {CLOSER}"}]
+    assert student.calls[0]["prompts"][1][2] == {"role": "user", "content": f"What is the capital of Italy? {CLOSER}"}
     assert [r["correct"] for r in res["records"]] == [True, False]  # YES == YES passes; YES != NO fails
     first = judge.calls[0]["prompts"][0]
     assert first.startswith("You are tasked with evaluating a model response to see if it meets a specific criteria.")
@@ -195,6 +196,27 @@ def test_multichallenge_sends_the_chat_and_passes_when_the_verdict_equals_pass_c
     assert judge.calls[0]["temperature"] == 0.0 and judge.calls[0]["max_new_tokens"] == 512
     no_judge = ev.evaluate(student, examples, judge=None)
     assert no_judge["unresolved"] == 2 and no_judge["accuracy"] == 0.0
+
+
+def test_multichallenge_gets_the_shared_closer_after_its_last_user_turn_unless_turned_off(tmp_path):
+    """The paper's single shared closer goes to every benchmark, MultiChallenge's conversation too: after the text
+    of its last user turn, earlier turns untouched. --no-multichallenge-closer sends the conversation as it is."""
+    write_jsonl(tmp_path / "multichallenge.jsonl", MULTICHALLENGE_ROWS[:1])
+    student = ScriptedEngine(lambda chat, k: "Fruit sorbet.")
+    ev.run_benchmarks(student, ["multichallenge"], data_dir=str(tmp_path), log=lambda *_: None)
+    chat = MULTICHALLENGE_ROWS[0]["conversation"]
+    (sent,) = student.calls[0]["prompts"]
+    assert sent[:2] == chat[:2] and sent[2] == {"role": "user", "content": f"Now a dessert recipe? {CLOSER}"}
+    (example,), _ = ev.load_benchmark("multichallenge", str(tmp_path))
+    assert ev.student_prompt(example) == sent and example["messages"] == chat  # the example itself unchanged
+    untouched = ScriptedEngine(lambda chat, k: "Fruit sorbet.")
+    ev.run_benchmarks(untouched, ["multichallenge"], data_dir=str(tmp_path), log=lambda *_: None,
+                      multichallenge_closer=False)
+    assert untouched.calls[0]["prompts"] == [chat]
+    from transformers import HfArgumentParser
+
+    parse = lambda *a: HfArgumentParser(ev.EvalConfig).parse_args_into_dataclasses(["--model", "m", *a])[0]  # noqa
+    assert parse().multichallenge_closer is True and parse("--no-multichallenge-closer").multichallenge_closer is False
 
 
 @pytest.mark.parametrize("reply,verdict", [

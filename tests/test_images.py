@@ -230,3 +230,41 @@ def test_eval_cli_scores_an_image_benchmark_file_with_a_tiny_vlm(tiny_vlm, image
     with open(tmp_path / "res.json") as f:
         result = json.load(f)["benchmarks"]["ai2d"]
     assert result["questions"] == 3 and not result["skipped"]
+
+
+def test_eval_resizes_images_within_the_papers_pixel_bounds_not_the_checkpoints(tiny_vlm, images, tmp_path,
+                                                                                 monkeypatch):
+    """EVAL.md: every checkpoint is evaluated with images between 256x32x32 and 1280x32x32 pixels. The tiny
+    VLM's own processor says 32x32 .. 64x64; eval.py's --image-min-pixels / --image-max-pixels (the paper's by
+    default) replace it, and other bounds can be asked for."""
+    from transformers import AutoImageProcessor
+
+    import eval as ev
+    import rollout
+    from rollout import PAPER_PIXELS, open_image
+
+    (tmp_path / "ai2d.jsonl").write_text(json.dumps(
+        {"question": "Which?", "options": ["a", "b"], "answer": "0", "image": images[0]}) + "\n")
+    seen, real = [], rollout.TransformersEngine.generate
+
+    def generate(self, prompts, *a, **kw):  # the grid each image prompt reaches the model with
+        seen.extend(encode_prompt(self.tokenizer, p)[1]["image_grid_thw"].tolist() for p in prompts)
+        return real(self, prompts, *a, **kw)
+
+    monkeypatch.setattr(rollout.TransformersEngine, "generate", generate)
+
+    def grid(*bounds):
+        size = {"size": {"shortest_edge": bounds[0], "longest_edge": bounds[1]}} if bounds else {}
+        return AutoImageProcessor.from_pretrained(tiny_vlm, **size)(images=[open_image(images[0])])[
+            "image_grid_thw"].tolist()
+
+    run = dict(model=tiny_vlm, benchmarks="ai2d", data_dir=str(tmp_path), max_new_tokens=2)
+    assert not ev.main(ev.EvalConfig(**run))["errors"]
+    ((t, h, w),) = grid(*PAPER_PIXELS)
+    assert seen == [[[t, h, w]]] and PAPER_PIXELS[0] <= h * w * 16 * 16 <= PAPER_PIXELS[1]  # 16-pixel patches
+    assert grid() != grid(*PAPER_PIXELS) and grid() == grid(32 * 32, 64 * 64)  # the checkpoint's own differ
+    seen.clear()
+    assert not ev.main(ev.EvalConfig(**run, image_min_pixels=32 * 32, image_max_pixels=64 * 64))["errors"]
+    assert seen == [grid()]
+    with pytest.raises(ValueError, match="--image-min-pixels"):
+        ev.main(ev.EvalConfig(**run, image_min_pixels=5000, image_max_pixels=4096))
