@@ -20,6 +20,9 @@ from accelerate import DistributedType
 # what a run writes into its folder: a fresh run refuses a folder that holds any of them, --overwrite deletes them
 # (and config.json, which alone is no run: it is written before the first step)
 RUN_FILES = ("metrics.jsonl", "latest", "checkpoints", "rollouts.jsonl", "reformulated.jsonl")
+# everything else train.py writes there: its config, its lock, accelerate trackers' logs (and NAME.tmp of each while
+# it is replaced atomically); a fresh run refuses a folder that holds anything outside these
+OWN_FILES = RUN_FILES + ("config.json", "lock", "zppo")
 _STEP_DIR = re.compile(r"step_(\d+)")
 # flags whose change on resume is expected and not worth a warning
 _RESUME_FLAGS = {"out_dir", "resume", "steps", "overwrite"}
@@ -33,6 +36,27 @@ def run_files(out_dir):
     """The files of a run in out_dir that a fresh run would clobber (an empty checkpoints/ is none)."""
     return [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))
             and not (name == "checkpoints" and not os.listdir(os.path.join(out_dir, name)))]
+
+
+def is_run_config(path):
+    """Whether path is a config.json that train.py wrote (a model's config.json is not)."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(saved, dict) and {"student", "algo", "out_dir", "questions_per_step"} <= set(saved)
+
+
+def foreign_files(out_dir):
+    """What out_dir holds that train.py did not write there: a model's files, another tool's, a model's
+    config.json. --overwrite deletes a run's files only, so a folder holding any of these is never a run folder."""
+    found = []
+    for name in sorted(os.listdir(out_dir)):
+        base = name[:-4] if name.endswith(".tmp") else name
+        if base not in OWN_FILES or (base == "config.json" and not is_run_config(os.path.join(out_dir, name))):
+            found.append(name)
+    return found
 
 
 def clear_run(out_dir):

@@ -12,7 +12,7 @@ from typing import Literal, Optional
 from transformers import HfArgumentParser
 
 from baselines import PRESETS, check_algo
-from checkpoint import run_files, run_folder
+from checkpoint import foreign_files, run_files, run_folder
 
 
 def arg(default, help):
@@ -195,6 +195,17 @@ def validate(cfg):
         if cfg.overwrite:
             problems.append("--overwrite: not with --resume, which continues the run in its folder")
     cfg.out_dir = cfg.out_dir or "runs/zppo"
+    # a run folder belongs to one run: never the student's folder (or one holding it), never a folder holding
+    # files of something else (a model folder's config.json would be replaced by the run's)
+    out, student = os.path.realpath(cfg.out_dir), os.path.realpath(cfg.student)
+    if os.path.exists(cfg.student) and os.path.commonpath([out, student]) in (out, student):
+        problems.append(f"--out-dir {cfg.out_dir}: {'is' if out == student else 'holds or is inside'} the "
+                        f"student's folder (--student {cfg.student}); choose another --out-dir")
+    elif fresh and os.path.isdir(cfg.out_dir) and foreign_files(cfg.out_dir):
+        other = foreign_files(cfg.out_dir)
+        problems.append(f"--out-dir {cfg.out_dir}: holds files train.py did not write ({', '.join(other[:5])}"
+                        f"{', ...' if len(other) > 5 else ''}): a model or another tool's folder, which a run "
+                        "would overwrite; choose another (empty or new) --out-dir")
     found = run_files(cfg.out_dir) if fresh and os.path.isdir(cfg.out_dir) else []
     if found and not cfg.overwrite:
         problems.append(f"--out-dir {cfg.out_dir}: already holds a run ({', '.join(found)}); continue it with "

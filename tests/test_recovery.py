@@ -254,3 +254,26 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_model, 
     assert "dropping the half-written last line" in said
     assert [m["step"] for m in read_metrics(out)] == [1, 2]  # step 2 run again from step 1's checkpoint
     assert checkpoint.checkpoint_problem(os.path.join(out, "checkpoints", "step_000002")) is None  # rewritten
+
+
+# ---------------------------------------------------------------------------------------------------------
+# issue 23: run folders that cannot be clobbered or shared, resumes that continue the same run or say why not
+
+
+def test_a_model_folder_or_the_students_folder_is_never_a_run_folder(tiny_model, tmp_path):
+    """Was: exit 0, the model's config.json replaced by the run config; the model no longer loaded."""
+    import shutil
+
+    model = str(tmp_path / "model")
+    shutil.copytree(tiny_model, model)
+    before = open(os.path.join(model, "config.json")).read()
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(SystemExit, match=r"--out-dir .*model: holds files train.py did not write \(.*config.json"
+                                             r".*model.safetensors"):
+            train.main(config(tiny_model, model, *extra))
+    assert open(os.path.join(model, "config.json")).read() == before
+    with pytest.raises(SystemExit, match=r"--out-dir .*: is the student's folder \(--student"):
+        train.main(config(model, model))
+    with pytest.raises(SystemExit, match=r"--out-dir .*: holds or is inside the student's folder"):
+        train.main(config(os.path.join(model), str(tmp_path)))
+    assert sorted(os.listdir(model)) == sorted(os.listdir(tiny_model))
