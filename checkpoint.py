@@ -48,6 +48,15 @@ def is_run_config(path):
     return isinstance(saved, dict) and {"student", "algo", "out_dir", "questions_per_step"} <= set(saved)
 
 
+def run_config(out_dir):
+    """The config (a dict) of the run in out_dir as its config.json records it; None when train.py wrote none."""
+    path = os.path.join(out_dir, "config.json")
+    if not is_run_config(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
 def foreign_files(out_dir):
     """What out_dir holds that train.py did not write there: a model's files, another tool's, a model's
     config.json. --overwrite deletes a run's files only, so a folder holding any of these is never a run folder."""

@@ -277,3 +277,20 @@ def test_a_model_folder_or_the_students_folder_is_never_a_run_folder(tiny_model,
     with pytest.raises(SystemExit, match=r"--out-dir .*: holds or is inside the student's folder"):
         train.main(config(os.path.join(model), str(tmp_path)))
     assert sorted(os.listdir(model)) == sorted(os.listdir(tiny_model))
+
+
+def test_the_demo_never_deletes_a_run_it_did_not_write(tiny_model, tmp_path, monkeypatch):
+    """Was: `demo.py --out-dir DIR` deleted the run in DIR/zppo after the primer (it always passes --overwrite)."""
+    import sys
+
+    import demo
+
+    out = str(tmp_path / "runs")
+    train.main(config(tiny_model, os.path.join(out, "zppo")))
+    before = sorted(os.listdir(os.path.join(out, "zppo")))
+    monkeypatch.setattr(demo, "primed_smollm2", lambda *a, **k: pytest.fail("the primer ran"))
+    monkeypatch.setattr(sys, "argv", ["demo.py", "--out-dir", out])
+    with pytest.raises(SystemExit, match=r"demo.py: .*runs/zppo holds a run the demo did not write \(student "
+                                         r".*\); the demo would delete it: choose another --out-dir"):
+        demo.main()
+    assert sorted(os.listdir(os.path.join(out, "zppo"))) == before and read_metrics(os.path.join(out, "zppo"))
