@@ -11,6 +11,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import warnings
 from dataclasses import asdict
 
@@ -76,6 +77,63 @@ def clear_run(out_dir):
             shutil.rmtree(path)
         elif os.path.exists(path):
             os.remove(path)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, another user's
+        return True
+    return True
+
+
+def take_lock(out_dir):
+    """OUT/lock: one process writes a run folder. It names the pid and host of the process that holds it; a
+    second train.py on the folder (a fresh run, or a --resume of a live run) stops. A lock left by a process
+    that died without releasing it (kill -9, a power cut) is taken over, with a warning. Returns its path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path, host = os.path.join(out_dir, "lock"), socket.gethostname()
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    pid, owner = f.read().split()[:2]
+                pid = int(pid)
+            except (OSError, ValueError):  # empty or garbled: its writer died while writing it
+                pid, owner = None, host
+            if pid is not None and owner != host:
+                raise SystemExit(f"train.py: {out_dir} is locked by pid {pid} on {owner} ({path}): another "
+                                 "train.py writes this run; if none is running there, delete that file") from None
+            if pid is not None and _alive(pid) and pid != os.getpid():
+                raise SystemExit(f"train.py: {out_dir} is locked by a live process, pid {pid} ({path}): another "
+                                 "train.py writes this run there; wait for it to end or stop it, or choose another "
+                                 "--out-dir") from None
+            warnings.warn(f"{path}: taking over the stale lock of pid {pid} (no such process: it ended without "
+                          "releasing it)")
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {host}\n")
+        return path
+    raise SystemExit(f"train.py: could not take the lock {path}: other processes keep taking it")
+
+
+def release_lock(path):
+    """Remove the lock if this process holds it."""
+    try:
+        with open(path) as f:
+            mine = f.read().split()[:1] == [str(os.getpid())]
+        if mine:
+            os.remove(path)
+    except (OSError, TypeError):
+        pass
 
 
 def run_folder(path):

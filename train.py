@@ -35,7 +35,8 @@ from baselines import (DISTILLATION, TEACHER_GUIDED, guided_metrics, guided_prom
                        shared_teacher)
 from buffer import ReplayBuffer
 from checkpoint import (add_to_step, clear_run, config_changes, find_checkpoint, load_checkpoint,
-                        load_optimizer_state, open_run, optimizer_state, save_checkpoint, write_step)
+                        load_optimizer_state, open_run, optimizer_state, release_lock, save_checkpoint, take_lock,
+                        write_step)
 from config import Config, parse_config, validate  # noqa: F401 (train.Config for scripts)
 from data import load_examples, take
 from reformulate import postcap, precap, reformulated_prompts, user_prompt, with_closer
@@ -334,6 +335,15 @@ def resume_from(cfg, ckpt, model, optimizer, rng, buffer, accelerator):
 
 def main(cfg):
     validate(cfg)  # flags, the output folder, then the data: all before any model loads
+    # one process writes a run folder: the main process holds OUT/lock until it exits, however it exits
+    lock = take_lock(cfg.out_dir) if os.environ.get("RANK", "0") == "0" else None
+    try:
+        return train_run(cfg)
+    finally:
+        release_lock(lock)
+
+
+def train_run(cfg):
     examples = load_data(cfg)
     ckpt = find_checkpoint(cfg.resume) if cfg.resume else None
     accelerator = Accelerator(log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=cfg.out_dir,

@@ -294,3 +294,32 @@ def test_the_demo_never_deletes_a_run_it_did_not_write(tiny_model, tmp_path, mon
                                          r".*\); the demo would delete it: choose another --out-dir"):
         demo.main()
     assert sorted(os.listdir(os.path.join(out, "zppo"))) == before and read_metrics(os.path.join(out, "zppo"))
+
+
+def test_one_process_per_run_folder_and_a_stale_lock_is_taken_over(tiny_model, tmp_path, monkeypatch):
+    """Was: two train.py on one --out-dir both exited 0 with metrics steps 1,1,2,2 and config.json from the
+    one, the checkpoint from the other."""
+    import subprocess
+    import sys
+
+    out = str(tmp_path / "l")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.makedirs(out)
+        with open(os.path.join(out, "lock"), "w") as f:
+            f.write(f"{live.pid} {__import__('socket').gethostname()}\n")
+        for extra in ([], ["--resume", out]):  # a second fresh run, and a --resume of a live run
+            with pytest.raises(SystemExit, match=rf"l is locked by a live process, pid {live.pid} \(.*lock\): "
+                                                 "another train.py writes this run"):
+                train.main(config(tiny_model, out, *extra))
+        assert sorted(os.listdir(out)) == ["lock"]
+    finally:
+        live.kill()
+        live.wait()
+    with pytest.warns(UserWarning, match=rf"lock: taking over the stale lock of pid {live.pid} \(no such process"):
+        train.main(config(tiny_model, out))  # the holder died without releasing it (as under kill -9)
+    assert not os.path.exists(os.path.join(out, "lock"))  # released at the end
+    monkeypatch.setattr(train, "ppo_update", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        train.main(config(tiny_model, None, "--steps", "2", "--resume", out))
+    assert not os.path.exists(os.path.join(out, "lock"))  # and on an error
