@@ -179,6 +179,12 @@ def validate(cfg):
         if _missing_local_path(name):
             problems.append(f"--{role} {name}: no such file or directory (the {role} model; a hub id is "
                             "owner/name)")
+    if cfg.teacher_url:
+        from rollout import RemoteEngine
+
+        problem = RemoteEngine.url_problem(cfg.teacher_url)
+        if problem:
+            problems.append(f"--teacher-url {problem}")
     fresh = True  # a run starting in its own folder, not continuing one there
     if cfg.resume:
         run = run_folder(cfg.resume) if os.path.isdir(cfg.resume) else None

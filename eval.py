@@ -446,7 +446,7 @@ def yes_no_verdict(reply):
         obj = json.loads(text)
         if isinstance(obj, dict) and obj.get("verdict") in ("YES", "NO"):
             return obj["verdict"]
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     found = re.findall(r"\b(YES|NO)\b", text)
     return found[-1] if found else None
@@ -468,7 +468,7 @@ def parse_hle(reply, example):
     upstream's schema, may be present); None for anything else, which scores 0."""
     try:
         obj = json.loads(_after_thinking(reply))
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not (isinstance(obj, dict) and HLE_KEYS <= set(obj) <= HLE_KEYS | {"strict"}
             and obj["correct"] in ("yes", "no")):

@@ -281,11 +281,13 @@ def judge_prompt(example, response):
 
 def verdict_of(text):
     """"correct" or "wrong" for exactly {"verdict": "correct"|"wrong"}, None for anything else (a think block
-    before it is allowed: a thinking judge writes one)."""
+    before it is allowed: a thinking judge writes one). Never raises: any reply is a verdict or None."""
+    if not isinstance(text, str):
+        return None
     text = re.sub(r"^\s*<think>.*?</think>", "", text, flags=re.DOTALL).strip()
     try:
         verdict = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
         return None
     if isinstance(verdict, dict) and set(verdict) == {"verdict"} and verdict["verdict"] in ("correct", "wrong"):
         return verdict["verdict"]

@@ -370,7 +370,7 @@ def train_run(cfg):
                disable=not accelerator.is_main_process)
     for step in bar:
         t_step, timer, metrics = time.time(), defaultdict(float), {}
-        teacher_failures = getattr(teacher, "failures", 0)
+        teacher_failures, teacher_prompts = getattr(teacher, "failures", 0), getattr(teacher, "prompts", 0)
 
         # 1. plain rollouts on new questions + replayed hard ones, binary reward
         new, *data_pos = take(examples, n_new, cfg.seed, *data_pos)
@@ -470,6 +470,11 @@ def train_run(cfg):
                                     buffer, cfg))
         metrics.update({**guided_metrics(cfg.algo, seqs, chosen, questions, hints, prefixes), **teacher_counts})
         metrics["count/teacher_failed"] = getattr(teacher, "failures", 0) - teacher_failures
+        asked = getattr(teacher, "prompts", 0) - teacher_prompts
+        if asked and metrics["count/teacher_failed"] == asked:  # a teacher that is gone is said, not just counted
+            warnings.warn(f"step {step + 1}: every one of the {asked} requests to the teacher at {cfg.teacher_url} "
+                          "failed (count/teacher_failed): no teacher answers, no judge verdicts this step; is the "
+                          "server up and serving --teacher?")
         metrics.update({f"time/{k}": v for k, v in timer.items()}, **{"time/step": time.time() - t_step})
         if accelerator.num_processes > 1:
             metrics["dist/weight_checksum_spread"] = weight_checksum_spread(model, accelerator)
