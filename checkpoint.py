@@ -166,18 +166,30 @@ def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer
     root = os.path.join(cfg.out_dir, "checkpoints")
     name = f"step_{step:06d}"
     final, tmp = os.path.join(root, name), os.path.join(root, f"{name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if getattr(tokenizer, "image_processor", None) is not None:  # a vision-language model's, beside it
-        tokenizer.image_processor.save_pretrained(tmp)
-    torch.save({"optimizer": optim_state, "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "python_rng": rng.getstate()}, os.path.join(tmp, "trainer_state.pt"))
-    with open(os.path.join(tmp, "state.json"), "w") as f:
-        json.dump({"step": step, "data_epoch": data_pos[0], "data_pos": data_pos[1], "buffer": buffer.state_dict(),
-                   "config": asdict(cfg)}, f)
-    _fsync_tree(tmp)
+    for old in os.listdir(root) if os.path.isdir(root) else []:  # partial ones of a crash hold disk space
+        if old.endswith(".tmp") and _STEP_DIR.fullmatch(old[:-4]):
+            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    try:
+        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if getattr(tokenizer, "image_processor", None) is not None:  # a vision-language model's, beside it
+            tokenizer.image_processor.save_pretrained(tmp)
+        torch.save({"optimizer": optim_state, "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    "python_rng": rng.getstate()}, os.path.join(tmp, "trainer_state.pt"))
+        with open(os.path.join(tmp, "state.json"), "w") as f:
+            json.dump({"step": step, "data_epoch": data_pos[0], "data_pos": data_pos[1],
+                       "buffer": buffer.state_dict(), "config": asdict(cfg)}, f)
+        _fsync_tree(tmp)
+    except (OSError, RuntimeError) as e:  # a full disk: torch says only "unexpected pos", safetensors less
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp) for f in fs)
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave the partial checkpoint filling the disk
+        free = shutil.disk_usage(root).free
+        raise OSError(f"step {step}: writing the checkpoint {tmp} failed ({type(e).__name__}: {e}); "
+                      f"{free / 2**20:.0f} MiB are free on its disk after deleting the partial checkpoint "
+                      f"({size / 2**20:.0f} MiB written){' - the disk is full' if free < 2 * size + 2**20 else ''}. "
+                      f"{os.path.join(cfg.out_dir, 'latest')} still names the last complete checkpoint: free "
+                      f"space (or lower --keep-checkpoints), then --resume {cfg.out_dir}") from e
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     _fsync(root)

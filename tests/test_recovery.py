@@ -323,3 +323,28 @@ def test_one_process_per_run_folder_and_a_stale_lock_is_taken_over(tiny_model, t
     with pytest.raises(ZeroDivisionError):
         train.main(config(tiny_model, None, "--steps", "2", "--resume", out))
     assert not os.path.exists(os.path.join(out, "lock"))  # and on an error
+
+
+def test_a_full_disk_during_a_save_names_the_path_and_frees_the_partial_checkpoint(tiny_model, tmp_path,
+                                                                                  monkeypatch):
+    """Was: "RuntimeError: [enforce fail at inline_container.cc:672] unexpected pos ..." with no path, and the
+    leftover step_N.tmp kept the disk full so that --resume failed until it was deleted by hand."""
+    out = str(tmp_path / "full")
+    train.main(config(tiny_model, out, "--steps", "1"))
+    os.makedirs(os.path.join(out, "checkpoints", "step_000007.tmp"))  # a partial one of an earlier crash
+    real_save = checkpoint.torch.save
+
+    def full_disk(obj, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"\0" * 1000)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"step 2: writing the checkpoint .*step_000002.tmp failed \(RuntimeError: "
+                                      r".*unexpected pos.*\); \d+ MiB are free on its disk after deleting the partial "
+                                      r"checkpoint .*latest still names the last complete checkpoint: free space"):
+        train.main(config(tiny_model, None, "--steps", "2", "--resume", out))
+    assert checkpoints(out) == ["step_000001"] and latest(out) == "step_000001"  # no .tmp left
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    train.main(config(tiny_model, None, "--steps", "2", "--resume", out))
+    assert checkpoints(out) == ["step_000001", "step_000002"]
