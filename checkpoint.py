@@ -353,27 +353,38 @@ def config_changes(cfg, path):
             if name in saved and name not in _RESUME_FLAGS and saved[name] != value]
 
 
-def open_run(cfg, start, accelerator):
-    """config.json, and metrics.jsonl cut back to the resumed step; returns the metrics path. A last line cut
-    short by a crash is dropped (with a warning); a damaged line before it stops the run, naming the line."""
+def cut_back(path, start):
+    """Keep the rows of a run file (metrics.jsonl, a dump) up to step `start`. A last line cut short by a crash
+    is dropped (with a warning); a damaged line before it stops the run, naming the line."""
+    with open(path) as f:
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    kept = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}:{n}: not valid JSON; repair or delete this line") from None
+            warnings.warn(f"{path}:{n}: dropping the half-written last line")
+            continue
+        if row["step"] <= start:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    atomic_write(path, "".join(kept))
+
+
+def open_run(cfg, start, accelerator, ckpt=None):
+    """config.json, and every file of the run cut back to the resumed step; returns the metrics path. The
+    checkpoint resumed from becomes the run's head (`latest`) first: a run branched from an older checkpoint
+    that crashes before its first save resumes from that branch, never from the abandoned newer checkpoint."""
     log_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if accelerator.is_main_process:
+        root = os.path.realpath(os.path.join(cfg.out_dir, "checkpoints"))
+        if ckpt and os.path.dirname(os.path.realpath(ckpt)) == root:
+            atomic_write(os.path.join(cfg.out_dir, "latest"), os.path.basename(os.path.normpath(ckpt)))
         atomic_write(os.path.join(cfg.out_dir, "config.json"), json.dumps(asdict(cfg), indent=2))
-        if os.path.exists(log_path):  # a resumed run rewrites the steps after its checkpoint
-            with open(log_path) as f:
-                lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
-            kept = []
-            for i, (n, line) in enumerate(lines):
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    if i < len(lines) - 1:
-                        raise ValueError(f"{log_path}:{n}: not valid JSON; repair or delete this line") from None
-                    warnings.warn(f"{log_path}:{n}: dropping the half-written last line")
-                    continue
-                if row["step"] <= start:
-                    kept.append(line if line.endswith("\n") else line + "\n")
-            atomic_write(log_path, "".join(kept))
+        for name in ("metrics.jsonl", "rollouts.jsonl", "reformulated.jsonl"):  # the steps after it are rewritten
+            if os.path.exists(os.path.join(cfg.out_dir, name)):
+                cut_back(os.path.join(cfg.out_dir, name), start)
     if cfg.report_to != "none":
         accelerator.init_trackers("zppo", config=asdict(cfg))
     return log_path

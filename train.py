@@ -360,7 +360,7 @@ def train_run(cfg):
     teacher_model = shared_teacher(teacher, tokenizer, model) if cfg.algo in DISTILLATION else None
     buffer = ReplayBuffer(cfg.buffer_capacity)
     start, data_pos = resume_from(cfg, ckpt, model, optimizer, rng, buffer, accelerator) if ckpt else (0, (0, 0))
-    log_path = open_run(cfg, start, accelerator)
+    log_path = open_run(cfg, start, accelerator, ckpt)
     n_new, cap = cfg.questions_per_step, round_half_up(cfg.rho_aug * cfg.questions_per_step)
     sample = dict(n=cfg.group_size, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                   top_p=cfg.top_p, top_k=cfg.top_k)

@@ -348,3 +348,32 @@ def test_a_full_disk_during_a_save_names_the_path_and_frees_the_partial_checkpoi
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     train.main(config(tiny_model, None, "--steps", "2", "--resume", out))
     assert checkpoints(out) == ["step_000001", "step_000002"]
+
+
+def test_a_branch_becomes_the_head_and_every_run_file_is_cut_back_to_it(tiny_model, tmp_path, monkeypatch):
+    """Was: after resuming from an older checkpoint and crashing before its first save, `latest` still named the
+    abandoned newer checkpoint and the run continued from it (metrics lost steps, kept the discarded branch's
+    rows); rows of re-run steps appeared twice in --dump-rollouts / --dump-reformulated."""
+    monkeypatch.setattr(train, "grade", parity_grade)  # mixed groups: BCQ/NCQ rows in the dump
+    out, dumps = str(tmp_path / "b"), ["--dump-rollouts", "--dump-reformulated"]
+    train.main(config(tiny_model, out, "--steps", "2", "--save-every", "1", *dumps))
+    real = train.ppo_update
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # killed in the branch's first step, before its first save
+
+    monkeypatch.setattr(train, "ppo_update", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(config(tiny_model, None, "--steps", "3", *dumps,
+                          "--resume", os.path.join(out, "checkpoints", "step_000001")))
+    assert latest(out) == "step_000001"  # the branch is the head as soon as it starts
+    monkeypatch.setattr(train, "ppo_update", real)
+    train.main(config(tiny_model, None, "--steps", "3", *dumps, "--resume", out))
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == [1, 2, 3] and latest(out) == "step_000003"
+    rows = {name: [json.loads(line)["step"] for line in open(os.path.join(out, name))]
+            for name in ("rollouts.jsonl", "reformulated.jsonl")}
+    for m in metrics:  # each step's rows once: its sequences, its BCQ/NCQ prompts
+        reformulated = m["count/bcq"] + m["count/ncq"]
+        assert rows["rollouts.jsonl"].count(m["step"]) == 4 * (m["count/questions"] + reformulated)
+        assert rows["reformulated.jsonl"].count(m["step"]) == reformulated
