@@ -7,6 +7,8 @@ position, replay buffer, config). It is written under a temporary name, flushed 
 when complete; OUT/latest names the newest one. A fresh run never writes into a folder that holds
 another run (unless told to replace it), and resuming skips a damaged checkpoint for the one before.
 """
+import functools
+import hashlib
 import json
 import os
 import re
@@ -162,6 +164,43 @@ def _fsync_tree(path):
         _fsync(folder)
 
 
+@functools.lru_cache(maxsize=4)
+def _sha256(path, size, mtime_ns):  # hashed once per version of the file, not at every save
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_identity(data):
+    """What a run's questions are: a data file's path and content hash (the buffer and the data position refer
+    to its rows), or the name of a generated or hub data set."""
+    if not os.path.isfile(data):
+        return {"name": data}
+    stat = os.stat(data)
+    return {"path": os.path.realpath(data), "sha256": _sha256(os.path.realpath(data), stat.st_size, stat.st_mtime_ns)}
+
+
+def resume_problems(cfg, path):
+    """Why --resume cannot continue the run of the checkpoint at `path` as asked ([] when it can): its data file
+    changed (replayed questions would be graded against answers the file no longer has, and the data position
+    would point into other rows), or the run is already at or past --steps."""
+    with open(os.path.join(path, "state.json")) as f:
+        state = json.load(f)
+    problems = []
+    saved, now = state.get("data"), data_identity(cfg.data)
+    if saved and saved.get("sha256") and saved.get("sha256") != now.get("sha256"):
+        problems.append(f"--data {cfg.data}: the data file changed since {path} was written (sha256 "
+                        f"{saved['sha256'][:12]} -> {(now.get('sha256') or 'none')[:12]}): the buffer and the data "
+                        f"position refer to the rows of {saved['path']} as they were; restore that file, or start "
+                        "a fresh run on the new one (another --out-dir)")
+    if state["step"] >= cfg.steps:
+        problems.append(f"--steps {cfg.steps}: the run is already at step {state['step']} ({path}), nothing to do; "
+                        f"give --steps above {state['step']} to continue it")
+    return problems
+
+
 def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer, data_pos, rng, accelerator):
     root = os.path.join(cfg.out_dir, "checkpoints")
     name = f"step_{step:06d}"
@@ -179,7 +218,7 @@ def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer
                     "python_rng": rng.getstate()}, os.path.join(tmp, "trainer_state.pt"))
         with open(os.path.join(tmp, "state.json"), "w") as f:
             json.dump({"step": step, "data_epoch": data_pos[0], "data_pos": data_pos[1],
-                       "buffer": buffer.state_dict(), "config": asdict(cfg)}, f)
+                       "buffer": buffer.state_dict(), "config": asdict(cfg), "data": data_identity(cfg.data)}, f)
         _fsync_tree(tmp)
     except (OSError, RuntimeError) as e:  # a full disk: torch says only "unexpected pos", safetensors less
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp) for f in fs)

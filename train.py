@@ -35,8 +35,8 @@ from baselines import (DISTILLATION, TEACHER_GUIDED, guided_metrics, guided_prom
                        shared_teacher)
 from buffer import ReplayBuffer
 from checkpoint import (add_to_step, clear_run, config_changes, find_checkpoint, load_checkpoint,
-                        load_optimizer_state, open_run, optimizer_state, release_lock, save_checkpoint, take_lock,
-                        write_step)
+                        load_optimizer_state, open_run, optimizer_state, release_lock, resume_problems, save_checkpoint,
+                        take_lock, write_step)
 from config import Config, parse_config, validate  # noqa: F401 (train.Config for scripts)
 from data import load_examples, take
 from reformulate import postcap, precap, reformulated_prompts, user_prompt, with_closer
@@ -317,6 +317,11 @@ def resume_from(cfg, ckpt, model, optimizer, rng, buffer, accelerator):
     if changes:
         warnings.warn(f"--resume: flags differ from the run that wrote {ckpt}: {', '.join(changes)}")
     start, data_pos, optim = load_checkpoint(ckpt, rng, buffer)
+    if buffer.capacity != cfg.buffer_capacity:  # applied, not only listed: the restored capacity would win
+        print(f"--buffer-capacity {cfg.buffer_capacity} replaces the restored buffer's {buffer.capacity} "
+              f"({max(0, len(buffer) - cfg.buffer_capacity)} of its {len(buffer)} questions evicted, oldest first)")
+        buffer.capacity = cfg.buffer_capacity
+        buffer.update([], cfg.tau)  # evicts down to the new capacity (FIFO), counted in the buffer's totals
     load_optimizer_state(model, optimizer, optim, accelerator)
     for key in ("lr", "weight_decay"):
         restored = {group[key] for group in optimizer.param_groups}
@@ -345,7 +350,19 @@ def main(cfg):
 
 def train_run(cfg):
     examples = load_data(cfg)
+    if cfg.teacher == "gold" and (cfg.bcq or cfg.algo in TEACHER_GUIDED):  # the solutions are the teacher
+        without = sum(not ex.get("solution") for ex in examples)
+        if without == len(examples):
+            raise SystemExit(f"--teacher gold: no question of {cfg.data} has a `solution` field, so no question "
+                             "would ever get a correct teacher answer (no BCQ, no hint or prefix); add worked "
+                             "solutions, use a teacher model, or --no-bcq")
+        if without:
+            warnings.warn(f"--teacher gold: {without} of the {len(examples)} questions of {cfg.data} have no "
+                          "`solution`: those never get a correct teacher answer (no BCQ)")
     ckpt = find_checkpoint(cfg.resume) if cfg.resume else None
+    problems = resume_problems(cfg, ckpt) if ckpt else []
+    if problems:  # before anything loads, and before config.json is rewritten
+        raise SystemExit("train.py: cannot resume:\n  " + "\n  ".join(problems))
     accelerator = Accelerator(log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=cfg.out_dir,
                               mixed_precision=cfg.mixed_precision)
     if cfg.overwrite and accelerator.is_main_process and os.path.isdir(cfg.out_dir):

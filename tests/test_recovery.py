@@ -377,3 +377,48 @@ def test_a_branch_becomes_the_head_and_every_run_file_is_cut_back_to_it(tiny_mod
         reformulated = m["count/bcq"] + m["count/ncq"]
         assert rows["rollouts.jsonl"].count(m["step"]) == 4 * (m["count/questions"] + reformulated)
         assert rows["reformulated.jsonl"].count(m["step"]) == reformulated
+
+
+def write_rows(path, answer=lambda i: i + 1, solution=True):
+    rows = [{"id": i, "question": f"What is {i} + 1?", "answer": str(answer(i)),
+             **({"solution": f"{i} + 1 = {answer(i)}. \\boxed{{{answer(i)}}}"} if solution else {})} for i in range(12)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_a_resume_refuses_an_edited_data_file_and_a_finished_run_and_applies_the_buffer_capacity(tiny_model, tmp_path,
+                                                                                               capsys):
+    """Was: an edited data file resumed without a word (replayed questions graded against answers no longer in the
+    file); `--resume --steps 5` on a run at step 8 did nothing, exit 0, and rewrote config.json to steps 5;
+    `--resume --buffer-capacity 2` was listed as changed but the restored capacity won."""
+    data, out = tmp_path / "d.jsonl", str(tmp_path / "r")
+    args = ["--student", tiny_model, *ARGS[:2], "--data", write_rows(data), *ARGS[6:]]
+    train.main(train.parse_config([*args, "--steps", "1", "--out-dir", out]))
+    assert len(read_buffer(out, 1)["items"]) > 2  # arithmetic answers from a random model: all hard
+    config_before = open(os.path.join(out, "config.json")).read()
+    with pytest.raises(SystemExit, match=r"cannot resume:\n  --steps 1: the run is already at step 1 .*step_000001\), "
+                                         r"nothing to do; give --steps above 1"):
+        train.main(train.parse_config([*args, "--steps", "1", "--resume", out]))
+    write_rows(data, answer=lambda i: i + 2)  # edited in place
+    with pytest.raises(SystemExit, match=r"--data .*d.jsonl: the data file changed since .*step_000001 was written "
+                                         r"\(sha256 \w+ -> \w+\): the buffer and the data position refer to the rows"):
+        train.main(train.parse_config([*args, "--steps", "2", "--resume", out]))
+    assert open(os.path.join(out, "config.json")).read() == config_before  # nothing rewritten
+    write_rows(data)  # restored: the same content resumes
+    with pytest.warns(UserWarning, match="buffer_capacity 10000 -> 2"):
+        train.main(train.parse_config([*args, "--steps", "2", "--resume", out, "--buffer-capacity", "2"]))
+    assert "--buffer-capacity 2 replaces the restored buffer's 10000" in capsys.readouterr().out
+    assert read_buffer(out, 2)["capacity"] == 2 and len(read_buffer(out, 2)["items"]) <= 2
+
+
+def read_buffer(out, step):
+    with open(os.path.join(out, "checkpoints", f"step_{step:06d}", "state.json")) as f:
+        return json.load(f)["buffer"]
+
+
+def test_a_gold_teacher_on_data_without_solutions_is_an_error(tiny_model, tmp_path):
+    """Was: no BCQ ever (count/bcq 0 every step), no warning."""
+    data = write_rows(tmp_path / "n.jsonl", solution=False)
+    with pytest.raises(SystemExit, match=r"--teacher gold: no question of .*n.jsonl has a `solution` field"):
+        train.main(train.parse_config(["--student", tiny_model, *ARGS[:2], "--data", data, *ARGS[6:], "--steps", "1",
+                                       "--out-dir", str(tmp_path / "o")]))
