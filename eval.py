@@ -494,7 +494,8 @@ def bench_judge_scores(judge, items, make_prompt, parse):
         reply = out[0].text if out else None  # a remote judge that failed for good returns no rollout
         parsed = parse(reply, ex) if reply is not None else None
         results.append({"score": parsed["score"] if parsed else 0.0, "via": "judge", "judge_reply": reply,
-                        "malformed": parsed is None, **({"judge": parsed} if parsed else {})})
+                        "malformed": parsed is None and reply is not None, "judge_failed": reply is None,
+                        **({"judge": parsed} if parsed else {})})
     return results
 
 
@@ -528,8 +529,9 @@ def score_groups(groups, examples, judge):
     details = score_detailed([(flat[i][0], flat[i][1].text) for i in exact], judge, grade,
                              [flat[i][1].finish_reason == "length" for i in exact])
     for i, d in zip(exact, details):
-        if d["via"] == "judge":
-            d["malformed"] = d["judge_reply"] is None or verdict_of(d["judge_reply"]) is None
+        if d["via"] == "judge":  # a failed judge call (no reply) is a failure, not a wrong answer
+            d["judge_failed"] = d["judge_reply"] is None
+            d["malformed"] = not d["judge_failed"] and verdict_of(d["judge_reply"]) is None
         verdicts[i] = d
     for route, (make_prompt, parse) in BENCH_JUDGES.items():
         mine = [i for i, (ex, _) in enumerate(flat) if ex.get("route") == route]
@@ -559,13 +561,14 @@ def evaluate(engine, examples, samples=1, max_new_tokens=1024, judge=None, desc=
             extracted = v["judge"].get("extracted") if "judge" in v else last_boxed(r.text)
             records.append({"id": ex["id"], "answer": ex["answer"], "response": r.text, "extracted": extracted,
                             "route": ex.get("route", "rule"), "scored_by": v["via"], "correct": bool(v["score"]),
-                            "truncated": r.finish_reason == "length",
+                            "truncated": r.finish_reason == "length", "judge_failed": v.get("judge_failed", False),
                             **({"judge_reply": v["judge_reply"]} if "judge_reply" in v else {}),
                             **({"judge_fields": v["judge"]} if "judge" in v else {})})
     via = Counter(v["via"] for vs in verdicts for v in vs)
     return {"accuracy": accuracy, "stderr": stderr, "questions": len(examples), "samples": samples,
             "judged": via["judge"], "unresolved": via["unresolved"],
-            "judge_malformed": sum(v.get("malformed", False) for vs in verdicts for v in vs), "records": records}
+            "judge_malformed": sum(v.get("malformed", False) for vs in verdicts for v in vs),
+            "judge_failed": sum(v.get("judge_failed", False) for vs in verdicts for v in vs), "records": records}
 
 
 def _no_questions(limit, skipped):
@@ -609,6 +612,10 @@ def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, da
             res = evaluate(engine, examples, samples, max_new_tokens, judge, desc=desc, **sampling)
             results[name] = dict(res, family=spec["family"], protocol=spec["protocol"], skipped=skipped,
                                  seconds=time.time() - start)
+            if res["judge_failed"]:  # the score counts them as wrong: say so, it is no measurement of the model
+                log(f"[warning] {name}: {res['judge_failed']} of {res['judged']} judge calls failed (no reply): scored "
+                    "0, so the score is only a lower bound; check the judge (--judge-url, --judge-timeout, "
+                    "--judge-retries)")
         except Exception as e:  # one benchmark's failure never costs the others
             errors[name] = str(e) if isinstance(e, (ValueError, RuntimeError)) else f"{type(e).__name__}: {e}"
             log(f"[failed] {name}: {errors[name]}")
@@ -635,6 +642,8 @@ def markdown_table(summary):
     for name in summary["errors"]:
         lines.append(f"| {name} | failed | | | | | | | | |")
     lines += [f"failed: {name}: {err}" for name, err in summary["errors"].items()]
+    lines += [f"judge failed: {name}: {r['judge_failed']} of {r['judged']} judge calls (scored 0)"
+              for name, r in summary["benchmarks"].items() if r.get("judge_failed")]
     return "\n".join(lines)
 
 
@@ -650,6 +659,8 @@ class EvalConfig:
     judge: Optional[str] = field(default=None, metadata={
         "help": "judge model (paper: the teacher, Qwen3.5-27B-FP8): Exact+Judge fallback and BenchJudge"})
     judge_url: Optional[str] = field(default=None, metadata={"help": "OpenAI-compatible server serving --judge"})
+    judge_timeout: float = field(default=600.0, metadata={"help": "seconds per judge request, all of it (remote judge)"})
+    judge_retries: int = field(default=3, metadata={"help": "retries per judge request after a failure (remote judge)"})
     mmlu_redux_rows: str = field(default="ok", metadata={
         "choices": list(REDUX_ROWS),
         "help": "MMLU-Redux rows: ok = only rows annotated ok (lm-evaluation-harness); corrected = every row, "
@@ -665,13 +676,18 @@ def main(cfg):
     """Evaluate; the summary is returned and written (--out) after every benchmark, failed ones included."""
     import torch
 
-    from rollout import TransformersEngine, frozen_engine, load_model
+    from rollout import RemoteEngine, TransformersEngine, frozen_engine, load_model
 
     names = [n.strip() for n in cfg.benchmarks.split(",") if n.strip()]
     if not names:
         raise ValueError("--benchmarks names no benchmark")
     if cfg.samples < 1 or (cfg.limit is not None and cfg.limit < 0):
         raise ValueError(f"--samples must be >= 1 and --limit >= 0 (got {cfg.samples}, {cfg.limit})")
+    if cfg.judge_url and RemoteEngine.url_problem(cfg.judge_url):
+        raise ValueError(f"--judge-url {RemoteEngine.url_problem(cfg.judge_url)}")
+    if cfg.judge_timeout <= 0 or cfg.judge_retries < 0:
+        raise ValueError(f"--judge-timeout must be > 0 and --judge-retries >= 0 (got {cfg.judge_timeout}, "
+                         f"{cfg.judge_retries})")
     for path in (cfg.out, cfg.responses):  # found out now, not after the first benchmark has run
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise FileNotFoundError(f"the folder of {path} does not exist")
@@ -680,9 +696,11 @@ def main(cfg):
             print(f"[warning] unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
     torch.manual_seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    # the judge first: one that cannot work (no server at --judge-url) stops before the model loads
+    judge = frozen_engine(cfg.judge, cfg.judge_url, device=device, batch_size=cfg.batch_size,
+                          timeout=cfg.judge_timeout, retries=cfg.judge_retries)
     model, tokenizer = load_model(cfg.model, device=device)
     engine = TransformersEngine(model.eval(), tokenizer, max_batch_size=cfg.batch_size)
-    judge = frozen_engine(cfg.judge, cfg.judge_url, device=device, batch_size=cfg.batch_size)
     if cfg.responses:
         open(cfg.responses, "w").close()  # a fresh file; every benchmark's records are appended when it ends
     written = set()
@@ -708,8 +726,17 @@ def main(cfg):
     if summary["errors"]:
         failed = ", ".join(summary["errors"])
         print(f"eval.py: {len(summary['errors'])} of {len(names)} benchmarks failed: {failed}", file=sys.stderr)
+    if judge_failures(summary):
+        print(f"eval.py: scores that rest on failed judge calls: {', '.join(judge_failures(summary))}",
+              file=sys.stderr)
     return summary
 
 
+def judge_failures(summary):
+    """The benchmarks whose score counts failed judge calls as wrong answers."""
+    return [name for name, r in summary["benchmarks"].items() if r.get("judge_failed")]
+
+
 if __name__ == "__main__":
-    sys.exit(1 if main(HfArgumentParser(EvalConfig).parse_args_into_dataclasses()[0])["errors"] else 0)
+    summary = main(HfArgumentParser(EvalConfig).parse_args_into_dataclasses()[0])
+    sys.exit(1 if summary["errors"] or judge_failures(summary) else 0)
