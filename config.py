@@ -185,6 +185,13 @@ def validate(cfg):
         problem = RemoteEngine.url_problem(cfg.teacher_url)
         if problem:
             problems.append(f"--teacher-url {problem}")
+    if cfg.eval_benchmarks:  # a typo found now, not as a failed evaluation at the end of the run
+        from eval import BENCHMARKS
+
+        unknown = [n for n in cfg.eval_benchmarks.split(",") if n.strip() not in BENCHMARKS]
+        if unknown:
+            problems.append(f"--eval-benchmarks {cfg.eval_benchmarks}: unknown {', '.join(map(repr, unknown))} "
+                            f"(known: {', '.join(BENCHMARKS)})")
     fresh = True  # a run starting in its own folder, not continuing one there
     if cfg.resume:
         run = run_folder(cfg.resume) if os.path.isdir(cfg.resume) else None

@@ -422,3 +422,15 @@ def test_a_gold_teacher_on_data_without_solutions_is_an_error(tiny_model, tmp_pa
     with pytest.raises(SystemExit, match=r"--teacher gold: no question of .*n.jsonl has a `solution` field"):
         train.main(train.parse_config(["--student", tiny_model, *ARGS[:2], "--data", data, *ARGS[6:], "--steps", "1",
                                        "--out-dir", str(tmp_path / "o")]))
+
+
+def test_an_eval_typo_stops_at_start_and_a_failing_eval_file_is_logged_as_eval_failed(tiny_model, tmp_path):
+    """Was: `--eval-benchmarks arithmetc` and an eval file with a bad line only printed `[failed] ...` at the end
+    of the run: no eval/failed in metrics (README promises it), the typo not caught at start."""
+    with pytest.raises(SystemExit, match=r"--eval-benchmarks arithmetc: unknown 'arithmetc' \(known: "):
+        train.main(config(tiny_model, str(tmp_path / "t"), "--eval-benchmarks", "arithmetc"))
+    assert not os.path.exists(tmp_path / "t")
+    (tmp_path / "gsm8k.jsonl").write_text('{"question": "1 + 1?", "answer": "#### 2"}\n{"question": \n')
+    out = str(tmp_path / "e")
+    train.main(config(tiny_model, out, "--eval-benchmarks", "gsm8k", "--eval-data-dir", str(tmp_path)))
+    assert read_metrics(out)[0]["eval/failed"] == 1.0
