@@ -216,9 +216,13 @@ def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer
         torch.save({"optimizer": optim_state, "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                     "python_rng": rng.getstate()}, os.path.join(tmp, "trainer_state.pt"))
+        # every file and its size: one missing or cut short (tokenizer, chat template, config) marks it damaged
+        files = {os.path.relpath(os.path.join(d, name), tmp): os.path.getsize(os.path.join(d, name))
+                 for d, _, names in os.walk(tmp) for name in names}
         with open(os.path.join(tmp, "state.json"), "w") as f:
             json.dump({"step": step, "data_epoch": data_pos[0], "data_pos": data_pos[1],
-                       "buffer": buffer.state_dict(), "config": asdict(cfg), "data": data_identity(cfg.data)}, f)
+                       "buffer": buffer.state_dict(), "config": asdict(cfg), "data": data_identity(cfg.data),
+                       "files": files}, f)
         _fsync_tree(tmp)
     except (OSError, RuntimeError) as e:  # a full disk: torch says only "unexpected pos", safetensors less
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp) for f in fs)
@@ -279,6 +283,12 @@ def checkpoint_problem(path):
     missing = keys - set(state) if isinstance(state, dict) else keys
     if missing:
         return f"{os.path.join(path, 'state.json')}: no {', '.join(sorted(missing))}"
+    for name, size in (state.get("files") or {}).items():  # what the save wrote (checkpoints since it was listed)
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            return f"{file}: missing"
+        if os.path.getsize(file) != size:
+            return f"{file}: {os.path.getsize(file)} bytes, {size} when it was written (truncated or changed)"
     try:  # memory-mapped: the file's structure is read, the tensors are not
         torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False, mmap=True, map_location="cpu")
     except Exception as e:  # a truncated zip, a broken pickle: whatever torch raises

@@ -434,3 +434,28 @@ def test_an_eval_typo_stops_at_start_and_a_failing_eval_file_is_logged_as_eval_f
     out = str(tmp_path / "e")
     train.main(config(tiny_model, out, "--eval-benchmarks", "gsm8k", "--eval-data-dir", str(tmp_path)))
     assert read_metrics(out)[0]["eval/failed"] == 1.0
+
+
+def test_a_checkpoint_missing_or_with_a_cut_tokenizer_template_or_config_file_is_damaged(tiny_model, tmp_path):
+    """Was: raw transformers errors without the path and no fallback to the previous checkpoint; with
+    tokenizer_config.json removed the run resumed silently with another eos token."""
+    import shutil
+
+    out = str(tmp_path / "t")
+    train.main(config(tiny_model, out, "--steps", "2", "--save-every", "1"))
+    newest = os.path.join(out, "checkpoints", "step_000002")
+    names = set(os.listdir(newest))
+    assert {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json"} <= names
+    for name, how in [("tokenizer.json", "truncate"), ("tokenizer.json", "delete"), ("chat_template.jinja", "delete"),
+                      ("config.json", "truncate"), ("tokenizer_config.json", "delete")]:
+        copy = str(tmp_path / "copy")
+        shutil.copytree(newest, copy)
+        damage(os.path.join(copy, name), how)
+        assert checkpoint.checkpoint_problem(copy).startswith(os.path.join(copy, name)), (name, how)
+        shutil.rmtree(copy)
+    assert checkpoint.checkpoint_problem(newest) is None
+    damage(os.path.join(newest, "tokenizer_config.json"), "delete")
+    with pytest.warns(UserWarning, match=r"step_000002/tokenizer_config.json: missing\); resuming from the previous "
+                                         r"complete one, step_000001"):
+        train.main(config(tiny_model, None, "--steps", "2", "--resume", out))
+    assert checkpoint.checkpoint_problem(newest) is None  # step 2 written again
