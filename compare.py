@@ -100,6 +100,14 @@ def parse_args(argv=None):
                  if getattr(args, name) < 1]
     if args.probe_questions < 0:
         problems.append(f"--probe-questions {args.probe_questions}: must be >= 0")
+    if extra:  # passed on to train.py: a typo stops here, before study.json records it
+        from transformers import HfArgumentParser
+
+        from config import Config
+
+        _, unknown = HfArgumentParser(Config).parse_known_args(extra)
+        if unknown:
+            problems.append(f"unknown flags {' '.join(unknown)} (neither compare.py's nor train.py's)")
     if problems or not methods:
         parser.error("; ".join(problems or ["--methods: none given"]))
     args.methods, args.train_extra = methods, extra
