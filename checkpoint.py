@@ -254,7 +254,7 @@ def atomic_write(path, text):
     _fsync(os.path.dirname(path) or ".")
 
 
-def _safetensors_problem(path):
+def safetensors_problem(path):
     """None when the file's header parses and the file holds every byte the header promises."""
     try:
         size = os.path.getsize(path)
@@ -307,7 +307,7 @@ def checkpoint_problem(path):
     for shard in shards:
         if not os.path.isfile(os.path.join(path, shard)):
             return f"{os.path.join(path, shard)}: missing"
-        problem = _safetensors_problem(os.path.join(path, shard))
+        problem = safetensors_problem(os.path.join(path, shard))
         if problem:
             return problem
     return None

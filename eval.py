@@ -297,6 +297,8 @@ def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, bas
     if isinstance(listed, str) and listed.strip().startswith("["):  # MMMU-Pro stores its options as a list's text
         listed = ast.literal_eval(listed)
     if choices and (listed or not spec.get("choices_optional")):
+        if isinstance(choices, list) and any(c not in row for c in choices):  # GPQA's option columns
+            raise ValueError(f"{where}: missing field(s) {[c for c in choices if c not in row]} (has {sorted(row)})")
         options = [str(row[c]) for c in choices] if isinstance(choices, list) else [str(o) for o in listed]
         if "error_type" in get:
             options, answer = _redux_target(row, options, redux_rows)
@@ -696,6 +698,14 @@ def main(cfg):
             print(f"[warning] unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
     torch.manual_seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if os.path.isdir(cfg.model):  # a cut weight file, named (safetensors' own error names no file)
+        from checkpoint import safetensors_problem
+
+        for name in sorted(os.listdir(cfg.model)):
+            problem = safetensors_problem(os.path.join(cfg.model, name)) if name.endswith(".safetensors") else None
+            if problem:
+                raise ValueError(f"--model {cfg.model}: {problem}; evaluate a complete checkpoint (for a run, an "
+                                 "earlier one of its checkpoints/)")
     # the judge first: one that cannot work (no server at --judge-url) stops before the model loads
     judge = frozen_engine(cfg.judge, cfg.judge_url, device=device, batch_size=cfg.batch_size,
                           timeout=cfg.judge_timeout, retries=cfg.judge_retries)

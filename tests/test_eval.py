@@ -526,3 +526,22 @@ def test_failed_judge_calls_are_failures_not_wrong_answers(tiny_model, tmp_path)
     res = run("http://127.0.0.1:9")  # nothing listens there
     assert res.returncode == 1 and "no server answers at http://127.0.0.1:9/v1/chat/completions" in res.stderr
     assert "Loading weights" not in res.stderr  # said before the model loads
+
+
+def test_a_cut_weight_file_and_a_missing_column_name_the_file(tiny_model, tmp_path):
+    """Was: a raw SafetensorError without the path; `KeyError: 'Incorrect Answer 1'` without file or line."""
+    import shutil
+
+    model = str(tmp_path / "m")
+    shutil.copytree(tiny_model, model)
+    weights = os.path.join(model, "model.safetensors")
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 2)
+    with pytest.raises(ValueError, match=r"--model .*m: .*m/model.safetensors: truncated \(\d+ bytes of \d+\); "
+                                         r"evaluate a complete checkpoint"):
+        ev.main(ev.EvalConfig(model=model, benchmarks="arithmetic"))
+    row = {"Question": "Which?", "Correct Answer": "a", "Incorrect Answer 2": "b", "Incorrect Answer 3": "c",
+           "Record ID": "r1"}
+    write_jsonl(tmp_path / "gpqa_diamond.jsonl", [row])
+    with pytest.raises(ValueError, match=r"gpqa_diamond.jsonl:1: missing field\(s\) \['Incorrect Answer 1'\]"):
+        ev.load_benchmark("gpqa_diamond", str(tmp_path))
