@@ -113,7 +113,7 @@ def take_lock(out_dir):
             if pid is not None and _alive(pid) and pid != os.getpid():
                 raise SystemExit(f"train.py: {out_dir} is locked by a live process, pid {pid} ({path}): another "
                                  "train.py writes this run there; wait for it to end or stop it, or choose another "
-                                 "--out-dir") from None
+                                 f"--out-dir (if pid {pid} is no train.py, delete that file)") from None
             warnings.warn(f"{path}: taking over the stale lock of pid {pid} (no such process: it ended without "
                           "releasing it)")
             try:

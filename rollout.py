@@ -482,7 +482,7 @@ class RemoteEngine:
     never the run. The teacher is frozen, so sync_weights does nothing; token ids and log-probs are not
     needed from it and stay empty."""
 
-    CHARS_PER_TOKEN = 64  # no tokenizer's tokens are this long on average: longer text ignored max_tokens
+    CHARS_PER_TOKEN = 16  # no text averages this many characters per token: a longer one ignored max_tokens
 
     def __init__(self, url, model, timeout=600.0, retries=3, concurrency=32, backoff=1.0):
         problem = self.url_problem(url)

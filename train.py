@@ -281,6 +281,9 @@ def periodic_eval(student, teacher, cfg, step, log):
                                      limit=cfg.eval_limit, log=log)
         metrics = {f"eval/{name}": r["accuracy"] for name, r in summary["benchmarks"].items()}
         metrics.update({f"eval/macro_{fam}": acc for fam, acc in summary["macro"].items()})
+        for name, r in summary["benchmarks"].items():  # judge calls that failed were scored 0: a lower bound
+            if r.get("judge_failed"):
+                metrics[f"eval/{name}_judge_failed"] = r["judge_failed"]
         if summary["errors"]:  # run_benchmarks reports a benchmark that failed (a bad file line) instead of raising
             log(f"step {step}: evaluation of {', '.join(summary['errors'])} failed; training goes on")
             metrics["eval/failed"] = 1.0
