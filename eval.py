@@ -661,7 +661,8 @@ class EvalConfig:
     judge: Optional[str] = field(default=None, metadata={
         "help": "judge model (paper: the teacher, Qwen3.5-27B-FP8): Exact+Judge fallback and BenchJudge"})
     judge_url: Optional[str] = field(default=None, metadata={"help": "OpenAI-compatible server serving --judge"})
-    judge_timeout: float = field(default=600.0, metadata={"help": "seconds per judge request, all of it (remote judge)"})
+    judge_timeout: float = field(default=600.0, metadata={
+        "help": "seconds per judge request, all of it (remote judge)"})
     judge_retries: int = field(default=3, metadata={"help": "retries per judge request after a failure (remote judge)"})
     mmlu_redux_rows: str = field(default="ok", metadata={
         "choices": list(REDUX_ROWS),

@@ -23,7 +23,9 @@ def hostile(handler, how, body):
     """Write one hostile reply straight to the socket (no well-behaved HTTP where the case is about HTTP)."""
     handler.close_connection = True
     w = handler.wfile
-    choice = lambda text: {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}  # noqa
+    def choice(text):
+        return {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+
     payload = {"nested": b'{"choices": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
                "number": json.dumps({"choices": [choice(7)] * body["n"]}).encode(),
                "list": json.dumps({"choices": [choice(["a", "b"])] * body["n"]}).encode(),
