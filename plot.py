@@ -86,10 +86,12 @@ def load_run(run_dir):
 
 
 def _without_half_written_last_line(path, error):
-    """The rows of a metrics file whose last line a killed run left half-written (train.py drops it on resume,
-    and so does plot.py, with a warning); a bad line before the last is an error naming it."""
+    """The rows of a metrics file whose last line a killed run left half-written, without its newline (train.py
+    drops it on resume, and so does plot.py, with a warning); any other bad line is an error naming it."""
     with open(path, "rb") as f:
         numbered = [(n, raw) for n, raw in enumerate(f, 1) if raw.strip()]
+    if numbered[-1][1].endswith(b"\n"):  # a complete bad line is damage, not a write cut short
+        raise MetricsError(str(error)) from None
     try:
         json.loads(numbered[-1][1])
         raise MetricsError(str(error)) from None  # the last line is fine: the bad one is earlier
