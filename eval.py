@@ -322,6 +322,8 @@ def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, bas
     if isinstance(listed, str) and listed.strip().startswith("["):  # MMMU-Pro stores its options as a list's text
         listed = ast.literal_eval(listed)
     if choices and (listed or not spec.get("choices_optional")):
+        if isinstance(choices, list) and any(c not in row for c in choices):  # GPQA's option columns
+            raise ValueError(f"{where}: missing field(s) {[c for c in choices if c not in row]} (has {sorted(row)})")
         options = [str(row[c]) for c in choices] if isinstance(choices, list) else [str(o) for o in listed]
         if "error_type" in get:
             options, answer = _redux_target(row, options, redux_rows)
@@ -491,7 +493,7 @@ def yes_no_verdict(reply):
         obj = json.loads(text)
         if isinstance(obj, dict) and obj.get("verdict") in ("YES", "NO"):
             return obj["verdict"]
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     found = re.findall(r"\b(YES|NO)\b", text)
     return found[-1] if found else None
@@ -513,7 +515,7 @@ def parse_hle(reply, example):
     upstream's schema, may be present); None for anything else, which scores 0."""
     try:
         obj = json.loads(after_thinking(reply))
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     if not (isinstance(obj, dict) and HLE_KEYS <= set(obj) <= HLE_KEYS | {"strict"}
             and obj["correct"] in ("yes", "no")):
@@ -541,7 +543,8 @@ def bench_judge_scores(judge, items, make_prompt, parse):
         reply = out[0].text if out else None  # a remote judge that failed for good returns no rollout
         parsed = parse(reply, ex) if reply is not None else None
         results.append({"score": parsed["score"] if parsed else 0.0, "via": "judge", "judge_reply": reply,
-                        "malformed": parsed is None, **({"judge": parsed} if parsed else {})})
+                        "malformed": parsed is None and reply is not None, "judge_failed": reply is None,
+                        **({"judge": parsed} if parsed else {})})
     return results
 
 
@@ -586,8 +589,9 @@ def score_groups(groups, examples, judge):
     details = score_detailed([(flat[i][0], flat[i][1].text) for i in exact], judge, grade,
                              [flat[i][1].finish_reason == "length" for i in exact])
     for i, d in zip(exact, details):
-        if d["via"] == "judge":
-            d["malformed"] = d["judge_reply"] is None or verdict_of(d["judge_reply"]) is None
+        if d["via"] == "judge":  # a failed judge call (no reply) is a failure, not a wrong answer
+            d["judge_failed"] = d["judge_reply"] is None
+            d["malformed"] = not d["judge_failed"] and verdict_of(d["judge_reply"]) is None
         verdicts[i] = d
     for route, (make_prompt, parse) in BENCH_JUDGES.items():
         mine = [i for i, (ex, _) in enumerate(flat) if ex.get("route") == route]
@@ -620,13 +624,14 @@ def evaluate(engine, examples, samples=1, max_new_tokens=1024, judge=None, desc=
             records.append({"id": ex["id"], "answer": ex["answer"], "response": r.text, "extracted": extracted,
                             "route": ex.get("route", "rule"), "scored_by": v["via"], "correct": bool(v["score"]),
                             "score": v["score"],
-                            "truncated": r.finish_reason == "length",
+                            "truncated": r.finish_reason == "length", "judge_failed": v.get("judge_failed", False),
                             **({"judge_reply": v["judge_reply"]} if "judge_reply" in v else {}),
                             **({"judge_fields": v["judge"]} if "judge" in v else {})})
     via = Counter(v["via"] for vs in verdicts for v in vs)
     return {"accuracy": accuracy, "stderr": stderr, "questions": len(examples), "samples": samples,
             "judged": via["judge"], "unresolved": via["unresolved"],
-            "judge_malformed": sum(v.get("malformed", False) for vs in verdicts for v in vs), "records": records}
+            "judge_malformed": sum(v.get("malformed", False) for vs in verdicts for v in vs),
+            "judge_failed": sum(v.get("judge_failed", False) for vs in verdicts for v in vs), "records": records}
 
 
 def _no_questions(limit, skipped):
@@ -706,6 +711,10 @@ def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, da
                 res = dict(res, accuracy=headline, question_mean=res["accuracy"], **extra)
             results[name] = dict(res, family=spec["family"], protocol=spec["protocol"], skipped=skipped,
                                  seconds=time.time() - start)
+            if res["judge_failed"]:  # the score counts them as wrong: say so, it is no measurement of the model
+                log(f"[warning] {name}: {res['judge_failed']} of {res['judged']} judge calls failed (no reply): scored "
+                    "0, so the score is only a lower bound; check the judge (--judge-url, --judge-timeout, "
+                    "--judge-retries)")
         except Exception as e:  # one benchmark's failure never costs the others
             errors[name] = str(e) if isinstance(e, (ValueError, RuntimeError)) else f"{type(e).__name__}: {e}"
             log(f"[failed] {name}: {errors[name]}")
@@ -735,6 +744,8 @@ def markdown_table(summary):
         total = len(paper_families()[fam])
         lines.append(f"{fam} macro is over {total - len(absent)} of the paper's {total}; missing: {', '.join(absent)}")
     lines += [f"failed: {name}: {err}" for name, err in summary["errors"].items()]
+    lines += [f"judge failed: {name}: {r['judge_failed']} of {r['judged']} judge calls (scored 0)"
+              for name, r in summary["benchmarks"].items() if r.get("judge_failed")]
     return "\n".join(lines)
 
 
@@ -750,6 +761,9 @@ class EvalConfig:
     judge: Optional[str] = field(default=None, metadata={
         "help": "judge model (paper: the teacher, Qwen3.5-27B-FP8): Exact+Judge fallback and BenchJudge"})
     judge_url: Optional[str] = field(default=None, metadata={"help": "OpenAI-compatible server serving --judge"})
+    judge_timeout: float = field(default=600.0, metadata={
+        "help": "seconds per judge request, all of it (remote judge)"})
+    judge_retries: int = field(default=3, metadata={"help": "retries per judge request after a failure (remote judge)"})
     mmlu_redux_rows: str = field(default="ok", metadata={
         "choices": list(REDUX_ROWS),
         "help": "MMLU-Redux rows: ok = only rows annotated ok (lm-evaluation-harness); corrected = every row, "
@@ -783,8 +797,8 @@ def main(cfg):
     """Evaluate; the summary is returned and written (--out) after every benchmark, failed ones included."""
     import torch
 
-    from rollout import (TransformersEngine, VLLMEngine, frozen_engine, load_model, load_tokenizer, resolve_model_name,
-                         vllm_missing)
+    from rollout import (RemoteEngine, TransformersEngine, VLLMEngine, frozen_engine, load_model, load_tokenizer,
+                         resolve_model_name, vllm_missing)
 
     names = [n.strip() for n in cfg.benchmarks.split(",") if n.strip()]
     if not names:
@@ -794,6 +808,11 @@ def main(cfg):
     if not 0 < cfg.image_min_pixels <= cfg.image_max_pixels:
         raise ValueError(f"--image-min-pixels must be > 0 and at most --image-max-pixels (got {cfg.image_min_pixels}, "
                          f"{cfg.image_max_pixels})")
+    if cfg.judge_url and RemoteEngine.url_problem(cfg.judge_url):
+        raise ValueError(f"--judge-url {RemoteEngine.url_problem(cfg.judge_url)}")
+    if cfg.judge_timeout <= 0 or cfg.judge_retries < 0:
+        raise ValueError(f"--judge-timeout must be > 0 and --judge-retries >= 0 (got {cfg.judge_timeout}, "
+                         f"{cfg.judge_retries})")
     for path in (cfg.out, cfg.responses):  # found out now, not after the first benchmark has run
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise FileNotFoundError(f"the folder of {path} does not exist")
@@ -802,6 +821,17 @@ def main(cfg):
             print(f"[warning] unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
     torch.manual_seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if os.path.isdir(cfg.model):  # a cut weight file, named (safetensors' own error names no file)
+        from checkpoint import safetensors_problem
+
+        for name in sorted(os.listdir(cfg.model)):
+            problem = safetensors_problem(os.path.join(cfg.model, name)) if name.endswith(".safetensors") else None
+            if problem:
+                raise ValueError(f"--model {cfg.model}: {problem}; evaluate a complete checkpoint (for a run, an "
+                                 "earlier one of its checkpoints/)")
+    # the judge first: one that cannot work (no server at --judge-url) stops before the model loads
+    judge = frozen_engine(cfg.judge, cfg.judge_url, device=device, batch_size=cfg.batch_size,
+                          timeout=cfg.judge_timeout, retries=cfg.judge_retries)
     # every checkpoint at the same image resolution: a base model's processor would otherwise use its own
     # defaults and a trained one its training bounds (EVAL.md: min 256x32x32, max 1280x32x32 pixels)
     pixels = (cfg.image_min_pixels, cfg.image_max_pixels)
@@ -816,7 +846,6 @@ def main(cfg):
     else:
         model, tokenizer = load_model(cfg.model, device=device, pixels=pixels)
         engine = TransformersEngine(model.eval(), tokenizer, max_batch_size=cfg.batch_size)
-    judge = frozen_engine(cfg.judge, cfg.judge_url, device=device, batch_size=cfg.batch_size)
     if cfg.responses:
         open(cfg.responses, "w").close()  # a fresh file; every benchmark's records are appended when it ends
     written = set()
@@ -845,11 +874,20 @@ def main(cfg):
     if summary["errors"]:
         failed = ", ".join(summary["errors"])
         print(f"eval.py: {len(summary['errors'])} of {len(names)} benchmarks failed: {failed}", file=sys.stderr)
+    if judge_failures(summary):
+        print(f"eval.py: scores that rest on failed judge calls: {', '.join(judge_failures(summary))}",
+              file=sys.stderr)
     return summary
+
+
+def judge_failures(summary):
+    """The benchmarks whose score counts failed judge calls as wrong answers."""
+    return [name for name, r in summary["benchmarks"].items() if r.get("judge_failed")]
 
 
 if __name__ == "__main__":
     if "--list" in sys.argv[1:]:  # no model needed
         print(list_table())
         sys.exit(0)
-    sys.exit(1 if main(HfArgumentParser(EvalConfig).parse_args_into_dataclasses()[0])["errors"] else 0)
+    summary = main(HfArgumentParser(EvalConfig).parse_args_into_dataclasses()[0])
+    sys.exit(1 if summary["errors"] or judge_failures(summary) else 0)

@@ -290,11 +290,13 @@ def after_thinking(text):
 def verdict_of(text):
     """"correct" or "wrong" for exactly {"verdict": "correct"|"wrong"}, None for anything else. A think block
     before it is allowed (a thinking judge writes one, with or without its opening tag); a verdict written only
-    inside the thinking does not count."""
+    inside the thinking does not count. Never raises: any reply is a verdict or None."""
+    if not isinstance(text, str):
+        return None
     text = after_thinking(text)
     try:
         verdict = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
         return None
     if isinstance(verdict, dict) and set(verdict) == {"verdict"} and verdict["verdict"] in ("correct", "wrong"):
         return verdict["verdict"]

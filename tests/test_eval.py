@@ -511,3 +511,66 @@ def test_grader_audit_on_gsm8k_gold_solutions(capsys):
               f"answer; {false_positives} of {len(differing)} pairs with different answers graded correct)")
     assert own >= 0.999
     assert false_positives == 0 and shifted <= 0.02
+
+
+def test_failed_judge_calls_are_failures_not_wrong_answers(tiny_model, tmp_path):
+    """Was: with the judge down the table showed 0.0 with "judged 6" and eval.py exited 0; only judge_malformed
+    in the JSON said anything. A judge that answers 500 to everything (on 127.0.0.1, stopped here) and one with
+    no server at all."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Failing(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    write_jsonl(tmp_path / "math500.jsonl", [{"problem": f"Describe f{i}.", "answer": "it is strictly increasing"}
+                                             for i in range(3)])  # prose: every response goes to the judge
+    run = lambda url: subprocess.run(  # noqa: E731
+        [sys.executable, "eval.py", "--model", tiny_model, "--benchmarks", "math500", "--data-dir", str(tmp_path),
+         "--max-new-tokens", "4", "--samples", "2", "--judge", "j", "--judge-url", url, "--judge-timeout", "2",
+         "--judge-retries", "0", "--out", str(tmp_path / "res.json")],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    try:
+        res = run(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "[warning] math500: 6 of 6 judge calls failed (no reply): scored 0, so the score is only a lower " \
+           "bound" in res.stdout + res.stderr
+    assert "judge failed: math500: 6 of 6 judge calls (scored 0)" in res.stdout
+    assert "scores that rest on failed judge calls: math500" in res.stderr
+    with open(tmp_path / "res.json") as f:
+        math500 = json.load(f)["benchmarks"]["math500"]
+    assert (math500["judge_failed"], math500["judge_malformed"]) == (6, 0)
+    res = run("http://127.0.0.1:9")  # nothing listens there
+    assert res.returncode == 1 and "no server answers at http://127.0.0.1:9/v1/chat/completions" in res.stderr
+    assert "Loading weights" not in res.stderr  # said before the model loads
+
+
+def test_a_cut_weight_file_and_a_missing_column_name_the_file(tiny_model, tmp_path):
+    """Was: a raw SafetensorError without the path; `KeyError: 'Incorrect Answer 1'` without file or line."""
+    import shutil
+
+    model = str(tmp_path / "m")
+    shutil.copytree(tiny_model, model)
+    weights = os.path.join(model, "model.safetensors")
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 2)
+    with pytest.raises(ValueError, match=r"--model .*m: .*m/model.safetensors: truncated \(\d+ bytes of \d+\); "
+                                         r"evaluate a complete checkpoint"):
+        ev.main(ev.EvalConfig(model=model, benchmarks="arithmetic"))
+    row = {"Question": "Which?", "Correct Answer": "a", "Incorrect Answer 2": "b", "Incorrect Answer 3": "c",
+           "Record ID": "r1"}
+    write_jsonl(tmp_path / "gpqa_diamond.jsonl", [row])
+    with pytest.raises(ValueError, match=r"gpqa_diamond.jsonl:1: missing field\(s\) \['Incorrect Answer 1'\]"):
+        ev.load_benchmark("gpqa_diamond", str(tmp_path))

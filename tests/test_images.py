@@ -158,24 +158,11 @@ def test_vllm_gets_images_as_multimodal_data_and_the_vlm_s_own_weight_names(fake
 def test_remote_teacher_gets_images_as_data_urls(images, monkeypatch):
     sent = []
 
-    class Response:
-        def __init__(self, body):
-            self.body = body
+    def post(self, data, limit=None):  # the one HTTP call of the engine
+        sent.append(json.loads(data))
+        return 200, json.dumps({"choices": [{"message": {"content": "\\boxed{1}"}, "finish_reason": "stop"}]}).encode()
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            return False
-
-        def read(self):
-            return json.dumps({"choices": [{"message": {"content": "\\boxed{1}"}, "finish_reason": "stop"}]}).encode()
-
-    def urlopen(request, timeout):
-        sent.append(json.loads(request.data))
-        return Response(sent[-1])
-
-    monkeypatch.setattr("urllib.request.urlopen", urlopen)
+    monkeypatch.setattr(RemoteEngine, "_post", post)
     RemoteEngine("http://127.0.0.1:9", "m").generate([{"text": "What?", "images": images[:1]}], n=1)
     (part_image, part_text) = sent[0]["messages"][0]["content"]
     assert part_image["type"] == "image_url" and part_image["image_url"]["url"].startswith("data:image/png;base64,")

@@ -324,3 +324,17 @@ def test_a_slow_math_verify_is_cut_off_by_the_answers_budget(monkeypatch):
     assert time.perf_counter() - start < 1.0
     monkeypatch.setattr(reward, "SYMBOLIC_BUDGET_S", 5.0)
     assert answers_match("x^2+2x+1", "(x+1)^2")
+
+
+@pytest.mark.parametrize("reply", [7, ["correct"], None, {"verdict": "correct"}, "[" * 100_000,
+                                   '{"verdict": ' * 50_000, "<think>" + "x" * 1_000_000])
+def test_the_verdict_parsers_never_raise(reply):
+    """Was: RecursionError on deeply nested JSON, TypeError on a reply that is no text: the run died."""
+    import eval as ev
+    from reward import verdict_of
+
+    start = time.perf_counter()
+    assert verdict_of(reply) is None and parse_verdict(reply) == 0.0
+    if isinstance(reply, str):
+        assert ev.parse_hle(reply, {}) is None and ev.yes_no_verdict(reply) is None
+    assert time.perf_counter() - start < 0.5
