@@ -4,8 +4,8 @@
     --algo grpo         no BCQ, no NCQ, no buffer (--buffer: GRPO†)
     --algo hint         + buffer; the teacher writes an answer-free hint for each hard question it can solve,
                         the student answers `question <hint> h </hint>` as a group of its own
-    --algo prefix       + buffer; the student continues the first 40% of a correct teacher rollout, as a group
-                        of its own; the prefix tokens carry no loss
+    --algo prefix       + buffer; the student continues the first floor(0.4 L) of the L tokens of a correct
+                        teacher rollout, as a group of its own; the prefix tokens carry no loss
     --algo off_distill  per-token JSD to the teacher along the teacher's own correct rollouts, one update a step
     --algo on_distill   per-token JSD to the teacher along the student's own rollouts, one update a step
 Everything else (data, G_S, G_T, lengths, optimizer, metrics, checkpoints, resume) is train.py's, shared.
@@ -13,11 +13,12 @@ train.py's main calls the functions here at commented points; they take explicit
 """
 import math
 import re
+from collections import Counter
 
 import torch
 
-from reformulate import with_closer
-from reward import score_nested
+from reformulate import user_prompt, with_closer
+from reward import after_thinking, score_rollouts
 from zppo import (LOGITS_CHUNK_BYTES, ChunkedHead, Episode, _compute_dtype, _softmax_dtype, micro_batches,
                   padded_batch, reduce_sum, unwrap, with_head)
 
@@ -66,7 +67,6 @@ HINT_TEMPLATE = (
     "Do NOT reveal the final answer, do NOT include any \\boxed{{}} expression, and do NOT copy the full "
     "solution. Keep only high-level guidance or the key intermediate idea. <response>\n{response} </response>"
 )
-_THINK = re.compile(r"^\s*<think>.*?</think>", re.DOTALL)
 
 
 def hint_prompt(response):
@@ -89,8 +89,9 @@ def hint_leaks(hint, gold):
 def hint_instances(kept, teacher_correct, questions, teacher, rng, max_new_tokens):
     """The Hint baseline's prompts. For each capped hard question (`kept`, hardest first) with a correct teacher
     rollout (teacher_correct[i], fresh this step): one picked uniformly, the teacher writes a hint from it with
-    the spec's hint prompt (greedy). The reply is the hint as written, except that a leading <think> block of a
-    reasoning teacher is dropped [our default]: it is the teacher's scratch work, not the hint.
+    the spec's hint prompt (greedy). The reply is the hint as written, except that a reasoning teacher's thinking
+    (everything up to its last </think>, reward.after_thinking) is dropped [our default]: it is the teacher's
+    scratch work, not the hint.
     Returns chosen [(i, "hint")], prompts (hinted questions, before the closer) and the hints."""
     picks = [(i, rng.choice(teacher_correct[i])) for i in kept if teacher_correct.get(i)]
     outs = teacher.generate([hint_prompt(r) for _, r in picks], n=1, max_new_tokens=max_new_tokens,
@@ -99,7 +100,7 @@ def hint_instances(kept, teacher_correct, questions, teacher, rng, max_new_token
     for (i, _), out in zip(picks, outs):
         if not out:  # a remote teacher request that failed for good: no hint for this question this step
             continue
-        hint = _THINK.sub("", out[0].text).strip()
+        hint = after_thinking(out[0].text)
         chosen.append((i, "hint"))
         prompts.append(hinted_question(questions[i]["question"], hint))
         hints.append(hint)
@@ -117,32 +118,55 @@ def hint_instances(kept, teacher_correct, questions, teacher, rng, max_new_token
 # tokens would have touched every function of zppo.py that reads token_ids.)
 
 
-def prefix_ids(text, tokenizer, frac):
-    """The first `frac` of a teacher rollout's tokens in the student's tokenizer (round half up)."""
-    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-    return ids[:math.floor(frac * len(ids) + 0.5)]
+def prefix_length(n, frac):
+    """floor(frac * n), Alg. 6's p = (t_1 .. t_floor(alpha L)); the 1e-9 keeps a product such as 0.29 * 100
+    (28.999999999999996 in floats) at its exact value."""
+    return math.floor(frac * n + 1e-9)
 
 
-def prefix_instances(kept, teacher_correct, questions, tokenizer, frac, rng):
-    """The Prefix baseline's prompts: for each capped hard question with a correct teacher rollout, one picked
-    uniformly, re-tokenized with the student's tokenizer and cut to its first `frac`. A question without a
-    correct teacher rollout has its plain rollouts only. Returns chosen [(i, "prefix")], prompts (the plain
-    questions, before the closer) and the prefixes (token ids, one list per prompt)."""
+def prefix_ids(rollout, tokenizer, frac, teacher_tokenizer=None):
+    """The first floor(frac * L) of a correct teacher rollout's L tokens, as student token ids. L counts the
+    teacher's own tokens as its engine returned them, less the end-of-sequence token that closes them (the
+    prefix is the start of the answer's text). teacher_tokenizer None: the teacher shares the student's
+    tokenizer and the ids are used as they are; a teacher with another tokenizer has its first floor(frac * L)
+    tokens decoded and re-tokenized with the student's [our default]. A rollout without token ids (a worked
+    solution under --teacher gold, a remote teacher's text) is tokenized with the student's tokenizer and cut
+    there."""
+    ids, source = list(rollout.token_ids), teacher_tokenizer or tokenizer
+    if not ids:
+        ids, source = tokenizer(rollout.text, add_special_tokens=False)["input_ids"], tokenizer
+    elif ids[-1] in source.all_special_ids:
+        ids = ids[:-1]
+    cut = ids[:prefix_length(len(ids), frac)]
+    if source is tokenizer:
+        return cut
+    return tokenizer(source.decode(cut, skip_special_tokens=True), add_special_tokens=False)["input_ids"]
+
+
+def prefix_instances(kept, teacher_correct, questions, tokenizer, frac, rng, teacher_tokenizer=None):
+    """The Prefix baseline's prompts: for each capped hard question with a correct teacher rollout
+    (teacher_correct[i]: Rollouts), one picked uniformly and cut to the first floor(frac * L) of its tokens
+    (prefix_ids). A question without a correct teacher rollout has its plain rollouts only. Returns chosen
+    [(i, "prefix")], prompts (the plain questions, before the closer) and the prefixes (student token ids, one
+    list per prompt)."""
     chosen, prompts, prefixes = [], [], []
     for i in kept:
         if teacher_correct.get(i):
             chosen.append((i, "prefix"))
             prompts.append(questions[i]["question"])
-            prefixes.append(prefix_ids(rng.choice(teacher_correct[i]), tokenizer, frac))
+            prefixes.append(prefix_ids(rng.choice(teacher_correct[i]), tokenizer, frac, teacher_tokenizer))
     return chosen, prompts, prefixes
 
 
 def guided_prompts(algo, kept, teacher_correct, questions, rng, teacher, hint_max_new_tokens, tokenizer,
-                   prefix_frac):
-    """hint_instances or prefix_instances, as (chosen, prompts, hints, prefixes); prefixes is None for Hint."""
+                   prefix_frac, teacher_tokenizer=None):
+    """hint_instances or prefix_instances, as (chosen, prompts, hints, prefixes); prefixes is None for Hint.
+    teacher_correct[i] holds the correct teacher Rollouts of kept question i (Hint reads their texts)."""
     if algo == "hint":
-        return (*hint_instances(kept, teacher_correct, questions, teacher, rng, hint_max_new_tokens), None)
-    chosen, prompts, prefixes = prefix_instances(kept, teacher_correct, questions, tokenizer, prefix_frac, rng)
+        texts = {i: [r.text for r in rs] for i, rs in teacher_correct.items()}
+        return (*hint_instances(kept, texts, questions, teacher, rng, hint_max_new_tokens), None)
+    chosen, prompts, prefixes = prefix_instances(kept, teacher_correct, questions, tokenizer, prefix_frac, rng,
+                                                 teacher_tokenizer)
     return chosen, prompts, [], prefixes
 
 
@@ -248,52 +272,79 @@ def response_jsd(model, teacher_model, seqs, temperature, pad_id, beta=0.5, chun
 
 
 def jsd_update(model, teacher_model, optimizer, accelerator, seqs, temperature, micro_batch_size, pad_id, beta,
-               grad_clip):
-    """The distillation baselines' update: ONE optimizer step on the token-level mean of the per-token JSD
-    over every response token of `seqs` (micro-batches accumulate into it). Over several processes each rank
-    takes every world-th sequence and the loss is divided by the global token count and multiplied by the
-    world size (DDP/FSDP average gradients), with filler micro-batches so the collectives stay in step, as in
-    zppo.ppo_update. No tokens, no step: AdamW would still move the weights (decay, momentum) with no loss."""
+               grad_clip, weights=None):
+    """The distillation baselines' update: ONE optimizer step on sum_s weights[s] * (sum of the per-token JSD
+    over the response tokens of s) (micro-batches accumulate into it); weights None: 1 / (all tokens of `seqs`),
+    the token-level mean (On-Distill; Off-Distill's weights are off_distill_weights'). Over several processes each
+    rank takes every world-th sequence and its loss is multiplied by the world size (DDP/FSDP average
+    gradients), with filler micro-batches so the collectives stay in step, as in zppo.ppo_update. No tokens, no
+    step: AdamW would still move the weights (decay, momentum) with no loss. train/loss is the objective,
+    train/jsd the token mean of the JSD over every token of `seqs` (the two agree for the token-level mean)."""
     world, rank = accelerator.num_processes, accelerator.process_index
     n_tokens = sum(len(s.token_ids) for s in seqs)  # seqs are the same on every rank
     if n_tokens == 0:
         return {"train/jsd": None, "train/loss": None, "train/grad_norm": 0.0, "count/distill_tokens": 0}
+    weights = [1.0 / n_tokens] * len(seqs) if weights is None else weights
+    weight_of = {id(s): w for s, w in zip(seqs, weights)}  # micro_batches reorders the sequences
     micros = micro_batches(seqs[rank::world], micro_batch_size)
     n_micro = len(micros)
     if world > 1:
         n_micro = int(accelerator.gather(torch.tensor([n_micro], device=accelerator.device)).max())
-    jsd_sum = 0.0
+    jsd_sum, loss_sum = 0.0, 0.0
     for j in range(n_micro):
         micro = micros[j] if j < len(micros) else seqs[:1]
         jsd, mask = response_jsd(model, teacher_model, micro, temperature, pad_id, beta)  # (b, R) each
         if j >= len(micros):
             accelerator.backward(jsd.sum() * 0.0)  # a filler: no gradient, same collectives
             continue
-        token_sum = (jsd * mask).sum()
-        accelerator.backward(token_sum / n_tokens * world)
-        jsd_sum += token_sum.item()
+        row_sums = (jsd * mask).sum(-1)  # (b,)
+        w = torch.tensor([weight_of[id(s)] for s in micro], dtype=row_sums.dtype, device=row_sums.device)
+        loss = (row_sums * w).sum()
+        accelerator.backward(loss * world)
+        jsd_sum += row_sums.sum().item()
+        loss_sum += loss.item()
     grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), grad_clip))
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    (jsd_total,) = reduce_sum(accelerator, [jsd_sum])
-    return {"train/jsd": jsd_total / n_tokens, "train/loss": jsd_total / n_tokens, "train/grad_norm": grad_norm,
+    jsd_total, loss_total = reduce_sum(accelerator, [jsd_sum, loss_sum])
+    return {"train/jsd": jsd_total / n_tokens, "train/loss": loss_total, "train/grad_norm": grad_norm,
             "count/distill_tokens": n_tokens}
+
+
+OFF_DISTILL_MEANS = ("question", "token")
+
+
+def off_distill_weights(targets, mean="question"):
+    """Each Off-Distill target's weight in jsd_update. "question" (Alg. 2 l.10): a question's loss is the average
+    over its N_x correct teacher targets of each one's per-token JSD (the mean over its tokens), so a question
+    with four long targets weighs as much as one with a single short one; the step's loss is the plain mean of
+    that over the questions with at least one target [our default: the paper leaves the cross-question
+    aggregation open]. "token": one token mean over every target token of the step (--off-distill-mean token).
+    Targets of one question share their group ("<id>/teacher")."""
+    if mean not in OFF_DISTILL_MEANS:
+        raise ValueError(f"--off-distill-mean must be one of {OFF_DISTILL_MEANS}, got {mean!r}")
+    if mean == "token":
+        return None
+    per_question = Counter(t.group for t in targets)
+    return [1.0 / (len(per_question) * per_question[t.group] * len(t.token_ids)) if t.token_ids else 0.0
+            for t in targets]
 
 
 def off_distill_targets(questions, plain, teacher, grade_fn, **sampling):
     """Off-Distill's trajectories: `sampling["n"]` (G_T) fresh teacher rollouts per question on the plain
-    prompt, graded with grade_fn (free-form gold answers by the teacher as judge, as in training); every correct
-    one becomes an Episode on the student's own plain prompt (plain[i][0].prompt_ids; the vocabulary is shared,
-    so the teacher's token ids are the student's). A question without a correct teacher rollout adds nothing.
-    Returns the episodes and the step's counts."""
-    teacher_groups = teacher.generate([with_closer(ex["question"]) for ex in questions], **sampling)
-    teacher_rewards = score_nested([[r.text for r in g] for g in teacher_groups], questions, teacher, grade_fn)
+    prompt, the question's images included (pi_T(.|x), x = image + text), graded with grade_fn (free-form gold
+    answers by the teacher as judge, as in training); every correct one becomes an Episode on the student's own
+    plain prompt (plain[i][0].prompt_ids and its image inputs, so the JSD's forwards see the same x; the
+    vocabulary is shared, so the teacher's token ids are the student's). A question without a correct teacher
+    rollout adds nothing. Returns the episodes and the step's counts."""
+    teacher_groups = teacher.generate([user_prompt(ex, with_closer(ex["question"])) for ex in questions], **sampling)
+    teacher_rewards = score_rollouts(teacher_groups, questions, teacher, grade_fn)
     targets, missing = [], 0
     for ex, group, rollouts, rewards in zip(questions, plain, teacher_groups, teacher_rewards):
         correct = [r for r, reward in zip(rollouts, rewards) if reward]
         missing += not correct
-        targets += [Episode(group[0].prompt_ids, r.token_ids, 1.0, f"{ex['id']}/teacher", "teacher")
-                    for r in correct]
+        targets += [Episode(group[0].prompt_ids, r.token_ids, 1.0, f"{ex['id']}/teacher", "teacher",
+                            vision=group[0].vision) for r in correct]
     n_rollouts = sum(map(len, teacher_rewards))
     return targets, {"count/off_distill": len(targets), "count/no_teacher_correct": missing,
                      "acc/teacher": len(targets) / n_rollouts if n_rollouts else 0.0}

@@ -7,10 +7,13 @@ position, replay buffer, config). It is written under a temporary name, flushed 
 when complete; OUT/latest names the newest one. A fresh run never writes into a folder that holds
 another run (unless told to replace it), and resuming skips a damaged checkpoint for the one before.
 """
+import functools
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
 import warnings
 from dataclasses import asdict
 
@@ -20,6 +23,9 @@ from accelerate import DistributedType
 # what a run writes into its folder: a fresh run refuses a folder that holds any of them, --overwrite deletes them
 # (and config.json, which alone is no run: it is written before the first step)
 RUN_FILES = ("metrics.jsonl", "latest", "checkpoints", "rollouts.jsonl", "reformulated.jsonl")
+# everything else train.py writes there: its config, its lock, accelerate trackers' logs (and NAME.tmp of each while
+# it is replaced atomically); a fresh run refuses a folder that holds anything outside these
+OWN_FILES = RUN_FILES + ("config.json", "lock", "zppo")
 _STEP_DIR = re.compile(r"step_(\d+)")
 # flags whose change on resume is expected and not worth a warning
 _RESUME_FLAGS = {"out_dir", "resume", "steps", "overwrite"}
@@ -35,6 +41,36 @@ def run_files(out_dir):
             and not (name == "checkpoints" and not os.listdir(os.path.join(out_dir, name)))]
 
 
+def is_run_config(path):
+    """Whether path is a config.json that train.py wrote (a model's config.json is not)."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(saved, dict) and {"student", "algo", "out_dir", "questions_per_step"} <= set(saved)
+
+
+def run_config(out_dir):
+    """The config (a dict) of the run in out_dir as its config.json records it; None when train.py wrote none."""
+    path = os.path.join(out_dir, "config.json")
+    if not is_run_config(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def foreign_files(out_dir):
+    """What out_dir holds that train.py did not write there: a model's files, another tool's, a model's
+    config.json. --overwrite deletes a run's files only, so a folder holding any of these is never a run folder."""
+    found = []
+    for name in sorted(os.listdir(out_dir)):
+        base = name[:-4] if name.endswith(".tmp") else name
+        if base not in OWN_FILES or (base == "config.json" and not is_run_config(os.path.join(out_dir, name))):
+            found.append(name)
+    return found
+
+
 def clear_run(out_dir):
     """--overwrite: delete the previous run's files (only those: the folder may hold other things)."""
     for name in RUN_FILES + ("config.json",):
@@ -43,6 +79,63 @@ def clear_run(out_dir):
             shutil.rmtree(path)
         elif os.path.exists(path):
             os.remove(path)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, another user's
+        return True
+    return True
+
+
+def take_lock(out_dir):
+    """OUT/lock: one process writes a run folder. It names the pid and host of the process that holds it; a
+    second train.py on the folder (a fresh run, or a --resume of a live run) stops. A lock left by a process
+    that died without releasing it (kill -9, a power cut) is taken over, with a warning. Returns its path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path, host = os.path.join(out_dir, "lock"), socket.gethostname()
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    pid, owner = f.read().split()[:2]
+                pid = int(pid)
+            except (OSError, ValueError):  # empty or garbled: its writer died while writing it
+                pid, owner = None, host
+            if pid is not None and owner != host:
+                raise SystemExit(f"train.py: {out_dir} is locked by pid {pid} on {owner} ({path}): another "
+                                 "train.py writes this run; if none is running there, delete that file") from None
+            if pid is not None and _alive(pid) and pid != os.getpid():
+                raise SystemExit(f"train.py: {out_dir} is locked by a live process, pid {pid} ({path}): another "
+                                 "train.py writes this run there; wait for it to end or stop it, or choose another "
+                                 f"--out-dir (if pid {pid} is no train.py, delete that file)") from None
+            warnings.warn(f"{path}: taking over the stale lock of pid {pid} (no such process: it ended without "
+                          "releasing it)")
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {host}\n")
+        return path
+    raise SystemExit(f"train.py: could not take the lock {path}: other processes keep taking it")
+
+
+def release_lock(path):
+    """Remove the lock if this process holds it."""
+    try:
+        with open(path) as f:
+            mine = f.read().split()[:1] == [str(os.getpid())]
+        if mine:
+            os.remove(path)
+    except (OSError, TypeError):
+        pass
 
 
 def run_folder(path):
@@ -71,22 +164,75 @@ def _fsync_tree(path):
         _fsync(folder)
 
 
+@functools.lru_cache(maxsize=4)
+def _sha256(path, size, mtime_ns):  # hashed once per version of the file, not at every save
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def data_identity(data):
+    """What a run's questions are: a data file's path and content hash (the buffer and the data position refer
+    to its rows), or the name of a generated or hub data set."""
+    if not os.path.isfile(data):
+        return {"name": data}
+    stat = os.stat(data)
+    return {"path": os.path.realpath(data), "sha256": _sha256(os.path.realpath(data), stat.st_size, stat.st_mtime_ns)}
+
+
+def resume_problems(cfg, path):
+    """Why --resume cannot continue the run of the checkpoint at `path` as asked ([] when it can): its data file
+    changed (replayed questions would be graded against answers the file no longer has, and the data position
+    would point into other rows), or the run is already at or past --steps."""
+    with open(os.path.join(path, "state.json")) as f:
+        state = json.load(f)
+    problems = []
+    saved, now = state.get("data"), data_identity(cfg.data)
+    if saved and saved.get("sha256") and saved.get("sha256") != now.get("sha256"):
+        problems.append(f"--data {cfg.data}: the data file changed since {path} was written (sha256 "
+                        f"{saved['sha256'][:12]} -> {(now.get('sha256') or 'none')[:12]}): the buffer and the data "
+                        f"position refer to the rows of {saved['path']} as they were; restore that file, or start "
+                        "a fresh run on the new one (another --out-dir)")
+    if state["step"] >= cfg.steps:
+        problems.append(f"--steps {cfg.steps}: the run is already at step {state['step']} ({path}), nothing to do; "
+                        f"give --steps above {state['step']} to continue it")
+    return problems
+
+
 def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer, data_pos, rng, accelerator):
     root = os.path.join(cfg.out_dir, "checkpoints")
     name = f"step_{step:06d}"
     final, tmp = os.path.join(root, name), os.path.join(root, f"{name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    if getattr(tokenizer, "image_processor", None) is not None:  # a vision-language model's, beside it
-        tokenizer.image_processor.save_pretrained(tmp)
-    torch.save({"optimizer": optim_state, "torch_rng": torch.get_rng_state(),
-                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                "python_rng": rng.getstate()}, os.path.join(tmp, "trainer_state.pt"))
-    with open(os.path.join(tmp, "state.json"), "w") as f:
-        json.dump({"step": step, "data_epoch": data_pos[0], "data_pos": data_pos[1], "buffer": buffer.state_dict(),
-                   "config": asdict(cfg)}, f)
-    _fsync_tree(tmp)
+    for old in os.listdir(root) if os.path.isdir(root) else []:  # partial ones of a crash hold disk space
+        if old.endswith(".tmp") and _STEP_DIR.fullmatch(old[:-4]):
+            shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    try:
+        accelerator.unwrap_model(model).save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if getattr(tokenizer, "image_processor", None) is not None:  # a vision-language model's, beside it
+            tokenizer.image_processor.save_pretrained(tmp)
+        torch.save({"optimizer": optim_state, "torch_rng": torch.get_rng_state(),
+                    "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+                    "python_rng": rng.getstate()}, os.path.join(tmp, "trainer_state.pt"))
+        # every file and its size: one missing or cut short (tokenizer, chat template, config) marks it damaged
+        files = {os.path.relpath(os.path.join(d, name), tmp): os.path.getsize(os.path.join(d, name))
+                 for d, _, names in os.walk(tmp) for name in names}
+        with open(os.path.join(tmp, "state.json"), "w") as f:
+            json.dump({"step": step, "data_epoch": data_pos[0], "data_pos": data_pos[1],
+                       "buffer": buffer.state_dict(), "config": asdict(cfg), "data": data_identity(cfg.data),
+                       "files": files}, f)
+        _fsync_tree(tmp)
+    except (OSError, RuntimeError) as e:  # a full disk: torch says only "unexpected pos", safetensors less
+        size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp) for f in fs)
+        shutil.rmtree(tmp, ignore_errors=True)  # never leave the partial checkpoint filling the disk
+        free = shutil.disk_usage(root).free
+        raise OSError(f"step {step}: writing the checkpoint {tmp} failed ({type(e).__name__}: {e}); "
+                      f"{free / 2**20:.0f} MiB are free on its disk after deleting the partial checkpoint "
+                      f"({size / 2**20:.0f} MiB written){' - the disk is full' if free < 2 * size + 2**20 else ''}. "
+                      f"{os.path.join(cfg.out_dir, 'latest')} still names the last complete checkpoint: free "
+                      f"space (or lower --keep-checkpoints), then --resume {cfg.out_dir}") from e
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     _fsync(root)
@@ -108,7 +254,7 @@ def atomic_write(path, text):
     _fsync(os.path.dirname(path) or ".")
 
 
-def _safetensors_problem(path):
+def safetensors_problem(path):
     """None when the file's header parses and the file holds every byte the header promises."""
     try:
         size = os.path.getsize(path)
@@ -137,6 +283,12 @@ def checkpoint_problem(path):
     missing = keys - set(state) if isinstance(state, dict) else keys
     if missing:
         return f"{os.path.join(path, 'state.json')}: no {', '.join(sorted(missing))}"
+    for name, size in (state.get("files") or {}).items():  # what the save wrote (checkpoints since it was listed)
+        file = os.path.join(path, name)
+        if not os.path.isfile(file):
+            return f"{file}: missing"
+        if os.path.getsize(file) != size:
+            return f"{file}: {os.path.getsize(file)} bytes, {size} when it was written (truncated or changed)"
     try:  # memory-mapped: the file's structure is read, the tensors are not
         torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False, mmap=True, map_location="cpu")
     except Exception as e:  # a truncated zip, a broken pickle: whatever torch raises
@@ -155,7 +307,7 @@ def checkpoint_problem(path):
     for shard in shards:
         if not os.path.isfile(os.path.join(path, shard)):
             return f"{os.path.join(path, shard)}: missing"
-        problem = _safetensors_problem(os.path.join(path, shard))
+        problem = safetensors_problem(os.path.join(path, shard))
         if problem:
             return problem
     return None
@@ -250,27 +402,38 @@ def config_changes(cfg, path):
             if name in saved and name not in _RESUME_FLAGS and saved[name] != value]
 
 
-def open_run(cfg, start, accelerator):
-    """config.json, and metrics.jsonl cut back to the resumed step; returns the metrics path. A last line cut
-    short by a crash is dropped (with a warning); a damaged line before it stops the run, naming the line."""
+def cut_back(path, start):
+    """Keep the rows of a run file (metrics.jsonl, a dump) up to step `start`. A last line cut short by a crash
+    is dropped (with a warning); a damaged line before it stops the run, naming the line."""
+    with open(path) as f:
+        lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
+    kept = []
+    for i, (n, line) in enumerate(lines):
+        try:
+            row = json.loads(line)
+        except ValueError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}:{n}: not valid JSON; repair or delete this line") from None
+            warnings.warn(f"{path}:{n}: dropping the half-written last line")
+            continue
+        if row["step"] <= start:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    atomic_write(path, "".join(kept))
+
+
+def open_run(cfg, start, accelerator, ckpt=None):
+    """config.json, and every file of the run cut back to the resumed step; returns the metrics path. The
+    checkpoint resumed from becomes the run's head (`latest`) first: a run branched from an older checkpoint
+    that crashes before its first save resumes from that branch, never from the abandoned newer checkpoint."""
     log_path = os.path.join(cfg.out_dir, "metrics.jsonl")
     if accelerator.is_main_process:
+        root = os.path.realpath(os.path.join(cfg.out_dir, "checkpoints"))
+        if ckpt and os.path.dirname(os.path.realpath(ckpt)) == root:
+            atomic_write(os.path.join(cfg.out_dir, "latest"), os.path.basename(os.path.normpath(ckpt)))
         atomic_write(os.path.join(cfg.out_dir, "config.json"), json.dumps(asdict(cfg), indent=2))
-        if os.path.exists(log_path):  # a resumed run rewrites the steps after its checkpoint
-            with open(log_path) as f:
-                lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
-            kept = []
-            for i, (n, line) in enumerate(lines):
-                try:
-                    row = json.loads(line)
-                except ValueError:
-                    if i < len(lines) - 1:
-                        raise ValueError(f"{log_path}:{n}: not valid JSON; repair or delete this line") from None
-                    warnings.warn(f"{log_path}:{n}: dropping the half-written last line")
-                    continue
-                if row["step"] <= start:
-                    kept.append(line if line.endswith("\n") else line + "\n")
-            atomic_write(log_path, "".join(kept))
+        for name in ("metrics.jsonl", "rollouts.jsonl", "reformulated.jsonl"):  # the steps after it are rewritten
+            if os.path.exists(os.path.join(cfg.out_dir, name)):
+                cut_back(os.path.join(cfg.out_dir, name), start)
     if cfg.report_to != "none":
         accelerator.init_trackers("zppo", config=asdict(cfg))
     return log_path

@@ -100,6 +100,14 @@ def parse_args(argv=None):
                  if getattr(args, name) < 1]
     if args.probe_questions < 0:
         problems.append(f"--probe-questions {args.probe_questions}: must be >= 0")
+    if extra:  # passed on to train.py: a typo stops here, before study.json records it
+        from transformers import HfArgumentParser
+
+        from config import Config
+
+        _, unknown = HfArgumentParser(Config).parse_known_args(extra)
+        if unknown:
+            problems.append(f"unknown flags {' '.join(unknown)} (neither compare.py's nor train.py's)")
     if problems or not methods:
         parser.error("; ".join(problems or ["--methods: none given"]))
     args.methods, args.train_extra = methods, extra
@@ -301,6 +309,7 @@ def checkpoint_step(run_dir):
 def run_one(args, method, seed, student, data_path, test):
     """Train one run to --steps in segments of --eval-every, scoring each segment's checkpoint; resumes."""
     import train
+    from checkpoint import run_config, run_files
     from demo import TRAIN_FLAGS, precision_flags
 
     run_dir = os.path.join(args.out_dir, "runs", f"{method}_seed{seed}")
@@ -328,6 +337,11 @@ def run_one(args, method, seed, student, data_path, test):
                 "--seed", str(seed), "--steps", str(target),
                 "--save-every", "0", "--keep-checkpoints", "1", *args.train_extra]
         # a folder with no checkpoint holds at most a run that crashed in its first segment: start it again
+        # (only a run of this study's student: --overwrite never deletes a run compare.py did not start)
+        if not step and os.path.isdir(run_dir) and run_files(run_dir) and \
+                os.path.realpath((run_config(run_dir) or {}).get("student") or "") != os.path.realpath(student):
+            raise SystemExit(f"compare.py: {run_dir} holds a run this study did not start; it would be deleted: "
+                             "move it away or choose another --out-dir")
         argv += ["--resume", run_dir] if step else ["--out-dir", run_dir, "--overwrite"]
         train.main(train.parse_config(argv))
         gc.collect()

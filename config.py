@@ -13,7 +13,7 @@ from typing import Literal, Optional
 from transformers import HfArgumentParser
 
 from baselines import PRESETS, check_algo
-from checkpoint import run_files, run_folder
+from checkpoint import foreign_files, run_files, run_folder
 from rollout import vllm_missing
 
 
@@ -68,6 +68,10 @@ class Config:
                                   "the start of the student's answer")
     jsd_beta: float = arg(0.5, "distillation: beta of the generalized JSD (0.5 = symmetric) [our default: the "
                                "paper does not give it]")
+    off_distill_mean: Literal["question", "token"] = arg(
+        "question", "--algo off_distill: question = the mean over questions of the average over each one's correct "
+                    "teacher targets of their per-token JSD (Alg. 2; the plain mean over questions is our default); "
+                    "token = one token mean over every target token of the step")
     # sampling
     temperature: float = arg(1.0, "student and teacher sampling temperature")
     top_p: float = arg(1.0, "nucleus sampling")
@@ -94,7 +98,8 @@ class Config:
     micro_batch_size: int = arg(8, "sequences per forward/backward (gradient accumulation inside a mini-batch)")
     gradient_checkpointing: bool = arg(True, "recompute activations in backward: the paper's response lengths need "
                                              "it; --no-gradient-checkpointing trades memory for speed")
-    skip_zero_adv: bool = arg(True, "skip the forward/backward of A = 0 sequences (same gradient, less compute)")
+    skip_zero_adv: bool = arg(True, "skip the forward/backward of A = 0 sequences (the same update and metrics, "
+                                    "less compute)")
     mixed_precision: Optional[Literal["no", "bf16", "fp16"]] = arg(None, "update autocast; default: accelerate's")
     # run
     steps: int = arg(200, "rollout steps")
@@ -185,6 +190,19 @@ def validate(cfg):
         if _missing_local_path(name):
             problems.append(f"--{role} {name}: no such file or directory (the {role} model; a hub id is "
                             "owner/name)")
+    if cfg.teacher_url:
+        from rollout import RemoteEngine
+
+        problem = RemoteEngine.url_problem(cfg.teacher_url)
+        if problem:
+            problems.append(f"--teacher-url {problem}")
+    if cfg.eval_benchmarks:  # a typo found now, not as a failed evaluation at the end of the run
+        from eval import BENCHMARKS
+
+        unknown = [n for n in cfg.eval_benchmarks.split(",") if n.strip() not in BENCHMARKS]
+        if unknown:
+            problems.append(f"--eval-benchmarks {cfg.eval_benchmarks}: unknown {', '.join(map(repr, unknown))} "
+                            f"(known: {', '.join(BENCHMARKS)})")
     fresh = True  # a run starting in its own folder, not continuing one there
     if cfg.resume:
         run = run_folder(cfg.resume) if os.path.isdir(cfg.resume) else None
@@ -201,6 +219,17 @@ def validate(cfg):
         if cfg.overwrite:
             problems.append("--overwrite: not with --resume, which continues the run in its folder")
     cfg.out_dir = cfg.out_dir or "runs/zppo"
+    # a run folder belongs to one run: never the student's folder (or one holding it), never a folder holding
+    # files of something else (a model folder's config.json would be replaced by the run's)
+    out, student = os.path.realpath(cfg.out_dir), os.path.realpath(cfg.student)
+    if os.path.exists(cfg.student) and os.path.commonpath([out, student]) in (out, student):
+        problems.append(f"--out-dir {cfg.out_dir}: {'is' if out == student else 'holds or is inside'} the "
+                        f"student's folder (--student {cfg.student}); choose another --out-dir")
+    elif fresh and os.path.isdir(cfg.out_dir) and foreign_files(cfg.out_dir):
+        other = foreign_files(cfg.out_dir)
+        problems.append(f"--out-dir {cfg.out_dir}: holds files train.py did not write ({', '.join(other[:5])}"
+                        f"{', ...' if len(other) > 5 else ''}): a model or another tool's folder, which a run "
+                        "would overwrite; choose another (empty or new) --out-dir")
     found = run_files(cfg.out_dir) if fresh and os.path.isdir(cfg.out_dir) else []
     if found and not cfg.overwrite:
         problems.append(f"--out-dir {cfg.out_dir}: already holds a run ({', '.join(found)}); continue it with "

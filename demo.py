@@ -33,6 +33,7 @@ if __name__ == "__main__":  # before torch is imported (it reads the variable on
 import torch
 
 import train
+from checkpoint import run_config, run_files
 from data import make_arithmetic
 from eval import evaluate
 from reformulate import with_closer
@@ -201,6 +202,14 @@ def main():
         return_large_frees()
     args.steps = args.steps or (10 if bf16 else 3)
     start = time.time()
+    student = os.path.join(args.out_dir, "student")
+    run_dir = os.path.join(args.out_dir, args.algo)
+    # the demo replaces its own run (--overwrite below), never another: checked before the primer's minutes
+    if os.path.isdir(run_dir) and run_files(run_dir):
+        saved = (run_config(run_dir) or {}).get("student")
+        if saved is None or os.path.realpath(saved) != os.path.realpath(student):
+            raise SystemExit(f"demo.py: {run_dir} holds a run the demo did not write (student {saved}); the demo "
+                             "would delete it: choose another --out-dir")
     torch.manual_seed(0)
     os.makedirs(args.out_dir, exist_ok=True)
 
@@ -212,7 +221,6 @@ def main():
 
     model, tokenizer, _ = primed_smollm2(primer, bf16=bf16)
     primed = heldout_accuracy(model, tokenizer, test)
-    student = os.path.join(args.out_dir, "student")
     model.save_pretrained(student)
     tokenizer.save_pretrained(student)
     del model
@@ -221,7 +229,7 @@ def main():
     cfg = train.parse_config([
         "--student", student, "--teacher", "gold", "--data", rl_path, "--algo", args.algo,
         *TRAIN_FLAGS, "--micro-batch-size", DEMO_MICRO_BATCH, *precision_flags(bf16),  # the later flag wins
-        "--steps", str(args.steps), "--save-every", "0", "--out-dir", os.path.join(args.out_dir, args.algo),
+        "--steps", str(args.steps), "--save-every", "0", "--out-dir", run_dir,
         "--dump-reformulated", "--overwrite", *extra])  # the demo rebuilds its whole folder (data, primed student)
     train.main(cfg)
     release_memory()

@@ -11,8 +11,15 @@ Protocol: each benchmark's own format directives ("Think step by step", "put you
 Each benchmark is scored by its protocol in the paper's Tables 5-7 (`protocol` in BENCHMARKS):
   Exact+Judge  reward.py: the rule grader first; every response it cannot resolve (free-form gold, no
                parseable box, truncated) goes to the judge with the paper's prompt and the full response.
-  BenchJudge   the benchmark's official judge: MultiChallenge's YES/NO verifier, HLE's CAIS judge.
-(Rule+Judge and Det. are the protocols of VLM and video benchmarks, which this text-only project lacks.)
+  Rule+Judge   a benchmark-specific parser first (MathVista's choices, ...), then the judge, as Exact+Judge.
+  Det.         the benchmark's own deterministic metric, no judge: InfographicVQA's ANLS, OCRBench v2's scorer
+               per task type (benchmarks.py).
+  BenchJudge   the benchmark's official judge: MultiChallenge's YES/NO verifier, HLE's CAIS judge, MM-Vet's 0-1
+               grader, CharXiv's reasoning/descriptive graders, MMVU's judge (benchmarks.py; prompts verbatim in
+               bench_prompts.py).
+Image rows go to a vision-language student with their images, video rows with frames sampled from the file
+(video.py; --video-fps, --video-max-frames, --video-dir); `--list` prints every benchmark with its family,
+source and protocol.
 Without a judge, responses that need one score 0 and are counted as `unresolved`. Each benchmark is loaded
 and evaluated on its own: one that fails is reported and the others still run; --out is rewritten after
 every benchmark, and the process exits non-zero when a requested benchmark failed or is unknown.
@@ -35,10 +42,11 @@ import jinja2
 from tqdm import tqdm
 from transformers import HfArgumentParser
 
+import benchmarks
 from data import make_arithmetic, read_jsonl, split_gsm8k
 from reformulate import user_prompt, with_closer
-from reward import (JUDGE_MAX_NEW_TOKENS, JUDGE_SAMPLING, clip_start, grade, is_choice, last_boxed, score_detailed,
-                    verdict_of)
+from reward import (JUDGE_MAX_NEW_TOKENS, JUDGE_SAMPLING, after_thinking, clip_start, grade, is_choice, last_boxed,
+                    score_detailed, verdict_of)
 
 # ---------------------------------------------------------------------------------------------------------
 # the benchmarks
@@ -147,6 +155,8 @@ BENCHMARKS = {
                     fields={"question": "problem", "answer": "answer"}, id="unique_id"),
     "arithmetic": dict(family="math", protocol="Exact+Judge", hub=None, split="test", route="rule", fields={}),
 }
+# the other VLM benchmarks of the paper (and CharXiv's descriptive questions), defined in benchmarks.py
+BENCHMARKS.update(benchmarks.SPECS)
 # The paper's decoding for every benchmark, each field explicit so no engine or checkpoint default applies
 # (the engines also keep a checkpoint's generation_config.json out of sampling: rollout.py).
 SAMPLING = dict(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=1.5, repetition_penalty=1.0)
@@ -263,7 +273,7 @@ def row_images(row, spec, where, base, name):
     return paths
 
 
-def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, base="", name="bench"):
+def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, base="", name="bench", video=None):
     """A raw benchmark row (hub or local JSONL, the hub's columns) -> (example, None), or (None, why skipped)
     for a row this student or grader cannot take (an image, an unknown answer format, an MMLU-Redux row left
     out by --mmlu-redux-rows). A row without the set's columns is an error naming `where`."""
@@ -277,9 +287,23 @@ def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, bas
     has_image = any(row.get(c) not in (None, "") for c in spec.get("images", []))
     if has_image and not vision:  # a text-only student cannot see the question
         return None, "image"
+    if spec.get("video") and not vision:
+        return None, "video"
     row_id = _column(row, spec["id"]) if spec.get("id") else None
     row_id = where if row_id is None else f"{config}:{row_id}" if config else str(row_id)
     example = {"id": row_id, "route": spec["route"]}
+    if spec.get("convert"):  # benchmarks.py: the set's own fields -> question, answer, route (or why skipped)
+        got = spec["convert"](dict(row, config=config) if config and "config" not in row else row, spec, where)
+        if isinstance(got, str):
+            return None, got
+        if "video_file" in got:  # a video benchmark: the clip's frames sampled and cached (video.py)
+            from video import VideoError
+            try:
+                got = benchmarks.attach_video(got, spec, where, base, video or {})
+            except VideoError as e:  # an unreadable video costs its row, counted
+                return None, "video: " + ("not found" if "not found" in str(e) or "not downloadable" in str(e)
+                                          else "undecodable")
+        return _converted(example, got, row, spec, where, base, name, has_image, get), None
     if has_image:
         example["images"] = row_images(row, spec, where, base, name)
     if spec["route"] == "multichallenge":
@@ -298,6 +322,8 @@ def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, bas
     if isinstance(listed, str) and listed.strip().startswith("["):  # MMMU-Pro stores its options as a list's text
         listed = ast.literal_eval(listed)
     if choices and (listed or not spec.get("choices_optional")):
+        if isinstance(choices, list) and any(c not in row for c in choices):  # GPQA's option columns
+            raise ValueError(f"{where}: missing field(s) {[c for c in choices if c not in row]} (has {sorted(row)})")
         options = [str(row[c]) for c in choices] if isinstance(choices, list) else [str(o) for o in listed]
         if "error_type" in get:
             options, answer = _redux_target(row, options, redux_rows)
@@ -317,34 +343,59 @@ def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, bas
     return dict(example, question=stem, answer=str(answer).strip()), None
 
 
+def _converted(example, got, row, spec, where, base, name, has_image, get):
+    """A converter's fields made an example: its suffix on the id, its options lettered (an index gold answer),
+    its question without the benchmark's format directives, the row's images."""
+    got = dict(got)
+    if "id_suffix" in got:
+        example["id"] = f"{example['id']}:{got.pop('id_suffix')}"
+    if has_image:
+        example["images"] = row_images(row, spec, where, base, name)
+    if "choices" in got:
+        options = got.pop("choices")
+        stem = strip_directives(str(got.pop("question", None) or get.get("question") or ""))
+        got.update(stem=stem, question=stem + "\n\n" + render_choices(options), options=render_choices(options),
+                   answer=LETTERS[got.pop("letter_index")])
+    else:
+        got["question"] = strip_directives(got["question"] if "question" in got else str(get.get("question") or ""))
+    return dict(example, **got)
+
+
 def hub_rows(spec):
     """(where, config, row) over the hub set, its configs loaded one at a time (a --limit may stop early)."""
     import datasets
 
     for config in spec.get("configs") or [spec.get("config")]:
-        try:
-            rows = datasets.load_dataset(spec["hub"], config, split=spec["split"])
-        except Exception as e:
-            reason = f"{type(e).__name__}: {str(e)[:200]}"
-            raise RuntimeError(f"config {config}, split {spec['split']}: {reason}") from None
-        for i in range(len(rows)):
-            yield f"{spec['hub']}[{config}][{spec['split']}][{i}]", config, dict(rows[i])
+        for split in spec.get("splits") or [spec["split"]]:  # DynaMath: one split per variant
+            try:
+                rows = datasets.load_dataset(spec["hub"], config, split=split)
+            except Exception as e:
+                reason = f"{type(e).__name__}: {str(e)[:200]}"
+                raise RuntimeError(f"config {config}, split {split}: {reason}") from None
+            label = config if not spec.get("splits") else f"{config}:{split}" if config else split
+            for i in range(len(rows)):
+                yield f"{spec['hub']}[{config}][{split}][{i}]", label, dict(rows[i])
 
 
-def _convert(rows, spec, limit, redux_rows, vision=False, base="", name="bench"):
+def _convert(rows, spec, limit, redux_rows, vision=False, base="", name="bench", video=None):
     examples, skipped = [], Counter()
     for where, config, row in rows:
         if limit is not None and len(examples) >= limit:
             break
-        example, reason = to_example(row, spec, where, config, redux_rows, vision, base, name)
-        if example is None:
-            skipped[reason] += 1
-        else:
-            examples.append(example)
+        # CharXiv's descriptive questions: one hub row holds four
+        for where, row in (spec["expand"](row, where) if spec.get("expand") and isinstance(row, dict)
+                           else [(where, row)]):
+            if limit is not None and len(examples) >= limit:
+                break
+            example, reason = to_example(row, spec, where, config, redux_rows, vision, base, name, video)
+            if example is None:
+                skipped[reason] += 1
+            else:
+                examples.append(example)
     return examples, dict(skipped)
 
 
-def load_benchmark(name, data_dir=None, limit=None, redux_rows="ok", vision=False):
+def load_benchmark(name, data_dir=None, limit=None, redux_rows="ok", vision=False, video=None):
     """(examples, skipped rows by reason) from DATA_DIR/NAME.jsonl if present, else from the hub (per-config
     sets loaded config by config and concatenated); errors say what was tried. Rows of a local file are shaped
     as the hub serves them; for a multi-config set an optional `config` field names each row's subject."""
@@ -360,10 +411,10 @@ def load_benchmark(name, data_dir=None, limit=None, redux_rows="ok", vision=Fals
         if os.path.exists(path):
             rows = ((f"{path}:{lineno}", row.get("config") if isinstance(row, dict) else None, row)
                     for lineno, row in read_jsonl(path))
-            return _convert(rows, spec, limit, redux_rows, vision, os.path.dirname(os.path.abspath(path)), name)
+            return _convert(rows, spec, limit, redux_rows, vision, os.path.dirname(os.path.abspath(path)), name, video)
         tried.append(f"{path} (not found)")
     try:
-        return _convert(hub_rows(spec), spec, limit, redux_rows, vision, "", name)
+        return _convert(hub_rows(spec), spec, limit, redux_rows, vision, "", name, video)
     except Exception as e:  # no network, no `datasets`, a renamed set: report and let the others run
         tried.append(f"hub {spec['hub']} ({type(e).__name__}: {str(e)[:300]})")
     raise RuntimeError(f"benchmark {name!r} could not be loaded; tried: " + "; ".join(tried))
@@ -423,14 +474,9 @@ HLE_KEYS = {"extracted_final_answer", "reasoning", "correct", "confidence"}
 _MULTICHALLENGE_TEMPLATE, _HLE_TEMPLATE = jinja2.Template(MULTICHALLENGE_PROMPT), jinja2.Template(HLE_PROMPT)
 
 
-def _after_thinking(text):
-    """The text after the last </think>: a reply without the reasoning that led to it."""
-    return text.rsplit("</think>", 1)[-1].strip()
-
-
 def final_reply(text):
     """What MultiChallenge grades: the reply the user would read (after any </think>), not the reasoning."""
-    return _after_thinking(text) if "</think>" in text else text.strip()
+    return after_thinking(text)
 
 
 def multichallenge_prompt(example, response):
@@ -442,12 +488,12 @@ def yes_no_verdict(reply):
     """"YES" or "NO" from a MultiChallenge judge reply: a {"reasoning", "verdict"} JSON object (upstream's schema)
     or, as the prompt asks, reasoning followed by the verdict: the last standalone upper-case YES or NO (lower
     case is prose: "there is no ..."); None when there is neither."""
-    text = _after_thinking(reply)
+    text = after_thinking(reply)
     try:
         obj = json.loads(text)
         if isinstance(obj, dict) and obj.get("verdict") in ("YES", "NO"):
             return obj["verdict"]
-    except ValueError:
+    except (ValueError, RecursionError):
         pass
     found = re.findall(r"\b(YES|NO)\b", text)
     return found[-1] if found else None
@@ -468,8 +514,8 @@ def parse_hle(reply, example):
     """The CAIS judge's four fields as one JSON object (a think block before it is allowed; `strict`, a field of
     upstream's schema, may be present); None for anything else, which scores 0."""
     try:
-        obj = json.loads(_after_thinking(reply))
-    except ValueError:
+        obj = json.loads(after_thinking(reply))
+    except (ValueError, RecursionError):
         return None
     if not (isinstance(obj, dict) and HLE_KEYS <= set(obj) <= HLE_KEYS | {"strict"}
             and obj["correct"] in ("yes", "no")):
@@ -479,6 +525,8 @@ def parse_hle(reply, example):
 
 
 BENCH_JUDGES = {"multichallenge": (multichallenge_prompt, parse_multichallenge), "hle": (hle_prompt, parse_hle)}
+BENCH_JUDGES.update(benchmarks.JUDGES)  # MM-Vet, CharXiv (reasoning, descriptive), MMVU
+DET_SCORERS = benchmarks.DET_SCORERS  # route -> score(response, example): ANLS, OCRBench v2
 
 
 def bench_judge_scores(judge, items, make_prompt, parse):
@@ -495,7 +543,8 @@ def bench_judge_scores(judge, items, make_prompt, parse):
         reply = out[0].text if out else None  # a remote judge that failed for good returns no rollout
         parsed = parse(reply, ex) if reply is not None else None
         results.append({"score": parsed["score"] if parsed else 0.0, "via": "judge", "judge_reply": reply,
-                        "malformed": parsed is None, **({"judge": parsed} if parsed else {})})
+                        "malformed": parsed is None and reply is not None, "judge_failed": reply is None,
+                        **({"judge": parsed} if parsed else {})})
     return results
 
 
@@ -513,11 +562,18 @@ def mean_stderr(values):
     return mean, math.sqrt(var / n)
 
 
-def student_prompt(example):
-    """A MultiChallenge conversation goes as the chat it is, without the closer (its judge grades the reply as
-    the user reads it, and a demanded \\boxed{} would change that task); any other question gets the closer,
-    after its images when it has some."""
-    return example["messages"] if "messages" in example else user_prompt(example, with_closer(example["question"]))
+def student_prompt(example, multichallenge_closer=True):
+    """The question with the closer, after its images when it has some. A MultiChallenge conversation goes as the
+    chat it is, the closer after its last user turn: the paper's "single shared RL closer" for every benchmark
+    (its judge reads the reply after </think>, box included). multichallenge_closer=False sends the chat untouched
+    (our option: a demanded \\boxed{} changes what the user asked for)."""
+    if "messages" not in example:
+        return user_prompt(example, with_closer(example["question"]))
+    chat = [dict(m) for m in example["messages"]]
+    last = max((i for i, m in enumerate(chat) if m["role"] == "user"), default=None)
+    if multichallenge_closer and last is not None:
+        chat[last]["content"] = with_closer(chat[last]["content"])
+    return chat
 
 
 def score_groups(groups, examples, judge):
@@ -525,12 +581,17 @@ def score_groups(groups, examples, judge):
     Exact+Judge rows go through reward.score_detailed with truncation marked; BenchJudge rows to their judge."""
     flat = [(ex, r) for ex, g in zip(examples, groups) for r in g]
     verdicts = [None] * len(flat)
-    exact = [i for i, (ex, _) in enumerate(flat) if ex.get("route") not in BENCH_JUDGES]
+    exact = [i for i, (ex, _) in enumerate(flat) if ex.get("route") not in BENCH_JUDGES and ex.get("route") not in
+             DET_SCORERS]
+    for i, (ex, r) in enumerate(flat):  # Det.: the benchmark's own metric, no judge
+        if ex.get("route") in DET_SCORERS:
+            verdicts[i] = {"score": DET_SCORERS[ex["route"]](r.text, ex), "via": "det"}
     details = score_detailed([(flat[i][0], flat[i][1].text) for i in exact], judge, grade,
                              [flat[i][1].finish_reason == "length" for i in exact])
     for i, d in zip(exact, details):
-        if d["via"] == "judge":
-            d["malformed"] = d["judge_reply"] is None or verdict_of(d["judge_reply"]) is None
+        if d["via"] == "judge":  # a failed judge call (no reply) is a failure, not a wrong answer
+            d["judge_failed"] = d["judge_reply"] is None
+            d["malformed"] = not d["judge_failed"] and verdict_of(d["judge_reply"]) is None
         verdicts[i] = d
     for route, (make_prompt, parse) in BENCH_JUDGES.items():
         mine = [i for i, (ex, _) in enumerate(flat) if ex.get("route") == route]
@@ -542,12 +603,13 @@ def score_groups(groups, examples, judge):
     return nested
 
 
-def evaluate(engine, examples, samples=1, max_new_tokens=1024, judge=None, desc=None, chunk=512, **sampling):
+def evaluate(engine, examples, samples=1, max_new_tokens=1024, judge=None, desc=None, chunk=512,
+             multichallenge_closer=True, **sampling):
     """avg@k of `engine` on `examples`, questions sent to the engine in batches of `chunk`."""
     if not examples:
         raise ValueError("evaluate: no examples")
     sampling = {**SAMPLING, **sampling}
-    prompts = [student_prompt(ex) for ex in examples]
+    prompts = [student_prompt(ex, multichallenge_closer) for ex in examples]
     groups = []
     for start in tqdm(range(0, len(prompts), chunk), desc=desc or "eval", disable=desc is None):
         groups += engine.generate(prompts[start:start + chunk], n=samples, max_new_tokens=max_new_tokens, **sampling)
@@ -557,16 +619,19 @@ def evaluate(engine, examples, samples=1, max_new_tokens=1024, judge=None, desc=
     records = []
     for ex, g, vs in zip(examples, groups, verdicts):
         for r, v in zip(g, vs):
-            extracted = v["judge"].get("extracted") if "judge" in v else last_boxed(r.text)
+            extracted = v["judge"].get("extracted") if "judge" in v else \
+                benchmarks.final_answer(r.text) if v["via"] == "det" else last_boxed(r.text)
             records.append({"id": ex["id"], "answer": ex["answer"], "response": r.text, "extracted": extracted,
                             "route": ex.get("route", "rule"), "scored_by": v["via"], "correct": bool(v["score"]),
-                            "truncated": r.finish_reason == "length",
+                            "score": v["score"],
+                            "truncated": r.finish_reason == "length", "judge_failed": v.get("judge_failed", False),
                             **({"judge_reply": v["judge_reply"]} if "judge_reply" in v else {}),
                             **({"judge_fields": v["judge"]} if "judge" in v else {})})
     via = Counter(v["via"] for vs in verdicts for v in vs)
     return {"accuracy": accuracy, "stderr": stderr, "questions": len(examples), "samples": samples,
             "judged": via["judge"], "unresolved": via["unresolved"],
-            "judge_malformed": sum(v.get("malformed", False) for vs in verdicts for v in vs), "records": records}
+            "judge_malformed": sum(v.get("malformed", False) for vs in verdicts for v in vs),
+            "judge_failed": sum(v.get("judge_failed", False) for vs in verdicts for v in vs), "records": records}
 
 
 def _no_questions(limit, skipped):
@@ -585,12 +650,44 @@ def summarize(results, errors):
     for name, res in results.items():
         families.setdefault(res["family"], []).append(res["accuracy"])
     macro = {fam: sum(accs) / len(accs) for fam, accs in families.items()}
+    # a paper family averaged over fewer benchmarks than its table is not the table's average: name the absent
+    missing = {fam: [n for n in names if n not in results] for fam, names in paper_families().items()
+               if fam in families and any(n not in results for n in names)}
     return {"benchmarks": results, "macro": macro, "macro_over": {f: len(a) for f, a in families.items()},
-            "errors": errors}
+            "macro_missing": missing, "errors": errors}
+
+
+PAPER_FAMILIES = {"vlm": 16, "llm": 10, "video": 5}  # the paper's Tables 5-7: benchmarks per family
+
+
+def paper_families():
+    """The paper's families and their benchmarks, as the registry defines them."""
+    return {fam: [n for n, s in BENCHMARKS.items() if s["family"] == fam] for fam in PAPER_FAMILIES}
+
+
+def source_of(spec):
+    """Where a benchmark's rows come from, as --list prints it."""
+    if spec["hub"] is None:
+        return "generated"
+    configs = spec.get("configs")
+    where = f" ({len(configs)} configs)" if configs else f" config {spec['config']}" if spec.get("config") else ""
+    splits = spec.get("splits")
+    split = f"splits {splits[0]}..{splits[-1]}" if splits else f"split {spec['split']}"
+    return f"{spec['hub']}{where}, {split}"
+
+
+def list_table():
+    """Every benchmark with its family, source and protocol (the paper's families first)."""
+    order = sorted(BENCHMARKS, key=lambda n: (list(PAPER_FAMILIES) + ["math", "extra"]).index(BENCHMARKS[n]["family"]))
+    lines = ["| benchmark | family | source | protocol |", "| --- | --- | --- | --- |"]
+    lines += [f"| {n} | {BENCHMARKS[n]['family']} | {source_of(BENCHMARKS[n])} | {BENCHMARKS[n]['protocol']} |"
+              for n in order]
+    counts = ", ".join(f"{fam} {len(names)}" for fam, names in paper_families().items())
+    return "\n".join(lines + [f"paper families: {counts}; math and extra are not in the paper's averages"])
 
 
 def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, data_dir=None, limit=None,
-                   log=print, redux_rows="ok", on_update=None, **sampling):
+                   log=print, redux_rows="ok", on_update=None, video=None, multichallenge_closer=True, **sampling):
     """Every named benchmark, each loaded and evaluated on its own: a benchmark that is unknown, cannot load,
     has no questions or fails while evaluating is reported in `errors` and the rest still run. `on_update` is
     called with the summary so far after every benchmark (eval.py writes --out there). Image rows go to a
@@ -600,16 +697,24 @@ def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, da
     for name in names:
         start = time.time()
         try:
-            examples, skipped = load_benchmark(name, data_dir, limit, redux_rows, vision)
+            examples, skipped = load_benchmark(name, data_dir, limit, redux_rows, vision, video)
             if not examples:
                 raise ValueError(_no_questions(limit, skipped))
             spec = BENCHMARKS[name]
             if judge is None and spec["protocol"] == "BenchJudge":
                 log(f"[warning] {name}: no judge model; every response is unresolved and scores 0 (see --judge)")
             desc = f"{name} ({len(examples)} x {samples})"
-            res = evaluate(engine, examples, samples, max_new_tokens, judge, desc=desc, **sampling)
+            res = evaluate(engine, examples, samples, max_new_tokens, judge, desc=desc,
+                           multichallenge_closer=multichallenge_closer, **sampling)
+            if spec.get("aggregate"):  # upstream's headline number is not the mean over questions (OCRBench v2)
+                headline, extra = spec["aggregate"](examples, res["records"])
+                res = dict(res, accuracy=headline, question_mean=res["accuracy"], **extra)
             results[name] = dict(res, family=spec["family"], protocol=spec["protocol"], skipped=skipped,
                                  seconds=time.time() - start)
+            if res["judge_failed"]:  # the score counts them as wrong: say so, it is no measurement of the model
+                log(f"[warning] {name}: {res['judge_failed']} of {res['judged']} judge calls failed (no reply): scored "
+                    "0, so the score is only a lower bound; check the judge (--judge-url, --judge-timeout, "
+                    "--judge-retries)")
         except Exception as e:  # one benchmark's failure never costs the others
             errors[name] = str(e) if isinstance(e, (ValueError, RuntimeError)) else f"{type(e).__name__}: {e}"
             log(f"[failed] {name}: {errors[name]}")
@@ -635,7 +740,12 @@ def markdown_table(summary):
                      "| | | | | | |")
     for name in summary["errors"]:
         lines.append(f"| {name} | failed | | | | | | | | |")
+    for fam, absent in summary.get("macro_missing", {}).items():
+        total = len(paper_families()[fam])
+        lines.append(f"{fam} macro is over {total - len(absent)} of the paper's {total}; missing: {', '.join(absent)}")
     lines += [f"failed: {name}: {err}" for name, err in summary["errors"].items()]
+    lines += [f"judge failed: {name}: {r['judge_failed']} of {r['judged']} judge calls (scored 0)"
+              for name, r in summary["benchmarks"].items() if r.get("judge_failed")]
     return "\n".join(lines)
 
 
@@ -651,10 +761,27 @@ class EvalConfig:
     judge: Optional[str] = field(default=None, metadata={
         "help": "judge model (paper: the teacher, Qwen3.5-27B-FP8): Exact+Judge fallback and BenchJudge"})
     judge_url: Optional[str] = field(default=None, metadata={"help": "OpenAI-compatible server serving --judge"})
+    judge_timeout: float = field(default=600.0, metadata={
+        "help": "seconds per judge request, all of it (remote judge)"})
+    judge_retries: int = field(default=3, metadata={"help": "retries per judge request after a failure (remote judge)"})
     mmlu_redux_rows: str = field(default="ok", metadata={
         "choices": list(REDUX_ROWS),
         "help": "MMLU-Redux rows: ok = only rows annotated ok (lm-evaluation-harness); corrected = every row, "
                 "wrong gold answers replaced by correct_answer, multi-answer rows skipped (evalscope)"})
+    video_fps: float = field(default=2.0, metadata={
+        "help": "video benchmarks: frames sampled per second of the video (the paper gives none: ours)"})
+    video_max_frames: int = field(default=32, metadata={
+        "help": "video benchmarks: at most this many frames per video, evenly spaced over the whole clip"})
+    video_dir: Optional[str] = field(default=None, metadata={
+        "help": "folder of the unpacked videos of Video-MME (and its subtitle/), VideoMMMU, MVBench"})
+    multichallenge_closer: bool = field(default=True, metadata={
+        "help": "append the closer to MultiChallenge's last user turn, as to every benchmark (paper); "
+                "--no-multichallenge-closer sends the conversation untouched (our option)"})
+    image_min_pixels: int = field(default=256 * 32 * 32, metadata={
+        "help": "images are resized to at least this many pixels (paper: 256x32x32), whatever the checkpoint's "
+                "own processor says"})
+    image_max_pixels: int = field(default=1280 * 32 * 32, metadata={
+        "help": "and at most this many (paper: 1280x32x32)"})
     batch_size: int = field(default=64, metadata={"help": "sequences per generate call (transformers engine)"})
     engine: str = field(default="auto", metadata={
         "choices": ["auto", "transformers", "vllm"], "help": "auto = vllm on GPU if installed, else transformers"})
@@ -670,7 +797,7 @@ def main(cfg):
     """Evaluate; the summary is returned and written (--out) after every benchmark, failed ones included."""
     import torch
 
-    from rollout import (PAPER_PIXELS, TransformersEngine, VLLMEngine, frozen_engine, load_model, load_tokenizer,
+    from rollout import (RemoteEngine, TransformersEngine, VLLMEngine, frozen_engine, load_model, load_tokenizer,
                          resolve_model_name, vllm_missing)
 
     names = [n.strip() for n in cfg.benchmarks.split(",") if n.strip()]
@@ -678,6 +805,14 @@ def main(cfg):
         raise ValueError("--benchmarks names no benchmark")
     if cfg.samples < 1 or (cfg.limit is not None and cfg.limit < 0):
         raise ValueError(f"--samples must be >= 1 and --limit >= 0 (got {cfg.samples}, {cfg.limit})")
+    if not 0 < cfg.image_min_pixels <= cfg.image_max_pixels:
+        raise ValueError(f"--image-min-pixels must be > 0 and at most --image-max-pixels (got {cfg.image_min_pixels}, "
+                         f"{cfg.image_max_pixels})")
+    if cfg.judge_url and RemoteEngine.url_problem(cfg.judge_url):
+        raise ValueError(f"--judge-url {RemoteEngine.url_problem(cfg.judge_url)}")
+    if cfg.judge_timeout <= 0 or cfg.judge_retries < 0:
+        raise ValueError(f"--judge-timeout must be > 0 and --judge-retries >= 0 (got {cfg.judge_timeout}, "
+                         f"{cfg.judge_retries})")
     for path in (cfg.out, cfg.responses):  # found out now, not after the first benchmark has run
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise FileNotFoundError(f"the folder of {path} does not exist")
@@ -686,18 +821,31 @@ def main(cfg):
             print(f"[warning] unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}", file=sys.stderr)
     torch.manual_seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if os.path.isdir(cfg.model):  # a cut weight file, named (safetensors' own error names no file)
+        from checkpoint import safetensors_problem
+
+        for name in sorted(os.listdir(cfg.model)):
+            problem = safetensors_problem(os.path.join(cfg.model, name)) if name.endswith(".safetensors") else None
+            if problem:
+                raise ValueError(f"--model {cfg.model}: {problem}; evaluate a complete checkpoint (for a run, an "
+                                 "earlier one of its checkpoints/)")
+    # the judge first: one that cannot work (no server at --judge-url) stops before the model loads
+    judge = frozen_engine(cfg.judge, cfg.judge_url, device=device, batch_size=cfg.batch_size,
+                          timeout=cfg.judge_timeout, retries=cfg.judge_retries)
+    # every checkpoint at the same image resolution: a base model's processor would otherwise use its own
+    # defaults and a trained one its training bounds (EVAL.md: min 256x32x32, max 1280x32x32 pixels)
+    pixels = (cfg.image_min_pixels, cfg.image_max_pixels)
     has_vllm = importlib.util.find_spec("vllm") is not None
     kind = cfg.engine if cfg.engine != "auto" else "vllm" if device == "cuda" and has_vllm else "transformers"
     if kind == "vllm":
         if not has_vllm:
             raise SystemExit(vllm_missing("--engine vllm"))
-        tokenizer, _ = load_tokenizer(resolve_model_name(cfg.model), pixels=PAPER_PIXELS)
+        tokenizer, _ = load_tokenizer(resolve_model_name(cfg.model), pixels=pixels)
         engine = VLLMEngine(resolve_model_name(cfg.model), tokenizer, cfg.vllm_gpu_memory_utilization, seed=cfg.seed,
-                            dtype="bfloat16" if device == "cuda" else "float32", pixels=PAPER_PIXELS)
+                            dtype="bfloat16" if device == "cuda" else "float32", pixels=pixels)
     else:
-        model, tokenizer = load_model(cfg.model, device=device)
+        model, tokenizer = load_model(cfg.model, device=device, pixels=pixels)
         engine = TransformersEngine(model.eval(), tokenizer, max_batch_size=cfg.batch_size)
-    judge = frozen_engine(cfg.judge, cfg.judge_url, device=device, batch_size=cfg.batch_size)
     if cfg.responses:
         open(cfg.responses, "w").close()  # a fresh file; every benchmark's records are appended when it ends
     written = set()
@@ -714,17 +862,32 @@ def main(cfg):
             tmp = cfg.out + ".tmp"  # written whole, then renamed: a crash never leaves half a file
             with open(tmp, "w") as f:
                 json.dump({"config": asdict(cfg), "benchmarks": slim, "macro": summary["macro"],
-                           "macro_over": summary["macro_over"], "errors": summary["errors"]}, f, indent=1)
+                           "macro_over": summary["macro_over"], "macro_missing": summary["macro_missing"],
+                           "errors": summary["errors"]}, f, indent=1)
             os.replace(tmp, cfg.out)
 
     summary = run_benchmarks(engine, names, cfg.samples, cfg.max_new_tokens, judge, cfg.data_dir, cfg.limit,
-                             redux_rows=cfg.mmlu_redux_rows, on_update=write)
+                             redux_rows=cfg.mmlu_redux_rows, on_update=write,
+                             video=dict(fps=cfg.video_fps, max_frames=cfg.video_max_frames, dir=cfg.video_dir),
+                             multichallenge_closer=cfg.multichallenge_closer)
     print(markdown_table(summary))
     if summary["errors"]:
         failed = ", ".join(summary["errors"])
         print(f"eval.py: {len(summary['errors'])} of {len(names)} benchmarks failed: {failed}", file=sys.stderr)
+    if judge_failures(summary):
+        print(f"eval.py: scores that rest on failed judge calls: {', '.join(judge_failures(summary))}",
+              file=sys.stderr)
     return summary
 
 
+def judge_failures(summary):
+    """The benchmarks whose score counts failed judge calls as wrong answers."""
+    return [name for name, r in summary["benchmarks"].items() if r.get("judge_failed")]
+
+
 if __name__ == "__main__":
-    sys.exit(1 if main(HfArgumentParser(EvalConfig).parse_args_into_dataclasses()[0])["errors"] else 0)
+    if "--list" in sys.argv[1:]:  # no model needed
+        print(list_table())
+        sys.exit(0)
+    summary = main(HfArgumentParser(EvalConfig).parse_args_into_dataclasses()[0])
+    sys.exit(1 if summary["errors"] or judge_failures(summary) else 0)

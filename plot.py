@@ -16,6 +16,7 @@ import math
 import os
 import re
 import statistics
+import warnings
 
 import matplotlib
 
@@ -61,7 +62,7 @@ def load_run(run_dir):
     try:
         lines = read_jsonl(path)
     except ValueError as e:  # a line that is not JSON or not UTF-8, named with its file and line
-        raise MetricsError(str(e)) from None
+        lines = _without_half_written_last_line(path, e)
     for lineno, row in lines:
         if not isinstance(row, dict) or not isinstance(row.get("step"), int):
             raise MetricsError(f"{path}:{lineno}: expected a JSON object with an integer 'step'")
@@ -82,6 +83,27 @@ def load_run(run_dir):
     name = os.path.basename(os.path.normpath(run_dir))
     label = f"{name}: {method_name(config)}, seed {config['seed']}" if config else name
     return {"dir": run_dir, "label": label, "config": config, "rows": rows}
+
+
+def _without_half_written_last_line(path, error):
+    """The rows of a metrics file whose last line a killed run left half-written, without its newline (train.py
+    drops it on resume, and so does plot.py, with a warning); any other bad line is an error naming it."""
+    with open(path, "rb") as f:
+        numbered = [(n, raw) for n, raw in enumerate(f, 1) if raw.strip()]
+    if numbered[-1][1].endswith(b"\n"):  # a complete bad line is damage, not a write cut short
+        raise MetricsError(str(error)) from None
+    try:
+        json.loads(numbered[-1][1])
+        raise MetricsError(str(error)) from None  # the last line is fine: the bad one is earlier
+    except ValueError:
+        pass
+    try:
+        rows = read_jsonl(path, limit=len(numbered) - 1)
+    except ValueError as e:
+        raise MetricsError(str(e)) from None
+    warnings.warn(f"{path}:{numbered[-1][0]}: dropping the half-written last line (the run was stopped while "
+                  "writing it)")
+    return rows
 
 
 def series(rows, key, count_key=None):

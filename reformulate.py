@@ -41,8 +41,10 @@ def with_closer(text):
 
 
 def user_prompt(example, text):
-    """The engine prompt of `text` about `example`: with the question's images first when it has any (plain,
-    BCQ, NCQ and teacher prompts alike; candidates stay text)."""
+    """The engine prompt of `text` about `example`: with the question's images (and a video benchmark's clips)
+    first when it has any (plain, BCQ, NCQ and teacher prompts alike; candidates stay text)."""
+    if example.get("videos"):
+        return {"text": text, "images": example.get("images") or [], "videos": example["videos"]}
     return {"text": text, "images": example["images"]} if example.get("images") else text
 
 

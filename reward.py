@@ -3,8 +3,8 @@
 Spec section "Reward" and EVAL.md "Exact+Judge". The rule grader (`grade`) checks short answers and
 letters; every row it cannot resolve (a free-form gold answer, no parseable box, a truncated response)
 goes to the LLM judge with the paper's prompt and the full response; without a judge such rows score 0
-and are reported as unresolved. Training rewards and eval.py's scores both go through `score_responses`
-/ `score_detailed`, so the routing is the same in both.
+and are reported as unresolved. Training rewards (`score_rollouts`) and eval.py's scores both go through
+`score_detailed` with truncation marked, so the routing is the same in both.
 Model output is untrusted: the scan is linear and bounded, over-long answers
 are compared as text only, exponent towers and huge factorials never reach sympy (Python's big
 integers would compute them in C where no time limit can interrupt), and math-verify runs under its
@@ -279,13 +279,24 @@ def judge_prompt(example, response):
         model_response=clip_start(response), ground_truth=example["answer"])
 
 
+def after_thinking(text):
+    """The reply after the last </think>, stripped; the whole text when there is none. A reasoning model's
+    thinking ends at its last </think> wherever the block opened: at the start of the reply, after some text,
+    or in the prompt (a chat template may open <think> in the generation prompt, so the reply has no opening
+    tag). Judges' verdicts, the Hint baseline's hints and MultiChallenge's graded reply all read this part."""
+    return text.rsplit("</think>", 1)[-1].strip()
+
+
 def verdict_of(text):
-    """"correct" or "wrong" for exactly {"verdict": "correct"|"wrong"}, None for anything else (a think block
-    before it is allowed: a thinking judge writes one)."""
-    text = re.sub(r"^\s*<think>.*?</think>", "", text, flags=re.DOTALL).strip()
+    """"correct" or "wrong" for exactly {"verdict": "correct"|"wrong"}, None for anything else. A think block
+    before it is allowed (a thinking judge writes one, with or without its opening tag); a verdict written only
+    inside the thinking does not count. Never raises: any reply is a verdict or None."""
+    if not isinstance(text, str):
+        return None
+    text = after_thinking(text)
     try:
         verdict = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
         return None
     if isinstance(verdict, dict) and set(verdict) == {"verdict"} and verdict["verdict"] in ("correct", "wrong"):
         return verdict["verdict"]
@@ -363,6 +374,14 @@ def score_detailed(pairs, judge=None, grade_fn=grade, truncated=None):
 def score_responses(pairs, judge=None, grade_fn=grade, truncated=None):
     """0/1 per (example, response): the rule grader where it decides, the judge (one batch) for the rest."""
     return [d["score"] for d in score_detailed(pairs, judge, grade_fn, truncated)]
+
+
+def score_rollouts(groups, examples, judge=None, grade_fn=grade):
+    """score_nested of rollouts (groups[i]: objects with .text and .finish_reason, responses to examples[i]): a
+    response the token limit cut (finish_reason "length") is marked truncated, as eval.py marks it, so a training
+    reward and a benchmark score route the same response the same way (App. D.1: one routing for every method)."""
+    return score_nested([[r.text for r in g] for g in groups], examples, judge, grade_fn,
+                        [[r.finish_reason == "length" for r in g] for g in groups])
 
 
 def score_nested(texts, examples, judge=None, grade_fn=grade, truncated=None):

@@ -16,14 +16,16 @@ a checkpoint's own generation_config.json (Qwen's ship top-k, top-p, temperature
 repetition penalty) never reaches the sampler.
 """
 import contextlib
+import errno
+import http.client
 import importlib.util
 import json
 import os
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
+import urllib.parse
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
@@ -32,6 +34,7 @@ from tqdm import tqdm
 from transformers import (AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageTextToText,
                           AutoTokenizer, GenerationConfig)
 
+from video import prompt_videos, video_data_url, vllm_video
 from zppo import suppressed_token_ids
 
 
@@ -68,13 +71,20 @@ def open_image(path):
 def encode_prompt(tokenizer, prompt, **template_kwargs):
     """(prompt token ids, image inputs or None). The chat template puts one placeholder per image; as
     Qwen's processor does, each becomes as many placeholders as the image has merged patches, and the
-    image processor (attached to the tokenizer by load_model) gives the pixel values."""
+    image processor (attached to the tokenizer by load_model) gives the pixel values. A prompt's videos
+    (video.py: sampled frames) come first, as Qwen's video inputs."""
+    from video import expand_video_tokens, video_inputs
+
     text, images = prompt_parts(prompt)
-    ids = chat_prompt_ids(tokenizer, text, images, **template_kwargs)
-    if not images:
+    videos = prompt_videos(prompt)
+    ids = chat_prompt_ids(tokenizer, text, images, videos=len(videos), **template_kwargs)
+    if not images and not videos:
         return ids, None
-    vision = image_inputs(tokenizer, images)
-    return expand_image_tokens(tokenizer, ids, vision), vision
+    vision = image_inputs(tokenizer, images) if images else {}
+    if videos:
+        vision.update(video_inputs(tokenizer, videos))
+        ids = expand_video_tokens(tokenizer, ids, vision, videos)
+    return (expand_image_tokens(tokenizer, ids, vision) if images else ids), vision
 
 
 def image_inputs(tokenizer, images):
@@ -103,7 +113,8 @@ def batch_vision(visions):
     visions = [v for v in visions if v is not None]
     if not visions:
         return {}
-    return {k: torch.cat([v[k] for v in visions]) for k in visions[0]}
+    keys = dict.fromkeys(k for v in visions for k in v)  # rows with images, videos or both
+    return {k: torch.cat([v[k] for v in visions if k in v]) for k in keys}
 
 
 def resolve_model_name(name):
@@ -171,7 +182,9 @@ def frozen_engine(name, url=None, kind="transformers", device="cpu", batch_size=
     eval.py. Remote when `url` is given (an OpenAI-compatible server serving `name`), else in this
     process: vLLM, or transformers in bf16 on GPU (half the memory) and fp32 on CPU. None without a name."""
     if url:
-        return RemoteEngine(url, resolve_model_name(name or "default"), timeout, retries, concurrency)
+        engine = RemoteEngine(url, resolve_model_name(name or "default"), timeout, retries, concurrency)
+        engine.check()  # no server there, a wrong path: said now, not as every request failing
+        return engine
     if name is None:
         return None
     if kind == "vllm":
@@ -182,13 +195,15 @@ def frozen_engine(name, url=None, kind="transformers", device="cpu", batch_size=
     return TransformersEngine(model.eval().requires_grad_(False), tokenizer, max_batch_size=batch_size)
 
 
-def chat_prompt_ids(tokenizer, text, images=(), **template_kwargs):
+def chat_prompt_ids(tokenizer, text, images=(), videos=0, **template_kwargs):
     """The chat-templated prompt: a user-message text (with images: their placeholders first, then the
-    text), or a list of {role, content} messages (a multi-turn chat) as it is."""
+    text; `videos` video placeholders before those), or a list of {role, content} messages (a multi-turn
+    chat) as it is."""
     if isinstance(text, list):
         messages = text
     else:
-        content = text if not images else [{"type": "image"} for _ in images] + [{"type": "text", "text": text}]
+        visual = [{"type": "video"} for _ in range(videos)] + [{"type": "image"} for _ in images]
+        content = text if not visual else visual + [{"type": "text", "text": text}]
         messages = [{"role": "user", "content": content}]
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
                                               tokenize=True, return_dict=False, **template_kwargs))
@@ -247,8 +262,9 @@ class TransformersEngine:
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
         vision = vision or [None] * len(prompt_ids)
         images = {k: v.to(device) for k, v in batch_vision(vision).items()}
-        if images:  # the model places multimodal rotary positions from the image tokens' positions
-            images["mm_token_type_ids"] = (input_ids == model.config.image_token_id).int()
+        if images:  # the model places multimodal rotary positions from the image (1) and video (2) tokens' positions
+            images["mm_token_type_ids"] = ((input_ids == model.config.image_token_id).int()
+                                           + 2 * (input_ids == model.config.video_token_id).int())
         greedy = temperature == 0
         config = GenerationConfig(
             do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
@@ -471,11 +487,17 @@ class VLLMEngine:
         requests, visions, expected = [], [], []
         for p, pre in zip(prompts, response_prefixes or [[] for _ in prompts]):
             text, images = prompt_parts(p)
-            ids = chat_prompt_ids(self.tokenizer, text, images) + list(pre)
+            videos = prompt_videos(p)
+            ids = chat_prompt_ids(self.tokenizer, text, images, videos=len(videos)) + list(pre)
             request = {"prompt_token_ids": ids}
             vision = None
-            if images:  # one placeholder per image in `ids`: vLLM expands them itself (its multi-modal input)
-                request["multi_modal_data"] = {"image": [open_image(x) for x in images]}
+            if images or videos:  # one placeholder per image or video in `ids`: vLLM expands them itself
+                data = {"image": [open_image(x) for x in images]} if images else {}
+                if videos:  # evaluation only: the sampled frames with their metadata, vLLM not re-sampling them
+                    data["video"] = [vllm_video(v) for v in videos]
+                    request["mm_processor_kwargs"] = {"do_sample_frames": False}
+                request["multi_modal_data"] = data
+            if images and not videos:
                 vision = image_inputs(self.tokenizer, images)  # the trainer's, for the update
             requests.append(request)
             visions.append(vision)
@@ -534,21 +556,68 @@ class ShardedEngine:
 class RemoteEngine:
     """A teacher behind an OpenAI-compatible server (e.g. `vllm serve Qwen/Qwen3.5-27B-FP8`).
 
-    Chat completions over HTTP with a timeout per request, retries with exponential backoff on
-    connection errors, timeouts, 429/5xx answers and malformed bodies, and at most `concurrency`
-    requests in flight. A prompt whose requests all fail gets no rollouts (an empty list) and counts in
-    `failures`: for train.py that question loses its BCQ this step, never the run. The teacher is frozen,
-    so sync_weights does nothing; token ids and log-probs are not needed from it and stay empty."""
+    Chat completions over HTTP, each request (connect, send, wait, read) within `timeout` seconds in all,
+    retries with exponential backoff on transport errors of any kind, timeouts, 429/5xx answers and replies
+    that are not a well-formed completion of the requested shape (not JSON, a body over the size the request
+    can need, not exactly n choices, a `content` that is no text, text far beyond max_tokens), and at most
+    `concurrency` requests in flight. A prompt whose requests all fail gets no rollouts (an empty list) and
+    counts in `failures` (`prompts` counts those asked): for train.py that question loses its BCQ this step,
+    never the run. The teacher is frozen, so sync_weights does nothing; token ids and log-probs are not
+    needed from it and stay empty."""
+
+    CHARS_PER_TOKEN = 16  # no text averages this many characters per token: a longer one ignored max_tokens
 
     def __init__(self, url, model, timeout=600.0, retries=3, concurrency=32, backoff=1.0):
+        problem = self.url_problem(url)
+        if problem:
+            raise ValueError(problem)
         url = url.rstrip("/")
         self.url = url if url.endswith("/chat/completions") else url + "/v1/chat/completions"
         self.model, self.timeout, self.retries = model, timeout, retries
         self.concurrency, self.backoff = concurrency, backoff
-        self.failures, self._lock = 0, threading.Lock()  # requests run in threads
+        self.failures, self.prompts, self._lock = 0, 0, threading.Lock()  # requests run in threads
+
+    @staticmethod
+    def url_problem(url):
+        """What is wrong with a server URL (no http:// or https:// scheme, no host), or None."""
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            return f"{url}: not an http:// or https:// URL with a host (e.g. http://{url.split('://')[-1]})"
+        return None
 
     def sync_weights(self, model, state_dict=None):
         pass
+
+    def check(self):
+        """One tiny request at start: a configuration that cannot work (nothing listening at the URL, a wrong
+        path, a model the server does not serve) stops here, naming the URL; a server that answers but fails
+        or is slow now only gets a warning (its requests are counted as they fail)."""
+        data = json.dumps({"model": self.model, "messages": [{"role": "user", "content": "Say OK."}], "n": 1,
+                           "max_tokens": 1, "temperature": 0.0}).encode()
+        try:
+            status, payload = self._post(data)
+        except TimeoutError:
+            warnings.warn(f"{self.url}: no answer to a test request within {self.timeout:g} s; going on (each "
+                          "request that fails is counted)")
+            return
+        except OSError as e:
+            if not isinstance(e, (ConnectionRefusedError, socket.gaierror)) and \
+                    e.errno not in (errno.ENETUNREACH, errno.EHOSTUNREACH, errno.EADDRNOTAVAIL):
+                warnings.warn(f"{self.url}: a test request failed ({type(e).__name__}: {e}); going on")
+                return
+            # refused, no such host, unreachable: every request would fail
+            raise OSError(f"no server answers at {self.url} ({type(e).__name__}: {e}): start it, or correct the "
+                          "URL") from e
+        except Exception as e:  # a server that answers, badly: counted request by request
+            warnings.warn(f"{self.url}: a test request failed ({type(e).__name__}: {e}); going on")
+            return
+        if 400 <= status < 500 and status != 429:  # refused as asked: every request would be refused the same
+            raise OSError(f"{self.url} answered {status} to a test request for the model {self.model!r} "
+                          f"({payload[:200].decode('utf-8', 'replace')!r}): check the URL (the server's root or "
+                          "its /v1) and the model name the server serves")
+        if status != 200:
+            warnings.warn(f"{self.url}: a test request answered {status}; going on (each request that fails is "
+                          "counted)")
 
     def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
                  presence_penalty=0.0, repetition_penalty=1.0, response_prefixes=None):
@@ -563,6 +632,66 @@ class RemoteEngine:
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(prompts)))) as pool:
             return list(pool.map(lambda p: self._complete(p, body), prompts))
 
+    def _post(self, data, limit=None):
+        """(status, body) of one POST, all of it within self.timeout: a watchdog shuts the socket down when
+        the time is up (a socket timeout alone bounds each read, and a server can keep sending slowly).
+        A body over `limit` bytes is cut there (the caller refuses it)."""
+        parts = urllib.parse.urlsplit(self.url)
+        connection = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+        conn = connection(parts.hostname, parts.port, timeout=self.timeout)
+        expired = threading.Event()
+
+        def stop():
+            expired.set()
+            with contextlib.suppress(AttributeError, OSError):
+                conn.sock.shutdown(socket.SHUT_RDWR)
+
+        watchdog = threading.Timer(self.timeout, stop)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            conn.connect()
+            if expired.is_set():
+                raise TimeoutError
+            path = parts.path + (f"?{parts.query}" if parts.query else "")
+            conn.request("POST", path, body=data, headers={"Content-Type": "application/json"})
+            response = conn.getresponse()
+            payload = response.read(limit + 1) if limit else response.read()
+        except Exception:
+            if expired.is_set():
+                raise TimeoutError(f"no complete answer within {self.timeout:g} s") from None
+            raise
+        finally:
+            watchdog.cancel()
+            conn.close()
+        if expired.is_set():
+            raise TimeoutError(f"no complete answer within {self.timeout:g} s")
+        return response.status, payload
+
+    @classmethod
+    def _rollouts(cls, payload, n, max_tokens):
+        """The n Rollouts of a completion body, or None for anything else (every shape check in one place)."""
+        reply = json.loads(payload)
+        choices = reply.get("choices") if isinstance(reply, dict) else None
+        if not isinstance(choices, list) or len(choices) != n:
+            return None
+        usage = reply.get("usage")
+        used = usage.get("completion_tokens") if isinstance(usage, dict) else None
+        if isinstance(used, int) and used > n * max_tokens:
+            return None
+        out = []
+        for c in choices:
+            message = c.get("message") if isinstance(c, dict) else None
+            text = message.get("content") if isinstance(message, dict) else None
+            reason = c.get("finish_reason") if isinstance(c, dict) else None
+            if message is None or not isinstance(text, (str, type(None))) or \
+                    not isinstance(reason, (str, type(None))):
+                return None
+            if text and len(text) > cls.CHARS_PER_TOKEN * max_tokens:
+                return None
+            out.append(Rollout(text=text or "", prompt_ids=[], token_ids=[], finish_reason=reason or "stop"))
+        return out
+
     def _complete(self, prompt, body):
         if isinstance(prompt, list):  # a multi-turn chat, as it is
             messages = prompt
@@ -570,22 +699,28 @@ class RemoteEngine:
             text, images = prompt_parts(prompt)
             content = text if not images else [{"type": "image_url", "image_url": {"url": png_data_url(x)}}
                                                for x in images] + [{"type": "text", "text": text}]
+            if prompt_videos(prompt):  # the server's documented video input: the file, sampled by the server
+                content = [{"type": "video_url", "video_url": {"url": video_data_url(v)}} for v in prompt_videos(prompt)
+                           ] + (content if isinstance(content, list) else [{"type": "text", "text": text}])
             messages = [{"role": "user", "content": content}]
         data = json.dumps({**body, "messages": messages}).encode()
+        # the most a well-formed reply can need: the text (JSON-escaped) of n choices, and room for the rest
+        limit = 8 * self.CHARS_PER_TOKEN * body["n"] * body["max_tokens"] + (1 << 20)
+        with self._lock:
+            self.prompts += 1
         for attempt in range(self.retries + 1):
             if attempt:
                 time.sleep(self.backoff * 2 ** (attempt - 1))
-            request = urllib.request.Request(self.url, data=data, headers={"Content-Type": "application/json"})
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    choices = json.loads(response.read())["choices"]
-                return [Rollout(text=c["message"]["content"] or "", prompt_ids=[], token_ids=[],
-                                finish_reason=c.get("finish_reason") or "stop") for c in choices]
-            except urllib.error.HTTPError as e:
-                if e.code != 429 and e.code < 500:  # a request the server will never accept: do not retry
-                    break
-            except (urllib.error.URLError, TimeoutError, OSError, ValueError, KeyError, TypeError):
-                pass  # unreachable, too slow, or a body that is not the expected JSON: try again
+                status, payload = self._post(data, limit)
+                if status == 200 and len(payload) <= limit:
+                    rollouts = self._rollouts(payload, body["n"], body["max_tokens"])
+                    if rollouts is not None:
+                        return rollouts
+                elif status != 200 and status != 429 and status < 500:
+                    break  # a request the server will never accept: do not retry
+            except Exception:  # noqa: BLE001 (transport errors of every kind, a timeout, a body that is not
+                pass  # JSON or nests too deep: one failed attempt, tried again; a remote server never costs a run)
         with self._lock:
             self.failures += 1
         return []

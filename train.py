@@ -32,16 +32,17 @@ from accelerate import Accelerator, DistributedType
 from tqdm import tqdm
 
 from baselines import (DISTILLATION, TEACHER_GUIDED, guided_metrics, guided_prompts, jsd_update, off_distill_targets,
-                       shared_teacher)
+                       off_distill_weights, shared_teacher)
 from buffer import ReplayBuffer
 from checkpoint import (add_to_step, clear_run, config_changes, find_checkpoint, load_checkpoint,
-                        load_optimizer_state, open_run, optimizer_state, save_checkpoint, write_step)
+                        load_optimizer_state, open_run, optimizer_state, release_lock, resume_problems, save_checkpoint,
+                        take_lock, write_step)
 from config import Config, parse_config, validate  # noqa: F401 (train.Config for scripts)
 from data import load_examples, take
 from reformulate import postcap, precap, reformulated_prompts, user_prompt, with_closer
-from reward import grade, score_nested
-from rollout import (ShardedEngine, TransformersEngine, VLLMEngine, encode_prompt, frozen_engine, load_model,
-                     resolve_model_name)
+from reward import grade, score_rollouts
+from rollout import (Rollout, ShardedEngine, TransformersEngine, VLLMEngine, encode_prompt, frozen_engine,
+                     load_model, resolve_model_name)
 from zppo import (Episode, compute_advantages, fill_old_logprobs, plan_minibatches, ppo_update, reduce_sum,
                   sync_check)
 
@@ -224,25 +225,25 @@ def fit_prompts(cfg, examples, tokenizer):
 
 
 def score_groups(groups, examples, judge):
-    """The binary reward of every rollout: rule grader, or the judge (the teacher) for free-form gold answers."""
-    return score_nested([[r.text for r in g] for g in groups], examples, judge, grade)
+    """The binary reward of every rollout: rule grader, or the judge (the teacher) for what the rule cannot
+    resolve (free-form gold answers, no parseable box, a truncated response whose last box is wrong)."""
+    return score_rollouts(groups, examples, judge, grade)
 
 
 def teacher_correct_rollouts(examples, teacher, cfg):
-    """Spec step 3: G_T teacher rollouts per question on the plain prompt, correct ones kept.
-    With --teacher gold the data set's worked solution stands in for the teacher's rollouts."""
+    """Spec step 3: G_T teacher rollouts per question on the plain prompt, the correct ones kept (Rollouts).
+    With --teacher gold the data set's worked solution stands in for the teacher's rollouts (text, no tokens)."""
     if cfg.teacher == "gold":
-        texts = [[ex["solution"]] if ex.get("solution") else [] for ex in examples]
+        groups = [[Rollout(ex["solution"], [], [])] if ex.get("solution") else [] for ex in examples]
     elif teacher is not None and examples:
         groups = teacher.generate([user_prompt(ex, with_closer(ex["question"])) for ex in examples],
                                   n=cfg.teacher_group_size,
                                   max_new_tokens=cfg.teacher_max_new_tokens, temperature=cfg.temperature,
                                   top_p=cfg.top_p, top_k=cfg.top_k)
-        texts = [[r.text for r in g] for g in groups]
     else:
-        texts = [[] for _ in examples]
-    scores = score_nested(texts, examples, teacher, grade)
-    return [[t for t, ok in zip(ts, ss) if ok] for ts, ss in zip(texts, scores)]
+        groups = [[] for _ in examples]
+    scores = score_rollouts(groups, examples, teacher, grade)
+    return [[r for r, ok in zip(g, ss) if ok] for g, ss in zip(groups, scores)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -297,6 +298,12 @@ def periodic_eval(student, teacher, cfg, step, log):
                                      limit=cfg.eval_limit, log=log)
         metrics = {f"eval/{name}": r["accuracy"] for name, r in summary["benchmarks"].items()}
         metrics.update({f"eval/macro_{fam}": acc for fam, acc in summary["macro"].items()})
+        for name, r in summary["benchmarks"].items():  # judge calls that failed were scored 0: a lower bound
+            if r.get("judge_failed"):
+                metrics[f"eval/{name}_judge_failed"] = r["judge_failed"]
+        if summary["errors"]:  # run_benchmarks reports a benchmark that failed (a bad file line) instead of raising
+            log(f"step {step}: evaluation of {', '.join(summary['errors'])} failed; training goes on")
+            metrics["eval/failed"] = 1.0
     except Exception as e:  # an evaluation costs its own numbers at most, never the run
         log(f"step {step}: evaluation failed ({type(e).__name__}: {e}); training goes on")
         return {"eval/failed": 1.0}
@@ -333,6 +340,11 @@ def resume_from(cfg, ckpt, model, optimizer, rng, buffer, accelerator):
     if changes:
         warnings.warn(f"--resume: flags differ from the run that wrote {ckpt}: {', '.join(changes)}")
     start, data_pos, optim = load_checkpoint(ckpt, rng, buffer)
+    if buffer.capacity != cfg.buffer_capacity:  # applied, not only listed: the restored capacity would win
+        print(f"--buffer-capacity {cfg.buffer_capacity} replaces the restored buffer's {buffer.capacity} "
+              f"({max(0, len(buffer) - cfg.buffer_capacity)} of its {len(buffer)} questions evicted, oldest first)")
+        buffer.capacity = cfg.buffer_capacity
+        buffer.update([], cfg.tau)  # evicts down to the new capacity (FIFO), counted in the buffer's totals
     load_optimizer_state(model, optimizer, optim, accelerator)
     for key in ("lr", "weight_decay"):
         restored = {group[key] for group in optimizer.param_groups}
@@ -351,8 +363,29 @@ def resume_from(cfg, ckpt, model, optimizer, rng, buffer, accelerator):
 
 def main(cfg):
     validate(cfg)  # flags, the output folder, then the data: all before any model loads
+    # one process writes a run folder: the main process holds OUT/lock until it exits, however it exits
+    lock = take_lock(cfg.out_dir) if os.environ.get("RANK", "0") == "0" else None
+    try:
+        return train_run(cfg)
+    finally:
+        release_lock(lock)
+
+
+def train_run(cfg):
     examples = load_data(cfg)
+    if cfg.teacher == "gold" and (cfg.bcq or cfg.algo in TEACHER_GUIDED):  # the solutions are the teacher
+        without = sum(not ex.get("solution") for ex in examples)
+        if without == len(examples):
+            raise SystemExit(f"--teacher gold: no question of {cfg.data} has a `solution` field, so no question "
+                             "would ever get a correct teacher answer (no BCQ, no hint or prefix); add worked "
+                             "solutions, use a teacher model, or --no-bcq")
+        if without:
+            warnings.warn(f"--teacher gold: {without} of the {len(examples)} questions of {cfg.data} have no "
+                          "`solution`: those never get a correct teacher answer (no BCQ)")
     ckpt = find_checkpoint(cfg.resume) if cfg.resume else None
+    problems = resume_problems(cfg, ckpt) if ckpt else []
+    if problems:  # before anything loads, and before config.json is rewritten
+        raise SystemExit("train.py: cannot resume:\n  " + "\n  ".join(problems))
     accelerator = Accelerator(log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=cfg.out_dir,
                               mixed_precision=cfg.mixed_precision)
     if cfg.overwrite and accelerator.is_main_process and os.path.isdir(cfg.out_dir):
@@ -365,9 +398,13 @@ def main(cfg):
     examples = fit_prompts(cfg, examples, tokenizer)
     student, teacher = build_engines(cfg, accelerator, model, tokenizer, ckpt or cfg.student)
     teacher_model = shared_teacher(teacher, tokenizer, model) if cfg.algo in DISTILLATION else None
+    # Prefix cuts the teacher's own tokens: they are the student's ids unless the teacher has another vocabulary
+    teacher_tokenizer = getattr(teacher, "tokenizer", None) if cfg.algo == "prefix" else None
+    if teacher_tokenizer is not None and teacher_tokenizer.get_vocab() == tokenizer.get_vocab():
+        teacher_tokenizer = None
     buffer = ReplayBuffer(cfg.buffer_capacity)
     start, data_pos = resume_from(cfg, ckpt, model, optimizer, rng, buffer, accelerator) if ckpt else (0, (0, 0))
-    log_path = open_run(cfg, start, accelerator)
+    log_path = open_run(cfg, start, accelerator, ckpt)
     n_new, cap = cfg.questions_per_step, round_half_up(cfg.rho_aug * cfg.questions_per_step)
     sample = dict(n=cfg.group_size, max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                   top_p=cfg.top_p, top_k=cfg.top_k)
@@ -377,7 +414,7 @@ def main(cfg):
                disable=not accelerator.is_main_process)
     for step in bar:
         t_step, timer, metrics = time.time(), defaultdict(float), {}
-        teacher_failures = getattr(teacher, "failures", 0)
+        teacher_failures, teacher_prompts = getattr(teacher, "failures", 0), getattr(teacher, "prompts", 0)
 
         # 1. plain rollouts on new questions + replayed hard ones, binary reward
         new, *data_pos = take(examples, n_new, cfg.seed, *data_pos)
@@ -399,7 +436,8 @@ def main(cfg):
         # 3. teacher rollouts on the kept hard questions, only the correct ones kept (never cached)
         with timed(timer, "teacher"):
             correct = teacher_correct_rollouts([questions[i] for i in kept], teacher, cfg) if guided else []
-        teacher_correct = dict(zip(kept, correct))
+        teacher_rollouts = dict(zip(kept, correct))
+        teacher_correct = {i: [r.text for r in rs] for i, rs in teacher_rollouts.items()}
         teacher_ok = {i: bool(teacher_correct.get(i)) for i in kept}
 
         # 6. post-cap: BCQ then NCQ per question, hardest first, at most rho_aug * N_new instances
@@ -418,9 +456,9 @@ def main(cfg):
         hints, prefixes = [], None
         if cfg.algo in TEACHER_GUIDED:
             with timed(timer, "teacher"):
-                chosen, prompts, hints, prefixes = guided_prompts(cfg.algo, kept, teacher_correct, questions, rng,
+                chosen, prompts, hints, prefixes = guided_prompts(cfg.algo, kept, teacher_rollouts, questions, rng,
                                                                   teacher, cfg.hint_max_new_tokens, tokenizer,
-                                                                  cfg.prefix_frac)
+                                                                  cfg.prefix_frac, teacher_tokenizer)
 
         # 7. student rollouts on the reformulated prompts, scored against the original gold answer
         with timed(timer, "rollout"):
@@ -446,12 +484,13 @@ def main(cfg):
                 targets, teacher_counts = off_distill_targets(questions, plain, teacher, grade, **teacher_sample)
 
         # 10. I mini-batch updates; old log-probs are those of the policy that sampled. The distillation
-        #     baselines take one step on the token mean of the JSD to the teacher instead
+        #     baselines take one step on the JSD to the teacher instead (Off-Distill: a mean over questions)
         with timed(timer, "update"), oom_hint(cfg, targets):
             if cfg.algo in DISTILLATION:
+                weights = off_distill_weights(targets, cfg.off_distill_mean) if cfg.algo == "off_distill" else None
                 metrics.update(jsd_update(model, teacher_model, optimizer, accelerator, targets, cfg.temperature,
                                           cfg.micro_batch_size, tokenizer.pad_token_id, cfg.jsd_beta,
-                                          cfg.grad_clip))
+                                          cfg.grad_clip, weights))
             else:
                 iters = plan_minibatches(seqs, cfg.iters_per_step, rng, accelerator.process_index,
                                          accelerator.num_processes, cfg.skip_zero_adv)
@@ -477,6 +516,11 @@ def main(cfg):
                                     buffer, cfg))
         metrics.update({**guided_metrics(cfg.algo, seqs, chosen, questions, hints, prefixes), **teacher_counts})
         metrics["count/teacher_failed"] = getattr(teacher, "failures", 0) - teacher_failures
+        asked = getattr(teacher, "prompts", 0) - teacher_prompts
+        if asked and metrics["count/teacher_failed"] == asked:  # a teacher that is gone is said, not just counted
+            warnings.warn(f"step {step + 1}: every one of the {asked} requests to the teacher at {cfg.teacher_url} "
+                          "failed (count/teacher_failed): no teacher answers, no judge verdicts this step; is the "
+                          "server up and serving --teacher?")
         metrics.update({f"time/{k}": v for k, v in timer.items()}, **{"time/step": time.time() - t_step})
         if accelerator.num_processes > 1:
             metrics["dist/weight_checksum_spread"] = weight_checksum_spread(model, accelerator)

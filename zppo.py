@@ -24,6 +24,7 @@ class Episode:
     adv: float = 0.0  # step 9: one scalar, broadcast to every token
     minibatch: int = 0  # step 10: which of the I mini-batches this episode is in
     on_this_rank: bool = True  # whether this process computes its forward/backward (plan_minibatches)
+    computed: bool = True  # whether any process does (False: A = 0 under skip_zero_adv)
     old_logprobs: list = field(default_factory=list)  # the sampling policy's log-probs, recomputed by the trainer
     vision: dict = None  # the prompt's image inputs (pixel_values, image_grid_thw); None for a text prompt
 
@@ -281,18 +282,19 @@ def micro_batches(seqs, size):
 
 def plan_minibatches(seqs, iters, rng, rank=0, world=1, skip_zero_adv=True):
     """Spec step 10's split: the whole step batch shuffled into I equal mini-batches. Sets each episode's
-    `minibatch`, and `on_this_rank`, whether this rank computes it: every rank takes every world-th sequence
-    that enters the gradient. A sequence with A = 0 adds exactly zero loss and zero gradient, so with
-    skip_zero_adv it is not computed at all; its tokens still count in the token-level mean, so the
-    gradient is identical, only cheaper (early on most groups are trivial). Returns I."""
+    `minibatch`, `computed` (whether its forward/backward runs in the update) and `on_this_rank` (whether this
+    rank runs it): every rank takes every world-th sequence that enters the gradient. A sequence with A = 0 adds
+    exactly zero loss and zero gradient, so with skip_zero_adv it is not computed at all; its tokens still count
+    in the token-level mean, so the gradient is identical, only cheaper (early on most groups are trivial), and
+    ppo_update keeps the optimizer's step, the metrics and fill_old_logprobs's entropy as without it. Returns I."""
     order = list(range(len(seqs)))
     rng.shuffle(order)
     I = min(iters, len(order))
     for k in range(I):
         mb = [seqs[i] for i in order[k * len(order) // I:(k + 1) * len(order) // I]]
         for s in mb:
-            s.minibatch, s.on_this_rank = k, False
-        for s in ([s for s in mb if s.adv != 0] if skip_zero_adv else mb)[rank::world]:
+            s.minibatch, s.on_this_rank, s.computed = k, False, not skip_zero_adv or s.adv != 0
+        for s in [s for s in mb if s.computed][rank::world]:
             s.on_this_rank = True
     return I
 
@@ -303,13 +305,23 @@ def reduce_sum(accelerator, values):
     return (accelerator.reduce(t, "sum") if accelerator.num_processes > 1 else t).tolist()
 
 
+def logprob_share(seqs, rank, world):
+    """The episodes whose sampling-policy log-probs this rank computes: those it computes in the update, and its
+    world-th share of those no rank does (A = 0 under skip_zero_adv), so the policy's entropy and the sync check
+    cover every rollout whether or not the update skips some."""
+    rest = {id(s) for s in [s for s in seqs if not s.computed][rank::world]}
+    return [s for s in seqs if s.on_this_rank or id(s) in rest]  # in step order: sums do not depend on the skip
+
+
 @torch.no_grad()
 def fill_old_logprobs(model, seqs, temperature, micro_batch_size, pad_id, accelerator):
     """Set `old_logprobs` (the sampling policy's: the weights before this step's updates) on this rank's
-    episodes; returns the policy's mean token entropy over all ranks' (None if there are no tokens)."""
+    episodes (logprob_share); returns the policy's mean token entropy over every rollout of the step, all
+    ranks together (None if there are no tokens)."""
     model.eval()
     ent_sum, n_tok = 0.0, 0.0
-    for micro in micro_batches([s for s in seqs if s.on_this_rank], micro_batch_size):
+    share = logprob_share(seqs, accelerator.process_index, accelerator.num_processes)
+    for micro in micro_batches(share, micro_batch_size):
         lp, mask, ent = response_logprobs(model, micro, temperature, pad_id, entropy=True)  # (b, R) each
         for b, s in enumerate(micro):
             s.old_logprobs = lp[b, :len(s.token_ids)].tolist()
@@ -321,10 +333,11 @@ def fill_old_logprobs(model, seqs, temperature, micro_batch_size, pad_id, accele
 
 
 def sync_check(seqs, threshold, step, accelerator):
-    """Mean |engine log-prob - trainer log-prob| over the tokens of this step's gradient sequences.
-    Both are the sampling policy's, so the gap is numerical noise unless the engine samples from stale
-    or wrong weights: a silent weight-sync failure shows up here first."""
-    diffs = [abs(a - b) for s in seqs if s.on_this_rank and len(s.engine_logprobs) == len(s.token_ids)
+    """Mean |engine log-prob - trainer log-prob| over the tokens of this step's rollouts (each rank its
+    logprob_share). Both are the sampling policy's, so the gap is numerical noise unless the engine samples
+    from stale or wrong weights: a silent weight-sync failure shows up here first."""
+    share = logprob_share(seqs, accelerator.process_index, accelerator.num_processes)
+    diffs = [abs(a - b) for s in share if len(s.engine_logprobs) == len(s.token_ids)
              for a, b in zip(s.engine_logprobs, s.old_logprobs)]
     total, count = reduce_sum(accelerator, [sum(diffs), len(diffs)])
     gap = total / count if count else None
@@ -334,6 +347,20 @@ def sync_check(seqs, threshold, step, accelerator):
     return gap
 
 
+def coverage_filler(mb):
+    """The zero-weight micro-batch a mini-batch needs when skip_zero_adv left out every sequence that would have
+    reached some parameters: all of them (every A = 0), or all its image ones (the vision tower). Without the skip
+    those parameters get an exact zero gradient and AdamW steps them (step count, moments, weight decay); with no
+    gradient at all it would leave them behind. None when nothing is missing."""
+    computed = [s for s in mb if s.computed]
+    images = [s for s in mb if s.vision is not None]
+    if mb and not computed:
+        return (images or mb)[:1]
+    if images and not any(s.vision is not None for s in computed):
+        return images[:1]
+    return None
+
+
 def ppo_update(model, optimizer, accelerator, seqs, iters, temperature, micro_batch_size, pad_id,
                clip_low=0.2, clip_high=0.28, dual_clip=10.0, grad_clip=1.0):
     """Spec step 10: one optimizer step per mini-batch of plan_minibatches, token-level mean loss.
@@ -341,13 +368,20 @@ def ppo_update(model, optimizer, accelerator, seqs, iters, temperature, micro_ba
     Over several processes each rank computes its share; the loss is divided by the mini-batch's global
     token count and multiplied by the number of ranks, because DDP/FSDP average gradients: the result is
     the gradient of the global token-level mean. Every rank runs the same number of micro-batches (a
-    zero-weight one fills in) so the collective operations inside backward stay in step.
+    zero-weight one fills in) so the collective operations inside backward stay in step; a zero-weight one
+    also stands in for the sequences skip_zero_adv leaves out when they alone would reach some parameters
+    (coverage_filler), so the optimizer steps exactly as without the skip.
+    Metrics, the same with and without skip_zero_adv: train/loss and the clip fractions over every token of
+    the step (A = 0 tokens add 0), approx_kl and ratio_mean over the tokens with A != 0 (those of A = 0 need a
+    forward the skip saves, and the loss does not act on them).
     A mini-batch whose loss or gradient norm is not finite (NaN or inf) is not stepped on any rank: its
     gradient is dropped and counted in train/skipped_nonfinite, because one AdamW step would carry the NaN
     into every weight and into the optimizer's moments for good."""
     world = accelerator.num_processes
-    keys = ("clip_frac_low", "clip_frac_high", "clip_frac_dual", "approx_kl", "ratio_mean", "loss")
-    sums, n_tok_total, grad_norms, skipped = defaultdict(float), 0, [], 0
+    per_token = ("clip_frac_low", "clip_frac_high", "clip_frac_dual", "loss")  # over every token
+    per_active = ("approx_kl", "ratio_mean")  # over the A != 0 tokens
+    sums, n_active, grad_norms, skipped = defaultdict(float), 0, [], 0
+    n_all = sum(len(s.token_ids) for s in seqs if s.minibatch < iters)  # the same on every rank
     for k in range(iters):
         mb = [s for s in seqs if s.minibatch == k]
         n_tokens = sum(len(s.token_ids) for s in mb)
@@ -355,23 +389,27 @@ def ppo_update(model, optimizer, accelerator, seqs, iters, temperature, micro_ba
         n_micro = len(micros)
         if world > 1:
             n_micro = int(accelerator.gather(torch.tensor([n_micro], device=accelerator.device)).max())
+        filler = coverage_filler(mb)  # from the plan, which every rank shares: the same everywhere
+        n_micro += filler is not None
         finite_loss = True
         for j in range(n_micro):
-            micro = micros[j] if j < len(micros) else mb[:1]
+            micro = micros[j] if j < len(micros) else (filler or mb[:1])
             lp, mask, _ = response_logprobs(model, micro, temperature, pad_id)  # (b, R) each
             if j >= len(micros):
-                accelerator.backward(lp.sum() * 0.0)  # a filler: no gradient, same collectives
+                accelerator.backward(lp.sum() * 0.0)  # a filler: zero gradient, same collectives
                 continue
             old = pad_rows([s.old_logprobs for s in micro], lp.shape[1], lp.device)  # (b, R)
             adv = torch.tensor([s.adv for s in micro], device=lp.device)  # (b,)
-            loss, m = policy_loss(lp, old, adv, mask, clip_low, clip_high, dual_clip, num_tokens=n_tokens)
+            # the A = 0 tokens add exactly 0 to the loss: leaving them out of the mask changes only the metrics
+            active = mask * (adv != 0).to(mask.dtype)[:, None]
+            loss, m = policy_loss(lp, old, adv, active, clip_low, clip_high, dual_clip, num_tokens=n_tokens)
             accelerator.backward(loss * world)
-            tok = mask.sum().item()
+            tok = active.sum().item()
             for key, v in m.items():
                 sums[key] += v * tok
             sums["loss"] += loss.item() * n_tokens
             finite_loss = finite_loss and math.isfinite(loss.item())
-            n_tok_total += tok
+            n_active += tok
         grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), grad_clip)) if n_micro else 0.0
         grad_norms.append(grad_norm)
         # the gradient norm is the same on every rank after the all-reduce, the loss is this rank's own: all
@@ -385,8 +423,9 @@ def ppo_update(model, optimizer, accelerator, seqs, iters, temperature, micro_ba
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    totals = reduce_sum(accelerator, [sums[key] for key in keys] + [n_tok_total])
-    out = {f"train/{key}": v / max(totals[-1], 1) for key, v in zip(keys, totals)}
+    totals = reduce_sum(accelerator, [sums[key] for key in per_token + per_active] + [n_active])
+    out = {f"train/{key}": v / max(n_all, 1) for key, v in zip(per_token, totals)}
+    out.update({f"train/{key}": v / max(totals[-1], 1) for key, v in zip(per_active, totals[len(per_token):])})
     out["train/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     out["train/active_frac"] = sum(s.adv != 0 for s in seqs) / max(len(seqs), 1)
     out["train/skipped_nonfinite"] = skipped

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import train
-from baselines import (ChunkedJSD, generalized_jsd, guided_metrics, hint_instances, hint_leaks,
+from baselines import (ChunkedJSD, generalized_jsd, guided_metrics, hint_instances, hint_leaks, jsd_update,
                        off_distill_targets, prefix_ids, response_jsd, shared_teacher)
 from bench_gpu import SHAPE_TINY, build_random_model
 from reformulate import with_closer
@@ -227,6 +227,19 @@ def test_hint_prompts_hold_the_teachers_hint_and_leaks_are_counted():
     assert m == {"acc/hint": 0.5, "count/hint": 3, "count/hint_leak": 2}
 
 
+def test_hint_drops_the_teachers_thinking_wherever_its_block_opened():
+    """The hint is what follows the teacher's last </think>: with the opening tag at the start, after some text,
+    or in the generation prompt (no opening tag in the reply); a reply without a closed block stays whole."""
+    replies = ["<think>scratch</think> add two", "scratch 4</think>\nadd two", "Ok. <think>4</think> add two",
+               "<think>a</think> b </think> add two", "add <think> two"]
+    questions = [{"id": str(i), "question": f"Q{i}", "answer": "4"} for i in range(len(replies))]
+    correct = {i: [f"T{i}"] for i in range(len(replies))}
+    _, prompts, hints = hint_instances(list(correct), correct, questions, ScriptedTeacher(replies),
+                                       random.Random(0), 512)
+    assert hints == ["add two"] * 4 + ["add <think> two"]
+    assert prompts[1] == "Q1 <hint> add two </hint>"
+
+
 def test_hint_leaks_are_a_box_or_the_gold_answer_as_a_whole_number():
     assert hint_leaks("write \\boxed{x}", "9") and hint_leaks("so it is 7.", "7") and hint_leaks("x = -3", "-3")
     assert not hint_leaks("add 17 and 2", "7") and not hint_leaks("about 7.5", "7") and not hint_leaks("no", "7")
@@ -279,8 +292,51 @@ def test_engines_continue_a_response_prefix(tiny_model, monkeypatch):
             assert torch.allclose(lp[0], torch.tensor(r.logprobs), atol=1e-4)
     with pytest.raises(ValueError, match="response prefixes"):
         RemoteEngine("http://127.0.0.1:9", "m").generate(["q"], response_prefixes=[[1]])
-    ids = tok("abc def ghi jkl mno", add_special_tokens=False)["input_ids"]
-    assert prefix_ids("abc def ghi jkl mno", tok, 0.4) == ids[:math.floor(0.4 * len(ids) + 0.5)] != []
+
+
+def test_prefix_is_the_first_floor_alpha_l_of_the_teachers_own_tokens(tiny_model, tiny_vlm):
+    """Alg. 6: p = (t_1 .. t_floor(alpha L)) of the teacher's L tokens: at alpha 0.4, L = 1..10 give 0 0 1 1 2 2 2
+    3 3 4 tokens (round half up gave 2 at L = 4, 4 at L = 9). A teacher sharing the student's tokenizer gives its
+    ids as they are, not decoded and re-tokenized (which merges these one-character tokens); the end-of-sequence
+    token closing a rollout is not one of the L. A text without tokens (a worked solution) is cut in the
+    student's tokens; a teacher with another vocabulary is cut in its own, then re-tokenized for the student."""
+    from baselines import prefix_length
+
+    _, tok = load_model(tiny_model)
+    _, other = load_model(tiny_vlm)  # the same corpus with four more special tokens: other ids
+    assert tok.get_vocab() != other.get_vocab()
+    chars = list("What+is34?")
+    ids = [tok.convert_tokens_to_ids(c) for c in chars]
+    assert len(set(ids)) == 10 and tok.unk_token_id not in ids
+    assert len(tok(tok.decode(ids), add_special_tokens=False)["input_ids"]) < 10  # re-tokenizing would merge
+    want = [0, 0, 1, 1, 2, 2, 2, 3, 3, 4]
+    for L, n in zip(range(1, 11), want):
+        assert prefix_length(L, 0.4) == n
+        for closed in (ids[:L] + [tok.eos_token_id], ids[:L]):  # stopped, or cut by the token limit
+            assert prefix_ids(Rollout(tok.decode(ids[:L]), [], closed), tok, 0.4) == ids[:n]
+        theirs = [other.convert_tokens_to_ids(c) for c in chars[:L]] + [other.eos_token_id]
+        text = other.decode(theirs[:n], skip_special_tokens=True)
+        assert prefix_ids(Rollout("unused", [], theirs), tok, 0.4, other) == \
+            tok(text, add_special_tokens=False)["input_ids"]
+    solution = "3 + 4 = 7, so the answer is \\boxed{7}"
+    text_ids = tok(solution, add_special_tokens=False)["input_ids"]
+    assert prefix_ids(Rollout(solution, [], []), tok, 0.4) == text_ids[:math.floor(0.4 * len(text_ids))]
+    assert prefix_length(100, 0.29) == 29 and prefix_length(10, 1.0) == 10  # 0.29 * 100 is 28.999... in floats
+
+
+def test_prefix_run_cuts_the_model_teachers_own_token_ids(tiny_model, tiny_teacher, tmp_path, monkeypatch):
+    """train.py hands Prefix the correct teacher rollouts themselves: with a model teacher that shares the
+    student's tokenizer, every prefix is the first floor(0.4 L) of the picked rollout's own token ids."""
+    import baselines
+
+    calls, real = [], baselines.prefix_ids
+    monkeypatch.setattr(baselines, "prefix_ids", lambda r, *a: calls.append((r, a, real(r, *a))) or calls[-1][2])
+    monkeypatch.setattr(train, "grade", lambda text, gold: 1.0 if len(text) % 2 else 0.0)
+    train.main(train.parse_config(args(tiny_model, tiny_teacher, "prefix", tmp_path / "p", "--steps", "1")))
+    assert calls
+    for rollout, (tok, frac, teacher_tokenizer), prefix in calls:
+        body = rollout.token_ids[:-1] if rollout.finish_reason == "stop" else rollout.token_ids
+        assert teacher_tokenizer is None and body and prefix == body[:math.floor(0.4 * len(body))]
 
 
 class GradCapture:
@@ -355,7 +411,7 @@ def test_prefix_run_continues_gold_solutions_and_grades_the_whole_turn(tiny_mode
     for s in prefix_eps:
         question = next(q for q in solutions if s.prompt_ids[:len(chat_prompt_ids(tok, with_closer(q)))]
                         == chat_prompt_ids(tok, with_closer(q)))
-        prefix = prefix_ids(solutions[question], tok, 0.4)
+        prefix = prefix_ids(Rollout(solutions[question], [], []), tok, 0.4)
         assert s.prompt_ids == chat_prompt_ids(tok, with_closer(question)) + prefix and len(prefix) > 3
         text = tok.decode(prefix + s.token_ids, skip_special_tokens=True)
         assert text in graded  # graded as the whole assistant turn
@@ -375,6 +431,103 @@ def test_off_distill_targets_are_the_correct_teacher_rollouts_only():
     # question a: one of two teacher rollouts is right; question b: none, so it adds nothing
     assert [(t.prompt_ids, t.token_ids, t.group) for t in targets] == [([1, 2], [7, 8], "a/teacher")]
     assert counts == {"count/off_distill": 1, "count/no_teacher_correct": 1, "acc/teacher": 0.25}
+
+
+def test_off_distill_on_image_data_shows_both_models_the_image(tiny_vlm, images, tmp_path):
+    """pi_T(.|x) with x = image + text: the teacher samples from the image prompt, each target Episode carries
+    the student's image inputs with its image-token prompt, and both forwards of the JSD receive those pixels
+    (without them the same tokens give another loss: the image tokens would be read as text)."""
+    from accelerate import Accelerator
+
+    from bench_gpu import VISION_TINY
+    from reformulate import user_prompt
+
+    teacher_path = build_random_model(str(tmp_path / "vlm_teacher"), SHAPE_TINY, seed=1, vision=VISION_TINY)
+    model, tok = load_model(tiny_vlm)
+    teacher_model, teacher_tok = load_model(teacher_path)
+    assert tok.get_vocab() == teacher_tok.get_vocab()
+    questions = [{"id": "a", "question": "What is 3 + 4?", "answer": "7", "images": [images[0]]},
+                 {"id": "b", "question": "What is 1 + 1?", "answer": "2"},
+                 {"id": "c", "question": "What is 2 + 2?", "answer": "4", "images": [images[1], images[2]]}]
+    prompts = [user_prompt(ex, with_closer(ex["question"])) for ex in questions]
+    torch.manual_seed(0)
+    plain = TransformersEngine(model, tok).generate(prompts, n=1, max_new_tokens=3)
+    teacher = TransformersEngine(teacher_model.eval(), teacher_tok)
+    asked, real_generate = [], teacher.generate
+    teacher.generate = lambda ps, **kw: asked.extend(ps) or real_generate(ps, **kw)
+    targets, counts = off_distill_targets(questions, plain, teacher, lambda text, gold: 1.0, n=2, max_new_tokens=4)
+    assert asked == prompts and asked[0]["images"] == [images[0]]  # the teacher saw the image
+    assert counts["count/off_distill"] == 6 and [t.group for t in targets] == ["a/teacher"] * 2 + ["b/teacher"] * 2 \
+        + ["c/teacher"] * 2
+    pad = tok.convert_tokens_to_ids("<|image_pad|>")
+    for t, group in zip(targets, [plain[0], plain[0], plain[1], plain[1], plain[2], plain[2]]):
+        assert t.prompt_ids == group[0].prompt_ids and t.vision is group[0].vision
+    assert targets[2].vision is None and all(t.vision is not None for t in targets[:2] + targets[4:])
+    image_tokens = int(targets[0].vision["image_grid_thw"].prod(-1).sum()) // 4  # merge size 2 x 2
+    assert targets[0].prompt_ids.count(pad) == image_tokens > 0
+
+    fed = []  # the pixel rows each forward got
+    hooks = [m.register_forward_pre_hook(lambda mod, a, kw, name=name: fed.append(
+        (name, kw["pixel_values"].shape[0] if kw.get("pixel_values") is not None else 0)), with_kwargs=True)
+        for name, m in (("student", model), ("teacher", teacher_model))]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    try:
+        metrics = jsd_update(model, teacher_model, optimizer, Accelerator(cpu=True), targets, 1.0, 8,
+                             tok.pad_token_id, 0.5, 1.0)
+    finally:
+        for h in hooks:
+            h.remove()
+    rows = sum(int(t.vision["pixel_values"].shape[0]) for t in targets if t.vision is not None)
+    assert sorted(fed) == [("student", rows), ("teacher", rows)]  # one micro-batch, every image in both forwards
+    with torch.no_grad():
+        blind = [Episode(t.prompt_ids, t.token_ids, group=t.group) for t in targets]
+        seen = response_jsd(model, teacher_model, targets, 1.0, tok.pad_token_id)[0]
+        unseen = response_jsd(model, teacher_model, blind, 1.0, tok.pad_token_id)[0]
+    assert not torch.allclose(seen[:2], unseen[:2]) and torch.allclose(seen[2:4], unseen[2:4])
+    assert metrics["count/distill_tokens"] == sum(len(t.token_ids) for t in targets)
+
+
+def test_off_distill_loss_is_the_mean_over_questions_of_each_ones_target_average(tiny_model, tiny_teacher):
+    """Alg. 2 l.10 on two questions, one with 1 correct teacher target and one with 4 of other lengths: the loss is
+    (J_a + (J_b1 + J_b2 + J_b3 + J_b4) / 4) / 2, J_y the mean of target y's per-token JSD (computed here target
+    by target, without padding), and jsd_update steps on its gradient. --off-distill-mean token is the former
+    token mean over all 20 target tokens, another value here (question b's 14 tokens weigh 14/20, not 1/2)."""
+    from accelerate import Accelerator
+
+    from baselines import off_distill_weights
+
+    model, tok = load_model(tiny_model, dtype=torch.float64)
+    teacher, _ = load_model(tiny_teacher, dtype=torch.float64)
+    words = tok("The answer is \\boxed{7} and 3 + 4 = 7 so it is 7", add_special_tokens=False)["input_ids"]
+    assert len(words) >= 11
+    prompt_a, prompt_b = (chat_prompt_ids(tok, with_closer(q)) for q in ("What is 3 + 4?", "What is 1 + 1?"))
+    targets = [Episode(prompt_a, words[:6], group="a/teacher")] + [
+        Episode(prompt_b, words[k:k + n], group="b/teacher") for k, n in ((0, 1), (1, 3), (2, 8), (3, 2))]
+    assert off_distill_weights(targets) == [1 / (2 * 1 * 6), 1 / (2 * 4 * 1), 1 / (2 * 4 * 3), 1 / (2 * 4 * 8),
+                                            1 / (2 * 4 * 2)]
+    per = [response_jsd(model, teacher, [t], 1.0, tok.pad_token_id)[0][0].mean() for t in targets]  # J_y
+    want = (per[0] + sum(per[1:]) / 4) / 2
+    lengths = [len(t.token_ids) for t in targets]
+    token_mean = sum(j * n for j, n in zip(per, lengths)) / sum(lengths)
+    # random tiny models give near-uniform JSDs (~0.0078 a token): the two means differ by ~0.2%, far beyond fp64
+    assert sum(lengths) == 20 and abs(want.item() - token_mean.item()) > 1e-3 * want.item()
+    model.zero_grad()
+    want.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    model.zero_grad(set_to_none=True)
+
+    capture = GradCapture(model)
+    # micro-batches of 1, so no padding: batched linear attention over left padding moves fp64 gradients by ~1e-6
+    m = jsd_update(model, teacher, capture, Accelerator(cpu=True), targets, 1.0, 1, tok.pad_token_id, 0.5, 1e9,
+                   off_distill_weights(targets))
+    assert m["train/loss"] == pytest.approx(want.item(), rel=1e-12)
+    assert m["train/jsd"] == pytest.approx(token_mean.item(), rel=1e-12)  # the diagnostic token mean, as before
+    assert all(torch.allclose(capture.grads[name], g, rtol=1e-9, atol=1e-15) for name, g in grads.items())
+    token = jsd_update(model, teacher, capture, Accelerator(cpu=True), targets, 1.0, 1, tok.pad_token_id, 0.5, 1e9,
+                       off_distill_weights(targets, "token"))
+    assert token["train/loss"] == pytest.approx(token_mean.item(), rel=1e-12) == token["train/jsd"]
+    assert not all(torch.allclose(capture.grads[name], g, rtol=1e-9, atol=1e-15) for name, g in grads.items())
+    assert train.parse_config(["--teacher", "T", "--algo", "off_distill"]).off_distill_mean == "question"
 
 
 def count_optimizer_steps():

@@ -125,3 +125,15 @@ def test_runs_use_the_demos_rl_settings(tiny_model):
     assert cfg.algo == "grpo" and cfg.buffer and not cfg.bcq and not cfg.ncq
     both = train.parse_config(["--student", tiny_model, *compare.METHODS["grpo_both"][1]])
     assert not both.buffer and both.bcq and both.ncq
+
+
+def test_a_flag_typo_stops_before_the_study_is_recorded(tmp_path, capsys):
+    """Was: `--eval-limt 5` went on to train.py, which failed; the typo was already in study.json, and the rerun
+    without it was refused ("holds a study with other settings")."""
+    import compare
+
+    with pytest.raises(SystemExit):
+        compare.main(["--smoke", "--out-dir", str(tmp_path / "s"), "--eval-limt", "5"])
+    assert "unknown flags --eval-limt 5 (neither compare.py's nor train.py's)" in capsys.readouterr().err
+    assert not os.path.exists(tmp_path / "s" / "study.json")
+    assert compare.parse_args(["--smoke", "--lr", "1e-4"]).train_extra == ["--lr", "1e-4"]  # train.py's own: kept

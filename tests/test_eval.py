@@ -103,9 +103,16 @@ def test_every_benchmark_records_the_papers_protocol():
              "mmlu_redux", "multichallenge"}  # Table 6
     assert {n for n, s in ev.BENCHMARKS.items() if s["family"] == "llm"} == paper
     assert {n: s["protocol"] for n, s in ev.BENCHMARKS.items() if s["protocol"] != "Exact+Judge"} == {
-        "hle": "BenchJudge", "multichallenge": "BenchJudge", "mathvista": "Rule+Judge"}
-    assert {n for n, s in ev.BENCHMARKS.items() if s["family"] == "vlm"} == {  # those of Table 5 built so far
-        "ai2d", "mathverse", "mathvision", "mathvista", "mmmu_pro", "wemath"}
+        "hle": "BenchJudge", "multichallenge": "BenchJudge", "mathvista": "Rule+Judge", "charxiv": "BenchJudge",
+        "charxiv_descriptive": "BenchJudge", "mmvet": "BenchJudge", "infovqa": "Det.", "ocrbench_v2_en": "Det.",
+        "ocrbench_v2_cn": "Det.", "mmvu": "BenchJudge", "mvbench": "Rule+Judge", "videomme": "Rule+Judge",
+        "videomme_sub": "Rule+Judge", "videommmu": "Rule+Judge"}
+    assert {n for n, s in ev.BENCHMARKS.items() if s["family"] == "vlm"} == {  # Table 5's 16
+        "ai2d", "babyvision", "charxiv", "dynamath", "embspatial", "infovqa", "mathverse", "mathvision", "mathvista",
+        "mmmu_pro", "mmvet", "ocrbench_v2_en", "ocrbench_v2_cn", "visualpuzzles", "vlmsareblind", "wemath"}
+    assert {n for n, s in ev.BENCHMARKS.items() if s["family"] == "video"} == {  # Table 7's 5
+        "mmvu", "mvbench", "videomme", "videomme_sub", "videommmu"}
+    assert len(ev.BENCHMARKS["mvbench"]["configs"]) == 20
     assert len(set(ev.MMLU_REDUX_SUBJECTS)) == 57 and len(set(ev.CEVAL_SUBJECTS)) == 52
     assert ev.BENCHMARKS["aime2025"]["hub"] == "opencompass/AIME2025"
     assert ev.BENCHMARKS["imo_answerbench"]["hub"] == "OpenEvals/IMO-AnswerBench"
@@ -178,8 +185,9 @@ def test_multichallenge_sends_the_chat_and_passes_when_the_verdict_equals_pass_c
     verdicts = {"avoid nuts": "The sorbet has no nuts.\nVerdict: YES", "use English": "It is in English. YES"}
     judge = ScriptedEngine(lambda p, k: next(v for key, v in verdicts.items() if key in p))
     res = ev.evaluate(student, examples, judge=judge)
-    assert student.calls[0]["prompts"][0] == MULTICHALLENGE_ROWS[0]["conversation"]  # the chat, no closer
-    assert student.calls[0]["prompts"][1][2] == {"role": "user", "content": "What is the capital of Italy?"}
+    chat = MULTICHALLENGE_ROWS[0]["conversation"]
+    assert student.calls[0]["prompts"][0] == chat[:2] + [{"role": "user", "content": f"{chat[2]['content']} {CLOSER}"}]
+    assert student.calls[0]["prompts"][1][2] == {"role": "user", "content": f"What is the capital of Italy? {CLOSER}"}
     assert [r["correct"] for r in res["records"]] == [True, False]  # YES == YES passes; YES != NO fails
     first = judge.calls[0]["prompts"][0]
     assert first.startswith("You are tasked with evaluating a model response to see if it meets a specific criteria.")
@@ -188,6 +196,27 @@ def test_multichallenge_sends_the_chat_and_passes_when_the_verdict_equals_pass_c
     assert judge.calls[0]["temperature"] == 0.0 and judge.calls[0]["max_new_tokens"] == 512
     no_judge = ev.evaluate(student, examples, judge=None)
     assert no_judge["unresolved"] == 2 and no_judge["accuracy"] == 0.0
+
+
+def test_multichallenge_gets_the_shared_closer_after_its_last_user_turn_unless_turned_off(tmp_path):
+    """The paper's single shared closer goes to every benchmark, MultiChallenge's conversation too: after the text
+    of its last user turn, earlier turns untouched. --no-multichallenge-closer sends the conversation as it is."""
+    write_jsonl(tmp_path / "multichallenge.jsonl", MULTICHALLENGE_ROWS[:1])
+    student = ScriptedEngine(lambda chat, k: "Fruit sorbet.")
+    ev.run_benchmarks(student, ["multichallenge"], data_dir=str(tmp_path), log=lambda *_: None)
+    chat = MULTICHALLENGE_ROWS[0]["conversation"]
+    (sent,) = student.calls[0]["prompts"]
+    assert sent[:2] == chat[:2] and sent[2] == {"role": "user", "content": f"Now a dessert recipe? {CLOSER}"}
+    (example,), _ = ev.load_benchmark("multichallenge", str(tmp_path))
+    assert ev.student_prompt(example) == sent and example["messages"] == chat  # the example itself unchanged
+    untouched = ScriptedEngine(lambda chat, k: "Fruit sorbet.")
+    ev.run_benchmarks(untouched, ["multichallenge"], data_dir=str(tmp_path), log=lambda *_: None,
+                      multichallenge_closer=False)
+    assert untouched.calls[0]["prompts"] == [chat]
+    from transformers import HfArgumentParser
+
+    parse = lambda *a: HfArgumentParser(ev.EvalConfig).parse_args_into_dataclasses(["--model", "m", *a])[0]  # noqa
+    assert parse().multichallenge_closer is True and parse("--no-multichallenge-closer").multichallenge_closer is False
 
 
 @pytest.mark.parametrize("reply,verdict", [
@@ -482,3 +511,66 @@ def test_grader_audit_on_gsm8k_gold_solutions(capsys):
               f"answer; {false_positives} of {len(differing)} pairs with different answers graded correct)")
     assert own >= 0.999
     assert false_positives == 0 and shifted <= 0.02
+
+
+def test_failed_judge_calls_are_failures_not_wrong_answers(tiny_model, tmp_path):
+    """Was: with the judge down the table showed 0.0 with "judged 6" and eval.py exited 0; only judge_malformed
+    in the JSON said anything. A judge that answers 500 to everything (on 127.0.0.1, stopped here) and one with
+    no server at all."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Failing(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            self.send_response(500)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    write_jsonl(tmp_path / "math500.jsonl", [{"problem": f"Describe f{i}.", "answer": "it is strictly increasing"}
+                                             for i in range(3)])  # prose: every response goes to the judge
+    run = lambda url: subprocess.run(  # noqa: E731
+        [sys.executable, "eval.py", "--model", tiny_model, "--benchmarks", "math500", "--data-dir", str(tmp_path),
+         "--max-new-tokens", "4", "--samples", "2", "--judge", "j", "--judge-url", url, "--judge-timeout", "2",
+         "--judge-retries", "0", "--out", str(tmp_path / "res.json")],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+    try:
+        res = run(f"http://127.0.0.1:{server.server_address[1]}")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert res.returncode == 1, res.stderr[-2000:]
+    assert "[warning] math500: 6 of 6 judge calls failed (no reply): scored 0, so the score is only a lower " \
+           "bound" in res.stdout + res.stderr
+    assert "judge failed: math500: 6 of 6 judge calls (scored 0)" in res.stdout
+    assert "scores that rest on failed judge calls: math500" in res.stderr
+    with open(tmp_path / "res.json") as f:
+        math500 = json.load(f)["benchmarks"]["math500"]
+    assert (math500["judge_failed"], math500["judge_malformed"]) == (6, 0)
+    res = run("http://127.0.0.1:9")  # nothing listens there
+    assert res.returncode == 1 and "no server answers at http://127.0.0.1:9/v1/chat/completions" in res.stderr
+    assert "Loading weights" not in res.stderr  # said before the model loads
+
+
+def test_a_cut_weight_file_and_a_missing_column_name_the_file(tiny_model, tmp_path):
+    """Was: a raw SafetensorError without the path; `KeyError: 'Incorrect Answer 1'` without file or line."""
+    import shutil
+
+    model = str(tmp_path / "m")
+    shutil.copytree(tiny_model, model)
+    weights = os.path.join(model, "model.safetensors")
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 2)
+    with pytest.raises(ValueError, match=r"--model .*m: .*m/model.safetensors: truncated \(\d+ bytes of \d+\); "
+                                         r"evaluate a complete checkpoint"):
+        ev.main(ev.EvalConfig(model=model, benchmarks="arithmetic"))
+    row = {"Question": "Which?", "Correct Answer": "a", "Incorrect Answer 2": "b", "Incorrect Answer 3": "c",
+           "Record ID": "r1"}
+    write_jsonl(tmp_path / "gpqa_diamond.jsonl", [row])
+    with pytest.raises(ValueError, match=r"gpqa_diamond.jsonl:1: missing field\(s\) \['Incorrect Answer 1'\]"):
+        ev.load_benchmark("gpqa_diamond", str(tmp_path))

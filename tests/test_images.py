@@ -158,24 +158,11 @@ def test_vllm_gets_images_as_multimodal_data_and_the_vlm_s_own_weight_names(fake
 def test_remote_teacher_gets_images_as_data_urls(images, monkeypatch):
     sent = []
 
-    class Response:
-        def __init__(self, body):
-            self.body = body
+    def post(self, data, limit=None):  # the one HTTP call of the engine
+        sent.append(json.loads(data))
+        return 200, json.dumps({"choices": [{"message": {"content": "\\boxed{1}"}, "finish_reason": "stop"}]}).encode()
 
-        def __enter__(self):
-            return self
-
-        def __exit__(self, *a):
-            return False
-
-        def read(self):
-            return json.dumps({"choices": [{"message": {"content": "\\boxed{1}"}, "finish_reason": "stop"}]}).encode()
-
-    def urlopen(request, timeout):
-        sent.append(json.loads(request.data))
-        return Response(sent[-1])
-
-    monkeypatch.setattr("urllib.request.urlopen", urlopen)
+    monkeypatch.setattr(RemoteEngine, "_post", post)
     RemoteEngine("http://127.0.0.1:9", "m").generate([{"text": "What?", "images": images[:1]}], n=1)
     (part_image, part_text) = sent[0]["messages"][0]["content"]
     assert part_image["type"] == "image_url" and part_image["image_url"]["url"].startswith("data:image/png;base64,")
@@ -230,3 +217,41 @@ def test_eval_cli_scores_an_image_benchmark_file_with_a_tiny_vlm(tiny_vlm, image
     with open(tmp_path / "res.json") as f:
         result = json.load(f)["benchmarks"]["ai2d"]
     assert result["questions"] == 3 and not result["skipped"]
+
+
+def test_eval_resizes_images_within_the_papers_pixel_bounds_not_the_checkpoints(tiny_vlm, images, tmp_path,
+                                                                                 monkeypatch):
+    """EVAL.md: every checkpoint is evaluated with images between 256x32x32 and 1280x32x32 pixels. The tiny
+    VLM's own processor says 32x32 .. 64x64; eval.py's --image-min-pixels / --image-max-pixels (the paper's by
+    default) replace it, and other bounds can be asked for."""
+    from transformers import AutoImageProcessor
+
+    import eval as ev
+    import rollout
+    from rollout import PAPER_PIXELS, open_image
+
+    (tmp_path / "ai2d.jsonl").write_text(json.dumps(
+        {"question": "Which?", "options": ["a", "b"], "answer": "0", "image": images[0]}) + "\n")
+    seen, real = [], rollout.TransformersEngine.generate
+
+    def generate(self, prompts, *a, **kw):  # the grid each image prompt reaches the model with
+        seen.extend(encode_prompt(self.tokenizer, p)[1]["image_grid_thw"].tolist() for p in prompts)
+        return real(self, prompts, *a, **kw)
+
+    monkeypatch.setattr(rollout.TransformersEngine, "generate", generate)
+
+    def grid(*bounds):
+        size = {"size": {"shortest_edge": bounds[0], "longest_edge": bounds[1]}} if bounds else {}
+        return AutoImageProcessor.from_pretrained(tiny_vlm, **size)(images=[open_image(images[0])])[
+            "image_grid_thw"].tolist()
+
+    run = dict(model=tiny_vlm, benchmarks="ai2d", data_dir=str(tmp_path), max_new_tokens=2)
+    assert not ev.main(ev.EvalConfig(**run))["errors"]
+    ((t, h, w),) = grid(*PAPER_PIXELS)
+    assert seen == [[[t, h, w]]] and PAPER_PIXELS[0] <= h * w * 16 * 16 <= PAPER_PIXELS[1]  # 16-pixel patches
+    assert grid() != grid(*PAPER_PIXELS) and grid() == grid(32 * 32, 64 * 64)  # the checkpoint's own differ
+    seen.clear()
+    assert not ev.main(ev.EvalConfig(**run, image_min_pixels=32 * 32, image_max_pixels=64 * 64))["errors"]
+    assert seen == [grid()]
+    with pytest.raises(ValueError, match="--image-min-pixels"):
+        ev.main(ev.EvalConfig(**run, image_min_pixels=5000, image_max_pixels=4096))

@@ -97,3 +97,16 @@ def test_missing_folder_or_metrics_is_named(tmp_path):
     os.makedirs(tmp_path / "empty")
     with pytest.raises(SystemExit, match=f"{tmp_path / 'empty' / 'metrics.jsonl'}: not found"):
         plot.main([str(tmp_path / "empty")])
+
+
+def test_a_half_written_last_line_is_dropped_with_a_warning_and_an_earlier_bad_line_is_an_error(tmp_path):
+    """Was: "not valid JSON" for the last half-line of a run killed mid-write (train.py itself drops it)."""
+    run = tmp_path / "killed"
+    run.mkdir()
+    rows = [json.dumps({"step": s, "acc/plain": 0.5}) + "\n" for s in (1, 2)]
+    (run / "metrics.jsonl").write_text("".join(rows) + '{"step": 3, "acc/pla')
+    with pytest.warns(UserWarning, match=r"metrics.jsonl:3: dropping the half-written last line"):
+        assert [r["step"] for r in plot.load_run(str(run))["rows"]] == [1, 2]
+    (run / "metrics.jsonl").write_text(rows[0] + '{"step": 2, "acc/pla\n' + rows[1])
+    with pytest.raises(plot.MetricsError, match=r"metrics.jsonl:2: not valid JSON"):
+        plot.load_run(str(run))

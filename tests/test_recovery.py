@@ -254,3 +254,208 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_model, 
     assert "dropping the half-written last line" in said
     assert [m["step"] for m in read_metrics(out)] == [1, 2]  # step 2 run again from step 1's checkpoint
     assert checkpoint.checkpoint_problem(os.path.join(out, "checkpoints", "step_000002")) is None  # rewritten
+
+
+# ---------------------------------------------------------------------------------------------------------
+# issue 23: run folders that cannot be clobbered or shared, resumes that continue the same run or say why not
+
+
+def test_a_model_folder_or_the_students_folder_is_never_a_run_folder(tiny_model, tmp_path):
+    """Was: exit 0, the model's config.json replaced by the run config; the model no longer loaded."""
+    import shutil
+
+    model = str(tmp_path / "model")
+    shutil.copytree(tiny_model, model)
+    before = open(os.path.join(model, "config.json")).read()
+    for extra in ([], ["--overwrite"]):
+        with pytest.raises(SystemExit, match=r"--out-dir .*model: holds files train.py did not write \(.*config.json"
+                                             r".*model.safetensors"):
+            train.main(config(tiny_model, model, *extra))
+    assert open(os.path.join(model, "config.json")).read() == before
+    with pytest.raises(SystemExit, match=r"--out-dir .*: is the student's folder \(--student"):
+        train.main(config(model, model))
+    with pytest.raises(SystemExit, match=r"--out-dir .*: holds or is inside the student's folder"):
+        train.main(config(os.path.join(model), str(tmp_path)))
+    assert sorted(os.listdir(model)) == sorted(os.listdir(tiny_model))
+
+
+def test_the_demo_never_deletes_a_run_it_did_not_write(tiny_model, tmp_path, monkeypatch):
+    """Was: `demo.py --out-dir DIR` deleted the run in DIR/zppo after the primer (it always passes --overwrite)."""
+    import sys
+
+    import demo
+
+    out = str(tmp_path / "runs")
+    train.main(config(tiny_model, os.path.join(out, "zppo")))
+    before = sorted(os.listdir(os.path.join(out, "zppo")))
+    monkeypatch.setattr(demo, "primed_smollm2", lambda *a, **k: pytest.fail("the primer ran"))
+    monkeypatch.setattr(sys, "argv", ["demo.py", "--out-dir", out])
+    with pytest.raises(SystemExit, match=r"demo.py: .*runs/zppo holds a run the demo did not write \(student "
+                                         r".*\); the demo would delete it: choose another --out-dir"):
+        demo.main()
+    assert sorted(os.listdir(os.path.join(out, "zppo"))) == before and read_metrics(os.path.join(out, "zppo"))
+
+
+def test_one_process_per_run_folder_and_a_stale_lock_is_taken_over(tiny_model, tmp_path, monkeypatch):
+    """Was: two train.py on one --out-dir both exited 0 with metrics steps 1,1,2,2 and config.json from the
+    one, the checkpoint from the other."""
+    import subprocess
+    import sys
+
+    out = str(tmp_path / "l")
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        os.makedirs(out)
+        with open(os.path.join(out, "lock"), "w") as f:
+            f.write(f"{live.pid} {__import__('socket').gethostname()}\n")
+        for extra in ([], ["--resume", out]):  # a second fresh run, and a --resume of a live run
+            with pytest.raises(SystemExit, match=rf"l is locked by a live process, pid {live.pid} \(.*lock\): "
+                                                 "another train.py writes this run"):
+                train.main(config(tiny_model, out, *extra))
+        assert sorted(os.listdir(out)) == ["lock"]
+    finally:
+        live.kill()
+        live.wait()
+    with pytest.warns(UserWarning, match=rf"lock: taking over the stale lock of pid {live.pid} \(no such process"):
+        train.main(config(tiny_model, out))  # the holder died without releasing it (as under kill -9)
+    assert not os.path.exists(os.path.join(out, "lock"))  # released at the end
+    monkeypatch.setattr(train, "ppo_update", lambda *a, **k: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        train.main(config(tiny_model, None, "--steps", "2", "--resume", out))
+    assert not os.path.exists(os.path.join(out, "lock"))  # and on an error
+
+
+def test_a_full_disk_during_a_save_names_the_path_and_frees_the_partial_checkpoint(tiny_model, tmp_path,
+                                                                                  monkeypatch):
+    """Was: "RuntimeError: [enforce fail at inline_container.cc:672] unexpected pos ..." with no path, and the
+    leftover step_N.tmp kept the disk full so that --resume failed until it was deleted by hand."""
+    out = str(tmp_path / "full")
+    train.main(config(tiny_model, out, "--steps", "1"))
+    os.makedirs(os.path.join(out, "checkpoints", "step_000007.tmp"))  # a partial one of an earlier crash
+    real_save = checkpoint.torch.save
+
+    def full_disk(obj, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"\0" * 1000)
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(checkpoint.torch, "save", full_disk)
+    with pytest.raises(OSError, match=r"step 2: writing the checkpoint .*step_000002.tmp failed \(RuntimeError: "
+                                      r".*unexpected pos.*\); \d+ MiB are free on its disk after deleting the partial "
+                                      r"checkpoint .*latest still names the last complete checkpoint: free space"):
+        train.main(config(tiny_model, None, "--steps", "2", "--resume", out))
+    assert checkpoints(out) == ["step_000001"] and latest(out) == "step_000001"  # no .tmp left
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    train.main(config(tiny_model, None, "--steps", "2", "--resume", out))
+    assert checkpoints(out) == ["step_000001", "step_000002"]
+
+
+def test_a_branch_becomes_the_head_and_every_run_file_is_cut_back_to_it(tiny_model, tmp_path, monkeypatch):
+    """Was: after resuming from an older checkpoint and crashing before its first save, `latest` still named the
+    abandoned newer checkpoint and the run continued from it (metrics lost steps, kept the discarded branch's
+    rows); rows of re-run steps appeared twice in --dump-rollouts / --dump-reformulated."""
+    monkeypatch.setattr(train, "grade", parity_grade)  # mixed groups: BCQ/NCQ rows in the dump
+    out, dumps = str(tmp_path / "b"), ["--dump-rollouts", "--dump-reformulated"]
+    train.main(config(tiny_model, out, "--steps", "2", "--save-every", "1", *dumps))
+    real = train.ppo_update
+
+    def crash(*args, **kwargs):
+        raise KeyboardInterrupt  # killed in the branch's first step, before its first save
+
+    monkeypatch.setattr(train, "ppo_update", crash)
+    with pytest.raises(KeyboardInterrupt):
+        train.main(config(tiny_model, None, "--steps", "3", *dumps,
+                          "--resume", os.path.join(out, "checkpoints", "step_000001")))
+    assert latest(out) == "step_000001"  # the branch is the head as soon as it starts
+    monkeypatch.setattr(train, "ppo_update", real)
+    train.main(config(tiny_model, None, "--steps", "3", *dumps, "--resume", out))
+    metrics = read_metrics(out)
+    assert [m["step"] for m in metrics] == [1, 2, 3] and latest(out) == "step_000003"
+    rows = {name: [json.loads(line)["step"] for line in open(os.path.join(out, name))]
+            for name in ("rollouts.jsonl", "reformulated.jsonl")}
+    for m in metrics:  # each step's rows once: its sequences, its BCQ/NCQ prompts
+        reformulated = m["count/bcq"] + m["count/ncq"]
+        assert rows["rollouts.jsonl"].count(m["step"]) == 4 * (m["count/questions"] + reformulated)
+        assert rows["reformulated.jsonl"].count(m["step"]) == reformulated
+
+
+def write_rows(path, answer=lambda i: i + 1, solution=True):
+    rows = [{"id": i, "question": f"What is {i} + 1?", "answer": str(answer(i)),
+             **({"solution": f"{i} + 1 = {answer(i)}. \\boxed{{{answer(i)}}}"} if solution else {})} for i in range(12)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_a_resume_refuses_an_edited_data_file_and_a_finished_run_and_applies_the_buffer_capacity(tiny_model, tmp_path,
+                                                                                               capsys):
+    """Was: an edited data file resumed without a word (replayed questions graded against answers no longer in the
+    file); `--resume --steps 5` on a run at step 8 did nothing, exit 0, and rewrote config.json to steps 5;
+    `--resume --buffer-capacity 2` was listed as changed but the restored capacity won."""
+    data, out = tmp_path / "d.jsonl", str(tmp_path / "r")
+    args = ["--student", tiny_model, *ARGS[:2], "--data", write_rows(data), *ARGS[6:]]
+    train.main(train.parse_config([*args, "--steps", "1", "--out-dir", out]))
+    assert len(read_buffer(out, 1)["items"]) > 2  # arithmetic answers from a random model: all hard
+    config_before = open(os.path.join(out, "config.json")).read()
+    with pytest.raises(SystemExit, match=r"cannot resume:\n  --steps 1: the run is already at step 1 .*step_000001\), "
+                                         r"nothing to do; give --steps above 1"):
+        train.main(train.parse_config([*args, "--steps", "1", "--resume", out]))
+    write_rows(data, answer=lambda i: i + 2)  # edited in place
+    with pytest.raises(SystemExit, match=r"--data .*d.jsonl: the data file changed since .*step_000001 was written "
+                                         r"\(sha256 \w+ -> \w+\): the buffer and the data position refer to the rows"):
+        train.main(train.parse_config([*args, "--steps", "2", "--resume", out]))
+    assert open(os.path.join(out, "config.json")).read() == config_before  # nothing rewritten
+    write_rows(data)  # restored: the same content resumes
+    with pytest.warns(UserWarning, match="buffer_capacity 10000 -> 2"):
+        train.main(train.parse_config([*args, "--steps", "2", "--resume", out, "--buffer-capacity", "2"]))
+    assert "--buffer-capacity 2 replaces the restored buffer's 10000" in capsys.readouterr().out
+    assert read_buffer(out, 2)["capacity"] == 2 and len(read_buffer(out, 2)["items"]) <= 2
+
+
+def read_buffer(out, step):
+    with open(os.path.join(out, "checkpoints", f"step_{step:06d}", "state.json")) as f:
+        return json.load(f)["buffer"]
+
+
+def test_a_gold_teacher_on_data_without_solutions_is_an_error(tiny_model, tmp_path):
+    """Was: no BCQ ever (count/bcq 0 every step), no warning."""
+    data = write_rows(tmp_path / "n.jsonl", solution=False)
+    with pytest.raises(SystemExit, match=r"--teacher gold: no question of .*n.jsonl has a `solution` field"):
+        train.main(train.parse_config(["--student", tiny_model, *ARGS[:2], "--data", data, *ARGS[6:], "--steps", "1",
+                                       "--out-dir", str(tmp_path / "o")]))
+
+
+def test_an_eval_typo_stops_at_start_and_a_failing_eval_file_is_logged_as_eval_failed(tiny_model, tmp_path):
+    """Was: `--eval-benchmarks arithmetc` and an eval file with a bad line only printed `[failed] ...` at the end
+    of the run: no eval/failed in metrics (README promises it), the typo not caught at start."""
+    with pytest.raises(SystemExit, match=r"--eval-benchmarks arithmetc: unknown 'arithmetc' \(known: "):
+        train.main(config(tiny_model, str(tmp_path / "t"), "--eval-benchmarks", "arithmetc"))
+    assert not os.path.exists(tmp_path / "t")
+    (tmp_path / "gsm8k.jsonl").write_text('{"question": "1 + 1?", "answer": "#### 2"}\n{"question": \n')
+    out = str(tmp_path / "e")
+    train.main(config(tiny_model, out, "--eval-benchmarks", "gsm8k", "--eval-data-dir", str(tmp_path)))
+    assert read_metrics(out)[0]["eval/failed"] == 1.0
+
+
+def test_a_checkpoint_missing_or_with_a_cut_tokenizer_template_or_config_file_is_damaged(tiny_model, tmp_path):
+    """Was: raw transformers errors without the path and no fallback to the previous checkpoint; with
+    tokenizer_config.json removed the run resumed silently with another eos token."""
+    import shutil
+
+    out = str(tmp_path / "t")
+    train.main(config(tiny_model, out, "--steps", "2", "--save-every", "1"))
+    newest = os.path.join(out, "checkpoints", "step_000002")
+    names = set(os.listdir(newest))
+    assert {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json"} <= names
+    for name, how in [("tokenizer.json", "truncate"), ("tokenizer.json", "delete"), ("chat_template.jinja", "delete"),
+                      ("config.json", "truncate"), ("tokenizer_config.json", "delete")]:
+        copy = str(tmp_path / "copy")
+        shutil.copytree(newest, copy)
+        damage(os.path.join(copy, name), how)
+        assert checkpoint.checkpoint_problem(copy).startswith(os.path.join(copy, name)), (name, how)
+        shutil.rmtree(copy)
+    assert checkpoint.checkpoint_problem(newest) is None
+    damage(os.path.join(newest, "tokenizer_config.json"), "delete")
+    with pytest.warns(UserWarning, match=r"step_000002/tokenizer_config.json: missing\); resuming from the previous "
+                                         r"complete one, step_000001"):
+        train.main(config(tiny_model, None, "--steps", "2", "--resume", out))
+    assert checkpoint.checkpoint_problem(newest) is None  # step 2 written again

@@ -14,6 +14,42 @@ from rollout import RemoteEngine
 from test_train import ARGS, read_metrics
 
 
+# replies that are no well-formed completion of the requested shape, each a prompt of its own
+HOSTILE = {p: p for p in ("badstatus", "cut", "nested", "number", "list", "many", "none", "long", "drip",
+                          "huge")}
+
+
+def hostile(handler, how, body):
+    """Write one hostile reply straight to the socket (no well-behaved HTTP where the case is about HTTP)."""
+    handler.close_connection = True
+    w = handler.wfile
+    def choice(text):
+        return {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}
+
+    payload = {"nested": b'{"choices": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+               "number": json.dumps({"choices": [choice(7)] * body["n"]}).encode(),
+               "list": json.dumps({"choices": [choice(["a", "b"])] * body["n"]}).encode(),
+               "many": json.dumps({"choices": [choice("x \\boxed{7}")] * 5000}).encode(),
+               "none": b'{"choices": []}',
+               "long": json.dumps({"choices": [choice("word " * 20_000)] * body["n"]}).encode(),
+               "huge": b'{"choices": [], "pad": "' + b"x" * (64 << 20) + b'"}'}.get(how, b"{}")
+    try:
+        if how == "badstatus":
+            w.write(b"HTTP/1.1 TWO-HUNDRED\r\n\r\n")
+            return
+        w.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n")
+        if how in ("cut", "drip"):
+            w.write(b"Content-Length: 4000\r\n\r\n")
+            for _ in range(200 if how == "drip" else 1):  # drip: a byte every 20 ms, for at most 4 s
+                w.write(b" ")
+                w.flush()
+                time.sleep(0.02 if how == "drip" else 0)
+            return
+        w.write(f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the client gave up, as it should
+
+
 class Stub:
     """Behaviour is chosen by the prompt text: 'slow' (or the model 'slow-teacher'), 'flaky' (one 500 then
     fine), 'garbage' (not JSON), 'reject' (400); anything else answers normally with n choices echoing it."""
@@ -30,6 +66,12 @@ class Stub:
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 prompt = body["messages"][-1]["content"]
+                if self.path != "/v1/chat/completions":
+                    return self.reply(404, b'{"error": "not found"}')
+                if prompt in HOSTILE or body["model"] == "cut-teacher" and len(stub.requests) % 3 == 2:
+                    with stub.lock:
+                        stub.requests.append(body)
+                    return hostile(self, HOSTILE.get(prompt, "cut"), body)
                 with stub.lock:
                     stub.requests.append(body)
                     stub.in_flight += 1
@@ -162,3 +204,48 @@ def test_free_form_gold_answers_are_judged_by_the_teacher_during_training(tiny_m
     judged = [r for r in stub.requests if r["messages"][0]["content"].startswith("You are an expert judge")]
     assert len(judged) == 16 and all(r["temperature"] == 0.0 and r["max_tokens"] == 512 for r in judged)
     assert m["acc/plain"] == 1.0 and m["count/hard"] == 0  # the judge said correct to every rollout
+
+
+@pytest.mark.parametrize("how", sorted(HOSTILE))
+def test_a_hostile_reply_is_one_failed_request_retried_never_an_exception(stub, how):
+    """Was: BadStatusLine, IncompleteRead, RecursionError, TypeError in the grader (the run died); 5,000 choices
+    used for 2 asked, a reply 20x max_tokens long used, an empty reply not counted; a slow sender took 42 s for a
+    2 s timeout. Each is now one failed attempt, retried, then one counted failure; the drip within the timeout."""
+    e = engine(stub, retries=1, timeout=0.5)
+    start = time.perf_counter()
+    assert e.generate([how], n=2, max_new_tokens=10) == [[]] and e.failures == 1 and e.prompts == 1
+    assert len(stub.requests) == 2  # retried once
+    assert time.perf_counter() - start < 3  # two attempts of at most 0.5 s each (the drip takes 4 s per reply)
+    assert engine(stub).generate(["fine"], n=2, max_new_tokens=10)[0][1].text == "fine #1 \\boxed{7}"
+
+
+def test_a_configuration_that_cannot_work_is_caught_at_start(tiny_model, tmp_path, stub):
+    """Was: a URL without a scheme or with a wrong path failed every request (404, not retried) and the run
+    trained without a teacher, exit 0, nothing said."""
+    base = ["--student", tiny_model, *ARGS[2:], "--teacher", "t", "--steps", "1", "--out-dir", str(tmp_path / "o")]
+    with pytest.raises(SystemExit, match=r"--teacher-url 127.0.0.1:8000: not an http:// or https:// URL with a host "
+                                         r"\(e.g. http://127.0.0.1:8000\)"):
+        train.main(train.parse_config(base + ["--teacher-url", "127.0.0.1:8000"]))
+    with pytest.raises(OSError, match=r"the teacher \(--teacher t\): .*/wrong/v1/chat/completions answered 404 to a "
+                                      r"test request for the model 't'"):
+        train.main(train.parse_config(base + ["--teacher-url", stub.url + "/wrong"]))
+    with pytest.raises(OSError, match=r"the teacher \(--teacher t\): no server answers at http://127.0.0.1:9/v1/chat"
+                                      r"/completions \(ConnectionRefusedError"):
+        train.main(train.parse_config(base + ["--teacher-url", "http://127.0.0.1:9", "--teacher-timeout", "1"]))
+    assert not os.path.exists(tmp_path / "o" / "metrics.jsonl")
+
+
+def test_a_teacher_that_fails_every_request_of_a_step_says_so_and_one_that_cuts_replies_costs_no_run(
+        tiny_model, tmp_path, stub, monkeypatch):
+    """Was: a body cut short mid-run (IncompleteRead) killed the run in step 2 before any checkpoint."""
+    monkeypatch.setattr(train, "grade", lambda text, gold: 0.0)  # all hard: the teacher is asked
+    base = ["--student", tiny_model, *ARGS[2:], "--teacher-timeout", "0.3", "--teacher-retries", "0"]
+    out = str(tmp_path / "cut")
+    train.main(train.parse_config(base + ["--teacher", "cut-teacher", "--teacher-url", stub.url, "--steps", "2",
+                                          "--out-dir", out]))
+    assert [m["step"] for m in read_metrics(out)] == [1, 2] and sum(m["count/teacher_failed"] for m in
+                                                                    read_metrics(out)) > 0
+    with pytest.warns(UserWarning, match=r"step 1: every one of the \d+ requests to the teacher at .* failed "
+                                         r"\(count/teacher_failed\)"):
+        train.main(train.parse_config(base + ["--teacher", "slow-teacher", "--teacher-url", stub.url, "--steps",
+                                              "1", "--out-dir", str(tmp_path / "slow")]))

@@ -86,6 +86,25 @@ def test_judge_verdict_must_be_strict_json(text, score):
     assert parse_verdict(text) == score
 
 
+@pytest.mark.parametrize("text,verdict", [
+    ('<think>they match</think>{"verdict": "correct"}', "correct"),
+    ('they match</think>\n{"verdict": "correct"}', "correct"),  # the chat template opened <think> in the prompt
+    ('Let me check.\n<think>5 = 5</think>\n{"verdict": "correct"}', "correct"),  # the block after some text
+    ('<think>a</think> b </think>\n{"verdict": "wrong"}', "wrong"),  # thinking ends at the last </think>
+    ('they match</think>{"verdict": "wrong"}', "wrong"),
+    ('<think>{"verdict": "correct"}</think>', None),  # the only JSON is inside the thinking
+    ('<think>{"verdict": "correct"}</think> so I would say so', None),
+    ('{"verdict": "correct"}</think>', None),  # inside a block whose opening tag was in the prompt
+    ('{"verdict": "correct"}</think> it is wrong', None),
+    ('<think>{"verdict": "correct"}', None),  # a block never closed (the judge ran out of tokens)
+])
+def test_judge_verdict_after_a_think_block_anywhere(text, verdict):
+    from reward import verdict_of
+
+    assert verdict_of(text) == verdict
+    assert parse_verdict(text) == float(verdict == "correct")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Exact+Judge routing and the paper's judge prompt (EVAL.md)
 
@@ -188,6 +207,38 @@ def test_training_rewards_route_the_same_way():
     assert len(judge.calls[-1]["prompts"]) == 2  # the cut response with a wrong box was judged too
 
 
+def test_a_truncated_response_is_scored_the_same_in_training_and_eval():
+    """One routing for training rewards and benchmarks (App. D.1): a response the token limit cut whose last box
+    is wrong (an intermediate box, the final answer never written) goes to the judge in eval.py and in every
+    training reward (the student's rollouts, ZPPO's teacher rollouts, Off-Distill's targets); the same text
+    finished is the rule's 0 everywhere."""
+    from types import SimpleNamespace
+
+    import eval as ev
+    import train
+    from baselines import off_distill_targets
+
+    def rollouts():
+        text = "first \\boxed{4}, then"
+        return [Rollout(text, [1], [2, 3], finish_reason="length"), Rollout(text, [1], [2, 3], finish_reason="stop")]
+
+    class Teacher:  # answers its plain prompt with the two rollouts, and judges every response correct
+        def generate(self, prompts, n=1, **sampling):
+            return [[Rollout('{"verdict": "correct"}', [], [])] if p.startswith("You are an expert judge")
+                    else rollouts()[:n] for p in prompts]
+
+    examples = [{"id": "q", "question": "Q", "answer": "5"}]
+    scored = ev.score_groups([rollouts()], examples, Judge())
+    assert [v["score"] for v in scored[0]] == [1.0, 0.0] and scored[0][0]["via"] == "judge"
+    assert train.score_groups([rollouts()], examples, Judge()) == [[1.0, 0.0]]
+    cfg = SimpleNamespace(teacher="T", teacher_group_size=2, teacher_max_new_tokens=4, temperature=1.0, top_p=1.0,
+                          top_k=0)
+    kept = train.teacher_correct_rollouts(examples, Teacher(), cfg)
+    assert [[r.finish_reason for r in g] for g in kept] == [["length"]]
+    targets, counts = off_distill_targets(examples, [rollouts()], Teacher(), grade, n=2, max_new_tokens=4)
+    assert len(targets) == 1 and counts["acc/teacher"] == 0.5
+
+
 def test_verdict_of_names_the_verdict_or_none():
     assert verdict_of('{"verdict": "wrong"}') == "wrong" and verdict_of('{"verdict": "correct"}') == "correct"
     assert verdict_of("wrong") is None and verdict_of('{"verdict": "WRONG"}') is None
@@ -273,3 +324,17 @@ def test_a_slow_math_verify_is_cut_off_by_the_answers_budget(monkeypatch):
     assert time.perf_counter() - start < 1.0
     monkeypatch.setattr(reward, "SYMBOLIC_BUDGET_S", 5.0)
     assert answers_match("x^2+2x+1", "(x+1)^2")
+
+
+@pytest.mark.parametrize("reply", [7, ["correct"], None, {"verdict": "correct"}, "[" * 100_000,
+                                   '{"verdict": ' * 50_000, "<think>" + "x" * 1_000_000])
+def test_the_verdict_parsers_never_raise(reply):
+    """Was: RecursionError on deeply nested JSON, TypeError on a reply that is no text: the run died."""
+    import eval as ev
+    from reward import verdict_of
+
+    start = time.perf_counter()
+    assert verdict_of(reply) is None and parse_verdict(reply) == 0.0
+    if isinstance(reply, str):
+        assert ev.parse_hle(reply, {}) is None and ev.yes_no_verdict(reply) is None
+    assert time.perf_counter() - start < 0.5

@@ -114,3 +114,66 @@ def test_token_logprobs_and_entropy():
     assert token_logprobs(logits, torch.tensor([[1]]), temperature=2.0).item() == pytest.approx(
         math.log(math.sqrt(3) / (1 + math.sqrt(3))))
     assert token_entropy(logits).item() == pytest.approx(-(0.25 * math.log(0.25) + 0.75 * math.log(0.75)))
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --skip-zero-adv: the same update and the same metrics, only cheaper
+
+
+class InOrder:
+    """A plan_minibatches rng that keeps the order: mini-batch k is seqs[3k:3k + 3]."""
+
+    def shuffle(self, order):
+        pass
+
+
+@pytest.mark.parametrize("kind", ["text", "vision"])
+def test_skip_zero_adv_changes_nothing_but_the_compute(kind, tiny_model, tiny_vlm, images):
+    """Three mini-batches: A != 0 and A = 0 mixed, then all A = 0, then (vision) A != 0 only on text rows. Without
+    a gradient AdamW skips a parameter (no step count, no moments' decay, no weight decay), so the skip must
+    still give the left-out parameters their exact zero gradient; and the logged numbers (entropy, sync gap,
+    loss, clip fractions, approx-KL) must not depend on which sequences were computed. Micro-batches of 1 (no
+    padding): bit for bit."""
+    import copy
+
+    from accelerate import Accelerator
+
+    from reformulate import with_closer
+    from rollout import encode_prompt, load_model
+    from zppo import Episode, fill_old_logprobs, plan_minibatches, ppo_update, sync_check
+
+    model0, tok = load_model(tiny_vlm if kind == "vision" else tiny_model)
+    advs = [1.2, -0.7, 0.0, 0.0, 0.0, 0.0, 0.0, 0.9, -1.1]
+    with_image = [True, False, True, True, False, False, True, False, False] if kind == "vision" else [False] * 9
+    seqs = []
+    for i, (a, img) in enumerate(zip(advs, with_image)):
+        question = with_closer(f"What is {i} + 3?")
+        ids, vision = encode_prompt(tok, {"text": question, "images": [images[i % 3]]} if img else question)
+        answer = tok(f"It is \\boxed{{{i + 3}}}" + " so" * (i % 4), add_special_tokens=False)["input_ids"]
+        seqs.append(Episode(ids, answer, group=f"q{i}/plain", adv=a, vision=vision,
+                            engine_logprobs=[-0.5 - 0.01 * t for t in range(len(answer))]))
+
+    def run(skip):
+        model, batch = copy.deepcopy(model0), copy.deepcopy(seqs)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+        accelerator = Accelerator(cpu=True)
+        iters = plan_minibatches(batch, 3, InOrder(), skip_zero_adv=skip)
+        metrics = {"policy/entropy": fill_old_logprobs(model, batch, 1.0, 1, tok.pad_token_id, accelerator),
+                   "sync/logprob_abs_diff": sync_check(batch, 1e9, 1, accelerator)}
+        metrics.update(ppo_update(model, optimizer, accelerator, batch, iters, 1.0, 1, tok.pad_token_id))
+        return model, optimizer, batch, metrics
+
+    model_a, opt_a, batch_a, skipped = run(True)
+    model_b, opt_b, batch_b, full = run(False)
+    state_a, state_b = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
+    assert state_a.keys() == state_b.keys() and len(state_b) == len(list(model0.parameters()))
+    for key in state_b:
+        assert float(state_a[key]["step"]) == float(state_b[key]["step"]) == 3.0, key  # every mini-batch a step
+        assert torch.equal(state_a[key]["exp_avg"], state_b[key]["exp_avg"]), key
+        assert torch.equal(state_a[key]["exp_avg_sq"], state_b[key]["exp_avg_sq"]), key
+    moved = dict(model0.named_parameters())
+    for name, p in model_b.named_parameters():
+        assert torch.equal(dict(model_a.named_parameters())[name], p), name
+        assert not torch.equal(moved[name], p), name  # weight decay reached every parameter
+    assert skipped == full and skipped["train/approx_kl"] > 0 and skipped["train/loss"] != 0
+    assert [s.computed for s in batch_a] == [a != 0 for a in advs] and all(s.computed for s in batch_b)

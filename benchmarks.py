@@ -1,0 +1,776 @@
+"""The paper's VLM benchmarks beyond eval.py's first ones and its video benchmarks: their hub sources and row
+converters, the Det. scorers (InfographicVQA's ANLS, OCRBench v2's scorer per task type), the BenchJudges of
+MM-Vet, CharXiv and MMVU, and where a video row's file is found.
+
+eval.py merges SPECS into its registry, DET_SCORERS into its scoring and JUDGES into its BenchJudges, so every
+benchmark here loads (hub or DATA_DIR/NAME.jsonl, the hub's own columns) and is scored by eval.py's code. Columns
+are those of each hub set's card and of the reference evaluators named at each entry; none of these sets was
+loaded from the hub here (no network): the tests write rows in these layouts.
+
+Where a converter needs more than eval.py's generic spec keys, `convert(row, spec, where)` returns the example's
+question/answer/route fields (or a skip reason string); `expand(row, where)` turns one hub row into several
+(CharXiv's four descriptive questions per figure); `aggregate(examples, records)` gives the benchmark's headline
+number when upstream does not average over questions (OCRBench v2: the mean of its capability means).
+"""
+import ast
+import itertools
+import json
+import os
+import re
+
+from bench_prompts import (DESCRIPTIVE_GRADING_ICL, DESCRIPTIVE_GRADING_PREFIX, DESCRIPTIVE_GRADING_QMAP,
+                           DESCRIPTIVE_RESP_INST, MMVET_PROMPT, REASONING_GRADING_INST, REASONING_GRADING_PREFIX)
+from reward import clip_start, last_boxed
+
+# ---------------------------------------------------------------------------------------------------------
+# what a Det. scorer reads: the boxed answer the closer asks for, else the reply after the reasoning
+
+
+def final_answer(text):
+    """The last \\boxed{} of a response, else the reply after its last </think> (a deterministic metric has no
+    judge to look inside the reasoning, so the reasoning itself is never scored)."""
+    boxed = last_boxed(text)
+    if boxed is not None:
+        return boxed
+    return text.rsplit("</think>", 1)[-1].strip()
+
+
+def levenshtein(a, b):
+    """Edit distance (insertions, deletions, substitutions of one character each)."""
+    if len(a) < len(b):
+        a, b = b, a
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        current = [i]
+        for j, cb in enumerate(b, 1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (ca != cb)))
+        previous = current
+    return previous[-1]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# InfographicVQA: ANLS as the Robust Reading Competition's evaluation script defines it (infographicsvqa_eval.py;
+# lmms-eval's api/metrics.py `anls` and Qwen-VL's eval_mm carry the same function): per question, the best over
+# the gold answers of 1 - NL, NL = edit distance of the lower-cased, whitespace-collapsed strings over the longer
+# of the two *raw* lengths (upstream's quirk, kept); below the 0.5 threshold the question scores 0.
+
+
+def anls(prediction, golds, threshold=0.5):
+    golds = golds if isinstance(golds, list) else [golds]
+    pred = str(prediction)
+    best = 1.0  # the smallest normalised distance over the gold answers
+    for gold in golds:
+        gold = str(gold)
+        dist = levenshtein(" ".join(gold.strip().lower().split()), " ".join(pred.strip().lower().split()))
+        length = max(len(gold.upper()), len(pred.upper()))
+        best = min(best, 0.0 if length == 0 else dist / length)
+    score = 1.0 - best
+    return 0.0 if score < threshold else score
+
+
+def score_anls(text, example):
+    return anls(final_answer(text), example["answer"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# OCRBench v2: the official scorer (Yuliang-Liu/MultimodalOCR, OCRBench_v2/eval_scripts/eval.py and vqa_metric.py,
+# IoUscore_metric.py, TEDS_metric.py's key-information functions), re-implemented per task type. The task types
+# whose metric needs BLEU/METEOR (full-page OCR, fine-grained recognition, translation, short-answer
+# handwriting), TEDS (table, chart and document parsing) or the spotting evaluator are not scored here: their rows
+# are skipped and counted ("no scorer here: TYPE"), and the overall is over the capabilities that remain.
+
+
+def _lists(answers):
+    return [str(a) for a in (answers if isinstance(answers, list) else [answers])]
+
+
+def ocr_vqa(pred, answers, case_sensitive=False, chinese=False):
+    """vqa_evaluation / vqa_evaluation_case_sensitive / cn_vqa_evaluation: a short gold answer (under 5 words; for
+    Chinese, under 4 comma-separated parts, spaces removed) scores 1 when it is contained in the prediction; a
+    longer one scores its ANLS-style similarity when that is at least 0.5."""
+    score = 0.0
+    for answer in _lists(answers):
+        a, p = answer.strip().replace("\n", " "), str(pred).strip().replace("\n", " ")
+        if not case_sensitive:
+            a, p = a.lower(), p.lower()
+        if chinese:
+            a, p = a.replace(" ", ""), p.replace(" ", "")
+        short = len(a.split(",")) < 4 if chinese else len(a.split()) < 5
+        if short:
+            if a in p:
+                score = 1.0
+        else:
+            length = max(len(p), len(a))
+            value = 1.0 - (0.0 if length == 0 else levenshtein(p, a) / length)
+            if value >= 0.5 and value > score:
+                score = value
+    return score
+
+
+def ocr_counting(pred, answers, method):
+    """counting_evaluation: "exact match" is containment (the lower-cased gold in the prediction as written, as
+    upstream); "regression" reads the prediction's first integer p and scores 1 - |p - a| / a when 0 < p < 2a and
+    that exceeds 0.5, else 0."""
+    best = 0.0
+    for answer in _lists(answers):
+        answer = answer.lower().strip().replace("\n", " ")
+        if method == "exact match":
+            score = float(answer in str(pred))
+        elif method == "regression":
+            found = re.search(r"\d+", str(pred).lower().strip().replace("\n", " "))
+            p, a = (int(found.group()) if found else 0), int(answer)
+            score = 0.0
+            if p and 0 < p < 2 * a:
+                iou = 1 - abs(p - a) / a
+                score = iou if iou > 0.5 else 0.0
+        else:
+            raise ValueError(f"OCRBench v2 text counting: unknown eval method {method!r}")
+        best = max(best, score)
+    return best
+
+
+def ocr_formula(pred, answers, chinese=False):
+    """math_expression_evaluation (cn: \\text{...} unwrapped first): the gold, spaces and newlines removed, contained
+    in the prediction likewise."""
+    def squash(s):
+        if chinese:
+            s = re.sub(r"\\text\{([^{}]*)\}", r"\1", s)
+        return s.strip().replace("\n", " ").replace(" ", "")
+
+    return float(any(squash(a) in squash(str(pred)) for a in _lists(answers)))
+
+
+def ocr_handwritten(pred, answers):
+    """handwritten answer extraction cn (choice answers): the letters, joined by any of upstream's separators,
+    contained in the prediction."""
+    answer = _lists(answers)[0]
+    chars = list(answer)
+    forms = [answer] if len(answer) <= 1 else [sep.join(chars) for sep in
+                                               ("", ".", ". ", ",", ", ", "、", ";", "; ", " ", "和")]
+    return float(any(f in str(pred) for f in forms))
+
+
+def text_to_dict(text):
+    """convert_str_to_dict: a fenced or bare JSON / Python dict, else key: value pairs found by a pattern; {} when
+    there is nothing; every key and value stripped strings."""
+    fenced = re.search(r"```(?:python|json)?\n(.*?)\n```", text, re.DOTALL | re.IGNORECASE)
+    content = fenced.group(1) if fenced else text.strip()
+    data = None
+    for parse in (json.loads, ast.literal_eval):
+        try:
+            data = parse(content)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+            continue
+        if isinstance(data, dict):
+            break
+        data = None
+    if data is None:
+        data = {k.strip(): v.strip() for k, v in
+                re.findall(r'["\']?([\w\s]+)["\']?\s*[:=]\s*["\']?([^\n,"\'{}]+)["\']?', content)}
+    return {str(k).strip(): str(v).strip() for k, v in data.items()}
+
+
+def kie_f1(pred, gold):
+    """compute_f1_score: the mean over the union of keys of an exact match (lower-cased, spaces removed)."""
+    def squash(v):
+        return v.lower().strip().replace("\n", " ").replace(" ", "") if v else v
+
+    scores = []
+    for key in set(pred) | set(gold):
+        p, g = pred.get(key), gold.get(key)
+        if p is None and g is None:
+            continue
+        scores.append(float(p is not None and g is not None and squash(p) == squash(str(g))))
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def kie_golds(answer):
+    """generate_combinations: every dict with one value per key, from a dict whose values may be lists (a string
+    holding the dict is parsed first, as upstream does for the hub's stringified answers)."""
+    if not isinstance(answer, dict):
+        text = str(answer).strip('"')
+        try:
+            answer = json.loads(text)
+        except ValueError:
+            answer = ast.literal_eval(text)
+    if not isinstance(answer, dict):
+        raise ValueError(f"key information answer is not a dict: {str(answer)[:80]!r}")
+    values = [v if isinstance(v, list) else [v] for v in answer.values()]
+    return [dict(zip(answer, combo)) for combo in itertools.product(*values)]
+
+
+def ocr_kie(pred, answers):
+    golds = kie_golds(answers[0] if isinstance(answers, list) else answers)
+    predicted = text_to_dict(str(pred))
+    return max((kie_f1(predicted, g) for g in golds), default=0.0)
+
+
+def box_iou(a, b):
+    """calculate_iou of two [x1, y1, x2, y2] boxes (integers; anything else scores 0)."""
+    try:
+        a, b = [int(v) for v in a], [int(v) for v in b]
+    except (TypeError, ValueError):
+        return 0.0
+    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union else 0.0
+
+
+def last_box(text):
+    """extract_coordinates: the last (x1, y1, x2, y2) or [x1, y1, x2, y2] with every value in 0..1000."""
+    found = [tuple(map(int, m)) for m in re.findall(r"[\(\[]\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*[\)\]]",
+                                                    text)]
+    found = [c for c in found if all(0 <= v <= 1000 for v in c)]
+    return list(found[-1]) if found else None
+
+
+# task type -> (capability, scorer(pred, example)); capabilities as get_score.py groups them
+_EN_VQA = ("APP agent en", "ASCII art classification en", "math QA en", "reasoning VQA en", "science QA en",
+           "text recognition en", "document classification en", "cognition VQA en", "diagram QA en")
+
+
+def _ocr_choice_or_vqa(pred, ex, chinese):
+    method = ex.get("ocr_eval")
+    if method == "multiple choice":
+        return float("".join(c for c in str(pred) if c.isalpha()) == _lists(ex["answer"])[0])
+    if method == "case sensitive":
+        return ocr_vqa(pred, ex["answer"], case_sensitive=True)
+    return ocr_vqa(pred, ex["answer"], chinese=chinese)
+
+
+def _ocr_position(pred, ex):
+    got = text_to_dict(str(pred))
+    content = ocr_vqa(got["answer"], ex["answer"]) if "answer" in got else 0.0
+    try:
+        where = box_iou(ast.literal_eval(got["bbox"]), ex["bbox"]) if "bbox" in got else 0.0
+    except (ValueError, SyntaxError):
+        where = 0.0
+    return 0.5 * content + 0.5 * where
+
+
+def _ocr_grounding(pred, ex):
+    box = last_box(str(pred))
+    return box_iou(box, ex["answer"]) if box else 0.0
+
+
+OCR_TYPES = {
+    **{t: ("knowledge_reasoning" if t in ("reasoning VQA en", "science QA en", "APP agent en",
+                                          "ASCII art classification en")
+           else "mathematical_calculation" if t == "math QA en"
+           else "text_recognition" if t == "text recognition en" else "visual_text_understanding",
+           lambda p, ex: _ocr_choice_or_vqa(p, ex, False)) for t in _EN_VQA},
+    "cognition VQA cn": ("visual_text_understanding", lambda p, ex: _ocr_choice_or_vqa(p, ex, True)),
+    "reasoning VQA cn": ("knowledge_reasoning", lambda p, ex: _ocr_choice_or_vqa(p, ex, True)),
+    "text counting en": ("mathematical_calculation", lambda p, ex: ocr_counting(p, ex["answer"], ex["ocr_eval"])),
+    "formula recognition en": ("element_parsing", lambda p, ex: ocr_formula(p, ex["answer"])),
+    "formula recognition cn": ("element_parsing", lambda p, ex: ocr_formula(p, ex["answer"], chinese=True)),
+    "key information extraction en": ("relationship_extraction", lambda p, ex: ocr_kie(p, ex["answer"])),
+    "key information mapping en": ("relationship_extraction", lambda p, ex: ocr_kie(p, ex["answer"])),
+    "key information extraction cn": ("relationship_extraction", lambda p, ex: ocr_kie(p, ex["answer"])),
+    "handwritten answer extraction cn": ("relationship_extraction", lambda p, ex: ocr_handwritten(p, ex["answer"])),
+    "text grounding en": ("text_detection", _ocr_grounding),
+    "VQA with position en": ("text_detection", _ocr_position),
+}
+# the official task types whose metric this project does not implement (their rows are skipped, counted)
+OCR_UNSCORED = ("full-page OCR en", "full-page OCR cn", "fine-grained text recognition en", "text translation cn",
+                "table parsing en", "table parsing cn", "chart parsing en", "document parsing en",
+                "document parsing cn", "text spotting en")
+
+
+def score_ocrbench(text, example):
+    return OCR_TYPES[example["ocr_type"]][1](final_answer(text), example)
+
+
+def _ocr_answers(value):
+    """The hub serves `answers` as a list of strings (a key-information answer may be a dict or its text)."""
+    if isinstance(value, str) and value.strip().startswith("["):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
+    return value if isinstance(value, list) else [value]
+
+
+def convert_ocrbench(row, spec, where):
+    kind = str(row["type"])
+    language = "cn" if kind.endswith(" cn") else "en"
+    if language != spec["language"]:
+        return f"{language} rows (the other OCRBench v2 benchmark)"
+    if kind in OCR_UNSCORED:
+        return f"no scorer here: {kind}"
+    if kind not in OCR_TYPES:
+        raise ValueError(f"{where}: unknown OCRBench v2 task type {kind!r}")
+    if kind == "handwritten answer extraction cn" and "简答" in str(row["question"]):
+        return f"no scorer here: {kind} (short answer)"
+    method = row.get("eval")
+    method = None if method in (None, "", "None") else str(method)
+    if kind == "text counting en" and method not in ("exact match", "regression"):
+        return "answer_format"
+    bbox = row.get("bbox")
+    return {"question": str(row["question"]), "answer": _ocr_answers(row["answers"]), "route": "ocrbench",
+            "ocr_type": kind, "ocr_eval": method, **({"bbox": list(bbox)} if bbox is not None else {})}
+
+
+def ocrbench_overall(examples, records):
+    """get_score.py's overall: the unweighted mean of the capability means (a record's score is its row's)."""
+    capability = {ex["id"]: OCR_TYPES[ex["ocr_type"]][0] for ex in examples}
+    by_cap = {}
+    for r in records:
+        by_cap.setdefault(capability[r["id"]], []).append(r["score"])
+    means = {c: sum(v) / len(v) for c, v in sorted(by_cap.items())}
+    return sum(means.values()) / len(means), {"capabilities": means}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# BenchJudge: MM-Vet (few-shot 0-1 grader) and CharXiv (reasoning / descriptive graders), prompts verbatim in
+# bench_prompts.py
+
+
+def _after_thinking(text):
+    return text.rsplit("</think>", 1)[-1].strip()
+
+
+def mmvet_prompt(example, response):
+    """As mm-vet_evaluator.py builds it: the prompt, a newline, then "question | gold | prediction | " with spaces
+    put around <AND>/<OR>. The prediction is the reply after the reasoning (the answer a user reads)."""
+    gold = str(example["answer"]).replace("<AND>", " <AND> ").replace("<OR>", " <OR> ")
+    return MMVET_PROMPT + "\n" + " | ".join([example["stem"], gold, clip_start(_after_thinking(response)), ""])
+
+
+def parse_mmvet(reply, example):
+    """Upstream reads the first space-separated token as a float in [0, 1]; anything else is malformed (0)."""
+    token = _after_thinking(reply).split(" ")[0].strip()
+    try:
+        score = float(token)
+    except ValueError:
+        return None
+    return {"score": score, "extracted": token} if 0.0 <= score <= 1.0 else None
+
+
+def charxiv_reasoning_prompt(example, response):
+    """build_reasoning_grading_queries: the prefix, then the rules of the question's instruction category with the
+    raw question, the gold answer and the full response filled in."""
+    return REASONING_GRADING_PREFIX + REASONING_GRADING_INST[example["inst_category"]] \
+        .replace("<|question|>", example["stem"]).replace("<|ground_truth|>", str(example["answer"])) \
+        .replace("<|response|>", clip_start(response))
+
+
+def _json_object(reply):
+    text = _after_thinking(reply)
+    fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.DOTALL)
+    try:
+        obj = json.loads(fenced.group(1) if fenced else text)
+    except ValueError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def parse_charxiv_reasoning(reply, example):
+    """{extracted_answer (upstream reads this key; its prompt names it extract_answer: both count), score 0|1}."""
+    obj = _json_object(reply)
+    if obj is None or obj.get("score") not in (0, 1) or isinstance(obj.get("score"), bool):
+        return None
+    extracted = obj.get("extracted_answer", obj.get("extract_answer"))
+    return None if extracted is None else {"score": float(obj["score"]), "extracted": str(extracted)}
+
+
+def charxiv_rubric(qid):
+    """get_rubric: the in-context rubric of a descriptive template id."""
+    for key, ids in (("title", [1]), ("ocr", [2, 3, 4, 5, 6, 7]), ("quant", [8, 9, 10, 12, 14, 15, 17, 19]),
+                     ("bool", [11]), ("enum", [13]), ("trend", [16]), ("layout", [18])):
+        if qid in ids:
+            return DESCRIPTIVE_GRADING_ICL[key]
+    raise ValueError(f"CharXiv descriptive template id {qid} has no rubric")
+
+
+def charxiv_descriptive_prompt(example, response):
+    """build_descriptive_grading_queries with one (response, gold) pair per query (upstream batches up to 5 of one
+    template; one per query keeps a judge failure to its own row)."""
+    qid = example["template"]
+    prefix = DESCRIPTIVE_GRADING_PREFIX.replace("<|NUM_TRIPLETS|>", "1") \
+        .replace("<|OVERARCHING_QUESTION|>", DESCRIPTIVE_GRADING_QMAP[qid]) \
+        .replace("<|JSON_KEYS|>", str(["extract_answer_T1", "score_T1"]))
+    pair = f"T1:\nResponse 1: {clip_start(response)}\nGround Truth 1: {example['answer']}\n\n"
+    return prefix + charxiv_rubric(qid) + pair
+
+
+def parse_charxiv_descriptive(reply, example):
+    obj = _json_object(reply)
+    if obj is None or "extract_answer_T1" not in obj or obj.get("score_T1") not in (0, 1) \
+            or isinstance(obj.get("score_T1"), bool):
+        return None
+    return {"score": float(obj["score_T1"]), "extracted": str(obj["extract_answer_T1"])}
+
+
+JUDGES = {"mmvet": (mmvet_prompt, parse_mmvet),
+          "charxiv_reasoning": (charxiv_reasoning_prompt, parse_charxiv_reasoning),
+          "charxiv_descriptive": (charxiv_descriptive_prompt, parse_charxiv_descriptive)}
+DET_SCORERS = {"anls": score_anls, "ocrbench": score_ocrbench}
+
+# ---------------------------------------------------------------------------------------------------------
+# row converters
+
+
+def convert_charxiv_reasoning(row, spec, where):
+    category = row["reasoning_q_source"]
+    if category not in REASONING_GRADING_INST:
+        raise ValueError(f"{where}: reasoning_q_source must be 1-4, got {category!r}")
+    # the raw question: upstream's REASONING_RESP_INST answer-format lines are directives the closer replaces
+    return {"question": str(row["reasoning_q"]), "stem": str(row["reasoning_q"]), "answer": str(row["reasoning_a"]),
+            "route": "charxiv_reasoning", "inst_category": category}
+
+
+def charxiv_subplot(row):
+    loc = row.get("subplot_loc")
+    return [row.get("subplot_row"), row.get("subplot_col")] if loc is None else loc
+
+
+def charxiv_descriptive_question(qid, subplot_loc):
+    """descriptive_query_helper: the template's question, with the subplot it is about."""
+    if qid in (18, 19):
+        return DESCRIPTIVE_RESP_INST[qid]
+    if isinstance(subplot_loc, list):
+        prefix = "For the current plot, " if subplot_loc[0] == 0 else \
+            f"For the subplot at row {subplot_loc[0]} and column {subplot_loc[1]}, "
+    elif isinstance(subplot_loc, str):
+        prefix = f"For {subplot_loc}, "
+    else:
+        raise ValueError(f"subplot_loc must be a list or a string, got {subplot_loc!r}")
+    return DESCRIPTIVE_RESP_INST[qid].format(prefix)
+
+
+def expand_charxiv_descriptive(row, where):
+    """The four descriptive questions of a figure, each its own row (as lmms-eval's process_docs repeats them)."""
+    return [(f"{where}#d{k}", {**row, "_descriptive": k}) for k in (1, 2, 3, 4)]
+
+
+def convert_charxiv_descriptive(row, spec, where):
+    k = row["_descriptive"]
+    qid = int(row[f"descriptive_q{k}"])
+    if qid not in DESCRIPTIVE_GRADING_QMAP:
+        raise ValueError(f"{where}: descriptive_q{k} must be a template id 1-19, got {qid}")
+    # the template's own lines say what the answer must hold ("Not Applicable" cases): part of the question here
+    question = charxiv_descriptive_question(qid, charxiv_subplot(row))
+    return {"question": question, "stem": question, "answer": str(row[f"descriptive_a{k}"]),
+            "route": "charxiv_descriptive", "template": qid, "id_suffix": f"d{k}"}
+
+
+def convert_babyvision(row, spec, where):
+    """ansType "choice": options listed, choiceAns an index; otherwise blankAns, a free-form short answer."""
+    if row["ansType"] == "choice":
+        options = row.get("options") or []
+        index = row.get("choiceAns")
+        if not options or index is None or not 0 <= int(index) < len(options):
+            return "answer_format"
+        return {"choices": [str(o) for o in options], "letter_index": int(index)}
+    answer = row.get("blankAns")
+    return "answer_format" if answer in (None, "") else {"answer": str(answer), "route": "rule"}
+
+
+_CURLY = re.compile(r"[^.?!\n]*curly brackets?(?:,?\s*(?:e\.g\.|for example),?\s*\{[^}]*\})?[^.?!\n]*[.?!]?",
+                    re.IGNORECASE)
+
+
+def convert_vlmsareblind(row, spec, where):
+    """BlindTest asks for the answer in curly brackets ("{3}"): that directive goes (the closer asks for \\boxed{}),
+    and a gold answer written "{3}" is read as 3."""
+    question = _CURLY.sub("", str(row["prompt"])).strip()
+    gold = str(row["groundtruth"]).strip()
+    inner = re.fullmatch(r"\{(.*)\}", gold)
+    return {"question": question, "answer": inner.group(1).strip() if inner else gold, "route": "rule"}
+
+
+def convert_mmvet(row, spec, where):
+    question = str(row["question"])
+    return {"question": question, "stem": question, "answer": str(row["answer"]), "route": "mmvet"}
+
+
+def convert_infovqa(row, spec, where):
+    answers = row["answers"]
+    answers = [str(a) for a in answers] if isinstance(answers, list) else [str(answers)]
+    if not answers or not any(a.strip() for a in answers):
+        return "answer_format"
+    return {"question": str(row["question"]), "answer": answers, "route": "anls"}
+
+
+DYNAMATH_SPLITS = [f"sample_variant{i}" for i in range(1, 11)]
+
+# name -> eval.py spec (see eval.BENCHMARKS for the keys); family "vlm" is the paper's 16 VLM benchmarks
+SPECS = {
+    # UnipatAI/BabyVision (train; image, question, ansType, options, choiceAns, blankAns, type, subtype), as
+    # lmms-eval's babyvision task reads it
+    "babyvision": dict(family="vlm", protocol="Exact+Judge", hub="UnipatAI/BabyVision", split="train", route="choice",
+                       fields={"question": "question", "answer_type": "ansType"}, images=["image"], id="taskId",
+                       convert=convert_babyvision),
+    # princeton-nlp/CharXiv (validation; image, reasoning_q, reasoning_a, reasoning_q_source, descriptive_q1-4,
+    # descriptive_a1-4, subplot_loc/row/col, figure_path): the reasoning questions are the paper's CharXiv
+    "charxiv": dict(family="vlm", protocol="BenchJudge", hub="princeton-nlp/CharXiv", split="validation",
+                    route="charxiv_reasoning", id="figure_path", images=["image"],
+                    fields={"question": "reasoning_q", "answer": "reasoning_a", "category": "reasoning_q_source"},
+                    convert=convert_charxiv_reasoning),
+    "charxiv_descriptive": dict(family="extra", protocol="BenchJudge", hub="princeton-nlp/CharXiv", split="validation",
+                                route="charxiv_descriptive", id="figure_path", images=["image"],
+                                fields={f"q{k}": f"descriptive_q{k}" for k in (1, 2, 3, 4)},
+                                expand=expand_charxiv_descriptive, convert=convert_charxiv_descriptive),
+    # DynaMath/DynaMath_Sample: 10 splits sample_variant1..10 of the same 501 seed questions (id, question,
+    # decoded_image, ground_truth, answer_type, subject, knowledge_level); scored over all 5,010 (average accuracy)
+    "dynamath": dict(family="vlm", protocol="Exact+Judge", hub="DynaMath/DynaMath_Sample", splits=DYNAMATH_SPLITS,
+                     split=DYNAMATH_SPLITS[0], route="rule", fields={"question": "question", "answer": "ground_truth"},
+                     images=["decoded_image"], id="id"),
+    # FlagEval/EmbSpatial-Bench (test; question_id, image, question, answer_options, answer an index, relation,
+    # data_source), as lmms-eval's embspatial task reads it
+    "embspatial": dict(family="vlm", protocol="Exact+Judge", hub="FlagEval/EmbSpatial-Bench", split="test",
+                       route="choice", fields={"question": "question", "answer": "answer"}, choices="answer_options",
+                       answer_is="index", images=["image"], id="question_id"),
+    # lmms-lab/DocVQA config InfographicVQA (validation: the test split's answers are hidden; questionId, question,
+    # answers a list, image, answer_type, ...)
+    "infovqa": dict(family="vlm", protocol="Det.", hub="lmms-lab/DocVQA", config="InfographicVQA", split="validation",
+                    route="anls", fields={"question": "question", "answer": "answers"}, images=["image"],
+                    id="questionId", convert=convert_infovqa),
+    # lmms-lab/MMVet (test; question_id, image, question, answer, image_source, capability)
+    "mmvet": dict(family="vlm", protocol="BenchJudge", hub="lmms-lab/MMVet", split="test", route="mmvet",
+                  fields={"question": "question", "answer": "answer"}, images=["image"], id="question_id",
+                  convert=convert_mmvet),
+    # ling99/OCRBench_v2 (test; id, dataset_name, type, question, answers, eval, bbox, image, ...): English and
+    # Chinese are two benchmarks, split by the task type's language suffix
+    "ocrbench_v2_en": dict(family="vlm", protocol="Det.", hub="ling99/OCRBench_v2", split="test", route="ocrbench",
+                           language="en", fields={"question": "question", "answer": "answers", "type": "type"},
+                           images=["image"], id="id", convert=convert_ocrbench, aggregate=ocrbench_overall),
+    "ocrbench_v2_cn": dict(family="vlm", protocol="Det.", hub="ling99/OCRBench_v2", split="test", route="ocrbench",
+                           language="cn", fields={"question": "question", "answer": "answers", "type": "type"},
+                           images=["image"], id="id", convert=convert_ocrbench, aggregate=ocrbench_overall),
+    # neulab/VisualPuzzles (train; id, category, image, question, options (4, or none when they are in the image),
+    # answer a letter)
+    "visualpuzzles": dict(family="vlm", protocol="Exact+Judge", hub="neulab/VisualPuzzles", split="train",
+                          route="choice", fields={"question": "question", "answer": "answer"}, choices="options",
+                          answer_is="letter", choices_optional=True, images=["image"], id="id"),
+    # XAI/vlmsareblind (valid; task, image, prompt, groundtruth, metadata)
+    "vlmsareblind": dict(family="vlm", protocol="Exact+Judge", hub="XAI/vlmsareblind", split="valid", route="rule",
+                         fields={"question": "prompt", "answer": "groundtruth"}, images=["image"],
+                         convert=convert_vlmsareblind),
+}
+
+# ---------------------------------------------------------------------------------------------------------
+# video benchmarks: the row's video file found (a local path, a hub file, or under --video-dir), frames sampled
+# and cached (video.py), the clip's frames.json on the example as `videos`
+
+
+def _after(text, marker):
+    return text.split(marker, 1)[1] if marker in text else None
+
+
+_VIDEO_INDEX = {}
+
+
+def video_dir_index(folder):
+    """basename -> path of every file under --video-dir (Video-MME, VideoMMMU and MVBench ship their videos in
+    archives: unpack them there), built once per folder."""
+    if folder not in _VIDEO_INDEX:
+        if not os.path.isdir(folder):
+            raise ValueError(f"--video-dir {folder}: no such folder")
+        _VIDEO_INDEX[folder] = {}
+        for root, _, files in os.walk(folder):
+            for f in files:
+                _VIDEO_INDEX[folder].setdefault(f, os.path.join(root, f))
+    return _VIDEO_INDEX[folder]
+
+
+def resolve_video(name, spec, where, base, cfg):
+    """A local file for a row's video: relative to a local benchmark file, under --video-dir (by the path, then
+    by its file name), or a file of the hub set (a resolve/ URL or a path in the set's repository, downloaded
+    once by huggingface_hub)."""
+    from video import VideoError
+
+    name = str(name)
+    if base and os.path.exists(os.path.join(base, name)):
+        return os.path.join(base, name)
+    if cfg.get("dir"):
+        direct = os.path.join(cfg["dir"], name)
+        if os.path.exists(direct):
+            return direct
+        found = video_dir_index(cfg["dir"]).get(os.path.basename(name))
+        if found:
+            return found
+    repo_path = _after(name, f"/datasets/{spec['hub']}/resolve/")
+    if repo_path is not None or (not base and spec.get("video_in_repo")):
+        from huggingface_hub import hf_hub_download
+
+        revision, _, path = repo_path.partition("/") if repo_path is not None else ("main", "", name)
+        try:
+            return hf_hub_download(spec["hub"], path, repo_type="dataset", revision=revision)
+        except Exception as e:
+            raise VideoError(f"{where}: video {path} of {spec['hub']} not downloadable ({type(e).__name__})") from None
+    raise VideoError(f"{where}: video {name!r} not found" + (f" under --video-dir {cfg['dir']}" if cfg.get("dir")
+                                                            else " (pass --video-dir: the set ships its videos "
+                                                                 "in archives)"))
+
+
+def srt_lines(path):
+    """(start s, end s, text) of each cue of an .srt file."""
+    def seconds(stamp):
+        h, m, s = stamp.strip().replace(",", ".").split(":")
+        return int(h) * 3600 + int(m) * 60 + float(s)
+
+    cues = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        blocks = f.read().replace("\r", "").strip().split("\n\n")
+    for block in blocks:
+        lines = block.split("\n")
+        for k, line in enumerate(lines):
+            if "-->" in line:
+                start, end = line.split("-->")
+                text = " ".join(x.strip() for x in lines[k + 1:] if x.strip())
+                cues.append((seconds(start), seconds(end.split()[0]), text))
+                break
+    return cues
+
+
+def subtitles_at(path, times):
+    """Video-MME with subtitles: the cues shown at the sampled frames' times, in order, once each (lmms-eval's
+    per-frame subtitle selection); "No subtitles available" when the video has none."""
+    if not path or not os.path.exists(path):
+        return "No subtitles available"
+    picked = [text for start, end, text in srt_lines(path) if any(start <= t <= end for t in times)]
+    return "\n".join(dict.fromkeys(picked)) or "No subtitles available"
+
+
+def attach_video(got, spec, where, base, cfg):
+    """The converter's fields with the clip sampled: `videos` [frames.json]; Video-MME's subtitles before the
+    question when the benchmark asks for them."""
+    from video import DEFAULT_FPS, DEFAULT_MAX_FRAMES, load_clip, sample_frames
+
+    got = dict(got)
+    path = resolve_video(got.pop("video_file"), spec, where, base, cfg)
+    index = sample_frames(path, cfg.get("fps") or DEFAULT_FPS, cfg.get("max_frames") or DEFAULT_MAX_FRAMES,
+                          cfg.get("cache"))
+    got["videos"] = [index]
+    subtitle = got.pop("subtitle_file", None)
+    if subtitle is not None:
+        _, meta = load_clip(index)
+        folder = cfg.get("dir") or base
+        srt = os.path.join(folder, "subtitle", subtitle) if folder else None
+        got["question"] = f"This video's subtitles are listed below: \n{subtitles_at(srt, meta['times'])}\n" \
+                          f"{got['question']}"
+    return got
+
+
+def _choice_fields(question, options, gold_letter):
+    """A lettered multiple-choice question (options as eval.py renders them) with its gold letter."""
+    letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
+    return {"question": question, "choices": [str(o) for o in options], "letter_index": letters.index(gold_letter)}
+
+
+def convert_mmvu(row, spec, where):
+    """yale-nlp/MMVU: question_type multiple-choice (choices a dict A-E, answer a letter) or open-ended."""
+    out = {"video_file": row["video"], "route": "mmvu", "question_type": str(row["question_type"]),
+           "stem": str(row["question"])}
+    if row["question_type"] == "multiple-choice":
+        choices = {k: v for k, v in (row.get("choices") or {}).items() if v not in (None, "")}
+        gold = str(row["answer"]).strip()
+        if gold not in choices:
+            return "answer_format"
+        out["choice_map"] = choices
+        out.update(_choice_fields(str(row["question"]), [choices[k] for k in sorted(choices)], gold))
+        out["answer_text"] = gold
+        return out
+    return {**out, "question": str(row["question"]), "answer": str(row["answer"])}
+
+
+# MVBench's videos live in per-source folders (as the set's "video" revision and lmms-eval's task lay them out)
+MVBENCH_FOLDERS = {
+    "object_interaction": "star/Charades_segment", "action_sequence": "star/Charades_segment",
+    "action_prediction": "star/Charades_segment", "action_localization": "sta/sta_video_segment",
+    "moving_count": "clevrer/video_validation", "fine_grained_pose": "nturgbd_convert",
+    "character_order": "perception/videos", "object_shuffle": "perception/videos", "egocentric_navigation": "vlnqa",
+    "moving_direction": "clevrer/video_validation", "episodic_reasoning": "tvqa/video_fps3_hq_segment",
+    "fine_grained_action": "Moments_in_Time_Raw/videos", "scene_transition": "scene_qa/video",
+    "state_change": "perception/videos", "moving_attribute": "clevrer/video_validation",
+    "action_antonym": "ssv2_video_mp4", "unexpected_action": "FunQA_test/test",
+    "counterfactual_inference": "clevrer/video_validation", "object_existence": "clevrer/video_validation",
+    "action_count": "perception/videos",
+}
+MVBENCH_CONFIGS = sorted(MVBENCH_FOLDERS)
+
+
+def convert_mvbench(row, spec, where, config=None):
+    candidates = [str(c) for c in row["candidates"]]
+    if str(row["answer"]) not in candidates:
+        return "answer_format"
+    folder = MVBENCH_FOLDERS.get(str(row.get("config") or ""), "")
+    video = row["video"] if not folder else f"{folder}/{row['video']}"
+    return {"video_file": video, "route": "choice",
+            **_choice_fields(str(row["question"]), candidates, "ABCDEFGHIJ"[candidates.index(str(row["answer"]))])}
+
+
+def _videomme(row, spec, where, subtitles):
+    options = [re.sub(r"^\s*[A-Z]\.\s*", "", str(o)) for o in row["options"]]  # the set writes "A. ..."
+    gold = str(row["answer"]).strip()
+    if not re.fullmatch(r"[A-Z]", gold) or "ABCDEFGHIJ".index(gold) >= len(options):
+        return "answer_format"
+    out = {"video_file": f"{row['videoID']}.mp4", "route": "choice",
+           **_choice_fields(str(row["question"]), options, gold)}
+    return {**out, "subtitle_file": f"{row['videoID']}.srt"} if subtitles else out
+
+
+def convert_videommmu(row, spec, where):
+    """lmms-lab/VideoMMMU: multiple-choice (options a list, answer a letter) or open questions."""
+    video = f"{row['id']}.mp4"
+    options = row.get("options") or []
+    if str(row.get("question_type")) == "multiple-choice" and options:
+        gold = str(row["answer"]).strip()
+        if not re.fullmatch(r"[A-Z]", gold) or "ABCDEFGHIJ".index(gold) >= len(options):
+            return "answer_format"
+        return {"video_file": video, "route": "choice", **_choice_fields(str(row["question"]), options, gold)}
+    return {"video_file": video, "route": "rule", "question": str(row["question"]), "answer": str(row["answer"])}
+
+
+def mmvu_prompt(example, response):
+    """prepare_evaluation_message: the instruction of the question type as the system message; question (with
+    "A: ..." options), ground truth and the model's response as the user one."""
+    from bench_prompts import MMVU_MULTI_CHOICE_INSTRUCTION, MMVU_OPEN_ENDED_INSTRUCTION
+
+    if example["question_type"] == "multiple-choice":
+        options = "\n".join(f"{k}: {v}" for k, v in example["choice_map"].items())
+        context, system = f"Question: {example['stem']}\n\nOptions:\n{options}", MMVU_MULTI_CHOICE_INSTRUCTION
+    else:
+        context, system = f"Question: {example['stem']}", MMVU_OPEN_ENDED_INSTRUCTION
+    user = f"{context}\n\nGround Truth Answer: {example.get('answer_text', example['answer'])}\n\n" \
+           f"Model Response to the Question: {clip_start(response)}"
+    return [{"role": "system", "content": system}, {"role": "user", "content": user}]
+
+
+def parse_mmvu(reply, example):
+    """Upstream's structured output {extracted_answer: str, correct: bool}; anything else is malformed."""
+    obj = _json_object(reply)
+    if obj is None or not isinstance(obj.get("correct"), bool) or "extracted_answer" not in obj:
+        return None
+    return {"score": float(obj["correct"]), "extracted": str(obj["extracted_answer"])}
+
+
+JUDGES["mmvu"] = (mmvu_prompt, parse_mmvu)
+
+SPECS.update({
+    # yale-nlp/MMVU (validation, 1,000 rows; id, video a resolve/ URL of the set's file, question, choices,
+    # answer, question_type, subject, ...)
+    "mmvu": dict(family="video", protocol="BenchJudge", hub="yale-nlp/MMVU", split="validation", route="mmvu",
+                 fields={"question": "question", "answer": "answer", "type": "question_type"}, video="video",
+                 id="id", convert=convert_mmvu),
+    # OpenGVLab/MVBench: 20 task configs (split train; video, question, candidates, answer the right candidate)
+    "mvbench": dict(family="video", protocol="Rule+Judge", hub="OpenGVLab/MVBench", configs=MVBENCH_CONFIGS,
+                    split="train", route="choice", fields={"question": "question", "answer": "answer"},
+                    video="video", convert=convert_mvbench),
+    # lmms-lab/Video-MME (test; video_id, videoID, duration, domain, question_id, task_type, question, options
+    # "A. ...", answer a letter); subtitles from --video-dir/subtitle/VIDEOID.srt
+    "videomme": dict(family="video", protocol="Rule+Judge", hub="lmms-lab/Video-MME", split="test", route="choice",
+                     fields={"question": "question", "answer": "answer", "video": "videoID"}, video="videoID",
+                     id="question_id", convert=lambda r, s, w: _videomme(r, s, w, False)),
+    "videomme_sub": dict(family="video", protocol="Rule+Judge", hub="lmms-lab/Video-MME", split="test",
+                         route="choice", fields={"question": "question", "answer": "answer", "video": "videoID"},
+                         video="videoID", id="question_id", convert=lambda r, s, w: _videomme(r, s, w, True)),
+    # lmms-lab/VideoMMMU: configs Perception, Comprehension, Adaptation (test; id, question, options, answer,
+    # question_type)
+    "videommmu": dict(family="video", protocol="Rule+Judge", hub="lmms-lab/VideoMMMU",
+                      configs=["Perception", "Comprehension", "Adaptation"], split="test", route="choice",
+                      fields={"question": "question", "answer": "answer"}, video="id", id="id",
+                      convert=convert_videommmu),
+})
