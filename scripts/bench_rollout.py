@@ -83,9 +83,13 @@ def main():
         args.model = smollm2()
     if args.one:
         return one(args)
-    rows = []
+    print(f"{args.prompts} prompts x {args.n} samples, up to {args.max_new_tokens} new tokens, temperature 1, "
+          f"{os.cpu_count()} cores\n")
+    print("| engine | precision | device | start (s) | tokens | seconds | tokens/s | peak RSS (GiB) | gap to fp32 "
+          "trainer |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
     for engine in args.engines.split(","):
-        for dtype in args.dtypes.split(","):
+        for dtype in args.dtypes.split(","):  # each row printed as it is measured: a stopped run keeps its rows
             cmd = [sys.executable, os.path.abspath(__file__), "--one", engine, "--dtype", dtype, "--model", args.model,
                    "--prompts", str(args.prompts), "--n", str(args.n), "--max-new-tokens", str(args.max_new_tokens),
                    "--batch-size", str(args.batch_size),
@@ -93,19 +97,13 @@ def main():
             res = subprocess.run(cmd, capture_output=True, text=True)
             lines = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
             if res.returncode or not lines:
+                print(f"| {engine} | {dtype} | failed: see stderr | | | | | | |", flush=True)
                 print(f"{engine} {dtype}: failed\n{(res.stdout + res.stderr)[-2000:]}", file=sys.stderr)
                 continue
-            rows.append(json.loads(lines[-1][7:]))
-            print(f"{engine} {dtype}: {rows[-1]['tokens_per_s']:.0f} tokens/s", file=sys.stderr, flush=True)
-    print(f"\n{args.prompts} prompts x {args.n} samples, up to {args.max_new_tokens} new tokens, temperature 1, "
-          f"{os.cpu_count()} cores\n")
-    print("| engine | precision | device | start (s) | tokens | seconds | tokens/s | peak RSS (GiB) | gap to fp32 "
-          "trainer |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['engine']} | {r['dtype']} | {r['device']} | {r['start_s']:.0f} | {r['tokens']:,} | "
-              f"{r['seconds']:.1f} | {r['tokens_per_s']:.0f} | {r['peak_rss_gib']:.2f} | {r['sync_gap']:.2g} |")
-
+            r = json.loads(lines[-1][7:])
+            print(f"| {r['engine']} | {r['dtype']} | {r['device']} | {r['start_s']:.0f} | {r['tokens']:,} | "
+                  f"{r['seconds']:.1f} | {r['tokens_per_s']:.0f} | {r['peak_rss_gib']:.2f} | {r['sync_gap']:.2g} |",
+                  flush=True)
 
 if __name__ == "__main__":
     main()
