@@ -113,18 +113,11 @@ def test_engines_take_videos(clip, tiny_vlm, tmp_path, fake, monkeypatch, images
     assert seen[0]["mm_processor_kwargs"] == {"do_sample_frames": False}
     sent = []
 
-    class Response:
-        def __enter__(self):
-            return self
+    def post(self, data, limit=None):  # the remote engine's one HTTP call
+        sent.append(json.loads(data))
+        return 200, json.dumps({"choices": [{"message": {"content": "\\boxed{1}"}, "finish_reason": "stop"}]}).encode()
 
-        def __exit__(self, *a):
-            return False
-
-        def read(self):
-            return json.dumps({"choices": [{"message": {"content": "\\boxed{1}"}, "finish_reason": "stop"}]}).encode()
-
-    monkeypatch.setattr("urllib.request.urlopen", lambda request, timeout: sent.append(json.loads(request.data))
-                        or Response())
+    monkeypatch.setattr(RemoteEngine, "_post", post)
     RemoteEngine("http://127.0.0.1:9", "m").generate(prompts[:1], n=1)
     part_video, part_text = sent[0]["messages"][0]["content"]
     assert part_video["type"] == "video_url" and part_text == {"type": "text", "text": "What moves?"}
