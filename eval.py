@@ -798,7 +798,7 @@ def main(cfg):
     import torch
 
     from rollout import (RemoteEngine, TransformersEngine, VLLMEngine, frozen_engine, load_model, load_tokenizer,
-                         resolve_model_name, vllm_missing)
+                         pick_engine, resolve_model_name, vllm_dtype, vllm_missing)
 
     names = [n.strip() for n in cfg.benchmarks.split(",") if n.strip()]
     if not names:
@@ -835,14 +835,12 @@ def main(cfg):
     # every checkpoint at the same image resolution: a base model's processor would otherwise use its own
     # defaults and a trained one its training bounds (EVAL.md: min 256x32x32, max 1280x32x32 pixels)
     pixels = (cfg.image_min_pixels, cfg.image_max_pixels)
-    has_vllm = importlib.util.find_spec("vllm") is not None
-    kind = cfg.engine if cfg.engine != "auto" else "vllm" if device == "cuda" and has_vllm else "transformers"
-    if kind == "vllm":
-        if not has_vllm:
+    if pick_engine(cfg.engine, device) == "vllm":
+        if importlib.util.find_spec("vllm") is None:
             raise SystemExit(vllm_missing("--engine vllm"))
         tokenizer, _ = load_tokenizer(resolve_model_name(cfg.model), pixels=pixels)
         engine = VLLMEngine(resolve_model_name(cfg.model), tokenizer, cfg.vllm_gpu_memory_utilization, seed=cfg.seed,
-                            dtype="bfloat16" if device == "cuda" else "float32", pixels=pixels)
+                            dtype=vllm_dtype("auto", device), pixels=pixels)
     else:
         model, tokenizer = load_model(cfg.model, device=device, pixels=pixels)
         engine = TransformersEngine(model.eval(), tokenizer, max_batch_size=cfg.batch_size)

@@ -380,6 +380,18 @@ def vllm_missing(what):
             "torchcodec (README, \"vLLM on CPU\"); or use --engine transformers")
 
 
+def pick_engine(kind, device):
+    """--engine of train.py and eval.py: auto = vLLM on GPU where it is installed, else transformers."""
+    if kind != "auto":
+        return kind
+    return "vllm" if torch.device(device).type == "cuda" and importlib.util.find_spec("vllm") else "transformers"
+
+
+def vllm_dtype(choice, device):
+    """vLLM's precision: auto = bf16 on GPU, fp32 on CPU (the CPU trainer's, so the sync check stays tight)."""
+    return choice if choice != "auto" else "bfloat16" if torch.device(device).type == "cuda" else "float32"
+
+
 def external_launcher_env():
     """vLLM's `external_launcher` executor joins the torch.distributed world the launcher made and reads its
     variables. torchrun and a multi-process accelerate launch set them; a single process (python train.py,

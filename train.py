@@ -42,7 +42,7 @@ from data import load_examples, take
 from reformulate import postcap, precap, reformulated_prompts, user_prompt, with_closer
 from reward import grade, score_rollouts
 from rollout import (Rollout, ShardedEngine, TransformersEngine, VLLMEngine, encode_prompt, frozen_engine,
-                     load_model, resolve_model_name)
+                     load_model, pick_engine, resolve_model_name, vllm_dtype)
 from zppo import (Episode, compute_advantages, fill_old_logprobs, plan_minibatches, ppo_update, reduce_sum,
                   sync_check)
 
@@ -136,15 +136,12 @@ def prepare_student(cfg, path, accelerator):
 
 def build_engines(cfg, accelerator, model, tokenizer, model_path):
     """The student's rollout engine and the teacher (None for 'gold' or none), sharded over processes."""
-    if cfg.engine == "auto":
-        on_gpu = accelerator.device.type == "cuda"
-        cfg.engine = "vllm" if on_gpu and importlib.util.find_spec("vllm") else "transformers"
-    vllm_dtype = cfg.vllm_dtype if cfg.vllm_dtype != "auto" else \
-        "bfloat16" if accelerator.device.type == "cuda" else "float32"
+    cfg.engine = pick_engine(cfg.engine, accelerator.device)
+    dtype = vllm_dtype(cfg.vllm_dtype, accelerator.device)
     if cfg.engine == "vllm":
         student = VLLMEngine(resolve_model_name(model_path), tokenizer, cfg.vllm_gpu_memory_utilization,
                              cfg.vllm_max_model_len, seed=cfg.seed + accelerator.process_index,
-                             sleep=cfg.vllm_sleep, dtype=vllm_dtype,
+                             sleep=cfg.vllm_sleep, dtype=dtype,
                              pixels=(cfg.image_min_pixels, cfg.image_max_pixels))
     else:
         context = None
@@ -165,7 +162,7 @@ def build_engines(cfg, accelerator, model, tokenizer, model_path):
             kind=cfg.engine if cfg.teacher_engine == "auto" else cfg.teacher_engine, device=accelerator.device,
             batch_size=cfg.gen_batch_size, timeout=cfg.teacher_timeout, retries=cfg.teacher_retries,
             concurrency=cfg.teacher_concurrency, gpu_memory_utilization=cfg.teacher_gpu_memory_utilization,
-            seed=cfg.seed + accelerator.process_index, dtype=vllm_dtype)
+            seed=cfg.seed + accelerator.process_index, dtype=dtype)
     except OSError as e:  # a path that does not exist, an unreachable hub id: say it is the teacher
         raise OSError(f"the teacher (--teacher {cfg.teacher}): {e}") from e
     if accelerator.num_processes > 1:  # every rank generates its share of the prompts and sees all results
