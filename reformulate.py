@@ -48,6 +48,12 @@ def user_prompt(example, text):
     return {"text": text, "images": example["images"]} if example.get("images") else text
 
 
+def plain_prompt(example):
+    """The plain prompt of a question, as the student, the teacher and the benchmarks get it: its images (if
+    any), the question, the closer."""
+    return user_prompt(example, with_closer(example["question"]))
+
+
 def _candidates(texts):
     return "".join(f"\n<candidate>\n{t}\n</candidate>" for t in texts)
 
