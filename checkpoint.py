@@ -20,6 +20,8 @@ from dataclasses import asdict
 import torch
 from accelerate import DistributedType
 
+from zppo import reduce_sum
+
 # what a run writes into its folder: a fresh run refuses a folder that holds any of them, --overwrite deletes them
 # (and config.json, which alone is no run: it is written before the first step)
 RUN_FILES = ("metrics.jsonl", "latest", "checkpoints", "rollouts.jsonl", "reformulated.jsonl")
@@ -439,39 +441,40 @@ def open_run(cfg, start, accelerator, ckpt=None):
     return log_path
 
 
-def write_step(cfg, step, metrics, seqs, chosen, questions, prompts, reform, log_path, accelerator):
-    """One line of metrics.jsonl and the optional dumps, written by the main process only."""
-    if not accelerator.is_main_process:
-        return
-    if cfg.dump_rollouts:
-        with open(os.path.join(cfg.out_dir, "rollouts.jsonl"), "a") as f:
-            f.writelines(json.dumps({"step": step, "group": s.group, "kind": s.kind, "reward": s.reward,
-                                     "adv": s.adv, "tokens": len(s.token_ids),
-                                     "images": len(s.vision["image_grid_thw"]) if s.vision else 0}) + "\n"
-                         for s in seqs)
-    if cfg.dump_reformulated:
-        reform_rewards = iter(s.reward for s in seqs if s.kind != "plain")
-        with open(os.path.join(cfg.out_dir, "reformulated.jsonl"), "a") as f:
-            for (i, kind), prompt, group in zip(chosen, prompts, reform):
-                rollouts = [{"text": r.text, "reward": next(reform_rewards)} for r in group]
-                f.write(json.dumps({"step": step, "kind": kind, "id": questions[i]["id"], "prompt": prompt,
-                                    "images": questions[i].get("images", []), "answer": questions[i]["answer"],
-                                    "rollouts": rollouts}) + "\n")
-    with open(log_path, "a") as f:
-        f.write(json.dumps({"step": step, **metrics}) + "\n")
-    accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=step)
+def save(cfg, step, model, tokenizer, optimizer, buffer, data_pos, rng, accelerator):
+    """The step's checkpoint, never of non-finite weights: those stop the run and the last checkpoint stays
+    the one `latest` names. Every rank checks its own parameters (its shard under FSDP) and all agree."""
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if reduce_sum(accelerator, [len(bad)])[0]:
+        raise SystemExit(f"step {step}: weights hold NaN or inf ({', '.join(bad[:3]) or 'on another rank'}"
+                         f"{', ...' if len(bad) > 3 else ''}); no checkpoint written, {cfg.out_dir}/latest still "
+                         "names the last good one")
+    # both collective under FSDP: every rank takes part (the optimizer's shards are gathered), the main one writes
+    full, optim = accelerator.get_state_dict(model), optimizer_state(model, optimizer, accelerator)
+    if accelerator.is_main_process:
+        save_checkpoint(cfg, step, model, full, tokenizer, optim, buffer, tuple(data_pos), rng, accelerator)
+    accelerator.wait_for_everyone()
 
 
-def add_to_step(step, metrics, log_path, accelerator):
-    """Merge metrics (an evaluation that ran after the step's checkpoint) into the step's line, the last one
-    of metrics.jsonl; the file is replaced atomically, so a crash leaves the line with or without them."""
-    if not accelerator.is_main_process or not metrics:
-        return
-    with open(log_path) as f:
-        lines = f.readlines()
-    row = json.loads(lines[-1])
-    if row["step"] != step:
-        raise ValueError(f"{log_path}: the last line is step {row['step']}, not {step}")
-    lines[-1] = json.dumps({**row, **metrics}) + "\n"
-    atomic_write(log_path, "".join(lines))
-    accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=step)
+def resume_from(cfg, ckpt, model, optimizer, rng, buffer, accelerator):
+    """Restore the checkpoint's state; say which flags differ from its run's, and apply --lr and
+    --weight-decay to the restored optimizer (loading it brings back the values it was saved with)."""
+    changes = config_changes(cfg, ckpt)
+    if changes:
+        warnings.warn(f"--resume: flags differ from the run that wrote {ckpt}: {', '.join(changes)}")
+    start, data_pos, optim = load_checkpoint(ckpt, rng, buffer)
+    if buffer.capacity != cfg.buffer_capacity:  # applied, not only listed: the restored capacity would win
+        print(f"--buffer-capacity {cfg.buffer_capacity} replaces the restored buffer's {buffer.capacity} "
+              f"({max(0, len(buffer) - cfg.buffer_capacity)} of its {len(buffer)} questions evicted, oldest first)")
+        buffer.capacity = cfg.buffer_capacity
+        buffer.update([], cfg.tau)  # evicts down to the new capacity (FIFO), counted in the buffer's totals
+    load_optimizer_state(model, optimizer, optim, accelerator)
+    for key in ("lr", "weight_decay"):
+        restored = {group[key] for group in optimizer.param_groups}
+        if restored != {getattr(cfg, key)}:
+            print(f"--{key.replace('_', '-')} {getattr(cfg, key)} replaces the restored optimizer's "
+                  f"{', '.join(map(str, sorted(restored)))}")
+            for group in optimizer.param_groups:
+                group[key] = getattr(cfg, key)
+    print(f"resumed from {ckpt} at step {start}")
+    return start, data_pos

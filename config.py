@@ -12,9 +12,44 @@ from typing import Literal, Optional
 
 from transformers import HfArgumentParser
 
-from baselines import PRESETS, check_algo
 from checkpoint import foreign_files, run_files, run_folder
 from rollout import vllm_missing
+
+TEACHER_GUIDED = ("hint", "prefix")  # one extra group per capped hard question with a correct teacher rollout
+DISTILLATION = ("off_distill", "on_distill")  # a JSD loss to the teacher's distributions instead of PPO
+# Presets become parser defaults (an explicit flag wins). The spec's table: Hint and Prefix replay hard
+# questions, GRPO and the distillation runs do not unless --buffer asks (the paper's "(†)" rows).
+PRESETS = {
+    "grpo": dict(buffer=False, bcq=False, ncq=False),
+    "hint": dict(buffer=True, bcq=False, ncq=False),
+    "prefix": dict(buffer=True, bcq=False, ncq=False),
+    # distillation reads the teacher's full next-token distributions: an in-process transformers model
+    "off_distill": dict(buffer=False, bcq=False, ncq=False, teacher_engine="transformers"),
+    "on_distill": dict(buffer=False, bcq=False, ncq=False, teacher_engine="transformers"),
+}
+
+
+def check_algo(algo, teacher, teacher_url, teacher_engine, bcq, ncq, jsd_beta, prefix_frac):
+    """Stop at start, with what to change, when a baseline cannot run with the teacher it was given."""
+    if algo not in ("zppo", "grpo") and (bcq or ncq):
+        raise ValueError(f"--algo {algo} has no BCQ/NCQ (they are ZPPO's); drop --bcq/--ncq")
+    if algo == "hint" and teacher in (None, "gold"):
+        raise ValueError("--algo hint: the teacher writes the hints, so it must be a model (--teacher NAME, in "
+                         "process or with --teacher-url); gold solutions cannot write a hint")
+    if algo == "prefix" and teacher is None:
+        raise ValueError("--algo prefix needs --teacher: a model, or 'gold' (worked solutions as its rollouts)")
+    if algo in DISTILLATION:
+        if teacher in (None, "gold") or teacher_url:
+            raise ValueError(f"--algo {algo} needs the teacher's full next-token distributions: an in-process "
+                             "model (--teacher NAME without --teacher-url; a server returns only top-k log-probs, "
+                             "and gold solutions have no distributions)")
+        if teacher_engine != "transformers":
+            raise ValueError(f"--algo {algo} reads the teacher's distributions from its transformers model: "
+                             f"--teacher-engine transformers (got {teacher_engine})")
+    if not 0 < jsd_beta < 1:
+        raise ValueError(f"--jsd-beta must be in (0, 1) (0.5: the symmetric JSD), got {jsd_beta}")
+    if not 0 < prefix_frac <= 1:
+        raise ValueError(f"--prefix-frac must be in (0, 1], got {prefix_frac}")
 
 
 def arg(default, help):
@@ -43,7 +78,7 @@ class Config:
     dedup_ids: bool = arg(False, "keep the first of the rows sharing an id (default: a duplicate id is an error)")
     # ZPPO (paper's Table 8)
     algo: Literal["zppo", "grpo", "hint", "prefix", "off_distill", "on_distill"] = arg(
-        "zppo", "zppo, or one of the paper's baselines (baselines.py): grpo = --no-buffer --no-bcq --no-ncq; "
+        "zppo", "zppo, or one of the paper's baselines (PRESETS below; Hint and Prefix in reformulate.py, the distillation ones in distill.py): grpo = --no-buffer --no-bcq --no-ncq; "
                 "hint and prefix replay by default, grpo and the distillation ones do not (--buffer/--no-buffer)")
     buffer: bool = arg(True, "replay hard questions until they graduate")
     bcq: bool = arg(True, "binary-choice questions (teacher answer vs. student wrong answer)")
@@ -62,7 +97,7 @@ class Config:
     clip_high: float = arg(0.28, "PPO ratio clip above 1 (clip-higher)")
     dual_clip: float = arg(10.0, "dual-clip ratio for negative advantages")
     candidate_max_chars: Optional[int] = arg(None, "truncate uncompressed candidates to this many characters")
-    # baselines (baselines.py)
+    # baselines
     hint_max_new_tokens: int = arg(512, "--algo hint: the teacher's hint cap (greedy)")
     prefix_frac: float = arg(0.4, "--algo prefix: fraction alpha of a correct teacher rollout's tokens given as "
                                   "the start of the student's answer")

@@ -37,7 +37,7 @@ from checkpoint import run_config, run_files
 from data import make_arithmetic
 from eval import evaluate
 from reformulate import with_closer
-from rollout import TransformersEngine, chat_prompt_ids, load_model, smollm2_gguf
+from rollout import TransformersEngine, chat_prompt_ids, checkpointing, load_model, smollm2_gguf
 
 
 def format_primer(model, tokenizer, examples, epochs=1, batch_size=16, lr=1e-4, bf16=True):
@@ -47,7 +47,7 @@ def format_primer(model, tokenizer, examples, epochs=1, batch_size=16, lr=1e-4, 
     model.train()
     # recompute activations in the backward: a batch of 16 keeps ~3 GiB of them in fp32 otherwise (measured peak
     # 5.6 GiB for the primer without; same numbers with)
-    train.checkpointing(model, True)
+    checkpointing(model, True)
     for _ in range(epochs):
         for i in range(0, len(examples), batch_size):
             pairs = [(chat_prompt_ids(tokenizer, with_closer(ex["question"])),
@@ -65,7 +65,7 @@ def format_primer(model, tokenizer, examples, epochs=1, batch_size=16, lr=1e-4, 
             loss.backward()
             optimizer.step()
             optimizer.zero_grad()
-    train.checkpointing(model, False)
+    checkpointing(model, False)
     model.eval()
     return loss.item()
 

@@ -256,7 +256,7 @@ Output ONLY a valid JSON object with exactly this format (no prose, no code fenc
 _JUDGE_TEMPLATE = jinja2.Template(JUDGE_PROMPT)  # no autoescape: the texts are not HTML
 JUDGE_MAX_NEW_TOKENS = 512
 # Greedy, as the paper's judge (temperature 0, top-p 1); every field set so no engine default applies.
-JUDGE_SAMPLING = dict(temperature=0.0, top_p=1.0, top_k=0, min_p=0.0, presence_penalty=0.0)
+JUDGE_SAMPLING = dict(temperature=0.0, top_p=1.0, top_k=0, presence_penalty=0.0)
 # The judge reads the full response, but a prompt must stay bounded: a longer response loses its START (the
 # answer is at the end), and the cut is marked. 50,000 characters is about 12,500 tokens of English, so a
 # response within the paper's 12,288-token cap nearly always reaches the judge whole.
@@ -320,12 +320,12 @@ def route_of(example):
     return "judge" if route == "rule" and not rule_checkable(example["answer"]) else route
 
 
-def rule_verdict(response, gold, truncated=False, grade_fn=grade):
+def rule_verdict(response, gold, truncated=False):
     """1.0 or 0.0 where the rule grader can decide, None where it cannot and the judge must (Exact+Judge):
     no parseable box (none, empty, or no letter for a multiple-choice gold), or a truncated response whose
     last box is wrong (the final answer was never written; that box is an intermediate one). A box that
     matches is trusted even in a truncated response (the grader audit: no false positives)."""
-    if grade_fn(response, gold):
+    if grade(response, gold):  # the module's grade, looked up at the call (tests patch reward.grade)
         return 1.0
     pred = last_boxed(response)
     if pred is None or not pred.strip() or (is_choice(str(gold)) and _letter(pred) is None) or truncated:
@@ -343,19 +343,12 @@ def judge_verdicts(judge, items):
     return [(parse_verdict(o[0].text), o[0].text) if o else (0.0, None) for o in outs]
 
 
-def judge_scores(judge, items):
-    """items: (example, response) pairs -> 0/1 each; without a judge model every item scores 0."""
-    if judge is None:
-        return [0.0] * len(items)
-    return [s for s, _ in judge_verdicts(judge, items)]
-
-
-def score_detailed(pairs, judge=None, grade_fn=grade, truncated=None):
+def score_detailed(pairs, judge=None, truncated=None):
     """Per (example, response) a dict: score (0/1), via ("rule", "judge", or "unresolved": the rule could not
     decide and there is no judge, scored 0) and, for judged ones, the judge's raw reply. `truncated` (one bool
     per pair; default none truncated) marks responses cut by the token limit. One judge batch for all."""
     truncated = truncated or [False] * len(pairs)
-    scores = [None if route_of(ex) == "judge" else rule_verdict(text, ex["answer"], cut, grade_fn)
+    scores = [None if route_of(ex) == "judge" else rule_verdict(text, ex["answer"], cut)
               for (ex, text), cut in zip(pairs, truncated)]
     pending = [p for p, s in zip(pairs, scores) if s is None]
     judged = iter(judge_verdicts(judge, pending) if judge is not None else [])
@@ -371,22 +364,22 @@ def score_detailed(pairs, judge=None, grade_fn=grade, truncated=None):
     return out
 
 
-def score_responses(pairs, judge=None, grade_fn=grade, truncated=None):
+def score_responses(pairs, judge=None, truncated=None):
     """0/1 per (example, response): the rule grader where it decides, the judge (one batch) for the rest."""
-    return [d["score"] for d in score_detailed(pairs, judge, grade_fn, truncated)]
+    return [d["score"] for d in score_detailed(pairs, judge, truncated)]
 
 
-def score_rollouts(groups, examples, judge=None, grade_fn=grade):
+def score_rollouts(groups, examples, judge=None):
     """score_nested of rollouts (groups[i]: objects with .text and .finish_reason, responses to examples[i]): a
     response the token limit cut (finish_reason "length") is marked truncated, as eval.py marks it, so a training
     reward and a benchmark score route the same response the same way (App. D.1: one routing for every method)."""
-    return score_nested([[r.text for r in g] for g in groups], examples, judge, grade_fn,
+    return score_nested([[r.text for r in g] for g in groups], examples, judge,
                         [[r.finish_reason == "length" for r in g] for g in groups])
 
 
-def score_nested(texts, examples, judge=None, grade_fn=grade, truncated=None):
+def score_nested(texts, examples, judge=None, truncated=None):
     """texts[i] is a list of responses to examples[i]: the same nesting of 0/1 scores, one judge batch for all.
     `truncated`, if given, has the nesting of `texts`."""
     flat_cut = [c for cs in truncated for c in cs] if truncated is not None else None
-    flat = iter(score_responses([(ex, t) for ts, ex in zip(texts, examples) for t in ts], judge, grade_fn, flat_cut))
+    flat = iter(score_responses([(ex, t) for ts, ex in zip(texts, examples) for t in ts], judge, flat_cut))
     return [[next(flat) for _ in ts] for ts in texts]

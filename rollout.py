@@ -1,8 +1,8 @@
 """Generation engines: prompts in, sampled responses with their token ids and log-probs out.
 
 Every engine has the same small surface, so train.py never knows which one it drives:
-    engine.generate(prompts, n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty,
-                    repetition_penalty, response_prefixes=None)
+    engine.generate(prompts, n, max_new_tokens, temperature, top_p, top_k, presence_penalty,
+                    response_prefixes=None)
         -> per prompt, a list of n Rollouts (empty when a remote request failed for good)
     engine.sync_weights(model)   # after an optimizer phase: make the engine sample from `model`
 Prompts are user-message texts (or lists of {role, content} messages, a multi-turn chat, or texts with
@@ -13,9 +13,12 @@ transformers engine (CPU, tests, small GPU runs), the vLLM engine (GPU training)
 for a teacher behind an OpenAI-compatible server, and the model loading shared by train.py and eval.py.
 Every vLLM call of the project is in this file. Every sampling field is set explicitly in every engine:
 a checkpoint's own generation_config.json (Qwen's ship top-k, top-p, temperature, sometimes min-p or a
-repetition penalty) never reaches the sampler.
+repetition penalty) never reaches the sampler; min-p and the repetition penalty are always off.
+It also holds the student's preparation for training (FSDP, gradient checkpointing, AdamW) and the
+construction of a run's engines (build_engines), which depends on how the student is wrapped.
 """
 import contextlib
+from contextlib import contextmanager
 import errno
 import http.client
 import importlib.util
@@ -30,12 +33,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
+from accelerate import DistributedType
 from tqdm import tqdm
 from transformers import (AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageTextToText,
                           AutoTokenizer, GenerationConfig)
 
+from logprobs import batch_vision, mm_token_types, suppressed_token_ids
 from video import prompt_videos, video_data_url, vllm_video
-from zppo import suppressed_token_ids
 
 
 @dataclass
@@ -68,7 +72,7 @@ def open_image(path):
         return image.convert("RGB")
 
 
-def encode_prompt(tokenizer, prompt, **template_kwargs):
+def encode_prompt(tokenizer, prompt):
     """(prompt token ids, image inputs or None). The chat template puts one placeholder per image; as
     Qwen's processor does, each becomes as many placeholders as the image has merged patches, and the
     image processor (attached to the tokenizer by load_model) gives the pixel values. A prompt's videos
@@ -77,7 +81,7 @@ def encode_prompt(tokenizer, prompt, **template_kwargs):
 
     text, images = prompt_parts(prompt)
     videos = prompt_videos(prompt)
-    ids = chat_prompt_ids(tokenizer, text, images, videos=len(videos), **template_kwargs)
+    ids = chat_prompt_ids(tokenizer, text, images, videos=len(videos))
     if not images and not videos:
         return ids, None
     vision = image_inputs(tokenizer, images) if images else {}
@@ -106,15 +110,6 @@ def expand_image_tokens(tokenizer, ids, vision):
     counts = iter(image_token_counts(tokenizer, vision))
     pad = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
     return [t for i in ids for t in ([pad] * next(counts) if i == pad else [i])]
-
-
-def batch_vision(visions):
-    """Image inputs of a batch's rows (None for rows without images), concatenated in row order."""
-    visions = [v for v in visions if v is not None]
-    if not visions:
-        return {}
-    keys = dict.fromkeys(k for v in visions for k in v)  # rows with images, videos or both
-    return {k: torch.cat([v[k] for v in visions if k in v]) for k in keys}
 
 
 def resolve_model_name(name):
@@ -195,7 +190,7 @@ def frozen_engine(name, url=None, kind="transformers", device="cpu", batch_size=
     return TransformersEngine(model.eval().requires_grad_(False), tokenizer, max_batch_size=batch_size)
 
 
-def chat_prompt_ids(tokenizer, text, images=(), videos=0, **template_kwargs):
+def chat_prompt_ids(tokenizer, text, images=(), videos=0):
     """The chat-templated prompt: a user-message text (with images: their placeholders first, then the
     text; `videos` video placeholders before those), or a list of {role, content} messages (a multi-turn
     chat) as it is."""
@@ -206,7 +201,7 @@ def chat_prompt_ids(tokenizer, text, images=(), videos=0, **template_kwargs):
         content = text if not visual else visual + [{"type": "text", "text": text}]
         messages = [{"role": "user", "content": content}]
     return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                              tokenize=True, return_dict=False, **template_kwargs))
+                                              tokenize=True, return_dict=False))
 
 
 def with_prefix_text(groups, prefixes, tokenizer):
@@ -222,11 +217,10 @@ class TransformersEngine:
     """Batched sampling with `model.generate`. The engine shares the trainer's module, so weights are
     always in sync; sync_weights only swaps the module (e.g. after accelerate wraps it)."""
 
-    def __init__(self, model, tokenizer, max_batch_size=64, chat_template_kwargs=None, context=None):
+    def __init__(self, model, tokenizer, max_batch_size=64, context=None):
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size = max_batch_size
         self.context = context or contextlib.nullcontext  # e.g. FSDP: gather the root's parameters to generate
-        self.template_kwargs = chat_template_kwargs or {}
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
@@ -235,15 +229,14 @@ class TransformersEngine:
         self.model = model
 
     @torch.no_grad()
-    def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
-                 presence_penalty=0.0, repetition_penalty=1.0, response_prefixes=None):
+    def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0,
+                 presence_penalty=0.0, response_prefixes=None):
         prefixes = response_prefixes or [[] for _ in prompts]
         encoded = [(ids + list(pre), vision) for (ids, vision), pre in
-                   zip((encode_prompt(self.tokenizer, p, **self.template_kwargs) for p in prompts), prefixes)]
+                   zip((encode_prompt(self.tokenizer, p) for p in prompts), prefixes)]
         # one row per rollout, prompts repeated n times; chunks bound the padded batch in memory
         rows = [i for i in range(len(prompts)) for _ in range(n)]
-        sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
-                        presence_penalty=presence_penalty, repetition_penalty=repetition_penalty)
+        sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, presence_penalty=presence_penalty)
         results = []
         for start in tqdm(range(0, len(rows), self.max_batch_size), desc="generate", leave=False,
                           disable=len(rows) <= self.max_batch_size):
@@ -253,8 +246,7 @@ class TransformersEngine:
         return with_prefix_text([results[i * n:(i + 1) * n] for i in range(len(prompts))], response_prefixes,
                                 self.tokenizer)
 
-    def _generate_rows(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty,
-                       repetition_penalty=1.0, vision=None):
+    def _generate_rows(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, presence_penalty, vision=None):
         model, pad = self.model, self.tokenizer.pad_token_id
         device = next(model.parameters()).device
         width = max(len(p) for p in prompt_ids)
@@ -262,14 +254,12 @@ class TransformersEngine:
         attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
         vision = vision or [None] * len(prompt_ids)
         images = {k: v.to(device) for k, v in batch_vision(vision).items()}
-        if images:  # the model places multimodal rotary positions from the image (1) and video (2) tokens' positions
-            images["mm_token_type_ids"] = ((input_ids == model.config.image_token_id).int()
-                                           + 2 * (input_ids == model.config.video_token_id).int())
+        if images:  # the model places multimodal rotary positions from the image (1) and video (2) tokens
+            images["mm_token_type_ids"] = mm_token_types(input_ids, model.config)
         greedy = temperature == 0
         config = GenerationConfig(
             do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
-            top_k=None if greedy else (top_k or 0), min_p=(min_p or None) if not greedy else None,
-            repetition_penalty=repetition_penalty, max_new_tokens=max_new_tokens, pad_token_id=pad,
+            top_k=None if greedy else (top_k or 0), max_new_tokens=max_new_tokens, pad_token_id=pad,
             eos_token_id=sorted(self.eos_ids), return_dict_in_generate=True)
         vocab = model.config.get_text_config().vocab_size
         seen = torch.zeros(len(prompt_ids), vocab, dtype=torch.bool, device=device)
@@ -322,15 +312,14 @@ class TransformersEngine:
 
 
 
-def vllm_sampling_params(n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty,
-                         repetition_penalty=1.0, suppress=()):
+def vllm_sampling_params(n, max_new_tokens, temperature, top_p, top_k, presence_penalty, suppress=()):
     """Our sampling arguments as vLLM's SamplingParams (log-prob of each sampled token included);
     `suppress`: token ids never sampled (a vision-language model's image placeholders)."""
     from vllm import SamplingParams
 
     return SamplingParams(n=n, max_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                          top_k=top_k if top_k else -1, min_p=min_p, presence_penalty=presence_penalty,
-                          repetition_penalty=repetition_penalty, logprobs=0,
+                          top_k=top_k if top_k else -1, min_p=0.0, presence_penalty=presence_penalty,
+                          repetition_penalty=1.0, logprobs=0,
                           logit_bias={t: -100.0 for t in suppress} or None)
 
 
@@ -426,10 +415,11 @@ class VLLMEngine:
         external_launcher_env()
         self.tokenizer = tokenizer
         config = AutoConfig.from_pretrained(model_path)
+        vlm = getattr(config, "vision_config", None) is not None
         # a vision-language model's images resized within the trainer's bounds: the engine's image tokens and
         # the trainer's pixel values must describe the same image (checked on every image prompt below)
         images = {"images_kwargs": {"size": {"shortest_edge": pixels[0], "longest_edge": pixels[1]}}} \
-            if pixels and getattr(config, "vision_config", None) is not None else None
+            if pixels and vlm else None
         try:
             self.llm = LLM(model=model_path, gpu_memory_utilization=gpu_memory_utilization,
                            max_model_len=max_model_len, seed=seed, dtype=dtype, enable_sleep_mode=sleep,
@@ -443,7 +433,7 @@ class VLLMEngine:
                                "--engine transformers runs without vLLM") from e
         self.runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
         self.checkpoint_names = checkpoint_tensor_names(model_path)
-        self.image_token = config.image_token_id if getattr(config, "vision_config", None) is not None else None
+        self.image_token = config.image_token_id if vlm else None
         self.suppress = suppressed_token_ids(config)
         self.sleep, self.asleep = sleep, False
         self._doze()
@@ -492,10 +482,10 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
         self._doze()
 
-    def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
-                 presence_penalty=0.0, repetition_penalty=1.0, response_prefixes=None):
-        params = vllm_sampling_params(n, max_new_tokens, temperature, top_p, top_k, min_p, presence_penalty,
-                                      repetition_penalty, self.suppress)
+    def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0,
+                 presence_penalty=0.0, response_prefixes=None):
+        params = vllm_sampling_params(n, max_new_tokens, temperature, top_p, top_k, presence_penalty,
+                                      self.suppress)
         requests, visions, expected = [], [], []
         for p, pre in zip(prompts, response_prefixes or [[] for _ in prompts]):
             text, images = prompt_parts(p)
@@ -546,7 +536,7 @@ class ShardedEngine:
     def __init__(self, engine, accelerator):
         self.engine, self.accelerator = engine, accelerator
 
-    def __getattr__(self, name):  # failures, syncs, ...: the wrapped engine's
+    def __getattr__(self, name):  # failures, prompts, tokenizer, ...: the wrapped engine's
         return getattr(self.engine, name)
 
     def sync_weights(self, model, state_dict=None):
@@ -631,8 +621,8 @@ class RemoteEngine:
             warnings.warn(f"{self.url}: a test request answered {status}; going on (each request that fails is "
                           "counted)")
 
-    def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0, min_p=0.0,
-                 presence_penalty=0.0, repetition_penalty=1.0, response_prefixes=None):
+    def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0,
+                 presence_penalty=0.0, response_prefixes=None):
         if response_prefixes is not None:
             raise ValueError("RemoteEngine: response prefixes need token-level prompts, which a chat-completions "
                              "server does not take; only the student (transformers or vLLM engine) continues them")
@@ -640,7 +630,7 @@ class RemoteEngine:
                 "top_p": top_p, "presence_penalty": presence_penalty,
                 # vLLM's server takes these sampling parameters beside the OpenAI ones; sent always, so the
                 # server's defaults from the checkpoint's generation config never apply
-                "top_k": top_k if top_k else -1, "min_p": min_p, "repetition_penalty": repetition_penalty}
+                "top_k": top_k if top_k else -1, "min_p": 0.0, "repetition_penalty": 1.0}
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(prompts)))) as pool:
             return list(pool.map(lambda p: self._complete(p, body), prompts))
 
@@ -736,3 +726,110 @@ class RemoteEngine:
         with self._lock:
             self.failures += 1
         return []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the student for training, and the engines of a run
+
+
+def fsdp_wrap_classes(model):
+    """The block classes FSDP wraps one unit each: those of the model's `_no_split_modules` that it has.
+    Qwen3.5's list names its vision block for the text-only class too, and accelerate stops at a class
+    it cannot find; wrapping whatever is listed and present works for text and vision-language models."""
+    present = {type(m).__name__ for m in model.modules()}
+    classes = sorted(c for c in (getattr(model, "_no_split_modules", None) or []) if c in present)
+    if not classes:
+        raise ValueError(f"FSDP: none of {type(model).__name__}'s _no_split_modules is in the model; "
+                         "set fsdp_transformer_layer_cls_to_wrap in the accelerate config")
+    return classes
+
+
+def warn_slow_kernels(model, device):
+    """Qwen3.5's linear-attention layers fall back to transformers' torch kernels (correct, several times
+    slower) without flash-linear-attention and causal-conv1d; say so once, on GPU, with what to install."""
+    layers = getattr(model.config.get_text_config(), "layer_types", None) or []
+    missing = [pkg for mod, pkg in (("fla", "flash-linear-attention"), ("causal_conv1d", "causal-conv1d"))
+               if importlib.util.find_spec(mod) is None]
+    if device.type == "cuda" and "linear_attention" in layers and missing:
+        warnings.warn(f"{type(model).__name__} trains on transformers' torch fallback kernels for linear attention "
+                      f"(correct, slow): install {' and '.join(missing)} (see requirements-gpu.txt)")
+
+
+def checkpointing(model, on):
+    """Gradient (activation) checkpointing of a transformers model on or off (transformers >= 5.24 renamed it)."""
+    if on:
+        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
+        enable({"use_reentrant": False})
+    else:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+
+
+def prepare_student(cfg, path, accelerator):
+    """The student (text or vision-language class), its tokenizer, and AdamW over its trainable parameters,
+    wrapped by accelerate (DDP, FSDP, autocast) with gradient checkpointing as asked."""
+    model, tokenizer = load_model(path, text_only=cfg.text_only, pixels=(cfg.image_min_pixels, cfg.image_max_pixels),
+                                  role="student")
+    if cfg.freeze_vision:
+        for name, p in model.named_parameters():
+            p.requires_grad_(p.requires_grad and "visual" not in name)
+    model.to(accelerator.device).train()
+    warn_slow_kernels(model, accelerator.device)
+    if accelerator.distributed_type == DistributedType.FSDP:
+        model._no_split_modules = fsdp_wrap_classes(model)
+    if cfg.gradient_checkpointing:  # only in training mode: the no-grad passes run in eval mode, unaffected
+        checkpointing(model, True)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    return model, tokenizer, optimizer
+
+
+def build_engines(cfg, accelerator, model, tokenizer, model_path):
+    """The student's rollout engine and the teacher (None for 'gold' or none), sharded over processes."""
+    cfg.engine = pick_engine(cfg.engine, accelerator.device)
+    dtype = vllm_dtype(cfg.vllm_dtype, accelerator.device)
+    if cfg.engine == "vllm":
+        student = VLLMEngine(resolve_model_name(model_path), tokenizer, cfg.vllm_gpu_memory_utilization,
+                             cfg.vllm_max_model_len, seed=cfg.seed + accelerator.process_index,
+                             sleep=cfg.vllm_sleep, dtype=dtype,
+                             pixels=(cfg.image_min_pixels, cfg.image_max_pixels))
+    else:
+        context = None
+        if accelerator.distributed_type == DistributedType.FSDP:
+            # generate() runs on the inner module: the root's own parameters (embeddings, head) are gathered
+            # for it, and the root is initialised first (TRL's pattern); blocks gather their own
+            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+            @contextmanager
+            def context():
+                with FSDP.summon_full_params(model, recurse=False, writeback=False), accelerator.autocast():
+                    yield
+        student = TransformersEngine(accelerator.unwrap_model(model), tokenizer, max_batch_size=cfg.gen_batch_size,
+                                     context=context)
+    try:
+        teacher = frozen_engine(
+            None if cfg.teacher == "gold" else cfg.teacher, cfg.teacher_url,
+            kind=cfg.engine if cfg.teacher_engine == "auto" else cfg.teacher_engine, device=accelerator.device,
+            batch_size=cfg.gen_batch_size, timeout=cfg.teacher_timeout, retries=cfg.teacher_retries,
+            concurrency=cfg.teacher_concurrency, gpu_memory_utilization=cfg.teacher_gpu_memory_utilization,
+            seed=cfg.seed + accelerator.process_index, dtype=dtype)
+    except OSError as e:  # a path that does not exist, an unreachable hub id: say it is the teacher
+        raise OSError(f"the teacher (--teacher {cfg.teacher}): {e}") from e
+    if accelerator.num_processes > 1:  # every rank generates its share of the prompts and sees all results
+        student = ShardedEngine(student, accelerator)
+        teacher = ShardedEngine(teacher, accelerator) if teacher is not None else None
+    return student, teacher
+
+
+def engine_weights(model, accelerator):
+    """The whole model's weights on every rank, for that rank's own vLLM engine. Under FSDP accelerate's
+    get_state_dict gathers them on the main process only (rank0_only), which would leave every other rank's
+    engine without weights: here each rank gets the full state dict (in CPU memory)."""
+    if accelerator.distributed_type != DistributedType.FSDP:
+        return accelerator.get_state_dict(model)
+    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT,
+                              FullStateDictConfig(offload_to_cpu=True, rank0_only=False)):
+        return model.state_dict()

@@ -83,7 +83,7 @@ class LLM:
                            expand_image_tokens(self.tokenizer, r["prompt_token_ids"], vision))
             visions.append(vision)
         rows = engine._generate_rows([p for p in prompts for _ in range(sp.n)], sp.max_tokens, sp.temperature,
-                                     sp.top_p, max(sp.top_k, 0), sp.min_p, sp.presence_penalty, sp.repetition_penalty,
+                                     sp.top_p, max(sp.top_k, 0), sp.presence_penalty,
                                      vision=[v for v in visions for _ in range(sp.n)])
         outputs = []
         for i, prompt in enumerate(prompts):

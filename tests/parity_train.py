@@ -2,9 +2,10 @@
 subprocesses such as the two-process test."""
 import sys
 
+import reward
 import train
 from test_train import parity_grade
 
 if __name__ == "__main__":
-    train.grade = parity_grade
+    reward.grade = parity_grade
     train.main(train.parse_config(sys.argv[1:]))

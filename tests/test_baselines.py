@@ -1,4 +1,4 @@
-"""The paper's baselines (baselines.py): presets and start-up checks, the JSD and its chunked form, Hint's
+"""The paper's baselines (config.PRESETS, reformulate.py's Hint and Prefix groups, distill.py): presets and start-up checks, the JSD and its chunked form, Hint's
 prompts and leak count, Prefix's masking, Off-Distill's single update, and exact resume for every --algo.
 A tiny student and a tiny teacher of another width share one tokenizer (trained on the same corpus)."""
 import json
@@ -6,6 +6,7 @@ import math
 import os
 import random
 import types
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,14 +14,16 @@ from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import train
-from baselines import (ChunkedJSD, generalized_jsd, guided_metrics, hint_instances, hint_leaks, jsd_update,
-                       off_distill_targets, prefix_ids, response_jsd, shared_teacher)
+from buffer import ReplayBuffer
+from distill import jsd_update, off_distill_targets, shared_teacher
+from logprobs import ChunkedJSD, generalized_jsd, response_jsd, response_logprobs
+from metrics import step_metrics
+from reformulate import hint_groups, hint_leaks, prefix_ids
 from bench_gpu import SHAPE_TINY, build_random_model
 from reformulate import with_closer
-from reward import grade
 from rollout import RemoteEngine, Rollout, TransformersEngine, chat_prompt_ids, load_model
 from test_train import parity_grade, read_metrics
-from zppo import Episode, policy_loss, ppo_update, response_logprobs
+from zppo import Episode, Group, plan_minibatches, policy_loss, ppo_update
 
 SMALL = ["--data", "arithmetic", "--data-limit", "16", "--questions-per-step", "4", "--group-size", "2",
          "--teacher-group-size", "2", "--max-new-tokens", "6", "--teacher-max-new-tokens", "6",
@@ -214,17 +217,20 @@ def test_hint_prompts_hold_the_teachers_hint_and_leaks_are_counted():
     questions = [{"id": str(i), "question": f"What is {i} + 2?", "answer": str(i + 2)} for i in range(4)]
     teacher = ScriptedTeacher(["<think>scratch 3</think> add two", "it is \\boxed{}", "the sum is 5"])
     # kept hardest first: 2, 0, 3, 1; question 1 has no correct teacher rollout and gets no hint
-    correct = {2: ["T2"], 0: ["T0a", "T0b"], 3: ["T3"], 1: []}
-    chosen, prompts, hints = hint_instances([2, 0, 3, 1], correct, questions, teacher, random.Random(0), 512)
-    assert chosen == [(2, "hint"), (0, "hint"), (3, "hint")]
+    correct = {i: [Rollout(t, [], []) for t in ts] for i, ts in {2: ["T2"], 0: ["T0a", "T0b"], 3: ["T3"], 1: []}.items()}
+    plain = [Group(q, "plain", q["question"]) for q in questions]
+    groups = hint_groups(plain, [2, 0, 3, 1], correct, random.Random(0), teacher, 512)
+    prompts = [g.text for g in groups]
+    assert [(g.question["id"], g.kind) for g in groups] == [("2", "hint"), ("0", "hint"), ("3", "hint")]
     assert prompts[0] == "What is 2 + 2? <hint> add two </hint>"  # a reasoning teacher's think block dropped
     assert all("<hint> " in p and p.endswith(" </hint>") for p in prompts)
     assert teacher.prompts[0].startswith("Read the solved response below") and "T2" in teacher.prompts[0]
     assert teacher.calls[0] == dict(max_new_tokens=512, temperature=0.0, top_p=1.0, top_k=0)  # greedy
-    seqs = [Episode([1], [2], reward=r, kind="hint") for r in (1, 0, 0, 0, 1, 1)]
-    m = guided_metrics("hint", seqs, chosen, questions, hints, None)
+    helped = [replace(g, rollouts=[Rollout("", [1], [2])] * 2, rewards=rs) for g, rs in zip(groups, ([1, 0], [0, 0], [1, 1]))]
+    m = step_metrics(types.SimpleNamespace(algo="hint", buffer=False), [], helped, [], 0, ReplayBuffer())
     # question 0's hint holds \boxed{, question 3's the gold answer 5
-    assert m == {"acc/hint": 0.5, "count/hint": 3, "count/hint_leak": 2}
+    assert {k: m[k] for k in ("acc/hint", "count/hint", "count/hint_leak")} == \
+        {"acc/hint": 0.5, "count/hint": 3, "count/hint_leak": 2}
 
 
 def test_hint_drops_the_teachers_thinking_wherever_its_block_opened():
@@ -233,9 +239,10 @@ def test_hint_drops_the_teachers_thinking_wherever_its_block_opened():
     replies = ["<think>scratch</think> add two", "scratch 4</think>\nadd two", "Ok. <think>4</think> add two",
                "<think>a</think> b </think> add two", "add <think> two"]
     questions = [{"id": str(i), "question": f"Q{i}", "answer": "4"} for i in range(len(replies))]
-    correct = {i: [f"T{i}"] for i in range(len(replies))}
-    _, prompts, hints = hint_instances(list(correct), correct, questions, ScriptedTeacher(replies),
-                                       random.Random(0), 512)
+    correct = {i: [Rollout(f"T{i}", [], [])] for i in range(len(replies))}
+    plain = [Group(q, "plain", q["question"]) for q in questions]
+    groups = hint_groups(plain, list(correct), correct, random.Random(0), ScriptedTeacher(replies), 512)
+    prompts, hints = [g.text for g in groups], [g.hint for g in groups]
     assert hints == ["add two"] * 4 + ["add <think> two"]
     assert prompts[1] == "Q1 <hint> add two </hint>"
 
@@ -257,7 +264,7 @@ def test_hint_run_counts_a_leaking_hint(tiny_model, tiny_teacher, tmp_path, monk
         return real_generate(self, prompts, *a, **kw)
 
     monkeypatch.setattr(TransformersEngine, "generate", generate)
-    monkeypatch.setattr(train, "grade", parity_grade)
+    monkeypatch.setattr("reward.grade", parity_grade)
     out = tmp_path / "h"
     train.main(train.parse_config(args(tiny_model, tiny_teacher, "hint", out, "--steps", "2",
                                        "--dump-reformulated")))
@@ -300,7 +307,7 @@ def test_prefix_is_the_first_floor_alpha_l_of_the_teachers_own_tokens(tiny_model
     ids as they are, not decoded and re-tokenized (which merges these one-character tokens); the end-of-sequence
     token closing a rollout is not one of the L. A text without tokens (a worked solution) is cut in the
     student's tokens; a teacher with another vocabulary is cut in its own, then re-tokenized for the student."""
-    from baselines import prefix_length
+    from reformulate import prefix_length
 
     _, tok = load_model(tiny_model)
     _, other = load_model(tiny_vlm)  # the same corpus with four more special tokens: other ids
@@ -327,11 +334,11 @@ def test_prefix_is_the_first_floor_alpha_l_of_the_teachers_own_tokens(tiny_model
 def test_prefix_run_cuts_the_model_teachers_own_token_ids(tiny_model, tiny_teacher, tmp_path, monkeypatch):
     """train.py hands Prefix the correct teacher rollouts themselves: with a model teacher that shares the
     student's tokenizer, every prefix is the first floor(0.4 L) of the picked rollout's own token ids."""
-    import baselines
+    import reformulate
 
-    calls, real = [], baselines.prefix_ids
-    monkeypatch.setattr(baselines, "prefix_ids", lambda r, *a: calls.append((r, a, real(r, *a))) or calls[-1][2])
-    monkeypatch.setattr(train, "grade", lambda text, gold: 1.0 if len(text) % 2 else 0.0)
+    calls, real = [], reformulate.prefix_ids
+    monkeypatch.setattr(reformulate, "prefix_ids", lambda r, *a: calls.append((r, a, real(r, *a))) or calls[-1][2])
+    monkeypatch.setattr("reward.grade", lambda text, gold: 1.0 if len(text) % 2 else 0.0)
     train.main(train.parse_config(args(tiny_model, tiny_teacher, "prefix", tmp_path / "p", "--steps", "1")))
     assert calls
     for rollout, (tok, frac, teacher_tokenizer), prefix in calls:
@@ -365,14 +372,15 @@ def test_prefix_tokens_carry_no_loss_and_no_token_count(tiny_model):
     k, n = len(prefix), len(cont)
     ep = Episode(chat + prefix, cont, reward=1.0, group="q/prefix", kind="prefix", adv=1.25)
     with torch.no_grad():  # a ratio of about 1.05 (inside the clip); fp32 values, as ppo_update holds them
-        ep.old_logprobs = (response_logprobs(model, [ep], 1.0, tok.pad_token_id)[0][0] - 0.05).float().tolist()
+        old_lp = (response_logprobs(model, [ep], 1.0, tok.pad_token_id)[0][0] - 0.05).float().tolist()
     capture = GradCapture(model)
-    ppo_update(model, capture, Accelerator(cpu=True), [ep], 1, 1.0, 4, tok.pad_token_id, grad_clip=1e9)
+    plan = plan_minibatches([ep], 1, random.Random(0))
+    ppo_update(model, capture, Accelerator(cpu=True), [ep], plan, {0: old_lp}, 1.0, 4, tok.pad_token_id, grad_clip=1e9)
 
     # the same tokens with the prefix as response: per-position log-probs of the whole assistant turn
     whole = Episode(chat, prefix + cont)
     lp, mask, _ = response_logprobs(model, [whole], 1.0, tok.pad_token_id)  # (1, k + n)
-    old = torch.cat([lp.detach()[:, :k], torch.tensor([ep.old_logprobs], dtype=lp.dtype)], dim=1)
+    old = torch.cat([lp.detach()[:, :k], torch.tensor([old_lp], dtype=lp.dtype)], dim=1)
     adv = torch.tensor([1.25], dtype=lp.dtype)
 
     def grads(token_mask):
@@ -397,7 +405,7 @@ def test_prefix_run_continues_gold_solutions_and_grades_the_whole_turn(tiny_mode
     """--teacher gold: the worked solution is the teacher's correct rollout; its first 40% (student tokens) ends
     every Prefix episode's prompt, and the reward sees prefix + continuation."""
     graded, updated, real_update = [], [], train.ppo_update
-    monkeypatch.setattr(train, "grade", lambda text, gold: graded.append(text) or float("\\boxed{" in text))
+    monkeypatch.setattr("reward.grade", lambda text, gold: graded.append(text) or float("\\boxed{" in text))
     monkeypatch.setattr(train, "ppo_update", lambda model, opt, acc, seqs, *a: updated.extend(seqs) or
                         real_update(model, opt, acc, seqs, *a))
     out = tmp_path / "p"
@@ -424,16 +432,17 @@ def test_prefix_run_continues_gold_solutions_and_grades_the_whole_turn(tiny_mode
 
 def test_off_distill_targets_are_the_correct_teacher_rollouts_only():
     questions = [{"id": "a", "question": "qa", "answer": "1"}, {"id": "b", "question": "qb", "answer": "2"}]
-    plain = [[Rollout("", [1, 2], [3])], [Rollout("", [4, 5, 6], [7])]]
+    plain = [Group(q, "plain", q["question"], rollouts=rs) for q, rs in
+             zip(questions, [[Rollout("", [1, 2], [3])], [Rollout("", [4, 5, 6], [7])]])]
     teacher = ScriptedTeacher(["\\boxed{1}", "\\boxed{9}", "\\boxed{3}", "\\boxed{4}"])
-    targets, counts = off_distill_targets(questions, plain, teacher, grade, n=2, max_new_tokens=5)
+    targets, counts = off_distill_targets(plain, teacher, n=2, max_new_tokens=5)
     assert teacher.prompts == [with_closer("qa"), with_closer("qb")]
     # question a: one of two teacher rollouts is right; question b: none, so it adds nothing
     assert [(t.prompt_ids, t.token_ids, t.group) for t in targets] == [([1, 2], [7, 8], "a/teacher")]
     assert counts == {"count/off_distill": 1, "count/no_teacher_correct": 1, "acc/teacher": 0.25}
 
 
-def test_off_distill_on_image_data_shows_both_models_the_image(tiny_vlm, images, tmp_path):
+def test_off_distill_on_image_data_shows_both_models_the_image(tiny_vlm, images, tmp_path, monkeypatch):
     """pi_T(.|x) with x = image + text: the teacher samples from the image prompt, each target Episode carries
     the student's image inputs with its image-token prompt, and both forwards of the JSD receive those pixels
     (without them the same tokens give another loss: the image tokens would be read as text)."""
@@ -455,7 +464,9 @@ def test_off_distill_on_image_data_shows_both_models_the_image(tiny_vlm, images,
     teacher = TransformersEngine(teacher_model.eval(), teacher_tok)
     asked, real_generate = [], teacher.generate
     teacher.generate = lambda ps, **kw: asked.extend(ps) or real_generate(ps, **kw)
-    targets, counts = off_distill_targets(questions, plain, teacher, lambda text, gold: 1.0, n=2, max_new_tokens=4)
+    monkeypatch.setattr("reward.grade", lambda text, gold: 1.0)
+    targets, counts = off_distill_targets([Group(q, "plain", q["question"], rollouts=rs) for q, rs in
+                                           zip(questions, plain)], teacher, n=2, max_new_tokens=4)
     assert asked == prompts and asked[0]["images"] == [images[0]]  # the teacher saw the image
     assert counts["count/off_distill"] == 6 and [t.group for t in targets] == ["a/teacher"] * 2 + ["b/teacher"] * 2 \
         + ["c/teacher"] * 2
@@ -494,7 +505,7 @@ def test_off_distill_loss_is_the_mean_over_questions_of_each_ones_target_average
     token mean over all 20 target tokens, another value here (question b's 14 tokens weigh 14/20, not 1/2)."""
     from accelerate import Accelerator
 
-    from baselines import off_distill_weights
+    from distill import off_distill_weights
 
     model, tok = load_model(tiny_model, dtype=torch.float64)
     teacher, _ = load_model(tiny_teacher, dtype=torch.float64)
@@ -537,7 +548,7 @@ def count_optimizer_steps():
 
 
 def test_off_distill_takes_one_optimizer_step_per_rollout_step(tiny_model, tiny_teacher, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "grade", parity_grade)
+    monkeypatch.setattr("reward.grade", parity_grade)
     steps, handle = count_optimizer_steps()
     try:
         train.main(train.parse_config(args(tiny_model, tiny_teacher, "off_distill", tmp_path / "o", "--steps", "2",
@@ -551,7 +562,7 @@ def test_off_distill_takes_one_optimizer_step_per_rollout_step(tiny_model, tiny_
 
 def test_off_distill_without_a_correct_teacher_rollout_does_not_step(tiny_model, tiny_teacher, tmp_path,
                                                                      monkeypatch):
-    monkeypatch.setattr(train, "grade", lambda text, gold: 0.0)
+    monkeypatch.setattr("reward.grade", lambda text, gold: 0.0)
     steps, handle = count_optimizer_steps()
     try:
         train.main(train.parse_config(args(tiny_model, tiny_teacher, "off_distill", tmp_path / "z",
@@ -572,7 +583,7 @@ def test_off_distill_without_a_correct_teacher_rollout_does_not_step(tiny_model,
 
 @pytest.mark.parametrize("algo", ["zppo", "grpo", "hint", "prefix", "off_distill", "on_distill"])
 def test_every_algo_trains_and_resumes_exactly(algo, tiny_model, tiny_teacher, tmp_path, monkeypatch):
-    monkeypatch.setattr(train, "grade", parity_grade)  # mixed groups, and some teacher rollouts are right
+    monkeypatch.setattr("reward.grade", parity_grade)  # mixed groups, and some teacher rollouts are right
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     train.main(train.parse_config(args(tiny_model, tiny_teacher, algo, straight, "--steps", "2")))
     train.main(train.parse_config(args(tiny_model, tiny_teacher, algo, resumed, "--steps", "1")))

@@ -68,7 +68,7 @@ def test_smollm2_is_converted_once_into_the_cache(tiny_model, tmp_path, monkeypa
 
 
 def test_primer_runs_under_gradient_checkpointing_and_turns_it_off(tiny_model, monkeypatch):
-    import train
+    import rollout
     from rollout import load_model
 
     model, tokenizer = load_model(tiny_model)
@@ -86,7 +86,7 @@ def test_primer_runs_under_gradient_checkpointing_and_turns_it_off(tiny_model, m
     loss = demo.format_primer(model, tokenizer, examples, batch_size=2, bf16=False)
     assert seen == [True, True] and loss > 0  # two batches, both checkpointed
     assert not on() and not model.training
-    train.checkpointing(model, True)
+    rollout.checkpointing(model, True)
     assert on()
 
 

@@ -24,15 +24,16 @@ ARGS = ["--teacher", "gold", "--data", "arithmetic", "--data-limit", "40", "--qu
 
 def run(model_dir, out_dir):
     """3 steps with the parity reward (mixed groups, so the update moves the weights); returns what is compared."""
+    import reward
     import train
     from test_train import parity_grade
 
-    saved = train.grade
-    train.grade = parity_grade
+    saved = reward.grade
+    reward.grade = parity_grade
     try:
         train.main(train.parse_config(["--student", model_dir, *ARGS, "--out-dir", out_dir]))
     finally:
-        train.grade = saved
+        reward.grade = saved
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         metrics = [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")} for line in f]
     weights = load_file(os.path.join(out_dir, "checkpoints", "step_000003", "model.safetensors"))

@@ -10,7 +10,8 @@ import train
 from data import load_jsonl
 from rollout import RemoteEngine, TransformersEngine, VLLMEngine, encode_prompt, load_model
 from test_train import parity_grade, read_metrics
-from zppo import Episode, response_logprobs, suppressed_token_ids
+from logprobs import response_logprobs, suppressed_token_ids
+from zppo import Episode
 
 PIXELS = ["--image-min-pixels", "1024", "--image-max-pixels", "4096"]  # 32x32 .. 64x64: 1 to 4 image tokens
 
@@ -86,7 +87,7 @@ def test_update_logprobs_equal_the_sampler_and_a_direct_forward_with_the_same_pi
 def test_training_on_mixed_image_and_text_questions_puts_the_image_in_every_prompt_kind(tiny_vlm, images, tmp_path,
                                                                                       monkeypatch):
     # image questions all wrong (hard: BCQ from the gold solution, NCQ), text ones mixed (a real update)
-    monkeypatch.setattr(train, "grade", lambda text, gold: float("\\boxed{" in text
+    monkeypatch.setattr("reward.grade", lambda text, gold: float("\\boxed{" in text
                                                                  or (gold in ("3", "9") and len(text) % 2 == 0)))
     out = str(tmp_path / "run")
     data = write_data(str(tmp_path), images, n=6)
@@ -115,7 +116,7 @@ def test_training_on_mixed_image_and_text_questions_puts_the_image_in_every_prom
 def test_frozen_vision_tower_does_not_move(tiny_vlm, images, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
-    monkeypatch.setattr(train, "grade", parity_grade)
+    monkeypatch.setattr("reward.grade", parity_grade)
     out = str(tmp_path / "frozen")
     train.main(train.parse_config(["--student", tiny_vlm, "--teacher", "gold", "--data",
                                    write_data(str(tmp_path), images, n=6), *PIXELS, "--questions-per-step", "6",

@@ -1,4 +1,4 @@
-"""The chunked output head (zppo.ChunkedHead) against the full-logits reference, and its memory bound."""
+"""The chunked output head (logprobs.ChunkedHead) against the full-logits reference, and its memory bound."""
 import os
 import subprocess
 import sys
@@ -9,7 +9,8 @@ import torch
 
 from conftest import ROOT
 from rollout import load_model
-from zppo import Episode, response_logprobs, token_entropy, token_logprobs
+from logprobs import response_logprobs, token_entropy, token_logprobs
+from zppo import Episode
 
 
 def reference(model, seqs, temperature, pad_id):
@@ -64,7 +65,8 @@ LARGE_VOCAB = textwrap.dedent("""
     import resource, sys, time, torch
     sys.path.insert(0, {root!r})
     from transformers import Qwen3_5ForCausalLM, Qwen3_5TextConfig
-    from zppo import Episode, response_logprobs
+    from logprobs import response_logprobs
+    from zppo import Episode
     config = Qwen3_5TextConfig(vocab_size=152_064, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
         layer_types=["linear_attention", "full_attention"], num_attention_heads=2, num_key_value_heads=1,
         head_dim=32, linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=16,

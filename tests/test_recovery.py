@@ -79,7 +79,7 @@ def nan_loss(real):
 
 def test_a_nan_loss_skips_the_update_and_repeated_ones_stop_the_run(tiny_model, tmp_path, monkeypatch):
     """Was: nan logged without a word, every tensor of the next checkpoint NaN, the next step dying in sampling."""
-    monkeypatch.setattr(train, "grade", parity_grade)  # mixed groups: there is a gradient to poison
+    monkeypatch.setattr("reward.grade", parity_grade)  # mixed groups: there is a gradient to poison
     monkeypatch.setattr(zppo, "policy_loss", nan_loss(zppo.policy_loss))
     out = str(tmp_path / "n")
     with pytest.warns(UserWarning, match="non-finite loss .*optimizer step skipped, weights unchanged"):
@@ -354,7 +354,7 @@ def test_a_branch_becomes_the_head_and_every_run_file_is_cut_back_to_it(tiny_mod
     """Was: after resuming from an older checkpoint and crashing before its first save, `latest` still named the
     abandoned newer checkpoint and the run continued from it (metrics lost steps, kept the discarded branch's
     rows); rows of re-run steps appeared twice in --dump-rollouts / --dump-reformulated."""
-    monkeypatch.setattr(train, "grade", parity_grade)  # mixed groups: BCQ/NCQ rows in the dump
+    monkeypatch.setattr("reward.grade", parity_grade)  # mixed groups: BCQ/NCQ rows in the dump
     out, dumps = str(tmp_path / "b"), ["--dump-rollouts", "--dump-reformulated"]
     train.main(config(tiny_model, out, "--steps", "2", "--save-every", "1", *dumps))
     real = train.ppo_update

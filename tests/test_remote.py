@@ -125,14 +125,15 @@ def engine(stub, **kw):
 
 def test_normal_answers_and_sampling_parameters(stub):
     out = engine(stub).generate(["q1", "q2"], n=3, max_new_tokens=50, temperature=0.7, top_p=0.9, top_k=20,
-                                min_p=0.05, presence_penalty=1.5)
+                                presence_penalty=1.5)
     assert [[r.text for r in g] for g in out] == [[f"q{j} #{i} \\boxed{{7}}" for i in range(3)] for j in (1, 2)]
     req = stub.requests[0]
     assert req["model"] == "teacher-model" and req["messages"] == [{"role": "user", "content": req["messages"][0]["content"]}]
     assert {k: req[k] for k in ("n", "max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty")} == \
-        {"n": 3, "max_tokens": 50, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.05, "presence_penalty": 1.5}
+        {"n": 3, "max_tokens": 50, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.0, "presence_penalty": 1.5}
     assert engine(stub).generate(["q"], top_k=0)[0] and stub.requests[-1]["top_k"] == -1  # 0 = off, vLLM's -1
-    assert req["repetition_penalty"] == 1.0  # sent always: the server's checkpoint defaults never apply
+    assert req["repetition_penalty"] == 1.0  # min-p and the repetition penalty sent always, off: the server's
+    # checkpoint defaults never apply
 
 
 def test_a_conversation_goes_as_the_chat_it_is(stub):
@@ -180,7 +181,7 @@ def test_unreachable_server_fails_softly():
 
 
 def test_training_with_a_failing_remote_teacher_loses_bcq_not_the_run(tiny_model, tmp_path, stub, monkeypatch):
-    monkeypatch.setattr(train, "grade", lambda text, gold: 0.0)  # all hard, so the cap is filled
+    monkeypatch.setattr("reward.grade", lambda text, gold: 0.0)  # all hard, so the cap is filled
     out = str(tmp_path / "r")
     cfg = train.parse_config(["--student", tiny_model, *ARGS[2:], "--teacher", "slow-teacher", "--teacher-url",
                               stub.url, "--teacher-timeout", "0.3", "--teacher-retries", "0", "--steps", "1",
@@ -238,7 +239,7 @@ def test_a_configuration_that_cannot_work_is_caught_at_start(tiny_model, tmp_pat
 def test_a_teacher_that_fails_every_request_of_a_step_says_so_and_one_that_cuts_replies_costs_no_run(
         tiny_model, tmp_path, stub, monkeypatch):
     """Was: a body cut short mid-run (IncompleteRead) killed the run in step 2 before any checkpoint."""
-    monkeypatch.setattr(train, "grade", lambda text, gold: 0.0)  # all hard: the teacher is asked
+    monkeypatch.setattr("reward.grade", lambda text, gold: 0.0)  # all hard: the teacher is asked
     base = ["--student", tiny_model, *ARGS[2:], "--teacher-timeout", "0.3", "--teacher-retries", "0"]
     out = str(tmp_path / "cut")
     train.main(train.parse_config(base + ["--teacher", "cut-teacher", "--teacher-url", stub.url, "--steps", "2",

@@ -216,7 +216,9 @@ def test_a_truncated_response_is_scored_the_same_in_training_and_eval():
 
     import eval as ev
     import train
-    from baselines import off_distill_targets
+    from distill import off_distill_targets
+    from reward import score_rollouts
+    from zppo import Group
 
     def rollouts():
         text = "first \\boxed{4}, then"
@@ -230,12 +232,13 @@ def test_a_truncated_response_is_scored_the_same_in_training_and_eval():
     examples = [{"id": "q", "question": "Q", "answer": "5"}]
     scored = ev.score_groups([rollouts()], examples, Judge())
     assert [v["score"] for v in scored[0]] == [1.0, 0.0] and scored[0][0]["via"] == "judge"
-    assert train.score_groups([rollouts()], examples, Judge()) == [[1.0, 0.0]]
+    assert score_rollouts([rollouts()], examples, Judge()) == [[1.0, 0.0]]
     cfg = SimpleNamespace(teacher="T", teacher_group_size=2, teacher_max_new_tokens=4, temperature=1.0, top_p=1.0,
                           top_k=0)
-    kept = train.teacher_correct_rollouts(examples, Teacher(), cfg)
+    kept = train.teacher_correct(cfg, Teacher(), examples)
     assert [[r.finish_reason for r in g] for g in kept] == [["length"]]
-    targets, counts = off_distill_targets(examples, [rollouts()], Teacher(), grade, n=2, max_new_tokens=4)
+    targets, counts = off_distill_targets([Group(examples[0], "plain", "Q", rollouts=rollouts())], Teacher(), n=2,
+                                          max_new_tokens=4)
     assert len(targets) == 1 and counts["acc/teacher"] == 0.5
 
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
+import rollout
 import train
 from rollout import TransformersEngine, checkpoint_names_for, load_model
 
@@ -25,11 +26,11 @@ def tiny_vlm():
 def test_fsdp_wraps_the_blocks_each_model_class_has(tiny_model):
     model, _ = load_model(tiny_model)
     assert "Qwen3_5VisionBlock" in model._no_split_modules  # listed, yet absent: what stopped accelerate
-    assert train.fsdp_wrap_classes(model) == ["Qwen3_5DecoderLayer"]
-    assert train.fsdp_wrap_classes(tiny_vlm()) == ["Qwen3_5DecoderLayer", "Qwen3_5VisionBlock"]
+    assert rollout.fsdp_wrap_classes(model) == ["Qwen3_5DecoderLayer"]
+    assert rollout.fsdp_wrap_classes(tiny_vlm()) == ["Qwen3_5DecoderLayer", "Qwen3_5VisionBlock"]
     model._no_split_modules = ["NoSuchBlock"]
     with pytest.raises(ValueError, match="fsdp_transformer_layer_cls_to_wrap"):
-        train.fsdp_wrap_classes(model)
+        rollout.fsdp_wrap_classes(model)
 
 
 def test_a_checkpoint_s_generation_defaults_never_reach_sampling(tiny_model, tmp_path, monkeypatch):
@@ -60,7 +61,8 @@ def test_a_checkpoint_s_generation_defaults_never_reach_sampling(tiny_model, tmp
     assert not greedy.do_sample and greedy.repetition_penalty == 1.0 and not greedy.no_repeat_ngram_size
     assert model.generation_config.repetition_penalty == 1.05  # the model's own config is left as it was
     # the engine's log-probs are those of plain softmax(logits / T): the trainer's recomputation agrees
-    from zppo import Episode, response_logprobs
+    from logprobs import response_logprobs
+    from zppo import Episode
     (group,) = engine.generate(["Hi"], n=2, max_new_tokens=6, temperature=1.0)
     with torch.no_grad():
         lp, mask, _ = response_logprobs(model, [Episode(r.prompt_ids, r.token_ids) for r in group], 1.0,
@@ -118,11 +120,13 @@ os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT={port!r})
 dist.init_process_group("gloo", rank=0, world_size=1)
 from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
 from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+import rollout
 import train
 from rollout import TransformersEngine, load_model
-from zppo import Episode, response_logprobs
+from logprobs import response_logprobs
+from zppo import Episode
 model, tok = load_model({model!r})
-(name,) = train.fsdp_wrap_classes(model)
+(name,) = rollout.fsdp_wrap_classes(model)
 block = next(type(m) for m in model.modules() if type(m).__name__ == name)
 policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={{block}})
 wrapped = FSDP(model, auto_wrap_policy=policy, use_orig_params=True, device_id=torch.device("cpu"))

@@ -8,10 +8,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import rollout
 import train
 from conftest import ROOT
 from rollout import TransformersEngine, load_model
-from zppo import Episode, response_logprobs
+from logprobs import response_logprobs
+from zppo import Episode
 
 ARGS = ["--teacher", "gold", "--data", "arithmetic", "--data-limit", "40", "--questions-per-step", "8",
         "--group-size", "4", "--max-new-tokens", "12", "--iters-per-step", "2", "--lr", "1e-3", "--micro-batch-size", "4"]
@@ -86,7 +88,7 @@ def parity_grade(text, gold):
 def test_resume_continues_exactly(tiny_model, tmp_path, monkeypatch):
     """Also with an evaluation every step: it runs after the checkpoint and samples from a forked random state,
     so the straight run (no checkpoint at step 1) and the resumed one sample the same step 2."""
-    monkeypatch.setattr(train, "grade", parity_grade)
+    monkeypatch.setattr("reward.grade", parity_grade)
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     args = ["--student", tiny_model, *ARGS, "--eval-benchmarks", "arithmetic", "--eval-every", "1",
             "--eval-limit", "2", "--eval-max-new-tokens", "4"]
@@ -127,14 +129,14 @@ def test_model_teacher_generates_and_compresses_candidates(tiny_model, tmp_path,
     """A model teacher (not gold) goes through the same engine: G_T rollouts graded by the reward, and
     every candidate rewritten through the compression prompt before it enters a BCQ/NCQ prompt."""
     prompts_seen = []
-    real_generate = train.TransformersEngine.generate
+    real_generate = rollout.TransformersEngine.generate
 
     def spy(self, prompts, *a, **kw):
         prompts_seen.extend(prompts)
         return real_generate(self, prompts, *a, **kw)
 
-    monkeypatch.setattr(train.TransformersEngine, "generate", spy)
-    monkeypatch.setattr(train, "grade", lambda text, gold: float(text.startswith("\x00never")))  # all wrong
+    monkeypatch.setattr(rollout.TransformersEngine, "generate", spy)
+    monkeypatch.setattr("reward.grade", lambda text, gold: float(text.startswith("\x00never")))  # all wrong
     monkeypatch.setattr("reward.JUDGE_MAX_NEW_TOKENS", 8)  # the teacher judges unboxed rollouts: keep replies short
     out = str(tmp_path / "t")
     args = ["--student", tiny_model, "--teacher", tiny_model, "--teacher-group-size", "2",
@@ -147,7 +149,7 @@ def test_model_teacher_generates_and_compresses_candidates(tiny_model, tmp_path,
     assert m["time/teacher"] > 0 and m["time/compress"] > 0
 
     prompts_seen.clear()
-    monkeypatch.setattr(train, "grade", parity_grade)
+    monkeypatch.setattr("reward.grade", parity_grade)
     out2 = str(tmp_path / "t2")
     train.main(train.parse_config([*ARGS[2:], *args[:-1], out2, "--dump-reformulated", "--no-compress"]))
     assert not any(p.startswith("Compress the response below") for p in prompts_seen)
@@ -189,21 +191,20 @@ def test_bare_qwen_names_mean_the_qwen_hub_repository(tmp_path):
 def test_step_metrics_count_the_all_wrong_groups_a_reformulation_turned_into_signal():
     from types import SimpleNamespace
 
-    from train import step_metrics
-    from zppo import Episode
+    from buffer import ReplayBuffer
+    from metrics import step_metrics
+    from rollout import Rollout
+    from zppo import Group, episodes
 
     def group(qid, kind, rewards):
-        return [Episode([1], [2, 3], r, f"{qid}/{kind}", kind) for r in rewards]
+        return Group({"id": qid}, kind, "Q", rollouts=[Rollout("", [1], [2, 3])] * len(rewards), rewards=rewards)
 
     # q/a: 0/4 plain, BCQ 1/4 right, NCQ 0/4; q/b: 0/4 plain, only an NCQ, 2/4 right; q/c: 2/4 plain, a BCQ 4/4
-    seqs = (group("q/a", "plain", [0, 0, 0, 0]) + group("q/a", "bcq", [1, 0, 0, 0]) + group("q/a", "ncq", [0] * 4)
-            + group("q/b", "plain", [0] * 4) + group("q/b", "ncq", [1, 1, 0, 0])
-            + group("q/c", "plain", [1, 1, 0, 0]) + group("q/c", "bcq", [1] * 4))
-    questions = [{"id": "q/a"}, {"id": "q/b"}, {"id": "q/c"}]
-    roll = SimpleNamespace(token_ids=[2, 3], finish_reason="stop")
-    cfg = SimpleNamespace(bcq=True, algo="zppo", buffer=False)
-    m = step_metrics(seqs, questions, 3, [[roll]], [[roll]], [0.0, 0.0, 0.5], [0, 1, 2],
-                     [(0, "bcq"), (0, "ncq"), (1, "ncq"), (2, "bcq")], {}, [], cfg)
+    plain = [group("q/a", "plain", [0, 0, 0, 0]), group("q/b", "plain", [0] * 4), group("q/c", "plain", [1, 1, 0, 0])]
+    helped = [group("q/a", "bcq", [1, 0, 0, 0]), group("q/a", "ncq", [0] * 4), group("q/b", "ncq", [1, 1, 0, 0]),
+              group("q/c", "bcq", [1] * 4)]
+    cfg = SimpleNamespace(algo="zppo", buffer=False)
+    m = step_metrics(cfg, plain, helped, episodes(plain + helped), 3, ReplayBuffer())
     assert m["count/plain_zero"] == 2 and m["count/zero_reformulated"] == 3  # a/bcq, a/ncq, b/ncq
     assert m["count/zero_solved"] == 2  # a/bcq and b/ncq have a right rollout; a/ncq does not
     assert m["count/bcq_zero"] == 1 and m["acc/bcq_zero"] == 0.25  # q/c's BCQ is not on a 0/4 question

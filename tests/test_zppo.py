@@ -4,7 +4,8 @@ import math
 import pytest
 import torch
 
-from zppo import compute_advantages, policy_loss, token_entropy, token_logprobs
+from logprobs import token_entropy, token_logprobs
+from zppo import compute_advantages, policy_loss
 
 # group a: 1 of 4 right (non-trivial), group b: all right (trivial), group c: 1 of 2 right (non-trivial)
 REWARDS = [1, 0, 0, 0, 1, 1, 0, 1]
@@ -86,7 +87,7 @@ def test_dual_clip_bounds_negative_advantage_loss():
     assert loss == pytest.approx(10.0) and grad == 0 and m["clip_frac_dual"] == 1
     loss, grad, m = one_token(5.0, -1.0)  # below the dual-clip ratio: ordinary PPO
     assert loss == pytest.approx(5.0) and grad == pytest.approx(5.0) and m["clip_frac_dual"] == 0
-    loss, _, _ = one_token(20.0, -1.0, dual_clip=None)
+    loss, _, _ = one_token(20.0, -1.0, dual_clip=100.0)  # a ratio of 20 under a looser dual-clip: plain PPO
     assert loss == pytest.approx(20.0)
 
 
@@ -140,7 +141,7 @@ def test_skip_zero_adv_changes_nothing_but_the_compute(kind, tiny_model, tiny_vl
 
     from reformulate import with_closer
     from rollout import encode_prompt, load_model
-    from zppo import Episode, fill_old_logprobs, plan_minibatches, ppo_update, sync_check
+    from zppo import Episode, old_logprobs, plan_minibatches, ppo_update, sync_check
 
     model0, tok = load_model(tiny_vlm if kind == "vision" else tiny_model)
     advs = [1.2, -0.7, 0.0, 0.0, 0.0, 0.0, 0.0, 0.9, -1.1]
@@ -157,14 +158,14 @@ def test_skip_zero_adv_changes_nothing_but_the_compute(kind, tiny_model, tiny_vl
         model, batch = copy.deepcopy(model0), copy.deepcopy(seqs)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
         accelerator = Accelerator(cpu=True)
-        iters = plan_minibatches(batch, 3, InOrder(), skip_zero_adv=skip)
-        metrics = {"policy/entropy": fill_old_logprobs(model, batch, 1.0, 1, tok.pad_token_id, accelerator),
-                   "sync/logprob_abs_diff": sync_check(batch, 1e9, 1, accelerator)}
-        metrics.update(ppo_update(model, optimizer, accelerator, batch, iters, 1.0, 1, tok.pad_token_id))
-        return model, optimizer, batch, metrics
+        plan = plan_minibatches(batch, 3, InOrder(), skip_zero_adv=skip)
+        old, entropy = old_logprobs(model, batch, plan, 1.0, 1, tok.pad_token_id, accelerator)
+        metrics = {"policy/entropy": entropy, "sync/logprob_abs_diff": sync_check(batch, old, 1e9, 1, accelerator)}
+        metrics.update(ppo_update(model, optimizer, accelerator, batch, plan, old, 1.0, 1, tok.pad_token_id))
+        return model, optimizer, plan, metrics
 
-    model_a, opt_a, batch_a, skipped = run(True)
-    model_b, opt_b, batch_b, full = run(False)
+    model_a, opt_a, plan_a, skipped = run(True)
+    model_b, opt_b, plan_b, full = run(False)
     state_a, state_b = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
     assert state_a.keys() == state_b.keys() and len(state_b) == len(list(model0.parameters()))
     for key in state_b:
@@ -176,4 +177,4 @@ def test_skip_zero_adv_changes_nothing_but_the_compute(kind, tiny_model, tiny_vl
         assert torch.equal(dict(model_a.named_parameters())[name], p), name
         assert not torch.equal(moved[name], p), name  # weight decay reached every parameter
     assert skipped == full and skipped["train/approx_kl"] > 0 and skipped["train/loss"] != 0
-    assert [s.computed for s in batch_a] == [a != 0 for a in advs] and all(s.computed for s in batch_b)
+    assert plan_a.computed == [a != 0 for a in advs] and all(plan_b.computed)

@@ -4,7 +4,7 @@ torch.distributed (and its launcher's variables) in its own process, which must 
     python tests/vllm_sync.py MODEL    # prints one line: RESULT {json}
 
 Samples with the project's VLLMEngine (fp32, as the CPU trainer), recomputes every token's log-prob with the
-trainer's own pass (zppo.response_logprobs), then perturbs the trainer's weights and measures the gap before
+trainer's own pass (logprobs.response_logprobs), then perturbs the trainer's weights and measures the gap before
 and after sync_weights, and finally pushes a state dict with one tensor missing, which must be refused.
 """
 import json
@@ -16,7 +16,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from rollout import VLLMEngine, load_model  # noqa: E402
-from zppo import Episode, response_logprobs  # noqa: E402
+from logprobs import response_logprobs  # noqa: E402
+from zppo import Episode  # noqa: E402
 
 PROMPTS = ["What is 3 + 4?", "Hi", "The answer is \\boxed{7}."]
 
