@@ -13,7 +13,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 def build_tiny_model(path, seed=0):
     """Byte-level BPE tokenizer trained on a few sentences, and a 2-layer Qwen3.5 (one linear-attention
     and one full-attention layer, as in the real hybrid) of a few hundred thousand parameters."""
-    from bench_gpu import SHAPE_TINY, build_random_model
+    from scripts.bench_gpu import SHAPE_TINY, build_random_model
 
     return build_random_model(path, SHAPE_TINY, seed)
 
@@ -29,7 +29,7 @@ def build_tiny_dense(path, seed=0):
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    from bench_gpu import SHAPE_TINY, build_tokenizer
+    from scripts.bench_gpu import SHAPE_TINY, build_tokenizer
 
     tokenizer = build_tokenizer(SHAPE_TINY)
     config = Qwen3Config(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
@@ -66,7 +66,7 @@ def require_vllm():
 def tiny_vlm(tmp_path_factory):
     """The same tokenizer and text shape as tiny_model, as Qwen3.5's vision-language class with a 2-block
     vision tower and its image processor (images resized to 32x32 .. 64x64 pixels: 1 to 4 image tokens)."""
-    from bench_gpu import SHAPE_TINY, VISION_TINY, build_random_model
+    from scripts.bench_gpu import SHAPE_TINY, VISION_TINY, build_random_model
 
     return build_random_model(str(tmp_path_factory.mktemp("tiny_vlm")), SHAPE_TINY, vision=VISION_TINY)
 

@@ -1,7 +1,7 @@
 """GPU smoke test and update benchmark, offline: a random-weight model of Qwen3.5-0.8B's text shape.
 
-    python bench_gpu.py                       # one GPU: prints markdown tables, README's GPU section has them
-    python bench_gpu.py --tiny --cpu          # the same path on a tiny model, on CPU (what the tests run)
+    python scripts/bench_gpu.py               # one GPU: prints markdown tables, README's GPU section has them
+    python scripts/bench_gpu.py --tiny --cpu  # the same path on a tiny model, on CPU (what the tests run)
 
 1. builds the model from a config (no download; a small local tokenizer, ids below the model's vocabulary)
 2. train.py with configs/1gpu.yaml for 2 steps, --resume for 1 more, eval.py on its checkpoint
@@ -20,7 +20,8 @@ import time
 
 import torch
 
-ROOT = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the project's modules, when run as python scripts/bench_gpu.py
 # Qwen3.5-0.8B's text model (its config.json): 752M parameters, tied embeddings
 SHAPE_08B = dict(vocab_size=248_320, hidden_size=1024, intermediate_size=3584, num_hidden_layers=24,
                  layer_types=["linear_attention"] * 3 + ["full_attention"], num_attention_heads=8,
