@@ -179,10 +179,11 @@ def build_student(args, primer):
     tmp = folder + ".tmp"
     start = time.time()
     if args.smoke:
-        from scripts.bench_gpu import SHAPE_TINY, build_random_model
+        sys.path.append(os.path.join(ROOT, "tests"))  # tests/tiny.py: the tests' tiny model builder
+        from tiny import SHAPE_TINY, build_random_model
 
         build_random_model(tmp, SHAPE_TINY)
-        info = {"model": "tiny random Qwen3.5 (bench_gpu.SHAPE_TINY)", "primer": None}
+        info = {"model": "tiny random Qwen3.5 (tests/tiny.SHAPE_TINY)", "primer": None}
     else:
         from demo import primed_smollm2
 

@@ -15,7 +15,7 @@ from torch.optim.optimizer import register_optimizer_step_post_hook
 import train
 from baselines import (ChunkedJSD, generalized_jsd, guided_metrics, hint_instances, hint_leaks, jsd_update,
                        off_distill_targets, prefix_ids, response_jsd, shared_teacher)
-from scripts.bench_gpu import SHAPE_TINY, build_random_model
+from tiny import SHAPE_TINY, VISION_TINY, build_random_model
 from reformulate import with_closer
 from reward import grade
 from rollout import RemoteEngine, Rollout, TransformersEngine, chat_prompt_ids, load_model
@@ -439,7 +439,6 @@ def test_off_distill_on_image_data_shows_both_models_the_image(tiny_vlm, images,
     (without them the same tokens give another loss: the image tokens would be read as text)."""
     from accelerate import Accelerator
 
-    from scripts.bench_gpu import VISION_TINY
     from reformulate import user_prompt
 
     teacher_path = build_random_model(str(tmp_path / "vlm_teacher"), SHAPE_TINY, seed=1, vision=VISION_TINY)
