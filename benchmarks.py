@@ -1,14 +1,15 @@
-"""The paper's VLM benchmarks beyond eval.py's first ones and its video benchmarks: their hub sources and row
+"""The paper's VLM benchmarks beyond bench_data.py's first ones and its video benchmarks: their hub sources and row
 converters, the Det. scorers (InfographicVQA's ANLS, OCRBench v2's scorer per task type), the BenchJudges of
 MM-Vet, CharXiv and MMVU, and where a video row's file is found.
 
-eval.py merges SPECS into its registry, DET_SCORERS into its scoring and JUDGES into its BenchJudges, so every
-benchmark here loads (hub or DATA_DIR/NAME.jsonl, the hub's own columns) and is scored by eval.py's code. Columns
-are those of each hub set's card and of the reference evaluators named at each entry; none of these sets was
-loaded from the hub here (no network): the tests write rows in these layouts.
+bench_data.py merges SPECS into its registry, and eval.py DET_SCORERS into its scoring and JUDGES into its
+BenchJudges, so every benchmark here loads through bench_data.py's code (hub or DATA_DIR/NAME.jsonl, the hub's
+own columns) and is scored by eval.py's. Columns are those of each hub set's card and of the reference
+evaluators named at each entry; none of these sets was loaded from the hub here (no network): the tests write
+rows in these layouts.
 
-Where a converter needs more than eval.py's generic spec keys, `convert(row, spec, where)` returns the example's
-question/answer/route fields (or a skip reason string); `expand(row, where)` turns one hub row into several
+Where a converter needs more than bench_data.py's generic spec keys, `convert(row, spec, where)` returns the
+example's question/answer/route fields (or a skip reason string); `expand(row, where)` turns one hub row into several
 (CharXiv's four descriptive questions per figure); `aggregate(examples, records)` gives the benchmark's headline
 number when upstream does not average over questions (OCRBench v2: the mean of its capability means).
 """

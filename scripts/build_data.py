@@ -108,7 +108,7 @@ def fields(row, kind):
 
 
 def clean_question(text):
-    from eval import strip_directives
+    from bench_data import strip_directives
 
     return strip_directives(re.sub(r"<image>\s*", "", text))
 
