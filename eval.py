@@ -42,7 +42,7 @@ from transformers import HfArgumentParser
 
 import benchmarks
 from bench_data import BENCHMARKS, PAPER_FAMILIES, REDUX_ROWS, load_benchmark, paper_families
-from reformulate import user_prompt, with_closer
+from reformulate import plain_prompt, with_closer
 from reward import (JUDGE_MAX_NEW_TOKENS, JUDGE_SAMPLING, after_thinking, clip_start, grade, last_boxed,
                     score_detailed, verdict_of)
 
@@ -202,7 +202,7 @@ def student_prompt(example, multichallenge_closer=True):
     (its judge reads the reply after </think>, box included). multichallenge_closer=False sends the chat untouched
     (our option: a demanded \\boxed{} changes what the user asked for)."""
     if "messages" not in example:
-        return user_prompt(example, with_closer(example["question"]))
+        return plain_prompt(example)
     chat = [dict(m) for m in example["messages"]]
     last = max((i for i, m in enumerate(chat) if m["role"] == "user"), default=None)
     if multichallenge_closer and last is not None:
@@ -423,6 +423,7 @@ def main(cfg):
     """Evaluate; the summary is returned and written (--out) after every benchmark, failed ones included."""
     import torch
 
+    from checkpoint import atomic_write
     from rollout import (RemoteEngine, TransformersEngine, VLLMEngine, frozen_engine, load_model, load_tokenizer,
                          pick_engine, resolve_model_name, vllm_dtype, vllm_missing)
 
@@ -483,12 +484,11 @@ def main(cfg):
                         written.add(name)
         if cfg.out:
             slim = {n: {k: v for k, v in r.items() if k != "records"} for n, r in summary["benchmarks"].items()}
-            tmp = cfg.out + ".tmp"  # written whole, then renamed: a crash never leaves half a file
-            with open(tmp, "w") as f:
-                json.dump({"config": asdict(cfg), "benchmarks": slim, "macro": summary["macro"],
-                           "macro_over": summary["macro_over"], "macro_missing": summary["macro_missing"],
-                           "errors": summary["errors"]}, f, indent=1)
-            os.replace(tmp, cfg.out)
+            # written whole, then renamed: a crash never leaves half a file
+            atomic_write(cfg.out, json.dumps({"config": asdict(cfg), "benchmarks": slim, "macro": summary["macro"],
+                                              "macro_over": summary["macro_over"],
+                                              "macro_missing": summary["macro_missing"], "errors": summary["errors"]},
+                                             indent=1))
 
     summary = run_benchmarks(engine, names, cfg.samples, cfg.max_new_tokens, judge, cfg.data_dir, cfg.limit,
                              redux_rows=cfg.mmlu_redux_rows, on_update=write,

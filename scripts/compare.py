@@ -210,7 +210,7 @@ def probe(model_path, questions, samples=8, max_new_tokens=32, seed=0):
     temperature (1.0); the histogram of correct counts (overall and per tier); then on each question it never
     solved a BCQ (its gold solution beside one of the student's wrong answers, in random order), sampled
     `samples` times: its accuracy, and how many of those questions got at least one correct BCQ rollout."""
-    from reformulate import bcq_prompt, pick_bcq_pair, with_closer
+    from reformulate import bcq_prompt, pick_bcq_pair, plain_prompt, with_closer
     from reward import grade
     from rollout import TransformersEngine, load_model
 
@@ -219,7 +219,7 @@ def probe(model_path, questions, samples=8, max_new_tokens=32, seed=0):
     rng = random.Random(seed)
     torch.manual_seed(seed)
     start = time.time()
-    groups = engine.generate([with_closer(q["question"]) for q in questions], n=samples,
+    groups = engine.generate([plain_prompt(q) for q in questions], n=samples,
                              max_new_tokens=max_new_tokens, temperature=1.0)
     seconds = time.time() - start
     correct = [sum(grade(r.text, q["answer"]) for r in g) for q, g in zip(questions, groups)]
