@@ -6,7 +6,8 @@
 
 Protocol: each benchmark's own format directives ("Think step by step", "put your final answer within
 \\boxed{}", ...) are stripped and only the spec's closer is appended; every sampling field is set
-(SAMPLING: temperature 0.6, top-p 0.95, top-k 20, min-p 0, presence penalty 1.5); the score is avg@k
+(SAMPLING: temperature 0.6, top-p 0.95, top-k 20, presence penalty 1.5; min-p 0 and repetition penalty 1, the
+paper's other two, are what the engines always use); the score is avg@k
 (mean reward over k samples per question; k = 1 is pass@1) with its standard error over questions.
 Each benchmark is scored by its protocol in the paper's Tables 5-7 (`protocol` in bench_data.BENCHMARKS):
   Exact+Judge  reward.py: the rule grader first; every response it cannot resolve (free-form gold, no
@@ -50,8 +51,9 @@ from reward import (JUDGE_MAX_NEW_TOKENS, JUDGE_SAMPLING, after_thinking, clip_s
 # decoding
 
 # The paper's decoding for every benchmark, each field explicit so no engine or checkpoint default applies
-# (the engines also keep a checkpoint's generation_config.json out of sampling: rollout.py).
-SAMPLING = dict(temperature=0.6, top_p=0.95, top_k=20, min_p=0.0, presence_penalty=1.5, repetition_penalty=1.0)
+# (the engines also keep a checkpoint's generation_config.json out of sampling: rollout.py; they never apply
+# min-p or a repetition penalty, the paper's min-p 0 and repetition penalty 1).
+SAMPLING = dict(temperature=0.6, top_p=0.95, top_k=20, presence_penalty=1.5)
 
 
 # ---------------------------------------------------------------------------------------------------------

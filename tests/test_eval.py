@@ -58,8 +58,8 @@ def test_prompts_carry_only_the_closer_and_the_paper_sampling():
     call = engine.calls[0]
     assert call["prompts"] == ["What is 2+2? " + CLOSER]
     assert (call["n"], call["max_new_tokens"]) == (3, 99)
-    assert {k: call[k] for k in ev.SAMPLING} == {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0,
-                                                 "presence_penalty": 1.5, "repetition_penalty": 1.0}
+    assert {k: call[k] for k in ev.SAMPLING} == {"temperature": 0.6, "top_p": 0.95, "top_k": 20,
+                                                 "presence_penalty": 1.5}
 
 
 def test_avg_at_k_and_standard_error():
