@@ -1,14 +1,15 @@
-"""The paper's VLM benchmarks beyond eval.py's first ones and its video benchmarks: their hub sources and row
+"""The paper's VLM benchmarks beyond bench_data.py's first ones and its video benchmarks: their hub sources and row
 converters, the Det. scorers (InfographicVQA's ANLS, OCRBench v2's scorer per task type), the BenchJudges of
 MM-Vet, CharXiv and MMVU, and where a video row's file is found.
 
-eval.py merges SPECS into its registry, DET_SCORERS into its scoring and JUDGES into its BenchJudges, so every
-benchmark here loads (hub or DATA_DIR/NAME.jsonl, the hub's own columns) and is scored by eval.py's code. Columns
-are those of each hub set's card and of the reference evaluators named at each entry; none of these sets was
-loaded from the hub here (no network): the tests write rows in these layouts.
+bench_data.py merges SPECS into its registry, and eval.py DET_SCORERS into its scoring and JUDGES into its
+BenchJudges, so every benchmark here loads through bench_data.py's code (hub or DATA_DIR/NAME.jsonl, the hub's
+own columns) and is scored by eval.py's. Columns are those of each hub set's card and of the reference
+evaluators named at each entry; none of these sets was loaded from the hub here (no network): the tests write
+rows in these layouts.
 
-Where a converter needs more than eval.py's generic spec keys, `convert(row, spec, where)` returns the example's
-question/answer/route fields (or a skip reason string); `expand(row, where)` turns one hub row into several
+Where a converter needs more than bench_data.py's generic spec keys, `convert(row, spec, where)` returns the
+example's question/answer/route fields (or a skip reason string); `expand(row, where)` turns one hub row into several
 (CharXiv's four descriptive questions per figure); `aggregate(examples, records)` gives the benchmark's headline
 number when upstream does not average over questions (OCRBench v2: the mean of its capability means).
 """
@@ -20,7 +21,7 @@ import re
 
 from bench_prompts import (DESCRIPTIVE_GRADING_ICL, DESCRIPTIVE_GRADING_PREFIX, DESCRIPTIVE_GRADING_QMAP,
                            DESCRIPTIVE_RESP_INST, MMVET_PROMPT, REASONING_GRADING_INST, REASONING_GRADING_PREFIX)
-from reward import clip_start, last_boxed
+from reward import after_thinking, clip_start, last_boxed
 
 # ---------------------------------------------------------------------------------------------------------
 # what a Det. scorer reads: the boxed answer the closer asks for, else the reply after the reasoning
@@ -32,7 +33,7 @@ def final_answer(text):
     boxed = last_boxed(text)
     if boxed is not None:
         return boxed
-    return text.rsplit("</think>", 1)[-1].strip()
+    return after_thinking(text)
 
 
 def levenshtein(a, b):
@@ -326,20 +327,16 @@ def ocrbench_overall(examples, records):
 # bench_prompts.py
 
 
-def _after_thinking(text):
-    return text.rsplit("</think>", 1)[-1].strip()
-
-
 def mmvet_prompt(example, response):
     """As mm-vet_evaluator.py builds it: the prompt, a newline, then "question | gold | prediction | " with spaces
     put around <AND>/<OR>. The prediction is the reply after the reasoning (the answer a user reads)."""
     gold = str(example["answer"]).replace("<AND>", " <AND> ").replace("<OR>", " <OR> ")
-    return MMVET_PROMPT + "\n" + " | ".join([example["stem"], gold, clip_start(_after_thinking(response)), ""])
+    return MMVET_PROMPT + "\n" + " | ".join([example["stem"], gold, clip_start(after_thinking(response)), ""])
 
 
 def parse_mmvet(reply, example):
     """Upstream reads the first space-separated token as a float in [0, 1]; anything else is malformed (0)."""
-    token = _after_thinking(reply).split(" ")[0].strip()
+    token = after_thinking(reply).split(" ")[0].strip()
     try:
         score = float(token)
     except ValueError:
@@ -356,7 +353,7 @@ def charxiv_reasoning_prompt(example, response):
 
 
 def _json_object(reply):
-    text = _after_thinking(reply)
+    text = after_thinking(reply)
     fenced = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.DOTALL)
     try:
         obj = json.loads(fenced.group(1) if fenced else text)

@@ -232,7 +232,7 @@ def validate(cfg):
         if problem:
             problems.append(f"--teacher-url {problem}")
     if cfg.eval_benchmarks:  # a typo found now, not as a failed evaluation at the end of the run
-        from eval import BENCHMARKS
+        from bench_data import BENCHMARKS
 
         unknown = [n for n in cfg.eval_benchmarks.split(",") if n.strip() not in BENCHMARKS]
         if unknown:

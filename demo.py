@@ -167,7 +167,7 @@ def mechanism_lines(metrics, algo, group):
     """The closing lines that show ZPPO's mechanism from a run's metrics rows (`group` rollouts per question):
     how many plain groups were all wrong (0/G: no gradient for GRPO), how many of those a BCQ/NCQ turned into
     signal and the BCQ accuracy on them, and how many questions admitted to the buffer at 0/G graduated."""
-    import plot  # (matplotlib: imported only when the run is over)
+    from scripts import plot  # (matplotlib: imported only when the run is over)
 
     m = plot.mechanism(metrics, group)
     lines = [f"all-wrong plain groups (0/{group}, no gradient for GRPO): {m['plain_zero']} of {m['plain_groups']}"]

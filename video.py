@@ -62,9 +62,9 @@ def sample_frames(path, fps=DEFAULT_FPS, max_frames=DEFAULT_MAX_FRAMES, cache=No
         frames[i][1].convert("RGB").save(os.path.join(folder, names[-1]))
     meta = {"frames": names, "indices": picks, "times": [frames[i][0] for i in picks], "fps": rate,
             "total_frames": len(frames), "duration": duration, "source": os.path.abspath(path)}
-    with open(index + ".tmp", "w") as f:
-        json.dump(meta, f)
-    os.replace(index + ".tmp", index)
+    from checkpoint import atomic_write
+
+    atomic_write(index, json.dumps(meta))  # frames.json last, whole: a cut decode leaves no clip to find
     return index
 
 

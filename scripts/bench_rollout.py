@@ -29,11 +29,11 @@ def one(args):
     import torch
 
     from data import make_arithmetic
-    from reformulate import with_closer
+    from reformulate import plain_prompt
     from rollout import TransformersEngine, VLLMEngine, load_model, load_tokenizer
     from zppo import Episode, response_logprobs
 
-    prompts = [with_closer(q["question"]) for q in make_arithmetic(args.prompts, seed=0)]
+    prompts = [plain_prompt(q) for q in make_arithmetic(args.prompts, seed=0)]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     start = time.time()
     if args.one == "vllm":

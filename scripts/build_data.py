@@ -39,7 +39,7 @@ from tqdm import tqdm
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from data import read_jsonl  # noqa: E402
-from reformulate import user_prompt, with_closer  # noqa: E402
+from reformulate import plain_prompt  # noqa: E402
 
 VERO, MMFR = "zlab-princeton/Vero-600k", "OpenDataArena/MMFineReason-SFT-586K-Qwen3-VL-235B-Thinking"
 # the paper's tiers (B.1), as canonical names (canonical() of the sub-set names both sources use)
@@ -108,7 +108,7 @@ def fields(row, kind):
 
 
 def clean_question(text):
-    from eval import strip_directives
+    from bench_data import strip_directives
 
     return strip_directives(re.sub(r"<image>\s*", "", text))
 
@@ -151,7 +151,7 @@ def load_tokenizer(name, pixels):
 def prompt_tokens(tokenizer, question, image_paths):
     from rollout import encode_prompt
 
-    ids, _ = encode_prompt(tokenizer, user_prompt({"images": image_paths}, with_closer(question)))
+    ids, _ = encode_prompt(tokenizer, plain_prompt({"question": question, "images": image_paths}))
     return len(ids)
 
 

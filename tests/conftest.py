@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny random-weight Qwen3.5 with a locally built tokenizer, saved to disk, so the
-tests exercise the real from_pretrained loading code without any download."""
+"""Shared fixtures: a tiny random-weight Qwen3.5 with a locally built tokenizer (tests/tiny.py), saved to disk,
+so the tests exercise the real from_pretrained loading code without any download."""
 import os
 import sys
 
@@ -9,39 +9,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-
-def build_tiny_model(path, seed=0):
-    """Byte-level BPE tokenizer trained on a few sentences, and a 2-layer Qwen3.5 (one linear-attention
-    and one full-attention layer, as in the real hybrid) of a few hundred thousand parameters."""
-    from bench_gpu import SHAPE_TINY, build_random_model
-
-    return build_random_model(path, SHAPE_TINY, seed)
+from tiny import SHAPE_TINY, VISION_TINY, build_random_model, build_tiny_dense, build_tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
     return build_tiny_model(str(tmp_path_factory.mktemp("tiny_qwen35")))
-
-
-def build_tiny_dense(path, seed=0):
-    """The same tokenizer with a 2-layer dense Qwen3 (Qwen3ForCausalLM, head size 32: one vLLM's CPU attention
-    takes) of ~100k parameters: the model the real-vLLM tests use, since vLLM's CPU build cannot load Qwen3.5."""
-    import torch
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    from bench_gpu import SHAPE_TINY, build_tokenizer
-
-    tokenizer = build_tokenizer(SHAPE_TINY)
-    config = Qwen3Config(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=4096,
-                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
-    torch.manual_seed(seed)
-    model = Qwen3ForCausalLM(config)
-    model.generation_config.eos_token_id = tokenizer.eos_token_id
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 @pytest.fixture(scope="session")
@@ -66,8 +39,6 @@ def require_vllm():
 def tiny_vlm(tmp_path_factory):
     """The same tokenizer and text shape as tiny_model, as Qwen3.5's vision-language class with a 2-block
     vision tower and its image processor (images resized to 32x32 .. 64x64 pixels: 1 to 4 image tokens)."""
-    from bench_gpu import SHAPE_TINY, VISION_TINY, build_random_model
-
     return build_random_model(str(tmp_path_factory.mktemp("tiny_vlm")), SHAPE_TINY, vision=VISION_TINY)
 
 

@@ -19,7 +19,7 @@ from distill import jsd_update, off_distill_targets, shared_teacher
 from logprobs import ChunkedJSD, generalized_jsd, response_jsd, response_logprobs
 from metrics import step_metrics
 from reformulate import hint_groups, hint_leaks, prefix_ids
-from bench_gpu import SHAPE_TINY, build_random_model
+from tiny import SHAPE_TINY, VISION_TINY, build_random_model
 from reformulate import with_closer
 from rollout import RemoteEngine, Rollout, TransformersEngine, chat_prompt_ids, load_model
 from test_train import parity_grade, read_metrics
@@ -448,7 +448,6 @@ def test_off_distill_on_image_data_shows_both_models_the_image(tiny_vlm, images,
     (without them the same tokens give another loss: the image tokens would be read as text)."""
     from accelerate import Accelerator
 
-    from bench_gpu import VISION_TINY
     from reformulate import user_prompt
 
     teacher_path = build_random_model(str(tmp_path / "vlm_teacher"), SHAPE_TINY, seed=1, vision=VISION_TINY)

@@ -8,6 +8,7 @@ import pytest
 
 import bench_prompts
 import benchmarks as bm
+import bench_data as bd
 import eval as ev
 from test_eval import ScriptedEngine, fake_hub  # noqa: F401  (a fixture)
 
@@ -213,7 +214,7 @@ def write_local(folder, rows):
 
 def test_local_rows_in_hub_layouts_become_the_right_questions(tmp_path, images):
     write_local(str(tmp_path), local_rows(images))
-    load = lambda name: ev.load_benchmark(name, str(tmp_path), vision=True)  # noqa: E731
+    load = lambda name: bd.load_benchmark(name, str(tmp_path), vision=True)  # noqa: E731
     (choice, blank), _ = load("babyvision")
     assert choice["answer"] == "B" and choice["question"].endswith("A. circle\nB. square") and choice["images"]
     assert (blank["route"], blank["answer"]) == ("rule", "a red triangle")
@@ -238,7 +239,7 @@ def test_local_rows_in_hub_layouts_become_the_right_questions(tmp_path, images):
     (touch, lines), _ = load("vlmsareblind")
     assert touch["question"] == "Are the two circles touching each other? Answer with Yes/No."
     assert lines["question"] == "How many times do the blue and red lines intersect?" and lines["answer"] == "2"
-    _, skipped = ev.load_benchmark("mmvet", str(tmp_path), vision=False)  # a text-only student cannot see them
+    _, skipped = bd.load_benchmark("mmvet", str(tmp_path), vision=False)  # a text-only student cannot see them
     assert skipped == {"image": 1}
 
 
@@ -307,7 +308,7 @@ def test_family_macro_names_the_benchmarks_it_lacks():
     absent = summary["macro_missing"]["vlm"]
     assert len(absent) == 14 and "ai2d" not in absent and "ocrbench_v2_cn" in absent
     assert set(summary["macro_missing"]) == {"vlm"}  # no paper family for math; llm and video are not present
-    full = ev.summarize({n: {"family": "vlm", "accuracy": 1.0} for n in ev.paper_families()["vlm"]}, {})
+    full = ev.summarize({n: {"family": "vlm", "accuracy": 1.0} for n in bd.paper_families()["vlm"]}, {})
     assert full["macro_missing"] == {} and full["macro_over"]["vlm"] == 16
 
 
@@ -320,10 +321,10 @@ def test_list_shows_every_benchmark_with_family_source_and_protocol():
     out = subprocess.run([sys.executable, "eval.py", "--list"], cwd=ROOT, capture_output=True, text=True, check=True)
     rows = [line.split(" | ") for line in out.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
     listed = {r[0].lstrip("| "): (r[1], r[2], r[3].rstrip(" |")) for r in rows}
-    assert set(listed) == set(ev.BENCHMARKS)
+    assert set(listed) == set(bd.BENCHMARKS)
     assert listed["infovqa"] == ("vlm", "lmms-lab/DocVQA config InfographicVQA, split validation", "Det.")
     assert listed["ceval"] == ("llm", "ceval/ceval-exam (52 configs), split val", "Exact+Judge")
-    families = {fam: len(names) for fam, names in ev.paper_families().items()}
+    families = {fam: len(names) for fam, names in bd.paper_families().items()}
     assert families == {"vlm": 16, "llm": 10, "video": 5}
     assert sum(listed[n][0] in families for n in listed) == 31
     assert listed["mvbench"] == ("video", "OpenGVLab/MVBench (20 configs), split train", "Rule+Judge")
@@ -342,7 +343,7 @@ def test_hub_path_dynamath_reads_its_ten_variant_splits_and_a_missing_one_fails_
         table[(hub, None, split)] = [{"id": 7, "question": "Area?", "image": "images/7.png", "decoded_image": pic,
                                       "ground_truth": str(k), "answer_type": "float", "subject": "g",
                                       "knowledge_level": "h"}]
-    examples, skipped = ev.load_benchmark("dynamath", vision=True)
+    examples, skipped = bd.load_benchmark("dynamath", vision=True)
     assert asked == [(hub, None, s) for s in bm.DYNAMATH_SPLITS] and skipped == {}
     assert [e["id"] for e in examples] == [f"{s}:7" for s in bm.DYNAMATH_SPLITS]
     assert [e["answer"] for e in examples] == [str(k) for k in range(10)] and os.path.exists(examples[0]["images"][0])

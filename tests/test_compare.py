@@ -1,4 +1,4 @@
-"""compare.py: --help, the smoke study end to end (results.json, PNGs), skipping finished runs, resuming."""
+"""scripts/compare.py: --help, the smoke study end to end (results.json, PNGs), skipping finished runs, resuming."""
 import json
 import os
 import subprocess
@@ -6,12 +6,15 @@ import sys
 
 import pytest
 
-import compare
 from conftest import ROOT
+from data import load_examples
+from reward import grade
+from scripts import compare
+from scripts.tiers import TIERS, make_tiered
 
 
 def test_help_lists_the_flags_and_the_measured_size():
-    res = subprocess.run([sys.executable, "compare.py", "--help"], cwd=ROOT, capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "scripts/compare.py", "--help"], cwd=ROOT, capture_output=True, text=True,
                          timeout=60)
     assert res.returncode == 0, res.stderr
     for flag in ("--smoke", "--seeds", "--steps", "--eval-every", "--methods", "--eval-samples"):
@@ -31,6 +34,29 @@ def test_interval_is_a_t_interval_over_seeds():
     assert compare.interval([0.5]) == (0.5, None, None)
     mean, low, high = compare.interval([0.4, 0.5, 0.6])
     assert mean == pytest.approx(0.5) and high - mean == pytest.approx(4.303 * 0.1 / 3 ** 0.5)
+
+
+def test_tiered_task_has_four_tiers_gold_solutions_and_a_fixed_split(tmp_path):
+    train, test = make_tiered(seed=1), make_tiered(seed=1, split="test")
+    assert len(train) == 4 * 160 and len(test) == 4 * 40
+    for split in (train, test):
+        assert sorted({e["tier"] for e in split}) == sorted(TIERS)
+        assert all(sum(e["tier"] == t for e in split) == len(split) // 4 for t in TIERS)
+    ids = [e["id"] for e in train + test]
+    assert len(set(ids)) == len(ids) and len({e["question"] for e in train + test}) == len(ids)
+    assert all(e["id"].startswith(f"tiers:{e['tier']}:") for e in train + test)
+    assert all(grade(e["solution"], e["answer"]) == 1.0 and e["solution"].endswith(f"\\boxed{{{e['answer']}}}.")
+               for e in train + test)
+    assert all(int(e["answer"]) >= 0 for e in train + test)
+    # the split does not depend on the seed, which only orders the questions
+    assert {e["id"] for e in make_tiered(seed=7, split="test")} == {e["id"] for e in test}
+    assert make_tiered(seed=7) != train and sorted(ids[:640]) == sorted(e["id"] for e in make_tiered(seed=7))
+    assert make_tiered(5, seed=1) == train[:5]
+    path = tmp_path / "tiers.jsonl"  # the study hands its task to train.py as a JSONL file (OUT/data/train.jsonl)
+    path.write_text("".join(json.dumps(e) + "\n" for e in test[:3]))
+    assert load_examples(str(path)) == [{k: e[k] for k in ("id", "question", "answer", "solution")} for e in test[:3]]
+    word = next(e for e in train if e["tier"] == "word")
+    assert "?" in word["question"] and word["solution"].count("=") == 2  # two steps, each worked
 
 
 def metrics_steps(run_dir):
@@ -130,8 +156,6 @@ def test_runs_use_the_demos_rl_settings(tiny_model):
 def test_a_flag_typo_stops_before_the_study_is_recorded(tmp_path, capsys):
     """Was: `--eval-limt 5` went on to train.py, which failed; the typo was already in study.json, and the rerun
     without it was refused ("holds a study with other settings")."""
-    import compare
-
     with pytest.raises(SystemExit):
         compare.main(["--smoke", "--out-dir", str(tmp_path / "s"), "--eval-limt", "5"])
     assert "unknown flags --eval-limt 5 (neither compare.py's nor train.py's)" in capsys.readouterr().err

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from data import TIERS, load_examples, load_jsonl, make_arithmetic, make_tiered, take
+from data import load_examples, load_jsonl, make_arithmetic, take
 from reward import grade
 
 
@@ -74,27 +74,6 @@ def test_arithmetic_default_output_is_unchanged():
     assert train[0] == {"id": "arith:3+16", "question": "What is 3 + 16?", "answer": "19",
                         "solution": "<think>3 + 16 = 19</think> The answer is \\boxed{19}."}
     assert hashlib.sha256(json.dumps(train).encode()).hexdigest()[:16] == "a5c30a0fb5ba44f0"
-
-
-def test_tiered_task_has_four_tiers_gold_solutions_and_a_fixed_split():
-    train, test = make_tiered(seed=1), make_tiered(seed=1, split="test")
-    assert len(train) == 4 * 160 and len(test) == 4 * 40
-    for split in (train, test):
-        assert sorted({e["tier"] for e in split}) == sorted(TIERS)
-        assert all(sum(e["tier"] == t for e in split) == len(split) // 4 for t in TIERS)
-    ids = [e["id"] for e in train + test]
-    assert len(set(ids)) == len(ids) and len({e["question"] for e in train + test}) == len(ids)
-    assert all(e["id"].startswith(f"tiers:{e['tier']}:") for e in train + test)
-    assert all(grade(e["solution"], e["answer"]) == 1.0 and e["solution"].endswith(f"\\boxed{{{e['answer']}}}.")
-               for e in train + test)
-    assert all(int(e["answer"]) >= 0 for e in train + test)
-    # the split does not depend on the seed, which only orders the questions
-    assert {e["id"] for e in make_tiered(seed=7, split="test")} == {e["id"] for e in test}
-    assert make_tiered(seed=7) != train and sorted(ids[:640]) == sorted(e["id"] for e in make_tiered(seed=7))
-    assert make_tiered(5, seed=1) == train[:5]
-    assert load_examples("arithmetic_tiers", split="test", limit=3, seed=1) == test[:3]
-    word = next(e for e in train if e["tier"] == "word")
-    assert "?" in word["question"] and word["solution"].count("=") == 2  # two steps, each worked
 
 
 def test_take_is_a_resumable_seeded_stream():

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 
+import bench_data as bd
 import eval as ev
 from conftest import ROOT
 from data import load_jsonl
@@ -47,7 +48,7 @@ PAPER_JUDGE_START = ("You are an expert judge evaluating whether a model's respo
     ("A plain question about thinking steps?", "A plain question about thinking steps?"),
 ])
 def test_strip_directives(question, expected):
-    assert ev.strip_directives(question) == expected
+    assert bd.strip_directives(question) == expected
 
 
 def test_prompts_carry_only_the_closer_and_the_paper_sampling():
@@ -57,8 +58,8 @@ def test_prompts_carry_only_the_closer_and_the_paper_sampling():
     call = engine.calls[0]
     assert call["prompts"] == ["What is 2+2? " + CLOSER]
     assert (call["n"], call["max_new_tokens"]) == (3, 99)
-    assert {k: call[k] for k in ev.SAMPLING} == {"temperature": 0.6, "top_p": 0.95, "top_k": 20, "min_p": 0.0,
-                                                 "presence_penalty": 1.5, "repetition_penalty": 1.0}
+    assert {k: call[k] for k in ev.SAMPLING} == {"temperature": 0.6, "top_p": 0.95, "top_k": 20,
+                                                 "presence_penalty": 1.5}
 
 
 def test_avg_at_k_and_standard_error():
@@ -75,47 +76,47 @@ def test_avg_at_k_and_standard_error():
 
 
 def test_multiple_choice_rows_become_lettered_questions():
-    mmlu, _ = ev.to_example({"question": "Pick two.", "choices": ["one", "two"], "answer": 1}, ev.BENCHMARKS["mmlu"],
+    mmlu, _ = bd.to_example({"question": "Pick two.", "choices": ["one", "two"], "answer": 1}, bd.BENCHMARKS["mmlu"],
                             "x")
     assert mmlu["question"] == "Pick two.\n\nA. one\nB. two" and mmlu["answer"] == "B"
     assert mmlu["stem"] == "Pick two." and mmlu["options"] == "A. one\nB. two"  # the judge gets them apart
-    pro, _ = ev.to_example({"question": "Q", "options": ["a", "b", "c"], "answer": "C"}, ev.BENCHMARKS["mmlu_pro"],
+    pro, _ = bd.to_example({"question": "Q", "options": ["a", "b", "c"], "answer": "C"}, bd.BENCHMARKS["mmlu_pro"],
                            "x")
     assert pro["answer"] == "C" and pro["question"].endswith("C. c")
     row = {"Question": "Which?", "Correct Answer": "right", "Incorrect Answer 1": "w1", "Incorrect Answer 2": "w2",
            "Incorrect Answer 3": "w3"}
-    gpqa, _ = ev.to_example(row, ev.BENCHMARKS["gpqa_diamond"], "x")
+    gpqa, _ = bd.to_example(row, bd.BENCHMARKS["gpqa_diamond"], "x")
     letter = gpqa["answer"]
     assert f"{letter}. right" in gpqa["question"]
-    assert ev.to_example(row, ev.BENCHMARKS["gpqa_diamond"], "x")[0] == gpqa  # same order every run
+    assert bd.to_example(row, bd.BENCHMARKS["gpqa_diamond"], "x")[0] == gpqa  # same order every run
     assert grade(f"so \\boxed{{{letter}}}", letter) == 1.0
     digit = dict(row, **{"Correct Answer": "3"})  # an option whose text is a digit is still text, not an index
-    d, _ = ev.to_example(digit, ev.BENCHMARKS["gpqa_diamond"], "x")
+    d, _ = bd.to_example(digit, bd.BENCHMARKS["gpqa_diamond"], "x")
     assert f"{d['answer']}. 3" in d["question"]
-    assert ev.to_example({"question": "Q", "options": ["a", "b"], "answer": "Z"}, ev.BENCHMARKS["mmlu_pro"], "x") == \
+    assert bd.to_example({"question": "Q", "options": ["a", "b"], "answer": "Z"}, bd.BENCHMARKS["mmlu_pro"], "x") == \
         (None, "answer_format")  # a letter past the options: an unknown answer format, skipped and counted
     with pytest.raises(ValueError, match="f.jsonl:3: missing field"):
-        ev.to_example({"question": "Q"}, ev.BENCHMARKS["mmlu"], "f.jsonl:3")
+        bd.to_example({"question": "Q"}, bd.BENCHMARKS["mmlu"], "f.jsonl:3")
 
 
 def test_every_benchmark_records_the_papers_protocol():
     paper = {"aime2025", "aime2026", "ceval", "gpqa_diamond", "hle", "imo_answerbench", "mmlu", "mmlu_pro",
              "mmlu_redux", "multichallenge"}  # Table 6
-    assert {n for n, s in ev.BENCHMARKS.items() if s["family"] == "llm"} == paper
-    assert {n: s["protocol"] for n, s in ev.BENCHMARKS.items() if s["protocol"] != "Exact+Judge"} == {
+    assert {n for n, s in bd.BENCHMARKS.items() if s["family"] == "llm"} == paper
+    assert {n: s["protocol"] for n, s in bd.BENCHMARKS.items() if s["protocol"] != "Exact+Judge"} == {
         "hle": "BenchJudge", "multichallenge": "BenchJudge", "mathvista": "Rule+Judge", "charxiv": "BenchJudge",
         "charxiv_descriptive": "BenchJudge", "mmvet": "BenchJudge", "infovqa": "Det.", "ocrbench_v2_en": "Det.",
         "ocrbench_v2_cn": "Det.", "mmvu": "BenchJudge", "mvbench": "Rule+Judge", "videomme": "Rule+Judge",
         "videomme_sub": "Rule+Judge", "videommmu": "Rule+Judge"}
-    assert {n for n, s in ev.BENCHMARKS.items() if s["family"] == "vlm"} == {  # Table 5's 16
+    assert {n for n, s in bd.BENCHMARKS.items() if s["family"] == "vlm"} == {  # Table 5's 16
         "ai2d", "babyvision", "charxiv", "dynamath", "embspatial", "infovqa", "mathverse", "mathvision", "mathvista",
         "mmmu_pro", "mmvet", "ocrbench_v2_en", "ocrbench_v2_cn", "visualpuzzles", "vlmsareblind", "wemath"}
-    assert {n for n, s in ev.BENCHMARKS.items() if s["family"] == "video"} == {  # Table 7's 5
+    assert {n for n, s in bd.BENCHMARKS.items() if s["family"] == "video"} == {  # Table 7's 5
         "mmvu", "mvbench", "videomme", "videomme_sub", "videommmu"}
-    assert len(ev.BENCHMARKS["mvbench"]["configs"]) == 20
-    assert len(set(ev.MMLU_REDUX_SUBJECTS)) == 57 and len(set(ev.CEVAL_SUBJECTS)) == 52
-    assert ev.BENCHMARKS["aime2025"]["hub"] == "opencompass/AIME2025"
-    assert ev.BENCHMARKS["imo_answerbench"]["hub"] == "OpenEvals/IMO-AnswerBench"
+    assert len(bd.BENCHMARKS["mvbench"]["configs"]) == 20
+    assert len(set(bd.MMLU_REDUX_SUBJECTS)) == 57 and len(set(bd.CEVAL_SUBJECTS)) == 52
+    assert bd.BENCHMARKS["aime2025"]["hub"] == "opencompass/AIME2025"
+    assert bd.BENCHMARKS["imo_answerbench"]["hub"] == "OpenEvals/IMO-AnswerBench"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -143,7 +144,7 @@ def test_routing_rule_choice_and_judge():
 
 
 def test_choice_rows_reach_the_judge_with_their_options_and_cut_responses_too():
-    ex, _ = ev.to_example({"question": "Pick two.", "choices": ["one", "two"], "answer": 1}, ev.BENCHMARKS["mmlu"],
+    ex, _ = bd.to_example({"question": "Pick two.", "choices": ["one", "two"], "answer": 1}, bd.BENCHMARKS["mmlu"],
                           "x")
     student = ScriptedEngine(lambda p, k: ["I pick the second one", ("maybe \\boxed{A} ... no wait", "length"),
                                            ("so \\boxed{B} and", "length")][k])
@@ -177,7 +178,7 @@ MULTICHALLENGE_ROWS = [  # the card's columns; a conversation ending with the us
 
 def test_multichallenge_sends_the_chat_and_passes_when_the_verdict_equals_pass_criteria(tmp_path):
     write_jsonl(tmp_path / "multichallenge.jsonl", MULTICHALLENGE_ROWS)
-    examples, skipped = ev.load_benchmark("multichallenge", str(tmp_path))
+    examples, skipped = bd.load_benchmark("multichallenge", str(tmp_path))
     assert skipped == {} and [e["answer"] for e in examples] == ["YES", "NO"]
     assert examples[0]["id"] == "674552683acc22154b07a598"
     student = ScriptedEngine(lambda chat, k: "<think>nuts are out</think>Fruit sorbet." if "nuts" in chat[0]["content"]
@@ -207,7 +208,7 @@ def test_multichallenge_gets_the_shared_closer_after_its_last_user_turn_unless_t
     chat = MULTICHALLENGE_ROWS[0]["conversation"]
     (sent,) = student.calls[0]["prompts"]
     assert sent[:2] == chat[:2] and sent[2] == {"role": "user", "content": f"Now a dessert recipe? {CLOSER}"}
-    (example,), _ = ev.load_benchmark("multichallenge", str(tmp_path))
+    (example,), _ = bd.load_benchmark("multichallenge", str(tmp_path))
     assert ev.student_prompt(example) == sent and example["messages"] == chat  # the example itself unchanged
     untouched = ScriptedEngine(lambda chat, k: "Fruit sorbet.")
     ev.run_benchmarks(untouched, ["multichallenge"], data_dir=str(tmp_path), log=lambda *_: None,
@@ -320,30 +321,30 @@ def fake_hub(monkeypatch):
 def test_mmlu_redux_loads_57_subject_configs_and_keeps_the_ok_rows(fake_hub):
     table, asked = fake_hub
     hub = "edinburgh-dawg/mmlu-redux-2.0"
-    table.update({(hub, s, "test"): REDUX_TABLE.get(s, []) for s in ev.MMLU_REDUX_SUBJECTS})
-    examples, skipped = ev.load_benchmark("mmlu_redux")
-    assert asked == [(hub, s, "test") for s in ev.MMLU_REDUX_SUBJECTS]  # every subject, in order, concatenated
+    table.update({(hub, s, "test"): REDUX_TABLE.get(s, []) for s in bd.MMLU_REDUX_SUBJECTS})
+    examples, skipped = bd.load_benchmark("mmlu_redux")
+    assert asked == [(hub, s, "test") for s in bd.MMLU_REDUX_SUBJECTS]  # every subject, in order, concatenated
     assert [(e["stem"], e["answer"]) for e in examples] == [("A1", "A"), ("V1", "D")]
     assert skipped == {"error_type=wrong_groundtruth": 2, "error_type=no_correct_answer": 1,
                        "error_type=bad_question_clarity": 1, "error_type=multiple_correct_answers": 1}
     assert examples[0]["id"] == f"{hub}[anatomy][test][0]"
-    corrected, skipped = ev.load_benchmark("mmlu_redux", redux_rows="corrected")
+    corrected, skipped = bd.load_benchmark("mmlu_redux", redux_rows="corrected")
     assert [(e["stem"], e["answer"]) for e in corrected] == [("A1", "A"), ("A2", "D"), ("A3", "C"), ("A4", "A"),
                                                              ("V1", "D"), ("V3", "B")]
     assert "C. the right one" in corrected[2]["question"]  # the option marked right was rewritten
     assert skipped == {"error_type=multiple_correct_answers": 1}
     asked.clear()
-    assert len(ev.load_benchmark("mmlu_redux", limit=1)[0]) == 1  # a limit stops loading the later subjects
+    assert len(bd.load_benchmark("mmlu_redux", limit=1)[0]) == 1  # a limit stops loading the later subjects
     assert asked == [(hub, "abstract_algebra", "test"), (hub, "anatomy", "test")]
 
 
 def test_ceval_loads_52_subject_configs_of_the_val_split(fake_hub):
     table, asked = fake_hub
     row = {"id": 0, "question": "1+1=?", "A": "1", "B": "2", "C": "3", "D": "4", "answer": "B", "explanation": ""}
-    table.update({("ceval/ceval-exam", s, "val"): [] for s in ev.CEVAL_SUBJECTS})
+    table.update({("ceval/ceval-exam", s, "val"): [] for s in bd.CEVAL_SUBJECTS})
     table[("ceval/ceval-exam", "logic", "val")] = [row]
     table[("ceval/ceval-exam", "physician", "val")] = [dict(row, answer="D")]
-    examples, _ = ev.load_benchmark("ceval")
+    examples, _ = bd.load_benchmark("ceval")
     assert len(asked) == 52 and {split for _, _, split in asked} == {"val"}
     assert [(e["id"], e["answer"]) for e in examples] == [("logic:0", "B"), ("physician:0", "D")]  # ids stay apart
     assert examples[0]["question"] == "1+1=?\n\nA. 1\nB. 2\nC. 3\nD. 4"
@@ -354,46 +355,46 @@ def test_aime2025_is_opencompass_two_configs(fake_hub):
     table[("opencompass/AIME2025", "AIME2025-I", "test")] = [{"question": "Find x. Think step by step.",
                                                               "answer": "70"}]
     table[("opencompass/AIME2025", "AIME2025-II", "test")] = [{"question": "Find y.", "answer": "588"}]
-    examples, _ = ev.load_benchmark("aime2025")
+    examples, _ = bd.load_benchmark("aime2025")
     assert [(e["question"], e["answer"]) for e in examples] == [("Find x.", "70"), ("Find y.", "588")]
     table.pop(("opencompass/AIME2025", "AIME2025-II", "test"))
     with pytest.raises(RuntimeError, match=r"hub opencompass/AIME2025 \(RuntimeError: config AIME2025-II, split test"):
-        ev.load_benchmark("aime2025")
+        bd.load_benchmark("aime2025")
 
 
 def test_local_files_in_hub_format(tmp_path):
     write_jsonl(tmp_path / "mmlu_redux.jsonl", [dict(redux_row("A1", 0), config="anatomy"),
                                                 dict(redux_row("A2", 1, "wrong_groundtruth", "3"), config="anatomy")])
-    examples, skipped = ev.load_benchmark("mmlu_redux", str(tmp_path))
+    examples, skipped = bd.load_benchmark("mmlu_redux", str(tmp_path))
     assert [e["answer"] for e in examples] == ["A"] and skipped == {"error_type=wrong_groundtruth": 1}
     write_jsonl(tmp_path / "ceval.jsonl", [{"id": 3, "question": "Q", "A": "a", "B": "b", "C": "c", "D": "d",
                                             "answer": "C", "explanation": "", "config": "law"}])
-    assert ev.load_benchmark("ceval", str(tmp_path))[0][0]["id"] == "law:3"
+    assert bd.load_benchmark("ceval", str(tmp_path))[0][0]["id"] == "law:3"
     write_jsonl(tmp_path / "imo_answerbench.jsonl", [{"Problem ID": "imo-bench-algebra-001", "Problem": "Find f.",
                                                       "Short Answer": "$f(x)=x$", "Category": "Algebra",
                                                       "Subcategory": "Functional Equation", "Source": "IMO"}])
-    (imo,), _ = ev.load_benchmark("imo_answerbench", str(tmp_path))
+    (imo,), _ = bd.load_benchmark("imo_answerbench", str(tmp_path))
     assert (imo["id"], imo["answer"]) == ("imo-bench-algebra-001", "$f(x)=x$")
     upper = [{k.upper(): v for k, v in row.items()} for row in MULTICHALLENGE_ROWS[:1]]  # the GitHub JSONL's spelling
     write_jsonl(tmp_path / "multichallenge.jsonl", upper)
-    (mc,), _ = ev.load_benchmark("multichallenge", str(tmp_path))
+    (mc,), _ = bd.load_benchmark("multichallenge", str(tmp_path))
     assert mc["messages"][-1]["content"] == "Now a dessert recipe?" and mc["answer"] == "YES"
 
 
 def test_local_benchmark_file_errors_name_file_and_line(tmp_path):
     (tmp_path / "math500.jsonl").write_text('{"problem": "1?", "answer": "1"}\n\n{"problem": "2?"}\n')
     with pytest.raises(ValueError, match=r"math500.jsonl:3: missing field"):
-        ev.load_benchmark("math500", data_dir=str(tmp_path))
+        bd.load_benchmark("math500", data_dir=str(tmp_path))
     (tmp_path / "math500.jsonl").write_text('{"problem": "1?", "answer": "1"}\n{oops\n')
     with pytest.raises(ValueError, match=r"math500.jsonl:2: not valid JSON"):
-        ev.load_benchmark("math500", data_dir=str(tmp_path))
+        bd.load_benchmark("math500", data_dir=str(tmp_path))
     with pytest.raises(ValueError, match=r"math500.jsonl:2: not valid JSON"):  # read whole: skipped rows do not count
-        ev.load_benchmark("math500", data_dir=str(tmp_path), limit=1)
+        bd.load_benchmark("math500", data_dir=str(tmp_path), limit=1)
     (tmp_path / "math500.jsonl").write_text('{"problem": "1?", "answer": "1"}\n{"problem": "2?", "answer": "2"}\n')
-    assert len(ev.load_benchmark("math500", data_dir=str(tmp_path), limit=1)[0]) == 1
+    assert len(bd.load_benchmark("math500", data_dir=str(tmp_path), limit=1)[0]) == 1
     write_jsonl(tmp_path / "multichallenge.jsonl", [dict(MULTICHALLENGE_ROWS[0], conversation="hello")])
     with pytest.raises(ValueError, match=r"multichallenge.jsonl:1: 'conversation' must be"):
-        ev.load_benchmark("multichallenge", data_dir=str(tmp_path))
+        bd.load_benchmark("multichallenge", data_dir=str(tmp_path))
 
 
 @pytest.fixture
@@ -412,7 +413,7 @@ def offline(monkeypatch):
 def test_unreachable_benchmark_names_what_was_tried(tmp_path, offline):
     with pytest.raises(RuntimeError, match=r"benchmark 'aime2025' could not be loaded; tried: .*aime2025.jsonl "
                                            r"\(not found\); hub opencompass/AIME2025 \(.*config AIME2025-I"):
-        ev.load_benchmark("aime2025", data_dir=str(tmp_path))
+        bd.load_benchmark("aime2025", data_dir=str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -573,4 +574,4 @@ def test_a_cut_weight_file_and_a_missing_column_name_the_file(tiny_model, tmp_pa
            "Record ID": "r1"}
     write_jsonl(tmp_path / "gpqa_diamond.jsonl", [row])
     with pytest.raises(ValueError, match=r"gpqa_diamond.jsonl:1: missing field\(s\) \['Incorrect Answer 1'\]"):
-        ev.load_benchmark("gpqa_diamond", str(tmp_path))
+        bd.load_benchmark("gpqa_diamond", str(tmp_path))

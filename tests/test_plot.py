@@ -1,10 +1,10 @@
-"""plot.py on hand-made metrics files: the PNG, its panels, and errors that name the file and line."""
+"""scripts/plot.py on hand-made metrics files: the PNG, its panels, and errors that name the file and line."""
 import json
 import os
 
 import pytest
 
-import plot
+from scripts import plot
 
 
 def write_run(folder, rows, config=None):

@@ -94,7 +94,7 @@ def run_bench(tmp_path, *args):
 
     from conftest import ROOT
 
-    res = subprocess.run([sys.executable, "bench_gpu.py", "--tiny", "--cpu", "--work", str(tmp_path), *args],
+    res = subprocess.run([sys.executable, "scripts/bench_gpu.py", "--tiny", "--cpu", "--work", str(tmp_path), *args],
                          cwd=ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, "OMP_NUM_THREADS": "2"})
     assert res.returncode == 0, res.stderr[-3000:]
     return res.stdout

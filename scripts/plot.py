@@ -1,7 +1,7 @@
 """Curves of train.py runs, read from their metrics.jsonl: one PNG, several runs overlaid.
 
-    python plot.py runs/demo/zppo                         # -> runs/demo/zppo/metrics.png
-    python plot.py runs/demo/zppo runs/demo/grpo --out demo.png
+    python scripts/plot.py runs/demo/zppo                 # -> runs/demo/zppo/metrics.png
+    python scripts/plot.py runs/demo/zppo runs/demo/grpo --out demo.png
 
 Panels (a panel whose metrics no run logged is left out): plain accuracy; BCQ and NCQ accuracy (only
 the steps that had such prompts: with none, train.py logs 0); the fraction of rollouts with a positive
@@ -16,6 +16,7 @@ import math
 import os
 import re
 import statistics
+import sys
 import warnings
 
 import matplotlib
@@ -24,6 +25,7 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as python scripts/plot.py
 from data import read_jsonl  # noqa: E402
 
 PHASES = ("rollout", "teacher", "compress", "score", "update")

