@@ -19,8 +19,15 @@ import json
 import os
 import re
 
-from bench_prompts import (DESCRIPTIVE_GRADING_ICL, DESCRIPTIVE_GRADING_PREFIX, DESCRIPTIVE_GRADING_QMAP,
-                           DESCRIPTIVE_RESP_INST, MMVET_PROMPT, REASONING_GRADING_INST, REASONING_GRADING_PREFIX)
+from bench_prompts import (
+    DESCRIPTIVE_GRADING_ICL,
+    DESCRIPTIVE_GRADING_PREFIX,
+    DESCRIPTIVE_GRADING_QMAP,
+    DESCRIPTIVE_RESP_INST,
+    MMVET_PROMPT,
+    REASONING_GRADING_INST,
+    REASONING_GRADING_PREFIX,
+)
 from reward import after_thinking, clip_start, last_boxed
 
 # ---------------------------------------------------------------------------------------------------------

@@ -67,7 +67,7 @@ def foreign_files(out_dir):
     config.json. --overwrite deletes a run's files only, so a folder holding any of these is never a run folder."""
     found = []
     for name in sorted(os.listdir(out_dir)):
-        base = name[:-4] if name.endswith(".tmp") else name
+        base = name.removesuffix(".tmp")
         if base not in OWN_FILES or (base == "config.json" and not is_run_config(os.path.join(out_dir, name))):
             found.append(name)
     return found

@@ -8,7 +8,7 @@ import importlib.util
 import os
 import warnings
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal
 
 from transformers import HfArgumentParser
 
@@ -60,8 +60,8 @@ def arg(default, help):
 class Config:
     # models
     student: str = arg("Qwen3.5-0.8B", "a local path, a hub id, a bare Qwen name (-> Qwen/NAME) or a .gguf file")
-    teacher: Optional[str] = arg(None, "teacher model (path or name), 'gold' (the data set's solutions), or none")
-    teacher_url: Optional[str] = arg(None, "OpenAI-compatible server serving --teacher (e.g. http://host:8000)")
+    teacher: str | None = arg(None, "teacher model (path or name), 'gold' (the data set's solutions), or none")
+    teacher_url: str | None = arg(None, "OpenAI-compatible server serving --teacher (e.g. http://host:8000)")
     teacher_timeout: float = arg(600.0, "seconds per teacher request (remote teacher)")
     teacher_retries: int = arg(3, "retries per teacher request after an error or timeout (remote teacher)")
     teacher_concurrency: int = arg(32, "teacher requests in flight (remote teacher)")
@@ -73,8 +73,8 @@ class Config:
     teacher_gpu_memory_utilization: float = arg(0.4, "share of the GPU an in-process vLLM teacher may take")
     # data
     data: str = arg("openai/gsm8k", "'arithmetic' (generated), a .jsonl file, or a hub data set")
-    data_config: Optional[str] = arg(None, "hub data set config name (openai/gsm8k: main)")
-    data_limit: Optional[int] = arg(None, "use at most this many questions")
+    data_config: str | None = arg(None, "hub data set config name (openai/gsm8k: main)")
+    data_limit: int | None = arg(None, "use at most this many questions")
     dedup_ids: bool = arg(False, "keep the first of the rows sharing an id (default: a duplicate id is an error)")
     # ZPPO (paper's Table 8)
     algo: Literal["zppo", "grpo", "hint", "prefix", "off_distill", "on_distill"] = arg(
@@ -96,7 +96,7 @@ class Config:
     clip_low: float = arg(0.2, "PPO ratio clip below 1")
     clip_high: float = arg(0.28, "PPO ratio clip above 1 (clip-higher)")
     dual_clip: float = arg(10.0, "dual-clip ratio for negative advantages")
-    candidate_max_chars: Optional[int] = arg(None, "truncate uncompressed candidates to this many characters")
+    candidate_max_chars: int | None = arg(None, "truncate uncompressed candidates to this many characters")
     # baselines
     hint_max_new_tokens: int = arg(512, "--algo hint: the teacher's hint cap (greedy)")
     prefix_frac: float = arg(0.4, "--algo prefix: fraction alpha of a correct teacher rollout's tokens given as "
@@ -124,7 +124,7 @@ class Config:
         "auto", "vLLM's weights and compute: auto = bfloat16 on GPU, float32 on CPU (the trainer's precision "
                 "there, so the sync check stays tight) [our default]")
     vllm_sleep: bool = arg(False, "release vLLM's memory between generations (one tight GPU; not on CPU)")
-    vllm_max_model_len: Optional[int] = arg(None, "vLLM context length (default: the model's)")
+    vllm_max_model_len: int | None = arg(None, "vLLM context length (default: the model's)")
     sync_warn: float = arg(0.1, "warn when engine and trainer log-probs differ by more (mean |diff| per token)")
     # optimisation
     lr: float = arg(1e-6, "AdamW learning rate (constant, no warmup)")
@@ -135,29 +135,29 @@ class Config:
                                              "it; --no-gradient-checkpointing trades memory for speed")
     skip_zero_adv: bool = arg(True, "skip the forward/backward of A = 0 sequences (the same update and metrics, "
                                     "less compute)")
-    mixed_precision: Optional[Literal["no", "bf16", "fp16"]] = arg(None, "update autocast; default: accelerate's")
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = arg(None, "update autocast; default: accelerate's")
     # run
     steps: int = arg(200, "rollout steps")
     seed: int = arg(0, "seed for data order, buffer sampling, tie-breaks and sampling")
-    out_dir: Optional[str] = arg(None, "metrics.jsonl, config.json and checkpoints/ go here (default: runs/zppo; "
+    out_dir: str | None = arg(None, "metrics.jsonl, config.json and checkpoints/ go here (default: runs/zppo; "
                                        "with --resume, that run's folder)")
     overwrite: bool = arg(False, "let a fresh run replace the run in --out-dir (its metrics, checkpoints, dumps)")
     save_every: int = arg(10, "checkpoint every N steps (and at the end); 0 = only at the end")
     keep_checkpoints: int = arg(2, "most recent checkpoints kept (0 = all)")
-    resume: Optional[str] = arg(None, "continue a run, in its folder: its out_dir or one of its checkpoints")
+    resume: str | None = arg(None, "continue a run, in its folder: its out_dir or one of its checkpoints")
     max_nonfinite_steps: int = arg(3, "stop after this many rollout steps in a row whose update was skipped for a "
                                       "NaN/inf loss or gradient (0 = never stop)")
     report_to: str = arg("none", "accelerate trackers: none, all, tensorboard, wandb, ...")
     dump_reformulated: bool = arg(False, "write every BCQ/NCQ prompt with its rollouts to reformulated.jsonl")
     dump_rollouts: bool = arg(False, "write every rollout's group, reward, advantage and length to rollouts.jsonl")
     # evaluation (eval.py's protocol; free-form answers are judged by the teacher model)
-    eval_benchmarks: Optional[str] = arg(None, "comma-separated eval.py benchmarks, every --eval-every steps and "
+    eval_benchmarks: str | None = arg(None, "comma-separated eval.py benchmarks, every --eval-every steps and "
                                                "at the end")
     eval_every: int = arg(0, "0 = only at the end (when --eval-benchmarks is set)")
     eval_samples: int = arg(1, "k samples per question (avg@k)")
     eval_max_new_tokens: int = arg(12_288, "eval response cap")
-    eval_limit: Optional[int] = arg(None, "first N questions of each benchmark")
-    eval_data_dir: Optional[str] = arg(None, "folder of NAME.jsonl benchmark files, tried before the hub")
+    eval_limit: int | None = arg(None, "first N questions of each benchmark")
+    eval_data_dir: str | None = arg(None, "folder of NAME.jsonl benchmark files, tried before the hub")
 
 
 def parse_config(argv=None):
@@ -185,7 +185,7 @@ def _missing_local_path(name):
 def validate(cfg):
     """Every flag and the output folder, checked before anything loads; fills in --out-dir. Raises SystemExit
     listing each problem: a bad value would otherwise do zero work, learn nothing or fail mid-run."""
-    none_or_positive = lambda v: v is None or v >= 1  # noqa: E731
+    none_or_positive = lambda v: v is None or v >= 1
     rules = [
         ("questions_per_step", cfg.questions_per_step >= 1, ">= 1"),
         ("group_size", cfg.group_size >= 2, ">= 2 (a group of one rollout is its own baseline: no advantage)"),

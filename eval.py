@@ -35,7 +35,6 @@ import time
 import traceback
 from collections import Counter
 from dataclasses import asdict, dataclass, field
-from typing import Optional
 
 import jinja2
 from tqdm import tqdm
@@ -44,8 +43,15 @@ from transformers import HfArgumentParser
 import benchmarks
 from bench_data import BENCHMARKS, PAPER_FAMILIES, REDUX_ROWS, load_benchmark, paper_families
 from reformulate import plain_prompt, with_closer
-from reward import (JUDGE_MAX_NEW_TOKENS, JUDGE_SAMPLING, after_thinking, clip_start, last_boxed,
-                    score_detailed, verdict_of)
+from reward import (
+    JUDGE_MAX_NEW_TOKENS,
+    JUDGE_SAMPLING,
+    after_thinking,
+    clip_start,
+    last_boxed,
+    score_detailed,
+    verdict_of,
+)
 
 # ---------------------------------------------------------------------------------------------------------
 # decoding
@@ -381,14 +387,14 @@ def markdown_table(summary):
 class EvalConfig:
     model: str = field(metadata={"help": "model directory, hub id, bare Qwen name or .gguf file"})
     benchmarks: str = field(default="gsm8k", metadata={"help": f"comma-separated, from: {', '.join(BENCHMARKS)}"})
-    data_dir: Optional[str] = field(default=None, metadata={
+    data_dir: str | None = field(default=None, metadata={
         "help": "folder of NAME.jsonl files (rows as the hub serves them), tried before the hub"})
-    limit: Optional[int] = field(default=None, metadata={"help": "evaluate the first N questions of each benchmark"})
+    limit: int | None = field(default=None, metadata={"help": "evaluate the first N questions of each benchmark"})
     samples: int = field(default=1, metadata={"help": "k samples per question (avg@k)"})
     max_new_tokens: int = field(default=12_288, metadata={"help": "response cap (paper: 12,288)"})
-    judge: Optional[str] = field(default=None, metadata={
+    judge: str | None = field(default=None, metadata={
         "help": "judge model (paper: the teacher, Qwen3.5-27B-FP8): Exact+Judge fallback and BenchJudge"})
-    judge_url: Optional[str] = field(default=None, metadata={"help": "OpenAI-compatible server serving --judge"})
+    judge_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server serving --judge"})
     judge_timeout: float = field(default=600.0, metadata={
         "help": "seconds per judge request, all of it (remote judge)"})
     judge_retries: int = field(default=3, metadata={"help": "retries per judge request after a failure (remote judge)"})
@@ -400,7 +406,7 @@ class EvalConfig:
         "help": "video benchmarks: frames sampled per second of the video (the paper gives none: ours)"})
     video_max_frames: int = field(default=32, metadata={
         "help": "video benchmarks: at most this many frames per video, evenly spaced over the whole clip"})
-    video_dir: Optional[str] = field(default=None, metadata={
+    video_dir: str | None = field(default=None, metadata={
         "help": "folder of the unpacked videos of Video-MME (and its subtitle/), VideoMMMU, MVBench"})
     multichallenge_closer: bool = field(default=True, metadata={
         "help": "append the closer to MultiChallenge's last user turn, as to every benchmark (paper); "
@@ -416,8 +422,8 @@ class EvalConfig:
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata={
         "help": "share of the GPU vLLM may take (on CPU: of the machine's memory)"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
-    out: Optional[str] = field(default=None, metadata={"help": "summary JSON here, rewritten after every benchmark"})
-    responses: Optional[str] = field(default=None, metadata={
+    out: str | None = field(default=None, metadata={"help": "summary JSON here, rewritten after every benchmark"})
+    responses: str | None = field(default=None, metadata={
         "help": "every response, extracted answer, route and verdict (JSONL), appended after every benchmark"})
 
 
@@ -426,8 +432,18 @@ def main(cfg):
     import torch
 
     from checkpoint import atomic_write
-    from rollout import (RemoteEngine, TransformersEngine, VLLMEngine, frozen_engine, load_model, load_tokenizer,
-                         pick_engine, resolve_model_name, vllm_dtype, vllm_missing)
+    from rollout import (
+        RemoteEngine,
+        TransformersEngine,
+        VLLMEngine,
+        frozen_engine,
+        load_model,
+        load_tokenizer,
+        pick_engine,
+        resolve_model_name,
+        vllm_dtype,
+        vllm_missing,
+    )
 
     names = [n.strip() for n in cfg.benchmarks.split(",") if n.strip()]
     if not names:

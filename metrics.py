@@ -19,8 +19,8 @@ def mean(xs):
 def step_metrics(cfg, plain, helped, eps, n_new, buffer):
     """The per-step numbers the paper's analyses need, from the step's groups and episodes."""
     acc = [mean(g.rewards) for g in plain]
-    rewards = lambda kind: [r for g in helped if g.kind == kind for r in g.rewards]  # noqa: E731
-    lengths = lambda groups: [len(r.token_ids) for g in groups for r in g.rollouts]  # noqa: E731
+    rewards = lambda kind: [r for g in helped if g.kind == kind for r in g.rewards]
+    lengths = lambda groups: [len(r.token_ids) for g in groups for r in g.rollouts]
     # the mechanism: all-wrong plain groups give GRPO no gradient; a BCQ/NCQ group of such a question with a
     # correct rollout has nonzero advantages (count/zero_solved), a signal plain sampling did not have
     zero = {g.question["id"] for g, a in zip(plain, acc) if a == 0}

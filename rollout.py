@@ -18,7 +18,6 @@ It also holds the student's preparation for training (FSDP, gradient checkpointi
 construction of a run's engines (build_engines), which depends on how the student is wrapped.
 """
 import contextlib
-from contextlib import contextmanager
 import errno
 import http.client
 import importlib.util
@@ -30,13 +29,20 @@ import time
 import urllib.parse
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from accelerate import DistributedType
 from tqdm import tqdm
-from transformers import (AutoConfig, AutoImageProcessor, AutoModelForCausalLM, AutoModelForImageTextToText,
-                          AutoTokenizer, GenerationConfig)
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoModelForCausalLM,
+    AutoModelForImageTextToText,
+    AutoTokenizer,
+    GenerationConfig,
+)
 
 from logprobs import batch_vision, mm_token_types, suppressed_token_ids
 from video import prompt_videos, video_data_url, vllm_video

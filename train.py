@@ -31,11 +31,28 @@ from accelerate import Accelerator
 from tqdm import tqdm
 
 from buffer import ReplayBuffer
-from checkpoint import clear_run, find_checkpoint, open_run, release_lock, resume_from, resume_problems, save, take_lock
+from checkpoint import (
+    clear_run,
+    find_checkpoint,
+    open_run,
+    release_lock,
+    resume_from,
+    resume_problems,
+    save,
+    take_lock,
+)
 from config import DISTILLATION, TEACHER_GUIDED, parse_config, validate
 from data import load_examples, take
 from metrics import periodic_eval, step_metrics, teacher_metrics, teacher_tally, write_step
-from reformulate import bcq_ncq_groups, hint_groups, plain_prompt, precap, prefix_groups, user_prompt, with_closer
+from reformulate import (
+    bcq_ncq_groups,
+    hint_groups,
+    plain_prompt,
+    precap,
+    prefix_groups,
+    user_prompt,
+    with_closer,
+)
 from reward import score_rollouts
 from rollout import Rollout, build_engines, encode_prompt, engine_weights, prepare_student
 from zppo import Group, episodes, old_logprobs, plan_minibatches, ppo_update, sync_check

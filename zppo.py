@@ -122,7 +122,7 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, clip_low=0.2, clip_hig
 
     with torch.no_grad():
         n = mask.sum().clamp(min=1.0)
-        frac = lambda cond: ((cond.to(mask.dtype) * mask).sum() / n).item()  # noqa: E731
+        frac = lambda cond: ((cond.to(mask.dtype) * mask).sum() / n).item()
         metrics = {
             # the clip is active (gradient zero) only on the side where it binds for that sign of A
             "clip_frac_low": frac(negative & (ratio < 1.0 - clip_low)),

@@ -23,7 +23,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the project's modules, when run as python scripts/bench_gpu.py
 sys.path.append(os.path.join(ROOT, "tests"))  # tests/tiny.py: the model and tokenizer builders
-from tiny import SHAPE_TINY, build_random_model  # noqa: E402
+from tiny import SHAPE_TINY, build_random_model
 
 # Qwen3.5-0.8B's text model (its config.json): 752M parameters, tied embeddings
 SHAPE_08B = dict(vocab_size=248_320, hidden_size=1024, intermediate_size=3584, num_hidden_layers=24,

@@ -38,8 +38,8 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from data import read_jsonl  # noqa: E402
-from reformulate import plain_prompt  # noqa: E402
+from data import read_jsonl
+from reformulate import plain_prompt
 
 VERO, MMFR = "zlab-princeton/Vero-600k", "OpenDataArena/MMFineReason-SFT-586K-Qwen3-VL-235B-Thinking"
 # the paper's tiers (B.1), as canonical names (canonical() of the sub-set names both sources use)

@@ -22,11 +22,11 @@ import warnings
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as python scripts/plot.py
-from data import read_jsonl  # noqa: E402
+from data import read_jsonl
 
 PHASES = ("rollout", "teacher", "compress", "score", "update")
 _ADMITTED = re.compile(r"buffer/admitted_total_at_(\d+)/(\d+)")
@@ -128,7 +128,7 @@ def mechanism(rows, group):
     """Over a run's steps: plain groups, those at 0/G (no gradient without a teacher), their BCQ/NCQ groups and
     how many of those had a correct rollout (a gradient), and the BCQ rollouts on 0/G questions and how many were
     right (train.step_metrics' count/plain_zero, count/zero_*, count/bcq_zero, acc/bcq_zero)."""
-    total = lambda key: sum(r.get(key, 0) for r in rows)  # noqa: E731
+    total = lambda key: sum(r.get(key, 0) for r in rows)
     bcq_rollouts = [(r.get("acc/bcq_zero", 0.0), r.get("count/bcq_zero", 0) * group) for r in rows]
     return {"plain_groups": total("count/questions"), "plain_zero": total("count/plain_zero"),
             "zero_reformulated": total("count/zero_reformulated"), "zero_solved": total("count/zero_solved"),

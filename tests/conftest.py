@@ -9,7 +9,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from tiny import SHAPE_TINY, VISION_TINY, build_random_model, build_tiny_dense, build_tiny_model  # noqa: E402
+from tiny import SHAPE_TINY, VISION_TINY, build_random_model, build_tiny_dense, build_tiny_model
 
 
 @pytest.fixture(scope="session")

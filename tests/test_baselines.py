@@ -18,11 +18,10 @@ from buffer import ReplayBuffer
 from distill import jsd_update, off_distill_targets, shared_teacher
 from logprobs import ChunkedJSD, generalized_jsd, response_jsd, response_logprobs
 from metrics import step_metrics
-from reformulate import hint_groups, hint_leaks, prefix_ids
-from tiny import SHAPE_TINY, VISION_TINY, build_random_model
-from reformulate import with_closer
+from reformulate import hint_groups, hint_leaks, prefix_ids, with_closer
 from rollout import RemoteEngine, Rollout, TransformersEngine, chat_prompt_ids, load_model
 from test_train import parity_grade, read_metrics
+from tiny import SHAPE_TINY, VISION_TINY, build_random_model
 from zppo import Episode, Group, plan_minibatches, policy_loss, ppo_update
 
 SMALL = ["--data", "arithmetic", "--data-limit", "16", "--questions-per-step", "4", "--group-size", "2",
@@ -54,7 +53,7 @@ def args(student, teacher, algo, out, *extra):
 
 
 def test_presets_and_an_explicit_buffer_flag_wins():
-    parse = lambda *a: train.parse_config(["--teacher", "T", *a])  # noqa: E731
+    parse = lambda *a: train.parse_config(["--teacher", "T", *a])
     off = (False, False, False)
     want = {"zppo": (True, True, True), "grpo": off, "hint": (True, False, False), "prefix": (True, False, False),
             "off_distill": off, "on_distill": off}
@@ -139,7 +138,7 @@ def test_jsd_is_zero_for_identical_distributions_and_symmetric_at_one_half():
 def test_chunked_jsd_equals_the_full_logits_computation_in_value_and_gradient(beta, temperature):
     g = torch.Generator().manual_seed(1)
     N, V, H, Ht = 7, 13, 5, 9
-    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    rand = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)
     h, W, th, tW = rand(N, H).requires_grad_(), rand(V, H).requires_grad_(), rand(N, Ht), rand(V, Ht)
     weights = rand(N)  # an arbitrary weighting of the per-token values, so every gradient row differs
     got = ChunkedJSD.apply(h, W, th, tW, temperature, beta, 3)  # chunks of 3, 3, 1 positions

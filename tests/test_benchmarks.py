@@ -6,9 +6,9 @@ import os
 
 import pytest
 
+import bench_data as bd
 import bench_prompts
 import benchmarks as bm
-import bench_data as bd
 import eval as ev
 from test_eval import ScriptedEngine, fake_hub  # noqa: F401  (a fixture)
 
@@ -214,7 +214,7 @@ def write_local(folder, rows):
 
 def test_local_rows_in_hub_layouts_become_the_right_questions(tmp_path, images):
     write_local(str(tmp_path), local_rows(images))
-    load = lambda name: bd.load_benchmark(name, str(tmp_path), vision=True)  # noqa: E731
+    load = lambda name: bd.load_benchmark(name, str(tmp_path), vision=True)
     (choice, blank), _ = load("babyvision")
     assert choice["answer"] == "B" and choice["question"].endswith("A. circle\nB. square") and choice["images"]
     assert (blank["route"], blank["answer"]) == ("rule", "a red triangle")

@@ -9,9 +9,9 @@ import pytest
 from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
-import build_data  # noqa: E402
+import build_data
 
-from data import load_jsonl  # noqa: E402
+from data import load_jsonl
 
 
 def image(folder, name, size, colour):

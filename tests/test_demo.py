@@ -74,7 +74,7 @@ def test_primer_runs_under_gradient_checkpointing_and_turns_it_off(tiny_model, m
     model, tokenizer = load_model(tiny_model)
     seen = []
     name = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else "is_gradient_checkpointing"
-    on = lambda: getattr(model, name)  # noqa: E731 (transformers >= 5.24 renamed it)
+    on = lambda: getattr(model, name)
     real_forward = model.forward
 
     def forward(*args, **kwargs):
@@ -95,7 +95,7 @@ def test_large_frees_go_back_to_the_os():
 
     import psutil  # an accelerate dependency
     demo.return_large_frees()
-    rss = lambda: psutil.Process().memory_info().rss  # noqa: E731
+    rss = lambda: psutil.Process().memory_info().rss
     before = rss()
     blocks = [torch.ones(4 << 20) for _ in range(16)]  # 16 x 16 MiB
     assert rss() - before > 200 << 20

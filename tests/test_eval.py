@@ -216,7 +216,7 @@ def test_multichallenge_gets_the_shared_closer_after_its_last_user_turn_unless_t
     assert untouched.calls[0]["prompts"] == [chat]
     from transformers import HfArgumentParser
 
-    parse = lambda *a: HfArgumentParser(ev.EvalConfig).parse_args_into_dataclasses(["--model", "m", *a])[0]  # noqa
+    parse = lambda *a: HfArgumentParser(ev.EvalConfig).parse_args_into_dataclasses(["--model", "m", *a])[0]
     assert parse().multichallenge_closer is True and parse("--no-multichallenge-closer").multichallenge_closer is False
 
 
@@ -535,7 +535,7 @@ def test_failed_judge_calls_are_failures_not_wrong_answers(tiny_model, tmp_path)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     write_jsonl(tmp_path / "math500.jsonl", [{"problem": f"Describe f{i}.", "answer": "it is strictly increasing"}
                                              for i in range(3)])  # prose: every response goes to the judge
-    run = lambda url: subprocess.run(  # noqa: E731
+    run = lambda url: subprocess.run(
         [sys.executable, "eval.py", "--model", tiny_model, "--benchmarks", "math500", "--data-dir", str(tmp_path),
          "--max-new-tokens", "4", "--samples", "2", "--judge", "j", "--judge-url", url, "--judge-timeout", "2",
          "--judge-retries", "0", "--out", str(tmp_path / "res.json")],

@@ -8,9 +8,9 @@ import torch
 
 import train
 from data import load_jsonl
+from logprobs import response_logprobs, suppressed_token_ids
 from rollout import RemoteEngine, TransformersEngine, VLLMEngine, encode_prompt, load_model
 from test_train import parity_grade, read_metrics
-from logprobs import response_logprobs, suppressed_token_ids
 from zppo import Episode
 
 PIXELS = ["--image-min-pixels", "1024", "--image-max-pixels", "4096"]  # 32x32 .. 64x64: 1 to 4 image tokens

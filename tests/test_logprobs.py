@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import ROOT
-from rollout import load_model
 from logprobs import response_logprobs, token_entropy, token_logprobs
+from rollout import load_model
 from zppo import Episode
 
 

@@ -1,9 +1,19 @@
 """Prompt strings exactly as the spec prints them, and the selection logic of spec steps 4-6."""
 import random
 
-from reformulate import hint_prompt
-from reformulate import (CLOSER, bcq_prompt, compression_prompt, dedup, extract_summary, ncq_prompt, pick_bcq_pair,
-                         postcap, precap, with_closer)
+from reformulate import (
+    CLOSER,
+    bcq_prompt,
+    compression_prompt,
+    dedup,
+    extract_summary,
+    hint_prompt,
+    ncq_prompt,
+    pick_bcq_pair,
+    postcap,
+    precap,
+    with_closer,
+)
 
 
 def test_closer_is_appended_after_one_space():

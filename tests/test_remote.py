@@ -13,7 +13,6 @@ import train
 from rollout import RemoteEngine
 from test_train import ARGS, read_metrics
 
-
 # replies that are no well-formed completion of the requested shape, each a prompt of its own
 HOSTILE = {p: p for p in ("badstatus", "cut", "nested", "number", "list", "many", "none", "long", "drip",
                           "huge")}

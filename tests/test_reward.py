@@ -2,7 +2,8 @@
 import time
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from reward import answers_match, grade, last_boxed, normalize, parse_verdict
 
@@ -108,9 +109,17 @@ def test_judge_verdict_after_a_think_block_anywhere(text, verdict):
 # ---------------------------------------------------------------------------------------------------------
 # Exact+Judge routing and the paper's judge prompt (EVAL.md)
 
-from reward import (JUDGE_MAX_RESPONSE_CHARS, clip_start, judge_prompt, rule_verdict, score_detailed,  # noqa: E402
-                    score_nested, score_responses, verdict_of)
-from rollout import Rollout  # noqa: E402
+from reward import (
+    JUDGE_MAX_RESPONSE_CHARS,
+    clip_start,
+    judge_prompt,
+    rule_verdict,
+    score_detailed,
+    score_nested,
+    score_responses,
+    verdict_of,
+)
+from rollout import Rollout
 
 
 class Judge:

@@ -7,7 +7,6 @@ import torch
 from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
 import rollout
-import train
 from rollout import TransformersEngine, checkpoint_names_for, load_model
 
 

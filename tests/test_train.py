@@ -11,8 +11,8 @@ from safetensors.torch import load_file
 import rollout
 import train
 from conftest import ROOT
-from rollout import TransformersEngine, load_model
 from logprobs import response_logprobs
+from rollout import TransformersEngine, load_model
 from zppo import Episode
 
 ARGS = ["--teacher", "gold", "--data", "arithmetic", "--data-limit", "40", "--questions-per-step", "8",

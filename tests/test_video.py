@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import bench_prompts
 import bench_data as bd
+import bench_prompts
 import eval as ev
 import video
 from test_benchmarks import VisionEngine

@@ -25,8 +25,8 @@ from conftest import ROOT, build_tiny_dense, require_vllm
 
 require_vllm()
 
-from rollout import RemoteEngine  # noqa: E402
-from test_train import read_metrics  # noqa: E402
+from rollout import RemoteEngine
+from test_train import read_metrics
 
 # a plain `python train.py`: none of a launcher's variables (the engine must set what vLLM needs itself)
 LAUNCHER = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -59,11 +59,12 @@ def dense(tmp_path_factory):
 
 def test_sampling_parameters_are_vllm_s():
     code, out = run("-c", "import json; from rollout import vllm_sampling_params as sp; "
-                          "p = sp(4, 128, 0.6, 0.95, 20, 0.0, 1.5, suppress=[7]); q = sp(1, 8, 1.0, 1.0, 0, 0.0, 0.0); "
+                          "p = sp(4, 128, 0.6, 0.95, 20, 1.5, suppress=[7]); q = sp(1, 8, 1.0, 1.0, 0, 0.0); "
                           "print('RESULT', json.dumps([p.n, p.max_tokens, p.temperature, p.top_p, p.top_k, p.min_p, "
                           "p.presence_penalty, p.logprobs, p.repetition_penalty, p.logit_bias, q.top_k]))", timeout=300)
     assert code == 0, out[-3000:]
-    # our top-k 0 (off) is vLLM's -1; image placeholders get a -100 logit bias (never sampled)
+    # our top-k 0 (off) is vLLM's -1; min-p and the repetition penalty are off; image placeholders get a -100
+    # logit bias (never sampled)
     assert json.loads(out.split("RESULT ", 1)[1].splitlines()[0]) == \
         [4, 128, 0.6, 0.95, 20, 0.0, 1.5, 0, 1.0, {"7": -100.0}, -1]
 
@@ -89,7 +90,7 @@ def test_a_model_class_vllm_cannot_load_names_it_and_the_way_out(tiny_model):
                     timeout=600)
     assert code != 0
     assert re.search(r"RuntimeError: vLLM could not start on \S+ \(Qwen3_5ForCausalLM\): .+; --engine transformers "
-                     r"runs without vLLM", out, re.S), out[-3000:]
+                     r"runs without vLLM", out, re.DOTALL), out[-3000:]
 
 
 def test_train_on_vllm_stays_in_sync_for_three_steps(dense, tmp_path):
@@ -165,7 +166,7 @@ def served_requests(url):
     """Requests the server finished, from its Prometheus counter."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
         text = r.read().decode()
-    return sum(float(v) for v in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)$", text, re.M))
+    return sum(float(v) for v in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)$", text, re.MULTILINE))
 
 
 def test_remote_engine_against_vllm_serve(server):

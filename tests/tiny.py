@@ -45,7 +45,12 @@ def build_random_model(path, shape, seed=0, vision=None, pixels=(32 * 32, 64 * 6
     vision-language class, with its image processor (`pixels`: the processor's min and max pixels) and the
     vision special tokens."""
     import torch
-    from transformers import Qwen3_5Config, Qwen3_5ForCausalLM, Qwen3_5ForConditionalGeneration, Qwen3_5TextConfig
+    from transformers import (
+        Qwen3_5Config,
+        Qwen3_5ForCausalLM,
+        Qwen3_5ForConditionalGeneration,
+        Qwen3_5TextConfig,
+    )
 
     tokenizer = build_tokenizer(shape, vision=bool(vision))
     layers = shape["num_hidden_layers"]

@@ -13,11 +13,11 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
+import torch
 
-from rollout import VLLMEngine, load_model  # noqa: E402
-from logprobs import response_logprobs  # noqa: E402
-from zppo import Episode  # noqa: E402
+from logprobs import response_logprobs
+from rollout import VLLMEngine, load_model
+from zppo import Episode
 
 PROMPTS = ["What is 3 + 4?", "Hi", "The answer is \\boxed{7}."]
 
