@@ -22,11 +22,11 @@ from accelerate import DistributedType
 
 from zppo import reduce_sum
 
-# what a run writes into its folder: a fresh run refuses a folder that holds any of them, --overwrite deletes them
-# (and config.json, which alone is no run: it is written before the first step)
+# what a run writes into its folder: a fresh run refuses a folder that holds any of them, --overwrite deletes
+# them (and config.json, which alone is no run: it is written before the first step)
 RUN_FILES = ("metrics.jsonl", "latest", "checkpoints", "rollouts.jsonl", "reformulated.jsonl")
-# everything else train.py writes there: its config, its lock, accelerate trackers' logs (and NAME.tmp of each while
-# it is replaced atomically); a fresh run refuses a folder that holds anything outside these
+# everything else train.py writes there: its config, its lock, accelerate trackers' logs (and NAME.tmp of each
+# while it is replaced atomically); a fresh run refuses a folder that holds anything outside these
 OWN_FILES = RUN_FILES + ("config.json", "lock", "zppo")
 _STEP_DIR = re.compile(r"step_(\d+)")
 # flags whose change on resume is expected and not worth a warning
@@ -54,7 +54,8 @@ def is_run_config(path):
 
 
 def run_config(out_dir):
-    """The config (a dict) of the run in out_dir as its config.json records it; None when train.py wrote none."""
+    """The config (a dict) of the run in out_dir as its config.json records it; None when train.py wrote
+    none."""
     path = os.path.join(out_dir, "config.json")
     if not is_run_config(path):
         return None
@@ -64,11 +65,12 @@ def run_config(out_dir):
 
 def foreign_files(out_dir):
     """What out_dir holds that train.py did not write there: a model's files, another tool's, a model's
-    config.json. --overwrite deletes a run's files only, so a folder holding any of these is never a run folder."""
+    config.json. --overwrite deletes a run's files only, so a folder holding any of these is never a run
+    folder."""
     found = []
     for name in sorted(os.listdir(out_dir)):
         base = name.removesuffix(".tmp")
-        if base not in OWN_FILES or (base == "config.json" and not is_run_config(os.path.join(out_dir, name))):
+        if base not in OWN_FILES or base == "config.json" and not is_run_config(os.path.join(out_dir, name)):
             found.append(name)
     return found
 
@@ -111,13 +113,15 @@ def take_lock(out_dir):
                 pid, owner = None, host
             if pid is not None and owner != host:
                 raise SystemExit(f"train.py: {out_dir} is locked by pid {pid} on {owner} ({path}): another "
-                                 "train.py writes this run; if none is running there, delete that file") from None
+                                 "train.py writes this run; if none is running there, delete that file"
+                                 ) from None
             if pid is not None and _alive(pid) and pid != os.getpid():
-                raise SystemExit(f"train.py: {out_dir} is locked by a live process, pid {pid} ({path}): another "
-                                 "train.py writes this run there; wait for it to end or stop it, or choose another "
-                                 f"--out-dir (if pid {pid} is no train.py, delete that file)") from None
-            warnings.warn(f"{path}: taking over the stale lock of pid {pid} (no such process: it ended without "
-                          "releasing it)")
+                raise SystemExit(f"train.py: {out_dir} is locked by a live process, pid {pid} ({path}): "
+                                 "another train.py writes this run there; wait for it to end or stop it, or "
+                                 f"choose another --out-dir (if pid {pid} is no train.py, delete that file)"
+                                 ) from None
+            warnings.warn(f"{path}: taking over the stale lock of pid {pid} (no such process: it ended "
+                          "without releasing it)")
             try:
                 os.remove(path)
             except FileNotFoundError:
@@ -180,26 +184,26 @@ def data_identity(data):
     to its rows), or the name of a generated or hub data set."""
     if not os.path.isfile(data):
         return {"name": data}
-    stat = os.stat(data)
-    return {"path": os.path.realpath(data), "sha256": _sha256(os.path.realpath(data), stat.st_size, stat.st_mtime_ns)}
+    stat, path = os.stat(data), os.path.realpath(data)
+    return {"path": path, "sha256": _sha256(path, stat.st_size, stat.st_mtime_ns)}
 
 
 def resume_problems(cfg, path):
-    """Why --resume cannot continue the run of the checkpoint at `path` as asked ([] when it can): its data file
-    changed (replayed questions would be graded against answers the file no longer has, and the data position
-    would point into other rows), or the run is already at or past --steps."""
+    """Why --resume cannot continue the run of the checkpoint at `path` as asked ([] when it can): its data
+    file changed (replayed questions would be graded against answers the file no longer has, and the data
+    position would point into other rows), or the run is already at or past --steps."""
     with open(os.path.join(path, "state.json")) as f:
         state = json.load(f)
     problems = []
     saved, now = state.get("data"), data_identity(cfg.data)
     if saved and saved.get("sha256") and saved.get("sha256") != now.get("sha256"):
         problems.append(f"--data {cfg.data}: the data file changed since {path} was written (sha256 "
-                        f"{saved['sha256'][:12]} -> {(now.get('sha256') or 'none')[:12]}): the buffer and the data "
-                        f"position refer to the rows of {saved['path']} as they were; restore that file, or start "
-                        "a fresh run on the new one (another --out-dir)")
+                        f"{saved['sha256'][:12]} -> {(now.get('sha256') or 'none')[:12]}): the buffer and "
+                        f"the data position refer to the rows of {saved['path']} as they were; restore that "
+                        "file, or start a fresh run on the new one (another --out-dir)")
     if state["step"] >= cfg.steps:
-        problems.append(f"--steps {cfg.steps}: the run is already at step {state['step']} ({path}), nothing to do; "
-                        f"give --steps above {state['step']} to continue it")
+        problems.append(f"--steps {cfg.steps}: the run is already at step {state['step']} ({path}), nothing "
+                        f"to do; give --steps above {state['step']} to continue it")
     return problems
 
 
@@ -218,7 +222,8 @@ def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer
         torch.save({"optimizer": optim_state, "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
                     "python_rng": rng.getstate()}, os.path.join(tmp, "trainer_state.pt"))
-        # every file and its size: one missing or cut short (tokenizer, chat template, config) marks it damaged
+        # every file and its size: one missing or cut short (tokenizer, chat template, config) marks it
+        # damaged
         files = {os.path.relpath(os.path.join(d, name), tmp): os.path.getsize(os.path.join(d, name))
                  for d, _, names in os.walk(tmp) for name in names}
         with open(os.path.join(tmp, "state.json"), "w") as f:
@@ -232,7 +237,8 @@ def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer
         free = shutil.disk_usage(root).free
         raise OSError(f"step {step}: writing the checkpoint {tmp} failed ({type(e).__name__}: {e}); "
                       f"{free / 2**20:.0f} MiB are free on its disk after deleting the partial checkpoint "
-                      f"({size / 2**20:.0f} MiB written){' - the disk is full' if free < 2 * size + 2**20 else ''}. "
+                      f"({size / 2**20:.0f} MiB "
+                      f"written){' - the disk is full' if free < 2 * size + 2**20 else ''}. "
                       f"{os.path.join(cfg.out_dir, 'latest')} still names the last complete checkpoint: free "
                       f"space (or lower --keep-checkpoints), then --resume {cfg.out_dir}") from e
     shutil.rmtree(final, ignore_errors=True)
@@ -240,7 +246,8 @@ def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer
     _fsync(root)
     atomic_write(os.path.join(cfg.out_dir, "latest"), name)
     # keep the one just written and the newest keep_checkpoints - 1 before it. Checkpoints after it (left by a
-    # run resumed from an earlier step) are not counted and not deleted: this run replaces them as it gets there
+    # run resumed from an earlier step) are not counted and not deleted: this run replaces them as it gets
+    # there
     older = sorted((d for d in os.listdir(root) if _STEP_DIR.fullmatch(d) and step_of(d) < step), key=step_of)
     for old in older[:max(0, len(older) - (cfg.keep_checkpoints - 1))] if cfg.keep_checkpoints > 0 else []:
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
@@ -261,8 +268,9 @@ def safetensors_problem(path):
     try:
         size = os.path.getsize(path)
         with open(path, "rb") as f:
-            n_header = int.from_bytes(f.read(8), "little")  # the format: 8 bytes of header length, the header,
-            header = json.loads(f.read(n_header))  # then the tensors' bytes at the offsets it lists
+            # the format: 8 bytes of header length, the header, the tensors' bytes at the offsets it lists
+            n_header = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n_header))
         end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
         if 8 + n_header + end > size:
             return f"{path}: truncated ({size} bytes of {8 + n_header + end})"
@@ -285,7 +293,8 @@ def checkpoint_problem(path):
     missing = keys - set(state) if isinstance(state, dict) else keys
     if missing:
         return f"{os.path.join(path, 'state.json')}: no {', '.join(sorted(missing))}"
-    for name, size in (state.get("files") or {}).items():  # what the save wrote (checkpoints since it was listed)
+    # what the save wrote (checkpoints written since state.json lists its files)
+    for name, size in (state.get("files") or {}).items():
         file = os.path.join(path, name)
         if not os.path.isfile(file):
             return f"{file}: missing"
@@ -293,7 +302,7 @@ def checkpoint_problem(path):
             return f"{file}: {os.path.getsize(file)} bytes, {size} when it was written (truncated or changed)"
     try:  # memory-mapped: the file's structure is read, the tensors are not
         torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False, mmap=True, map_location="cpu")
-    except Exception as e:  # a truncated zip, a broken pickle: whatever torch raises
+    except Exception as e:  # noqa: BLE001 (a truncated zip, a broken pickle: whatever torch raises)
         return f"{os.path.join(path, 'trainer_state.pt')}: unreadable ({type(e).__name__}: {e})"
     index = os.path.join(path, "model.safetensors.index.json")
     if os.path.isfile(index):
@@ -333,11 +342,12 @@ def find_checkpoint(path):
         with open(os.path.join(path, "latest")) as f:
             named = f.read().strip()
         if not _STEP_DIR.fullmatch(named):
-            warnings.warn(f"{os.path.join(path, 'latest')}: names no checkpoint ({named[:40]!r}); trying them all")
+            warnings.warn(f"{os.path.join(path, 'latest')}: names no checkpoint ({named[:40]!r}); trying "
+                          "them all")
             named = None
     if not found and named is None:
-        raise FileNotFoundError(f"--resume {path}: no checkpoint there (expected trainer_state.pt or a 'latest' "
-                                "file)")
+        raise FileNotFoundError(f"--resume {path}: no checkpoint there (expected trainer_state.pt or a "
+                                "'latest' file)")
     # after the one `latest` names, only older ones: newer ones belong to a continuation that was abandoned
     order = [named] + [d for d in found if step_of(d) < step_of(named)] if named else found
     damaged = []
@@ -345,15 +355,16 @@ def find_checkpoint(path):
         problem = checkpoint_problem(os.path.join(root, name))
         if problem is None:
             if damaged:
-                warnings.warn(f"--resume {path}: damaged checkpoint ({'; '.join(damaged)}); resuming from the "
-                              f"previous complete one, {name}")
+                warnings.warn(f"--resume {path}: damaged checkpoint ({'; '.join(damaged)}); resuming from "
+                              f"the previous complete one, {name}")
             return os.path.join(root, name)
         damaged.append(problem)
     raise FileNotFoundError(f"--resume {path}: no complete checkpoint ({'; '.join(damaged)})")
 
 
 def load_checkpoint(path, rng, buffer):
-    """Restore RNG states and buffer from a checkpoint folder; returns (step, data position, optimizer state)."""
+    """Restore RNG states and buffer from a checkpoint folder; returns (step, data position, optimizer
+    state)."""
     trainer_state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)  # our own file
     torch.set_rng_state(trainer_state["torch_rng"])
     if trainer_state["cuda_rng"] is not None and torch.cuda.is_available():
@@ -405,8 +416,8 @@ def config_changes(cfg, path):
 
 
 def cut_back(path, start):
-    """Keep the rows of a run file (metrics.jsonl, a dump) up to step `start`. A last line cut short by a crash
-    is dropped (with a warning); a damaged line before it stops the run, naming the line."""
+    """Keep the rows of a run file (metrics.jsonl, a dump) up to step `start`. A last line cut short by a
+    crash is dropped (with a warning); a damaged line before it stops the run, naming the line."""
     with open(path) as f:
         lines = [(n, line) for n, line in enumerate(f, 1) if line.strip()]
     kept = []
@@ -433,7 +444,8 @@ def open_run(cfg, start, accelerator, ckpt=None):
         if ckpt and os.path.dirname(os.path.realpath(ckpt)) == root:
             atomic_write(os.path.join(cfg.out_dir, "latest"), os.path.basename(os.path.normpath(ckpt)))
         atomic_write(os.path.join(cfg.out_dir, "config.json"), json.dumps(asdict(cfg), indent=2))
-        for name in ("metrics.jsonl", "rollouts.jsonl", "reformulated.jsonl"):  # the steps after it are rewritten
+        # the steps after it are written again
+        for name in ("metrics.jsonl", "rollouts.jsonl", "reformulated.jsonl"):
             if os.path.exists(os.path.join(cfg.out_dir, name)):
                 cut_back(os.path.join(cfg.out_dir, name), start)
     if cfg.report_to != "none":
@@ -447,9 +459,10 @@ def save(cfg, step, model, tokenizer, optimizer, buffer, data_pos, rng, accelera
     bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
     if reduce_sum(accelerator, [len(bad)])[0]:
         raise SystemExit(f"step {step}: weights hold NaN or inf ({', '.join(bad[:3]) or 'on another rank'}"
-                         f"{', ...' if len(bad) > 3 else ''}); no checkpoint written, {cfg.out_dir}/latest still "
-                         "names the last good one")
-    # both collective under FSDP: every rank takes part (the optimizer's shards are gathered), the main one writes
+                         f"{', ...' if len(bad) > 3 else ''}); no checkpoint written, {cfg.out_dir}/latest "
+                         "still names the last good one")
+    # both collective under FSDP: every rank takes part (the optimizer's shards are gathered), the main one
+    # writes
     full, optim = accelerator.get_state_dict(model), optimizer_state(model, optimizer, accelerator)
     if accelerator.is_main_process:
         save_checkpoint(cfg, step, model, full, tokenizer, optim, buffer, tuple(data_pos), rng, accelerator)
@@ -465,7 +478,8 @@ def resume_from(cfg, ckpt, model, optimizer, rng, buffer, accelerator):
     start, data_pos, optim = load_checkpoint(ckpt, rng, buffer)
     if buffer.capacity != cfg.buffer_capacity:  # applied, not only listed: the restored capacity would win
         print(f"--buffer-capacity {cfg.buffer_capacity} replaces the restored buffer's {buffer.capacity} "
-              f"({max(0, len(buffer) - cfg.buffer_capacity)} of its {len(buffer)} questions evicted, oldest first)")
+              f"({max(0, len(buffer) - cfg.buffer_capacity)} of its {len(buffer)} questions evicted, oldest "
+              "first)")
         buffer.capacity = cfg.buffer_capacity
         buffer.update([], cfg.tau)  # evicts down to the new capacity (FIFO), counted in the buffer's totals
     load_optimizer_state(model, optimizer, optim, accelerator)

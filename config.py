@@ -34,15 +34,16 @@ def check_algo(algo, teacher, teacher_url, teacher_engine, bcq, ncq, jsd_beta, p
     if algo not in ("zppo", "grpo") and (bcq or ncq):
         raise ValueError(f"--algo {algo} has no BCQ/NCQ (they are ZPPO's); drop --bcq/--ncq")
     if algo == "hint" and teacher in (None, "gold"):
-        raise ValueError("--algo hint: the teacher writes the hints, so it must be a model (--teacher NAME, in "
-                         "process or with --teacher-url); gold solutions cannot write a hint")
+        raise ValueError("--algo hint: the teacher writes the hints, so it must be a model (--teacher NAME, "
+                         "in process or with --teacher-url); gold solutions cannot write a hint")
     if algo == "prefix" and teacher is None:
-        raise ValueError("--algo prefix needs --teacher: a model, or 'gold' (worked solutions as its rollouts)")
+        raise ValueError("--algo prefix needs --teacher: a model, or 'gold' (worked solutions as its "
+                         "rollouts)")
     if algo in DISTILLATION:
         if teacher in (None, "gold") or teacher_url:
-            raise ValueError(f"--algo {algo} needs the teacher's full next-token distributions: an in-process "
-                             "model (--teacher NAME without --teacher-url; a server returns only top-k log-probs, "
-                             "and gold solutions have no distributions)")
+            raise ValueError(f"--algo {algo} needs the teacher's full next-token distributions: an "
+                             "in-process model (--teacher NAME without --teacher-url; a server returns only "
+                             "top-k log-probs, and gold solutions have no distributions)")
         if teacher_engine != "transformers":
             raise ValueError(f"--algo {algo} reads the teacher's distributions from its transformers model: "
                              f"--teacher-engine transformers (got {teacher_engine})")
@@ -59,15 +60,18 @@ def arg(default, help):
 @dataclass
 class Config:
     # models
-    student: str = arg("Qwen3.5-0.8B", "a local path, a hub id, a bare Qwen name (-> Qwen/NAME) or a .gguf file")
-    teacher: str | None = arg(None, "teacher model (path or name), 'gold' (the data set's solutions), or none")
+    student: str = arg("Qwen3.5-0.8B", "a local path, a hub id, a bare Qwen name (-> Qwen/NAME) or a .gguf "
+                                       "file")
+    teacher: str | None = arg(None, "teacher model (path or name), 'gold' (the data's solutions), or none")
     teacher_url: str | None = arg(None, "OpenAI-compatible server serving --teacher (e.g. http://host:8000)")
     teacher_timeout: float = arg(600.0, "seconds per teacher request (remote teacher)")
     teacher_retries: int = arg(3, "retries per teacher request after an error or timeout (remote teacher)")
     teacher_concurrency: int = arg(32, "teacher requests in flight (remote teacher)")
-    teacher_engine: Literal["auto", "transformers", "vllm"] = arg("auto", "in-process teacher: auto = as --engine")
+    teacher_engine: Literal["auto", "transformers", "vllm"] = arg("auto", "in-process teacher: auto = as "
+                                                                          "--engine")
     text_only: bool = arg(False, "load a vision-language checkpoint's text model alone (causal-LM class)")
-    freeze_vision: bool = arg(False, "keep the vision tower frozen (the paper does not say) [our default: trained]")
+    freeze_vision: bool = arg(False, "keep the vision tower frozen (the paper does not say) [our default: "
+                                     "trained]")
     image_min_pixels: int = arg(256 * 32 * 32, "images are resized to at least this many pixels (paper)")
     image_max_pixels: int = arg(1280 * 32 * 32, "and at most this many (paper)")
     teacher_gpu_memory_utilization: float = arg(0.4, "share of the GPU an in-process vLLM teacher may take")
@@ -75,16 +79,19 @@ class Config:
     data: str = arg("openai/gsm8k", "'arithmetic' (generated), a .jsonl file, or a hub data set")
     data_config: str | None = arg(None, "hub data set config name (openai/gsm8k: main)")
     data_limit: int | None = arg(None, "use at most this many questions")
-    dedup_ids: bool = arg(False, "keep the first of the rows sharing an id (default: a duplicate id is an error)")
+    dedup_ids: bool = arg(False, "keep the first of the rows sharing an id (default: a duplicate id is an "
+                                 "error)")
     # ZPPO (paper's Table 8)
     algo: Literal["zppo", "grpo", "hint", "prefix", "off_distill", "on_distill"] = arg(
-        "zppo", "zppo, or one of the paper's baselines (PRESETS below; Hint and Prefix in reformulate.py, the distillation ones in distill.py): grpo = --no-buffer --no-bcq --no-ncq; "
-                "hint and prefix replay by default, grpo and the distillation ones do not (--buffer/--no-buffer)")
+        "zppo", "zppo, or one of the paper's baselines (PRESETS below; Hint and Prefix in reformulate.py, "
+                "the distillation ones in distill.py): grpo = --no-buffer --no-bcq --no-ncq; hint and prefix "
+                "replay by default, grpo and the distillation ones do not (--buffer/--no-buffer)")
     buffer: bool = arg(True, "replay hard questions until they graduate")
     bcq: bool = arg(True, "binary-choice questions (teacher answer vs. student wrong answer)")
     ncq: bool = arg(True, "negative-candidate questions (the student's wrong answers, marked WRONG)")
     compress: bool = arg(True, "teacher compresses every candidate (a gold teacher never does)")
-    adv_norm: Literal["without_zero", "with_zero", "none"] = arg("without_zero", "advantage step-2 normalisation")
+    adv_norm: Literal["without_zero", "with_zero", "none"] = arg("without_zero", "advantage step-2 "
+                                                                                 "normalisation")
     questions_per_step: int = arg(384, "N_new: new questions per rollout step")
     group_size: int = arg(8, "G_S: student rollouts per prompt")
     teacher_group_size: int = arg(4, "G_T: teacher rollouts per hard question")
@@ -99,14 +106,14 @@ class Config:
     candidate_max_chars: int | None = arg(None, "truncate uncompressed candidates to this many characters")
     # baselines
     hint_max_new_tokens: int = arg(512, "--algo hint: the teacher's hint cap (greedy)")
-    prefix_frac: float = arg(0.4, "--algo prefix: fraction alpha of a correct teacher rollout's tokens given as "
-                                  "the start of the student's answer")
-    jsd_beta: float = arg(0.5, "distillation: beta of the generalized JSD (0.5 = symmetric) [our default: the "
-                               "paper does not give it]")
+    prefix_frac: float = arg(0.4, "--algo prefix: fraction alpha of a correct teacher rollout's tokens given "
+                                  "as the start of the student's answer")
+    jsd_beta: float = arg(0.5, "distillation: beta of the generalized JSD (0.5 = symmetric) [our default: "
+                               "the paper does not give it]")
     off_distill_mean: Literal["question", "token"] = arg(
-        "question", "--algo off_distill: question = the mean over questions of the average over each one's correct "
-                    "teacher targets of their per-token JSD (Alg. 2; the plain mean over questions is our default); "
-                    "token = one token mean over every target token of the step")
+        "question", "--algo off_distill: question = the mean over questions of the average over each one's "
+                    "correct teacher targets of their per-token JSD (Alg. 2; the plain mean over questions "
+                    "is our default); token = one token mean over every target token of the step")
     # sampling
     temperature: float = arg(1.0, "student and teacher sampling temperature")
     top_p: float = arg(1.0, "nucleus sampling")
@@ -117,42 +124,48 @@ class Config:
     compress_max_new_tokens: int = arg(512, "compressed candidate cap")
     compress_temperature: float = arg(0.0, "compression sampling temperature (0 = greedy) [our default]")
     gen_batch_size: int = arg(64, "sequences per generate call (transformers engine)")
-    engine: Literal["auto", "transformers", "vllm"] = arg("auto", "student rollouts: auto = vllm on GPU if installed")
-    vllm_gpu_memory_utilization: float = arg(0.3, "share of the GPU the colocated vLLM engine may take (on CPU: of "
-                                                  "the machine's memory; 0.1-0.3 there)")
+    engine: Literal["auto", "transformers", "vllm"] = arg("auto", "student rollouts: auto = vllm on GPU if "
+                                                                  "installed")
+    vllm_gpu_memory_utilization: float = arg(0.3, "share of the GPU the colocated vLLM engine may take (on "
+                                                  "CPU: of the machine's memory; 0.1-0.3 there)")
     vllm_dtype: Literal["auto", "bfloat16", "float32"] = arg(
         "auto", "vLLM's weights and compute: auto = bfloat16 on GPU, float32 on CPU (the trainer's precision "
                 "there, so the sync check stays tight) [our default]")
     vllm_sleep: bool = arg(False, "release vLLM's memory between generations (one tight GPU; not on CPU)")
     vllm_max_model_len: int | None = arg(None, "vLLM context length (default: the model's)")
-    sync_warn: float = arg(0.1, "warn when engine and trainer log-probs differ by more (mean |diff| per token)")
+    sync_warn: float = arg(0.1, "warn when engine and trainer log-probs differ by more (mean |diff| per "
+                                "token)")
     # optimisation
     lr: float = arg(1e-6, "AdamW learning rate (constant, no warmup)")
     weight_decay: float = arg(0.1, "AdamW weight decay")
     grad_clip: float = arg(1.0, "gradient-norm clip")
-    micro_batch_size: int = arg(8, "sequences per forward/backward (gradient accumulation inside a mini-batch)")
-    gradient_checkpointing: bool = arg(True, "recompute activations in backward: the paper's response lengths need "
-                                             "it; --no-gradient-checkpointing trades memory for speed")
-    skip_zero_adv: bool = arg(True, "skip the forward/backward of A = 0 sequences (the same update and metrics, "
-                                    "less compute)")
-    mixed_precision: Literal["no", "bf16", "fp16"] | None = arg(None, "update autocast; default: accelerate's")
+    micro_batch_size: int = arg(8, "sequences per forward/backward (gradient accumulation inside a "
+                                   "mini-batch)")
+    gradient_checkpointing: bool = arg(True, "recompute activations in backward: the paper's response "
+                                             "lengths need it; --no-gradient-checkpointing trades memory for "
+                                             "speed")
+    skip_zero_adv: bool = arg(True, "skip the forward/backward of A = 0 sequences (the same update and "
+                                    "metrics, less compute)")
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = arg(None, "autocast; default: accelerate's")
     # run
     steps: int = arg(200, "rollout steps")
     seed: int = arg(0, "seed for data order, buffer sampling, tie-breaks and sampling")
-    out_dir: str | None = arg(None, "metrics.jsonl, config.json and checkpoints/ go here (default: runs/zppo; "
-                                       "with --resume, that run's folder)")
-    overwrite: bool = arg(False, "let a fresh run replace the run in --out-dir (its metrics, checkpoints, dumps)")
+    out_dir: str | None = arg(None, "metrics.jsonl, config.json and checkpoints/ go here (default: "
+                                    "runs/zppo; with --resume, that run's folder)")
+    overwrite: bool = arg(False, "let a fresh run replace the run in --out-dir (its metrics, checkpoints, "
+                                 "dumps)")
     save_every: int = arg(10, "checkpoint every N steps (and at the end); 0 = only at the end")
     keep_checkpoints: int = arg(2, "most recent checkpoints kept (0 = all)")
     resume: str | None = arg(None, "continue a run, in its folder: its out_dir or one of its checkpoints")
-    max_nonfinite_steps: int = arg(3, "stop after this many rollout steps in a row whose update was skipped for a "
-                                      "NaN/inf loss or gradient (0 = never stop)")
+    max_nonfinite_steps: int = arg(3, "stop after this many rollout steps in a row whose update was skipped "
+                                      "for a NaN/inf loss or gradient (0 = never stop)")
     report_to: str = arg("none", "accelerate trackers: none, all, tensorboard, wandb, ...")
     dump_reformulated: bool = arg(False, "write every BCQ/NCQ prompt with its rollouts to reformulated.jsonl")
-    dump_rollouts: bool = arg(False, "write every rollout's group, reward, advantage and length to rollouts.jsonl")
+    dump_rollouts: bool = arg(False, "write every rollout's group, reward, advantage and length to "
+                                     "rollouts.jsonl")
     # evaluation (eval.py's protocol; free-form answers are judged by the teacher model)
-    eval_benchmarks: str | None = arg(None, "comma-separated eval.py benchmarks, every --eval-every steps and "
-                                               "at the end")
+    eval_benchmarks: str | None = arg(None, "comma-separated eval.py benchmarks, every --eval-every steps "
+                                            "and at the end")
     eval_every: int = arg(0, "0 = only at the end (when --eval-benchmarks is set)")
     eval_samples: int = arg(1, "k samples per question (avg@k)")
     eval_max_new_tokens: int = arg(12_288, "eval response cap")
@@ -182,13 +195,12 @@ def _missing_local_path(name):
             or not all(c.isalnum() or c in "._-/" for c in name))
 
 
-def validate(cfg):
-    """Every flag and the output folder, checked before anything loads; fills in --out-dir. Raises SystemExit
-    listing each problem: a bad value would otherwise do zero work, learn nothing or fail mid-run."""
+def value_problems(cfg):
+    """What is wrong with the flags' values, one line each."""
     none_or_positive = lambda v: v is None or v >= 1
     rules = [
         ("questions_per_step", cfg.questions_per_step >= 1, ">= 1"),
-        ("group_size", cfg.group_size >= 2, ">= 2 (a group of one rollout is its own baseline: no advantage)"),
+        ("group_size", cfg.group_size >= 2, ">= 2 (one rollout is its own group's baseline: no advantage)"),
         ("teacher_group_size", cfg.teacher_group_size >= 1, ">= 1"),
         ("tau", 0 < cfg.tau <= 1, "in (0, 1]"),
         ("rho_replay", 0 <= cfg.rho_replay <= 1, "in [0, 1]"),
@@ -199,7 +211,7 @@ def validate(cfg):
         ("clip_high", cfg.clip_high >= 0, ">= 0"),
         ("dual_clip", cfg.dual_clip > 1, "> 1"),
         ("candidate_max_chars", none_or_positive(cfg.candidate_max_chars), ">= 1"),
-        ("temperature", cfg.temperature > 0, "> 0 (training rollouts are sampled, and log-probs divide by it)"),
+        ("temperature", cfg.temperature > 0, "> 0 (training rollouts are sampled; log-probs divide by it)"),
         ("top_p", 0 < cfg.top_p <= 1, "in (0, 1]"),
         ("top_k", cfg.top_k >= 0, ">= 0"),
         ("compress_temperature", cfg.compress_temperature >= 0, ">= 0"),
@@ -218,8 +230,14 @@ def validate(cfg):
         ("vllm_gpu_memory_utilization", 0 < cfg.vllm_gpu_memory_utilization <= 1, "in (0, 1]"),
         ("teacher_gpu_memory_utilization", 0 < cfg.teacher_gpu_memory_utilization <= 1, "in (0, 1]"),
     ]
-    problems = [f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be {need}"
-                for name, ok, need in rules if not ok]
+    return [f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be {need}"
+            for name, ok, need in rules if not ok]
+
+
+def validate(cfg):
+    """Every flag and the output folder, checked before anything loads; fills in --out-dir. Raises SystemExit
+    listing each problem: a bad value would otherwise do zero work, learn nothing or fail mid-run."""
+    problems = value_problems(cfg)
     in_process_teacher = None if cfg.teacher == "gold" or cfg.teacher_url else cfg.teacher
     for role, name in (("student", None if cfg.resume else cfg.student), ("teacher", in_process_teacher)):
         if _missing_local_path(name):
@@ -236,8 +254,8 @@ def validate(cfg):
 
         unknown = [n for n in cfg.eval_benchmarks.split(",") if n.strip() not in BENCHMARKS]
         if unknown:
-            problems.append(f"--eval-benchmarks {cfg.eval_benchmarks}: unknown {', '.join(map(repr, unknown))} "
-                            f"(known: {', '.join(BENCHMARKS)})")
+            problems.append(f"--eval-benchmarks {cfg.eval_benchmarks}: unknown "
+                            f"{', '.join(map(repr, unknown))} (known: {', '.join(BENCHMARKS)})")
     fresh = True  # a run starting in its own folder, not continuing one there
     if cfg.resume:
         run = run_folder(cfg.resume) if os.path.isdir(cfg.resume) else None
@@ -263,12 +281,13 @@ def validate(cfg):
     elif fresh and os.path.isdir(cfg.out_dir) and foreign_files(cfg.out_dir):
         other = foreign_files(cfg.out_dir)
         problems.append(f"--out-dir {cfg.out_dir}: holds files train.py did not write ({', '.join(other[:5])}"
-                        f"{', ...' if len(other) > 5 else ''}): a model or another tool's folder, which a run "
-                        "would overwrite; choose another (empty or new) --out-dir")
+                        f"{', ...' if len(other) > 5 else ''}): a model or another tool's folder, which a "
+                        "run would overwrite; choose another (empty or new) --out-dir")
     found = run_files(cfg.out_dir) if fresh and os.path.isdir(cfg.out_dir) else []
     if found and not cfg.overwrite:
-        problems.append(f"--out-dir {cfg.out_dir}: already holds a run ({', '.join(found)}); continue it with "
-                        f"--resume {cfg.out_dir}, replace it with --overwrite, or choose another --out-dir")
+        problems.append(f"--out-dir {cfg.out_dir}: already holds a run ({', '.join(found)}); continue it "
+                        f"with --resume {cfg.out_dir}, replace it with --overwrite, or choose another "
+                        "--out-dir")
     if "vllm" in (cfg.engine, cfg.teacher_engine) and importlib.util.find_spec("vllm") is None:
         flag = "--engine" if cfg.engine == "vllm" else "--teacher-engine"
         problems.append(vllm_missing(f"{flag} vllm"))
@@ -276,6 +295,6 @@ def validate(cfg):
         raise SystemExit("train.py: cannot start:\n  " + "\n  ".join(problems))
     plain = cfg.questions_per_step * cfg.group_size
     if cfg.iters_per_step > plain:
-        warnings.warn(f"--iters-per-step {cfg.iters_per_step} is more than the {plain} plain rollouts of a step "
-                      f"({cfg.questions_per_step} questions x {cfg.group_size}): it is clamped to one optimizer "
-                      "step per sequence whenever a step has fewer sequences")
+        warnings.warn(f"--iters-per-step {cfg.iters_per_step} is more than the {plain} plain rollouts of a "
+                      f"step ({cfg.questions_per_step} questions x {cfg.group_size}): it is clamped to one "
+                      "optimizer step per sequence whenever a step has fewer sequences")

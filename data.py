@@ -31,15 +31,16 @@ def read_jsonl(path, limit=None):
             if limit is not None and len(rows) >= limit:
                 break
             try:
-                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark may open a file
+                line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")  # a byte-order mark may open it
             except UnicodeDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at byte {e.start + 1} of "
-                                 "the line); save the file as UTF-8") from None
+                raise ValueError(f"{path}:{lineno}: not UTF-8 (byte 0x{raw[e.start]:02x} at byte "
+                                 f"{e.start + 1} of the line); save the file as UTF-8") from None
             if line.strip():
                 try:
                     rows.append((lineno, json.loads(line)))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+                    raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})"
+                                     ) from None
     return rows
 
 
@@ -62,8 +63,9 @@ def unique_ids(examples, wheres, dedup=False):
 
 def _example(record, where, qid, base=""):
     """Validate one record and return the example dict; `where` names the file and line for errors."""
-    if not isinstance(record, dict):
-        raise ValueError(f"{where}: expected a JSON object with 'question' and 'answer', got {type(record).__name__}")
+    if not isinstance(record, dict):  # a bad line of a data file is a ValueError, whatever is wrong with it
+        raise ValueError(f"{where}: expected a JSON object with 'question' and 'answer', got "  # noqa: TRY004
+                         f"{type(record).__name__}")
     for key in ("question", "answer"):
         if key not in record:
             raise ValueError(f"{where}: missing field {key!r} (fields present: {sorted(record)})")
@@ -116,7 +118,8 @@ def save_hub_images(record, name, split, index, folder=None):
     images = value if isinstance(value, list) else [value]
     if value is None or not all(hasattr(im, "save") for im in images):
         return record
-    folder = folder or os.path.join(os.path.expanduser("~"), ".cache", "zppo", "images", name.replace("/", "__"))
+    folder = folder or os.path.join(os.path.expanduser("~"), ".cache", "zppo", "images",
+                                    name.replace("/", "__"))
     os.makedirs(folder, exist_ok=True)
     paths = []
     for k, image in enumerate(images):

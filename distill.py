@@ -19,14 +19,14 @@ from train import finish_step, help_builder, oom_hint, replay, sample_groups, st
 from zppo import Episode, backward_in_step, episodes, reduce_sum
 
 
-def jsd_update(model, teacher_model, optimizer, accelerator, seqs, temperature, micro_batch_size, pad_id, beta,
-               grad_clip, weights=None):
+def jsd_update(model, teacher_model, optimizer, accelerator, seqs, temperature, micro_batch_size, pad_id,
+               beta, grad_clip, weights=None):
     """ONE optimizer step on sum_s weights[s] * (sum of the per-token JSD over the response tokens of s)
     (micro-batches accumulate into it); weights None: 1 / (all tokens of `seqs`), the token-level mean
     (On-Distill; Off-Distill's weights are off_distill_weights'). Over several processes each rank takes every
-    world-th sequence (zppo.backward_in_step keeps the ranks in step). No tokens, no step: AdamW would still move
-    the weights (decay, momentum) with no loss. train/loss is the objective, train/jsd the token mean of the JSD
-    over every token of `seqs` (the two agree for the token-level mean)."""
+    world-th sequence (zppo.backward_in_step keeps the ranks in step). No tokens, no step: AdamW would still
+    move the weights (decay, momentum) with no loss. train/loss is the objective, train/jsd the token mean of
+    the JSD over every token of `seqs` (the two agree for the token-level mean)."""
     world, rank = accelerator.num_processes, accelerator.process_index
     n_tokens = sum(len(s.token_ids) for s in seqs)  # seqs are the same on every rank
     if n_tokens == 0:
@@ -59,12 +59,12 @@ OFF_DISTILL_MEANS = ("question", "token")
 
 
 def off_distill_weights(targets, mean="question"):
-    """Each Off-Distill target's weight in jsd_update. "question" (Alg. 2 l.10): a question's loss is the average
-    over its N_x correct teacher targets of each one's per-token JSD (the mean over its tokens), so a question
-    with four long targets weighs as much as one with a single short one; the step's loss is the plain mean of
-    that over the questions with at least one target [our default: the paper leaves the cross-question
-    aggregation open]. "token": one token mean over every target token of the step (--off-distill-mean token).
-    Targets of one question share their group ("<id>/teacher")."""
+    """Each Off-Distill target's weight in jsd_update. "question" (Alg. 2 l.10): a question's loss is the
+    average over its N_x correct teacher targets of each one's per-token JSD (the mean over its tokens), so a
+    question with four long targets weighs as much as one with a single short one; the step's loss is the
+    plain mean of that over the questions with at least one target [our default: the paper leaves the
+    cross-question aggregation open]. "token": one token mean over every target token of the step
+    (--off-distill-mean token). Targets of one question share their group ("<id>/teacher")."""
     if mean not in OFF_DISTILL_MEANS:
         raise ValueError(f"--off-distill-mean must be one of {OFF_DISTILL_MEANS}, got {mean!r}")
     if mean == "token":
@@ -76,11 +76,11 @@ def off_distill_weights(targets, mean="question"):
 
 def off_distill_targets(plain, teacher, **sampling):
     """Off-Distill's trajectories: `sampling["n"]` (G_T) fresh teacher rollouts per question on the plain
-    prompt, the question's images included (pi_T(.|x), x = image + text), graded as in training (free-form gold
-    answers by the teacher as judge); every correct one becomes an Episode on the student's own plain prompt
-    (the plain group's prompt_ids and image inputs, so the JSD's forwards see the same x; the vocabulary is
-    shared, so the teacher's token ids are the student's). A question without a correct teacher rollout adds
-    nothing. Returns the episodes and the step's counts."""
+    prompt, the question's images included (pi_T(.|x), x = image + text), graded as in training (free-form
+    gold answers by the teacher as judge); every correct one becomes an Episode on the student's own plain
+    prompt (the plain group's prompt_ids and image inputs, so the JSD's forwards see the same x; the
+    vocabulary is shared, so the teacher's token ids are the student's). A question without a correct teacher
+    rollout adds nothing. Returns the episodes and the step's counts."""
     questions = [g.question for g in plain]
     teacher_groups = teacher.generate([plain_prompt(ex) for ex in questions], **sampling)
     teacher_rewards = score_rollouts(teacher_groups, questions, teacher)
@@ -101,18 +101,20 @@ def shared_teacher(teacher, tokenizer, model):
     student token by token: the same vocabulary (token -> id) and output heads of the same size."""
     teacher_model, teacher_tokenizer = getattr(teacher, "model", None), getattr(teacher, "tokenizer", None)
     if teacher_model is None or teacher_tokenizer is None:
-        raise ValueError("distillation needs an in-process transformers teacher (--teacher-engine transformers)")
+        raise ValueError("distillation needs an in-process transformers teacher (--teacher-engine "
+                         "transformers)")
     mine, theirs = tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
     if mine != theirs:
         differ = sorted(set(mine.items()) ^ set(theirs.items()), key=str)[:3]
-        raise ValueError(f"distillation compares next-token distributions id by id, so the teacher must share "
-                         f"the student's tokenizer: the vocabularies differ ({len(mine)} vs {len(theirs)} tokens; "
-                         f"e.g. {differ})")
+        raise ValueError("distillation compares next-token distributions id by id, so the teacher must share "
+                         f"the student's tokenizer: the vocabularies differ ({len(mine)} vs {len(theirs)} "
+                         f"tokens; e.g. {differ})")
     rows = unwrap(model).get_output_embeddings().weight.shape[0]
     teacher_rows = teacher_model.get_output_embeddings().weight.shape[0]
     if rows != teacher_rows:
         raise ValueError(f"distillation: the student's output head has {rows} rows and the teacher's "
-                         f"{teacher_rows}; the same tokenizer with a differently padded head is not supported")
+                         f"{teacher_rows}; the same tokenizer with a differently padded head is not "
+                         "supported")
     return teacher_model
 
 
@@ -131,16 +133,17 @@ def distill_loop(cfg, run):
         targets, counts = eps, {}
         if cfg.algo == "off_distill":
             with timed(timer, "teacher"):
-                targets, counts = off_distill_targets(plain, run.teacher, n=cfg.teacher_group_size,
-                                                      max_new_tokens=cfg.teacher_max_new_tokens,
-                                                      temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+                targets, counts = off_distill_targets(
+                    plain, run.teacher, n=cfg.teacher_group_size, max_new_tokens=cfg.teacher_max_new_tokens,
+                    temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
 
         # one optimizer step on the JSD to the teacher, then the engine's weight sync
         with timed(timer, "update"), oom_hint(cfg, targets):
-            weights = off_distill_weights(targets, cfg.off_distill_mean) if cfg.algo == "off_distill" else None
-            metrics = jsd_update(run.model, teacher_model, run.optimizer, run.accelerator, targets, cfg.temperature,
-                                 cfg.micro_batch_size, run.tokenizer.pad_token_id, cfg.jsd_beta, cfg.grad_clip,
-                                 weights)
+            off = cfg.algo == "off_distill"
+            weights = off_distill_weights(targets, cfg.off_distill_mean) if off else None
+            metrics = jsd_update(run.model, teacher_model, run.optimizer, run.accelerator, targets,
+                                 cfg.temperature, cfg.micro_batch_size, run.tokenizer.pad_token_id,
+                                 cfg.jsd_beta, cfg.grad_clip, weights)
             sync_engine(cfg, run)
 
         # 11. the buffer, under --buffer (the paper's "(†)" rows); bookkeeping as train.py's

@@ -10,7 +10,7 @@ import math
 
 import torch
 
-LOGITS_CHUNK_BYTES = 256 * 2 ** 20  # fp32 logits of one chunk of tokens: 270 tokens at Qwen3.5's 248,320 words
+LOGITS_CHUNK_BYTES = 256 * 2 ** 20  # fp32 logits of one chunk: 270 tokens at Qwen3.5's 248,320 words
 
 
 def token_logprobs(logits, tokens, temperature=1.0):
@@ -21,12 +21,14 @@ def token_logprobs(logits, tokens, temperature=1.0):
 
 def token_entropy(logits, temperature=1.0):
     """Entropy of softmax(logits / temperature) at each position."""
-    logp = torch.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)) / temperature, dim=-1)
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    logp = torch.log_softmax(logits / temperature, dim=-1)
     return -(logp.exp() * logp).sum(-1)
 
 
 def _compute_dtype(hidden, weight):
-    """The dtype the output head would run in here: autocast's when it is on (bf16 on GPU), else the weight's."""
+    """The dtype the output head would run in here: autocast's when it is on (bf16 on GPU), else the
+    weight's."""
     device = hidden.device.type
     return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else weight.dtype
 
@@ -45,8 +47,8 @@ def _logits(h, weight, temperature, dtype, suppress=None):
 
 
 def _head_backward(hidden, weight, chunk, dtype, dz_of):
-    """The chunked heads' shared backward: dh = dz W and dW = dz^T h, accumulated chunk by chunk in fp32, where
-    dz_of(i, h) recomputes chunk i's gradient with respect to its logits (divided by T, in `dtype`)."""
+    """The chunked heads' shared backward: dh = dz W and dW = dz^T h, accumulated chunk by chunk in fp32,
+    where dz_of(i, h) recomputes chunk i's gradient with respect to its logits (divided by T, in `dtype`)."""
     grad_h = torch.empty_like(hidden)
     grad_w = torch.zeros(weight.shape, dtype=_softmax_dtype(dtype), device=weight.device)
     for i in range(0, hidden.shape[0], chunk):
@@ -60,7 +62,8 @@ def _head_backward(hidden, weight, chunk, dtype, dz_of):
 
 class ChunkedHead(torch.autograd.Function):
     """Log-prob of each target token and the entropy of softmax(h W^T / T), from hidden states h (N, H) and
-    the output head's weight W (V, H), one chunk of tokens at a time. Returns (N, 2) fp32: [log-prob, entropy].
+    the output head's weight W (V, H), one chunk of tokens at a time. Returns (N, 2) fp32: [log-prob,
+    entropy].
 
     Gradients, for z = h W^T / T, p = softmax(z), E = sum_v p_v z_v:
       d logp_t / dz = onehot(t) - p          d entropy / dz = -p * (z - E)
@@ -106,7 +109,8 @@ def generalized_jsd(student_logp, teacher_logp, beta=0.5):
         M = beta T + (1 - beta) S,   JSD = beta KL(T || M) + (1 - beta) KL(S || M)
     0 for identical distributions, symmetric in S and T at beta 0.5, at most the binary entropy of beta.
     The paper does not give beta; 0.5 is our default (--jsd-beta)."""
-    log_m = torch.logsumexp(torch.stack([teacher_logp + math.log(beta), student_logp + math.log(1 - beta)]), dim=0)
+    log_m = torch.logsumexp(torch.stack([teacher_logp + math.log(beta), student_logp + math.log(1 - beta)]),
+                            dim=0)
     kl_t = (teacher_logp.exp() * (teacher_logp - log_m)).sum(-1)
     kl_s = (student_logp.exp() * (student_logp - log_m)).sum(-1)
     return beta * kl_t + (1 - beta) * kl_s
@@ -125,8 +129,8 @@ class ChunkedJSD(torch.autograd.Function):
     @staticmethod
     def _logps(h, weight, th, tweight, temperature, dtype):
         student = torch.log_softmax(_logits(h, weight, temperature, dtype), dim=-1)
-        teacher = torch.log_softmax(_logits(th, tweight, temperature, torch.promote_types(th.dtype, tweight.dtype)),
-                                    dim=-1)
+        tdtype = torch.promote_types(th.dtype, tweight.dtype)
+        teacher = torch.log_softmax(_logits(th, tweight, temperature, tdtype), dim=-1)
         return student, teacher.to(student.dtype)
 
     @staticmethod
@@ -151,7 +155,8 @@ class ChunkedJSD(torch.autograd.Function):
             log_m = torch.logsumexp(torch.stack([t + math.log(beta), s + math.log(1 - beta)]), dim=0)
             g = (s - log_m).mul_(1 - beta)
             p = s.exp_()
-            return g.sub_((p * g).sum(-1, keepdim=True)).mul_(p).mul_(grad_out[i:i + chunk, None] / T).to(dtype)
+            dz = g.sub_((p * g).sum(-1, keepdim=True)).mul_(p)
+            return dz.mul_(grad_out[i:i + chunk, None] / T).to(dtype)
 
         return (*_head_backward(hidden, weight, chunk, dtype, dz_of), None, None, None, None, None)
 
@@ -206,7 +211,7 @@ def padded_batch(model, seqs, pad_id):
     inputs = dict(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(-1) - 1).clamp(min=0),
                   logits_to_keep=R + 1)
     vision = batch_vision([s.vision for s in seqs])
-    if vision:  # rows with and without images mix; the model derives multimodal positions from the image tokens
+    if vision:  # rows with and without images mix; the model places multimodal positions from image tokens
         inputs.update({k: v.to(device) for k, v in vision.items()}, position_ids=None,
                       mm_token_type_ids=mm_token_types(ids, unwrap(model).config))
     return inputs, mask
@@ -215,7 +220,8 @@ def padded_batch(model, seqs, pad_id):
 def with_head(model, head_forward, **inputs):
     """model(**inputs).logits with the output head's forward replaced by head_forward for this call: it gets
     the last hidden states (B, R+1, H) and returns what stands in for the logits. It runs inside the model's
-    own forward, so wrappers that gather parameters for it (FSDP) or cast it (autocast) see an ordinary call."""
+    own forward, so wrappers that gather parameters for it (FSDP) or cast it (autocast) see an ordinary
+    call."""
     head = unwrap(model).get_output_embeddings()
     head.forward = head_forward
     try:
@@ -237,7 +243,8 @@ def response_logprobs(model, seqs, temperature, pad_id, entropy=False, chunk_tok
 
     def head_forward(hidden):  # hidden (B, R+1, H): position P-1+k predicts response token k
         h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
-        return ChunkedHead.apply(h, head.weight, targets.reshape(-1), temperature, chunk, suppress).view(B, R, 2)
+        out = ChunkedHead.apply(h, head.weight, targets.reshape(-1), temperature, chunk, suppress)
+        return out.view(B, R, 2)
 
     out = with_head(model, head_forward, **inputs)
     return out[..., 0], mask, out[..., 1] if entropy else None
@@ -260,7 +267,8 @@ def response_jsd(model, teacher_model, seqs, temperature, pad_id, beta=0.5, chun
     def head_forward(hidden):  # hidden (B, R+1, H): position P-1+k predicts response token k
         h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
         th = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])
-        return ChunkedJSD.apply(h, head.weight, th, teacher_weight, temperature, beta, chunk).view(len(seqs), R)
+        out = ChunkedJSD.apply(h, head.weight, th, teacher_weight, temperature, beta, chunk)
+        return out.view(len(seqs), R)
 
     return with_head(model, head_forward, **inputs), mask
 

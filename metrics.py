@@ -1,5 +1,5 @@
-"""What a step writes: its numbers (ZPPO.md, "What to log per step"), metrics.jsonl, the optional dumps, and the
-evaluation that runs every --eval-every steps. Written by the main process only."""
+"""What a step writes: its numbers (ZPPO.md, "What to log per step"), metrics.jsonl, the optional dumps, and
+the evaluation that runs every --eval-every steps. Written by the main process only."""
 import json
 import os
 import warnings
@@ -36,7 +36,8 @@ def step_metrics(cfg, plain, helped, eps, n_new, buffer):
         "acc/bcq_zero": mean(r for g in zero_groups if g.kind == "bcq" for r in g.rewards),
         "adv/positive_frac": mean(e.adv > 0 for e in eps),
         "groups/trivial_frac": mean(max(g.rewards) == min(g.rewards) for g in plain + helped if g.rewards),
-        "buffer/size": len(buffer), "len/plain": mean(lengths(plain)), "len/reformulated": mean(lengths(helped)),
+        "buffer/size": len(buffer), "len/plain": mean(lengths(plain)),
+        "len/reformulated": mean(lengths(helped)),
         "len/clipped_frac": mean(r.finish_reason == "length" for g in plain + helped for r in g.rollouts),
     }
     if cfg.algo in TEACHER_GUIDED:  # the baseline's own group: acc/hint, count/hint, ...
@@ -51,6 +52,13 @@ def step_metrics(cfg, plain, helped, eps, n_new, buffer):
     return metrics
 
 
+def weight_spread(model, accelerator):
+    """DDP/FSDP keep the ranks identical; check it cheaply: max - min over ranks of the sum of all weights."""
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    sums = accelerator.gather(checksum)
+    return (sums.max() - sums.min()).item()
+
+
 def teacher_tally(teacher):
     """(requests that failed, prompts asked) of a remote teacher so far; (0, 0) for any other."""
     return getattr(teacher, "failures", 0), getattr(teacher, "prompts", 0)
@@ -61,8 +69,8 @@ def teacher_metrics(teacher, before, step, url):
     failed, asked = (now - then for now, then in zip(teacher_tally(teacher), before))
     if asked and failed == asked:
         warnings.warn(f"step {step}: every one of the {asked} requests to the teacher at {url} failed "
-                      "(count/teacher_failed): no teacher answers, no judge verdicts this step; is the server up "
-                      "and serving --teacher?")
+                      "(count/teacher_failed): no teacher answers, no judge verdicts this step; is the "
+                      "server up and serving --teacher?")
     return {"count/teacher_failed": failed}
 
 
@@ -105,15 +113,16 @@ def add_to_step(step, metrics, log_path, accelerator):
 
 def periodic_eval(student, teacher, cfg, step, log, log_path, accelerator):
     """eval.py's benchmarks every --eval-every steps and at the end, added to the step's metrics line; the
-    teacher judges free-form answers. It runs after the step's checkpoint is saved, and its sampling draws on a
-    forked random state, so a run resumes exactly whether or not it evaluates. A failure is reported
+    teacher judges free-form answers. It runs after the step's checkpoint is saved, and its sampling draws on
+    a forked random state, so a run resumes exactly whether or not it evaluates. A failure is reported
     (eval/failed) and training goes on."""
     if not cfg.eval_benchmarks or not ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
         return
     try:
         from eval import run_benchmarks  # only here, only when asked: training itself never needs eval.py
 
-        with torch.random.fork_rng(devices=[torch.cuda.current_device()] if torch.cuda.is_available() else []):
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
             summary = run_benchmarks(student, cfg.eval_benchmarks.split(","), cfg.eval_samples,
                                      cfg.eval_max_new_tokens, judge=teacher, data_dir=cfg.eval_data_dir,
                                      limit=cfg.eval_limit, log=log)
@@ -122,11 +131,11 @@ def periodic_eval(student, teacher, cfg, step, log, log_path, accelerator):
         for name, r in summary["benchmarks"].items():  # judge calls that failed were scored 0: a lower bound
             if r.get("judge_failed"):
                 metrics[f"eval/{name}_judge_failed"] = r["judge_failed"]
-        if summary["errors"]:  # run_benchmarks reports a benchmark that failed (a bad file line) instead of raising
+        if summary["errors"]:  # a benchmark that failed (a bad file line) is reported, not raised
             log(f"step {step}: evaluation of {', '.join(summary['errors'])} failed; training goes on")
             metrics["eval/failed"] = 1.0
         log(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
-    except Exception as e:  # an evaluation costs its own numbers at most, never the run
+    except Exception as e:  # noqa: BLE001 (an evaluation costs its own numbers at most, never the run)
         log(f"step {step}: evaluation failed ({type(e).__name__}: {e}); training goes on")
         metrics = {"eval/failed": 1.0}
     add_to_step(step, metrics, log_path, accelerator)

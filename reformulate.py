@@ -57,6 +57,11 @@ def plain_prompt(example):
     return user_prompt(example, with_closer(example["question"]))
 
 
+def group_prompt(group):
+    """The engine prompt of a group (zppo.Group): its question's images, the group's text, the closer."""
+    return user_prompt(group.question, with_closer(group.text))
+
+
 def _candidates(texts):
     return "".join(f"\n<candidate>\n{t}\n</candidate>" for t in texts)
 
@@ -74,7 +79,8 @@ def ncq_prompt(question, wrong_answers, candidates):
     When no wrong rollout has a parseable boxed answer the WRONG sentence would list nothing, so it is
     left out and the prompt starts with the candidate instruction [our default].
     """
-    wrong = NCQ_WRONG.format(answers=", ".join(f"\\boxed{{{a}}}" for a in wrong_answers)) if wrong_answers else ""
+    boxed = ", ".join(f"\\boxed{{{a}}}" for a in wrong_answers)
+    wrong = NCQ_WRONG.format(answers=boxed) if wrong_answers else ""
     return f"{question}\n\n{wrong}{NCQ_INSTRUCTION}{_candidates(candidates)}"
 
 
@@ -120,7 +126,8 @@ def postcap(kept, teacher_ok, cap, bcq=True, ncq=True):
 
 
 def pick_bcq_pair(teacher_correct, student_wrong, rng):
-    """One correct teacher rollout and one wrong student rollout, each uniformly at random, in random order."""
+    """One correct teacher rollout and one wrong student rollout, each uniformly at random, in random
+    order."""
     pair = [rng.choice(teacher_correct), rng.choice(student_wrong)]
     rng.shuffle(pair)
     return pair
@@ -144,7 +151,8 @@ def reformulated_prompts(chosen, questions, wrong, teacher_correct, rng, compres
     """Spec step 5: the prompt of each chosen (question index, "bcq" | "ncq"). BCQ: one correct teacher
     rollout (teacher_correct[i]) and one wrong student rollout (wrong[i]), shuffled; NCQ: every wrong
     rollout, their boxed answers listed as WRONG. Candidates are compressed by `compressor` (the teacher)."""
-    raw = [pick_bcq_pair(teacher_correct[i], wrong[i], rng) if kind == "bcq" else wrong[i] for i, kind in chosen]
+    raw = [pick_bcq_pair(teacher_correct[i], wrong[i], rng) if kind == "bcq" else wrong[i]
+           for i, kind in chosen]
     short = compress_candidates([c for cands in raw for c in cands], compressor, max_chars, **sampling)
     prompts = []
     for (i, kind), cands in zip(chosen, raw):
@@ -157,13 +165,14 @@ def reformulated_prompts(chosen, questions, wrong, teacher_correct, rng, compres
 
 
 def bcq_ncq_groups(plain, kept, correct, rng, cap, bcq, ncq, compressor=None, max_chars=None, **sampling):
-    """ZPPO's groups, spec steps 5-6: post-cap (BCQ only with a correct teacher rollout, then NCQ, at most `cap`),
-    then each chosen question's prompt from its wrong plain rollouts and correct teacher rollouts (correct[i])."""
+    """ZPPO's groups, spec steps 5-6: post-cap (BCQ only with a correct teacher rollout, then NCQ, at most
+    `cap`), then each chosen question's prompt from its wrong plain rollouts and correct teacher rollouts
+    (correct[i])."""
     chosen = postcap(kept, {i: bool(correct.get(i)) for i in kept}, cap, bcq, ncq)
     wrong = {i: [r.text for r, x in zip(plain[i].rollouts, plain[i].rewards) if x == 0] for i, _ in chosen}
-    texts = reformulated_prompts(chosen, [g.text for g in plain], wrong,
-                                 {i: [r.text for r in rs] for i, rs in correct.items()}, rng, compressor, max_chars,
-                                 **sampling)
+    correct_texts = {i: [r.text for r in rs] for i, rs in correct.items()}
+    texts = reformulated_prompts(chosen, [g.text for g in plain], wrong, correct_texts, rng, compressor,
+                                 max_chars, **sampling)
     return [Group(plain[i].question, kind, text) for (i, kind), text in zip(chosen, texts)]
 
 
@@ -195,11 +204,12 @@ def hint_leaks(hint, gold):
 
 
 def hint_groups(plain, kept, correct, rng, teacher, max_new_tokens):
-    """The Hint baseline's groups. For each capped hard question (`kept`, hardest first) with a correct teacher
-    rollout (correct[i], fresh this step): one picked uniformly, the teacher writes a hint from it with the
-    spec's hint prompt (greedy). The reply is the hint as written, except that a reasoning teacher's thinking
-    (everything up to its last </think>, reward.after_thinking) is dropped [our default]: it is the teacher's
-    scratch work, not the hint. A remote request that failed for good gives no hint for that question."""
+    """The Hint baseline's groups. For each capped hard question (`kept`, hardest first) with a correct
+    teacher rollout (correct[i], fresh this step): one picked uniformly, the teacher writes a hint from it
+    with the spec's hint prompt (greedy). The reply is the hint as written, except that a reasoning teacher's
+    thinking (everything up to its last </think>, reward.after_thinking) is dropped [our default]: it is the
+    teacher's scratch work, not the hint. A remote request that failed for good gives no hint for that
+    question."""
     picks = [(i, rng.choice(correct[i]).text) for i in kept if correct.get(i)]
     outs = teacher.generate([hint_prompt(r) for _, r in picks], n=1, max_new_tokens=max_new_tokens,
                             temperature=0.0, top_p=1.0, top_k=0) if picks else []
@@ -211,11 +221,11 @@ def hint_groups(plain, kept, correct, rng, teacher, max_new_tokens):
 # Prefix: the teacher's help as the start of the student's answer
 #
 # How the prefix is kept out of the loss: it is given to the engine as `response_prefixes` (token ids appended
-# after the chat-templated prompt, rollout.py), so each continuation's Episode has the prefix at the end of its
-# prompt_ids and only the sampled tokens in token_ids. The update then needs nothing new: prompt tokens never
-# reach the loss or the token count, the old log-probs and the sync check cover exactly the sampled tokens, and
-# the model sees in training the very sequence it continued in sampling. (A mask over the first k response
-# tokens would have touched every function of zppo.py that reads token_ids.)
+# after the chat-templated prompt, rollout.py), so each continuation's Episode has the prefix at the end of
+# its prompt_ids and only the sampled tokens in token_ids. The update then needs nothing new: prompt tokens
+# never reach the loss or the token count, the old log-probs and the sync check cover exactly the sampled
+# tokens, and the model sees in training the very sequence it continued in sampling. (A mask over the first k
+# response tokens would have touched every function of zppo.py that reads token_ids.)
 
 
 def prefix_length(n, frac):
@@ -244,9 +254,10 @@ def prefix_ids(rollout, tokenizer, frac, teacher_tokenizer=None):
 
 
 def prefix_groups(plain, kept, correct, rng, tokenizer, frac, teacher_tokenizer=None):
-    """The Prefix baseline's groups: for each capped hard question with a correct teacher rollout (correct[i]),
-    one picked uniformly and cut to the first floor(frac * L) of its tokens (prefix_ids); the student continues
-    it after the plain question. A question without a correct teacher rollout has its plain rollouts only."""
+    """The Prefix baseline's groups: for each capped hard question with a correct teacher rollout
+    (correct[i]), one picked uniformly and cut to the first floor(frac * L) of its tokens (prefix_ids); the
+    student continues it after the plain question. A question without a correct teacher rollout has its plain
+    rollouts only."""
     return [Group(plain[i].question, "prefix", plain[i].text,
                   prefix=prefix_ids(rng.choice(correct[i]), tokenizer, frac, teacher_tokenizer))
             for i in kept if correct.get(i)]

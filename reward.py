@@ -73,7 +73,8 @@ def _as_fraction(s):
     """Plain numbers, 1,000-style thousands, decimals, a/b and \\frac{a}{b}; None for anything else."""
     m = re.fullmatch(r"([-+]?)\\frac\{(\d+)\}\{(\d+)\}", s)
     if m:
-        return (-1 if m.group(1) == "-" else 1) * Fraction(int(m.group(2)), int(m.group(3))) if int(m.group(3)) else None
+        sign, num, den = -1 if m.group(1) == "-" else 1, int(m.group(2)), int(m.group(3))
+        return sign * Fraction(num, den) if den else None
     if not re.fullmatch(_NUMBER, s) or len(s) > 60:
         return None
     try:
@@ -85,7 +86,8 @@ def _as_fraction(s):
 _TOWER = re.compile(r"\^\s*\{?[^{}]*\^|\^\s*\{?\s*\(?\s*\d{4,}|\d{4,}\s*!")
 _BIG_INT = re.compile(r"\d{4,}")
 _COMPUTED = re.compile(r"[*^!]|\\cdot|\\times")  # inside a factorial's operand: a product, power or factorial
-_digit_factorial = re.compile(r"[({\[\s]*[0-7]\s*![)}\]\s]*").fullmatch  # one digit's factorial, bracketed or not
+# one digit's factorial, bracketed or not
+_digit_factorial = re.compile(r"[({\[\s]*[0-7]\s*![)}\]\s]*").fullmatch
 _OPEN, _CLOSE = "({[", ")}]"
 _SCAN = 400  # characters examined around one ^ or ! (the scan stays linear in practice)
 
@@ -137,7 +139,8 @@ def _explosive(s):
     for i, c in enumerate(s):
         if c == "^":
             exponent = _operand(s, i + 1, 1)
-            if "^" in exponent or _BIG_INT.search(exponent) or "!" in exponent and not _digit_factorial(exponent):
+            if "^" in exponent or _BIG_INT.search(exponent) or \
+                    "!" in exponent and not _digit_factorial(exponent):
                 return True
         elif c == "!":
             operand = _operand(s, i - 1, -1)
@@ -183,7 +186,7 @@ def _symbolic_equal(pred, gold, budget):
         # verify(g, p) is any() over the pairs of extractions, each under its own limit: one pair at a time,
         # so the budget also bounds the comparisons
         return any(_within(budget, verify, a, b, timeout_seconds=SYMBOLIC_TIMEOUT_S) for a in g for b in p)
-    except Exception:  # parse errors, timeouts, the spent budget, the signal limit outside the main thread
+    except Exception:  # noqa: BLE001 (parse errors, timeouts, the spent budget, the signal limit off the main thread)
         return False
 
 
@@ -252,7 +255,7 @@ You are a COMPARATOR, not a solver. Your ONLY job is to decide how well the mode
 {{ model_response }}
 ## Ground Truth Answer
 {{ ground_truth }}
-Output ONLY a valid JSON object with exactly this format (no prose, no code fences, no trailing commentary): {"verdict": "correct" or "wrong"}"""
+Output ONLY a valid JSON object with exactly this format (no prose, no code fences, no trailing commentary): {"verdict": "correct" or "wrong"}"""  # noqa: E501 (the paper's text, verbatim)
 _JUDGE_TEMPLATE = jinja2.Template(JUDGE_PROMPT)  # no autoescape: the texts are not HTML
 JUDGE_MAX_NEW_TOKENS = 512
 # Greedy, as the paper's judge (temperature 0, top-p 1); every field set so no engine default applies.
@@ -264,7 +267,8 @@ JUDGE_MAX_RESPONSE_CHARS = 50_000
 
 
 def clip_start(text, budget=JUDGE_MAX_RESPONSE_CHARS):
-    """`text` if it fits `budget` characters, else its last `budget` characters after a marker naming the cut."""
+    """`text` if it fits `budget` characters, else its last `budget` characters after a marker naming the
+    cut."""
     if len(text) <= budget:
         return text
     cut = len(text) - budget
@@ -289,8 +293,8 @@ def after_thinking(text):
 
 def verdict_of(text):
     """"correct" or "wrong" for exactly {"verdict": "correct"|"wrong"}, None for anything else. A think block
-    before it is allowed (a thinking judge writes one, with or without its opening tag); a verdict written only
-    inside the thinking does not count. Never raises: any reply is a verdict or None."""
+    before it is allowed (a thinking judge writes one, with or without its opening tag); a verdict written
+    only inside the thinking does not count. Never raises: any reply is a verdict or None."""
     if not isinstance(text, str):
         return None
     text = after_thinking(text)
@@ -298,13 +302,14 @@ def verdict_of(text):
         verdict = json.loads(text)
     except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
         return None
-    if isinstance(verdict, dict) and set(verdict) == {"verdict"} and verdict["verdict"] in ("correct", "wrong"):
-        return verdict["verdict"]
+    if isinstance(verdict, dict) and set(verdict) == {"verdict"}:
+        return verdict["verdict"] if verdict["verdict"] in ("correct", "wrong") else None
     return None
 
 
 def parse_verdict(text):
-    """1.0 for exactly {"verdict": "correct"}, 0.0 for anything else (malformed counts as wrong, as in the paper)."""
+    """1.0 for exactly {"verdict": "correct"}, 0.0 for anything else (malformed counts as wrong, as in the
+    paper)."""
     return float(verdict_of(text) == "correct")
 
 
@@ -370,16 +375,17 @@ def score_responses(pairs, judge=None, truncated=None):
 
 
 def score_rollouts(groups, examples, judge=None):
-    """score_nested of rollouts (groups[i]: objects with .text and .finish_reason, responses to examples[i]): a
-    response the token limit cut (finish_reason "length") is marked truncated, as eval.py marks it, so a training
-    reward and a benchmark score route the same response the same way (App. D.1: one routing for every method)."""
+    """score_nested of rollouts (groups[i]: objects with .text and .finish_reason, responses to examples[i]):
+    a response the token limit cut (finish_reason "length") is marked truncated, as eval.py marks it, so a
+    training reward and a benchmark score route the same response the same way (App. D.1: one routing for
+    every method)."""
     return score_nested([[r.text for r in g] for g in groups], examples, judge,
                         [[r.finish_reason == "length" for r in g] for g in groups])
 
 
 def score_nested(texts, examples, judge=None, truncated=None):
-    """texts[i] is a list of responses to examples[i]: the same nesting of 0/1 scores, one judge batch for all.
-    `truncated`, if given, has the nesting of `texts`."""
+    """texts[i] is a list of responses to examples[i]: the same nesting of 0/1 scores, one judge batch for
+    all. `truncated`, if given, has the nesting of `texts`."""
     flat_cut = [c for cs in truncated for c in cs] if truncated is not None else None
     flat = iter(score_responses([(ex, t) for ts, ex in zip(texts, examples) for t in ts], judge, flat_cut))
     return [[next(flat) for _ in ts] for ts in texts]

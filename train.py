@@ -30,36 +30,19 @@ import torch
 from accelerate import Accelerator
 from tqdm import tqdm
 
+import checkpoint
 from buffer import ReplayBuffer
-from checkpoint import (
-    clear_run,
-    find_checkpoint,
-    open_run,
-    release_lock,
-    resume_from,
-    resume_problems,
-    save,
-    take_lock,
-)
 from config import DISTILLATION, TEACHER_GUIDED, parse_config, validate
 from data import load_examples, take
-from metrics import periodic_eval, step_metrics, teacher_metrics, teacher_tally, write_step
-from reformulate import (
-    bcq_ncq_groups,
-    hint_groups,
-    plain_prompt,
-    precap,
-    prefix_groups,
-    user_prompt,
-    with_closer,
-)
+from metrics import periodic_eval, step_metrics, teacher_metrics, teacher_tally, weight_spread, write_step
+from reformulate import bcq_ncq_groups, group_prompt, hint_groups, plain_prompt, precap, prefix_groups
 from reward import score_rollouts
 from rollout import Rollout, build_engines, encode_prompt, engine_weights, prepare_student
 from zppo import Group, episodes, old_logprobs, plan_minibatches, ppo_update, sync_check
 
 
 def round_half_up(x):
-    return int(math.floor(x + 0.5))
+    return math.floor(x + 0.5)
 
 
 @contextmanager
@@ -101,45 +84,46 @@ def load_data(cfg):
     without = sum(not ex.get("solution") for ex in examples)
     if cfg.teacher == "gold" and (cfg.bcq or cfg.algo in TEACHER_GUIDED) and without:
         if without == len(examples):
-            raise SystemExit(f"--teacher gold: no question of {cfg.data} has a `solution` field, so no question "
-                             "would ever get a correct teacher answer (no BCQ, no hint or prefix); add worked "
-                             "solutions, use a teacher model, or --no-bcq")
+            raise SystemExit(f"--teacher gold: no question of {cfg.data} has a `solution` field, so no "
+                             "question would ever get a correct teacher answer (no BCQ, no hint or prefix); "
+                             "add worked solutions, use a teacher model, or --no-bcq")
         warnings.warn(f"--teacher gold: {without} of the {len(examples)} questions of {cfg.data} have no "
                       "`solution`: those never get a correct teacher answer (no BCQ)")
     return examples
 
 
 def fit_prompts(cfg, examples, tokenizer):
-    """The questions whose plain prompt fits --max-prompt-tokens; at least one step's worth, else SystemExit."""
+    """The questions whose plain prompt fits --max-prompt-tokens; at least one step's worth, else
+    SystemExit."""
     if any(e.get("images") for e in examples) and not hasattr(tokenizer, "image_processor"):
         raise ValueError(f"{cfg.data} has images but the student is a text model: use a vision-language "
                          "checkpoint" + (" without --text-only" if cfg.text_only else ""))
     lengths = [len(encode_prompt(tokenizer, plain_prompt(e))[0]) for e in examples]  # as the student sees it
     kept = [e for e, n in zip(examples, lengths) if n <= cfg.max_prompt_tokens]
     if len(kept) < len(examples):
-        print(f"dropping {len(examples) - len(kept)} questions whose plain prompt exceeds {cfg.max_prompt_tokens} "
-              "tokens")
+        print(f"dropping {len(examples) - len(kept)} questions whose plain prompt exceeds "
+              f"{cfg.max_prompt_tokens} tokens")
     if not kept:
         raise SystemExit(f"none of the {len(examples)} questions of {cfg.data} fits --max-prompt-tokens "
                          f"{cfg.max_prompt_tokens}: the shortest plain prompt has {min(lengths)} tokens")
     if cfg.questions_per_step > len(kept):
-        raise SystemExit(f"--questions-per-step {cfg.questions_per_step} is more than the {len(kept)} questions "
-                         f"of {cfg.data} that fit --max-prompt-tokens {cfg.max_prompt_tokens}: a step would hold "
-                         "a question twice")
+        raise SystemExit(f"--questions-per-step {cfg.questions_per_step} is more than the {len(kept)} "
+                         f"questions of {cfg.data} that fit --max-prompt-tokens {cfg.max_prompt_tokens}: a "
+                         "step would hold a question twice")
     return kept
 
 
 def setup(cfg):
     """Data, accelerate, the student and its optimizer, the engines, the buffer, and a resumed run's state."""
     examples = load_data(cfg)
-    ckpt = find_checkpoint(cfg.resume) if cfg.resume else None
-    problems = resume_problems(cfg, ckpt) if ckpt else []
+    ckpt = checkpoint.find_checkpoint(cfg.resume) if cfg.resume else None
+    problems = checkpoint.resume_problems(cfg, ckpt) if ckpt else []
     if problems:  # before anything loads, and before config.json is rewritten
         raise SystemExit("train.py: cannot resume:\n  " + "\n  ".join(problems))
-    accelerator = Accelerator(log_with=None if cfg.report_to == "none" else cfg.report_to, project_dir=cfg.out_dir,
-                              mixed_precision=cfg.mixed_precision)
+    accelerator = Accelerator(log_with=None if cfg.report_to == "none" else cfg.report_to,
+                              project_dir=cfg.out_dir, mixed_precision=cfg.mixed_precision)
     if cfg.overwrite and accelerator.is_main_process and os.path.isdir(cfg.out_dir):
-        clear_run(cfg.out_dir)
+        checkpoint.clear_run(cfg.out_dir)
     accelerator.wait_for_everyone()
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -148,8 +132,9 @@ def setup(cfg):
     examples = fit_prompts(cfg, examples, tokenizer)
     student, teacher = build_engines(cfg, accelerator, model, tokenizer, ckpt or cfg.student)
     buffer = ReplayBuffer(cfg.buffer_capacity)
-    start, data_pos = resume_from(cfg, ckpt, model, optimizer, rng, buffer, accelerator) if ckpt else (0, (0, 0))
-    log_path = open_run(cfg, start, accelerator, ckpt)
+    start, data_pos = (0, (0, 0)) if not ckpt else \
+        checkpoint.resume_from(cfg, ckpt, model, optimizer, rng, buffer, accelerator)
+    log_path = checkpoint.open_run(cfg, start, accelerator, ckpt)
     return Run(accelerator, model, tokenizer, optimizer, student, teacher, examples, buffer, rng, start,
                tuple(data_pos), log_path)
 
@@ -159,11 +144,11 @@ def setup(cfg):
 
 
 def help_builder(cfg, run):
-    """Steps 5-6 as one function of (plain groups, kept question indices, correct teacher rollouts, rng): ZPPO's
-    BCQ/NCQ groups, or a baseline's Hint or Prefix groups, and the timer it counts under."""
+    """Steps 5-6 as one function of (plain groups, kept question indices, correct teacher rollouts, rng):
+    ZPPO's BCQ/NCQ groups, or a baseline's Hint or Prefix groups, and the timer it counts under."""
     if cfg.algo == "hint":
         return "teacher", partial(hint_groups, teacher=run.teacher, max_new_tokens=cfg.hint_max_new_tokens)
-    if cfg.algo == "prefix":  # the teacher's own tokens are cut: its tokenizer's, where its vocabulary differs
+    if cfg.algo == "prefix":  # cuts the teacher's own tokens: its tokenizer's, where its vocabulary differs
         theirs = getattr(run.teacher, "tokenizer", None)
         same = theirs is None or theirs.get_vocab() == run.tokenizer.get_vocab()
         return "teacher", partial(prefix_groups, tokenizer=run.tokenizer, frac=cfg.prefix_frac,
@@ -182,10 +167,9 @@ def answer(cfg, run, groups, timer):
         return []
     prefixes = [g.prefix for g in groups] if any(g.prefix is not None for g in groups) else None
     with timed(timer, "rollout"):
-        rollouts = run.student.generate([user_prompt(g.question, with_closer(g.text)) for g in groups],
-                                        n=cfg.group_size, max_new_tokens=cfg.max_new_tokens,
-                                        temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
-                                        response_prefixes=prefixes)
+        rollouts = run.student.generate([group_prompt(g) for g in groups], n=cfg.group_size,
+                                        max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
+                                        top_p=cfg.top_p, top_k=cfg.top_k, response_prefixes=prefixes)
     with timed(timer, "score"):
         rewards = score_rollouts(rollouts, [g.question for g in groups], run.teacher)
     return [replace(g, rollouts=rs, rewards=ss) for g, rs, ss in zip(groups, rollouts, rewards)]
@@ -216,7 +200,8 @@ def sample_groups(cfg, run, build_help, data_pos, timer):
     plain = answer(cfg, run, [Group(q, "plain", q["question"]) for q in questions], timer)
     acc = [sum(g.rewards) / len(g.rewards) for g in plain]
 
-    # 2. hard questions: plain accuracy < tau; 4. pre-cap, hardest first (ties at random), at most rho_aug N_new
+    # 2. hard questions: plain accuracy < tau; 4. pre-cap, hardest first (ties at random), at most rho_aug
+    # N_new
     hard = [i for i, a in enumerate(acc) if a < cfg.tau]
     guided = cfg.bcq or cfg.algo in TEACHER_GUIDED  # needs correct teacher rollouts of the kept questions
     cap = round_half_up(cfg.rho_aug * cfg.questions_per_step)
@@ -224,7 +209,8 @@ def sample_groups(cfg, run, build_help, data_pos, timer):
 
     # 3. teacher rollouts on the kept hard questions, only the correct ones kept (never cached)
     with timed(timer, "teacher"):
-        correct = dict(zip(kept, teacher_correct(cfg, run.teacher, [questions[i] for i in kept]))) if guided else {}
+        correct = {} if not guided else \
+            dict(zip(kept, teacher_correct(cfg, run.teacher, [questions[i] for i in kept])))
 
     # 6. post-cap, 5. BCQ / NCQ prompts from (compressed) candidates; or the Hint / Prefix groups
     phase, build = build_help
@@ -244,7 +230,8 @@ def sample_groups(cfg, run, build_help, data_pos, timer):
 
 @contextmanager
 def oom_hint(cfg, eps):
-    """A CUDA out-of-memory error in the update, restated with the shapes that caused it and what to change."""
+    """A CUDA out-of-memory error in the update, restated with the shapes that caused it and what to
+    change."""
     try:
         yield
     except torch.OutOfMemoryError as e:
@@ -263,9 +250,11 @@ def update(cfg, run, eps, step):
     plan = plan_minibatches(eps, cfg.iters_per_step, run.rng, acc.process_index, acc.num_processes,
                             cfg.skip_zero_adv)
     old, entropy = old_logprobs(run.model, eps, plan, cfg.temperature, cfg.micro_batch_size, pad, acc)
-    metrics = {"policy/entropy": entropy, "sync/logprob_abs_diff": sync_check(eps, old, cfg.sync_warn, step, acc)}
-    metrics.update(ppo_update(run.model, run.optimizer, acc, eps, plan, old, cfg.temperature, cfg.micro_batch_size,
-                              pad, cfg.clip_low, cfg.clip_high, cfg.dual_clip, cfg.grad_clip))
+    metrics = {"policy/entropy": entropy,
+               "sync/logprob_abs_diff": sync_check(eps, old, cfg.sync_warn, step, acc)}
+    metrics.update(ppo_update(run.model, run.optimizer, acc, eps, plan, old, cfg.temperature,
+                              cfg.micro_batch_size, pad, cfg.clip_low, cfg.clip_high, cfg.dual_clip,
+                              cfg.grad_clip))
     sync_engine(cfg, run)
     return metrics
 
@@ -288,30 +277,24 @@ def replay(cfg, run, plain):
 # bookkeeping, shared with distill.py's loop
 
 
-def weight_checksum_spread(model, accelerator):
-    """DDP/FSDP keep the ranks identical; check it, cheaply: max - min over ranks of the sum of all weights."""
-    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
-    sums = accelerator.gather(checksum)
-    return (sums.max() - sums.min()).item()
-
-
 def finish_step(cfg, run, step, metrics, eps, helped, data_pos, nonfinite_steps, bar):
     """Metrics and dumps, the checkpoint, a stop after too many non-finite updates in a row, then the optional
     evaluation (after the checkpoint: a crash in it loses nothing)."""
     if run.accelerator.num_processes > 1:
-        metrics["dist/weight_checksum_spread"] = weight_checksum_spread(run.model, run.accelerator)
+        metrics["dist/weight_checksum_spread"] = weight_spread(run.model, run.accelerator)
     write_step(cfg, step, metrics, eps, helped, run.log_path, run.accelerator)
     bar.set_postfix(acc=f"{metrics['acc/plain']:.2f}", bcq=f"{metrics['acc/bcq']:.2f}",
                     ncq=f"{metrics['acc/ncq']:.2f}", buf=len(run.buffer), t=f"{metrics['time/step']:.0f}s")
     stop = cfg.max_nonfinite_steps and nonfinite_steps >= cfg.max_nonfinite_steps
     if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stop:
-        save(cfg, step, run.model, run.tokenizer, run.optimizer, run.buffer, data_pos, run.rng, run.accelerator)
+        checkpoint.save(cfg, step, run.model, run.tokenizer, run.optimizer, run.buffer, data_pos, run.rng,
+                        run.accelerator)
     if stop:  # the skipped updates kept the weights finite: the checkpoint above holds the last good ones
         run.accelerator.end_training()
-        raise SystemExit(f"step {step}: stopping after {nonfinite_steps} rollout steps in a row whose update had "
-                         f"a NaN or inf loss or gradient (skipped, weights unchanged; see train/skipped_nonfinite "
-                         f"in {run.log_path}); try a lower --lr, or --resume {cfg.out_dir} after a fix "
-                         "(--max-nonfinite-steps sets the limit)")
+        raise SystemExit(f"step {step}: stopping after {nonfinite_steps} rollout steps in a row whose update "
+                         "had a NaN or inf loss or gradient (skipped, weights unchanged; see "
+                         f"train/skipped_nonfinite in {run.log_path}); try a lower --lr, or --resume "
+                         f"{cfg.out_dir} after a fix (--max-nonfinite-steps sets the limit)")
     periodic_eval(run.student, run.teacher, cfg, step, bar.write, run.log_path, run.accelerator)
 
 
@@ -357,7 +340,7 @@ def train_loop(cfg, run):
 def main(cfg):
     validate(cfg)  # flags, the output folder, then the data: all before any model loads
     # one process writes a run folder: the main process holds OUT/lock until it exits, however it exits
-    lock = take_lock(cfg.out_dir) if os.environ.get("RANK", "0") == "0" else None
+    lock = checkpoint.take_lock(cfg.out_dir) if os.environ.get("RANK", "0") == "0" else None
     try:
         run = setup(cfg)
         if cfg.algo in DISTILLATION:
@@ -366,7 +349,7 @@ def main(cfg):
             return distill_loop(cfg, run)
         return train_loop(cfg, run)
     finally:
-        release_lock(lock)
+        checkpoint.release_lock(lock)
 
 
 if __name__ == "__main__":

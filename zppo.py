@@ -23,7 +23,7 @@ class Group:
     question: dict  # the example: id, question, answer, images, ...
     kind: str  # "plain", "bcq", "ncq", "hint" or "prefix"
     text: str  # the user text before the closer (the plain question, or the reformulated one)
-    prefix: list = None  # Prefix: the start of the answer (student token ids), part of the prompt, never trained
+    prefix: list = None  # Prefix: the answer's start (student token ids), part of the prompt, never trained
     hint: str = None  # Hint: the teacher's hint inside `text` (counted for leaks)
     rollouts: list = field(default_factory=list)  # the student's G_S Rollouts
     rewards: list = field(default_factory=list)  # 0/1 each
@@ -42,7 +42,7 @@ class Episode:
     group: str = ""  # its advantage group, "<question id>/<kind>"
     kind: str = "plain"
     adv: float = 0.0  # step 9: one scalar, broadcast to every token
-    engine_logprobs: list = field(default_factory=list)  # the engine's log-probs at sampling time (sync check)
+    engine_logprobs: list = field(default_factory=list)  # the engine's log-probs when sampling (sync check)
     vision: dict = None  # the prompt's image inputs (pixel_values, image_grid_thw); None for a text prompt
 
 
@@ -139,8 +139,8 @@ def policy_loss(logprobs, old_logprobs, advantages, mask, clip_low=0.2, clip_hig
 
 @dataclass(frozen=True)
 class Plan:
-    """Spec step 10's split of the step batch into I mini-batches (episode indices, the same on every rank) and
-    this rank's part of the work."""
+    """Spec step 10's split of the step batch into I mini-batches (episode indices, the same on every rank)
+    and this rank's part of the work."""
     minibatches: list  # I lists of episode indices, in step order
     computed: list  # per episode: does its forward/backward run? (False for A = 0 under skip_zero_adv)
     mine: list  # per mini-batch, the computed episodes this rank runs
@@ -149,10 +149,10 @@ class Plan:
 
 def plan_minibatches(eps, iters, rng, rank=0, world=1, skip_zero_adv=True):
     """The whole step batch shuffled into I equal mini-batches; every rank takes every world-th sequence of a
-    mini-batch that enters the gradient. A sequence with A = 0 adds exactly zero loss and zero gradient, so with
-    skip_zero_adv it is not computed at all; its tokens still count in the token-level mean, so the gradient is
-    identical, only cheaper (early on most groups are trivial). Its sampling log-probs are still computed, by
-    one rank each (`share`), so the entropy and the sync check cover every rollout."""
+    mini-batch that enters the gradient. A sequence with A = 0 adds exactly zero loss and zero gradient, so
+    with skip_zero_adv it is not computed at all; its tokens still count in the token-level mean, so the
+    gradient is identical, only cheaper (early on most groups are trivial). Its sampling log-probs are still
+    computed, by one rank each (`share`), so the entropy and the sync check cover every rollout."""
     order = list(range(len(eps)))
     rng.shuffle(order)
     I = min(iters, len(order))
@@ -175,8 +175,8 @@ def reduce_sum(accelerator, values):
 @torch.no_grad()
 def old_logprobs(model, eps, plan, temperature, micro_batch_size, pad_id, accelerator):
     """The sampling policy's log-probs (the weights before this step's updates) of this rank's episodes
-    (plan.share), as {episode index: per-token list}, and the policy's mean token entropy over every rollout of
-    the step, all ranks together (None if there are no tokens)."""
+    (plan.share), as {episode index: per-token list}, and the policy's mean token entropy over every rollout
+    of the step, all ranks together (None if there are no tokens)."""
     model.eval()
     index, old, ent_sum, n_tok = {id(eps[i]): i for i in plan.share}, {}, 0.0, 0.0
     for micro in micro_batches([eps[i] for i in plan.share], micro_batch_size):
@@ -191,24 +191,24 @@ def old_logprobs(model, eps, plan, temperature, micro_batch_size, pad_id, accele
 
 
 def sync_check(eps, old, threshold, step, accelerator):
-    """Mean |engine log-prob - trainer log-prob| over the tokens of this step's rollouts (each rank its share).
-    Both are the sampling policy's, so the gap is numerical noise unless the engine samples from stale or
-    wrong weights: a silent weight-sync failure shows up here first."""
+    """Mean |engine log-prob - trainer log-prob| over the tokens of this step's rollouts (each rank its
+    share). Both are the sampling policy's, so the gap is numerical noise unless the engine samples from stale
+    or wrong weights: a silent weight-sync failure shows up here first."""
     diffs = [abs(a - b) for i, lps in sorted(old.items()) if len(eps[i].engine_logprobs) == len(lps)
              for a, b in zip(eps[i].engine_logprobs, lps)]
     total, count = reduce_sum(accelerator, [sum(diffs), len(diffs)])
     gap = total / count if count else None
     if gap is not None and gap > threshold:
-        warnings.warn(f"step {step}: engine and trainer log-probs differ by {gap:.3f} per token (> {threshold}); "
-                      "is the engine sampling from the current weights?")
+        warnings.warn(f"step {step}: engine and trainer log-probs differ by {gap:.3f} per token (> "
+                      f"{threshold}); is the engine sampling from the current weights?")
     return gap
 
 
 def coverage_filler(mb, computed):
-    """The zero-weight micro-batch a mini-batch needs when skip_zero_adv left out every sequence that would have
-    reached some parameters: all of them (every A = 0), or all its image ones (the vision tower). Without the skip
-    those parameters get an exact zero gradient and AdamW steps them (step count, moments, weight decay); with no
-    gradient at all it would leave them behind. None when nothing is missing."""
+    """The zero-weight micro-batch a mini-batch needs when skip_zero_adv left out every sequence that would
+    have reached some parameters: all of them (every A = 0), or all its image ones (the vision tower). Without
+    the skip those parameters get an exact zero gradient and AdamW steps them (step count, moments, weight
+    decay); with no gradient at all it would leave them behind. None when nothing is missing."""
     images = [e for e in mb if e.vision is not None]
     if mb and not any(computed):
         return (images or mb)[:1]
@@ -218,11 +218,11 @@ def coverage_filler(mb, computed):
 
 
 def backward_in_step(accelerator, micros, filler, loss_of, extra=0):
-    """accelerator.backward of loss_of(micro) * world for each of this rank's micro-batches. Every rank runs as
-    many backward passes as the rank with the most, plus `extra`: zero-weight passes over `filler` make up the
-    difference, so the collective operations inside backward (DDP, FSDP) stay in step. DDP/FSDP average
-    gradients over ranks; the factor world turns that into the sum the loss's global divisor expects.
-    Returns the number of passes."""
+    """accelerator.backward of loss_of(micro) * world for each of this rank's micro-batches. Every rank runs
+    as many backward passes as the rank with the most, plus `extra`: zero-weight passes over `filler` make up
+    the difference, so the collective operations inside backward (DDP, FSDP) stay in step. DDP/FSDP average
+    gradients over ranks; the factor world turns that into the sum the loss's global divisor expects. Returns
+    the number of passes."""
     world, n = accelerator.num_processes, len(micros)
     if world > 1:
         n = int(accelerator.gather(torch.tensor([n], device=accelerator.device)).max())
@@ -243,14 +243,14 @@ def pad_rows(rows, width, device):
 
 def ppo_update(model, optimizer, accelerator, eps, plan, old, temperature, micro_batch_size, pad_id,
                clip_low=0.2, clip_high=0.28, dual_clip=10.0, grad_clip=1.0):
-    """Spec step 10: one optimizer step per mini-batch of the plan, token-level mean loss over the mini-batch's
-    tokens (all ranks', A = 0 ones included). `old`: old_logprobs' {episode index: log-probs}.
-    Metrics, the same with and without skip_zero_adv: train/loss and the clip fractions over every token of the
-    step (A = 0 tokens add 0), approx_kl and ratio_mean over the tokens with A != 0 (those of A = 0 need a
-    forward the skip saves, and the loss does not act on them).
-    A mini-batch whose loss or gradient norm is not finite (NaN or inf) is not stepped on any rank: its
-    gradient is dropped and counted in train/skipped_nonfinite, because one AdamW step would carry the NaN
-    into every weight and into the optimizer's moments for good."""
+    """Spec step 10: one optimizer step per mini-batch of the plan, token-level mean loss over the
+    mini-batch's tokens (all ranks', A = 0 ones included). `old`: old_logprobs' {episode index: log-probs}.
+    Metrics, the same with and without skip_zero_adv: train/loss and the clip fractions over every token of
+    the step (A = 0 tokens add 0), approx_kl and ratio_mean over the tokens with A != 0 (those of A = 0 need a
+    forward the skip saves, and the loss does not act on them). A mini-batch whose loss or gradient norm is
+    not finite (NaN or inf) is not stepped on any rank: its gradient is dropped and counted in
+    train/skipped_nonfinite, because one AdamW step would carry the NaN into every weight and into the
+    optimizer's moments for good."""
     per_token = ("clip_frac_low", "clip_frac_high", "clip_frac_dual", "loss")  # over every token
     per_active = ("approx_kl", "ratio_mean")  # over the A != 0 tokens
     sums, n_active, grad_norms, skipped = defaultdict(float), 0, [], 0
@@ -259,19 +259,21 @@ def ppo_update(model, optimizer, accelerator, eps, plan, old, temperature, micro
     for k, (members, mine) in enumerate(zip(plan.minibatches, plan.mine)):
         mb = [eps[i] for i in members]
         n_tokens = sum(len(e.token_ids) for e in mb)
-        filler = coverage_filler(mb, [plan.computed[i] for i in members])  # from the plan: the same everywhere
+        # from the plan: the same on every rank
+        filler = coverage_filler(mb, [plan.computed[i] for i in members])
         finite_loss = True
 
-        def loss_of(micro, zero=False):
+        def loss_of(micro, zero=False, n_tokens=n_tokens):
             nonlocal n_active, finite_loss
             lp, mask, _ = response_logprobs(model, micro, temperature, pad_id)  # (b, R) each
             if zero:
                 return lp.sum() * 0.0
             old_lp = pad_rows([old[index[id(e)]] for e in micro], lp.shape[1], lp.device)  # (b, R)
             adv = torch.tensor([e.adv for e in micro], device=lp.device)  # (b,)
-            # the A = 0 tokens add exactly 0 to the loss: leaving them out of the mask changes only the metrics
+            # the A = 0 tokens add exactly 0 to the loss: leaving them out of the mask changes only the
+            # metrics
             active = mask * (adv != 0).to(mask.dtype)[:, None]
-            loss, m = policy_loss(lp, old_lp, adv, active, clip_low, clip_high, dual_clip, num_tokens=n_tokens)
+            loss, m = policy_loss(lp, old_lp, adv, active, clip_low, clip_high, dual_clip, n_tokens)
             tok = active.sum().item()
             for key, v in m.items():
                 sums[key] += v * tok
@@ -297,7 +299,8 @@ def ppo_update(model, optimizer, accelerator, eps, plan, old, temperature, micro
         optimizer.zero_grad(set_to_none=True)
     totals = reduce_sum(accelerator, [sums[key] for key in per_token + per_active] + [n_active])
     out = {f"train/{key}": v / max(n_all, 1) for key, v in zip(per_token, totals)}
-    out.update({f"train/{key}": v / max(totals[-1], 1) for key, v in zip(per_active, totals[len(per_token):])})
+    active_totals = totals[len(per_token):-1]
+    out.update({f"train/{key}": v / max(totals[-1], 1) for key, v in zip(per_active, active_totals)})
     out["train/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     out["train/active_frac"] = sum(e.adv != 0 for e in eps) / max(len(eps), 1)
     out["train/skipped_nonfinite"] = skipped
