@@ -23,17 +23,18 @@ AIME2025_CONFIGS = ["AIME2025-I", "AIME2025-II"]
 # load mirrors of the set by the same 57 names. Not loaded from the hub here (no network).
 MMLU_REDUX_SUBJECTS = [
     "abstract_algebra", "anatomy", "astronomy", "business_ethics", "clinical_knowledge", "college_biology",
-    "college_chemistry", "college_computer_science", "college_mathematics", "college_medicine", "college_physics",
-    "computer_security", "conceptual_physics", "econometrics", "electrical_engineering", "elementary_mathematics",
-    "formal_logic", "global_facts", "high_school_biology", "high_school_chemistry", "high_school_computer_science",
-    "high_school_european_history", "high_school_geography", "high_school_government_and_politics",
-    "high_school_macroeconomics", "high_school_mathematics", "high_school_microeconomics", "high_school_physics",
-    "high_school_psychology", "high_school_statistics", "high_school_us_history", "high_school_world_history",
-    "human_aging", "human_sexuality", "international_law", "jurisprudence", "logical_fallacies", "machine_learning",
-    "management", "marketing", "medical_genetics", "miscellaneous", "moral_disputes", "moral_scenarios", "nutrition",
-    "philosophy", "prehistory", "professional_accounting", "professional_law", "professional_medicine",
-    "professional_psychology", "public_relations", "security_studies", "sociology", "us_foreign_policy", "virology",
-    "world_religions",
+    "college_chemistry", "college_computer_science", "college_mathematics", "college_medicine",
+    "college_physics", "computer_security", "conceptual_physics", "econometrics", "electrical_engineering",
+    "elementary_mathematics", "formal_logic", "global_facts", "high_school_biology", "high_school_chemistry",
+    "high_school_computer_science", "high_school_european_history", "high_school_geography",
+    "high_school_government_and_politics", "high_school_macroeconomics", "high_school_mathematics",
+    "high_school_microeconomics", "high_school_physics", "high_school_psychology", "high_school_statistics",
+    "high_school_us_history", "high_school_world_history", "human_aging", "human_sexuality",
+    "international_law", "jurisprudence", "logical_fallacies", "machine_learning", "management", "marketing",
+    "medical_genetics", "miscellaneous", "moral_disputes", "moral_scenarios", "nutrition", "philosophy",
+    "prehistory", "professional_accounting", "professional_law", "professional_medicine",
+    "professional_psychology", "public_relations", "security_studies", "sociology", "us_foreign_policy",
+    "virology", "world_religions",
 ]
 # The 52 C-Eval subjects, the configs of ceval/ceval-exam (no combined config), as its card lists them and
 # as lm-evaluation-harness (tasks/ceval, which loads ceval/ceval-exam itself) names them. Not loaded here.
@@ -45,19 +46,19 @@ CEVAL_SUBJECTS = [
     "middle_school_physics", "middle_school_chemistry", "veterinary_medicine", "college_economics",
     "business_administration", "marxism", "mao_zedong_thought", "education_science", "teacher_qualification",
     "high_school_politics", "high_school_geography", "middle_school_politics", "middle_school_geography",
-    "modern_chinese_history", "ideological_and_moral_cultivation", "logic", "law", "chinese_language_and_literature",
-    "art_studies", "professional_tour_guide", "legal_professional", "high_school_chinese", "high_school_history",
-    "middle_school_history", "civil_servant", "sports_science", "plant_protection", "basic_medicine",
-    "clinical_medicine", "urban_and_rural_planner", "accountant", "fire_engineer",
-    "environmental_impact_assessment_engineer", "tax_accountant", "physician",
+    "modern_chinese_history", "ideological_and_moral_cultivation", "logic", "law",
+    "chinese_language_and_literature", "art_studies", "professional_tour_guide", "legal_professional",
+    "high_school_chinese", "high_school_history", "middle_school_history", "civil_servant", "sports_science",
+    "plant_protection", "basic_medicine", "clinical_medicine", "urban_and_rural_planner", "accountant",
+    "fire_engineer", "environmental_impact_assessment_engineer", "tax_accountant", "physician",
 ]
 GPQA_OPTIONS = ["Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3"]
 MMMU_PRO_CONFIGS = ["standard (10 options)", "standard (4 options)", "vision"]
 MMMU_PRO_IMAGES = [f"image_{i}" for i in range(1, 8)]
 
 # name -> where the questions live and how to score them. hub with `config` (one) or `configs` (loaded one by
-# one and concatenated); `fields` maps our names to the set's own columns (all required); `id` names the row id
-# column (optional); `choices` is a list column (or list of columns) of options rendered "A. ...", the gold
+# one and concatenated); `fields` maps our names to the set's own columns (all required); `id` names the row
+# id column (optional); `choices` is a list column (or list of columns) of options rendered "A. ...", the gold
 # answer being an option's index, letter or text (`answer_is`); `route`:
 # "rule" (Exact+Judge on short answers), "choice" (Exact+Judge on letters), "multichallenge" / "hle"
 # (BenchJudge); `images`: the image columns (a file path, relative to a local file, or the hub's image): a row
@@ -67,25 +68,29 @@ MMMU_PRO_IMAGES = [f"image_{i}" for i in range(1, 8)]
 # Family "llm" is the paper's 10 LLM benchmarks (Table 6): their unweighted mean is its LLM average. The
 # project's own extras are family "math", so they never enter that average.
 BENCHMARKS = {
-    "aime2025": dict(family="llm", protocol="Exact+Judge", hub="opencompass/AIME2025", configs=AIME2025_CONFIGS,
-                     split="test", route="rule", fields={"question": "question", "answer": "answer"}),
-    "aime2026": dict(family="llm", protocol="Exact+Judge", hub="MathArena/aime_2026", split="train", route="rule",
-                     fields={"question": "problem", "answer": "answer"}, id="problem_idx"),
-    "ceval": dict(family="llm", protocol="Exact+Judge", hub="ceval/ceval-exam", configs=CEVAL_SUBJECTS, split="val",
-                  route="choice", fields={"question": "question", "answer": "answer"}, choices=["A", "B", "C", "D"],
-                  answer_is="letter", id="id"),
+    "aime2025": dict(family="llm", protocol="Exact+Judge", hub="opencompass/AIME2025",
+                     configs=AIME2025_CONFIGS, split="test", route="rule",
+                     fields={"question": "question", "answer": "answer"}),
+    "aime2026": dict(family="llm", protocol="Exact+Judge", hub="MathArena/aime_2026", split="train",
+                     route="rule", fields={"question": "problem", "answer": "answer"}, id="problem_idx"),
+    "ceval": dict(family="llm", protocol="Exact+Judge", hub="ceval/ceval-exam", configs=CEVAL_SUBJECTS,
+                  split="val", route="choice", fields={"question": "question", "answer": "answer"},
+                  choices=["A", "B", "C", "D"], answer_is="letter", id="id"),
     "gpqa_diamond": dict(family="llm", protocol="Exact+Judge", hub="Idavidrein/gpqa", config="gpqa_diamond",
-                         split="train", route="choice", fields={"question": "Question", "answer": "Correct Answer"},
-                         choices=GPQA_OPTIONS, answer_is="text", shuffle=True, id="Record ID"),
+                         split="train", route="choice",
+                         fields={"question": "Question", "answer": "Correct Answer"}, choices=GPQA_OPTIONS,
+                         answer_is="text", shuffle=True, id="Record ID"),
     "hle": dict(family="llm", protocol="BenchJudge", hub="cais/hle", split="test", route="hle",
                 fields={"question": "question", "answer": "answer"}, id="id", images=["image"]),
-    "imo_answerbench": dict(family="llm", protocol="Exact+Judge", hub="OpenEvals/IMO-AnswerBench", split="train",
-                            route="rule", fields={"question": "Problem", "answer": "Short Answer"}, id="Problem ID"),
-    "mmlu": dict(family="llm", protocol="Exact+Judge", hub="cais/mmlu", config="all", split="test", route="choice",
-                 fields={"question": "question", "answer": "answer"}, choices="choices", answer_is="index"),
-    "mmlu_pro": dict(family="llm", protocol="Exact+Judge", hub="TIGER-Lab/MMLU-Pro", split="test", route="choice",
-                     fields={"question": "question", "answer": "answer"}, choices="options", answer_is="letter",
-                     id="question_id"),
+    "imo_answerbench": dict(family="llm", protocol="Exact+Judge", hub="OpenEvals/IMO-AnswerBench",
+                            split="train", route="rule",
+                            fields={"question": "Problem", "answer": "Short Answer"}, id="Problem ID"),
+    "mmlu": dict(family="llm", protocol="Exact+Judge", hub="cais/mmlu", config="all", split="test",
+                 route="choice", fields={"question": "question", "answer": "answer"}, choices="choices",
+                 answer_is="index"),
+    "mmlu_pro": dict(family="llm", protocol="Exact+Judge", hub="TIGER-Lab/MMLU-Pro", split="test",
+                     route="choice", fields={"question": "question", "answer": "answer"}, choices="options",
+                     answer_is="letter", id="question_id"),
     "mmlu_redux": dict(family="llm", protocol="Exact+Judge", hub="edinburgh-dawg/mmlu-redux-2.0",
                        configs=MMLU_REDUX_SUBJECTS, split="test", route="choice",
                        fields={"question": "question", "answer": "answer", "error_type": "error_type"},
@@ -95,31 +100,32 @@ BENCHMARKS = {
                            fields={"conversation": "conversation", "target_question": "target_question",
                                    "answer": "pass_criteria"}),
     # the paper's VLM benchmarks that the Exact+Judge / Rule+Judge routes score (columns from the sets' cards)
-    "mathvista": dict(family="vlm", protocol="Rule+Judge", hub="AI4Math/MathVista", split="testmini", route="rule",
-                      fields={"question": "question", "answer": "answer"}, choices="choices", answer_is="text",
-                      choices_optional=True, images=["decoded_image"], id="pid"),
+    "mathvista": dict(family="vlm", protocol="Rule+Judge", hub="AI4Math/MathVista", split="testmini",
+                      route="rule", fields={"question": "question", "answer": "answer"}, choices="choices",
+                      answer_is="text", choices_optional=True, images=["decoded_image"], id="pid"),
     "mathverse": dict(family="vlm", protocol="Exact+Judge", hub="CaraJ/MathVerse-lmmseval", config="testmini",
                       split="testmini", route="rule", fields={"question": "question", "answer": "answer"},
                       images=["image"], id="sample_index"),
-    "mathvision": dict(family="vlm", protocol="Exact+Judge", hub="MathLLMs/MathVision", split="test", route="rule",
-                       fields={"question": "question", "answer": "answer"}, choices="options", answer_is="letter",
-                       choices_optional=True, images=["decoded_image"], id="id"),
+    "mathvision": dict(family="vlm", protocol="Exact+Judge", hub="MathLLMs/MathVision", split="test",
+                       route="rule", fields={"question": "question", "answer": "answer"}, choices="options",
+                       answer_is="letter", choices_optional=True, images=["decoded_image"], id="id"),
     "ai2d": dict(family="vlm", protocol="Exact+Judge", hub="lmms-lab/ai2d", split="test", route="choice",
                  fields={"question": "question", "answer": "answer"}, choices="options", answer_is="index",
                  images=["image"]),
-    "wemath": dict(family="vlm", protocol="Exact+Judge", hub="We-Math/We-Math", split="testmini", route="choice",
-                   fields={"question": "question", "answer": "answer"}, options_text="option", images=["image"],
-                   id="ID"),
+    "wemath": dict(family="vlm", protocol="Exact+Judge", hub="We-Math/We-Math", split="testmini",
+                   route="choice", fields={"question": "question", "answer": "answer"}, options_text="option",
+                   images=["image"], id="ID"),
     "mmmu_pro": dict(family="vlm", protocol="Exact+Judge", hub="MMMU/MMMU_Pro", configs=MMMU_PRO_CONFIGS,
                      split="test", route="choice", fields={"question": "question", "answer": "answer"},
-                     optional=["question"], choices="options", answer_is="letter", images=["image", *MMMU_PRO_IMAGES],
-                     id="id"),
+                     optional=["question"], choices="options", answer_is="letter",
+                     images=["image", *MMMU_PRO_IMAGES], id="id"),
     # not in the paper
     "gsm8k": dict(family="math", protocol="Exact+Judge", hub="openai/gsm8k", config="main", split="test",
                   route="rule", fields={"question": "question", "answer": "answer"}),
-    "math500": dict(family="math", protocol="Exact+Judge", hub="HuggingFaceH4/MATH-500", split="test", route="rule",
-                    fields={"question": "problem", "answer": "answer"}, id="unique_id"),
-    "arithmetic": dict(family="math", protocol="Exact+Judge", hub=None, split="test", route="rule", fields={}),
+    "math500": dict(family="math", protocol="Exact+Judge", hub="HuggingFaceH4/MATH-500", split="test",
+                    route="rule", fields={"question": "problem", "answer": "answer"}, id="unique_id"),
+    "arithmetic": dict(family="math", protocol="Exact+Judge", hub=None, split="test", route="rule",
+                       fields={}),
 }
 # the other VLM benchmarks of the paper (and CharXiv's descriptive questions), defined in benchmarks.py
 BENCHMARKS.update(benchmarks.SPECS)
@@ -156,7 +162,8 @@ def render_choices(options):
 
 
 def _column(row, name):
-    """row[name]; MultiChallenge's own JSONL spells its columns in capitals (QUESTION_ID, ...): those count too."""
+    """row[name]; MultiChallenge's own JSONL spells its columns in capitals (QUESTION_ID, ...): those count
+    too."""
     return row[name] if name in row else row.get(name.upper())
 
 
@@ -177,8 +184,8 @@ def _letter_of(answer, options, answer_is):
 
 def _redux_target(row, options, redux_rows):
     """(options, gold index) of an MMLU-Redux row under --mmlu-redux-rows, or (None, skip reason). "ok" keeps
-    only rows annotated ok; "corrected" follows evalscope: wrong_groundtruth takes correct_answer (an index or a
-    letter), no_correct_answer puts correct_answer in place of the marked option, rows with several right
+    only rows annotated ok; "corrected" follows evalscope: wrong_groundtruth takes correct_answer (an index or
+    a letter), no_correct_answer puts correct_answer in place of the marked option, rows with several right
     options are skipped (one letter is graded here), other annotations keep the original answer."""
     error_type, answer = str(row["error_type"]).strip(), row["answer"]
     if error_type == "ok":
@@ -187,7 +194,8 @@ def _redux_target(row, options, redux_rows):
         return None, f"error_type={error_type}"
     fix = str(row.get("correct_answer") or "").strip()
     if error_type == "wrong_groundtruth":
-        index = int(fix) if fix.isdigit() else LETTERS.index(fix.upper()) if re.fullmatch("[A-Za-z]", fix) else None
+        index = (int(fix) if fix.isdigit() else LETTERS.index(fix.upper()) if re.fullmatch("[A-Za-z]", fix)
+                 else None)
         if index is None or index >= len(options):
             return None, f"error_type={error_type} (no usable fix)"
         return options, index
@@ -236,14 +244,17 @@ def row_images(row, spec, where, base, name):
     return paths
 
 
-def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, base="", name="bench", video=None):
+def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, base="", name="bench",
+               video=None):
     """A raw benchmark row (hub or local JSONL, the hub's columns) -> (example, None), or (None, why skipped)
     for a row this student or grader cannot take (an image, an unknown answer format, an MMLU-Redux row left
     out by --mmlu-redux-rows). A row without the set's columns is an error naming `where`."""
     if not isinstance(row, dict):
-        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")
+        # ValueError, as for every other bad row (eval.py reports a ValueError by its text alone)
+        raise ValueError(f"{where}: expected a JSON object, got {type(row).__name__}")  # noqa: TRY004
     optional = [spec["fields"][k] for k in spec.get("optional", [])]
-    missing = [c for c in spec["fields"].values() if c not in row and c.upper() not in row and c not in optional]
+    missing = [c for c in spec["fields"].values()
+               if c not in row and c.upper() not in row and c not in optional]
     if missing:
         raise ValueError(f"{where}: missing field(s) {missing} (has {sorted(row)})")
     get = {ours: _column(row, theirs) for ours, theirs in spec["fields"].items()}
@@ -256,7 +267,8 @@ def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, bas
     row_id = where if row_id is None else f"{config}:{row_id}" if config else str(row_id)
     example = {"id": row_id, "route": spec["route"]}
     if spec.get("convert"):  # benchmarks.py: the set's own fields -> question, answer, route (or why skipped)
-        got = spec["convert"](dict(row, config=config) if config and "config" not in row else row, spec, where)
+        got = spec["convert"](dict(row, config=config) if config and "config" not in row else row,
+                              spec, where)
         if isinstance(got, str):
             return None, got
         if "video_file" in got:  # a video benchmark: the clip's frames sampled and cached (video.py)
@@ -282,11 +294,13 @@ def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, bas
         stem = f"{stem}\n\n{row.get(spec['options_text']) or ''}".strip()
     choices = spec.get("choices")
     listed = row.get(choices) if isinstance(choices, str) else None
-    if isinstance(listed, str) and listed.strip().startswith("["):  # MMMU-Pro stores its options as a list's text
+    # MMMU-Pro stores its options as a list's text
+    if isinstance(listed, str) and listed.strip().startswith("["):
         listed = ast.literal_eval(listed)
     if choices and (listed or not spec.get("choices_optional")):
         if isinstance(choices, list) and any(c not in row for c in choices):  # GPQA's option columns
-            raise ValueError(f"{where}: missing field(s) {[c for c in choices if c not in row]} (has {sorted(row)})")
+            raise ValueError(f"{where}: missing field(s) {[c for c in choices if c not in row]} "
+                             f"(has {sorted(row)})")
         options = [str(row[c]) for c in choices] if isinstance(choices, list) else [str(o) for o in listed]
         if "error_type" in get:
             options, answer = _redux_target(row, options, redux_rows)
@@ -307,8 +321,8 @@ def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, bas
 
 
 def _converted(example, got, row, spec, where, base, name, has_image, get):
-    """A converter's fields made an example: its suffix on the id, its options lettered (an index gold answer),
-    its question without the benchmark's format directives, the row's images."""
+    """A converter's fields made an example: its suffix on the id, its options lettered (an index gold
+    answer), its question without the benchmark's format directives, the row's images."""
     got = dict(got)
     if "id_suffix" in got:
         example["id"] = f"{example['id']}:{got.pop('id_suffix')}"
@@ -317,10 +331,11 @@ def _converted(example, got, row, spec, where, base, name, has_image, get):
     if "choices" in got:
         options = got.pop("choices")
         stem = strip_directives(str(got.pop("question", None) or get.get("question") or ""))
-        got.update(stem=stem, question=stem + "\n\n" + render_choices(options), options=render_choices(options),
-                   answer=LETTERS[got.pop("letter_index")])
+        got.update(stem=stem, question=stem + "\n\n" + render_choices(options),
+                   options=render_choices(options), answer=LETTERS[got.pop("letter_index")])
     else:
-        got["question"] = strip_directives(got["question"] if "question" in got else str(get.get("question") or ""))
+        got["question"] = strip_directives(got["question"] if "question" in got
+                                           else str(get.get("question") or ""))
     return dict(example, **got)
 
 
@@ -332,7 +347,7 @@ def hub_rows(spec):
         for split in spec.get("splits") or [spec["split"]]:  # DynaMath: one split per variant
             try:
                 rows = datasets.load_dataset(spec["hub"], config, split=split)
-            except Exception as e:
+            except Exception as e:  # noqa: BLE001 (whatever the hub raises: one error naming config and split)
                 reason = f"{type(e).__name__}: {str(e)[:200]}"
                 raise RuntimeError(f"config {config}, split {split}: {reason}") from None
             label = config if not spec.get("splits") else f"{config}:{split}" if config else split
@@ -346,8 +361,8 @@ def _convert(rows, spec, limit, redux_rows, vision=False, base="", name="bench",
         if limit is not None and len(examples) >= limit:
             break
         # CharXiv's descriptive questions: one hub row holds four
-        for where, row in (spec["expand"](row, where) if spec.get("expand") and isinstance(row, dict)
-                           else [(where, row)]):
+        for where, row in (spec["expand"](row, where)  # noqa: B020 (its rows replace the hub row)
+                           if spec.get("expand") and isinstance(row, dict) else [(where, row)]):
             if limit is not None and len(examples) >= limit:
                 break
             example, reason = to_example(row, spec, where, config, redux_rows, vision, base, name, video)
@@ -374,11 +389,13 @@ def load_benchmark(name, data_dir=None, limit=None, redux_rows="ok", vision=Fals
         if os.path.exists(path):
             rows = ((f"{path}:{lineno}", row.get("config") if isinstance(row, dict) else None, row)
                     for lineno, row in read_jsonl(path))
-            return _convert(rows, spec, limit, redux_rows, vision, os.path.dirname(os.path.abspath(path)), name, video)
+            return _convert(rows, spec, limit, redux_rows, vision, os.path.dirname(os.path.abspath(path)),
+                            name, video)
         tried.append(f"{path} (not found)")
     try:
         return _convert(hub_rows(spec), spec, limit, redux_rows, vision, "", name, video)
-    except Exception as e:  # no network, no `datasets`, a renamed set: report and let the others run
+    # no network, no `datasets`, a renamed set: report and let the others run
+    except Exception as e:  # noqa: BLE001
         tried.append(f"hub {spec['hub']} ({type(e).__name__}: {str(e)[:300]})")
     raise RuntimeError(f"benchmark {name!r} could not be loaded; tried: " + "; ".join(tried))
 

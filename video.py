@@ -1,14 +1,15 @@
-"""Video input for Qwen3.5 students, judges and teachers: frames sampled from the file with PyAV, cached as PNG
-files (a clip is a folder of frames and its frames.json, so examples, records and buffers hold paths, never
-pixels), and turned into the model's video inputs.
+"""Video input for Qwen3.5 students, judges and teachers: frames sampled from the file with PyAV, cached as
+PNG files (a clip is a folder of frames and its frames.json, so examples, records and buffers hold paths,
+never pixels), and turned into the model's video inputs.
 
 The paper gives no frame sampling; ours [flags --video-fps, --video-max-frames]: FPS frames per second of the
 video, uniformly spaced, at most MAX_FRAMES (fewer frames over the whole clip when it is long), an even count
-(Qwen's temporal patch is two frames), each frame sized by the student's image processor within its pixel bounds.
-Engines: the transformers engine gets pixel_values_videos / video_grid_thw built here (Qwen3-VL's video layout:
-pairs of frames per temporal patch, a "<t seconds>" text before each pair's tokens, as its processor writes them),
-vLLM gets `multi_modal_data={"video": [(frames, metadata)]}` of the same sampled frames, and an OpenAI-compatible
-server gets the video file itself as a `video_url` content part (a base64 data URL), which it samples itself.
+(Qwen's temporal patch is two frames), each frame sized by the student's image processor within its pixel
+bounds. Engines: the transformers engine gets pixel_values_videos / video_grid_thw built here (Qwen3-VL's
+video layout: pairs of frames per temporal patch, a "<t seconds>" text before each pair's tokens, as its
+processor writes them), vLLM gets `multi_modal_data={"video": [(frames, metadata)]}` of the same sampled
+frames, and an OpenAI-compatible server gets the video file itself as a `video_url` content part (a base64
+data URL), which it samples itself.
 """
 import hashlib
 import json
@@ -29,14 +30,15 @@ def cache_root():
 
 
 def sample_frames(path, fps=DEFAULT_FPS, max_frames=DEFAULT_MAX_FRAMES, cache=None):
-    """The clip's frames.json (frames, times, indices, native fps, source), decoded once and cached by the file's
-    path, size, mtime and the sampling settings."""
+    """The clip's frames.json (frames, times, indices, native fps, source), decoded once and cached by the
+    file's path, size, mtime and the sampling settings."""
     import av
 
     if not os.path.exists(path):
         raise VideoError(f"video file not found: {path}")
     stat = os.stat(path)
-    key = hashlib.sha1(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{fps}|{max_frames}".encode())
+    key = hashlib.sha1(f"{os.path.abspath(path)}|{stat.st_size}|{stat.st_mtime_ns}|{fps}|"
+                       f"{max_frames}".encode())
     folder = os.path.join(cache or cache_root(), key.hexdigest()[:20])
     index = os.path.join(folder, "frames.json")
     if os.path.exists(index):
@@ -52,9 +54,10 @@ def sample_frames(path, fps=DEFAULT_FPS, max_frames=DEFAULT_MAX_FRAMES, cache=No
     if not frames:
         raise VideoError(f"video file has no frames: {path}")
     duration = frames[-1][0] + 1.0 / rate
-    count = min(max_frames, max(2, int(round(duration * fps))), len(frames))
+    count = min(max_frames, max(2, round(duration * fps)), len(frames))
     count -= count % 2 if count > 1 else 0
-    picks = sorted({int(round(x)) for x in np.linspace(0, len(frames) - 1, max(count, 1))})
+    # int(): a plain int for frames.json whatever round() gives for numpy's floats
+    picks = sorted({int(round(x)) for x in np.linspace(0, len(frames) - 1, max(count, 1))})  # noqa: RUF046
     os.makedirs(folder, exist_ok=True)
     names = []
     for k, i in enumerate(picks):
@@ -97,8 +100,8 @@ def group_times(meta, temporal=2):
 
 
 def video_inputs(tokenizer, clips):
-    """pixel_values_videos (patches, dim) and video_grid_thw (videos, 3) in Qwen3-VL's video layout, built from
-    the image processor's patches of each frame: a temporal patch holds two consecutive frames."""
+    """pixel_values_videos (patches, dim) and video_grid_thw (videos, 3) in Qwen3-VL's video layout, built
+    from the image processor's patches of each frame: a temporal patch holds two consecutive frames."""
     import torch
 
     processor = getattr(tokenizer, "image_processor", None)
@@ -128,8 +131,8 @@ def video_inputs(tokenizer, clips):
 
 
 def expand_video_tokens(tokenizer, ids, vision, clips):
-    """Each video's <|vision_start|><|video_pad|><|vision_end|> becomes, per temporal patch, "<t seconds>" then
-    its own start, one pad per merged patch, and end (Qwen3-VL's processor's replace_video_token)."""
+    """Each video's <|vision_start|><|video_pad|><|vision_end|> becomes, per temporal patch, "<t seconds>"
+    then its own start, one pad per merged patch, and end (Qwen3-VL's processor's replace_video_token)."""
     start, pad, end = (tokenizer.convert_tokens_to_ids(t) for t in (VISION_START, VIDEO_TOKEN, VISION_END))
     merge = tokenizer.image_processor.merge_size ** 2
     out, k, i = [], 0, 0
@@ -153,8 +156,9 @@ def vllm_video(index):
     """vLLM's video item for Qwen3-VL: the sampled frames (T, H, W, 3) and their metadata, not re-sampled."""
     frames, meta = load_clip(index)
     array = np.stack([np.asarray(f) for f in frames])
-    return array, {"fps": meta["fps"], "frames_indices": meta["indices"], "total_num_frames": meta["total_frames"],
-                   "duration": meta["duration"], "video_backend": "pyav", "do_sample_frames": False}
+    return array, {"fps": meta["fps"], "frames_indices": meta["indices"],
+                   "total_num_frames": meta["total_frames"], "duration": meta["duration"],
+                   "video_backend": "pyav", "do_sample_frames": False}
 
 
 def video_data_url(index):

@@ -43,13 +43,13 @@ def run(name, cmd, timeout):
         print(f"\n### {name}: skipped (--total-s reached)", flush=True)
         return False
     try:
-        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
         ok, out = res.returncode == 0, (res.stdout + res.stderr)
     except subprocess.TimeoutExpired as e:
         ok, out = False, f"timed out after {timeout} s\n{(e.stdout or b'')[-2000:]!r}"
     tail = "\n".join(line for line in out.splitlines()[-8:])
-    print(f"\n### {name}: {'ok' if ok else 'FAILED'} ({time.time() - start:.0f} s)\n```\n{' '.join(cmd)}\n{tail}\n```",
-          flush=True)
+    print(f"\n### {name}: {'ok' if ok else 'FAILED'} ({time.time() - start:.0f} s)\n```\n"
+          f"{' '.join(cmd)}\n{tail}\n```", flush=True)
     return ok
 
 
@@ -67,14 +67,16 @@ def smoke(model, work, cpu, timeout):
     launch = [sys.executable, "train.py"] if cpu else [sys.executable, "-m", "accelerate.commands.launch",
                                                       "--config_file", "configs/1gpu.yaml", "train.py"]
     run1 = os.path.join(work, "run_1gpu")
-    ok = run("train 2 steps (configs/1gpu.yaml)", [*launch, *train_args, "--steps", "2", "--out-dir", run1], timeout)
-    ok = ok and run("resume for a 3rd step", [*launch, *train_args, "--steps", "3", "--out-dir", run1, "--resume", run1],
-                    timeout)
+    ok = run("train 2 steps (configs/1gpu.yaml)", [*launch, *train_args, "--steps", "2", "--out-dir", run1],
+             timeout)
+    ok = ok and run("resume for a 3rd step",
+                    [*launch, *train_args, "--steps", "3", "--out-dir", run1, "--resume", run1], timeout)
     if ok:
         for m in read_metrics(run1):
-            print(f"step {m['step']}: acc/plain {m['acc/plain']:.3f}, #bcq {m['count/bcq']}, #ncq {m['count/ncq']}, "
-                  f"sync {m['sync/logprob_abs_diff']}, grad_norm {m['train/grad_norm']:.3g}, "
-                  f"rollout {m['time/rollout']:.1f} s, update {m['time/update']:.1f} s, step {m['time/step']:.1f} s")
+            print(f"step {m['step']}: acc/plain {m['acc/plain']:.3f}, #bcq {m['count/bcq']}, "
+                  f"#ncq {m['count/ncq']}, sync {m['sync/logprob_abs_diff']}, "
+                  f"grad_norm {m['train/grad_norm']:.3g}, rollout {m['time/rollout']:.1f} s, "
+                  f"update {m['time/update']:.1f} s, step {m['time/step']:.1f} s")
         run("eval.py on the step-3 checkpoint", [sys.executable, "eval.py", "--model",
             os.path.join(run1, "checkpoints", "step_000003"), "--benchmarks", "arithmetic", "--limit", "16",
             "--max-new-tokens", "32"], timeout)
@@ -83,8 +85,8 @@ def smoke(model, work, cpu, timeout):
     fsdp = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "configs/fsdp.yaml",
             "--num_processes", "1", "train.py"]
     run2 = os.path.join(work, "run_fsdp")
-    if run("FSDP, one process, 1 step (configs/fsdp.yaml)", [*fsdp, *train_args, "--steps", "1", "--out-dir", run2],
-           timeout):
+    if run("FSDP, one process, 1 step (configs/fsdp.yaml)",
+           [*fsdp, *train_args, "--steps", "1", "--out-dir", run2], timeout):
         run("FSDP resume for a 2nd step (sharded optimizer state restored)",
             [*fsdp, *train_args, "--steps", "2", "--out-dir", run2, "--resume", run2], timeout)
 
@@ -102,8 +104,10 @@ def update_table(model_path, device, budget, micro_sizes, lengths, prompt=256):
     vocab = model.config.vocab_size
     gen = torch.Generator().manual_seed(0)
     print(f"\n### update: {sum(p.numel() for p in model.parameters()) / 1e6:.0f}M parameters, vocab {vocab}, "
-          f"fp32 weights + AdamW, bf16 autocast, gradient checkpointing, prompt {prompt} tokens\n", flush=True)
-    print("| micro-batch | response | peak memory (GiB) | tokens/s | seconds |\n| --- | --- | --- | --- | --- |")
+          f"fp32 weights + AdamW, bf16 autocast, gradient checkpointing, prompt {prompt} tokens\n",
+          flush=True)
+    print("| micro-batch | response | peak memory (GiB) | tokens/s | seconds |\n"
+          "| --- | --- | --- | --- | --- |")
     deadline, rate = time.time() + budget, None
     for mb in micro_sizes:
         for length in lengths:
@@ -112,7 +116,8 @@ def update_table(model_path, device, budget, micro_sizes, lengths, prompt=256):
                 print(f"| {mb} | {length:,} | skipped (time) | | |", flush=True)
                 continue
             seqs = [Episode(torch.randint(0, vocab, (prompt,), generator=gen).tolist(),
-                            torch.randint(0, vocab, (length,), generator=gen).tolist(), adv=1.0) for _ in range(mb)]
+                            torch.randint(0, vocab, (length,), generator=gen).tolist(), adv=1.0)
+                    for _ in range(mb)]
             if device == "cuda":
                 torch.cuda.empty_cache()
                 torch.cuda.reset_peak_memory_stats()
@@ -138,7 +143,8 @@ def update_table(model_path, device, budget, micro_sizes, lengths, prompt=256):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/zppo_gpu_smoke", help="model and runs go here")
     parser.add_argument("--tiny", action="store_true", help="a tiny model instead of Qwen3.5-0.8B's shape")
     parser.add_argument("--cpu", action="store_true", help="no accelerate configs, no FSDP: python train.py")

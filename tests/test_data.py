@@ -16,13 +16,15 @@ def write(tmp_path, lines):
 def test_loads_fields_and_optional_ones(tmp_path):
     path = write(tmp_path, [json.dumps({"question": "Q1", "answer": 3}),
                             "",
-                            json.dumps({"question": "Q2", "answer": "x", "solution": "s", "image": "a.png", "id": 9})])
+                            json.dumps({"question": "Q2", "answer": "x", "solution": "s", "image": "a.png",
+                                        "id": 9})])
     from PIL import Image
 
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")  # an image path is relative to the data file
     ex = load_jsonl(path)
     assert ex[0] == {"id": "d.jsonl:1", "question": "Q1", "answer": "3"}
-    assert ex[1] == {"id": "9", "question": "Q2", "answer": "x", "solution": "s", "images": [str(tmp_path / "a.png")]}
+    assert ex[1] == {"id": "9", "question": "Q2", "answer": "x", "solution": "s",
+                     "images": [str(tmp_path / "a.png")]}
 
 
 @pytest.mark.parametrize("line,message", [
@@ -115,7 +117,8 @@ def test_duplicate_ids_name_both_lines_or_keep_the_first(tmp_path, capsys):
     path = write(tmp_path, [json.dumps({"id": 7, "question": "Q1", "answer": "1"}),
                             json.dumps({"id": 8, "question": "Q2", "answer": "2"}),
                             json.dumps({"id": "7", "question": "Q3", "answer": "3"})])
-    with pytest.raises(ValueError, match=r"d.jsonl:3: duplicate id '7' \(first at .*d.jsonl:1\).*--dedup-ids"):
+    with pytest.raises(ValueError,
+                       match=r"d.jsonl:3: duplicate id '7' \(first at .*d.jsonl:1\).*--dedup-ids"):
         load_examples(path)
     kept = load_examples(path, dedup_ids=True)
     assert [e["question"] for e in kept] == ["Q1", "Q2"]

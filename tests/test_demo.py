@@ -21,7 +21,8 @@ def test_mechanism_lines_sum_the_steps_and_weight_bcq_accuracy_by_groups():
     assert lines[2].startswith("buffer: 2 of the 8 questions admitted at 0/8 graduated (25%")
     grpo = demo.mechanism_lines([{**rows[0], "count/zero_reformulated": 0, "count/bcq_zero": 0}], "grpo", 8)
     assert len(grpo) == 1 and grpo[0].endswith("5 of 8")  # no reformulation line, no buffer line
-    assert demo.mechanism_lines(rows, "grpo", 4)[0].startswith("all-wrong plain groups (0/4,")  # --group-size 4
+    # --group-size 4
+    assert demo.mechanism_lines(rows, "grpo", 4)[0].startswith("all-wrong plain groups (0/4,")
 
 
 def test_precision_follows_the_cpu_flags(monkeypatch, tmp_path):
@@ -32,8 +33,8 @@ def test_precision_follows_the_cpu_flags(monkeypatch, tmp_path):
     def fake(flags):
         cpuinfo = tmp_path / "cpuinfo"
         cpuinfo.write_text(f"processor\t: 0\nflags\t\t: fpu sse2 {flags}\n")
-        monkeypatch.setattr(builtins, "open", lambda p, *a, **k: real_open(cpuinfo if p == "/proc/cpuinfo" else p,
-                                                                          *a, **k))
+        monkeypatch.setattr(builtins, "open",
+                            lambda p, *a, **k: real_open(cpuinfo if p == "/proc/cpuinfo" else p, *a, **k))
 
     fake("avx2 fma")
     assert not demo.cpu_has_fast_bf16() and demo.precision_flags(False) == ["--mixed-precision", "no"]
@@ -63,7 +64,8 @@ def test_smollm2_is_converted_once_into_the_cache(tiny_model, tmp_path, monkeypa
     monkeypatch.setattr(demo, "load_model", load_model)
     model, _ = demo.load_model(path)
     reference, _ = load_model(tiny_model)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
+    assert all(torch.equal(a, b)
+               for a, b in zip(model.state_dict().values(), reference.state_dict().values()))
     assert not [p for p in os.listdir(tmp_path / "cache" / "zppo") if ".tmp" in p]
 
 
@@ -73,7 +75,8 @@ def test_primer_runs_under_gradient_checkpointing_and_turns_it_off(tiny_model, m
 
     model, tokenizer = load_model(tiny_model)
     seen = []
-    name = "is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing") else "is_gradient_checkpointing"
+    name = ("is_activation_checkpointing" if hasattr(model, "is_activation_checkpointing")
+            else "is_gradient_checkpointing")
     on = lambda: getattr(model, name)
     real_forward = model.forward
 
@@ -105,8 +108,8 @@ def test_large_frees_go_back_to_the_os():
 
 
 def test_huge_pages_are_asked_for_only_when_the_demo_runs_as_a_script():
-    """compare.py imports demo: its runs (measured without it) keep torch's default allocation; the demo itself
-    sets THP_MEM_ALLOC_ENABLE before torch is imported, and keeps a value the user set."""
+    """compare.py imports demo: its runs (measured without it) keep torch's default allocation; the demo
+    itself sets THP_MEM_ALLOC_ENABLE before torch is imported, and keeps a value the user set."""
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -134,7 +137,7 @@ print("THP", *seen)
     def run(how, **extra):
         env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
         out = subprocess.run([sys.executable, "-c", probe, how], cwd=root, env={**env, **extra},
-                             capture_output=True, text=True, timeout=120)
+                             capture_output=True, text=True, timeout=120, check=False)
         assert out.returncode == 0, out.stderr
         return out.stdout.splitlines()[-1]
 

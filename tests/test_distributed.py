@@ -23,10 +23,12 @@ def test_two_processes_train_in_step_with_global_statistics(tiny_model, tmp_path
     out = str(tmp_path / "two")
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-           "--master_port", str(free_port()), os.path.join("tests", "parity_train.py"), "--student", tiny_model, *ARGS,
-           "--steps", "2", "--save-every", "1", "--keep-checkpoints", "5", "--out-dir", out, "--dump-rollouts"]
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+           os.path.join("tests", "parity_train.py"), "--student", tiny_model, *ARGS,
+           "--steps", "2", "--save-every", "1", "--keep-checkpoints", "5", "--out-dir", out,
+           "--dump-rollouts"]
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert res.returncode == 0, res.stderr[-3000:]
 
     metrics = read_metrics(out)  # one log, written once: one line per step

@@ -34,14 +34,15 @@ class ScriptedEngine:
         return Rollout(text=text, prompt_ids=[], token_ids=[], finish_reason=finish)
 
 
-PAPER_JUDGE_START = ("You are an expert judge evaluating whether a model's response is correct according to the "
-                     "ground truth.")
+PAPER_JUDGE_START = ("You are an expert judge evaluating whether a model's response is correct according "
+                     "to the ground truth.")
 
 
 @pytest.mark.parametrize("question,expected", [
     ("What is 2+2? Please reason step by step, and put your final answer within \\boxed{}.", "What is 2+2?"),
     ("Let's think step by step. Find x if 2x = 4.", "Find x if 2x = 4."),
-    ("Which is larger?\nAnswer with only the letter of the correct option.\nA. 1\nB. 2", "Which is larger?\nA. 1\nB. 2"),
+    ("Which is larger?\nAnswer with only the letter of the correct option.\nA. 1\nB. 2",
+     "Which is larger?\nA. 1\nB. 2"),
     ("Solve it. The last line of your response should be of the following format: 'Answer: $LETTER'\nA. x",
      "Solve it.\nA. x"),
     ("Think step-by-step and put your final answer in \\boxed{}. What is 3?", "What is 3?"),
@@ -76,25 +77,27 @@ def test_avg_at_k_and_standard_error():
 
 
 def test_multiple_choice_rows_become_lettered_questions():
-    mmlu, _ = bd.to_example({"question": "Pick two.", "choices": ["one", "two"], "answer": 1}, bd.BENCHMARKS["mmlu"],
-                            "x")
+    mmlu, _ = bd.to_example({"question": "Pick two.", "choices": ["one", "two"], "answer": 1},
+                            bd.BENCHMARKS["mmlu"], "x")
     assert mmlu["question"] == "Pick two.\n\nA. one\nB. two" and mmlu["answer"] == "B"
     assert mmlu["stem"] == "Pick two." and mmlu["options"] == "A. one\nB. two"  # the judge gets them apart
-    pro, _ = bd.to_example({"question": "Q", "options": ["a", "b", "c"], "answer": "C"}, bd.BENCHMARKS["mmlu_pro"],
-                           "x")
+    pro, _ = bd.to_example({"question": "Q", "options": ["a", "b", "c"], "answer": "C"},
+                           bd.BENCHMARKS["mmlu_pro"], "x")
     assert pro["answer"] == "C" and pro["question"].endswith("C. c")
-    row = {"Question": "Which?", "Correct Answer": "right", "Incorrect Answer 1": "w1", "Incorrect Answer 2": "w2",
-           "Incorrect Answer 3": "w3"}
+    row = {"Question": "Which?", "Correct Answer": "right", "Incorrect Answer 1": "w1",
+           "Incorrect Answer 2": "w2", "Incorrect Answer 3": "w3"}
     gpqa, _ = bd.to_example(row, bd.BENCHMARKS["gpqa_diamond"], "x")
     letter = gpqa["answer"]
     assert f"{letter}. right" in gpqa["question"]
     assert bd.to_example(row, bd.BENCHMARKS["gpqa_diamond"], "x")[0] == gpqa  # same order every run
     assert grade(f"so \\boxed{{{letter}}}", letter) == 1.0
-    digit = dict(row, **{"Correct Answer": "3"})  # an option whose text is a digit is still text, not an index
+    # an option whose text is a digit is still text, not an index
+    digit = dict(row, **{"Correct Answer": "3"})
     d, _ = bd.to_example(digit, bd.BENCHMARKS["gpqa_diamond"], "x")
     assert f"{d['answer']}. 3" in d["question"]
-    assert bd.to_example({"question": "Q", "options": ["a", "b"], "answer": "Z"}, bd.BENCHMARKS["mmlu_pro"], "x") == \
-        (None, "answer_format")  # a letter past the options: an unknown answer format, skipped and counted
+    # a letter past the options: an unknown answer format, skipped and counted
+    assert bd.to_example({"question": "Q", "options": ["a", "b"], "answer": "Z"}, bd.BENCHMARKS["mmlu_pro"],
+                         "x") == (None, "answer_format")
     with pytest.raises(ValueError, match="f.jsonl:3: missing field"):
         bd.to_example({"question": "Q"}, bd.BENCHMARKS["mmlu"], "f.jsonl:3")
 
@@ -104,13 +107,15 @@ def test_every_benchmark_records_the_papers_protocol():
              "mmlu_redux", "multichallenge"}  # Table 6
     assert {n for n, s in bd.BENCHMARKS.items() if s["family"] == "llm"} == paper
     assert {n: s["protocol"] for n, s in bd.BENCHMARKS.items() if s["protocol"] != "Exact+Judge"} == {
-        "hle": "BenchJudge", "multichallenge": "BenchJudge", "mathvista": "Rule+Judge", "charxiv": "BenchJudge",
-        "charxiv_descriptive": "BenchJudge", "mmvet": "BenchJudge", "infovqa": "Det.", "ocrbench_v2_en": "Det.",
-        "ocrbench_v2_cn": "Det.", "mmvu": "BenchJudge", "mvbench": "Rule+Judge", "videomme": "Rule+Judge",
-        "videomme_sub": "Rule+Judge", "videommmu": "Rule+Judge"}
+        "hle": "BenchJudge", "multichallenge": "BenchJudge", "mathvista": "Rule+Judge",
+        "charxiv": "BenchJudge", "charxiv_descriptive": "BenchJudge", "mmvet": "BenchJudge",
+        "infovqa": "Det.", "ocrbench_v2_en": "Det.", "ocrbench_v2_cn": "Det.", "mmvu": "BenchJudge",
+        "mvbench": "Rule+Judge", "videomme": "Rule+Judge", "videomme_sub": "Rule+Judge",
+        "videommmu": "Rule+Judge"}
     assert {n for n, s in bd.BENCHMARKS.items() if s["family"] == "vlm"} == {  # Table 5's 16
-        "ai2d", "babyvision", "charxiv", "dynamath", "embspatial", "infovqa", "mathverse", "mathvision", "mathvista",
-        "mmmu_pro", "mmvet", "ocrbench_v2_en", "ocrbench_v2_cn", "visualpuzzles", "vlmsareblind", "wemath"}
+        "ai2d", "babyvision", "charxiv", "dynamath", "embspatial", "infovqa", "mathverse", "mathvision",
+        "mathvista", "mmmu_pro", "mmvet", "ocrbench_v2_en", "ocrbench_v2_cn", "visualpuzzles", "vlmsareblind",
+        "wemath"}
     assert {n for n, s in bd.BENCHMARKS.items() if s["family"] == "video"} == {  # Table 7's 5
         "mmvu", "mvbench", "videomme", "videomme_sub", "videommmu"}
     assert len(bd.BENCHMARKS["mvbench"]["configs"]) == 20
@@ -137,25 +142,28 @@ def test_routing_rule_choice_and_judge():
     assert len(call["prompts"]) == 2 and all(p.startswith(PAPER_JUDGE_START) for p in call["prompts"])
     assert "## Model Response\n\\boxed{it increases}\n## Ground Truth Answer\nit is strictly increasing" in \
         call["prompts"][0]
-    assert "## Model Response\n<think>4+5</think> The answer is nine.\n" in call["prompts"][1]  # the full response
+    # the full response
+    assert "## Model Response\n<think>4+5</think> The answer is nine.\n" in call["prompts"][1]
     assert (call["temperature"], call["top_p"], call["max_new_tokens"]) == (0.0, 1.0, 512)
     alone = ev.evaluate(student, examples, judge=None)  # no judge: those rows score 0 and are counted
     assert alone["accuracy"] == pytest.approx(1 / 3) and (alone["judged"], alone["unresolved"]) == (0, 2)
 
 
 def test_choice_rows_reach_the_judge_with_their_options_and_cut_responses_too():
-    ex, _ = bd.to_example({"question": "Pick two.", "choices": ["one", "two"], "answer": 1}, bd.BENCHMARKS["mmlu"],
-                          "x")
-    student = ScriptedEngine(lambda p, k: ["I pick the second one", ("maybe \\boxed{A} ... no wait", "length"),
+    ex, _ = bd.to_example({"question": "Pick two.", "choices": ["one", "two"], "answer": 1},
+                          bd.BENCHMARKS["mmlu"], "x")
+    student = ScriptedEngine(lambda p, k: ["I pick the second one",
+                                           ("maybe \\boxed{A} ... no wait", "length"),
                                            ("so \\boxed{B} and", "length")][k])
-    judge = ScriptedEngine(lambda p, k: '{"verdict": "wrong"}' if "\\boxed{A}" in p else '{"verdict": "correct"}')
+    judge = ScriptedEngine(lambda p, k: '{"verdict": "wrong"}' if "\\boxed{A}" in p
+                           else '{"verdict": "correct"}')
     res = ev.evaluate(student, [ex], samples=3, judge=judge)
     assert [r["scored_by"] for r in res["records"]] == ["judge", "judge", "rule"]  # a matching box is trusted
     assert [r["correct"] for r in res["records"]] == [True, False, True]
     assert [r["truncated"] for r in res["records"]] == [False, True, True]
     prompt = judge.calls[0]["prompts"][0]
-    assert "## Question\nPick two.\n## Answer Options\nA. one\nB. two\n## Model Response\nI pick the second one\n" \
-           "## Ground Truth Answer\nB\n" in prompt
+    assert "## Question\nPick two.\n## Answer Options\nA. one\nB. two\n## Model Response\n" \
+           "I pick the second one\n## Ground Truth Answer\nB\n" in prompt
     malformed = ev.evaluate(student, [ex], samples=3, judge=ScriptedEngine(lambda p, k: "Correct!"))
     assert malformed["judge_malformed"] == 2 and malformed["accuracy"] == pytest.approx(1 / 3)
 
@@ -181,17 +189,20 @@ def test_multichallenge_sends_the_chat_and_passes_when_the_verdict_equals_pass_c
     examples, skipped = bd.load_benchmark("multichallenge", str(tmp_path))
     assert skipped == {} and [e["answer"] for e in examples] == ["YES", "NO"]
     assert examples[0]["id"] == "674552683acc22154b07a598"
-    student = ScriptedEngine(lambda chat, k: "<think>nuts are out</think>Fruit sorbet." if "nuts" in chat[0]["content"]
-                             else "Rome.")
+    student = ScriptedEngine(lambda chat, k: "<think>nuts are out</think>Fruit sorbet."
+                             if "nuts" in chat[0]["content"] else "Rome.")
     verdicts = {"avoid nuts": "The sorbet has no nuts.\nVerdict: YES", "use English": "It is in English. YES"}
     judge = ScriptedEngine(lambda p, k: next(v for key, v in verdicts.items() if key in p))
     res = ev.evaluate(student, examples, judge=judge)
     chat = MULTICHALLENGE_ROWS[0]["conversation"]
-    assert student.calls[0]["prompts"][0] == chat[:2] + [{"role": "user", "content": f"{chat[2]['content']} {CLOSER}"}]
-    assert student.calls[0]["prompts"][1][2] == {"role": "user", "content": f"What is the capital of Italy? {CLOSER}"}
+    assert (student.calls[0]["prompts"][0]
+            == chat[:2] + [{"role": "user", "content": f"{chat[2]['content']} {CLOSER}"}])
+    assert student.calls[0]["prompts"][1][2] == {"role": "user",
+                                                 "content": f"What is the capital of Italy? {CLOSER}"}
     assert [r["correct"] for r in res["records"]] == [True, False]  # YES == YES passes; YES != NO fails
     first = judge.calls[0]["prompts"][0]
-    assert first.startswith("You are tasked with evaluating a model response to see if it meets a specific criteria.")
+    assert first.startswith("You are tasked with evaluating a model response to see if it meets a specific "
+                            "criteria.")
     assert "<MODEL_RESPONSE>\nFruit sorbet.\n</MODEL_RESPONSE>" in first  # the reply, not the thinking
     assert "<CRITERIA>\nDoes the response avoid nuts?\n</CRITERIA>" in first
     assert judge.calls[0]["temperature"] == 0.0 and judge.calls[0]["max_new_tokens"] == 512
@@ -200,8 +211,9 @@ def test_multichallenge_sends_the_chat_and_passes_when_the_verdict_equals_pass_c
 
 
 def test_multichallenge_gets_the_shared_closer_after_its_last_user_turn_unless_turned_off(tmp_path):
-    """The paper's single shared closer goes to every benchmark, MultiChallenge's conversation too: after the text
-    of its last user turn, earlier turns untouched. --no-multichallenge-closer sends the conversation as it is."""
+    """The paper's single shared closer goes to every benchmark, MultiChallenge's conversation too: after the
+    text of its last user turn, earlier turns untouched. --no-multichallenge-closer sends the conversation as
+    it is."""
     write_jsonl(tmp_path / "multichallenge.jsonl", MULTICHALLENGE_ROWS[:1])
     student = ScriptedEngine(lambda chat, k: "Fruit sorbet.")
     ev.run_benchmarks(student, ["multichallenge"], data_dir=str(tmp_path), log=lambda *_: None)
@@ -217,7 +229,8 @@ def test_multichallenge_gets_the_shared_closer_after_its_last_user_turn_unless_t
     from transformers import HfArgumentParser
 
     parse = lambda *a: HfArgumentParser(ev.EvalConfig).parse_args_into_dataclasses(["--model", "m", *a])[0]
-    assert parse().multichallenge_closer is True and parse("--no-multichallenge-closer").multichallenge_closer is False
+    assert (parse().multichallenge_closer is True
+            and parse("--no-multichallenge-closer").multichallenge_closer is False)
 
 
 @pytest.mark.parametrize("reply,verdict", [
@@ -234,21 +247,23 @@ def test_multichallenge_verdict_parsing(reply, verdict):
 
 HLE_ROWS = [  # the card's columns; image is "" for text questions, a data URI otherwise
     {"id": "668825f80a642802bdfeadfa", "question": "What is the smallest prime above 100?", "image": "",
-     "image_preview": None, "answer": "101", "answer_type": "exactMatch", "author_name": "A", "rationale": "r",
-     "rationale_image": None, "raw_subject": "Mathematics", "category": "Math", "canary": "c"},
-    {"id": "66e8784d70625d8c7700315a", "question": "What does the figure show?", "image": "data:image/png;base64,iVBO",
-     "image_preview": None, "answer": "a cat", "answer_type": "exactMatch", "author_name": "B", "rationale": "r",
-     "rationale_image": None, "raw_subject": "Biology", "category": "Biology/Medicine", "canary": "c"},
-    {"id": "66fc2282b7609fc1d8099125", "question": "Which is right?\n\nAnswer Choices:\nA. x\nB. y", "image": "",
-     "image_preview": None, "answer": "B", "answer_type": "multipleChoice", "author_name": "C", "rationale": "r",
-     "rationale_image": None, "raw_subject": "Logic", "category": "Other", "canary": "c"},
+     "image_preview": None, "answer": "101", "answer_type": "exactMatch", "author_name": "A",
+     "rationale": "r", "rationale_image": None, "raw_subject": "Mathematics", "category": "Math",
+     "canary": "c"},
+    {"id": "66e8784d70625d8c7700315a", "question": "What does the figure show?",
+     "image": "data:image/png;base64,iVBO", "image_preview": None, "answer": "a cat",
+     "answer_type": "exactMatch", "author_name": "B", "rationale": "r", "rationale_image": None,
+     "raw_subject": "Biology", "category": "Biology/Medicine", "canary": "c"},
+    {"id": "66fc2282b7609fc1d8099125", "question": "Which is right?\n\nAnswer Choices:\nA. x\nB. y",
+     "image": "", "image_preview": None, "answer": "B", "answer_type": "multipleChoice", "author_name": "C",
+     "rationale": "r", "rationale_image": None, "raw_subject": "Logic", "category": "Other", "canary": "c"},
 ]
 
 
 def test_hle_skips_image_rows_and_reads_the_cais_judge(tmp_path):
     write_jsonl(tmp_path / "hle.jsonl", HLE_ROWS)
-    summary = ev.run_benchmarks(ScriptedEngine(lambda p, k: "<think>check 101</think> It is \\boxed{101}."), ["hle"],
-                                judge=ScriptedEngine(lambda p, k: json.dumps(
+    summary = ev.run_benchmarks(ScriptedEngine(lambda p, k: "<think>check 101</think> It is \\boxed{101}."),
+                                ["hle"], judge=ScriptedEngine(lambda p, k: json.dumps(
                                     {"extracted_final_answer": "101", "reasoning": "same", "correct":
                                      "yes" if "[correct_answer]: 101" in p else "no", "confidence": 100})),
                                 data_dir=str(tmp_path), log=lambda *_: None)
@@ -259,12 +274,15 @@ def test_hle_skips_image_rows_and_reads_the_cais_judge(tmp_path):
 
 @pytest.mark.parametrize("reply,score", [
     ('{"extracted_final_answer": "101", "reasoning": "r", "correct": "yes", "confidence": 90}', 1.0),
-    ('{"extracted_final_answer": "7", "reasoning": "r", "correct": "no", "confidence": 100, "strict": true}', 0.0),
-    ('<think>hm</think>{"extracted_final_answer": "101", "reasoning": "r", "correct": "yes", "confidence": 100}', 1.0),
+    ('{"extracted_final_answer": "7", "reasoning": "r", "correct": "no", "confidence": 100, "strict": true}',
+     0.0),
+    (('<think>hm</think>{"extracted_final_answer": "101", "reasoning": "r", "correct": "yes", '
+      '"confidence": 100}'), 1.0),
     ('{"extracted_final_answer": "101", "reasoning": "r", "correct": "Yes", "confidence": 100}', None),
     ('{"extracted_final_answer": "101", "correct": "yes", "confidence": 100}', None),  # a field missing
     ('{"extracted_final_answer": "1", "reasoning": "r", "correct": "yes", "confidence": 1, "note": 1}', None),
-    ("extracted_final_answer: 101\nreasoning: same\ncorrect: yes\nconfidence: 100", None),  # not the JSON asked
+    # not the JSON asked
+    ("extracted_final_answer: 101\nreasoning: same\ncorrect: yes\nconfidence: 100", None),
 ])
 def test_hle_judge_parsing_is_strict(reply, score):
     parsed = ev.parse_hle(reply, {"answer": "101"})
@@ -273,8 +291,8 @@ def test_hle_judge_parsing_is_strict(reply, score):
 
 def test_hle_judge_gets_the_cais_prompt_with_the_full_response():
     prompt = ev.hle_prompt({"question": "Q?", "answer": "101"}, "<think>long thought</think> 101")
-    assert prompt.startswith("Judge whether the following [response] to [question] is correct or not based on the "
-                             "precise and unambiguous [correct_answer] below.")
+    assert prompt.startswith("Judge whether the following [response] to [question] is correct or not based "
+                             "on the precise and unambiguous [correct_answer] below.")
     assert "[question]: Q?\n\n[response]: <think>long thought</think> 101\n" in prompt
     assert "[correct_answer]: 101\n" in prompt and prompt.endswith("confidence (integer 0-100).")
 
@@ -295,7 +313,8 @@ def redux_row(question, answer, error_type="ok", correct_answer=None):
 
 REDUX_TABLE = {  # two subjects with rows; the other 55 configs exist and are empty
     "anatomy": [redux_row("A1", 0), redux_row("A2", 1, "wrong_groundtruth", "3"),
-                redux_row("A3", 2, "no_correct_answer", "the right one"), redux_row("A4", 0, "bad_question_clarity")],
+                redux_row("A3", 2, "no_correct_answer", "the right one"),
+                redux_row("A4", 0, "bad_question_clarity")],
     "virology": [redux_row("V1", 3), redux_row("V2", 1, "multiple_correct_answers", "(A) and (B)"),
                  redux_row("V3", 2, "wrong_groundtruth", "B")],
 }
@@ -323,14 +342,15 @@ def test_mmlu_redux_loads_57_subject_configs_and_keeps_the_ok_rows(fake_hub):
     hub = "edinburgh-dawg/mmlu-redux-2.0"
     table.update({(hub, s, "test"): REDUX_TABLE.get(s, []) for s in bd.MMLU_REDUX_SUBJECTS})
     examples, skipped = bd.load_benchmark("mmlu_redux")
-    assert asked == [(hub, s, "test") for s in bd.MMLU_REDUX_SUBJECTS]  # every subject, in order, concatenated
+    # every subject, in order, concatenated
+    assert asked == [(hub, s, "test") for s in bd.MMLU_REDUX_SUBJECTS]
     assert [(e["stem"], e["answer"]) for e in examples] == [("A1", "A"), ("V1", "D")]
     assert skipped == {"error_type=wrong_groundtruth": 2, "error_type=no_correct_answer": 1,
                        "error_type=bad_question_clarity": 1, "error_type=multiple_correct_answers": 1}
     assert examples[0]["id"] == f"{hub}[anatomy][test][0]"
     corrected, skipped = bd.load_benchmark("mmlu_redux", redux_rows="corrected")
-    assert [(e["stem"], e["answer"]) for e in corrected] == [("A1", "A"), ("A2", "D"), ("A3", "C"), ("A4", "A"),
-                                                             ("V1", "D"), ("V3", "B")]
+    assert [(e["stem"], e["answer"]) for e in corrected] == [("A1", "A"), ("A2", "D"), ("A3", "C"),
+                                                             ("A4", "A"), ("V1", "D"), ("V3", "B")]
     assert "C. the right one" in corrected[2]["question"]  # the option marked right was rewritten
     assert skipped == {"error_type=multiple_correct_answers": 1}
     asked.clear()
@@ -340,42 +360,47 @@ def test_mmlu_redux_loads_57_subject_configs_and_keeps_the_ok_rows(fake_hub):
 
 def test_ceval_loads_52_subject_configs_of_the_val_split(fake_hub):
     table, asked = fake_hub
-    row = {"id": 0, "question": "1+1=?", "A": "1", "B": "2", "C": "3", "D": "4", "answer": "B", "explanation": ""}
+    row = {"id": 0, "question": "1+1=?", "A": "1", "B": "2", "C": "3", "D": "4", "answer": "B",
+           "explanation": ""}
     table.update({("ceval/ceval-exam", s, "val"): [] for s in bd.CEVAL_SUBJECTS})
     table[("ceval/ceval-exam", "logic", "val")] = [row]
     table[("ceval/ceval-exam", "physician", "val")] = [dict(row, answer="D")]
     examples, _ = bd.load_benchmark("ceval")
     assert len(asked) == 52 and {split for _, _, split in asked} == {"val"}
-    assert [(e["id"], e["answer"]) for e in examples] == [("logic:0", "B"), ("physician:0", "D")]  # ids stay apart
+    # ids stay apart
+    assert [(e["id"], e["answer"]) for e in examples] == [("logic:0", "B"), ("physician:0", "D")]
     assert examples[0]["question"] == "1+1=?\n\nA. 1\nB. 2\nC. 3\nD. 4"
 
 
 def test_aime2025_is_opencompass_two_configs(fake_hub):
-    table, asked = fake_hub
+    table, _asked = fake_hub
     table[("opencompass/AIME2025", "AIME2025-I", "test")] = [{"question": "Find x. Think step by step.",
                                                               "answer": "70"}]
     table[("opencompass/AIME2025", "AIME2025-II", "test")] = [{"question": "Find y.", "answer": "588"}]
     examples, _ = bd.load_benchmark("aime2025")
     assert [(e["question"], e["answer"]) for e in examples] == [("Find x.", "70"), ("Find y.", "588")]
     table.pop(("opencompass/AIME2025", "AIME2025-II", "test"))
-    with pytest.raises(RuntimeError, match=r"hub opencompass/AIME2025 \(RuntimeError: config AIME2025-II, split test"):
+    with pytest.raises(RuntimeError,
+                       match=r"hub opencompass/AIME2025 \(RuntimeError: config AIME2025-II, split test"):
         bd.load_benchmark("aime2025")
 
 
 def test_local_files_in_hub_format(tmp_path):
-    write_jsonl(tmp_path / "mmlu_redux.jsonl", [dict(redux_row("A1", 0), config="anatomy"),
-                                                dict(redux_row("A2", 1, "wrong_groundtruth", "3"), config="anatomy")])
+    write_jsonl(tmp_path / "mmlu_redux.jsonl",
+                [dict(redux_row("A1", 0), config="anatomy"),
+                 dict(redux_row("A2", 1, "wrong_groundtruth", "3"), config="anatomy")])
     examples, skipped = bd.load_benchmark("mmlu_redux", str(tmp_path))
     assert [e["answer"] for e in examples] == ["A"] and skipped == {"error_type=wrong_groundtruth": 1}
     write_jsonl(tmp_path / "ceval.jsonl", [{"id": 3, "question": "Q", "A": "a", "B": "b", "C": "c", "D": "d",
                                             "answer": "C", "explanation": "", "config": "law"}])
     assert bd.load_benchmark("ceval", str(tmp_path))[0][0]["id"] == "law:3"
-    write_jsonl(tmp_path / "imo_answerbench.jsonl", [{"Problem ID": "imo-bench-algebra-001", "Problem": "Find f.",
-                                                      "Short Answer": "$f(x)=x$", "Category": "Algebra",
-                                                      "Subcategory": "Functional Equation", "Source": "IMO"}])
+    write_jsonl(tmp_path / "imo_answerbench.jsonl",
+                [{"Problem ID": "imo-bench-algebra-001", "Problem": "Find f.", "Short Answer": "$f(x)=x$",
+                  "Category": "Algebra", "Subcategory": "Functional Equation", "Source": "IMO"}])
     (imo,), _ = bd.load_benchmark("imo_answerbench", str(tmp_path))
     assert (imo["id"], imo["answer"]) == ("imo-bench-algebra-001", "$f(x)=x$")
-    upper = [{k.upper(): v for k, v in row.items()} for row in MULTICHALLENGE_ROWS[:1]]  # the GitHub JSONL's spelling
+    # the GitHub JSONL's spelling
+    upper = [{k.upper(): v for k, v in row.items()} for row in MULTICHALLENGE_ROWS[:1]]
     write_jsonl(tmp_path / "multichallenge.jsonl", upper)
     (mc,), _ = bd.load_benchmark("multichallenge", str(tmp_path))
     assert mc["messages"][-1]["content"] == "Now a dessert recipe?" and mc["answer"] == "YES"
@@ -388,9 +413,11 @@ def test_local_benchmark_file_errors_name_file_and_line(tmp_path):
     (tmp_path / "math500.jsonl").write_text('{"problem": "1?", "answer": "1"}\n{oops\n')
     with pytest.raises(ValueError, match=r"math500.jsonl:2: not valid JSON"):
         bd.load_benchmark("math500", data_dir=str(tmp_path))
-    with pytest.raises(ValueError, match=r"math500.jsonl:2: not valid JSON"):  # read whole: skipped rows do not count
+    # read whole: skipped rows do not count
+    with pytest.raises(ValueError, match=r"math500.jsonl:2: not valid JSON"):
         bd.load_benchmark("math500", data_dir=str(tmp_path), limit=1)
-    (tmp_path / "math500.jsonl").write_text('{"problem": "1?", "answer": "1"}\n{"problem": "2?", "answer": "2"}\n')
+    (tmp_path / "math500.jsonl").write_text('{"problem": "1?", "answer": "1"}\n'
+                                            '{"problem": "2?", "answer": "2"}\n')
     assert len(bd.load_benchmark("math500", data_dir=str(tmp_path), limit=1)[0]) == 1
     write_jsonl(tmp_path / "multichallenge.jsonl", [dict(MULTICHALLENGE_ROWS[0], conversation="hello")])
     with pytest.raises(ValueError, match=r"multichallenge.jsonl:1: 'conversation' must be"):
@@ -411,8 +438,9 @@ def offline(monkeypatch):
 
 
 def test_unreachable_benchmark_names_what_was_tried(tmp_path, offline):
-    with pytest.raises(RuntimeError, match=r"benchmark 'aime2025' could not be loaded; tried: .*aime2025.jsonl "
-                                           r"\(not found\); hub opencompass/AIME2025 \(.*config AIME2025-I"):
+    with pytest.raises(RuntimeError, match=r"benchmark 'aime2025' could not be loaded; tried: "
+                                           r".*aime2025.jsonl \(not found\); hub opencompass/AIME2025 "
+                                           r"\(.*config AIME2025-I"):
         bd.load_benchmark("aime2025", data_dir=str(tmp_path))
 
 
@@ -432,11 +460,13 @@ def test_failures_are_reported_while_the_rest_complete(tmp_path):
     def answer(p, k):
         if "boom" in p:
             raise RuntimeError("CUDA out of memory")  # the engine fails on one benchmark only
-        return "\\boxed{2}" if "1+1" in p else "four" if "2+2" in p else "\\boxed{A}" if "Pick" in p else "\\boxed{0}"
+        return ("\\boxed{2}" if "1+1" in p else "four" if "2+2" in p else "\\boxed{A}" if "Pick" in p
+                else "\\boxed{0}")
 
     updates = []
-    summary = ev.run_benchmarks(ScriptedEngine(answer), ["gsm8k", "no_such_set", "aime2026", "mmlu", "hle", "mmlu_pro",
-                                                         "math500"], data_dir=str(tmp_path), log=lambda *_: None,
+    summary = ev.run_benchmarks(ScriptedEngine(answer),
+                                ["gsm8k", "no_such_set", "aime2026", "mmlu", "hle", "mmlu_pro", "math500"],
+                                data_dir=str(tmp_path), log=lambda *_: None,
                                 on_update=lambda s: updates.append((set(s["benchmarks"]), set(s["errors"]))))
     assert set(summary["benchmarks"]) == {"gsm8k", "mmlu", "math500"}
     errors = summary["errors"]
@@ -444,22 +474,26 @@ def test_failures_are_reported_while_the_rest_complete(tmp_path):
     assert errors["aime2026"] == "no questions to evaluate: the file or split is empty"
     assert errors["hle"] == "no questions to evaluate: every row was skipped (image: 1)"
     assert errors["mmlu_pro"] == "CUDA out of memory"
-    assert len(updates) == 7 and updates[0] == ({"gsm8k"}, set()) and updates[1] == ({"gsm8k"}, {"no_such_set"})
-    assert summary["benchmarks"]["gsm8k"]["accuracy"] == 0.5 and summary["benchmarks"]["mmlu"]["accuracy"] == 1.0
-    assert summary["macro"] == {"math": pytest.approx(0.25), "llm": 1.0}  # unweighted over each family's benchmarks
+    assert (len(updates) == 7 and updates[0] == ({"gsm8k"}, set())
+            and updates[1] == ({"gsm8k"}, {"no_such_set"}))
+    assert (summary["benchmarks"]["gsm8k"]["accuracy"] == 0.5
+            and summary["benchmarks"]["mmlu"]["accuracy"] == 1.0)
+    # unweighted over each family's benchmarks
+    assert summary["macro"] == {"math": pytest.approx(0.25), "llm": 1.0}
     table = ev.markdown_table(summary)
     assert "| **math (macro)** | math | mean of 2 | 25.0 |" in table and "| no_such_set | failed |" in table
-    assert "| gsm8k | math | Exact+Judge | 50.0 | 50.0 | 2 x 1 | 0 | 0 | 1 |" in table  # one unboxed: unresolved
+    # one unboxed: unresolved
+    assert "| gsm8k | math | Exact+Judge | 50.0 | 50.0 | 2 x 1 | 0 | 0 | 1 |" in table
     assert "failed: hle: no questions to evaluate: every row was skipped (image: 1)" in table
-    limited = ev.run_benchmarks(ScriptedEngine(answer), ["math500", "arithmetic"], data_dir=str(tmp_path), limit=0,
-                                log=lambda *_: None)
+    limited = ev.run_benchmarks(ScriptedEngine(answer), ["math500", "arithmetic"], data_dir=str(tmp_path),
+                                limit=0, log=lambda *_: None)
     assert limited["errors"] == {"math500": "no questions to evaluate: --limit 0",
                                  "arithmetic": "no questions to evaluate: --limit 0"}
     assert limited["benchmarks"] == {} and limited["macro"] == {}
 
 
 def test_mean_stderr_of_nothing_does_not_crash():
-    assert all(v != v for v in ev.mean_stderr([]))  # nan, nan
+    assert all(v != v for v in ev.mean_stderr([]))  # noqa: PLR0124 - nan, nan (only NaN differs from itself)
     assert ev.mean_stderr([1.0]) == (1.0, 0.0)
 
 
@@ -469,8 +503,8 @@ def test_transformers_engine_takes_a_conversation(tiny_model):
     model, tok = load_model(tiny_model)
     chat = MULTICHALLENGE_ROWS[0]["conversation"]
     (group,) = TransformersEngine(model, tok).generate([chat], n=1, max_new_tokens=3, temperature=0.0)
-    assert group[0].prompt_ids == list(tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True,
-                                                               return_dict=False))
+    assert group[0].prompt_ids == list(tok.apply_chat_template(chat, add_generation_prompt=True,
+                                                               tokenize=True, return_dict=False))
 
 
 def test_eval_cli_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
@@ -481,7 +515,7 @@ def test_eval_cli_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
                           "--benchmarks", "math500,gsm8k,nosuch,aime2026",
                           "--data-dir", str(tmp_path), "--max-new-tokens", "6", "--samples", "2",
                           "--out", str(tmp_path / "res.json"), "--responses", str(tmp_path / "resp.jsonl")],
-                         cwd=ROOT, capture_output=True, text=True,
+                         cwd=ROOT, capture_output=True, text=True, check=False,
                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     assert res.returncode == 1, res.stderr[-2000:]  # requested benchmarks failed: the process says so
     assert "| math500 | math | Exact+Judge |" in res.stdout and "| gsm8k | failed |" in res.stdout
@@ -502,22 +536,24 @@ def test_grader_audit_on_gsm8k_gold_solutions(capsys):
     examples = load_jsonl(os.path.join(ROOT, "tests", "data", "gsm8k_test.jsonl"))
     assert len(examples) == 1319
     own = sum(grade(ex["solution"], ex["answer"]) for ex in examples) / len(examples)
-    pairs = list(zip(examples, examples[1:] + examples[:1]))  # each solution against the next question's answer
+    # each solution against the next question's answer
+    pairs = list(zip(examples, examples[1:] + examples[:1]))
     shifted = sum(grade(ex["solution"], other["answer"]) for ex, other in pairs) / len(pairs)
     differing = [(ex, other) for ex, other in pairs if float(ex["answer"]) != float(other["answer"])]
     false_positives = int(sum(grade(ex["solution"], other["answer"]) for ex, other in differing))
     with capsys.disabled():
         print(f"\n[grader audit] GSM8K test ({len(examples)}): own answer {100 * own:.2f}% correct; another "
-              f"question's answer {100 * shifted:.2f}% correct ({len(pairs) - len(differing)} pairs share the same "
-              f"answer; {false_positives} of {len(differing)} pairs with different answers graded correct)")
+              f"question's answer {100 * shifted:.2f}% correct ({len(pairs) - len(differing)} pairs share "
+              f"the same answer; {false_positives} of {len(differing)} pairs with different answers "
+              "graded correct)")
     assert own >= 0.999
     assert false_positives == 0 and shifted <= 0.02
 
 
 def test_failed_judge_calls_are_failures_not_wrong_answers(tiny_model, tmp_path):
-    """Was: with the judge down the table showed 0.0 with "judged 6" and eval.py exited 0; only judge_malformed
-    in the JSON said anything. A judge that answers 500 to everything (on 127.0.0.1, stopped here) and one with
-    no server at all."""
+    """Was: with the judge down the table showed 0.0 with "judged 6" and eval.py exited 0; only
+    judge_malformed in the JSON said anything. A judge that answers 500 to everything (on 127.0.0.1, stopped
+    here) and one with no server at all."""
     import threading
     from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -533,21 +569,24 @@ def test_failed_judge_calls_are_failures_not_wrong_answers(tiny_model, tmp_path)
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Failing)
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    write_jsonl(tmp_path / "math500.jsonl", [{"problem": f"Describe f{i}.", "answer": "it is strictly increasing"}
-                                             for i in range(3)])  # prose: every response goes to the judge
+    # prose: every response goes to the judge
+    write_jsonl(tmp_path / "math500.jsonl",
+                [{"problem": f"Describe f{i}.", "answer": "it is strictly increasing"} for i in range(3)])
     run = lambda url: subprocess.run(
-        [sys.executable, "eval.py", "--model", tiny_model, "--benchmarks", "math500", "--data-dir", str(tmp_path),
-         "--max-new-tokens", "4", "--samples", "2", "--judge", "j", "--judge-url", url, "--judge-timeout", "2",
-         "--judge-retries", "0", "--out", str(tmp_path / "res.json")],
-        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120)
+        [sys.executable, "eval.py", "--model", tiny_model, "--benchmarks", "math500",
+         "--data-dir", str(tmp_path), "--max-new-tokens", "4", "--samples", "2", "--judge", "j",
+         "--judge-url", url, "--judge-timeout", "2", "--judge-retries", "0",
+         "--out", str(tmp_path / "res.json")],
+        cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120,
+        check=False)
     try:
         res = run(f"http://127.0.0.1:{server.server_address[1]}")
     finally:
         server.shutdown()
         server.server_close()
     assert res.returncode == 1, res.stderr[-2000:]
-    assert "[warning] math500: 6 of 6 judge calls failed (no reply): scored 0, so the score is only a lower " \
-           "bound" in res.stdout + res.stderr
+    assert "[warning] math500: 6 of 6 judge calls failed (no reply): scored 0, so the score is only a " \
+           "lower bound" in res.stdout + res.stderr
     assert "judge failed: math500: 6 of 6 judge calls (scored 0)" in res.stdout
     assert "scores that rest on failed judge calls: math500" in res.stderr
     with open(tmp_path / "res.json") as f:
@@ -567,11 +606,12 @@ def test_a_cut_weight_file_and_a_missing_column_name_the_file(tiny_model, tmp_pa
     weights = os.path.join(model, "model.safetensors")
     with open(weights, "r+b") as f:
         f.truncate(os.path.getsize(weights) // 2)
-    with pytest.raises(ValueError, match=r"--model .*m: .*m/model.safetensors: truncated \(\d+ bytes of \d+\); "
-                                         r"evaluate a complete checkpoint"):
+    with pytest.raises(ValueError, match=r"--model .*m: .*m/model.safetensors: truncated "
+                                         r"\(\d+ bytes of \d+\); evaluate a complete checkpoint"):
         ev.main(ev.EvalConfig(model=model, benchmarks="arithmetic"))
     row = {"Question": "Which?", "Correct Answer": "a", "Incorrect Answer 2": "b", "Incorrect Answer 3": "c",
            "Record ID": "r1"}
     write_jsonl(tmp_path / "gpqa_diamond.jsonl", [row])
-    with pytest.raises(ValueError, match=r"gpqa_diamond.jsonl:1: missing field\(s\) \['Incorrect Answer 1'\]"):
+    with pytest.raises(ValueError,
+                       match=r"gpqa_diamond.jsonl:1: missing field\(s\) \['Incorrect Answer 1'\]"):
         bd.load_benchmark("gpqa_diamond", str(tmp_path))

@@ -23,7 +23,8 @@ ARGS = ["--teacher", "gold", "--data", "arithmetic", "--data-limit", "40", "--qu
 
 
 def run(model_dir, out_dir):
-    """3 steps with the parity reward (mixed groups, so the update moves the weights); returns what is compared."""
+    """3 steps with the parity reward (mixed groups, so the update moves the weights); returns what is
+    compared."""
     import reward
     import train
     from test_train import parity_grade
@@ -37,7 +38,8 @@ def run(model_dir, out_dir):
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
         metrics = [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")} for line in f]
     weights = load_file(os.path.join(out_dir, "checkpoints", "step_000003", "model.safetensors"))
-    sums = {k: [w.double().sum().item(), w.double().square().sum().item()] for k, w in sorted(weights.items())}
+    sums = {k: [w.double().sum().item(), w.double().square().sum().item()]
+            for k, w in sorted(weights.items())}
     return {"metrics": metrics, "weight_sums": sums}
 
 

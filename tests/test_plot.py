@@ -19,11 +19,12 @@ def write_run(folder, rows, config=None):
 
 def step(k, buffer=True, bcq=1):
     row = {"step": k, "acc/plain": 0.1 * k, "acc/bcq": 0.5 if bcq else 0.0, "acc/ncq": 0.0, "count/bcq": bcq,
-           "count/ncq": bcq, "adv/positive_frac": 0.2, "time/rollout": 2.0, "time/teacher": 0.0, "time/score": 0.1,
-           "time/update": 3.0, "time/step": 5.5, "count/zero_solved": bcq}
+           "count/ncq": bcq, "adv/positive_frac": 0.2, "time/rollout": 2.0, "time/teacher": 0.0,
+           "time/score": 0.1, "time/update": 3.0, "time/step": 5.5, "count/zero_solved": bcq}
     if buffer:
-        row.update({"buffer/size": 2 + k, "buffer/admitted_total_at_0/8": 2 * k, "buffer/admitted_total_at_2/8": k,
-                    "buffer/graduated_total_from_0/8": k - 1, "buffer/graduated_total_from_2/8": 0})
+        row.update({"buffer/size": 2 + k, "buffer/admitted_total_at_0/8": 2 * k,
+                    "buffer/admitted_total_at_2/8": k, "buffer/graduated_total_from_0/8": k - 1,
+                    "buffer/graduated_total_from_2/8": 0})
     if k == 3:
         row["eval/arithmetic"] = 0.4
     return row
@@ -31,8 +32,8 @@ def step(k, buffer=True, bcq=1):
 
 @pytest.fixture
 def two_runs(tmp_path):
-    zppo = write_run(tmp_path / "zppo", [step(k) for k in (1, 2, 3)], {"algo": "zppo", "buffer": True, "bcq": True,
-                                                                      "ncq": True, "seed": 0})
+    zppo = write_run(tmp_path / "zppo", [step(k) for k in (1, 2, 3)],
+                     {"algo": "zppo", "buffer": True, "bcq": True, "ncq": True, "seed": 0})
     grpo = write_run(tmp_path / "grpo", [step(k, buffer=False, bcq=0) for k in (1, 2, 3)],
                      {"algo": "grpo", "buffer": False, "bcq": False, "ncq": False, "seed": 1})
     return zppo, grpo
@@ -47,7 +48,8 @@ def test_two_runs_overlaid_in_one_png(two_runs, tmp_path):
     runs = [plot.load_run(d) for d in two_runs]
     assert [r["label"] for r in runs] == ["zppo: ZPPO, seed 0", "grpo: GRPO, seed 1"]
     panels = plot.plot_runs(runs, str(tmp_path / "again.png"))
-    assert panels == ["plain", "bcq_ncq", "positive_adv", "zero_solved", "buffer", "graduation", "time", "eval"]
+    assert panels == ["plain", "bcq_ncq", "positive_adv", "zero_solved", "buffer", "graduation", "time",
+                      "eval"]
 
 
 def test_panels_without_metrics_are_left_out(tmp_path):
@@ -55,7 +57,8 @@ def test_panels_without_metrics_are_left_out(tmp_path):
     run = write_run(tmp_path / "r", rows)
     out = plot.main([run])
     assert out == os.path.join(run, "metrics.png") and os.path.getsize(out) > 0
-    assert plot.plot_runs([plot.load_run(run)], str(tmp_path / "p.png")) == ["plain"]  # BCQ at count 0 is no data
+    # BCQ at count 0 is no data
+    assert plot.plot_runs([plot.load_run(run)], str(tmp_path / "p.png")) == ["plain"]
 
 
 def test_graduation_rates_and_phase_times_from_the_last_totals(two_runs):

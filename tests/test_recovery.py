@@ -27,15 +27,20 @@ def latest(out):
         return f.read()
 
 
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
 def test_a_fresh_run_never_clobbers_a_folder_that_holds_a_run(tiny_model, tmp_path):
     """Was: metrics.jsonl cut from 4 lines to 1, the new checkpoint pruned, `latest` naming a deleted one."""
     out = str(tmp_path / "a")
     train.main(config(tiny_model, out, "--steps", "2", "--save-every", "1"))
-    before = open(os.path.join(out, "metrics.jsonl")).read()
-    with pytest.raises(SystemExit, match=r"already holds a run \(metrics.jsonl, latest, checkpoints\); continue "
-                                         r"it with --resume .*--overwrite"):
+    before = read(os.path.join(out, "metrics.jsonl"))
+    with pytest.raises(SystemExit, match=r"already holds a run \(metrics.jsonl, latest, checkpoints\); "
+                                         r"continue it with --resume .*--overwrite"):
         train.main(config(tiny_model, out))
-    assert open(os.path.join(out, "metrics.jsonl")).read() == before  # nothing touched
+    assert read(os.path.join(out, "metrics.jsonl")) == before  # nothing touched
     assert checkpoints(out) == ["step_000001", "step_000002"]
     train.main(config(tiny_model, out, "--overwrite"))  # replaces the old run, all of it
     assert [m["step"] for m in read_metrics(out)] == [1]
@@ -60,7 +65,8 @@ def test_resume_writes_into_the_resumed_run_folder(tiny_model, tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)  # the default --out-dir, runs/zppo, is relative
     out = str(tmp_path / "A")
     train.main(config(tiny_model, out))
-    with pytest.raises(SystemExit, match=r"--out-dir .*elsewhere: --resume continues the run in .*A and writes"):
+    with pytest.raises(SystemExit, match=r"--out-dir .*elsewhere: --resume continues the run in .*A "
+                                         r"and writes"):
         train.main(config(tiny_model, str(tmp_path / "elsewhere"), "--steps", "2", "--resume", out))
     cfg = config(tiny_model, None, "--steps", "2", "--resume", out)
     train.main(cfg)
@@ -78,20 +84,23 @@ def nan_loss(real):
 
 
 def test_a_nan_loss_skips_the_update_and_repeated_ones_stop_the_run(tiny_model, tmp_path, monkeypatch):
-    """Was: nan logged without a word, every tensor of the next checkpoint NaN, the next step dying in sampling."""
+    """Was: nan logged without a word, every tensor of the next checkpoint NaN, the next step dying in
+    sampling."""
     monkeypatch.setattr("reward.grade", parity_grade)  # mixed groups: there is a gradient to poison
     monkeypatch.setattr(zppo, "policy_loss", nan_loss(zppo.policy_loss))
     out = str(tmp_path / "n")
     with pytest.warns(UserWarning, match="non-finite loss .*optimizer step skipped, weights unchanged"):
         train.main(config(tiny_model, out, "--steps", "2"))
     metrics = read_metrics(out)
-    assert all(m["train/skipped_nonfinite"] >= 1 and m["train/loss"] != m["train/loss"] for m in metrics)  # NaN
+    assert all(m["train/skipped_nonfinite"] >= 1 and m["train/loss"] != m["train/loss"]  # NaN
+               for m in metrics)
     weights = load_file(os.path.join(out, "checkpoints", "step_000002", "model.safetensors"))
     initial = load_file(os.path.join(tiny_model, "model.safetensors"))
     assert all(torch.equal(weights[k], initial[k]) for k in initial)  # finite, and untouched by the NaNs
 
     out = str(tmp_path / "stop")
-    with pytest.raises(SystemExit, match=r"step 2: stopping after 2 rollout steps in a row whose update had a"):
+    with pytest.raises(SystemExit, match=r"step 2: stopping after 2 rollout steps in a row whose update "
+                                         r"had a"):
         train.main(config(tiny_model, out, "--steps", "5", "--max-nonfinite-steps", "2"))
     assert [m["step"] for m in read_metrics(out)] == [1, 2]
     assert checkpoints(out) == ["step_000002"] and latest(out) == "step_000002"  # resumable after a fix
@@ -109,7 +118,8 @@ def test_a_checkpoint_is_never_written_from_non_finite_weights(tiny_model, tmp_p
                                          r"checkpoint written"):
         train.main(config(tiny_model, out))
     assert [m["step"] for m in read_metrics(out)] == [1]
-    assert not os.path.exists(os.path.join(out, "latest")) and not os.path.exists(os.path.join(out, "checkpoints"))
+    assert (not os.path.exists(os.path.join(out, "latest"))
+            and not os.path.exists(os.path.join(out, "checkpoints")))
 
 
 def test_the_final_checkpoint_is_saved_before_the_final_eval_and_an_eval_failure_never_stops_training(
@@ -134,15 +144,16 @@ def test_the_final_checkpoint_is_saved_before_the_final_eval_and_an_eval_failure
 
 def test_no_question_fitting_the_prompt_limit_is_an_error_not_a_hang(tiny_model, tmp_path):
     """Was: "dropping 40 questions", then take() looping forever on an empty list."""
-    with pytest.raises(SystemExit, match=r"none of the 40 questions of arithmetic fits --max-prompt-tokens 3: the "
-                                         r"shortest plain prompt has \d+ tokens"):
+    with pytest.raises(SystemExit, match=r"none of the 40 questions of arithmetic fits --max-prompt-tokens "
+                                         r"3: the shortest plain prompt has \d+ tokens"):
         train.main(config(tiny_model, str(tmp_path / "x"), "--max-prompt-tokens", "3"))
 
 
 def test_duplicate_ids_and_too_few_questions_stop_before_any_model_loads(tmp_path, monkeypatch):
     """Was: different questions merged into one advantage group and one buffer entry."""
     import huggingface_hub.constants
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # loading the hub id would fail fast
+    # loading the hub id would fail fast
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     data = tmp_path / "d.jsonl"
     rows = [{"id": i % 9, "question": f"What is {i} + 1?", "answer": str(i + 1)} for i in range(10)]
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -171,11 +182,12 @@ def test_resume_lists_changed_flags_and_applies_the_new_lr(tiny_model, tmp_path)
     """Was: the optimizer kept the old lr while config.json recorded the new one, and nothing was said."""
     out = str(tmp_path / "r")
     train.main(config(tiny_model, out))
-    with pytest.warns(UserWarning, match=r"flags differ from the run that wrote .*step_000001: group_size 4 -> 3, "
-                                         r"lr 0.001 -> 0.0001$"):
-        train.main(train.parse_config(["--student", tiny_model, *ARGS, "--steps", "2", "--resume", out, "--lr",
-                                       "1e-4", "--group-size", "3"]))
-    state = torch.load(os.path.join(out, "checkpoints", "step_000002", "trainer_state.pt"), weights_only=False)
+    with pytest.warns(UserWarning, match=r"flags differ from the run that wrote .*step_000001: "
+                                         r"group_size 4 -> 3, lr 0.001 -> 0.0001$"):
+        train.main(train.parse_config(["--student", tiny_model, *ARGS, "--steps", "2", "--resume", out,
+                                       "--lr", "1e-4", "--group-size", "3"]))
+    state = torch.load(os.path.join(out, "checkpoints", "step_000002", "trainer_state.pt"),
+                       weights_only=False)
     assert {g["lr"] for g in state["optimizer"]["param_groups"]} == {1e-4}
     with open(os.path.join(out, "config.json")) as f:
         assert json.load(f)["lr"] == 1e-4
@@ -206,22 +218,25 @@ def test_iters_per_step_above_the_batch_is_clamped_with_a_word(tiny_model, tmp_p
         train.validate(config(tiny_model, str(tmp_path / "i"), "--iters-per-step", "100"))
 
 
-def test_bad_bytes_missing_models_and_unreachable_hub_ids_say_what_and_where(tiny_model, tmp_path, monkeypatch):
+def test_bad_bytes_missing_models_and_unreachable_hub_ids_say_what_and_where(tiny_model, tmp_path,
+                                                                             monkeypatch):
     """Was: "UnicodeDecodeError ... position 28"; "Repo id must be in the form ..."; a bare hub error."""
     data = tmp_path / "bad.jsonl"
-    data.write_bytes(b'{"question": "What is 1 + 1?", "answer": "2"}\n{"question": "caf\xe9?", "answer": "1"}\n')
+    data.write_bytes(b'{"question": "What is 1 + 1?", "answer": "2"}\n'
+                     b'{"question": "caf\xe9?", "answer": "1"}\n')
     with pytest.raises(ValueError, match=r"bad.jsonl:2: not UTF-8 \(byte 0xe9"):
         train.main(train.parse_config(["--student", tiny_model, *ARGS[2:], "--data", str(data), "--out-dir",
                                        str(tmp_path / "o")]))
     with pytest.raises(SystemExit, match=r"--student path/to/model: no such file or directory \(the student"):
-        train.main(train.parse_config(["--student", "path/to/model", *ARGS, "--out-dir", str(tmp_path / "o")]))
+        train.main(train.parse_config(["--student", "path/to/model", *ARGS,
+                                       "--out-dir", str(tmp_path / "o")]))
     import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as on a machine with no network
-    with pytest.raises(OSError, match=r"the teacher \(--teacher someorg/no-such-model\): could not load the model "
-                                      r"'someorg/no-such-model': tried the hub id 'someorg/no-such-model' "
-                                      r"\(no such local path\)"):
-        train.main(train.parse_config(["--student", tiny_model, *ARGS[2:], "--teacher", "someorg/no-such-model",
-                                       "--out-dir", str(tmp_path / "t")]))
+    with pytest.raises(OSError, match=r"the teacher \(--teacher someorg/no-such-model\): could not load the "
+                                      r"model 'someorg/no-such-model': tried the hub id "
+                                      r"'someorg/no-such-model' \(no such local path\)"):
+        train.main(train.parse_config(["--student", tiny_model, *ARGS[2:], "--teacher",
+                                       "someorg/no-such-model", "--out-dir", str(tmp_path / "t")]))
 
 
 def damage(path, how):
@@ -245,7 +260,8 @@ def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(tiny_model, 
     damage(os.path.join(out, "checkpoints", "step_000002", name), how)
     with open(os.path.join(out, "metrics.jsonl"), "a") as f:
         f.write('{"step": 3, "acc/pla')
-    with pytest.raises(ValueError, match=f"damaged checkpoint .*step_000002/{name}"):  # named explicitly: no guess
+    # named explicitly: no guess
+    with pytest.raises(ValueError, match=f"damaged checkpoint .*step_000002/{name}"):
         checkpoint.find_checkpoint(os.path.join(out, "checkpoints", "step_000002"))
     with pytest.warns(UserWarning) as caught:
         train.main(config(tiny_model, None, "--steps", "2", "--resume", out))
@@ -266,12 +282,12 @@ def test_a_model_folder_or_the_students_folder_is_never_a_run_folder(tiny_model,
 
     model = str(tmp_path / "model")
     shutil.copytree(tiny_model, model)
-    before = open(os.path.join(model, "config.json")).read()
+    before = read(os.path.join(model, "config.json"))
     for extra in ([], ["--overwrite"]):
-        with pytest.raises(SystemExit, match=r"--out-dir .*model: holds files train.py did not write \(.*config.json"
-                                             r".*model.safetensors"):
+        with pytest.raises(SystemExit, match=r"--out-dir .*model: holds files train.py did not write "
+                                             r"\(.*config.json.*model.safetensors"):
             train.main(config(tiny_model, model, *extra))
-    assert open(os.path.join(model, "config.json")).read() == before
+    assert read(os.path.join(model, "config.json")) == before
     with pytest.raises(SystemExit, match=r"--out-dir .*: is the student's folder \(--student"):
         train.main(config(model, model))
     with pytest.raises(SystemExit, match=r"--out-dir .*: holds or is inside the student's folder"):
@@ -280,7 +296,8 @@ def test_a_model_folder_or_the_students_folder_is_never_a_run_folder(tiny_model,
 
 
 def test_the_demo_never_deletes_a_run_it_did_not_write(tiny_model, tmp_path, monkeypatch):
-    """Was: `demo.py --out-dir DIR` deleted the run in DIR/zppo after the primer (it always passes --overwrite)."""
+    """Was: `demo.py --out-dir DIR` deleted the run in DIR/zppo after the primer (it always passes
+    --overwrite)."""
     import sys
 
     import demo
@@ -309,14 +326,15 @@ def test_one_process_per_run_folder_and_a_stale_lock_is_taken_over(tiny_model, t
         with open(os.path.join(out, "lock"), "w") as f:
             f.write(f"{live.pid} {__import__('socket').gethostname()}\n")
         for extra in ([], ["--resume", out]):  # a second fresh run, and a --resume of a live run
-            with pytest.raises(SystemExit, match=rf"l is locked by a live process, pid {live.pid} \(.*lock\): "
-                                                 "another train.py writes this run"):
+            with pytest.raises(SystemExit, match=rf"l is locked by a live process, pid {live.pid} "
+                                                 r"\(.*lock\): another train.py writes this run"):
                 train.main(config(tiny_model, out, *extra))
         assert sorted(os.listdir(out)) == ["lock"]
     finally:
         live.kill()
         live.wait()
-    with pytest.warns(UserWarning, match=rf"lock: taking over the stale lock of pid {live.pid} \(no such process"):
+    with pytest.warns(UserWarning, match=rf"lock: taking over the stale lock of pid {live.pid} "
+                                         r"\(no such process"):
         train.main(config(tiny_model, out))  # the holder died without releasing it (as under kill -9)
     assert not os.path.exists(os.path.join(out, "lock"))  # released at the end
     monkeypatch.setattr(train, "ppo_update", lambda *a, **k: 1 / 0)
@@ -340,9 +358,10 @@ def test_a_full_disk_during_a_save_names_the_path_and_frees_the_partial_checkpoi
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
 
     monkeypatch.setattr(checkpoint.torch, "save", full_disk)
-    with pytest.raises(OSError, match=r"step 2: writing the checkpoint .*step_000002.tmp failed \(RuntimeError: "
-                                      r".*unexpected pos.*\); \d+ MiB are free on its disk after deleting the partial "
-                                      r"checkpoint .*latest still names the last complete checkpoint: free space"):
+    with pytest.raises(OSError, match=r"step 2: writing the checkpoint .*step_000002.tmp failed "
+                                      r"\(RuntimeError: .*unexpected pos.*\); \d+ MiB are free on its disk "
+                                      r"after deleting the partial checkpoint .*latest still names the last "
+                                      r"complete checkpoint: free space"):
         train.main(config(tiny_model, None, "--steps", "2", "--resume", out))
     assert checkpoints(out) == ["step_000001"] and latest(out) == "step_000001"  # no .tmp left
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
@@ -351,9 +370,9 @@ def test_a_full_disk_during_a_save_names_the_path_and_frees_the_partial_checkpoi
 
 
 def test_a_branch_becomes_the_head_and_every_run_file_is_cut_back_to_it(tiny_model, tmp_path, monkeypatch):
-    """Was: after resuming from an older checkpoint and crashing before its first save, `latest` still named the
-    abandoned newer checkpoint and the run continued from it (metrics lost steps, kept the discarded branch's
-    rows); rows of re-run steps appeared twice in --dump-rollouts / --dump-reformulated."""
+    """Was: after resuming from an older checkpoint and crashing before its first save, `latest` still named
+    the abandoned newer checkpoint and the run continued from it (metrics lost steps, kept the discarded
+    branch's rows); rows of re-run steps appeared twice in --dump-rollouts / --dump-reformulated."""
     monkeypatch.setattr("reward.grade", parity_grade)  # mixed groups: BCQ/NCQ rows in the dump
     out, dumps = str(tmp_path / "b"), ["--dump-rollouts", "--dump-reformulated"]
     train.main(config(tiny_model, out, "--steps", "2", "--save-every", "1", *dumps))
@@ -371,8 +390,10 @@ def test_a_branch_becomes_the_head_and_every_run_file_is_cut_back_to_it(tiny_mod
     train.main(config(tiny_model, None, "--steps", "3", *dumps, "--resume", out))
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics] == [1, 2, 3] and latest(out) == "step_000003"
-    rows = {name: [json.loads(line)["step"] for line in open(os.path.join(out, name))]
-            for name in ("rollouts.jsonl", "reformulated.jsonl")}
+    rows = {}
+    for name in ("rollouts.jsonl", "reformulated.jsonl"):
+        with open(os.path.join(out, name)) as f:
+            rows[name] = [json.loads(line)["step"] for line in f]
     for m in metrics:  # each step's rows once: its sequences, its BCQ/NCQ prompts
         reformulated = m["count/bcq"] + m["count/ncq"]
         assert rows["rollouts.jsonl"].count(m["step"]) == 4 * (m["count/questions"] + reformulated)
@@ -381,29 +402,31 @@ def test_a_branch_becomes_the_head_and_every_run_file_is_cut_back_to_it(tiny_mod
 
 def write_rows(path, answer=lambda i: i + 1, solution=True):
     rows = [{"id": i, "question": f"What is {i} + 1?", "answer": str(answer(i)),
-             **({"solution": f"{i} + 1 = {answer(i)}. \\boxed{{{answer(i)}}}"} if solution else {})} for i in range(12)]
+             **({"solution": f"{i} + 1 = {answer(i)}. \\boxed{{{answer(i)}}}"} if solution else {})}
+            for i in range(12)]
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return str(path)
 
 
-def test_a_resume_refuses_an_edited_data_file_and_a_finished_run_and_applies_the_buffer_capacity(tiny_model, tmp_path,
-                                                                                               capsys):
-    """Was: an edited data file resumed without a word (replayed questions graded against answers no longer in the
-    file); `--resume --steps 5` on a run at step 8 did nothing, exit 0, and rewrote config.json to steps 5;
-    `--resume --buffer-capacity 2` was listed as changed but the restored capacity won."""
+def test_a_resume_refuses_an_edited_data_file_and_a_finished_run_and_applies_the_buffer_capacity(
+        tiny_model, tmp_path, capsys):
+    """Was: an edited data file resumed without a word (replayed questions graded against answers no longer in
+    the file); `--resume --steps 5` on a run at step 8 did nothing, exit 0, and rewrote config.json to
+    steps 5; `--resume --buffer-capacity 2` was listed as changed but the restored capacity won."""
     data, out = tmp_path / "d.jsonl", str(tmp_path / "r")
     args = ["--student", tiny_model, *ARGS[:2], "--data", write_rows(data), *ARGS[6:]]
     train.main(train.parse_config([*args, "--steps", "1", "--out-dir", out]))
     assert len(read_buffer(out, 1)["items"]) > 2  # arithmetic answers from a random model: all hard
-    config_before = open(os.path.join(out, "config.json")).read()
-    with pytest.raises(SystemExit, match=r"cannot resume:\n  --steps 1: the run is already at step 1 .*step_000001\), "
-                                         r"nothing to do; give --steps above 1"):
+    config_before = read(os.path.join(out, "config.json"))
+    with pytest.raises(SystemExit, match=r"cannot resume:\n  --steps 1: the run is already at step 1 "
+                                         r".*step_000001\), nothing to do; give --steps above 1"):
         train.main(train.parse_config([*args, "--steps", "1", "--resume", out]))
     write_rows(data, answer=lambda i: i + 2)  # edited in place
-    with pytest.raises(SystemExit, match=r"--data .*d.jsonl: the data file changed since .*step_000001 was written "
-                                         r"\(sha256 \w+ -> \w+\): the buffer and the data position refer to the rows"):
+    with pytest.raises(SystemExit, match=r"--data .*d.jsonl: the data file changed since .*step_000001 was "
+                                         r"written \(sha256 \w+ -> \w+\): the buffer and the data position "
+                                         r"refer to the rows"):
         train.main(train.parse_config([*args, "--steps", "2", "--resume", out]))
-    assert open(os.path.join(out, "config.json")).read() == config_before  # nothing rewritten
+    assert read(os.path.join(out, "config.json")) == config_before  # nothing rewritten
     write_rows(data)  # restored: the same content resumes
     with pytest.warns(UserWarning, match="buffer_capacity 10000 -> 2"):
         train.main(train.parse_config([*args, "--steps", "2", "--resume", out, "--buffer-capacity", "2"]))
@@ -420,13 +443,13 @@ def test_a_gold_teacher_on_data_without_solutions_is_an_error(tiny_model, tmp_pa
     """Was: no BCQ ever (count/bcq 0 every step), no warning."""
     data = write_rows(tmp_path / "n.jsonl", solution=False)
     with pytest.raises(SystemExit, match=r"--teacher gold: no question of .*n.jsonl has a `solution` field"):
-        train.main(train.parse_config(["--student", tiny_model, *ARGS[:2], "--data", data, *ARGS[6:], "--steps", "1",
-                                       "--out-dir", str(tmp_path / "o")]))
+        train.main(train.parse_config(["--student", tiny_model, *ARGS[:2], "--data", data, *ARGS[6:],
+                                       "--steps", "1", "--out-dir", str(tmp_path / "o")]))
 
 
 def test_an_eval_typo_stops_at_start_and_a_failing_eval_file_is_logged_as_eval_failed(tiny_model, tmp_path):
-    """Was: `--eval-benchmarks arithmetc` and an eval file with a bad line only printed `[failed] ...` at the end
-    of the run: no eval/failed in metrics (README promises it), the typo not caught at start."""
+    """Was: `--eval-benchmarks arithmetc` and an eval file with a bad line only printed `[failed] ...` at the
+    end of the run: no eval/failed in metrics (README promises it), the typo not caught at start."""
     with pytest.raises(SystemExit, match=r"--eval-benchmarks arithmetc: unknown 'arithmetc' \(known: "):
         train.main(config(tiny_model, str(tmp_path / "t"), "--eval-benchmarks", "arithmetc"))
     assert not os.path.exists(tmp_path / "t")
@@ -436,7 +459,8 @@ def test_an_eval_typo_stops_at_start_and_a_failing_eval_file_is_logged_as_eval_f
     assert read_metrics(out)[0]["eval/failed"] == 1.0
 
 
-def test_a_checkpoint_missing_or_with_a_cut_tokenizer_template_or_config_file_is_damaged(tiny_model, tmp_path):
+def test_a_checkpoint_missing_or_with_a_cut_tokenizer_template_or_config_file_is_damaged(tiny_model,
+                                                                                        tmp_path):
     """Was: raw transformers errors without the path and no fallback to the previous checkpoint; with
     tokenizer_config.json removed the run resumed silently with another eos token."""
     import shutil
@@ -446,8 +470,9 @@ def test_a_checkpoint_missing_or_with_a_cut_tokenizer_template_or_config_file_is
     newest = os.path.join(out, "checkpoints", "step_000002")
     names = set(os.listdir(newest))
     assert {"tokenizer.json", "tokenizer_config.json", "chat_template.jinja", "config.json"} <= names
-    for name, how in [("tokenizer.json", "truncate"), ("tokenizer.json", "delete"), ("chat_template.jinja", "delete"),
-                      ("config.json", "truncate"), ("tokenizer_config.json", "delete")]:
+    for name, how in [("tokenizer.json", "truncate"), ("tokenizer.json", "delete"),
+                      ("chat_template.jinja", "delete"), ("config.json", "truncate"),
+                      ("tokenizer_config.json", "delete")]:
         copy = str(tmp_path / "copy")
         shutil.copytree(newest, copy)
         damage(os.path.join(copy, name), how)
@@ -455,7 +480,7 @@ def test_a_checkpoint_missing_or_with_a_cut_tokenizer_template_or_config_file_is
         shutil.rmtree(copy)
     assert checkpoint.checkpoint_problem(newest) is None
     damage(os.path.join(newest, "tokenizer_config.json"), "delete")
-    with pytest.warns(UserWarning, match=r"step_000002/tokenizer_config.json: missing\); resuming from the previous "
-                                         r"complete one, step_000001"):
+    with pytest.warns(UserWarning, match=r"step_000002/tokenizer_config.json: missing\); resuming from the "
+                                         r"previous complete one, step_000001"):
         train.main(config(tiny_model, None, "--steps", "2", "--resume", out))
     assert checkpoint.checkpoint_problem(newest) is None  # step 2 written again

@@ -17,17 +17,17 @@ from reformulate import (
 
 
 def test_closer_is_appended_after_one_space():
-    assert CLOSER == ("You FIRST think about the reasoning process as an internal monologue and then provide the "
-                      "final answer. The reasoning process MUST BE enclosed within <think> </think> tags. The final "
-                      "answer MUST BE put in \\boxed{}.")
+    assert CLOSER == ("You FIRST think about the reasoning process as an internal monologue and then provide "
+                      "the final answer. The reasoning process MUST BE enclosed within <think> </think> "
+                      "tags. The final answer MUST BE put in \\boxed{}.")
     assert with_closer("Q?") == "Q? " + CLOSER
 
 
 def test_bcq_prompt_exact():
     expected = (
         "What is 2+2?\n\n"
-        "Here are two candidate responses in <candidate> </candidate> tags to the question above. One is correct "
-        "and another is wrong. Use these as references to help you solve the problem.\n"
+        "Here are two candidate responses in <candidate> </candidate> tags to the question above. One is "
+        "correct and another is wrong. Use these as references to help you solve the problem.\n"
         "<candidate>\nA \\boxed{4}\n</candidate>\n"
         "<candidate>\nB \\boxed{5}\n</candidate>"
     )
@@ -37,14 +37,15 @@ def test_bcq_prompt_exact():
 def test_ncq_prompt_exact():
     expected = (
         "Q\n\n"
-        "The following answers are all WRONG: \\boxed{5}, \\boxed{6}. Below are the incorrect reasoning processes "
-        "in <candidate> </candidate> tags.\n"
+        "The following answers are all WRONG: \\boxed{5}, \\boxed{6}. Below are the incorrect reasoning "
+        "processes in <candidate> </candidate> tags.\n"
         "<candidate>\nw1\n</candidate>\n<candidate>\nw2\n</candidate>\n<candidate>\nw3\n</candidate>"
     )
     assert ncq_prompt("Q", ["5", "6"], ["w1", "w2", "w3"]) == expected
     # no parseable wrong answer: the WRONG sentence is left out, the candidates stay
     assert ncq_prompt("Q", [], ["w1"]) == (
-        "Q\n\nBelow are the incorrect reasoning processes in <candidate> </candidate> tags.\n<candidate>\nw1\n</candidate>")
+        "Q\n\nBelow are the incorrect reasoning processes in <candidate> </candidate> tags.\n"
+        "<candidate>\nw1\n</candidate>")
 
 
 def test_compression_and_hint_prompts_exact():
@@ -58,9 +59,9 @@ def test_compression_and_hint_prompts_exact():
         "• End with the final answer in \\boxed{} format\n"
         "<response>\nRESP\n</response>")
     assert hint_prompt("R") == (
-        "Read the solved response below and write a concise hint that helps solve the original question. Do NOT "
-        "reveal the final answer, do NOT include any \\boxed{} expression, and do NOT copy the full solution. Keep "
-        "only high-level guidance or the key intermediate idea. <response>\nR </response>")
+        "Read the solved response below and write a concise hint that helps solve the original question. "
+        "Do NOT reveal the final answer, do NOT include any \\boxed{} expression, and do NOT copy the full "
+        "solution. Keep only high-level guidance or the key intermediate idea. <response>\nR </response>")
 
 
 def test_extract_summary_and_fallback():

@@ -86,7 +86,8 @@ class Stub:
                         return self.reply(500, b'{"error": "overloaded"}')
                     if prompt.startswith("garbage"):
                         return self.reply(200, b"<html>not json")
-                    content = '{"verdict": "correct"}' if prompt.startswith("You are an expert judge") else None
+                    content = ('{"verdict": "correct"}' if prompt.startswith("You are an expert judge")
+                               else None)
                     choices = [{"index": i, "message": {"role": "assistant",
                                                         "content": content or f"{prompt} #{i} \\boxed{{7}}"},
                                 "finish_reason": "stop"} for i in range(body["n"])]
@@ -125,11 +126,15 @@ def engine(stub, **kw):
 def test_normal_answers_and_sampling_parameters(stub):
     out = engine(stub).generate(["q1", "q2"], n=3, max_new_tokens=50, temperature=0.7, top_p=0.9, top_k=20,
                                 presence_penalty=1.5)
-    assert [[r.text for r in g] for g in out] == [[f"q{j} #{i} \\boxed{{7}}" for i in range(3)] for j in (1, 2)]
+    assert [[r.text for r in g] for g in out] == [[f"q{j} #{i} \\boxed{{7}}" for i in range(3)]
+                                                  for j in (1, 2)]
     req = stub.requests[0]
-    assert req["model"] == "teacher-model" and req["messages"] == [{"role": "user", "content": req["messages"][0]["content"]}]
-    assert {k: req[k] for k in ("n", "max_tokens", "temperature", "top_p", "top_k", "min_p", "presence_penalty")} == \
-        {"n": 3, "max_tokens": 50, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.0, "presence_penalty": 1.5}
+    assert (req["model"] == "teacher-model"
+            and req["messages"] == [{"role": "user", "content": req["messages"][0]["content"]}])
+    assert {k: req[k] for k in ("n", "max_tokens", "temperature", "top_p", "top_k", "min_p",
+                                "presence_penalty")} == \
+        {"n": 3, "max_tokens": 50, "temperature": 0.7, "top_p": 0.9, "top_k": 20, "min_p": 0.0,
+         "presence_penalty": 1.5}
     assert engine(stub).generate(["q"], top_k=0)[0] and stub.requests[-1]["top_k"] == -1  # 0 = off, vLLM's -1
     assert req["repetition_penalty"] == 1.0  # min-p and the repetition penalty sent always, off: the server's
     # checkpoint defaults never apply
@@ -179,12 +184,13 @@ def test_unreachable_server_fails_softly():
     assert e.generate(["q"]) == [[]] and e.failures == 1
 
 
-def test_training_with_a_failing_remote_teacher_loses_bcq_not_the_run(tiny_model, tmp_path, stub, monkeypatch):
+def test_training_with_a_failing_remote_teacher_loses_bcq_not_the_run(tiny_model, tmp_path, stub,
+                                                                       monkeypatch):
     monkeypatch.setattr("reward.grade", lambda text, gold: 0.0)  # all hard, so the cap is filled
     out = str(tmp_path / "r")
-    cfg = train.parse_config(["--student", tiny_model, *ARGS[2:], "--teacher", "slow-teacher", "--teacher-url",
-                              stub.url, "--teacher-timeout", "0.3", "--teacher-retries", "0", "--steps", "1",
-                              "--out-dir", out])
+    cfg = train.parse_config(["--student", tiny_model, *ARGS[2:], "--teacher", "slow-teacher",
+                              "--teacher-url", stub.url, "--teacher-timeout", "0.3", "--teacher-retries", "0",
+                              "--steps", "1", "--out-dir", out])
     train.main(cfg)
     (m,) = read_metrics(out)
     assert m["count/teacher_failed"] > 0 and m["count/bcq"] == 0 and m["count/ncq"] == 2
@@ -193,8 +199,8 @@ def test_training_with_a_failing_remote_teacher_loses_bcq_not_the_run(tiny_model
 
 def test_free_form_gold_answers_are_judged_by_the_teacher_during_training(tiny_model, tmp_path, stub):
     data = tmp_path / "prose.jsonl"
-    data.write_text("".join(json.dumps({"question": f"Describe f{i}.", "answer": "it is strictly increasing"}) + "\n"
-                            for i in range(8)))
+    data.write_text("".join(json.dumps({"question": f"Describe f{i}.", "answer": "it is strictly increasing"})
+                            + "\n" for i in range(8)))
     out = str(tmp_path / "j")
     cfg = train.parse_config(["--student", tiny_model, "--teacher", "judge-model", "--teacher-url", stub.url,
                               "--data", str(data), "--questions-per-step", "8", "--group-size", "2",
@@ -208,30 +214,34 @@ def test_free_form_gold_answers_are_judged_by_the_teacher_during_training(tiny_m
 
 @pytest.mark.parametrize("how", sorted(HOSTILE))
 def test_a_hostile_reply_is_one_failed_request_retried_never_an_exception(stub, how):
-    """Was: BadStatusLine, IncompleteRead, RecursionError, TypeError in the grader (the run died); 5,000 choices
-    used for 2 asked, a reply 20x max_tokens long used, an empty reply not counted; a slow sender took 42 s for a
-    2 s timeout. Each is now one failed attempt, retried, then one counted failure; the drip within the timeout."""
+    """Was: BadStatusLine, IncompleteRead, RecursionError, TypeError in the grader (the run died); 5,000
+    choices used for 2 asked, a reply 20x max_tokens long used, an empty reply not counted; a slow sender took
+    42 s for a 2 s timeout. Each is now one failed attempt, retried, then one counted failure; the drip within
+    the timeout."""
     e = engine(stub, retries=1, timeout=0.5)
     start = time.perf_counter()
     assert e.generate([how], n=2, max_new_tokens=10) == [[]] and e.failures == 1 and e.prompts == 1
     assert len(stub.requests) == 2  # retried once
-    assert time.perf_counter() - start < 3  # two attempts of at most 0.5 s each (the drip takes 4 s per reply)
+    # two attempts of at most 0.5 s each (the drip takes 4 s per reply)
+    assert time.perf_counter() - start < 3
     assert engine(stub).generate(["fine"], n=2, max_new_tokens=10)[0][1].text == "fine #1 \\boxed{7}"
 
 
 def test_a_configuration_that_cannot_work_is_caught_at_start(tiny_model, tmp_path, stub):
     """Was: a URL without a scheme or with a wrong path failed every request (404, not retried) and the run
     trained without a teacher, exit 0, nothing said."""
-    base = ["--student", tiny_model, *ARGS[2:], "--teacher", "t", "--steps", "1", "--out-dir", str(tmp_path / "o")]
-    with pytest.raises(SystemExit, match=r"--teacher-url 127.0.0.1:8000: not an http:// or https:// URL with a host "
-                                         r"\(e.g. http://127.0.0.1:8000\)"):
+    base = ["--student", tiny_model, *ARGS[2:], "--teacher", "t", "--steps", "1",
+            "--out-dir", str(tmp_path / "o")]
+    with pytest.raises(SystemExit, match=r"--teacher-url 127.0.0.1:8000: not an http:// or https:// URL "
+                                         r"with a host \(e.g. http://127.0.0.1:8000\)"):
         train.main(train.parse_config(base + ["--teacher-url", "127.0.0.1:8000"]))
-    with pytest.raises(OSError, match=r"the teacher \(--teacher t\): .*/wrong/v1/chat/completions answered 404 to a "
-                                      r"test request for the model 't'"):
+    with pytest.raises(OSError, match=r"the teacher \(--teacher t\): .*/wrong/v1/chat/completions answered "
+                                      r"404 to a test request for the model 't'"):
         train.main(train.parse_config(base + ["--teacher-url", stub.url + "/wrong"]))
     with pytest.raises(OSError, match=r"the teacher \(--teacher t\): no server answers at http://127.0.0.1:9/v1/chat"
                                       r"/completions \(ConnectionRefusedError"):
-        train.main(train.parse_config(base + ["--teacher-url", "http://127.0.0.1:9", "--teacher-timeout", "1"]))
+        train.main(train.parse_config(base + ["--teacher-url", "http://127.0.0.1:9",
+                                              "--teacher-timeout", "1"]))
     assert not os.path.exists(tmp_path / "o" / "metrics.jsonl")
 
 
@@ -241,11 +251,11 @@ def test_a_teacher_that_fails_every_request_of_a_step_says_so_and_one_that_cuts_
     monkeypatch.setattr("reward.grade", lambda text, gold: 0.0)  # all hard: the teacher is asked
     base = ["--student", tiny_model, *ARGS[2:], "--teacher-timeout", "0.3", "--teacher-retries", "0"]
     out = str(tmp_path / "cut")
-    train.main(train.parse_config(base + ["--teacher", "cut-teacher", "--teacher-url", stub.url, "--steps", "2",
-                                          "--out-dir", out]))
+    train.main(train.parse_config(base + ["--teacher", "cut-teacher", "--teacher-url", stub.url,
+                                          "--steps", "2", "--out-dir", out]))
     assert [m["step"] for m in read_metrics(out)] == [1, 2] and sum(m["count/teacher_failed"] for m in
                                                                     read_metrics(out)) > 0
     with pytest.warns(UserWarning, match=r"step 1: every one of the \d+ requests to the teacher at .* failed "
                                          r"\(count/teacher_failed\)"):
-        train.main(train.parse_config(base + ["--teacher", "slow-teacher", "--teacher-url", stub.url, "--steps",
-                                              "1", "--out-dir", str(tmp_path / "slow")]))
+        train.main(train.parse_config(base + ["--teacher", "slow-teacher", "--teacher-url", stub.url,
+                                              "--steps", "1", "--out-dir", str(tmp_path / "slow")]))

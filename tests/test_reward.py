@@ -30,7 +30,8 @@ def test_equivalences(pred, gold):
         assert answers_match(pred, gold), (pred, gold)
 
 
-@pytest.mark.parametrize("pred,gold", [("3", "4"), ("\\pi", "3.14"), ("1/3", "0.33"), ("x+1", "x+2"), ("", "0")])
+@pytest.mark.parametrize("pred,gold", [("3", "4"), ("\\pi", "3.14"), ("1/3", "0.33"), ("x+1", "x+2"),
+                                       ("", "0")])
 def test_non_equivalences(pred, gold):
     assert not answers_match(pred, gold)
 
@@ -89,7 +90,8 @@ def test_judge_verdict_must_be_strict_json(text, score):
 
 @pytest.mark.parametrize("text,verdict", [
     ('<think>they match</think>{"verdict": "correct"}', "correct"),
-    ('they match</think>\n{"verdict": "correct"}', "correct"),  # the chat template opened <think> in the prompt
+    # the chat template opened <think> in the prompt
+    ('they match</think>\n{"verdict": "correct"}', "correct"),
     ('Let me check.\n<think>5 = 5</think>\n{"verdict": "correct"}', "correct"),  # the block after some text
     ('<think>a</think> b </think>\n{"verdict": "wrong"}', "wrong"),  # thinking ends at the last </think>
     ('they match</think>{"verdict": "wrong"}', "wrong"),
@@ -139,10 +141,10 @@ PAPER_LINES = [  # EVAL.md, "The shared judge prompt", lines that must reach the
     "You are an expert judge evaluating whether a model's response is correct according to the ground truth.",
     "## Your Role (READ FIRST)",
     "• Do NOT second-guess the ground truth, even if it seems wrong.",
-    "• If the final answer is missing due to answer format error, truncation, or other reasons, look inside "
-    "thinking or reasoning.",
-    'Output ONLY a valid JSON object with exactly this format (no prose, no code fences, no trailing commentary): '
-    '{"verdict": "correct" or "wrong"}',
+    ("• If the final answer is missing due to answer format error, truncation, or other reasons, look inside "
+     "thinking or reasoning."),
+    ('Output ONLY a valid JSON object with exactly this format (no prose, no code fences, no trailing '
+     'commentary): {"verdict": "correct" or "wrong"}'),
 ]
 
 
@@ -155,7 +157,8 @@ def test_judge_prompt_is_the_papers_template_with_options_only_when_present():
     assert "## Answer Options" not in plain and "{{" not in plain and "{%" not in plain
     mc = judge_prompt({"question": "Pick.\n\nA. one\nB. two", "stem": "Pick.", "options": "A. one\nB. two",
                        "answer": "B"}, "it is \\boxed{two}")
-    assert "## Question\nPick.\n## Answer Options\nA. one\nB. two\n## Model Response\nit is \\boxed{two}\n" in mc
+    assert ("## Question\nPick.\n## Answer Options\nA. one\nB. two\n## Model Response\nit is \\boxed{two}\n"
+            in mc)
 
 
 def test_long_responses_lose_their_start_and_the_cut_is_marked():
@@ -188,15 +191,18 @@ def test_unresolved_rows_go_to_the_judge_with_the_full_response():
     responses = ["\\boxed{7}", "long reasoning ... and so the answer is seven", "\\boxed{it increases}"]
     judge = Judge()
     details = score_detailed(list(zip(examples, responses)), judge)
-    assert [d["via"] for d in details] == ["rule", "judge", "judge"] and [d["score"] for d in details] == [1, 1, 1]
-    (call,) = judge.calls  # one batch: the unboxed response and the free-form gold, nothing the rule decided
-    assert len(call["prompts"]) == 2 and "## Model Response\nlong reasoning ... and so the answer is seven\n" in \
-        call["prompts"][0]
+    assert ([d["via"] for d in details] == ["rule", "judge", "judge"]
+            and [d["score"] for d in details] == [1, 1, 1])
+    # one batch: the unboxed response and the free-form gold, nothing the rule decided
+    (call,) = judge.calls
+    assert len(call["prompts"]) == 2 and \
+        "## Model Response\nlong reasoning ... and so the answer is seven\n" in call["prompts"][0]
     assert "## Ground Truth Answer\nit is strictly increasing" in call["prompts"][1]
     assert (call["temperature"], call["top_p"], call["max_new_tokens"]) == (0.0, 1.0, 512)
 
     alone = score_detailed(list(zip(examples, responses)), judge=None)  # no judge: unresolved, scored 0
-    assert [(d["via"], d["score"]) for d in alone] == [("rule", 1.0), ("unresolved", 0.0), ("unresolved", 0.0)]
+    assert [(d["via"], d["score"]) for d in alone] == [("rule", 1.0), ("unresolved", 0.0),
+                                                       ("unresolved", 0.0)]
     failed = score_detailed(list(zip(examples, responses)), Judge(fail=True))
     assert [d["score"] for d in failed] == [1.0, 0.0, 0.0] and failed[1]["judge_reply"] is None
     wrong = score_responses(list(zip(examples, responses)), Judge(reply=lambda p: "correct, I think"))
@@ -217,10 +223,10 @@ def test_training_rewards_route_the_same_way():
 
 
 def test_a_truncated_response_is_scored_the_same_in_training_and_eval():
-    """One routing for training rewards and benchmarks (App. D.1): a response the token limit cut whose last box
-    is wrong (an intermediate box, the final answer never written) goes to the judge in eval.py and in every
-    training reward (the student's rollouts, ZPPO's teacher rollouts, Off-Distill's targets); the same text
-    finished is the rule's 0 everywhere."""
+    """One routing for training rewards and benchmarks (App. D.1): a response the token limit cut whose last
+    box is wrong (an intermediate box, the final answer never written) goes to the judge in eval.py and in
+    every training reward (the student's rollouts, ZPPO's teacher rollouts, Off-Distill's targets); the same
+    text finished is the rule's 0 everywhere."""
     from types import SimpleNamespace
 
     import eval as ev
@@ -231,7 +237,8 @@ def test_a_truncated_response_is_scored_the_same_in_training_and_eval():
 
     def rollouts():
         text = "first \\boxed{4}, then"
-        return [Rollout(text, [1], [2, 3], finish_reason="length"), Rollout(text, [1], [2, 3], finish_reason="stop")]
+        return [Rollout(text, [1], [2, 3], finish_reason="length"),
+                Rollout(text, [1], [2, 3], finish_reason="stop")]
 
     class Teacher:  # answers its plain prompt with the two rollouts, and judges every response correct
         def generate(self, prompts, n=1, **sampling):
@@ -242,12 +249,12 @@ def test_a_truncated_response_is_scored_the_same_in_training_and_eval():
     scored = ev.score_groups([rollouts()], examples, Judge())
     assert [v["score"] for v in scored[0]] == [1.0, 0.0] and scored[0][0]["via"] == "judge"
     assert score_rollouts([rollouts()], examples, Judge()) == [[1.0, 0.0]]
-    cfg = SimpleNamespace(teacher="T", teacher_group_size=2, teacher_max_new_tokens=4, temperature=1.0, top_p=1.0,
-                          top_k=0)
+    cfg = SimpleNamespace(teacher="T", teacher_group_size=2, teacher_max_new_tokens=4, temperature=1.0,
+                          top_p=1.0, top_k=0)
     kept = train.teacher_correct(cfg, Teacher(), examples)
     assert [[r.finish_reason for r in g] for g in kept] == [["length"]]
-    targets, counts = off_distill_targets([Group(examples[0], "plain", "Q", rollouts=rollouts())], Teacher(), n=2,
-                                          max_new_tokens=4)
+    targets, counts = off_distill_targets([Group(examples[0], "plain", "Q", rollouts=rollouts())], Teacher(),
+                                          n=2, max_new_tokens=4)
     assert len(targets) == 1 and counts["acc/teacher"] == 0.5
 
 
@@ -259,26 +266,26 @@ def test_verdict_of_names_the_verdict_or_none():
 # ---------------------------------------------------------------------------------------------------------
 # property: any string, random or built to explode, is graded 0 or 1 in under 2 s, without raising
 
-LATEX_BITS = ["9", "99", "999", "1", "0", "x", "n", "^", "!", "{", "}", "(", ")", "[", "]", "\\frac", "\\sqrt",
-              "\\binom", "\\cdot", "\\times", "\\pi", "e", "+", "-", "*", "/", ",", ".", " ", "\\boxed{",
-              "\\left(", "\\right)", "%", "^\\circ", "\\infty", "=", "<", "\\{", "\\}", "_", "\\int", "\\sum", "|",
-              "\\"]
+LATEX_BITS = ["9", "99", "999", "1", "0", "x", "n", "^", "!", "{", "}", "(", ")", "[", "]", "\\frac",
+              "\\sqrt", "\\binom", "\\cdot", "\\times", "\\pi", "e", "+", "-", "*", "/", ",", ".", " ",
+              "\\boxed{", "\\left(", "\\right)", "%", "^\\circ", "\\infty", "=", "<", "\\{", "\\}", "_",
+              "\\int", "\\sum", "|", "\\"]
 atoms = st.sampled_from(["9", "99", "999", "x", "n", "2", "10", "\\pi", "e"])
 # nested powers, factorials, products and binomials in every bracket style: towers like {9}^{{9}^{9}}, (99!)!
 explosive = st.recursive(atoms, lambda inner: st.one_of(
-    st.tuples(inner, inner).map(lambda ab: "{%s}^{%s}" % ab),
-    st.tuples(inner, inner).map(lambda ab: "%s^%s" % ab),
-    inner.map(lambda a: "(%s)!" % a), inner.map(lambda a: "{%s}!" % a), inner.map(lambda a: a + "!"),
-    st.tuples(inner, inner).map(lambda ab: "(%s*%s)" % ab),
-    st.tuples(inner, inner).map(lambda ab: "\\binom{%s}{%s}" % ab),
-    st.tuples(inner, inner).map(lambda ab: "\\frac{%s}{%s}" % ab)), max_leaves=6)
+    st.tuples(inner, inner).map(lambda ab: f"{{{ab[0]}}}^{{{ab[1]}}}"),
+    st.tuples(inner, inner).map(lambda ab: f"{ab[0]}^{ab[1]}"),
+    inner.map(lambda a: f"({a})!"), inner.map(lambda a: f"{{{a}}}!"), inner.map(lambda a: a + "!"),
+    st.tuples(inner, inner).map(lambda ab: f"({ab[0]}*{ab[1]})"),
+    st.tuples(inner, inner).map(lambda ab: f"\\binom{{{ab[0]}}}{{{ab[1]}}}"),
+    st.tuples(inner, inner).map(lambda ab: f"\\frac{{{ab[0]}}}{{{ab[1]}}}")), max_leaves=6)
 answers = st.one_of(explosive, st.lists(st.sampled_from(LATEX_BITS), max_size=40).map("".join),
                     st.text(max_size=60))
-responses = st.one_of(answers.map(lambda a: "The answer is \\boxed{%s}" % a), st.text(max_size=300),
+responses = st.one_of(answers.map(lambda a: f"The answer is \\boxed{{{a}}}"), st.text(max_size=300),
                       st.tuples(st.text(max_size=40), answers, answers).map(
-                          lambda t: "%s\\boxed{%s} \\boxed{%s" % t))
-golds = st.one_of(st.sampled_from(["1", "1", "1", "720", "x", "\\frac{1}{2}", "(B)", "\\pi", "90^\\circ", "50\\%",
-                                   "9^{9}"]),
+                          lambda t: f"{t[0]}\\boxed{{{t[1]}}} \\boxed{{{t[2]}"))
+golds = st.one_of(st.sampled_from(["1", "1", "1", "720", "x", "\\frac{1}{2}", "(B)", "\\pi", "90^\\circ",
+                                   "50\\%", "9^{9}"]),
                   answers)
 
 
@@ -295,8 +302,9 @@ def test_grade_is_bounded_on_random_and_adversarial_strings(response, gold):
     assert score in (0.0, 1.0)
 
 
-@pytest.mark.parametrize("tower", ["{9}^{{9}^{9}}", "(99!)!", "9^{{9}^{9}}", "((99)!)!", "(9^9)!", "(999*999)!",
-                                   "\\binom{1000000}{500000}", "2^{9!}", "9!!!!!!!", "(10^{10})!"])
+@pytest.mark.parametrize("tower", ["{9}^{{9}^{9}}", "(99!)!", "9^{{9}^{9}}", "((99)!)!", "(9^9)!",
+                                   "(999*999)!", "\\binom{1000000}{500000}", "2^{9!}", "9!!!!!!!",
+                                   "(10^{10})!"])
 def test_towers_and_nested_factorials_are_refused_before_math_verify(tower, monkeypatch):
     """These took 2.0-2.6 s each, stopped only by math-verify's time limit: now refused without trying it."""
     import math_verify
@@ -304,7 +312,7 @@ def test_towers_and_nested_factorials_are_refused_before_math_verify(tower, monk
     calls = []
     monkeypatch.setattr(math_verify, "parse", lambda *args, **kwargs: calls.append(args))
     start = time.perf_counter()
-    assert grade("\\boxed{%s}" % tower, "1") == 0.0
+    assert grade(f"\\boxed{{{tower}}}", "1") == 0.0
     assert time.perf_counter() - start < 0.1 and calls == []
 
 
@@ -315,7 +323,8 @@ def test_small_factorials_and_powers_still_reach_math_verify():
 
 
 def test_a_slow_math_verify_is_cut_off_by_the_answers_budget(monkeypatch):
-    """Whatever the pre-check misses, no math-verify call starts once SYMBOLIC_BUDGET_S of the answer is spent."""
+    """Whatever the pre-check misses, no math-verify call starts once SYMBOLIC_BUDGET_S of the answer is
+    spent."""
     import math_verify
 
     import reward

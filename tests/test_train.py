@@ -16,7 +16,8 @@ from rollout import TransformersEngine, load_model
 from zppo import Episode
 
 ARGS = ["--teacher", "gold", "--data", "arithmetic", "--data-limit", "40", "--questions-per-step", "8",
-        "--group-size", "4", "--max-new-tokens", "12", "--iters-per-step", "2", "--lr", "1e-3", "--micro-batch-size", "4"]
+        "--group-size", "4", "--max-new-tokens", "12", "--iters-per-step", "2", "--lr", "1e-3",
+        "--micro-batch-size", "4"]
 
 
 def read_metrics(out_dir):
@@ -68,10 +69,12 @@ def test_cli_trains_two_steps_with_bcq_and_ncq_groups_and_eval_scores_it(tiny_mo
     with open(os.path.join(out, "latest")) as f:
         assert f.read() == "step_000002"
 
-    (tmp_path / "math500.jsonl").write_text("".join(json.dumps({"problem": f"What is {i} + 1?", "answer": str(i + 1)}) + "\n"
+    (tmp_path / "math500.jsonl").write_text("".join(json.dumps({"problem": f"What is {i} + 1?",
+                                                                 "answer": str(i + 1)}) + "\n"
                                                     for i in range(5)))
     res = subprocess.run([sys.executable, "eval.py", "--model", ckpt, "--benchmarks", "math500", "--data-dir",
-                          str(tmp_path), "--max-new-tokens", "8", "--samples", "2", "--out", str(tmp_path / "res.json")],
+                          str(tmp_path), "--max-new-tokens", "8", "--samples", "2",
+                          "--out", str(tmp_path / "res.json")],
                          cwd=ROOT, check=True, capture_output=True, text=True)
     assert "| math500 | math |" in res.stdout
     with open(tmp_path / "res.json") as f:
@@ -86,8 +89,8 @@ def parity_grade(text, gold):
 
 
 def test_resume_continues_exactly(tiny_model, tmp_path, monkeypatch):
-    """Also with an evaluation every step: it runs after the checkpoint and samples from a forked random state,
-    so the straight run (no checkpoint at step 1) and the resumed one sample the same step 2."""
+    """Also with an evaluation every step: it runs after the checkpoint and samples from a forked random
+    state, so the straight run (no checkpoint at step 1) and the resumed one sample the same step 2."""
     monkeypatch.setattr("reward.grade", parity_grade)
     straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
     args = ["--student", tiny_model, *ARGS, "--eval-benchmarks", "arithmetic", "--eval-every", "1",
@@ -100,7 +103,11 @@ def test_resume_continues_exactly(tiny_model, tmp_path, monkeypatch):
     w0 = load_file(os.path.join(tiny_model, "model.safetensors"))
     assert any(not torch.equal(wa[k], w0[k]) for k in w0)  # the forced rewards moved the weights
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6) for k in wa)
-    sa, sb = (json.load(open(os.path.join(d, "state.json"))) for d in (a, b))
+    states = []
+    for d in (a, b):
+        with open(os.path.join(d, "state.json")) as f:
+            states.append(json.load(f))
+    sa, sb = states
     assert sa["step"] == sb["step"] == 2 and sa["buffer"] == sb["buffer"]
     assert (sa["data_epoch"], sa["data_pos"]) == (sb["data_epoch"], sb["data_pos"])
     ma, mb = read_metrics(straight), read_metrics(resumed)
@@ -137,10 +144,12 @@ def test_model_teacher_generates_and_compresses_candidates(tiny_model, tmp_path,
 
     monkeypatch.setattr(rollout.TransformersEngine, "generate", spy)
     monkeypatch.setattr("reward.grade", lambda text, gold: float(text.startswith("\x00never")))  # all wrong
-    monkeypatch.setattr("reward.JUDGE_MAX_NEW_TOKENS", 8)  # the teacher judges unboxed rollouts: keep replies short
+    # the teacher judges unboxed rollouts: keep replies short
+    monkeypatch.setattr("reward.JUDGE_MAX_NEW_TOKENS", 8)
     out = str(tmp_path / "t")
     args = ["--student", tiny_model, "--teacher", tiny_model, "--teacher-group-size", "2",
-            "--teacher-max-new-tokens", "6", "--compress-max-new-tokens", "6", "--steps", "1", "--out-dir", out]
+            "--teacher-max-new-tokens", "6", "--compress-max-new-tokens", "6", "--steps", "1",
+            "--out-dir", out]
     train.main(train.parse_config([*ARGS[2:], *args, "--dump-reformulated"]))
     (m,) = read_metrics(out)
     # no teacher rollout is correct: no BCQ, the two capped slots go to NCQ of the two hardest questions
@@ -161,15 +170,17 @@ def test_presence_penalty_discourages_repeated_tokens(tiny_model):
     plain = engine.generate(["What is 1 + 2?"], n=1, max_new_tokens=24, temperature=0.0)[0][0]
     penalised = engine.generate(["What is 1 + 2?"], n=1, max_new_tokens=24, temperature=0.0,
                                 presence_penalty=1e4)[0][0]
-    assert len(set(plain.token_ids)) < len(plain.token_ids)  # greedy decoding of a random model repeats itself
+    # greedy decoding of a random model repeats itself
+    assert len(set(plain.token_ids)) < len(plain.token_ids)
     assert len(set(penalised.token_ids)) == len(penalised.token_ids)
 
 
 def test_eval_runs_inside_training_and_lands_in_the_step_metrics(tiny_model, tmp_path):
     out = str(tmp_path / "e")
-    cfg = train.parse_config(["--student", tiny_model, *ARGS, "--steps", "2", "--out-dir", out, "--algo", "grpo",
-                              "--eval-benchmarks", "arithmetic", "--eval-every", "1", "--eval-limit", "3",
-                              "--eval-max-new-tokens", "4"])  # an unknown name stops at start (test_recovery)
+    # an unknown name stops at start (test_recovery)
+    cfg = train.parse_config(["--student", tiny_model, *ARGS, "--steps", "2", "--out-dir", out,
+                              "--algo", "grpo", "--eval-benchmarks", "arithmetic", "--eval-every", "1",
+                              "--eval-limit", "3", "--eval-max-new-tokens", "4"])
     train.main(cfg)
     metrics = read_metrics(out)
     assert [m["step"] for m in metrics] == [1, 2]  # one line per step, eval scores included
@@ -197,12 +208,15 @@ def test_step_metrics_count_the_all_wrong_groups_a_reformulation_turned_into_sig
     from zppo import Group, episodes
 
     def group(qid, kind, rewards):
-        return Group({"id": qid}, kind, "Q", rollouts=[Rollout("", [1], [2, 3])] * len(rewards), rewards=rewards)
+        return Group({"id": qid}, kind, "Q", rollouts=[Rollout("", [1], [2, 3])] * len(rewards),
+                     rewards=rewards)
 
-    # q/a: 0/4 plain, BCQ 1/4 right, NCQ 0/4; q/b: 0/4 plain, only an NCQ, 2/4 right; q/c: 2/4 plain, a BCQ 4/4
-    plain = [group("q/a", "plain", [0, 0, 0, 0]), group("q/b", "plain", [0] * 4), group("q/c", "plain", [1, 1, 0, 0])]
-    helped = [group("q/a", "bcq", [1, 0, 0, 0]), group("q/a", "ncq", [0] * 4), group("q/b", "ncq", [1, 1, 0, 0]),
-              group("q/c", "bcq", [1] * 4)]
+    # q/a: 0/4 plain, BCQ 1/4 right, NCQ 0/4; q/b: 0/4 plain, only an NCQ, 2/4 right;
+    # q/c: 2/4 plain, a BCQ 4/4
+    plain = [group("q/a", "plain", [0, 0, 0, 0]), group("q/b", "plain", [0] * 4),
+             group("q/c", "plain", [1, 1, 0, 0])]
+    helped = [group("q/a", "bcq", [1, 0, 0, 0]), group("q/a", "ncq", [0] * 4),
+              group("q/b", "ncq", [1, 1, 0, 0]), group("q/c", "bcq", [1] * 4)]
     cfg = SimpleNamespace(algo="zppo", buffer=False)
     m = step_metrics(cfg, plain, helped, episodes(plain + helped), 3, ReplayBuffer())
     assert m["count/plain_zero"] == 2 and m["count/zero_reformulated"] == 3  # a/bcq, a/ncq, b/ncq

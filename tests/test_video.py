@@ -1,6 +1,6 @@
-"""Video input: frames sampled from a file generated here (PyAV), cached, laid out as Qwen3-VL's video inputs,
-sent to the transformers engine, vLLM and a remote server, and the five video benchmarks end to end on local rows
-in their hub layouts."""
+"""Video input: frames sampled from a file generated here (PyAV), cached, laid out as Qwen3-VL's video
+inputs, sent to the transformers engine, vLLM and a remote server, and the five video benchmarks end to end on
+local rows in their hub layouts."""
 import base64
 import json
 import os
@@ -69,7 +69,8 @@ def test_video_inputs_are_qwen3_vl_s_layout_and_tokens(clip, tiny_vlm, tmp_path)
     index = video.sample_frames(clip, fps=2, max_frames=4, cache=str(tmp_path))
     vision = video.video_inputs(tok, [index])
     frames, _ = video.load_clip(index)
-    # upstream's layout (Qwen3VLVideoProcessor.patchify) applied to the normalised 64x64 frames (no resize here)
+    # upstream's layout (Qwen3VLVideoProcessor.patchify) applied to the normalised 64x64 frames (no resize
+    # here)
     proc = tok.image_processor
     x = np.stack([np.asarray(f, np.float32).transpose(2, 0, 1) / 255 for f in frames])
     x = (x - np.array(proc.image_mean)[:, None, None]) / np.array(proc.image_std)[:, None, None]
@@ -80,7 +81,7 @@ def test_video_inputs_are_qwen3_vl_s_layout_and_tokens(clip, tiny_vlm, tmp_path)
     expected = v.reshape(len(frames) // t * gh * gw, 3 * t * p * p)
     assert vision["video_grid_thw"].tolist() == [[2, gh, gw]]
     assert torch.allclose(vision["pixel_values_videos"], expected, atol=1e-5)
-    ids, enc = encode_prompt(tok, {"text": "What moves?", "videos": [index]})
+    ids, _enc = encode_prompt(tok, {"text": "What moves?", "videos": [index]})
     pad = tok.convert_tokens_to_ids("<|video_pad|>")
     assert ids.count(pad) == 2 * gh * gw // m ** 2
     text = tok.decode(ids)
@@ -108,7 +109,8 @@ def test_engines_take_videos(clip, tiny_vlm, tmp_path, fake, monkeypatch, images
     llm.generate = generate
     engine.generate(prompts[:1], n=1, max_new_tokens=3)
     (frames, meta), = seen[0]["multi_modal_data"]["video"]
-    assert frames.shape == (4, 64, 64, 3) and meta["frames_indices"] == [0, 10, 19, 29] and meta["fps"] == 10.0
+    assert (frames.shape == (4, 64, 64, 3) and meta["frames_indices"] == [0, 10, 19, 29]
+            and meta["fps"] == 10.0)
     video_pad = tok.convert_tokens_to_ids("<|video_pad|>")  # one placeholder per video: vLLM expands it
     assert seen[0]["prompt_token_ids"].count(video_pad) == 1
     assert seen[0]["mm_processor_kwargs"] == {"do_sample_frames": False}
@@ -116,7 +118,8 @@ def test_engines_take_videos(clip, tiny_vlm, tmp_path, fake, monkeypatch, images
 
     def post(self, data, limit=None):  # the remote engine's one HTTP call
         sent.append(json.loads(data))
-        return 200, json.dumps({"choices": [{"message": {"content": "\\boxed{1}"}, "finish_reason": "stop"}]}).encode()
+        return 200, json.dumps({"choices": [{"message": {"content": "\\boxed{1}"},
+                                             "finish_reason": "stop"}]}).encode()
 
     monkeypatch.setattr(RemoteEngine, "_post", post)
     RemoteEngine("http://127.0.0.1:9", "m").generate(prompts[:1], n=1)
@@ -137,20 +140,23 @@ def video_rows(folder, clip):
         return rel
 
     put("v1.mp4"), put("perception/videos/c1.mp4"), put("abc.mp4"), put("Art_1.mp4")
-    (open(os.path.join(folder, "broken.mp4"), "wb")).write(b"broken")
+    with open(os.path.join(folder, "broken.mp4"), "wb") as f:
+        f.write(b"broken")
     os.makedirs(os.path.join(folder, "subtitle"), exist_ok=True)
     with open(os.path.join(folder, "subtitle", "abc.srt"), "w") as f:
-        f.write("1\n00:00:00,000 --> 00:00:01,000\nhello there\n\n2\n00:00:02,000 --> 00:00:03,000\ngoodbye\n\n"
+        f.write("1\n00:00:00,000 --> 00:00:01,000\nhello there\n\n"
+                "2\n00:00:02,000 --> 00:00:03,000\ngoodbye\n\n"
                 "3\n00:00:05,000 --> 00:00:06,000\nnever shown\n")
     return {
         "mmvu": [
-            {"id": "m1", "video": "v1.mp4", "question": "What colour grows?", "question_type": "multiple-choice",
+            {"id": "m1", "video": "v1.mp4", "question": "What colour grows?",
+             "question_type": "multiple-choice",
              "choices": {"A": "blue", "B": "red", "C": "green", "D": "white", "E": ""}, "answer": "B",
              "subject": "Art"},
-            {"id": "m2", "video": "v1.mp4", "question": "Which technique is shown?", "question_type": "open-ended",
-             "choices": {}, "answer": "a colour ramp", "subject": "Art"},
-            {"id": "m3", "video": "broken.mp4", "question": "Q?", "question_type": "open-ended", "choices": {},
-             "answer": "x", "subject": "Art"}],
+            {"id": "m2", "video": "v1.mp4", "question": "Which technique is shown?",
+             "question_type": "open-ended", "choices": {}, "answer": "a colour ramp", "subject": "Art"},
+            {"id": "m3", "video": "broken.mp4", "question": "Q?", "question_type": "open-ended",
+             "choices": {}, "answer": "x", "subject": "Art"}],
         "mvbench": [
             {"video": "c1.mp4", "question": "What changes?", "candidates": ["nothing", "the colour"],
              "answer": "the colour", "config": "action_count"},
@@ -165,8 +171,8 @@ def video_rows(folder, clip):
              "question_id": "001-1", "task_type": "t", "question": "Who speaks?",
              "options": ["A. Nobody.", "B. A man.", "C. A dog.", "D. A child."], "answer": "B"}],
         "videommmu": [
-            {"id": "Art_1", "question": "Which option fits?", "options": ["one", "two", "three"], "answer": "C",
-             "question_type": "multiple-choice", "config": "Perception"},
+            {"id": "Art_1", "question": "Which option fits?", "options": ["one", "two", "three"],
+             "answer": "C", "question_type": "multiple-choice", "config": "Perception"},
             {"id": "Art_1", "question": "How many seconds long is it?", "options": [], "answer": "3",
              "question_type": "open", "config": "Adaptation"}],
     }
@@ -186,7 +192,8 @@ def test_the_five_video_benchmarks_load_and_score_by_protocol(clip, tmp_path, mo
     assert skipped == {"video: not found": 1} and mv[0]["answer"] == "B"
     (sub,), _ = bd.load_benchmark("videomme_sub", str(folder), vision=True, video=cfg)
     # the cues at the sampled frames (0, 1, 1.9, 2.9 s): the first two, not the one at 5 s
-    assert sub["question"].startswith("This video's subtitles are listed below:\nhello there\ngoodbye\nWho speaks?")
+    assert sub["question"].startswith("This video's subtitles are listed below:\nhello there\ngoodbye\n"
+                                      "Who speaks?")
     assert bd.load_benchmark("videomme", str(folder), vision=False, video=cfg)[1] == {"video": 1}  # text-only
 
     answers = {"What colour grows?": "B", "Which technique is shown?": "a gradient", "What changes?": "B",

@@ -1,7 +1,7 @@
-"""VLLMEngine against the stand-in `vllm` module (tests/fake_vllm.py), only for what vLLM's CPU build cannot run:
-sleep mode (refused on CPU: "Sleep mode is not supported on current platform") and Qwen3.5's vision-language
-class (vLLM's Qwen3.5 module needs a torchvision, and PyPI has no CPU one). The rest of the glue runs against
-the real vLLM in test_vllm_real.py."""
+"""VLLMEngine against the stand-in `vllm` module (tests/fake_vllm.py), only for what vLLM's CPU build cannot
+run: sleep mode (refused on CPU: "Sleep mode is not supported on current platform") and Qwen3.5's
+vision-language class (vLLM's Qwen3.5 module needs a torchvision, and PyPI has no CPU one). The rest of the
+glue runs against the real vLLM in test_vllm_real.py."""
 
 import pytest
 
@@ -15,13 +15,14 @@ def test_sleep_mode_wakes_around_generation_and_sync(fake, tiny_model):
     (llm,) = fake.LLM.instances
     engine.generate(["a"], n=1, max_new_tokens=2)
     engine.sync_weights(model)
-    assert llm.events == ["sleep1", "wake_up", "generate", "sleep1", "wake_up", "reset_prefix_cache", "sleep1"]
+    assert llm.events == ["sleep1", "wake_up", "generate", "sleep1", "wake_up", "reset_prefix_cache",
+                          "sleep1"]
     assert llm.kwargs["enable_sleep_mode"] is True
 
 
 def test_vlm_engine_uses_the_trainer_s_pixel_bounds(fake, tiny_vlm, images):
-    """Stand-in: Qwen3.5's vision-language class. vLLM is started with the trainer's image bounds, and a prompt
-    whose images vLLM expands to another token count than the trainer's processor stops the step."""
+    """Stand-in: Qwen3.5's vision-language class. vLLM is started with the trainer's image bounds, and a
+    prompt whose images vLLM expands to another token count than the trainer's processor stops the step."""
     _, tok = load_model(tiny_vlm, pixels=(1024, 4096))
     engine = VLLMEngine(tiny_vlm, tok, pixels=(1024, 4096))
     (llm,) = fake.LLM.instances
@@ -56,8 +57,10 @@ def test_engine_vllm_without_vllm_says_what_to_install(tiny_model, tmp_path, mon
     import train
 
     find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "vllm" else find_spec(name, *a))
-    with pytest.raises(SystemExit, match=r"--engine vllm needs vLLM, which is not installed: .*requirements-gpu\.txt"
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "vllm" else find_spec(name, *a))
+    with pytest.raises(SystemExit, match=r"--engine vllm needs vLLM, which is not installed: "
+                                         r".*requirements-gpu\.txt"
                                          r".*requirements-vllm-cpu\.txt.*--engine transformers"):
         train.main(train.parse_config(["--student", tiny_model, "--teacher", "gold", "--data", "arithmetic",
                                        "--engine", "vllm", "--out-dir", str(tmp_path / "r")]))

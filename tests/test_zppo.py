@@ -130,11 +130,11 @@ class InOrder:
 
 @pytest.mark.parametrize("kind", ["text", "vision"])
 def test_skip_zero_adv_changes_nothing_but_the_compute(kind, tiny_model, tiny_vlm, images):
-    """Three mini-batches: A != 0 and A = 0 mixed, then all A = 0, then (vision) A != 0 only on text rows. Without
-    a gradient AdamW skips a parameter (no step count, no moments' decay, no weight decay), so the skip must
-    still give the left-out parameters their exact zero gradient; and the logged numbers (entropy, sync gap,
-    loss, clip fractions, approx-KL) must not depend on which sequences were computed. Micro-batches of 1 (no
-    padding): bit for bit."""
+    """Three mini-batches: A != 0 and A = 0 mixed, then all A = 0, then (vision) A != 0 only on text rows.
+    Without a gradient AdamW skips a parameter (no step count, no moments' decay, no weight decay), so the
+    skip must still give the left-out parameters their exact zero gradient; and the logged numbers (entropy,
+    sync gap, loss, clip fractions, approx-KL) must not depend on which sequences were computed. Micro-batches
+    of 1 (no padding): bit for bit."""
     import copy
 
     from accelerate import Accelerator
@@ -145,7 +145,8 @@ def test_skip_zero_adv_changes_nothing_but_the_compute(kind, tiny_model, tiny_vl
 
     model0, tok = load_model(tiny_vlm if kind == "vision" else tiny_model)
     advs = [1.2, -0.7, 0.0, 0.0, 0.0, 0.0, 0.0, 0.9, -1.1]
-    with_image = [True, False, True, True, False, False, True, False, False] if kind == "vision" else [False] * 9
+    with_image = ([True, False, True, True, False, False, True, False, False] if kind == "vision"
+                  else [False] * 9)
     seqs = []
     for i, (a, img) in enumerate(zip(advs, with_image)):
         question = with_closer(f"What is {i} + 3?")
@@ -156,11 +157,13 @@ def test_skip_zero_adv_changes_nothing_but_the_compute(kind, tiny_model, tiny_vl
 
     def run(skip):
         model, batch = copy.deepcopy(model0), copy.deepcopy(seqs)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.1)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.999), eps=1e-8,
+                                      weight_decay=0.1)
         accelerator = Accelerator(cpu=True)
         plan = plan_minibatches(batch, 3, InOrder(), skip_zero_adv=skip)
         old, entropy = old_logprobs(model, batch, plan, 1.0, 1, tok.pad_token_id, accelerator)
-        metrics = {"policy/entropy": entropy, "sync/logprob_abs_diff": sync_check(batch, old, 1e9, 1, accelerator)}
+        metrics = {"policy/entropy": entropy,
+                   "sync/logprob_abs_diff": sync_check(batch, old, 1e9, 1, accelerator)}
         metrics.update(ppo_update(model, optimizer, accelerator, batch, plan, old, 1.0, 1, tok.pad_token_id))
         return model, optimizer, plan, metrics
 
@@ -169,7 +172,8 @@ def test_skip_zero_adv_changes_nothing_but_the_compute(kind, tiny_model, tiny_vl
     state_a, state_b = opt_a.state_dict()["state"], opt_b.state_dict()["state"]
     assert state_a.keys() == state_b.keys() and len(state_b) == len(list(model0.parameters()))
     for key in state_b:
-        assert float(state_a[key]["step"]) == float(state_b[key]["step"]) == 3.0, key  # every mini-batch a step
+        # every mini-batch a step
+        assert float(state_a[key]["step"]) == float(state_b[key]["step"]) == 3.0, key
         assert torch.equal(state_a[key]["exp_avg"], state_b[key]["exp_avg"]), key
         assert torch.equal(state_a[key]["exp_avg_sq"], state_b[key]["exp_avg_sq"]), key
     moved = dict(model0.named_parameters())

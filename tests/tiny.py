@@ -1,14 +1,16 @@
-"""Random-weight Qwen3.5 models and a small local tokenizer, built offline for from_pretrained: the tests' tiny
-models (conftest.py's fixtures), scripts/compare.py's --smoke student and scripts/bench_gpu.py's models."""
+"""Random-weight Qwen3.5 models and a small local tokenizer, built offline for from_pretrained: the tests'
+tiny models (conftest.py's fixtures), scripts/compare.py's --smoke student and scripts/bench_gpu.py's
+models."""
 
 SHAPE_TINY = dict(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                  layer_types=["linear_attention", "full_attention"], num_attention_heads=2, num_key_value_heads=1,
-                  head_dim=32, linear_num_key_heads=2, linear_num_value_heads=2, linear_key_head_dim=16,
-                  linear_value_head_dim=16)
+                  layer_types=["linear_attention", "full_attention"], num_attention_heads=2,
+                  num_key_value_heads=1, head_dim=32, linear_num_key_heads=2, linear_num_value_heads=2,
+                  linear_key_head_dim=16, linear_value_head_dim=16)
 # Qwen's chat format; a message's content is a text, or a list of image and text parts (vision-language)
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"
-    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% else %}{% for c in m['content'] %}{% if c['type'] == 'image' %}"
+    "<|vision_start|><|image_pad|><|vision_end|>"
     "{% elif c['type'] == 'video' %}<|vision_start|><|video_pad|><|vision_end|>"
     "{% else %}{{ c['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
@@ -31,9 +33,11 @@ def build_tokenizer(shape, vision=False):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    corpus = [CLOSER, BCQ_INSTRUCTION, NCQ_INSTRUCTION, "What is 3 + 4? The answer is \\boxed{7}. <think> </think>",
+    corpus = [CLOSER, BCQ_INSTRUCTION, NCQ_INSTRUCTION,
+              "What is 3 + 4? The answer is \\boxed{7}. <think> </think>",
               "<candidate> </candidate> user assistant 0123456789 + - * / = ( ) { }"] * 5
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=min(400, shape["vocab_size"]), special_tokens=specials,
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=min(400, shape["vocab_size"]),
+                                                        special_tokens=specials,
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
                                    chat_template=CHAT_TEMPLATE)
@@ -66,7 +70,8 @@ def build_random_model(path, shape, seed=0, vision=None, pixels=(32 * 32, 64 * 6
                ("<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")}
         config = Qwen3_5Config(text_config=config.to_dict(), vision_config=vision, tie_word_embeddings=True,
                                image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
-                               vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+                               vision_start_token_id=ids["<|vision_start|>"],
+                               vision_end_token_id=ids["<|vision_end|>"])
         model = Qwen3_5ForConditionalGeneration(config)
         Qwen2VLImageProcessorPil(min_pixels=pixels[0], max_pixels=pixels[1], patch_size=vision["patch_size"],
                                  merge_size=vision["spatial_merge_size"],
@@ -87,15 +92,17 @@ def build_tiny_model(path, seed=0):
 
 def build_tiny_dense(path, seed=0):
     """The same tokenizer with a 2-layer dense Qwen3 (Qwen3ForCausalLM, head size 32: one vLLM's CPU attention
-    takes) of ~100k parameters: the model the real-vLLM tests use, since vLLM's CPU build cannot load Qwen3.5."""
+    takes) of ~100k parameters: the model the real-vLLM tests use, since vLLM's CPU build cannot load
+    Qwen3.5."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     tokenizer = build_tokenizer(SHAPE_TINY)
     config = Qwen3Config(vocab_size=400, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=1, head_dim=32, max_position_embeddings=4096,
-                         tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+                         num_attention_heads=2, num_key_value_heads=1, head_dim=32,
+                         max_position_embeddings=4096, tie_word_embeddings=True,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+                         bos_token_id=None)
     torch.manual_seed(seed)
     model = Qwen3ForCausalLM(config)
     model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -4,8 +4,8 @@ torch.distributed (and its launcher's variables) in its own process, which must 
     python tests/vllm_sync.py MODEL    # prints one line: RESULT {json}
 
 Samples with the project's VLLMEngine (fp32, as the CPU trainer), recomputes every token's log-prob with the
-trainer's own pass (logprobs.response_logprobs), then perturbs the trainer's weights and measures the gap before
-and after sync_weights, and finally pushes a state dict with one tensor missing, which must be refused.
+trainer's own pass (logprobs.response_logprobs), then perturbs the trainer's weights and measures the gap
+before and after sync_weights, and finally pushes a state dict with one tensor missing, which must be refused.
 """
 import json
 import os
@@ -28,14 +28,16 @@ def gap(engine, model, tokenizer):
     seqs = [Episode(r.prompt_ids, r.token_ids, engine_logprobs=r.logprobs) for g in groups for r in g]
     with torch.no_grad():
         lp, _, _ = response_logprobs(model, seqs, 1.0, tokenizer.pad_token_id)
-    diffs = [abs(a - b) for s, row in zip(seqs, lp) for a, b in zip(s.engine_logprobs, row[:len(s.token_ids)].tolist())]
+    diffs = [abs(a - b) for s, row in zip(seqs, lp)
+             for a, b in zip(s.engine_logprobs, row[:len(s.token_ids)].tolist())]
     return {"max": max(diffs), "mean": sum(diffs) / len(diffs), "tokens": len(diffs)}
 
 
 def main(path):
     model, tokenizer = load_model(path)
     model.eval()
-    engine = VLLMEngine(path, tokenizer, gpu_memory_utilization=0.15, max_model_len=512, seed=0, dtype="float32")
+    engine = VLLMEngine(path, tokenizer, gpu_memory_utilization=0.15, max_model_len=512, seed=0,
+                        dtype="float32")
     out = {"fresh": gap(engine, model, tokenizer)}
     with torch.no_grad():  # a large update: the engine's old weights give clearly other log-probs
         for p in model.parameters():
@@ -48,9 +50,11 @@ def main(path):
             p.add_(torch.randn_like(p) * 0.5)
     engine.sync_weights(model)
     out["synced_again"] = gap(engine, model, tokenizer)
-    # a response prefix (the Prefix baseline): part of the prompt, the text the whole turn, log-probs the trainer's
+    # a response prefix (the Prefix baseline): part of the prompt, the text the whole turn,
+    # log-probs the trainer's
     prefix = tokenizer("The answer is", add_special_tokens=False)["input_ids"]
-    (group,) = engine.generate([PROMPTS[0]], n=4, max_new_tokens=8, temperature=1.0, response_prefixes=[prefix])
+    (group,) = engine.generate([PROMPTS[0]], n=4, max_new_tokens=8, temperature=1.0,
+                               response_prefixes=[prefix])
     seqs = [Episode(r.prompt_ids, r.token_ids, engine_logprobs=r.logprobs) for r in group]
     with torch.no_grad():
         lp, _, _ = response_logprobs(model, seqs, 1.0, tokenizer.pad_token_id)
