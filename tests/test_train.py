@@ -8,6 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import checkpoint
 import rollout
 import train
 from conftest import ROOT
@@ -129,7 +130,7 @@ def test_algo_grpo_turns_off_buffer_and_reformulation(tiny_model, tmp_path):
 
 def test_resume_from_a_folder_without_checkpoint_fails_clearly(tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
-        train.find_checkpoint(str(tmp_path))
+        checkpoint.find_checkpoint(str(tmp_path))
 
 
 def test_model_teacher_generates_and_compresses_candidates(tiny_model, tmp_path, monkeypatch):
