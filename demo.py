@@ -72,10 +72,10 @@ def format_primer(model, tokenizer, examples, epochs=1, batch_size=16, lr=1e-4, 
     return loss.item()
 
 
-# the demo's RL settings (compare.py runs every method with them): 8 new questions x 8 rollouts of up to 32
-# tokens. Gradient checkpointing stays on (train.py's default): without it a micro-batch of 16 BCQ sequences
-# (~300 tokens, 30 layers) keeps several GiB of activations; recomputing them costs one more forward pass per
-# update.
+# the demo's RL settings (scripts/compare.py runs every method with them): 8 new questions x 8 rollouts of up
+# to 32 tokens. Gradient checkpointing stays on (train.py's default): without it a micro-batch of 16 BCQ
+# sequences (~300 tokens, 30 layers) keeps several GiB of activations; recomputing them costs one more forward
+# pass per update.
 TRAIN_FLAGS = [
     "--questions-per-step", "8", "--group-size", "8", "--iters-per-step", "2", "--max-new-tokens", "32",
     "--lr", "1e-5", "--micro-batch-size", "16", "--gen-batch-size", "128"]
@@ -88,7 +88,7 @@ DEMO_MICRO_BATCH = "8"
 def cpu_has_fast_bf16():
     """Whether this CPU multiplies bf16 matrices natively (AVX512-BF16 or AMX, Linux's /proc/cpuinfo flags).
     Without them (e.g. AVX2 only) a bf16 matmul is emulated and ~40x slower than fp32 (measured), so the demo
-    and compare.py train in fp32 there; with them bf16 autocast is the faster choice."""
+    and scripts/compare.py train in fp32 there; with them bf16 autocast is the faster choice."""
     try:
         with open("/proc/cpuinfo") as f:
             flags = set(" ".join(line for line in f if line.startswith("flags")).split())

@@ -53,6 +53,9 @@ METHODS = {  # name in the plots, train.py flags (README: every row of the paper
     "grpo_buffer": ("GRPO†", ["--algo", "grpo", "--buffer"]),
     "grpo": ("GRPO", ["--algo", "grpo"]),
     "grpo_both": ("GRPO+Both", ["--algo", "zppo", "--no-buffer"]),
+    # which half of the mechanism acts: the buffer with BCQ alone, or with NCQ alone
+    "grpo_buffer_bcq": ("GRPO†+BCQ", ["--algo", "zppo", "--no-ncq"]),
+    "grpo_buffer_ncq": ("GRPO†+NCQ", ["--algo", "zppo", "--no-bcq"]),
 }
 # two-sided 95% quantiles of Student's t by degrees of freedom (1.96 beyond the table)
 T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
@@ -408,10 +411,29 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
         # the median step over every seed's steps: a step slowed by other work on the machine does not move it
         entry["time"] = plot.phase_times([row for run in runs.values() for row in run["rows"]],
                                          statistics.median)
+        # the second study's pre-registered measures (RESULTS.md): over seeds, the share of the questions
+        # admitted at 0/G that graduated, and the last held-out score of each tier
+        zero = [run["graduation"].get(f"0/{runs_group(runs)}", {}) for run in entry["runs"].values()]
+        entry["graduation_zero"] = seeds_interval([z["graduated"] / z["admitted"] for z in zero
+                                                   if z.get("admitted")])
+        last = [run["heldout"][-1].get("greedy_by_tier", {}) for run in entry["runs"].values()]
+        entry["heldout_greedy_by_tier_last"] = {t: seeds_interval([x[t] for x in last if t in x])
+                                                for t in sorted({t for x in last for t in x})}
         per_run = [run["mechanism"] for run in entry["runs"].values()]
         entry["mechanism"] = {k: sum(m[k] for m in per_run) for k in per_run[0]}  # plot.mechanism's counts
         out["methods"][method] = entry
     return out
+
+
+def seeds_interval(values):
+    """{mean, low, high, seeds} of interval(values); None values where there are none."""
+    mean, low, high = interval(values) if values else (None, None, None)
+    return {"mean": mean, "low": low, "high": high, "seeds": len(values)}
+
+
+def runs_group(runs):
+    """G_S of a method's runs (their config's group_size; 8, train.py's default, where none says)."""
+    return next(iter(runs.values()))["config"].get("group_size", 8)
 
 
 def results_table(results):
@@ -447,6 +469,16 @@ def results_table(results):
                if m["bcq_zero_rollouts"] else "-")
         lines.append(f"| {e['name']} | {m['plain_groups']} | {m['plain_zero']} | {m['zero_reformulated']} | "
                      f"{m['zero_solved']} | {bcq} |")
+    tiers = sorted({t for e in results["methods"].values() for t in e.get("heldout_greedy_by_tier_last", {})})
+    if tiers:  # the measures RESULTS.md's second study registered before it ran
+        lines += ["", ("| method | share of the 0/G admissions that graduated, mean over seeds [95%] | "
+                       + " | ".join(f"held-out greedy {t}, last step" for t in tiers) + " |"),
+                  "| --- | --- | " + " | ".join("---" for _ in tiers) + " |"]
+        for e in results["methods"].values():
+            z, by = e["graduation_zero"], e["heldout_greedy_by_tier_last"]
+            cells = [score(by[t]) if t in by and by[t]["mean"] is not None else "-" for t in tiers]
+            lines.append(f"| {e['name']} | {score(z) if z['mean'] is not None else 'none admitted'} | "
+                         + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -90,11 +90,20 @@ def test_smoke_study_end_to_end_then_skipped(tmp_path, capsys):
     assert zppo["zero_reformulated"] == zppo["bcq_zero"] == 2 and zppo["bcq_zero_rollouts"] == 2 * 4
     assert grpo["zero_reformulated"] == grpo["zero_solved"] == grpo["bcq_zero_rollouts"] == 0
     assert results["probe"]["questions"] == 4 and sum(results["probe"]["histogram"].values()) == 4
+    # the pre-registered measures: the share of the 0/G admissions that graduated (none here: a random model),
+    # over seeds; GRPO has no buffer, so no admission; the last held-out greedy score of each tier
+    zero = results["methods"]["zppo"]["graduation_zero"]
+    assert zero == {"mean": 0.0, "low": None, "high": None, "seeds": 1}
+    assert results["methods"]["grpo"]["graduation_zero"]["seeds"] == 0
+    tiers = results["methods"]["zppo"]["heldout_greedy_by_tier_last"]
+    assert tiers and set(tiers) <= {"sum2", "sum3", "product", "word"}
+    assert all(0 <= t["mean"] <= 1 and t["seeds"] == 1 for t in tiers.values())
     with open(os.path.join(out, "results.json")) as f:
         assert json.load(f)["methods"]["grpo"]["name"] == "GRPO"
     with open(os.path.join(out, "results.md")) as f:
         table = f.read()
     assert "| ZPPO | " in table and "| GRPO | 8 | 8 | 0 | 0 | - |" in table and "| 0 / 8 (0%) |" in table
+    assert "| GRPO | none admitted |" in table and "| ZPPO | 0.000 |" in table
     for name in ("heldout.png", "training.png", "graduation.png", "time.png"):
         with open(os.path.join(out, name), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
