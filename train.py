@@ -200,8 +200,7 @@ def sample_groups(cfg, run, build_help, data_pos, timer):
     plain = answer(cfg, run, [Group(q, "plain", q["question"]) for q in questions], timer)
     acc = [sum(g.rewards) / len(g.rewards) for g in plain]
 
-    # 2. hard questions: plain accuracy < tau; 4. pre-cap, hardest first (ties at random), at most rho_aug
-    # N_new
+    # 2. hard: plain accuracy < tau; 4. pre-cap: hardest first, ties at random, at most rho_aug * N_new
     hard = [i for i, a in enumerate(acc) if a < cfg.tau]
     guided = cfg.bcq or cfg.algo in TEACHER_GUIDED  # needs correct teacher rollouts of the kept questions
     cap = round_half_up(cfg.rho_aug * cfg.questions_per_step)
@@ -230,8 +229,7 @@ def sample_groups(cfg, run, build_help, data_pos, timer):
 
 @contextmanager
 def oom_hint(cfg, eps):
-    """A CUDA out-of-memory error in the update, restated with the shapes that caused it and what to
-    change."""
+    """A CUDA out-of-memory error in the update, restated with its shapes and what to change."""
     try:
         yield
     except torch.OutOfMemoryError as e:
