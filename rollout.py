@@ -775,14 +775,13 @@ def warn_slow_kernels(model, device):
 
 
 def checkpointing(model, on):
-    """Gradient (activation) checkpointing of a transformers model on or off (transformers >= 5.24 renamed
-    it)."""
+    """Gradient (activation) checkpointing of a transformers model on or off (transformers >= 5.24 calls
+    it activation_checkpointing_*, earlier versions gradient_checkpointing_*)."""
+    kind = "activation" if hasattr(model, "activation_checkpointing_enable") else "gradient"
     if on:
-        name = "activation_checkpointing_enable", "gradient_checkpointing_enable"
-        (getattr(model, name[0], None) or getattr(model, name[1]))({"use_reentrant": False})
+        getattr(model, f"{kind}_checkpointing_enable")({"use_reentrant": False})
     else:
-        name = "activation_checkpointing_disable", "gradient_checkpointing_disable"
-        (getattr(model, name[0], None) or getattr(model, name[1]))()
+        getattr(model, f"{kind}_checkpointing_disable")()
 
 
 def prepare_student(cfg, path, accelerator):

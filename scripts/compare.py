@@ -413,7 +413,8 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
                                          statistics.median)
         # the second study's pre-registered measures (RESULTS.md): over seeds, the share of the questions
         # admitted at 0/G that graduated, and the last held-out score of each tier
-        zero = [run["graduation"].get(f"0/{runs_group(runs)}", {}) for run in entry["runs"].values()]
+        zero = [next((v for b, v in run["graduation"].items() if b.startswith("0/")), {})
+                for run in entry["runs"].values()]
         entry["graduation_zero"] = seeds_interval([z["graduated"] / z["admitted"] for z in zero
                                                    if z.get("admitted")])
         last = [run["heldout"][-1].get("greedy_by_tier", {}) for run in entry["runs"].values()]
@@ -429,11 +430,6 @@ def seeds_interval(values):
     """{mean, low, high, seeds} of interval(values); None values where there are none."""
     mean, low, high = interval(values) if values else (None, None, None)
     return {"mean": mean, "low": low, "high": high, "seeds": len(values)}
-
-
-def runs_group(runs):
-    """G_S of a method's runs (their config's group_size; 8, train.py's default, where none says)."""
-    return next(iter(runs.values()))["config"].get("group_size", 8)
 
 
 def results_table(results):
