@@ -75,8 +75,12 @@ def parse_args(argv=None):
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. S-1 per method")
     parser.add_argument("--steps", type=int, default=5, help="rollout steps per run")
     parser.add_argument("--eval-every", type=int, default=5, help="score the held-out split every k steps")
+    parser.add_argument("--checkpoint-every", type=int, default=None,
+                        help="also stop for a checkpoint every k steps, unscored (what a stopped study loses "
+                             "at most; default: --eval-every)")
     parser.add_argument("--eval-limit", type=int, default=64, help="held-out questions (16 per tier at 64)")
-    parser.add_argument("--eval-samples", type=int, default=2, help="k of the sampled avg@k")
+    parser.add_argument("--eval-samples", type=int, default=2,
+                        help="k of the sampled avg@k (0: greedy only, half the scoring time)")
     parser.add_argument("--eval-temperature", type=float, default=0.6,
                         help="sampled scoring's temperature (with eval.py's top-p 0.95 and top-k 20; no "
                              "presence penalty: answers repeat the question's numbers)")
@@ -108,9 +112,14 @@ def parse_args(argv=None):
     problems = [f"--methods: unknown {m!r} (known: {', '.join(METHODS)})"
                 for m in methods if m not in METHODS]
     problems += [f"--{name.replace('_', '-')} {getattr(args, name)}: must be >= 1" for name in
-                 ("seeds", "steps", "eval_every", "eval_limit", "eval_samples", "max_new_tokens",
-                  "primer_size")
+                 ("seeds", "steps", "eval_every", "eval_limit", "max_new_tokens", "primer_size")
                  if getattr(args, name) < 1]
+    if args.eval_samples < 0:
+        problems.append(f"--eval-samples {args.eval_samples}: must be >= 0")
+    if args.checkpoint_every is None:
+        args.checkpoint_every = args.eval_every
+    elif args.checkpoint_every < 1:
+        problems.append(f"--checkpoint-every {args.checkpoint_every}: must be >= 1")
     if args.probe_questions < 0:
         problems.append(f"--probe-questions {args.probe_questions}: must be >= 0")
     if extra:  # passed on to train.py: a typo stops here, before study.json records it
@@ -274,10 +283,12 @@ def score(model_path, test, args, step):
     start = time.time()
     greedy = evaluate(engine, test, samples=1, max_new_tokens=args.max_new_tokens, temperature=0.0,
                       presence_penalty=0.0)
-    with torch.random.fork_rng():
-        torch.manual_seed(1000 + step)
-        sampled = evaluate(engine, test, samples=args.eval_samples, max_new_tokens=args.max_new_tokens,
-                           temperature=args.eval_temperature, top_p=0.95, top_k=20, presence_penalty=0.0)
+    sampled = {"accuracy": None, "stderr": None}
+    if args.eval_samples:
+        with torch.random.fork_rng():
+            torch.manual_seed(1000 + step)
+            sampled = evaluate(engine, test, samples=args.eval_samples, max_new_tokens=args.max_new_tokens,
+                               temperature=args.eval_temperature, top_p=0.95, top_k=20, presence_penalty=0.0)
     del model
     tiers = {}
     for record in greedy["records"]:  # ids are tiers:TIER:NUMBERS
@@ -325,7 +336,8 @@ def checkpoint_step(run_dir):
 
 
 def run_one(args, method, seed, student, data_path, test):
-    """Train one run to --steps in segments of --eval-every, scoring each segment's checkpoint; resumes."""
+    """Train one run to --steps in segments (a checkpoint every --checkpoint-every and every --eval-every
+    steps), scoring the checkpoints at multiples of --eval-every and the last; resumes."""
     import train
     from checkpoint import run_config, run_files
     from demo import TRAIN_FLAGS, precision_flags
@@ -336,6 +348,7 @@ def run_one(args, method, seed, student, data_path, test):
     if args.steps in scored:
         return "complete, skipped"
     points = sorted({*range(args.eval_every, args.steps, args.eval_every), args.steps})
+    stops = sorted({*points, *range(args.checkpoint_every, args.steps, args.checkpoint_every)})
     step = checkpoint_step(run_dir)
     resumed = step
     while True:
@@ -344,11 +357,12 @@ def run_one(args, method, seed, student, data_path, test):
             row = score(ckpt, test, args, step)
             append_json(scores_path, row)
             scored[step] = row
-            print(f"{method} seed {seed} step {step}: held-out greedy {row['greedy']:.3f}, "
-                  f"avg@{args.eval_samples} {row['sampled']:.3f}", flush=True)
+            sampled = f", avg@{args.eval_samples} {row['sampled']:.3f}" if args.eval_samples else ""
+            print(f"{method} seed {seed} step {step}: held-out greedy {row['greedy']:.3f}{sampled}",
+                  flush=True)
         if step >= args.steps:
             break
-        target = min(p for p in points if p > step)
+        target = min(p for p in stops if p > step)
         argv = ["--student", student, "--teacher", "gold", "--data", data_path, *METHODS[method][1],
                 *TRAIN_FLAGS, "--max-new-tokens", str(args.max_new_tokens),
                 *(SMOKE_FLAGS if args.smoke else []), *precision_flags(not args.fp32),
@@ -391,8 +405,9 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
                                for b, (g, a) in sorted(plot.graduation_by_bin(rows).items())},
                 "time": plot.phase_times(rows, statistics.median),
                 "final_plain_accuracy": rows[-1].get("acc/plain"),
-                "mechanism": plot.mechanism(rows, run["config"].get("group_size", 8))}
-        for key in ("greedy", "sampled"):
+                "mechanism": plot.mechanism(rows, run["config"].get("group_size", 8)),
+                "replayed": sum(r.get("count/replayed", 0) for r in rows)}
+        for key in ("greedy", "sampled") if args.eval_samples else ("greedy",):
             steps = sorted({r["step"] for run in entry["runs"].values() for r in run["heldout"]})
             curve = []
             for s in steps:
@@ -423,6 +438,45 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
         per_run = [run["mechanism"] for run in entry["runs"].values()]
         entry["mechanism"] = {k: sum(m[k] for m in per_run) for k in per_run[0]}  # plot.mechanism's counts
         out["methods"][method] = entry
+    out["contrasts"] = contrasts(out["methods"])
+    return out
+
+
+def zero_share(run):
+    """One run's share of the questions admitted at 0/G that graduated; None where none was admitted."""
+    zero = next((v for b, v in run["graduation"].items() if b.startswith("0/")), {})
+    return zero["graduated"] / zero["admitted"] if zero.get("admitted") else None
+
+
+# the second study's registered contrasts (RESULTS.md): method minus baseline, paired by seed (the same seed
+# gives both the same first questions), the primary one first
+CONTRASTS = (("zppo", "grpo_buffer"), ("grpo_buffer_bcq", "grpo_buffer"), ("grpo_buffer_ncq", "grpo_buffer"),
+             ("zppo", "grpo"))
+
+
+def contrasts(methods):
+    """Per registered pair present: the paired difference over seeds of the 0/G graduation share (pairs of
+    buffered methods) and of the last held-out greedy score, overall and per tier, each {mean, low, high,
+    seeds}."""
+    out = {}
+    for a, b in CONTRASTS:
+        if a not in methods or b not in methods:
+            continue
+        ra, rb = methods[a]["runs"], methods[b]["runs"]
+        seeds = sorted(set(ra) & set(rb), key=int)
+        entry = {"name": f"{methods[a]['name']} - {methods[b]['name']}", "seeds": seeds}
+        shares = [(zero_share(ra[s]), zero_share(rb[s])) for s in seeds]
+        diffs = [x - y for x, y in shares if None not in (x, y)]  # both buffered, both admitted at 0/G
+        if diffs:
+            entry["graduation_zero"] = seeds_interval(diffs)
+        last = [(ra[s]["heldout"][-1], rb[s]["heldout"][-1]) for s in seeds]
+        entry["heldout_greedy_last"] = seeds_interval([x["greedy"] - y["greedy"] for x, y in last])
+        tiers = sorted({t for x, _ in last for t in x.get("greedy_by_tier", {})})
+        entry["heldout_greedy_by_tier_last"] = {
+            t: seeds_interval([x["greedy_by_tier"][t] - y["greedy_by_tier"][t] for x, y in last
+                               if t in x.get("greedy_by_tier", {}) and t in y.get("greedy_by_tier", {})])
+            for t in tiers}
+        out[f"{a}-{b}"] = entry
     return out
 
 
@@ -442,17 +496,20 @@ def results_table(results):
         return f"{c['mean']:.3f}{ci}"
 
     st = results["settings"]
+    k = st["eval_samples"]
     lines = [(f"Study: {len(next(iter(results['methods'].values()))['runs'])} seeds x {st['steps']} steps, "
               f"{st['eval_limit']} held-out questions, commit {(results.get('commit') or '?')[:12]}."), "",
-             (f"| method | held-out greedy, step 0 -> {st['steps']} | sampled avg@{st['eval_samples']}, "
-              f"step 0 -> {st['steps']} | graduated / admitted at 0/G | s / step (median) |"),
-             "| --- | --- | --- | --- | --- |"]
+             (f"| method | held-out greedy, step 0 -> {st['steps']} | "
+              + (f"sampled avg@{k}, step 0 -> {st['steps']} | " if k else "")
+              + "graduated / admitted at 0/G | s / step (median) |"),
+             "| --- | --- | --- | --- |" + (" --- |" if k else "")]
     for e in results["methods"].values():
-        g0, g1, s0, s1 = (e["heldout_greedy"][0], e["heldout_greedy"][-1],
-                          e["heldout_sampled"][0], e["heldout_sampled"][-1])
+        g0, g1 = e["heldout_greedy"][0], e["heldout_greedy"][-1]
+        sampled = (f"{e['heldout_sampled'][0]['mean']:.3f} -> {score(e['heldout_sampled'][-1])} | "
+                   if k else "")
         zero = next((v for b, v in e["graduation"].items() if b.startswith("0/")), None)
         grad = f"{zero['graduated']} / {zero['admitted']} ({zero['rate']:.0%})" if zero else "no buffer"
-        lines.append(f"| {e['name']} | {g0['mean']:.3f} -> {score(g1)} | {s0['mean']:.3f} -> {score(s1)} | "
+        lines.append(f"| {e['name']} | {g0['mean']:.3f} -> {score(g1)} | {sampled}"
                      f"{grad} | {sum(e['time'].values()):.0f} |")
     lines += ["", ("| method | plain groups | at 0/G (no gradient from plain sampling) | "
                    "of those asked as BCQ/NCQ | with a correct rollout (a gradient) | "
@@ -475,7 +532,38 @@ def results_table(results):
             cells = [score(by[t]) if t in by and by[t]["mean"] is not None else "-" for t in tiers]
             lines.append(f"| {e['name']} | {score(z) if z['mean'] is not None else 'none admitted'} | "
                          + " | ".join(cells) + " |")
+    if results.get("contrasts"):
+        lines += ["", ("| paired by seed | 0/G graduation share, difference [95%] | "
+                       "held-out greedy, last step, difference [95%] | "
+                       + " | ".join(f"{t}, difference" for t in tiers) + " |"),
+                  "| --- | --- | --- | " + " | ".join("---" for _ in tiers) + " |"]
+        for c in results["contrasts"].values():
+            g = c.get("graduation_zero")
+            cells = [signed(c["heldout_greedy_by_tier_last"].get(t)) for t in tiers]
+            lines.append(f"| {c['name']} | {signed(g)} | {signed(c['heldout_greedy_last'])} | "
+                         + " | ".join(cells) + " |")
+    lines += ["", ("| method | seed | admitted at 0/G | graduated | replays per admitted question | "
+                   "held-out greedy, last step | " + " | ".join(tiers) + " |"),
+              "| --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in tiers) + " |"]
+    for e in results["methods"].values():
+        for seed, run in e["runs"].items():
+            zero = next((v for b, v in run["graduation"].items() if b.startswith("0/")), None)
+            admitted = sum(g["admitted"] for g in run["graduation"].values())
+            last = run["heldout"][-1]
+            by = last.get("greedy_by_tier", {})
+            cells = ([str(zero["admitted"]), str(zero["graduated"])] if zero else ["-", "-"])
+            cells.append(f"{run.get('replayed', 0) / admitted:.2f}" if admitted else "-")
+            cells += [f"{last['greedy']:.3f}", *(f"{by[t]:.3f}" if t in by else "-" for t in tiers)]
+            lines.append(f"| {e['name']} | {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def signed(c):
+    """A paired difference with its interval, or '-'."""
+    if not c or c.get("mean") is None:
+        return "-"
+    ci = f" [{c['low']:+.3f}, {c['high']:+.3f}]" if c["low"] is not None else ""
+    return f"{c['mean']:+.3f}{ci}"
 
 
 def git_commit():
@@ -511,9 +599,9 @@ def draw_plots(results, methods_runs, out_dir):
     band = f"mean and 95% interval over {seeds} seeds" if seeds > 1 else "one seed"
     paths = []
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     k = results["settings"]["eval_samples"]
-    for ax, key, title in zip(axes, ("greedy", "sampled"),
+    fig, axes = plt.subplots(1, 2 if k else 1, figsize=(11 if k else 6, 4), squeeze=False)
+    for ax, key, title in zip(axes[0], ("greedy", "sampled"),
                               ("held-out, greedy", f"held-out, sampled avg@{k}")):
         for m, e in results["methods"].items():
             curve = e[f"heldout_{key}"]
@@ -560,6 +648,53 @@ def draw_plots(results, methods_runs, out_dir):
     plot.draw_phase_times(ax, [(e["name"], e["time"]) for e in results["methods"].values()],
                           "median over steps")
     paths.append(_save(fig, out_dir, "time.png"))
+
+    # held-out greedy per tier at the last step (bars: mean over seeds, whiskers: 95% interval) beside the
+    # student before RL (the black tick): the tiers where plain GRPO gets least signal are the paper's case
+    tiers = sorted({t for e in results["methods"].values() for t in e.get("heldout_greedy_by_tier_last", {})})
+    if tiers:
+        fig, ax = plt.subplots(figsize=(8, 4))
+        width = 0.8 / len(results["methods"])
+        for i, (m, e) in enumerate(results["methods"].items()):
+            by = e["heldout_greedy_by_tier_last"]
+            xs = [k + (i - (len(results["methods"]) - 1) / 2) * width for k in range(len(tiers))]
+            means = [by.get(t, {}).get("mean") or 0 for t in tiers]
+            err = [[max(0, mu - (by.get(t, {}).get("low") if by.get(t, {}).get("low") is not None else mu))
+                    for mu, t in zip(means, tiers)],
+                   [max(0, (by.get(t, {}).get("high") if by.get(t, {}).get("high") is not None else mu) - mu)
+                    for mu, t in zip(means, tiers)]]
+            ax.bar(xs, means, width, yerr=err, capsize=3, label=e["name"], color=colors[m])
+        before = results["step0"].get("greedy_by_tier", {})
+        ax.scatter(range(len(tiers)), [before.get(t, 0) for t in tiers], marker="_", s=900, color="black",
+                   zorder=3, label="before RL")
+        ax.set_xticks(range(len(tiers)), tiers)
+        ax.set(title=f"held-out greedy by tier, step {results['settings']['steps']} ({band})",
+               ylabel="accuracy")
+        ax.set_ylim(0, 1)
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize=8)
+        paths.append(_save(fig, out_dir, "tiers.png"))
+
+    # the mechanism per step: how many plain groups gave no signal, how many of those a BCQ/NCQ turned into
+    # a gradient, how often the buffer replayed, and the cumulative graduations of 0/G admissions
+    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
+    zero_bin = next((b for e in results["methods"].values() for b in e["graduation"] if b.startswith("0/")),
+                    "0/8")
+    for ax, key, title in zip(axes, ("count/plain_zero", "count/zero_solved", "count/replayed",
+                                     f"buffer/graduated_total_from_{zero_bin}"),
+                              (f"plain groups at {zero_bin}",
+                               f"{zero_bin} questions a BCQ/NCQ gave a gradient", "replayed questions",
+                               f"graduated from {zero_bin} admissions (cumulative)")):
+        for m, runs in methods_runs.items():
+            steps, mean, low, high = mean_curve([r["rows"] for r in runs.values()], key)
+            if steps:
+                plot.draw_band(ax, steps, mean, low, high, results["methods"][m]["name"], colors[m])
+        ax.set(title=title, xlabel="step")
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(band, fontsize=10)
+    paths.append(_save(fig, out_dir, "mechanism.png"))
     return paths
 
 
@@ -605,8 +740,8 @@ def main(argv=None):
         step0 = score(student, test, args, 0)
         with open(step0_path, "w") as f:
             json.dump(step0, f)
-    print(f"student before RL: held-out greedy {step0['greedy']:.3f}, "
-          f"avg@{args.eval_samples} {step0['sampled']:.3f}")
+    sampled = f", avg@{args.eval_samples} {step0['sampled']:.3f}" if args.eval_samples else ""
+    print(f"student before RL: held-out greedy {step0['greedy']:.3f}{sampled}")
 
     from scripts import plot
 

@@ -98,13 +98,26 @@ def test_smoke_study_end_to_end_then_skipped(tmp_path, capsys):
     tiers = results["methods"]["zppo"]["heldout_greedy_by_tier_last"]
     assert tiers and set(tiers) <= {"sum2", "sum3", "product", "word"}
     assert all(0 <= t["mean"] <= 1 and t["seeds"] == 1 for t in tiers.values())
+    # the registered contrasts, paired by seed: ZPPO - GRPO† on the graduation share (0 - 0 here), ZPPO - GRPO
+    # on the held-out score (GRPO has no buffer: no graduation difference); pairs of absent methods left out
+    assert set(results["contrasts"]) == {"zppo-grpo_buffer", "zppo-grpo"}
+    primary = results["contrasts"]["zppo-grpo_buffer"]
+    assert primary["graduation_zero"] == {"mean": 0.0, "low": None, "high": None, "seeds": 1}
+    assert "graduation_zero" not in results["contrasts"]["zppo-grpo"]
+    runs = {m: results["methods"][m]["runs"]["0"]["heldout"][-1] for m in ("zppo", "grpo")}
+    assert results["contrasts"]["zppo-grpo"]["heldout_greedy_last"]["mean"] == pytest.approx(
+        runs["zppo"]["greedy"] - runs["grpo"]["greedy"])
+    assert set(primary["heldout_greedy_by_tier_last"]) == set(tiers)
     with open(os.path.join(out, "results.json")) as f:
         assert json.load(f)["methods"]["grpo"]["name"] == "GRPO"
     with open(os.path.join(out, "results.md")) as f:
         table = f.read()
     assert "| ZPPO | " in table and "| GRPO | 8 | 8 | 0 | 0 | - |" in table and "| 0 / 8 (0%) |" in table
     assert "| GRPO | none admitted |" in table and "| ZPPO | 0.000 |" in table
-    for name in ("heldout.png", "training.png", "graduation.png", "time.png"):
+    assert "| ZPPO - GRPO† | +0.000 |" in table and "| ZPPO - GRPO | - |" in table
+    # per seed: ZPPO admitted all 8 plain questions at 0/4 and replayed 1 of them (1 / 8 replays each)
+    assert "| ZPPO | 0 | 8 | 0 | 0.12 | " in table and "| GRPO | 0 | - | - | - | " in table
+    for name in ("heldout.png", "training.png", "graduation.png", "time.png", "tiers.png", "mechanism.png"):
         with open(os.path.join(out, name), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n", name
         assert os.path.getsize(os.path.join(out, name)) > 5_000
@@ -177,3 +190,42 @@ def test_a_flag_typo_stops_before_the_study_is_recorded(tmp_path, capsys):
     assert not os.path.exists(tmp_path / "s" / "study.json")
     # train.py's own: kept
     assert compare.parse_args(["--smoke", "--lr", "1e-4"]).train_extra == ["--lr", "1e-4"]
+
+
+def test_checkpoints_between_scored_steps(tmp_path, monkeypatch, tiny_model):
+    """--checkpoint-every stops a run for a checkpoint between the scored steps (what a stopped study loses at
+    most), and only multiples of --eval-every and the last step are scored. train.main and the scoring are
+    replaced by recorders here: the segments' real training and resuming are the smoke tests' part."""
+    import train
+
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(e) + "\n" for e in make_tiered(8)))
+    args = compare.parse_args(["--out-dir", str(tmp_path / "s"), "--steps", "12", "--eval-every", "6",
+                               "--checkpoint-every", "4", "--eval-samples", "0", "--fp32"])
+    segments, scored = [], []
+    def record(cfg):  # as train.main would, the run's folder exists after its first segment
+        segments.append((cfg.steps, bool(cfg.resume)))
+        os.makedirs(cfg.out_dir if not cfg.resume else cfg.resume, exist_ok=True)
+
+    monkeypatch.setattr(train, "main", record)
+    monkeypatch.setattr(compare, "score", lambda ckpt, test, a, step: scored.append(step) or {
+        "step": step, "greedy": 0.5, "sampled": None})
+    assert compare.run_one(args, "grpo", 0, tiny_model, str(data), []) == "done"
+    assert segments == [(4, False), (6, True), (8, True), (12, True)] and scored == [6, 12]
+    assert compare.parse_args(["--eval-every", "3"]).checkpoint_every == 3  # default: --eval-every
+    with pytest.raises(SystemExit):
+        compare.parse_args(["--checkpoint-every", "0"])
+
+
+def test_greedy_only_scoring_end_to_end(tmp_path):
+    """--eval-samples 0: each checkpoint is scored greedily only (half the time); the tables and plots leave
+    the sampled score out."""
+    out = str(tmp_path / "study")
+    results = compare.main(["--smoke", "--out-dir", out, "--methods", "grpo", "--eval-samples", "0"])
+    entry = results["methods"]["grpo"]
+    assert "heldout_sampled" not in entry and [c["step"] for c in entry["heldout_greedy"]] == [0, 1, 2]
+    assert all(r["sampled"] is None for r in entry["runs"]["0"]["heldout"])
+    with open(os.path.join(out, "results.md")) as f:
+        table = f.read()
+    assert "sampled" not in table and "| GRPO | " in table
+    assert os.path.getsize(os.path.join(out, "heldout.png")) > 5_000
