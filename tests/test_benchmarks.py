@@ -95,6 +95,273 @@ def test_ocrbench_overall_is_the_mean_of_capability_means():
 
 
 # ---------------------------------------------------------------------------------------------------------
+# OCRBench v2's text metrics (nltk, jieba), TEDS (apted, lxml), STEDS (zss) and text spotting, by hand
+
+
+class StandInWordNet:
+    """NLTK's WordNet data (METEOR's synonym stage) is no PyPI package and cannot be installed here: this
+    stand-in reader knows no synonyms (meteor_score's `wordnet=` argument), so METEOR matches exact words and
+    Porter stems only, which the hand computations below assume."""
+
+    def synsets(self, word):
+        return []
+
+
+def test_ocrbench_text_metric_bleu_meteor_f_and_edit_by_hand():
+    # gold "the cat sat on the mat", prediction "the cat sat on a mat" (whitespace tokens: no CJK character)
+    # BLEU: clipped n-gram precisions 5/6, 3/5, 2/4, 1/3, equal lengths (no brevity penalty):
+    #   (5/6 * 3/5 * 2/4 * 1/3) ** (1/4) = (1/12) ** 0.25
+    # METEOR (alpha 0.9, beta 3, gamma 0.5): 5 of 6 words match each way (P = R = 5/6, so Fmean = 5/6); the
+    #   hypothesis' "the" pairs with the reference's last "the" (nltk matches from the end), so the alignment
+    #   (0,4) (1,1) (2,2) (3,3) (5,5) has 3 chunks over 5 matches: penalty 0.5 * (3/5) ** 3 = 0.108
+    # F-measure of the sets {the, cat, sat, on, mat} and {the, cat, sat, on, a, mat}: P 5/6, R 1 -> 1/1.1
+    # edit distance of the characters: "a" -> "the" is 3 edits over the longer length 22
+    bleu, meteor, f, edit = (1 / 12) ** 0.25, (1 - 0.108) * 5 / 6, 1 / 1.1, 3 / 22
+    m = bm.ocr_text_metrics("the cat sat on a mat", "the cat sat on the mat", StandInWordNet())
+    assert (m["bleu"], m["meteor"], m["f_measure"], m["edit_dist"]) == \
+        (pytest.approx(bleu), pytest.approx(meteor), pytest.approx(f), pytest.approx(edit))
+    assert bm.ocr_text_score("the cat sat on a mat", ["the cat sat on the mat"], StandInWordNet()) == \
+        pytest.approx((bleu + meteor + f + 1 - edit) / 4)
+    # Chinese: jieba's tokens (its README's example: 我 / 来到 / 北京 / 清华大学); identical texts of 4 tokens
+    # score BLEU 1, METEOR 1 - 0.5 * (1/4) ** 3 (one chunk over 4 matches), F 1, edit 0. Without jieba the
+    # text would be one whitespace token and score (0 + 0.5 + 1 + 1) / 4.
+    assert bm.ocr_text_score("我来到北京清华大学", ["我来到北京清华大学"], StandInWordNet()) == \
+        pytest.approx((1 + (1 - 0.5 / 64) + 1 + 1) / 4)
+    # three identical words: no 4-gram, so unsmoothed BLEU is ~0; METEOR 1 - 0.5 * (1/3) ** 3
+    assert bm.ocr_text_score("STOP here now", ["STOP here now"], StandInWordNet()) == \
+        pytest.approx((0 + (1 - 0.5 / 27) + 1 + 1) / 4)
+    # an empty prediction scores 0; a blank one: BLEU, METEOR 0, F of an empty set None -> 0, edit 3/3
+    assert bm.ocr_text_score("", ["abc"], StandInWordNet()) == 0.0
+    assert bm.ocr_text_score("   ", ["abc"], StandInWordNet()) == 0.0
+
+
+def test_wordnet_is_looked_up_once_and_its_absence_skips_the_meteor_types(monkeypatch):
+    import nltk.corpus
+
+    calls = []
+
+    class Missing:
+        def ensure_loaded(self):
+            calls.append(1)
+            raise LookupError("Resource wordnet not found.")
+
+    monkeypatch.setattr(nltk.corpus, "wordnet", Missing())
+    bm.nltk_wordnet.cache_clear()
+    try:
+        assert bm.nltk_wordnet() is None and bm.nltk_wordnet() is None
+        assert calls == [1]  # cached: one look-up, not one per row
+    finally:
+        bm.nltk_wordnet.cache_clear()
+    spec = {"language": "cn"}
+    rows = {"full-page OCR cn": "读出所有文字", "text translation cn": "翻译",
+            "handwritten answer extraction cn": "简答：写出答案"}
+    monkeypatch.setattr(bm, "nltk_wordnet", lambda: None)
+    fix = "(METEOR needs NLTK's WordNet data: python -m nltk.downloader wordnet)"
+    got = [bm.convert_ocrbench({"type": t, "question": q, "answers": ["猫"]}, spec, "w")
+           for t, q in rows.items()]
+    assert got == [f"no scorer here: full-page OCR cn {fix}", f"no scorer here: text translation cn {fix}",
+            f"no scorer here: handwritten answer extraction cn (short answer) {fix}"]
+    # the choice questions of the same type need no METEOR
+    row = {"type": "handwritten answer extraction cn", "question": "选择题", "answers": ["A"]}
+    got = bm.convert_ocrbench(row, spec, "w")
+    assert got["ocr_type"] == "handwritten answer extraction cn" and "short_answer" not in got
+    monkeypatch.setattr(bm, "nltk_wordnet", lambda: StandInWordNet())
+    got = bm.convert_ocrbench({"type": "full-page OCR cn", "question": "读", "answers": ["猫"]}, spec, "w")
+    assert got["answer"] == ["猫"]
+
+
+def test_teds_of_small_tables_by_hand():
+    gold = "<table><tr><td>ab</td><td>cd</td></tr></table>"
+    # one cell differs: its tokens c,d vs c,e are 1 edit over 2; 3 elements under <table> (tr, td, td)
+    assert bm.teds(bm.wrap_html_table("<table><tr><td>ab</td><td>ce</td></tr></table>"),
+                   bm.wrap_html_table(gold)) == pytest.approx(1 - 0.5 / 3)
+    # table parsing (html): the table is cut from the prose around it; no table at all scores 0
+    assert ocr("table parsing en", [gold], "Here it is:\n<table><tr><td>ab</td><td>ce</td></tr></table>",
+               table_format="html") == pytest.approx(1 - 0.5 / 3)
+    assert ocr("table parsing en", [gold], "| ab | cd |", table_format="html") == 0.0
+    assert ocr("table parsing cn", [gold], gold, table_format="html") == 1.0
+    # an element inside a cell: tokens <b>, x, </b> vs x (2 edits over 3), and upstream's count of elements
+    # under <table> includes the <b> (3, not 2): 1 - (2/3) / 3
+    assert bm.html_table_score("<table><tr><td>x</td></tr></table>",
+                               "<table><tr><td><b>x</b></td></tr></table>") == pytest.approx(1 - (2 / 3) / 3)
+    # a row more than the gold: insert tr and td (2) over the larger count 4
+    assert ocr("table parsing cn", ["<table><tr><td>北京</td></tr></table>"],
+               "<table><tr><td>北京</td></tr><tr><td>上海</td></tr></table>", table_format="html") == 0.5
+    # a colspan differs: the rename costs 1 whatever the content (1 - 1/2)
+    assert bm.html_table_score('<table><tr><td colspan="2">a</td></tr></table>',
+                               "<table><tr><td>a</td></tr></table>") == 0.5
+
+
+def test_teds_of_markdown_tables_by_hand():
+    gold = "| a | b |\n| --- | --- |\n| 1 | 2 |"  # header and one row: 2 tr + 4 td under <table>
+    assert bm.markdown_table_html(gold) == \
+        "<html><body><table><tr><td>a</td><td>b</td></tr><tr><td>1</td><td>2</td></tr></table></body></html>"
+    # the header only: 3 of the gold's 6 elements inserted
+    assert ocr("table parsing en", [gold], "| a | b |\n| --- | --- |", table_format="markdown") == 0.5
+    assert ocr("table parsing en", [gold], "| a | b |\n|---|---|\n| 1 | 3 |", table_format="markdown") == \
+        pytest.approx(1 - 1 / 6)  # one cell, one token of one differs
+    assert ocr("table parsing en", [gold], "```markdown\n" + gold + "\n```", table_format="markdown") == 1.0
+    # the second line is dropped as the separator whatever it holds (upstream's), so without one a row is lost
+    assert ocr("table parsing en", [gold], "| a | b |\n| 1 | 2 |", table_format="markdown") == 0.5
+
+
+def test_teds_of_a_chart_dict_by_hand():
+    gold = bm.chart_gold('{"Sales": 10, "Cost": 5}', "w")  # the hub serves the dict as JSON text
+    assert gold == {"Sales": 10, "Cost": 5}
+    # dict_to_html writes a value's characters space-separated: "1 0" vs "1 2", one edit over 3 tokens, in a
+    # table of 2 tr + 4 td: 1 - (1/3) / 6
+    assert bm.chart_score("{'Sales': 12, 'Cost': 5}", gold) == pytest.approx(1 - 1 / 18)
+    assert bm.chart_score("```python\ndata = {'Sales': 10, 'Cost': 5}  # from the bars\n```", gold) == 1.0
+    assert bm.chart_score("Sales are 10 and costs 5", gold) == 0.0  # no dict
+    # a key missing: its tr and two td deleted, 3 of the gold's 6 elements
+    assert ocr("chart parsing en", ['{"Sales": 10, "Cost": 5}'], "{'Sales': 10}", chart_gold=gold) == 0.5
+
+
+def test_steds_of_document_trees_by_hand():
+    # ROOT(TITLE, " Intro"(Hello, World)) has 5 nodes; the prediction lacks one: 1 insertion over 5
+    assert ocr("document parsing en", ["# Intro\nHello\nWorld"], "# Intro\nHello") == pytest.approx(0.8)
+    # relabelling two non-blank labels costs 0: only the structure counts
+    assert ocr("document parsing cn", ["# 简介\n你好"], "# 概述\n再见") == 1.0
+    # a paragraph under the wrong heading: ROOT(TITLE, Intro(a, b)) vs ROOT(TITLE, Intro(a), Methods(b)) --
+    # at most 4 nodes can be mapped keeping ancestry, so (5 - 4) + (6 - 4) = 3 edits over 6
+    assert bm.doc_parsing_score("# Intro\nHello world\nWe test.",
+                                "# Intro\nHello world\n# Methods\nWe test.") == pytest.approx(0.5)
+    # upstream's label distance is 1 when either label is blank, so even two identical blank lines cost 1
+    assert bm.doc_parsing_score("# A\n\nx", "# A\n\nx") == pytest.approx(1 - 1 / 5)
+    # pre_clean: "*" and "_" become spaces (labels stay non-blank); a line of "**" alone becomes blank
+    assert bm.doc_pre_clean("**bold** x_y") == "  bold   x y"
+
+
+def test_text_spotting_by_hand():
+    row = {"bbox_list": [[0, 0, 100, 0, 100, 50, 0, 50], [200, 200, 300, 210, 290, 250, 205, 240]],
+           "content": ["HELLO", "WORLD"]}
+    gold = bm.spotting_gold(row, "w")  # each polygon's bounding rectangle
+    assert gold == [[0, 0, 100, 50, "HELLO"], [200, 200, 300, 250, "WORLD"]]
+
+    def spot(text):
+        return ocr("text spotting en", [], text, spot_gold=gold)
+
+    # one box matched with its text (case ignored), one matching nothing: precision 1/2, recall 1/2
+    assert spot("[[0, 0, 100, 50, 'hello'], [500, 500, 600, 600, 'world']]") == pytest.approx(0.5)
+    assert spot("(0, 0, 100, 50, hello) and (200, 200, 300, 250, world)") == 1.0  # read by the pattern
+    # IoU 40/50 = 0.8 matches; 25/50 = 0.5 is not above the threshold
+    assert spot("[[0, 0, 100, 40, 'HELLO']]") == pytest.approx(2 * 1 * 0.5 / 1.5)
+    assert spot("[[0, 0, 100, 25, 'HELLO']]") == 0.0
+    # a wrong transcription uses the pair up: the second box on the same place finds no unmatched gold
+    assert spot("[[0, 0, 100, 50, 'HELL'], [0, 0, 100, 50, 'HELLO']]") == 0.0
+    # the gold may carry one special character at either end, no more
+    def one(gold_text, text):
+        return ocr("text spotting en", [], f"[[0, 0, 100, 50, '{text}']]",
+                   spot_gold=[[0, 0, 100, 50, gold_text]])
+
+    assert one("(HELLO)", "hello") == 1.0 and one("HELLO.", "hello") == 1.0
+    assert one("(HELLO)", "hello)") == 1.0
+    assert one("HELLO!!", "hello") == 0.0 and one("HELLO", "hello.") == 0.0  # the detection's stay
+    # "###" is don't-care: neither it nor a detection mostly inside it counts
+    care = [[0, 0, 100, 50, "HELLO"], [200, 200, 300, 250, "###"]]
+    assert ocr("text spotting en", [], "[[0, 0, 100, 50, 'hello'], [210, 210, 290, 240, 'x']]",
+               spot_gold=care) == 1.0
+    # boxes outside 0..1000 or upside down are dropped; nothing left scores 0
+    assert spot("[[0, 0, 1001, 50, 'hello'], [100, 0, 0, 50, 'hello']]") == 0.0
+    assert spot("no boxes") == 0.0
+
+
+def ocr_rows(img):
+    """OCRBench v2 rows of the types scored by the text metrics, TEDS, STEDS and spotting, in the hub layout
+    (ling99/OCRBench_v2: dict answers as JSON text, spotting polygons in bbox_list with content)."""
+    def row(i, kind, question, answers, **extra):
+        return {"id": i, "dataset_name": "d", "type": kind, "question": question, "answers": answers,
+                "eval": "None", "image": img, "bbox": None, "bbox_list": None, "content": None, **extra}
+
+    en = [row(1, "full-page OCR en", "Read all the text in the image.", ["the cat sat on the mat"]),
+          row(2, "fine-grained text recognition en", "Read the words in the red box.", ["STOP here now"]),
+          row(3, "table parsing en", "Convert the table to html.",
+              ["<table><tr><td>ab</td><td>cd</td></tr></table>"]),
+          row(4, "table parsing en", "Give the table in markdown.", ["| a | b |\n| --- | --- |\n| 1 | 2 |"]),
+          row(5, "chart parsing en", "Extract the chart as a dict.", ['{"Sales": 10, "Cost": 5}']),
+          row(6, "document parsing en", "Parse the document.", ["# Intro\nHello\nWorld"]),
+          row(7, "text spotting en", "Spot every word.", ["HELLO", "WORLD"],
+              bbox_list=[[0, 0, 100, 0, 100, 50, 0, 50], [200, 200, 300, 200, 300, 250, 200, 250]],
+              content=["HELLO", "WORLD"])]
+    cn = [row(11, "full-page OCR cn", "读出图中全部文字", ["我来到北京清华大学"]),
+          row(12, "text translation cn", "把图中的话翻译成英文", ["the cat sat on the mat"]),
+          row(13, "table parsing cn", "把表格转为html", ["<table><tr><td>北京</td></tr></table>"]),
+          row(14, "document parsing cn", "解析这份文档", ["# 简介\n你好"]),
+          row(15, "handwritten answer extraction cn", "简答：图中是什么动物", ["猫"]),
+          row(16, "handwritten answer extraction cn", "选择题：选出正确答案", ["AC"])]
+    return en, cn
+
+
+OCR_REPLIES = {"Read all the text": "the cat sat on a mat", "Read the words": "STOP here now",
+               "to html": "Sure:\n<table><tr><td>ab</td><td>ce</td></tr></table>",
+               "in markdown": "| a | b |\n| --- | --- |", "as a dict": "{'Sales': 12, 'Cost': 5}",
+               "Parse the document": "# Intro\nHello",
+               "Spot every word": "[[0, 0, 100, 50, 'hello'], [500, 500, 600, 600, 'world']]",
+               "读出图中": "我来到北京清华大学", "翻译": "the cat sat on a mat",
+               "把表格": "<table><tr><td>北京</td></tr><tr><td>上海</td></tr></table>",
+               "解析": "# 概述\n再见",
+               "简答": "猫", "选择题": "A、C"}
+
+
+def run_ocr(tmp_path, images):
+    en, cn = ocr_rows(images[0])
+    write_local(str(tmp_path), {"ocrbench_v2_en": en + cn, "ocrbench_v2_cn": en + cn})
+
+    def student(prompt, k):
+        text = prompt["text"] if isinstance(prompt, dict) else prompt
+        return next(f"<think>...</think>{a}" for q, a in OCR_REPLIES.items() if q in text)
+
+    return ev.run_benchmarks(VisionEngine(student), ["ocrbench_v2_en", "ocrbench_v2_cn"],
+                             data_dir=str(tmp_path), log=lambda *_: None)
+
+
+def test_ocrbench_rows_of_the_new_types_are_scored_not_skipped(tmp_path, images, monkeypatch):
+    monkeypatch.setattr(bm, "nltk_wordnet", lambda: StandInWordNet())
+    summary = run_ocr(tmp_path, images)
+    assert summary["errors"] == {}
+    en, cn = summary["benchmarks"]["ocrbench_v2_en"], summary["benchmarks"]["ocrbench_v2_cn"]
+    assert en["skipped"] == {"cn rows (the other OCRBench v2 benchmark)": 6}
+    assert cn["skipped"] == {"en rows (the other OCRBench v2 benchmark)": 7}
+    score = {r["id"]: r["score"] for r in en["records"] + cn["records"]}
+    # the hand-worked pair of test_ocrbench_text_metric_bleu_meteor_f_and_edit_by_hand
+    sentence = ((1 / 12) ** 0.25 + (1 - 0.108) * 5 / 6 + 1 / 1.1 + 1 - 3 / 22) / 4
+    expected = {"1": sentence, "2": (0 + (1 - 0.5 / 27) + 1 + 1) / 4, "3": 1 - 0.5 / 3, "4": 0.5,
+                "5": 1 - 1 / 18, "6": 0.8, "7": 0.5, "11": (1 + (1 - 0.5 / 64) + 1 + 1) / 4, "12": sentence,
+                "13": 0.5, "14": 1.0,
+                # one jieba token "猫": BLEU ~0 (no 2-gram), METEOR 1 - 0.5 (a chunk, a match), F 1, edit 0
+                "15": (0 + 0.5 + 1 + 1) / 4, "16": 1.0}
+    assert score == {k: pytest.approx(v) for k, v in expected.items()}
+    # get_score.py's capabilities: translation under knowledge reasoning, the short answer under relationship
+    # extraction; the headline is the mean of the capability means
+    assert en["capabilities"] == {
+        "text_recognition": pytest.approx((expected["1"] + expected["2"]) / 2),
+        "element_parsing": pytest.approx(sum(expected[i] for i in "3456") / 4),
+        "text_spotting": 0.5}
+    assert en["accuracy"] == pytest.approx(sum(en["capabilities"].values()) / 3)
+    assert cn["capabilities"] == {"text_recognition": pytest.approx(expected["11"]),
+                                  "knowledge_reasoning": pytest.approx(sentence),
+                                  "element_parsing": pytest.approx(0.75),
+                                  "relationship_extraction": pytest.approx((0.625 + 1.0) / 2)}
+
+
+def test_ocrbench_meteor_types_are_skipped_and_named_without_wordnet(tmp_path, images, monkeypatch):
+    monkeypatch.setattr(bm, "nltk_wordnet", lambda: None)
+    summary = run_ocr(tmp_path, images)
+    fix = "(METEOR needs NLTK's WordNet data: python -m nltk.downloader wordnet)"
+    en, cn = summary["benchmarks"]["ocrbench_v2_en"], summary["benchmarks"]["ocrbench_v2_cn"]
+    assert en["skipped"] == {f"no scorer here: full-page OCR en {fix}": 1,
+                             f"no scorer here: fine-grained text recognition en {fix}": 1,
+                             "cn rows (the other OCRBench v2 benchmark)": 6}
+    assert cn["skipped"] == {f"no scorer here: full-page OCR cn {fix}": 1,
+                             f"no scorer here: text translation cn {fix}": 1,
+                             f"no scorer here: handwritten answer extraction cn (short answer) {fix}": 1,
+                             "en rows (the other OCRBench v2 benchmark)": 7}
+    # the TEDS, STEDS and spotting types need no WordNet
+    assert sorted(r["id"] for r in en["records"]) == ["3", "4", "5", "6", "7"]
+    assert set(cn["capabilities"]) == {"element_parsing", "relationship_extraction"}
+
+
+# ---------------------------------------------------------------------------------------------------------
 # BenchJudge prompts: verbatim upstream texts (sha256 of json.dumps(value, sort_keys=True, ensure_ascii=False)
 # of the upstream value: MM-Vet mm-vet_evaluator.py `prompt`; CharXiv src/constants.py; MMVU
 # utils/eval_utils.py)
@@ -220,7 +487,8 @@ def write_local(folder, rows):
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rs)
 
 
-def test_local_rows_in_hub_layouts_become_the_right_questions(tmp_path, images):
+def test_local_rows_in_hub_layouts_become_the_right_questions(tmp_path, images, monkeypatch):
+    monkeypatch.setattr(bm, "nltk_wordnet", lambda: None)  # as here: NLTK's WordNet data is not installed
     write_local(str(tmp_path), local_rows(images))
     load = lambda name: bd.load_benchmark(name, str(tmp_path), vision=True)
     (choice, blank), _ = load("babyvision")
@@ -243,7 +511,8 @@ def test_local_rows_in_hub_layouts_become_the_right_questions(tmp_path, images):
     assert info["answer"] == ["2019", "in 2019"] and info["route"] == "anls"
     en, skipped = load("ocrbench_v2_en")
     assert [e["ocr_type"] for e in en] == ["text recognition en", "text counting en"]
-    assert skipped == {"no scorer here: full-page OCR en": 1, "cn rows (the other OCRBench v2 benchmark)": 1}
+    assert skipped == {"no scorer here: full-page OCR en (METEOR needs NLTK's WordNet data: python -m "
+                       "nltk.downloader wordnet)": 1, "cn rows (the other OCRBench v2 benchmark)": 1}
     (vp1, vp2), _ = load("visualpuzzles")
     assert (vp1["answer"] == "C" and "D. 4" in vp1["question"]
             and (vp2["answer"], vp2["route"]) == ("B", "choice"))
@@ -256,7 +525,8 @@ def test_local_rows_in_hub_layouts_become_the_right_questions(tmp_path, images):
     assert skipped == {"image": 1}
 
 
-def test_every_new_vlm_benchmark_is_scored_by_its_protocol(tmp_path, images):
+def test_every_new_vlm_benchmark_is_scored_by_its_protocol(tmp_path, images, monkeypatch):
+    monkeypatch.setattr(bm, "nltk_wordnet", lambda: None)  # the full-page OCR row skipped, as here
     write_local(str(tmp_path), local_rows(images))
     answers = {"Which shape is red?": "B", "How many dots?": "red triangle", "Which label is largest?": "P56",
                "What is the area?": "12", "What is left of the chair?": "C", "Which year?": "2019.",
