@@ -616,20 +616,25 @@ def draw_plots(results, methods_runs, out_dir):
     fig.suptitle(band, fontsize=10)
     paths.append(_save(fig, out_dir, "heldout.png"))
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4))
-    for ax, key, title in zip(axes, ("acc/plain", "adv/positive_frac", "count/zero_solved"),
-                              ("plain accuracy (training rollouts)", "rollouts with a positive advantage",
-                               "0/8 questions a BCQ/NCQ gave a gradient")):
-        for m, runs in methods_runs.items():
-            steps, mean, low, high = mean_curve([r["rows"] for r in runs.values()], key)
-            if steps:
-                plot.draw_band(ax, steps, mean, low, high, results["methods"][m]["name"], colors[m])
-        ax.set(title=title, xlabel="step")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(band, fontsize=10)
-    paths.append(_save(fig, out_dir, "training.png"))
+    def curves(panels):
+        """One row of panels (metrics key, title): per method the mean over seeds with its 95% band."""
+        fig, axes = plt.subplots(1, len(panels), figsize=(5.3 * len(panels), 4))
+        for ax, (key, title) in zip(axes, panels):
+            for m, runs in methods_runs.items():
+                steps, mean, low, high = mean_curve([r["rows"] for r in runs.values()], key)
+                if steps:
+                    plot.draw_band(ax, steps, mean, low, high, results["methods"][m]["name"], colors[m])
+            ax.set(title=title, xlabel="step")
+            ax.set_ylim(bottom=0)
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+        fig.suptitle(band, fontsize=10)
+        return fig
+
+    paths.append(_save(curves([("acc/plain", "plain accuracy (training rollouts)"),
+                               ("adv/positive_frac", "rollouts with a positive advantage"),
+                               ("count/zero_solved", "0/8 questions a BCQ/NCQ gave a gradient")]),
+                       out_dir, "training.png"))
 
     fig, ax = plt.subplots(figsize=(6, 4))
     entries = [(e["name"], {b: (g["graduated"], g["admitted"]) for b, g in e["graduation"].items()},
@@ -656,13 +661,12 @@ def draw_plots(results, methods_runs, out_dir):
         fig, ax = plt.subplots(figsize=(8, 4))
         width = 0.8 / len(results["methods"])
         for i, (m, e) in enumerate(results["methods"].items()):
-            by = e["heldout_greedy_by_tier_last"]
+            cells = [e["heldout_greedy_by_tier_last"].get(t) or {} for t in tiers]
+            means = [c.get("mean") or 0.0 for c in cells]
+            # whiskers to the interval's ends; none for one seed (no interval)
+            err = [[mu - c["low"] if c.get("low") is not None else 0.0 for mu, c in zip(means, cells)],
+                   [c["high"] - mu if c.get("high") is not None else 0.0 for mu, c in zip(means, cells)]]
             xs = [k + (i - (len(results["methods"]) - 1) / 2) * width for k in range(len(tiers))]
-            means = [by.get(t, {}).get("mean") or 0 for t in tiers]
-            err = [[max(0, mu - (by.get(t, {}).get("low") if by.get(t, {}).get("low") is not None else mu))
-                    for mu, t in zip(means, tiers)],
-                   [max(0, (by.get(t, {}).get("high") if by.get(t, {}).get("high") is not None else mu) - mu)
-                    for mu, t in zip(means, tiers)]]
             ax.bar(xs, means, width, yerr=err, capsize=3, label=e["name"], color=colors[m])
         before = results["step0"].get("greedy_by_tier", {})
         ax.scatter(range(len(tiers)), [before.get(t, 0) for t in tiers], marker="_", s=900, color="black",
@@ -677,24 +681,14 @@ def draw_plots(results, methods_runs, out_dir):
 
     # the mechanism per step: how many plain groups gave no signal, how many of those a BCQ/NCQ turned into
     # a gradient, how often the buffer replayed, and the cumulative graduations of 0/G admissions
-    fig, axes = plt.subplots(1, 4, figsize=(20, 4))
-    zero_bin = next((b for e in results["methods"].values() for b in e["graduation"] if b.startswith("0/")),
-                    "0/8")
-    for ax, key, title in zip(axes, ("count/plain_zero", "count/zero_solved", "count/replayed",
-                                     f"buffer/graduated_total_from_{zero_bin}"),
-                              (f"plain groups at {zero_bin}",
-                               f"{zero_bin} questions a BCQ/NCQ gave a gradient", "replayed questions",
-                               f"graduated from {zero_bin} admissions (cumulative)")):
-        for m, runs in methods_runs.items():
-            steps, mean, low, high = mean_curve([r["rows"] for r in runs.values()], key)
-            if steps:
-                plot.draw_band(ax, steps, mean, low, high, results["methods"][m]["name"], colors[m])
-        ax.set(title=title, xlabel="step")
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle(band, fontsize=10)
-    paths.append(_save(fig, out_dir, "mechanism.png"))
+    zero = next((b for e in results["methods"].values() for b in e["graduation"] if b.startswith("0/")),
+                "0/8")
+    paths.append(_save(curves([("count/plain_zero", f"plain groups at {zero}"),
+                               ("count/zero_solved", f"{zero} questions a BCQ/NCQ gave a gradient"),
+                               ("count/replayed", "replayed questions"),
+                               (f"buffer/graduated_total_from_{zero}",
+                                f"graduated from {zero} admissions (cumulative)")]),
+                       out_dir, "mechanism.png"))
     return paths
 
 
