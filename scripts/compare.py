@@ -93,6 +93,10 @@ def parse_args(argv=None):
                         help="RL questions the probe samples (0: none)")
     parser.add_argument("--probe-only", action="store_true",
                         help="build (or reuse) the primed student, run the probe, write OUT/probe.json, stop")
+    parser.add_argument("--report", action="store_true",
+                        help="write results.json, results.md and the plots from the runs finished so far "
+                             "(those at --steps; a method with none is left out) and stop: trains and scores "
+                             "nothing, so a study can be read while another process runs it")
     parser.add_argument("--fp32", action=argparse.BooleanOptionalAction, default=None,
                         help="no bf16 autocast (primer and updates: --mixed-precision no); default: fp32 "
                              "where the CPU has no bf16 matrix instructions (demo.cpu_has_fast_bf16: on AVX2 "
@@ -707,6 +711,8 @@ def _save(fig, out_dir, name):
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
+    if args.report:
+        return report(args, start)
     os.makedirs(args.out_dir, exist_ok=True)
     check_study(args)
     primer, rl, data_path, test = prepare_data(args)
@@ -737,21 +743,56 @@ def main(argv=None):
     sampled = f", avg@{args.eval_samples} {step0['sampled']:.3f}" if args.eval_samples else ""
     print(f"student before RL: held-out greedy {step0['greedy']:.3f}{sampled}")
 
-    from scripts import plot
-
-    methods_runs = {}
     for seed in range(args.seeds):  # seed-major: a study cut short has every method at the first seeds
         for method in args.methods:
             t = time.time()
             status = run_one(args, method, seed, student, data_path, test)
             print(f"{method} seed {seed}: {status} ({time.time() - t:.0f} s)", flush=True)
+    return write_results(args, load_runs(args), student_info, step0, probe_info, start)
+
+
+def load_runs(args, finished_only=False):
+    """{method: {seed: run}}: plot.load_run's run with its held-out scores (finished_only: only the runs
+    scored at --steps, and only the methods that have one)."""
+    from scripts import plot
+
+    methods_runs = {}
     for method in args.methods:
-        methods_runs[method] = {}
         for seed in range(args.seeds):
             run_dir = os.path.join(args.out_dir, "runs", f"{method}_seed{seed}")
+            scores = read_scores(os.path.join(run_dir, "heldout.jsonl"))
+            if finished_only and args.steps not in scores:
+                continue
             run = plot.load_run(run_dir)
-            run["scores"] = read_scores(os.path.join(run_dir, "heldout.jsonl"))
-            methods_runs[method][seed] = run
+            run["scores"] = scores
+            methods_runs.setdefault(method, {})[seed] = run
+    return methods_runs
+
+
+def report(args, start):
+    """--report: the results of the runs finished so far, from the files the study wrote."""
+    if not os.path.exists(os.path.join(args.out_dir, "study.json")):
+        raise SystemExit(f"compare.py --report: {args.out_dir} holds no study (no study.json)")
+    check_study(args)
+    loaded = {}
+    for name in ("student.json", "heldout_step0.json", "probe.json"):
+        path = os.path.join(args.out_dir, name)
+        if os.path.exists(path):
+            with open(path) as f:
+                loaded[name] = json.load(f)
+        elif name != "probe.json":
+            raise SystemExit(f"compare.py --report: {path} not found: the study in {args.out_dir} has not "
+                             "scored its student yet")
+    methods_runs = load_runs(args, finished_only=True)
+    if not methods_runs:
+        raise SystemExit(f"compare.py --report: no run in {args.out_dir} has reached step {args.steps} yet")
+    print(f"--report: {', '.join(f'{m} seeds {sorted(r)}' for m, r in methods_runs.items())} finished")
+    return write_results(args, methods_runs, loaded["student.json"], loaded["heldout_step0.json"],
+                         loaded.get("probe.json"), start)
+
+
+def write_results(args, methods_runs, student_info, step0, probe_info, start):
+    """results.json, results.md and the plots in OUT; a line per method on stdout."""
     results = summarize(args, methods_runs, student_info, step0, probe_info)
     results["seconds"] = time.time() - start
     with open(os.path.join(args.out_dir, "results.json"), "w") as f:

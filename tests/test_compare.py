@@ -229,3 +229,28 @@ def test_greedy_only_scoring_end_to_end(tmp_path):
         table = f.read()
     assert "sampled" not in table and "| GRPO | " in table
     assert os.path.getsize(os.path.join(out, "heldout.png")) > 5_000
+
+
+def test_report_reads_the_finished_runs_and_trains_nothing(tmp_path, capsys):
+    """--report writes the results of the runs at --steps from the study's files; a run short of it (here
+    GRPO's, its last score removed) is left out, with its method; nothing is trained or scored."""
+    out = str(tmp_path / "study")
+    full = compare.main(["--smoke", "--out-dir", out])
+    grpo_scores = os.path.join(full["methods"]["grpo"]["runs"]["0"]["dir"], "heldout.jsonl")
+    with open(grpo_scores) as f:
+        first = f.readline()
+    with open(grpo_scores, "w") as f:
+        f.write(first)  # step 1 only: as if the run were still training
+    stamps = {p: os.path.getmtime(p) for p in (grpo_scores, os.path.join(out, "heldout_step0.json"))}
+    capsys.readouterr()
+    partial = compare.main(["--smoke", "--out-dir", out, "--report"])
+    assert "zppo seeds [0], grpo_buffer seeds [0] finished" in capsys.readouterr().out
+    assert set(partial["methods"]) == {"zppo", "grpo_buffer"}
+    assert set(partial["contrasts"]) == {"zppo-grpo_buffer"}
+    assert partial["methods"]["zppo"]["heldout_greedy"] == full["methods"]["zppo"]["heldout_greedy"]
+    assert partial["methods"]["zppo"]["graduation"] == full["methods"]["zppo"]["graduation"]
+    assert {p: os.path.getmtime(p) for p in stamps} == stamps
+    with open(os.path.join(out, "results.md")) as f:
+        assert "| GRPO |" not in f.read()
+    with pytest.raises(SystemExit, match="holds no study"):
+        compare.main(["--smoke", "--out-dir", str(tmp_path / "none"), "--report"])
