@@ -432,10 +432,8 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
                                          statistics.median)
         # the second study's pre-registered measures (RESULTS.md): over seeds, the share of the questions
         # admitted at 0/G that graduated, and the last held-out score of each tier
-        zero = [next((v for b, v in run["graduation"].items() if b.startswith("0/")), {})
-                for run in entry["runs"].values()]
-        entry["graduation_zero"] = seeds_interval([z["graduated"] / z["admitted"] for z in zero
-                                                   if z.get("admitted")])
+        shares = [zero_share(run) for run in entry["runs"].values()]
+        entry["graduation_zero"] = seeds_interval([v for v in shares if v is not None])
         last = [run["heldout"][-1].get("greedy_by_tier", {}) for run in entry["runs"].values()]
         entry["heldout_greedy_by_tier_last"] = {t: seeds_interval([x[t] for x in last if t in x])
                                                 for t in sorted({t for x in last for t in x})}
@@ -446,9 +444,14 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
     return out
 
 
+def at_zero(graduation):
+    """The counts ({graduated, admitted, ...}) of a graduation table's 0/G admission bin; None if absent."""
+    return next((v for b, v in graduation.items() if b.startswith("0/")), None)
+
+
 def zero_share(run):
     """One run's share of the questions admitted at 0/G that graduated; None where none was admitted."""
-    zero = next((v for b, v in run["graduation"].items() if b.startswith("0/")), {})
+    zero = at_zero(run["graduation"]) or {}
     return zero["graduated"] / zero["admitted"] if zero.get("admitted") else None
 
 
@@ -511,7 +514,7 @@ def results_table(results):
         g0, g1 = e["heldout_greedy"][0], e["heldout_greedy"][-1]
         sampled = (f"{e['heldout_sampled'][0]['mean']:.3f} -> {score(e['heldout_sampled'][-1])} | "
                    if k else "")
-        zero = next((v for b, v in e["graduation"].items() if b.startswith("0/")), None)
+        zero = at_zero(e["graduation"])
         grad = f"{zero['graduated']} / {zero['admitted']} ({zero['rate']:.0%})" if zero else "no buffer"
         lines.append(f"| {e['name']} | {g0['mean']:.3f} -> {score(g1)} | {sampled}"
                      f"{grad} | {sum(e['time'].values()):.0f} |")
@@ -551,7 +554,7 @@ def results_table(results):
               "| --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in tiers) + " |"]
     for e in results["methods"].values():
         for seed, run in e["runs"].items():
-            zero = next((v for b, v in run["graduation"].items() if b.startswith("0/")), None)
+            zero = at_zero(run["graduation"])
             admitted = sum(g["admitted"] for g in run["graduation"].values())
             last = run["heldout"][-1]
             by = last.get("greedy_by_tier", {})
