@@ -624,11 +624,17 @@ def draw_plots(results, methods_runs, out_dir):
     paths.append(_save(fig, out_dir, "heldout.png"))
 
     def curves(panels):
-        """One row of panels (metrics key, title): per method the mean over seeds with its 95% band."""
+        """One row of panels (metrics key, title): per method the mean over seeds with its 95% band. A
+        buffer's running total (buffer/..._total_...) counts 0 at the steps before it was first logged."""
         fig, axes = plt.subplots(1, len(panels), figsize=(5.3 * len(panels), 4))
         for ax, (key, title) in zip(axes, panels):
             for m, runs in methods_runs.items():
-                steps, mean, low, high = mean_curve([r["rows"] for r in runs.values()], key)
+                rows = [r["rows"] for r in runs.values()]
+                buffered = any(k.startswith("buffer/admitted_total_at_") for run in rows for row in run
+                               for k in row)
+                if "_total_" in key and buffered:
+                    rows = [[{key: 0, **row} for row in run] for run in rows]
+                steps, mean, low, high = mean_curve(rows, key)
                 if steps:
                     plot.draw_band(ax, steps, mean, low, high, results["methods"][m]["name"], colors[m])
             ax.set(title=title, xlabel="step")
@@ -674,7 +680,8 @@ def draw_plots(results, methods_runs, out_dir):
             err = [[mu - c["low"] if c.get("low") is not None else 0.0 for mu, c in zip(means, cells)],
                    [c["high"] - mu if c.get("high") is not None else 0.0 for mu, c in zip(means, cells)]]
             xs = [k + (i - (len(results["methods"]) - 1) / 2) * width for k in range(len(tiers))]
-            ax.bar(xs, means, width, yerr=err, capsize=3, label=e["name"], color=colors[m])
+            ax.bar(xs, means, width, yerr=err if any(map(any, err)) else None, capsize=3, label=e["name"],
+                   color=colors[m])
         before = results["step0"].get("greedy_by_tier", {})
         ax.scatter(range(len(tiers)), [before.get(t, 0) for t in tiers], marker="_", s=900, color="black",
                    zorder=3, label="before RL")
