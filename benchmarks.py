@@ -229,9 +229,17 @@ def box_iou(a, b):
         a, b = [int(v) for v in a], [int(v) for v in b]
     except (TypeError, ValueError):
         return 0.0
-    inter = max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    inter = _rect_intersection(a, b)
+    union = _rect_area(a) + _rect_area(b) - inter
     return inter / union if union else 0.0
+
+
+def _rect_area(r):
+    return (r[2] - r[0]) * (r[3] - r[1])
+
+
+def _rect_intersection(a, b):
+    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
 
 
 def last_box(text):
@@ -589,14 +597,6 @@ def _transcription_match(gold, det, special='!?.:,*"()·[]/\''):
         (first and last and gold[1:-1] == det)
 
 
-def _rect_area(r):
-    return (r[2] - r[0]) * (r[3] - r[1])
-
-
-def _rect_intersection(a, b):
-    return max(0, min(a[2], b[2]) - max(a[0], b[0])) * max(0, min(a[3], b[3]) - max(a[1], b[1]))
-
-
 def spotting_hmean(pred_boxes, gold_boxes):
     """spotting_evaluation + script.py evaluate_method on one image: detections with x1 >= x2 or y1 >= y2
     dropped; 0 when no detection or no gold is left. Every box is an axis-aligned rectangle (upstream writes
@@ -619,9 +619,7 @@ def spotting_hmean(pred_boxes, gold_boxes):
         for di, d in enumerate(dets):
             if gold_used[gi] or det_used[di] or not gold_care[gi] or not det_care[di]:
                 continue
-            inter = _rect_intersection(g, d)
-            union = _rect_area(g) + _rect_area(d) - inter
-            if union and inter / union > 0.5:
+            if box_iou(g[:4], d[:4]) > 0.5:
                 gold_used[gi] = det_used[di] = True
                 correct += _transcription_match(g[4].upper(), d[4].upper())
     n_gold, n_det = sum(gold_care), sum(det_care)
