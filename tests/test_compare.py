@@ -210,7 +210,8 @@ def test_checkpoints_between_scored_steps(tmp_path, monkeypatch, tiny_model):
     monkeypatch.setattr(train, "main", record)
     monkeypatch.setattr(compare, "score", lambda ckpt, test, a, step: scored.append(step) or {
         "step": step, "greedy": 0.5, "sampled": None})
-    assert compare.run_one(args, "grpo", 0, tiny_model, str(data), []) == "done"
+    assert compare.run_one(args, "grpo", 0, tiny_model, str(data), [], {"model": "tiny"},
+                           {"step": 0, "greedy": 0.25}) == "done"
     assert segments == [(4, False), (6, True), (8, True), (12, True)] and scored == [6, 12]
     assert compare.parse_args(["--eval-every", "3"]).checkpoint_every == 3  # default: --eval-every
     with pytest.raises(SystemExit):
@@ -238,9 +239,9 @@ def test_report_reads_the_finished_runs_and_trains_nothing(tmp_path, capsys):
     full = compare.main(["--smoke", "--out-dir", out])
     grpo_scores = os.path.join(full["methods"]["grpo"]["runs"]["0"]["dir"], "heldout.jsonl")
     with open(grpo_scores) as f:
-        first = f.readline()
+        first = f.readline() + f.readline()
     with open(grpo_scores, "w") as f:
-        f.write(first)  # step 1 only: as if the run were still training
+        f.write(first)  # steps 0 and 1 only: as if the run were still training
     stamps = {p: os.path.getmtime(p) for p in (grpo_scores, os.path.join(out, "heldout_step0.json"))}
     capsys.readouterr()
     partial = compare.main(["--smoke", "--out-dir", out, "--report"])
@@ -254,3 +255,42 @@ def test_report_reads_the_finished_runs_and_trains_nothing(tmp_path, capsys):
         assert "| GRPO |" not in f.read()
     with pytest.raises(SystemExit, match="holds no study"):
         compare.main(["--smoke", "--out-dir", str(tmp_path / "none"), "--report"])
+
+
+def test_a_seed_is_paired_only_with_runs_of_the_same_student(tmp_path, capsys):
+    """Each run's heldout.jsonl starts with its student (student.json's record, the CPU that built it) and
+    that student's step-0 score. A study continued on another machine rebuilds the primer, which there gives
+    another student (bf16 kernels differ between CPUs): a new run of a seed whose other runs trained another
+    student is refused, naming both; the results take each run's step 0 from its own first row."""
+    out = str(tmp_path / "study")
+    first = compare.main(["--smoke", "--out-dir", out, "--methods", "grpo", "--eval-samples", "0"])
+    with open(os.path.join(out, "student.json")) as f:
+        student = json.load(f)
+    assert student["cpu"] == compare.cpu_name() and student["cpu"]
+    path = os.path.join(first["methods"]["grpo"]["runs"]["0"]["dir"], "heldout.jsonl")
+    with open(path) as f:
+        rows = [json.loads(line) for line in f]
+    assert [r["step"] for r in rows] == [0, 1, 2] and rows[0]["student"] == student
+    assert first["methods"]["grpo"]["runs"]["0"]["student"] == student
+    # as if the GRPO run had trained on another machine's student, which scored 0.75 before RL
+    rows[0] = {**rows[0], "greedy": 0.75, "student": {**student, "cpu": "another CPU"}}
+    with open(path, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(SystemExit, match=r"grpo seed 0 trained another student .* on another CPU; this one: "
+                                         r".*grpo_buffer seed 0 would not be paired"):
+        compare.main(["--smoke", "--out-dir", out, "--methods", "grpo,grpo_buffer", "--eval-samples", "0"])
+    assert not os.path.exists(os.path.join(out, "runs", "grpo_buffer_seed0"))  # refused before training
+    again = compare.main(["--smoke", "--out-dir", out, "--methods", "grpo", "--eval-samples", "0",
+                          "--report"])
+    run = again["methods"]["grpo"]["runs"]["0"]
+    assert run["heldout"][0]["greedy"] == 0.75 and run["student"]["cpu"] == "another CPU"
+    assert "student" not in run["heldout"][0]
+    assert again["methods"]["grpo"]["heldout_greedy"][0]["mean"] == 0.75
+    with open(os.path.join(out, "results.md")) as f:
+        assert "| 0.750 -> " in f.read()
+    # the same student (its record as this machine wrote it): the seed's next method trains
+    rows[0]["student"] = student
+    with open(path, "w") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows))
+    both = compare.main(["--smoke", "--out-dir", out, "--methods", "grpo,grpo_buffer", "--eval-samples", "0"])
+    assert both["methods"]["grpo_buffer"]["runs"]["0"]["student"] == student
