@@ -24,7 +24,11 @@
 Resuming: run the same command again. A run whose heldout.jsonl has its last step is skipped; one that
 stopped midway continues from its last checkpoint (train.py --resume: same weights, optimizer, buffer, data
 order and random state), scoring any checkpoint not yet scored. Each run keeps one checkpoint (~1.6 GB for
-SmolLM2: weights and AdamW state), ~15 GB for the default 9 runs.
+SmolLM2: weights and AdamW state), ~15 GB for the default 9 runs. On another machine, where OUT/student is
+gone, the primer is built again; on another CPU model it gives another student (bf16 kernels differ: AMX
+against AVX512-BF16 changed the primer's loss in the 3rd digit and the held-out score by 3 questions), so
+each run's heldout.jsonl records its student and a seed's new run is refused when its other runs trained
+another: finish a started seed where it started, or run it again whole.
 
 Default size, measured on 2 cores of an AVX2 CPU in fp32 (RESULTS.md): a step of any of the three methods
 takes 2-3 minutes (rollouts of 80-96 sequences of up to 48 tokens, then the update), scoring a checkpoint
