@@ -381,7 +381,7 @@ def run_one(args, method, seed, student, data_path, test, student_info, step0):
     step = checkpoint_step(run_dir)
     resumed = step
     if not step and not scored:
-        for other in args.methods:
+        for other in METHODS:  # every method's run of this seed, not only those this command names
             first = read_scores(os.path.join(args.out_dir, "runs", f"{other}_seed{seed}", "heldout.jsonl"))
             theirs = first.get(0, {}).get("student")
             if other != method and theirs and not same_student(theirs, student_info):
@@ -422,7 +422,6 @@ def run_one(args, method, seed, student, data_path, test, student_info, step0):
         if not step:  # a new run: its student and that student's score before RL come first (not before
             # training: train.py starts a run only in a folder holding nothing but a run's files)
             append_json(scores_path, {**step0, "student": student_info})
-            scored[0] = step0
         step = target
     return f"resumed at step {resumed}, done" if resumed else "done"
 
@@ -443,12 +442,13 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
         entry = {"name": METHODS[method][0], "runs": {}}
         for seed, run in runs.items():
             rows = run["rows"]
+            # a run's own step 0 (its student's, which may be another machine's primer) where it has one
+            first = run["scores"].get(0) or {**step0, "student": student_info}
             entry["runs"][str(seed)] = {
                 "dir": run["dir"],
-                # a run's own step 0 (its student's, which may be another machine's primer) where it has one
-                "heldout": [{k: v for k, v in run["scores"].get(0, step0).items() if k != "student"},
+                "heldout": [{k: v for k, v in first.items() if k != "student"},
                             *sorted((r for s, r in run["scores"].items() if s), key=lambda r: r["step"])],
-                "student": run["scores"].get(0, {}).get("student") or student_info,
+                "student": first.get("student") or student_info,
                 "graduation": {b: {"graduated": g, "admitted": a}
                                for b, (g, a) in sorted(plot.graduation_by_bin(rows).items())},
                 "time": plot.phase_times(rows, statistics.median),
