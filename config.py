@@ -250,7 +250,7 @@ def validate(cfg):
         if problem:
             problems.append(f"--teacher-url {problem}")
     if cfg.eval_benchmarks:  # a typo found now, not as a failed evaluation at the end of the run
-        from bench_data import BENCHMARKS
+        from benchmarks import BENCHMARKS
 
         unknown = [n for n in cfg.eval_benchmarks.split(",") if n.strip() not in BENCHMARKS]
         if unknown:

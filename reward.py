@@ -1,9 +1,11 @@
 """The binary reward: is the last \\boxed{} answer of a response equivalent to the gold answer?
 
 Spec section "Reward" and EVAL.md "Exact+Judge". The rule grader (`grade`) checks short answers and
-letters; every row it cannot resolve (a free-form gold answer, no parseable box, a truncated response)
-goes to the LLM judge with the paper's prompt and the full response; without a judge such rows score 0
-and are reported as unresolved. Training rewards (`score_rollouts`) and eval.py's scores both go through
+letters in the response's final answer, the part after its reasoning (`final_part`: a box written only
+inside <think> is no final answer); every row it cannot resolve (a free-form gold answer, no parseable box
+in the final answer, a truncated response) goes to the LLM judge with the paper's prompt and the full
+response, the only reader that may look inside the reasoning; without a judge such rows score 0 and are
+reported as unresolved. Training rewards (`score_rollouts`) and eval.py's scores both go through
 `score_detailed` with truncation marked, so the routing is the same in both.
 Model output is untrusted: the scan is linear and bounded, over-long answers
 are compared as text only, exponent towers and huge factorials never reach sympy (Python's big
@@ -17,7 +19,10 @@ from fractions import Fraction
 
 import jinja2
 
-MAX_ANSWER_CHARS = 1_000  # a boxed answer longer than this is not an answer
+# a boxed answer longer than this is compared as text only (never parsed as a number or by math-verify); the
+# graders still read it whole (OCR pages, tables and documents are answers of thousands of characters), while
+# last_boxed's other callers (the NCQ prompt's wrong answers) skip it by default
+MAX_ANSWER_CHARS = 1_000
 MAX_BOXES_TRIED = 20  # unbalanced \boxed{ candidates examined from the end before giving up
 SYMBOLIC_TIMEOUT_S = 1  # math-verify's own limit per parse / comparison (signal.alarm: whole seconds)
 # no math-verify call starts once this much of one answer's grading went to math-verify: a response's worst
@@ -26,7 +31,9 @@ SYMBOLIC_BUDGET_S = 0.5
 
 
 def last_boxed(text, max_chars=MAX_ANSWER_CHARS):
-    """Content of the last \\boxed{...} with balanced braces, or None."""
+    """Content of the last \\boxed{...} with balanced braces, or None; a box longer than `max_chars` is
+    skipped for the one before it (None: any length; each candidate's scan is linear, and at most
+    MAX_BOXES_TRIED candidates are tried). The graders read any length (final_boxed)."""
     end = len(text)
     for _ in range(MAX_BOXES_TRIED):
         start = text.rfind("\\boxed", 0, end)
@@ -37,7 +44,7 @@ def last_boxed(text, max_chars=MAX_ANSWER_CHARS):
             i += 1
         if i < len(text) and text[i] == "{":
             depth, j = 0, i
-            limit = min(len(text), i + max_chars + 2)
+            limit = len(text) if max_chars is None else min(len(text), i + max_chars + 2)
             while j < limit:
                 c = text[j]
                 if c == "\\" and j + 1 < limit:  # an escaped brace does not count
@@ -53,7 +60,9 @@ def last_boxed(text, max_chars=MAX_ANSWER_CHARS):
 
 _UNWRAP = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _SPACING = re.compile(r"\\[,;:! ]|\\(?:left|right|displaystyle)\b|\$|~")
-_NUMBER = r"[-+]?(?:\d[\d,]*(?:\.\d*)?|\.\d+)(?:/\d+)?"
+# a comma inside a number only as a thousands separator (1,000 and 12,345,678): "5,6" is a list of two numbers
+# (VLMs-are-Blind's grid answers), never 56
+_NUMBER = r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:/\d+)?"
 _UNIT_TAIL = re.compile(rf"^({_NUMBER})\s*[A-Za-z][A-Za-z ./]*$")
 
 
@@ -218,6 +227,8 @@ def answers_match(pred, gold):
     gold = str(gold)
     if is_choice(gold):
         return _letter(pred) == gold.strip("() ").upper()
+    if len(pred) > MAX_ANSWER_CHARS:  # a page of text: compared as text, never parsed as mathematics
+        return normalize(pred) == normalize(gold)
     budget = [SYMBOLIC_BUDGET_S]  # shared by the first try and the °/% retry
     if _equal(pred, gold, budget):
         return True
@@ -227,9 +238,32 @@ def answers_match(pred, gold):
     return False
 
 
+def final_part(text):
+    """Where a response's final answer is: the text after its last </think>; nothing when a <think> block
+    opened and never closed (the reasoning was cut: no final answer was written); the whole text when there
+    is no think tag. Only the judge looks inside the reasoning (EVAL.md), so the rule grader and the
+    benchmarks' deterministic parsers read this part alone."""
+    if "</think>" in text:
+        return text.rsplit("</think>", 1)[1]
+    return "" if "<think>" in text else text
+
+
+def final_boxed(text):
+    """The last \\boxed{} of the final answer, whatever its length (a box inside the reasoning does not
+    count), or None."""
+    return last_boxed(final_part(text), max_chars=None)
+
+
+def as_number(text):
+    """A boxed answer as an exact number (Fraction) when it is one (plain, 1,000-style, decimal, a/b,
+    \\frac{a}{b}, a unit after it), else None."""
+    return _as_fraction(normalize(text))
+
+
 def grade(response, gold):
-    """1.0 if the last boxed answer of `response` matches `gold`, else 0.0."""
-    pred = last_boxed(response)
+    """1.0 if the last boxed answer of `response`'s final answer (after its reasoning) matches `gold`, else
+    0.0."""
+    pred = final_boxed(response)
     return float(pred is not None and answers_match(pred, gold))
 
 
@@ -329,10 +363,11 @@ def rule_verdict(response, gold, truncated=False):
     """1.0 or 0.0 where the rule grader can decide, None where it cannot and the judge must (Exact+Judge):
     no parseable box (none, empty, or no letter for a multiple-choice gold), or a truncated response whose
     last box is wrong (the final answer was never written; that box is an intermediate one). A box that
-    matches is trusted even in a truncated response (the grader audit: no false positives)."""
+    matches is trusted even in a truncated response (the grader audit: no false positives). Only the final
+    answer counts: a box written inside the reasoning alone leaves the row to the judge."""
     if grade(response, gold):  # the module's grade, looked up at the call (tests patch reward.grade)
         return 1.0
-    pred = last_boxed(response)
+    pred = final_boxed(response)
     if pred is None or not pred.strip() or (is_choice(str(gold)) and _letter(pred) is None) or truncated:
         return None
     return 0.0

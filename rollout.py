@@ -44,8 +44,8 @@ from transformers import (
     GenerationConfig,
 )
 
+from benchmarks.video import prompt_videos, video_data_url, vllm_video
 from logprobs import batch_vision, mm_token_types, suppressed_token_ids
-from video import prompt_videos, video_data_url, vllm_video
 
 
 @dataclass
@@ -83,7 +83,7 @@ def encode_prompt(tokenizer, prompt):
     Qwen's processor does, each becomes as many placeholders as the image has merged patches, and the
     image processor (attached to the tokenizer by load_model) gives the pixel values. A prompt's videos
     (video.py: sampled frames) come first, as Qwen's video inputs."""
-    from video import expand_video_tokens, video_inputs
+    from benchmarks.video import expand_video_tokens, video_inputs
 
     text, images = prompt_parts(prompt)
     videos = prompt_videos(prompt)

@@ -113,7 +113,7 @@ def fields(row, kind):
 
 
 def clean_question(text):
-    from bench_data import strip_directives
+    from benchmarks.load import strip_directives
 
     return strip_directives(re.sub(r"<image>\s*", "", text))
 

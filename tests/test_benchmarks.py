@@ -1,16 +1,25 @@
-"""benchmarks.py: the Det. scorers against hand-computed cases, the BenchJudge prompts against digests of
-their upstream texts, and the paper's other VLM benchmarks end to end on local rows in each hub set's own
-columns."""
+"""The benchmarks/ package's VLM benchmarks: the Det. scorers (det.py, ocrbench.py) against hand-computed
+cases, the BenchJudge prompts (prompts.py) against digests of their upstream texts, and the paper's VLM
+benchmarks end to end on local rows in each hub set's own columns."""
 import hashlib
 import json
 import os
 
 import pytest
 
-import bench_data as bd
-import bench_prompts
-import benchmarks as bm
 import eval as ev
+from benchmarks import (
+    BENCHMARKS,
+    DYNAMATH_SPLITS,
+    charxiv,
+    det,
+    load,
+    mmvet,
+    ocrbench,
+    paper_families,
+    prompts,
+    score,
+)
 from test_eval import ScriptedEngine, fake_hub  # noqa: F401  (a fixture)
 
 # ---------------------------------------------------------------------------------------------------------
@@ -29,14 +38,32 @@ from test_eval import ScriptedEngine, fake_hub  # noqa: F401  (a fixture)
     ("", [""], 1.0),
 ])
 def test_anls_as_the_infographicvqa_script_defines_it(pred, golds, expected):
-    assert bm.anls(pred, golds) == pytest.approx(expected)
+    assert det.anls(pred, golds) == pytest.approx(expected)
 
 
-def test_det_scorers_read_the_boxed_answer_else_the_reply_after_thinking():
+def test_det_scorers_read_the_final_answer_never_the_thinking():
+    """EVAL.md: only the judge may look inside the reasoning, so a Det. metric reads the final answer's box,
+    else the final answer itself; a box written only inside <think> is no answer (was: scored 1)."""
     ex = {"answer": ["42 percent"]}
-    assert bm.score_anls("<think>maybe 40 percent</think> It is \\boxed{42 percent}.", ex) == 1.0
-    assert bm.score_anls("<think>\\boxed{42 percent}</think>", ex) == 1.0  # a box is a box wherever it is
-    assert bm.score_anls("<think>42 percent</think>40 percent", ex) == pytest.approx(1 - 1 / 10)
+    assert det.score_anls("<think>maybe 40 percent</think> It is \\boxed{42 percent}.", ex) == 1.0
+    assert det.score_anls("<think>\\boxed{42 percent}</think>", ex) == 0.0
+    assert det.score_anls("<think>\\boxed{42 percent}</think> 42 percent", ex) == 1.0  # the reply itself
+    assert det.score_anls("<think>42 percent</think>40 percent", ex) == pytest.approx(1 - 1 / 10)
+    assert det.score_anls("<think>\\boxed{42 percent} but the page is long", ex) == 0.0  # never closed
+
+
+def test_det_scorers_read_a_long_boxed_answer_whole():
+    """Was: a box over 1,000 characters was not read, so an OCR page, a table or a document was scored with
+    the prose around it. Upstream (OCRBench v2 eval_scripts/eval.py) scores the answer alone: a document
+    parsed into exactly the gold tree scores 1 (STEDS), with the reply's prose lines as extra nodes less."""
+    page = " ".join(f"word{i}" for i in range(400))  # 3,000 characters
+    assert len(page) > 1_000 and det.final_answer(f"Here is the page: \\boxed{{{page}}} Done.") == page
+    doc = "# Intro\n" + "\n".join(f"line {i} of the document text" for i in range(60))
+    assert len(doc) > 1_000
+    example = {"answer": [doc], "ocr_type": "document parsing en", "ocr_eval": None}
+    reply = f"<think>...</think>Here is the parsed document.\n\\boxed{{{doc}}}\nThat is all."
+    assert ocrbench.score_ocrbench(reply, example) == 1.0
+    assert ocrbench.doc_parsing_score(reply.split("</think>")[1], doc) < 0.95  # what was scored before
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -44,7 +71,8 @@ def test_det_scorers_read_the_boxed_answer_else_the_reply_after_thinking():
 
 
 def ocr(kind, answers, pred, method=None, **extra):
-    return bm.OCR_TYPES[kind][1](pred, {"answer": answers, "ocr_type": kind, "ocr_eval": method, **extra})
+    example = {"answer": answers, "ocr_type": kind, "ocr_eval": method, **extra}
+    return ocrbench.OCR_TYPES[kind][1](pred, example)
 
 
 def test_ocrbench_vqa_containment_and_anls_for_long_answers():
@@ -89,7 +117,7 @@ def test_ocrbench_overall_is_the_mean_of_capability_means():
                 {"id": "b", "ocr_type": "text recognition en"},
                 {"id": "c", "ocr_type": "math QA en"}]
     records = [{"id": "a", "score": 1.0}, {"id": "b", "score": 0.0}, {"id": "c", "score": 1.0}]
-    overall, extra = bm.ocrbench_overall(examples, records)
+    overall, extra = ocrbench.ocrbench_overall(examples, records)
     assert overall == pytest.approx((0.5 + 1.0) / 2)  # not 2/3, the mean over rows
     assert extra["capabilities"] == {"mathematical_calculation": 1.0, "text_recognition": 0.5}
 
@@ -117,22 +145,22 @@ def test_ocrbench_text_metric_bleu_meteor_f_and_edit_by_hand():
     # F-measure of the sets {the, cat, sat, on, mat} and {the, cat, sat, on, a, mat}: P 5/6, R 1 -> 1/1.1
     # edit distance of the characters: "a" -> "the" is 3 edits over the longer length 22
     bleu, meteor, f, edit = (1 / 12) ** 0.25, (1 - 0.108) * 5 / 6, 1 / 1.1, 3 / 22
-    m = bm.ocr_text_metrics("the cat sat on a mat", "the cat sat on the mat", StandInWordNet())
+    m = ocrbench.ocr_text_metrics("the cat sat on a mat", "the cat sat on the mat", StandInWordNet())
     assert (m["bleu"], m["meteor"], m["f_measure"], m["edit_dist"]) == \
         (pytest.approx(bleu), pytest.approx(meteor), pytest.approx(f), pytest.approx(edit))
-    assert bm.ocr_text_score("the cat sat on a mat", ["the cat sat on the mat"], StandInWordNet()) == \
+    assert ocrbench.ocr_text_score("the cat sat on a mat", ["the cat sat on the mat"], StandInWordNet()) == \
         pytest.approx((bleu + meteor + f + 1 - edit) / 4)
     # Chinese: jieba's tokens (its README's example: 我 / 来到 / 北京 / 清华大学); identical texts of 4 tokens
     # score BLEU 1, METEOR 1 - 0.5 * (1/4) ** 3 (one chunk over 4 matches), F 1, edit 0. Without jieba the
     # text would be one whitespace token and score (0 + 0.5 + 1 + 1) / 4.
-    assert bm.ocr_text_score("我来到北京清华大学", ["我来到北京清华大学"], StandInWordNet()) == \
+    assert ocrbench.ocr_text_score("我来到北京清华大学", ["我来到北京清华大学"], StandInWordNet()) == \
         pytest.approx((1 + (1 - 0.5 / 64) + 1 + 1) / 4)
     # three identical words: no 4-gram, so unsmoothed BLEU is ~0; METEOR 1 - 0.5 * (1/3) ** 3
-    assert bm.ocr_text_score("STOP here now", ["STOP here now"], StandInWordNet()) == \
+    assert ocrbench.ocr_text_score("STOP here now", ["STOP here now"], StandInWordNet()) == \
         pytest.approx((0 + (1 - 0.5 / 27) + 1 + 1) / 4)
     # an empty prediction scores 0; a blank one: BLEU, METEOR 0, F of an empty set None -> 0, edit 3/3
-    assert bm.ocr_text_score("", ["abc"], StandInWordNet()) == 0.0
-    assert bm.ocr_text_score("   ", ["abc"], StandInWordNet()) == 0.0
+    assert ocrbench.ocr_text_score("", ["abc"], StandInWordNet()) == 0.0
+    assert ocrbench.ocr_text_score("   ", ["abc"], StandInWordNet()) == 0.0
 
 
 def test_wordnet_is_looked_up_once_and_its_absence_skips_the_meteor_types(monkeypatch):
@@ -146,35 +174,36 @@ def test_wordnet_is_looked_up_once_and_its_absence_skips_the_meteor_types(monkey
             raise LookupError("Resource wordnet not found.")
 
     monkeypatch.setattr(nltk.corpus, "wordnet", Missing())
-    bm.nltk_wordnet.cache_clear()
+    ocrbench.nltk_wordnet.cache_clear()
     try:
-        assert bm.nltk_wordnet() is None and bm.nltk_wordnet() is None
+        assert ocrbench.nltk_wordnet() is None and ocrbench.nltk_wordnet() is None
         assert calls == [1]  # cached: one look-up, not one per row
     finally:
-        bm.nltk_wordnet.cache_clear()
+        ocrbench.nltk_wordnet.cache_clear()
     spec = {"language": "cn"}
     rows = {"full-page OCR cn": "读出所有文字", "text translation cn": "翻译",
             "handwritten answer extraction cn": "简答：写出答案"}
-    monkeypatch.setattr(bm, "nltk_wordnet", lambda: None)
+    monkeypatch.setattr(ocrbench, "nltk_wordnet", lambda: None)
     fix = "(METEOR needs NLTK's WordNet data: python -m nltk.downloader wordnet)"
-    got = [bm.convert_ocrbench({"type": t, "question": q, "answers": ["猫"]}, spec, "w")
+    got = [ocrbench.convert_ocrbench({"type": t, "question": q, "answers": ["猫"]}, spec, "w")
            for t, q in rows.items()]
     assert got == [f"no scorer here: full-page OCR cn {fix}", f"no scorer here: text translation cn {fix}",
             f"no scorer here: handwritten answer extraction cn (short answer) {fix}"]
     # the choice questions of the same type need no METEOR
     row = {"type": "handwritten answer extraction cn", "question": "选择题", "answers": ["A"]}
-    got = bm.convert_ocrbench(row, spec, "w")
+    got = ocrbench.convert_ocrbench(row, spec, "w")
     assert got["ocr_type"] == "handwritten answer extraction cn" and "short_answer" not in got
-    monkeypatch.setattr(bm, "nltk_wordnet", lambda: StandInWordNet())
-    got = bm.convert_ocrbench({"type": "full-page OCR cn", "question": "读", "answers": ["猫"]}, spec, "w")
+    monkeypatch.setattr(ocrbench, "nltk_wordnet", lambda: StandInWordNet())
+    got = ocrbench.convert_ocrbench({"type": "full-page OCR cn", "question": "读", "answers": ["猫"]}, spec,
+                                    "w")
     assert got["answer"] == ["猫"]
 
 
 def test_teds_of_small_tables_by_hand():
     gold = "<table><tr><td>ab</td><td>cd</td></tr></table>"
     # one cell differs: its tokens c,d vs c,e are 1 edit over 2; 3 elements under <table> (tr, td, td)
-    assert bm.teds(bm.wrap_html_table("<table><tr><td>ab</td><td>ce</td></tr></table>"),
-                   bm.wrap_html_table(gold)) == pytest.approx(1 - 0.5 / 3)
+    assert ocrbench.teds(ocrbench.wrap_html_table("<table><tr><td>ab</td><td>ce</td></tr></table>"),
+                   ocrbench.wrap_html_table(gold)) == pytest.approx(1 - 0.5 / 3)
     # table parsing (html): the table is cut from the prose around it; no table at all scores 0
     assert ocr("table parsing en", [gold], "Here it is:\n<table><tr><td>ab</td><td>ce</td></tr></table>",
                table_format="html") == pytest.approx(1 - 0.5 / 3)
@@ -182,19 +211,19 @@ def test_teds_of_small_tables_by_hand():
     assert ocr("table parsing cn", [gold], gold, table_format="html") == 1.0
     # an element inside a cell: tokens <b>, x, </b> vs x (2 edits over 3), and upstream's count of elements
     # under <table> includes the <b> (3, not 2): 1 - (2/3) / 3
-    assert bm.html_table_score("<table><tr><td>x</td></tr></table>",
+    assert ocrbench.html_table_score("<table><tr><td>x</td></tr></table>",
                                "<table><tr><td><b>x</b></td></tr></table>") == pytest.approx(1 - (2 / 3) / 3)
     # a row more than the gold: insert tr and td (2) over the larger count 4
     assert ocr("table parsing cn", ["<table><tr><td>北京</td></tr></table>"],
                "<table><tr><td>北京</td></tr><tr><td>上海</td></tr></table>", table_format="html") == 0.5
     # a colspan differs: the rename costs 1 whatever the content (1 - 1/2)
-    assert bm.html_table_score('<table><tr><td colspan="2">a</td></tr></table>',
+    assert ocrbench.html_table_score('<table><tr><td colspan="2">a</td></tr></table>',
                                "<table><tr><td>a</td></tr></table>") == 0.5
 
 
 def test_teds_of_markdown_tables_by_hand():
     gold = "| a | b |\n| --- | --- |\n| 1 | 2 |"  # header and one row: 2 tr + 4 td under <table>
-    assert bm.markdown_table_html(gold) == \
+    assert ocrbench.markdown_table_html(gold) == \
         "<html><body><table><tr><td>a</td><td>b</td></tr><tr><td>1</td><td>2</td></tr></table></body></html>"
     # the header only: 3 of the gold's 6 elements inserted
     assert ocr("table parsing en", [gold], "| a | b |\n| --- | --- |", table_format="markdown") == 0.5
@@ -206,13 +235,14 @@ def test_teds_of_markdown_tables_by_hand():
 
 
 def test_teds_of_a_chart_dict_by_hand():
-    gold = bm.chart_gold('{"Sales": 10, "Cost": 5}', "w")  # the hub serves the dict as JSON text
+    gold = ocrbench.chart_gold('{"Sales": 10, "Cost": 5}', "w")  # the hub serves the dict as JSON text
     assert gold == {"Sales": 10, "Cost": 5}
     # dict_to_html writes a value's characters space-separated: "1 0" vs "1 2", one edit over 3 tokens, in a
     # table of 2 tr + 4 td: 1 - (1/3) / 6
-    assert bm.chart_score("{'Sales': 12, 'Cost': 5}", gold) == pytest.approx(1 - 1 / 18)
-    assert bm.chart_score("```python\ndata = {'Sales': 10, 'Cost': 5}  # from the bars\n```", gold) == 1.0
-    assert bm.chart_score("Sales are 10 and costs 5", gold) == 0.0  # no dict
+    assert ocrbench.chart_score("{'Sales': 12, 'Cost': 5}", gold) == pytest.approx(1 - 1 / 18)
+    fenced = "```python\ndata = {'Sales': 10, 'Cost': 5}  # from the bars\n```"
+    assert ocrbench.chart_score(fenced, gold) == 1.0
+    assert ocrbench.chart_score("Sales are 10 and costs 5", gold) == 0.0  # no dict
     # a key missing: its tr and two td deleted, 3 of the gold's 6 elements
     assert ocr("chart parsing en", ['{"Sales": 10, "Cost": 5}'], "{'Sales': 10}", chart_gold=gold) == 0.5
 
@@ -224,18 +254,18 @@ def test_steds_of_document_trees_by_hand():
     assert ocr("document parsing cn", ["# 简介\n你好"], "# 概述\n再见") == 1.0
     # a paragraph under the wrong heading: ROOT(TITLE, Intro(a, b)) vs ROOT(TITLE, Intro(a), Methods(b)) --
     # at most 4 nodes can be mapped keeping ancestry, so (5 - 4) + (6 - 4) = 3 edits over 6
-    assert bm.doc_parsing_score("# Intro\nHello world\nWe test.",
+    assert ocrbench.doc_parsing_score("# Intro\nHello world\nWe test.",
                                 "# Intro\nHello world\n# Methods\nWe test.") == pytest.approx(0.5)
     # upstream's label distance is 1 when either label is blank, so even two identical blank lines cost 1
-    assert bm.doc_parsing_score("# A\n\nx", "# A\n\nx") == pytest.approx(1 - 1 / 5)
+    assert ocrbench.doc_parsing_score("# A\n\nx", "# A\n\nx") == pytest.approx(1 - 1 / 5)
     # pre_clean: "*" and "_" become spaces (labels stay non-blank); a line of "**" alone becomes blank
-    assert bm.doc_pre_clean("**bold** x_y") == "  bold   x y"
+    assert ocrbench.doc_pre_clean("**bold** x_y") == "  bold   x y"
 
 
 def test_text_spotting_by_hand():
     row = {"bbox_list": [[0, 0, 100, 0, 100, 50, 0, 50], [200, 200, 300, 210, 290, 250, 205, 240]],
            "content": ["HELLO", "WORLD"]}
-    gold = bm.spotting_gold(row, "w")  # each polygon's bounding rectangle
+    gold = ocrbench.spotting_gold(row, "w")  # each polygon's bounding rectangle
     assert gold == [[0, 0, 100, 50, "HELLO"], [200, 200, 300, 250, "WORLD"]]
 
     def spot(text):
@@ -316,7 +346,7 @@ def run_ocr(tmp_path, images):
 
 
 def test_ocrbench_rows_of_the_new_types_are_scored_not_skipped(tmp_path, images, monkeypatch):
-    monkeypatch.setattr(bm, "nltk_wordnet", lambda: StandInWordNet())
+    monkeypatch.setattr(ocrbench, "nltk_wordnet", lambda: StandInWordNet())
     summary = run_ocr(tmp_path, images)
     assert summary["errors"] == {}
     en, cn = summary["benchmarks"]["ocrbench_v2_en"], summary["benchmarks"]["ocrbench_v2_cn"]
@@ -345,7 +375,7 @@ def test_ocrbench_rows_of_the_new_types_are_scored_not_skipped(tmp_path, images,
 
 
 def test_ocrbench_meteor_types_are_skipped_and_named_without_wordnet(tmp_path, images, monkeypatch):
-    monkeypatch.setattr(bm, "nltk_wordnet", lambda: None)
+    monkeypatch.setattr(ocrbench, "nltk_wordnet", lambda: None)
     summary = run_ocr(tmp_path, images)
     fix = "(METEOR needs NLTK's WordNet data: python -m nltk.downloader wordnet)"
     en, cn = summary["benchmarks"]["ocrbench_v2_en"], summary["benchmarks"]["ocrbench_v2_cn"]
@@ -381,34 +411,35 @@ UPSTREAM_DIGESTS = {
 
 @pytest.mark.parametrize("name", sorted(UPSTREAM_DIGESTS))
 def test_judge_prompts_are_the_upstream_texts(name):
-    value = getattr(bench_prompts, name)
+    value = getattr(prompts, name)
     digest = hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
     assert digest == UPSTREAM_DIGESTS[name]
 
 
 def test_bench_judge_prompts_are_filled_as_upstream_builds_them():
     ex = {"stem": "What is x?", "answer": "-1<AND>-5"}
-    prompt = bm.mmvet_prompt(ex, "<think>hmm</think>x = -1 or x = -5")
-    assert prompt.startswith(bench_prompts.MMVET_PROMPT + "\n")
+    prompt = mmvet.mmvet_prompt(ex, "<think>hmm</think>x = -1 or x = -5")
+    assert prompt.startswith(prompts.MMVET_PROMPT + "\n")
     assert prompt.endswith("\nWhat is x? | -1 <AND> -5 | x = -1 or x = -5 | ")
-    assert bm.parse_mmvet("<think>close</think>0.5", ex) == {"score": 0.5, "extracted": "0.5"}
-    assert bm.parse_mmvet("1.3", ex) is None and bm.parse_mmvet("correct", ex) is None
+    assert mmvet.parse_mmvet("<think>close</think>0.5", ex) == {"score": 0.5, "extracted": "0.5"}
+    assert mmvet.parse_mmvet("1.3", ex) is None and mmvet.parse_mmvet("correct", ex) is None
     ex = {"stem": "Which curve is highest?", "answer": "P56", "inst_category": 1}
-    prompt = bm.charxiv_reasoning_prompt(ex, "It is P56.")
-    assert prompt.startswith(bench_prompts.REASONING_GRADING_PREFIX)
+    prompt = charxiv.charxiv_reasoning_prompt(ex, "It is P56.")
+    assert prompt.startswith(prompts.REASONING_GRADING_PREFIX)
     assert ("* Question: Which curve is highest?\n    * Ground Truth: P56\n    * Response: It is P56."
             in prompt)
     assert "<|" not in prompt
-    assert bm.parse_charxiv_reasoning('{"extracted_answer": "P56", "score": 1}', ex)["score"] == 1.0
-    assert bm.parse_charxiv_reasoning('{"extract_answer": "P5", "score": 0}', ex)["score"] == 0.0
-    assert bm.parse_charxiv_reasoning('{"extracted_answer": "P5", "score": 0.5}', ex) is None
+    assert charxiv.parse_charxiv_reasoning('{"extracted_answer": "P56", "score": 1}', ex)["score"] == 1.0
+    assert charxiv.parse_charxiv_reasoning('{"extract_answer": "P5", "score": 0}', ex)["score"] == 0.0
+    assert charxiv.parse_charxiv_reasoning('{"extracted_answer": "P5", "score": 0.5}', ex) is None
     ex = {"template": 11, "answer": "Yes"}
-    prompt = bm.charxiv_descriptive_prompt(ex, "Yes, two lines cross.")
+    prompt = charxiv.charxiv_descriptive_prompt(ex, "Yes, two lines cross.")
     assert "You will be given 1 pairs" in prompt and "Overarching Question: Do any lines intersect?" in prompt
     assert ("['extract_answer_T1', 'score_T1']" in prompt
-            and bench_prompts.DESCRIPTIVE_GRADING_ICL["bool"] in prompt)
+            and prompts.DESCRIPTIVE_GRADING_ICL["bool"] in prompt)
     assert prompt.endswith("T1:\nResponse 1: Yes, two lines cross.\nGround Truth 1: Yes\n\n")
-    assert bm.parse_charxiv_descriptive('{"extract_answer_T1": "Yes", "score_T1": 1}', ex)["score"] == 1.0
+    reply = '{"extract_answer_T1": "Yes", "score_T1": 1}'
+    assert charxiv.parse_charxiv_descriptive(reply, ex)["score"] == 1.0
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -426,7 +457,8 @@ def local_rows(images):
              "choiceAns": None, "blankAns": "a red triangle", "type": "t", "subtype": "s"}],
         "charxiv": [
             {"figure_path": "1.jpg", "image": img, "reasoning_q": "Which label is largest?",
-             "reasoning_a": "P56", "reasoning_q_source": 1, "descriptive_q1": 1, "descriptive_a1": "Growth",
+             "reasoning_a": "P56", "reasoning_q_source": 3, "reasoning_a_type": 1, "descriptive_q1": 1,
+             "descriptive_a1": "Growth",
              "descriptive_q2": 11, "descriptive_a2": "No", "descriptive_q3": 18, "descriptive_a3": "1 by 2",
              "descriptive_q4": 2, "descriptive_a4": "time", "subplot_loc": None, "subplot_row": 1,
              "subplot_col": 2}],
@@ -476,6 +508,11 @@ def local_rows(images):
     return rows
 
 
+# the VLM benchmarks whose rows local_rows writes (the others: tests/test_images.py)
+LOCAL_VLM = ["babyvision", "charxiv", "dynamath", "embspatial", "infovqa", "mmvet", "ocrbench_v2_en",
+             "ocrbench_v2_cn", "visualpuzzles", "vlmsareblind"]
+
+
 class VisionEngine(ScriptedEngine):
     """A scripted student that counts as a vision-language one (its tokenizer has an image processor)."""
     tokenizer = type("T", (), {"image_processor": object()})()
@@ -488,45 +525,45 @@ def write_local(folder, rows):
 
 
 def test_local_rows_in_hub_layouts_become_the_right_questions(tmp_path, images, monkeypatch):
-    monkeypatch.setattr(bm, "nltk_wordnet", lambda: None)  # as here: NLTK's WordNet data is not installed
+    monkeypatch.setattr(ocrbench, "nltk_wordnet", lambda: None)  # as here: NLTK's WordNet is not installed
     write_local(str(tmp_path), local_rows(images))
-    load = lambda name: bd.load_benchmark(name, str(tmp_path), vision=True)
-    (choice, blank), _ = load("babyvision")
+    get = lambda name: load.load_benchmark(name, str(tmp_path), vision=True)
+    (choice, blank), _ = get("babyvision")
     assert (choice["answer"] == "B" and choice["question"].endswith("A. circle\nB. square")
             and choice["images"])
     assert (blank["route"], blank["answer"]) == ("rule", "a red triangle")
-    (cx,), _ = load("charxiv")
+    (cx,), _ = get("charxiv")
     assert (cx["route"], cx["stem"], cx["answer"], cx["inst_category"]) == \
         ("charxiv_reasoning", "Which label is largest?", "P56", 1)
-    desc, _ = load("charxiv_descriptive")
+    desc, _ = get("charxiv_descriptive")
     assert [d["template"] for d in desc] == [1, 11, 18, 2] and len({d["id"] for d in desc}) == 4
     assert desc[0]["question"].startswith("For the subplot at row 1 and column 2, what is its title?")
     assert desc[2]["question"].startswith("What is the layout of the subplots?")
-    dyn, _ = load("dynamath")
+    dyn, _ = get("dynamath")
     # a seed's variants stay apart
     assert [d["id"] for d in dyn] == ["sample_variant1:5", "sample_variant2:5"]
-    (emb,), _ = load("embspatial")
+    (emb,), _ = get("embspatial")
     assert emb["answer"] == "C"
-    (info,), _ = load("infovqa")
+    (info,), _ = get("infovqa")
     assert info["answer"] == ["2019", "in 2019"] and info["route"] == "anls"
-    en, skipped = load("ocrbench_v2_en")
+    en, skipped = get("ocrbench_v2_en")
     assert [e["ocr_type"] for e in en] == ["text recognition en", "text counting en"]
     assert skipped == {"no scorer here: full-page OCR en (METEOR needs NLTK's WordNet data: python -m "
                        "nltk.downloader wordnet)": 1, "cn rows (the other OCRBench v2 benchmark)": 1}
-    (vp1, vp2), _ = load("visualpuzzles")
+    (vp1, vp2), _ = get("visualpuzzles")
     assert (vp1["answer"] == "C" and "D. 4" in vp1["question"]
             and (vp2["answer"], vp2["route"]) == ("B", "choice"))
-    (touch, lines), _ = load("vlmsareblind")
+    (touch, lines), _ = get("vlmsareblind")
     assert touch["question"] == "Are the two circles touching each other? Answer with Yes/No."
     assert (lines["question"] == "How many times do the blue and red lines intersect?"
             and lines["answer"] == "2")
     # a text-only student cannot see them
-    _, skipped = bd.load_benchmark("mmvet", str(tmp_path), vision=False)
+    _, skipped = load.load_benchmark("mmvet", str(tmp_path), vision=False)
     assert skipped == {"image": 1}
 
 
 def test_every_new_vlm_benchmark_is_scored_by_its_protocol(tmp_path, images, monkeypatch):
-    monkeypatch.setattr(bm, "nltk_wordnet", lambda: None)  # the full-page OCR row skipped, as here
+    monkeypatch.setattr(ocrbench, "nltk_wordnet", lambda: None)  # the full-page OCR row skipped, as here
     write_local(str(tmp_path), local_rows(images))
     answers = {"Which shape is red?": "B", "How many dots?": "red triangle", "Which label is largest?": "P56",
                "What is the area?": "12", "What is left of the chair?": "C", "Which year?": "2019.",
@@ -540,7 +577,7 @@ def test_every_new_vlm_benchmark_is_scored_by_its_protocol(tmp_path, images, mon
         return next((f"<think>...</think>\\boxed{{{a}}}" for q, a in answers.items() if q in text), "no idea")
 
     def judge_reply(prompt, k):
-        if prompt.startswith(bench_prompts.MMVET_PROMPT):
+        if prompt.startswith(prompts.MMVET_PROMPT):
             return "<think>half</think>0.5"
         if "Which label is largest?" in prompt:
             return '{"extracted_answer": "P56", "score": 1}'
@@ -550,7 +587,7 @@ def test_every_new_vlm_benchmark_is_scored_by_its_protocol(tmp_path, images, mon
 
     judge = ScriptedEngine(judge_reply)
     # the image ones (videos: test_video)
-    names = [n for n, spec in bm.SPECS.items() if spec["family"] != "video"]
+    names = [*LOCAL_VLM, "charxiv_descriptive"]
     summary = ev.run_benchmarks(VisionEngine(student), names, judge=judge, data_dir=str(tmp_path),
                                 log=lambda *_: None)
     assert summary["errors"] == {}
@@ -577,7 +614,7 @@ def test_the_new_benchmarks_run_end_to_end_on_a_tiny_vlm(tiny_vlm, images, tmp_p
     write_local(str(tmp_path), local_rows(images))
     model, tok = load_model(tiny_vlm, pixels=(1024, 4096))
     engine = TransformersEngine(model.eval(), tok)
-    names = [n for n, spec in bm.SPECS.items() if spec["family"] == "vlm"]
+    names = LOCAL_VLM
     summary = ev.run_benchmarks(engine, names, data_dir=str(tmp_path), max_new_tokens=3, log=lambda *_: None)
     assert summary["errors"] == {}
     assert set(summary["benchmarks"]) == set(names)
@@ -588,12 +625,12 @@ def test_the_new_benchmarks_run_end_to_end_on_a_tiny_vlm(tiny_vlm, images, tmp_p
 def test_family_macro_names_the_benchmarks_it_lacks():
     results = {"ai2d": {"family": "vlm", "accuracy": 0.5}, "mmvet": {"family": "vlm", "accuracy": 1.0},
                "gsm8k": {"family": "math", "accuracy": 0.0}}
-    summary = ev.summarize(results, {})
+    summary = score.summarize(results, {})
     assert summary["macro"]["vlm"] == 0.75 and summary["macro_over"]["vlm"] == 2
     absent = summary["macro_missing"]["vlm"]
     assert len(absent) == 14 and "ai2d" not in absent and "ocrbench_v2_cn" in absent
     assert set(summary["macro_missing"]) == {"vlm"}  # no paper family for math; llm and video are not present
-    full = ev.summarize({n: {"family": "vlm", "accuracy": 1.0} for n in bd.paper_families()["vlm"]}, {})
+    full = score.summarize({n: {"family": "vlm", "accuracy": 1.0} for n in paper_families()["vlm"]}, {})
     assert full["macro_missing"] == {} and full["macro_over"]["vlm"] == 16
 
 
@@ -608,10 +645,10 @@ def test_list_shows_every_benchmark_with_family_source_and_protocol():
     rows = [line.split(" | ") for line in out.stdout.splitlines()
             if line.startswith("| ") and "---" not in line][1:]
     listed = {r[0].lstrip("| "): (r[1], r[2], r[3].rstrip(" |")) for r in rows}
-    assert set(listed) == set(bd.BENCHMARKS)
+    assert set(listed) == set(BENCHMARKS)
     assert listed["infovqa"] == ("vlm", "lmms-lab/DocVQA config InfographicVQA, split validation", "Det.")
     assert listed["ceval"] == ("llm", "ceval/ceval-exam (52 configs), split val", "Exact+Judge")
-    families = {fam: len(names) for fam, names in bd.paper_families().items()}
+    families = {fam: len(names) for fam, names in paper_families().items()}
     assert families == {"vlm": 16, "llm": 10, "video": 5}
     assert sum(listed[n][0] in families for n in listed) == 31
     assert listed["mvbench"] == ("video", "OpenGVLab/MVBench (20 configs), split train", "Rule+Judge")
@@ -626,13 +663,13 @@ def test_hub_path_dynamath_reads_its_ten_variant_splits_and_a_missing_one_fails_
     table, asked = fake_hub
     hub = "DynaMath/DynaMath_Sample"
     pic = Image.open(images[1])
-    for k, split in enumerate(bm.DYNAMATH_SPLITS):
+    for k, split in enumerate(DYNAMATH_SPLITS):
         table[(hub, None, split)] = [{"id": 7, "question": "Area?", "image": "images/7.png",
                                       "decoded_image": pic, "ground_truth": str(k), "answer_type": "float",
                                       "subject": "g", "knowledge_level": "h"}]
-    examples, skipped = bd.load_benchmark("dynamath", vision=True)
-    assert asked == [(hub, None, s) for s in bm.DYNAMATH_SPLITS] and skipped == {}
-    assert [e["id"] for e in examples] == [f"{s}:7" for s in bm.DYNAMATH_SPLITS]
+    examples, skipped = load.load_benchmark("dynamath", vision=True)
+    assert asked == [(hub, None, s) for s in DYNAMATH_SPLITS] and skipped == {}
+    assert [e["id"] for e in examples] == [f"{s}:7" for s in DYNAMATH_SPLITS]
     assert ([e["answer"] for e in examples] == [str(k) for k in range(10)]
             and os.path.exists(examples[0]["images"][0]))
     del table[(hub, None, "sample_variant7")]

@@ -1,6 +1,6 @@
-"""eval.py: the paper's protocol, Exact+Judge routing, the benchmarks' own judges (MultiChallenge, HLE),
-loading every hub format (multi-config sets through a stand-in `datasets.load_dataset`), failure-safety,
-and a grader audit."""
+"""eval.py and benchmarks/ (load.py, score.py, llm.py): the paper's protocol, Exact+Judge routing, the
+benchmarks' own judges (MultiChallenge, HLE), loading every hub format (multi-config sets through a stand-in
+`datasets.load_dataset`), failure-safety, and a grader audit."""
 import json
 import os
 import subprocess
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-import bench_data as bd
 import eval as ev
+from benchmarks import BENCHMARKS, llm, load, report, score
 from conftest import ROOT
 from data import load_jsonl
 from reformulate import CLOSER
@@ -49,7 +49,7 @@ PAPER_JUDGE_START = ("You are an expert judge evaluating whether a model's respo
     ("A plain question about thinking steps?", "A plain question about thinking steps?"),
 ])
 def test_strip_directives(question, expected):
-    assert bd.strip_directives(question) == expected
+    assert load.strip_directives(question) == expected
 
 
 def test_prompts_carry_only_the_closer_and_the_paper_sampling():
@@ -77,51 +77,51 @@ def test_avg_at_k_and_standard_error():
 
 
 def test_multiple_choice_rows_become_lettered_questions():
-    mmlu, _ = bd.to_example({"question": "Pick two.", "choices": ["one", "two"], "answer": 1},
-                            bd.BENCHMARKS["mmlu"], "x")
+    mmlu, _ = load.to_example({"question": "Pick two.", "choices": ["one", "two"], "answer": 1},
+                            BENCHMARKS["mmlu"], "x")
     assert mmlu["question"] == "Pick two.\n\nA. one\nB. two" and mmlu["answer"] == "B"
     assert mmlu["stem"] == "Pick two." and mmlu["options"] == "A. one\nB. two"  # the judge gets them apart
-    pro, _ = bd.to_example({"question": "Q", "options": ["a", "b", "c"], "answer": "C"},
-                           bd.BENCHMARKS["mmlu_pro"], "x")
+    pro, _ = load.to_example({"question": "Q", "options": ["a", "b", "c"], "answer": "C"},
+                           BENCHMARKS["mmlu_pro"], "x")
     assert pro["answer"] == "C" and pro["question"].endswith("C. c")
     row = {"Question": "Which?", "Correct Answer": "right", "Incorrect Answer 1": "w1",
            "Incorrect Answer 2": "w2", "Incorrect Answer 3": "w3"}
-    gpqa, _ = bd.to_example(row, bd.BENCHMARKS["gpqa_diamond"], "x")
+    gpqa, _ = load.to_example(row, BENCHMARKS["gpqa_diamond"], "x")
     letter = gpqa["answer"]
     assert f"{letter}. right" in gpqa["question"]
-    assert bd.to_example(row, bd.BENCHMARKS["gpqa_diamond"], "x")[0] == gpqa  # same order every run
+    assert load.to_example(row, BENCHMARKS["gpqa_diamond"], "x")[0] == gpqa  # same order every run
     assert grade(f"so \\boxed{{{letter}}}", letter) == 1.0
     # an option whose text is a digit is still text, not an index
     digit = dict(row, **{"Correct Answer": "3"})
-    d, _ = bd.to_example(digit, bd.BENCHMARKS["gpqa_diamond"], "x")
+    d, _ = load.to_example(digit, BENCHMARKS["gpqa_diamond"], "x")
     assert f"{d['answer']}. 3" in d["question"]
     # a letter past the options: an unknown answer format, skipped and counted
-    assert bd.to_example({"question": "Q", "options": ["a", "b"], "answer": "Z"}, bd.BENCHMARKS["mmlu_pro"],
+    assert load.to_example({"question": "Q", "options": ["a", "b"], "answer": "Z"}, BENCHMARKS["mmlu_pro"],
                          "x") == (None, "answer_format")
     with pytest.raises(ValueError, match="f.jsonl:3: missing field"):
-        bd.to_example({"question": "Q"}, bd.BENCHMARKS["mmlu"], "f.jsonl:3")
+        load.to_example({"question": "Q"}, BENCHMARKS["mmlu"], "f.jsonl:3")
 
 
 def test_every_benchmark_records_the_papers_protocol():
     paper = {"aime2025", "aime2026", "ceval", "gpqa_diamond", "hle", "imo_answerbench", "mmlu", "mmlu_pro",
              "mmlu_redux", "multichallenge"}  # Table 6
-    assert {n for n, s in bd.BENCHMARKS.items() if s["family"] == "llm"} == paper
-    assert {n: s["protocol"] for n, s in bd.BENCHMARKS.items() if s["protocol"] != "Exact+Judge"} == {
+    assert {n for n, s in BENCHMARKS.items() if s["family"] == "llm"} == paper
+    assert {n: s["protocol"] for n, s in BENCHMARKS.items() if s["protocol"] != "Exact+Judge"} == {
         "hle": "BenchJudge", "multichallenge": "BenchJudge", "mathvista": "Rule+Judge",
         "charxiv": "BenchJudge", "charxiv_descriptive": "BenchJudge", "mmvet": "BenchJudge",
         "infovqa": "Det.", "ocrbench_v2_en": "Det.", "ocrbench_v2_cn": "Det.", "mmvu": "BenchJudge",
         "mvbench": "Rule+Judge", "videomme": "Rule+Judge", "videomme_sub": "Rule+Judge",
         "videommmu": "Rule+Judge"}
-    assert {n for n, s in bd.BENCHMARKS.items() if s["family"] == "vlm"} == {  # Table 5's 16
+    assert {n for n, s in BENCHMARKS.items() if s["family"] == "vlm"} == {  # Table 5's 16
         "ai2d", "babyvision", "charxiv", "dynamath", "embspatial", "infovqa", "mathverse", "mathvision",
         "mathvista", "mmmu_pro", "mmvet", "ocrbench_v2_en", "ocrbench_v2_cn", "visualpuzzles", "vlmsareblind",
         "wemath"}
-    assert {n for n, s in bd.BENCHMARKS.items() if s["family"] == "video"} == {  # Table 7's 5
+    assert {n for n, s in BENCHMARKS.items() if s["family"] == "video"} == {  # Table 7's 5
         "mmvu", "mvbench", "videomme", "videomme_sub", "videommmu"}
-    assert len(bd.BENCHMARKS["mvbench"]["configs"]) == 20
-    assert len(set(bd.MMLU_REDUX_SUBJECTS)) == 57 and len(set(bd.CEVAL_SUBJECTS)) == 52
-    assert bd.BENCHMARKS["aime2025"]["hub"] == "opencompass/AIME2025"
-    assert bd.BENCHMARKS["imo_answerbench"]["hub"] == "OpenEvals/IMO-AnswerBench"
+    assert len(BENCHMARKS["mvbench"]["configs"]) == 20
+    assert len(set(llm.MMLU_REDUX_SUBJECTS)) == 57 and len(set(llm.CEVAL_SUBJECTS)) == 52
+    assert BENCHMARKS["aime2025"]["hub"] == "opencompass/AIME2025"
+    assert BENCHMARKS["imo_answerbench"]["hub"] == "OpenEvals/IMO-AnswerBench"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -150,8 +150,8 @@ def test_routing_rule_choice_and_judge():
 
 
 def test_choice_rows_reach_the_judge_with_their_options_and_cut_responses_too():
-    ex, _ = bd.to_example({"question": "Pick two.", "choices": ["one", "two"], "answer": 1},
-                          bd.BENCHMARKS["mmlu"], "x")
+    ex, _ = load.to_example({"question": "Pick two.", "choices": ["one", "two"], "answer": 1},
+                          BENCHMARKS["mmlu"], "x")
     student = ScriptedEngine(lambda p, k: ["I pick the second one",
                                            ("maybe \\boxed{A} ... no wait", "length"),
                                            ("so \\boxed{B} and", "length")][k])
@@ -186,7 +186,7 @@ MULTICHALLENGE_ROWS = [  # the card's columns; a conversation ending with the us
 
 def test_multichallenge_sends_the_chat_and_passes_when_the_verdict_equals_pass_criteria(tmp_path):
     write_jsonl(tmp_path / "multichallenge.jsonl", MULTICHALLENGE_ROWS)
-    examples, skipped = bd.load_benchmark("multichallenge", str(tmp_path))
+    examples, skipped = load.load_benchmark("multichallenge", str(tmp_path))
     assert skipped == {} and [e["answer"] for e in examples] == ["YES", "NO"]
     assert examples[0]["id"] == "674552683acc22154b07a598"
     student = ScriptedEngine(lambda chat, k: "<think>nuts are out</think>Fruit sorbet."
@@ -220,8 +220,8 @@ def test_multichallenge_gets_the_shared_closer_after_its_last_user_turn_unless_t
     chat = MULTICHALLENGE_ROWS[0]["conversation"]
     (sent,) = student.calls[0]["prompts"]
     assert sent[:2] == chat[:2] and sent[2] == {"role": "user", "content": f"Now a dessert recipe? {CLOSER}"}
-    (example,), _ = bd.load_benchmark("multichallenge", str(tmp_path))
-    assert ev.student_prompt(example) == sent and example["messages"] == chat  # the example itself unchanged
+    (example,), _ = load.load_benchmark("multichallenge", str(tmp_path))
+    assert score.student_prompt(example) == sent and example["messages"] == chat  # the example is unchanged
     untouched = ScriptedEngine(lambda chat, k: "Fruit sorbet.")
     ev.run_benchmarks(untouched, ["multichallenge"], data_dir=str(tmp_path), log=lambda *_: None,
                       multichallenge_closer=False)
@@ -242,7 +242,7 @@ def test_multichallenge_gets_the_shared_closer_after_its_last_user_turn_unless_t
     ("I cannot tell.", None),
 ])
 def test_multichallenge_verdict_parsing(reply, verdict):
-    assert ev.yes_no_verdict(reply) == verdict
+    assert llm.yes_no_verdict(reply) == verdict
 
 
 HLE_ROWS = [  # the card's columns; image is "" for text questions, a data URI otherwise
@@ -285,12 +285,12 @@ def test_hle_skips_image_rows_and_reads_the_cais_judge(tmp_path):
     ("extracted_final_answer: 101\nreasoning: same\ncorrect: yes\nconfidence: 100", None),
 ])
 def test_hle_judge_parsing_is_strict(reply, score):
-    parsed = ev.parse_hle(reply, {"answer": "101"})
+    parsed = llm.parse_hle(reply, {"answer": "101"})
     assert (parsed["score"] if parsed else None) == score
 
 
 def test_hle_judge_gets_the_cais_prompt_with_the_full_response():
-    prompt = ev.hle_prompt({"question": "Q?", "answer": "101"}, "<think>long thought</think> 101")
+    prompt = llm.hle_prompt({"question": "Q?", "answer": "101"}, "<think>long thought</think> 101")
     assert prompt.startswith("Judge whether the following [response] to [question] is correct or not based "
                              "on the precise and unambiguous [correct_answer] below.")
     assert "[question]: Q?\n\n[response]: <think>long thought</think> 101\n" in prompt
@@ -340,21 +340,21 @@ def fake_hub(monkeypatch):
 def test_mmlu_redux_loads_57_subject_configs_and_keeps_the_ok_rows(fake_hub):
     table, asked = fake_hub
     hub = "edinburgh-dawg/mmlu-redux-2.0"
-    table.update({(hub, s, "test"): REDUX_TABLE.get(s, []) for s in bd.MMLU_REDUX_SUBJECTS})
-    examples, skipped = bd.load_benchmark("mmlu_redux")
+    table.update({(hub, s, "test"): REDUX_TABLE.get(s, []) for s in llm.MMLU_REDUX_SUBJECTS})
+    examples, skipped = load.load_benchmark("mmlu_redux")
     # every subject, in order, concatenated
-    assert asked == [(hub, s, "test") for s in bd.MMLU_REDUX_SUBJECTS]
+    assert asked == [(hub, s, "test") for s in llm.MMLU_REDUX_SUBJECTS]
     assert [(e["stem"], e["answer"]) for e in examples] == [("A1", "A"), ("V1", "D")]
     assert skipped == {"error_type=wrong_groundtruth": 2, "error_type=no_correct_answer": 1,
                        "error_type=bad_question_clarity": 1, "error_type=multiple_correct_answers": 1}
     assert examples[0]["id"] == f"{hub}[anatomy][test][0]"
-    corrected, skipped = bd.load_benchmark("mmlu_redux", redux_rows="corrected")
+    corrected, skipped = load.load_benchmark("mmlu_redux", redux_rows="corrected")
     assert [(e["stem"], e["answer"]) for e in corrected] == [("A1", "A"), ("A2", "D"), ("A3", "C"),
                                                              ("A4", "A"), ("V1", "D"), ("V3", "B")]
     assert "C. the right one" in corrected[2]["question"]  # the option marked right was rewritten
     assert skipped == {"error_type=multiple_correct_answers": 1}
     asked.clear()
-    assert len(bd.load_benchmark("mmlu_redux", limit=1)[0]) == 1  # a limit stops loading the later subjects
+    assert len(load.load_benchmark("mmlu_redux", limit=1)[0]) == 1  # a limit stops loading the later subjects
     assert asked == [(hub, "abstract_algebra", "test"), (hub, "anatomy", "test")]
 
 
@@ -362,10 +362,10 @@ def test_ceval_loads_52_subject_configs_of_the_val_split(fake_hub):
     table, asked = fake_hub
     row = {"id": 0, "question": "1+1=?", "A": "1", "B": "2", "C": "3", "D": "4", "answer": "B",
            "explanation": ""}
-    table.update({("ceval/ceval-exam", s, "val"): [] for s in bd.CEVAL_SUBJECTS})
+    table.update({("ceval/ceval-exam", s, "val"): [] for s in llm.CEVAL_SUBJECTS})
     table[("ceval/ceval-exam", "logic", "val")] = [row]
     table[("ceval/ceval-exam", "physician", "val")] = [dict(row, answer="D")]
-    examples, _ = bd.load_benchmark("ceval")
+    examples, _ = load.load_benchmark("ceval")
     assert len(asked) == 52 and {split for _, _, split in asked} == {"val"}
     # ids stay apart
     assert [(e["id"], e["answer"]) for e in examples] == [("logic:0", "B"), ("physician:0", "D")]
@@ -377,51 +377,51 @@ def test_aime2025_is_opencompass_two_configs(fake_hub):
     table[("opencompass/AIME2025", "AIME2025-I", "test")] = [{"question": "Find x. Think step by step.",
                                                               "answer": "70"}]
     table[("opencompass/AIME2025", "AIME2025-II", "test")] = [{"question": "Find y.", "answer": "588"}]
-    examples, _ = bd.load_benchmark("aime2025")
+    examples, _ = load.load_benchmark("aime2025")
     assert [(e["question"], e["answer"]) for e in examples] == [("Find x.", "70"), ("Find y.", "588")]
     table.pop(("opencompass/AIME2025", "AIME2025-II", "test"))
     with pytest.raises(RuntimeError,
                        match=r"hub opencompass/AIME2025 \(RuntimeError: config AIME2025-II, split test"):
-        bd.load_benchmark("aime2025")
+        load.load_benchmark("aime2025")
 
 
 def test_local_files_in_hub_format(tmp_path):
     write_jsonl(tmp_path / "mmlu_redux.jsonl",
                 [dict(redux_row("A1", 0), config="anatomy"),
                  dict(redux_row("A2", 1, "wrong_groundtruth", "3"), config="anatomy")])
-    examples, skipped = bd.load_benchmark("mmlu_redux", str(tmp_path))
+    examples, skipped = load.load_benchmark("mmlu_redux", str(tmp_path))
     assert [e["answer"] for e in examples] == ["A"] and skipped == {"error_type=wrong_groundtruth": 1}
     write_jsonl(tmp_path / "ceval.jsonl", [{"id": 3, "question": "Q", "A": "a", "B": "b", "C": "c", "D": "d",
                                             "answer": "C", "explanation": "", "config": "law"}])
-    assert bd.load_benchmark("ceval", str(tmp_path))[0][0]["id"] == "law:3"
+    assert load.load_benchmark("ceval", str(tmp_path))[0][0]["id"] == "law:3"
     write_jsonl(tmp_path / "imo_answerbench.jsonl",
                 [{"Problem ID": "imo-bench-algebra-001", "Problem": "Find f.", "Short Answer": "$f(x)=x$",
                   "Category": "Algebra", "Subcategory": "Functional Equation", "Source": "IMO"}])
-    (imo,), _ = bd.load_benchmark("imo_answerbench", str(tmp_path))
+    (imo,), _ = load.load_benchmark("imo_answerbench", str(tmp_path))
     assert (imo["id"], imo["answer"]) == ("imo-bench-algebra-001", "$f(x)=x$")
     # the GitHub JSONL's spelling
     upper = [{k.upper(): v for k, v in row.items()} for row in MULTICHALLENGE_ROWS[:1]]
     write_jsonl(tmp_path / "multichallenge.jsonl", upper)
-    (mc,), _ = bd.load_benchmark("multichallenge", str(tmp_path))
+    (mc,), _ = load.load_benchmark("multichallenge", str(tmp_path))
     assert mc["messages"][-1]["content"] == "Now a dessert recipe?" and mc["answer"] == "YES"
 
 
 def test_local_benchmark_file_errors_name_file_and_line(tmp_path):
     (tmp_path / "math500.jsonl").write_text('{"problem": "1?", "answer": "1"}\n\n{"problem": "2?"}\n')
     with pytest.raises(ValueError, match=r"math500.jsonl:3: missing field"):
-        bd.load_benchmark("math500", data_dir=str(tmp_path))
+        load.load_benchmark("math500", data_dir=str(tmp_path))
     (tmp_path / "math500.jsonl").write_text('{"problem": "1?", "answer": "1"}\n{oops\n')
     with pytest.raises(ValueError, match=r"math500.jsonl:2: not valid JSON"):
-        bd.load_benchmark("math500", data_dir=str(tmp_path))
+        load.load_benchmark("math500", data_dir=str(tmp_path))
     # read whole: skipped rows do not count
     with pytest.raises(ValueError, match=r"math500.jsonl:2: not valid JSON"):
-        bd.load_benchmark("math500", data_dir=str(tmp_path), limit=1)
+        load.load_benchmark("math500", data_dir=str(tmp_path), limit=1)
     (tmp_path / "math500.jsonl").write_text('{"problem": "1?", "answer": "1"}\n'
                                             '{"problem": "2?", "answer": "2"}\n')
-    assert len(bd.load_benchmark("math500", data_dir=str(tmp_path), limit=1)[0]) == 1
+    assert len(load.load_benchmark("math500", data_dir=str(tmp_path), limit=1)[0]) == 1
     write_jsonl(tmp_path / "multichallenge.jsonl", [dict(MULTICHALLENGE_ROWS[0], conversation="hello")])
     with pytest.raises(ValueError, match=r"multichallenge.jsonl:1: 'conversation' must be"):
-        bd.load_benchmark("multichallenge", data_dir=str(tmp_path))
+        load.load_benchmark("multichallenge", data_dir=str(tmp_path))
 
 
 @pytest.fixture
@@ -441,7 +441,7 @@ def test_unreachable_benchmark_names_what_was_tried(tmp_path, offline):
     with pytest.raises(RuntimeError, match=r"benchmark 'aime2025' could not be loaded; tried: "
                                            r".*aime2025.jsonl \(not found\); hub opencompass/AIME2025 "
                                            r"\(.*config AIME2025-I"):
-        bd.load_benchmark("aime2025", data_dir=str(tmp_path))
+        load.load_benchmark("aime2025", data_dir=str(tmp_path))
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -480,7 +480,7 @@ def test_failures_are_reported_while_the_rest_complete(tmp_path):
             and summary["benchmarks"]["mmlu"]["accuracy"] == 1.0)
     # unweighted over each family's benchmarks
     assert summary["macro"] == {"math": pytest.approx(0.25), "llm": 1.0}
-    table = ev.markdown_table(summary)
+    table = report.markdown_table(summary)
     assert "| **math (macro)** | math | mean of 2 | 25.0 |" in table and "| no_such_set | failed |" in table
     # one unboxed: unresolved
     assert "| gsm8k | math | Exact+Judge | 50.0 | 50.0 | 2 x 1 | 0 | 0 | 1 |" in table
@@ -493,8 +493,8 @@ def test_failures_are_reported_while_the_rest_complete(tmp_path):
 
 
 def test_mean_stderr_of_nothing_does_not_crash():
-    assert all(v != v for v in ev.mean_stderr([]))  # noqa: PLR0124 - nan, nan (only NaN differs from itself)
-    assert ev.mean_stderr([1.0]) == (1.0, 0.0)
+    assert all(v != v for v in score.mean_stderr([]))  # noqa: PLR0124 - nan, nan (only NaN differs from itself)
+    assert score.mean_stderr([1.0]) == (1.0, 0.0)
 
 
 def test_transformers_engine_takes_a_conversation(tiny_model):
@@ -514,7 +514,8 @@ def test_eval_cli_end_to_end_on_a_tiny_model(tiny_model, tmp_path):
     res = subprocess.run([sys.executable, "eval.py", "--model", tiny_model,
                           "--benchmarks", "math500,gsm8k,nosuch,aime2026",
                           "--data-dir", str(tmp_path), "--max-new-tokens", "6", "--samples", "2",
-                          "--out", str(tmp_path / "res.json"), "--responses", str(tmp_path / "resp.jsonl")],
+                          "--out", str(tmp_path / "res.json"), "--responses", str(tmp_path / "resp.jsonl"),
+                          "--cache-dir", str(tmp_path / "cache")],
                          cwd=ROOT, capture_output=True, text=True, check=False,
                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     assert res.returncode == 1, res.stderr[-2000:]  # requested benchmarks failed: the process says so
@@ -576,7 +577,7 @@ def test_failed_judge_calls_are_failures_not_wrong_answers(tiny_model, tmp_path)
         [sys.executable, "eval.py", "--model", tiny_model, "--benchmarks", "math500",
          "--data-dir", str(tmp_path), "--max-new-tokens", "4", "--samples", "2", "--judge", "j",
          "--judge-url", url, "--judge-timeout", "2", "--judge-retries", "0",
-         "--out", str(tmp_path / "res.json")],
+         "--out", str(tmp_path / "res.json"), "--no-cache"],
         cwd=ROOT, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=120,
         check=False)
     try:
@@ -614,4 +615,4 @@ def test_a_cut_weight_file_and_a_missing_column_name_the_file(tiny_model, tmp_pa
     write_jsonl(tmp_path / "gpqa_diamond.jsonl", [row])
     with pytest.raises(ValueError,
                        match=r"gpqa_diamond.jsonl:1: missing field\(s\) \['Incorrect Answer 1'\]"):
-        bd.load_benchmark("gpqa_diamond", str(tmp_path))
+        load.load_benchmark("gpqa_diamond", str(tmp_path))

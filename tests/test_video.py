@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-import bench_data as bd
-import bench_prompts
 import eval as ev
-import video
+from benchmarks import load, video
+from benchmarks import prompts as texts
 from test_benchmarks import VisionEngine
 from test_eval import ScriptedEngine
 
@@ -185,16 +184,17 @@ def test_the_five_video_benchmarks_load_and_score_by_protocol(clip, tmp_path, mo
     for name, rows in video_rows(str(folder), clip).items():
         (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     cfg = {"fps": 2, "max_frames": 4}
-    mmvu, skipped = bd.load_benchmark("mmvu", str(folder), vision=True, video=cfg)
+    mmvu, skipped = load.load_benchmark("mmvu", str(folder), vision=True, video=cfg)
     assert skipped == {"video: undecodable": 1} and [e["answer"] for e in mmvu] == ["B", "a colour ramp"]
     assert mmvu[0]["question"].endswith("A. blue\nB. red\nC. green\nD. white") and len(mmvu[0]["videos"]) == 1
-    mv, skipped = bd.load_benchmark("mvbench", str(folder), vision=True, video=cfg)
+    mv, skipped = load.load_benchmark("mvbench", str(folder), vision=True, video=cfg)
     assert skipped == {"video: not found": 1} and mv[0]["answer"] == "B"
-    (sub,), _ = bd.load_benchmark("videomme_sub", str(folder), vision=True, video=cfg)
+    (sub,), _ = load.load_benchmark("videomme_sub", str(folder), vision=True, video=cfg)
     # the cues at the sampled frames (0, 1, 1.9, 2.9 s): the first two, not the one at 5 s
     assert sub["question"].startswith("This video's subtitles are listed below:\nhello there\ngoodbye\n"
                                       "Who speaks?")
-    assert bd.load_benchmark("videomme", str(folder), vision=False, video=cfg)[1] == {"video": 1}  # text-only
+    # a text-only student
+    assert load.load_benchmark("videomme", str(folder), vision=False, video=cfg)[1] == {"video": 1}
 
     answers = {"What colour grows?": "B", "Which technique is shown?": "a gradient", "What changes?": "B",
                "What does the video show?": "A", "Who speaks?": "C", "Which option fits?": "C",
@@ -203,7 +203,7 @@ def test_the_five_video_benchmarks_load_and_score_by_protocol(clip, tmp_path, mo
 
     def judge_reply(prompt, k):
         assert isinstance(prompt, list) and prompt[0]["role"] == "system"  # MMVU's two messages
-        open_ended = prompt[0]["content"] == bench_prompts.MMVU_OPEN_ENDED_INSTRUCTION
+        open_ended = prompt[0]["content"] == texts.MMVU_OPEN_ENDED_INSTRUCTION
         return '{"extracted_answer": "x", "correct": true}' if open_ended else "<think>..</think>not json"
 
     summary = ev.run_benchmarks(student, ["mmvu", "mvbench", "videomme", "videomme_sub", "videommmu"],

@@ -1,6 +1,7 @@
 """Video input for Qwen3.5 students, judges and teachers: frames sampled from the file with PyAV, cached as
 PNG files (a clip is a folder of frames and its frames.json, so examples, records and buffers hold paths,
-never pixels), and turned into the model's video inputs.
+never pixels), and turned into the model's video inputs; and where a video benchmark's row finds its file
+(a local path, --video-dir, a file of the hub set) and its subtitles.
 
 The paper gives no frame sampling; ours [flags --video-fps, --video-max-frames]: FPS frames per second of the
 video, uniformly spaced, at most MAX_FRAMES (fewer frames over the whole clip when it is long), an even count
@@ -171,3 +172,103 @@ def video_data_url(index):
         data = base64.b64encode(f.read()).decode()
     kind = os.path.splitext(source)[1].lstrip(".").lower() or "mp4"
     return f"data:video/{kind};base64,{data}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a benchmark row's video: its file found, its frames sampled and cached, Video-MME's subtitles
+
+
+def _after(text, marker):
+    return text.split(marker, 1)[1] if marker in text else None
+
+
+_VIDEO_INDEX = {}
+
+
+def video_dir_index(folder):
+    """basename -> path of every file under --video-dir (Video-MME, VideoMMMU and MVBench ship their videos in
+    archives: unpack them there), built once per folder."""
+    if folder not in _VIDEO_INDEX:
+        if not os.path.isdir(folder):
+            raise ValueError(f"--video-dir {folder}: no such folder")
+        _VIDEO_INDEX[folder] = {}
+        for root, _, files in os.walk(folder):
+            for f in files:
+                _VIDEO_INDEX[folder].setdefault(f, os.path.join(root, f))
+    return _VIDEO_INDEX[folder]
+
+
+def resolve_video(name, spec, where, base, cfg):
+    """A local file for a row's video: relative to a local benchmark file, under --video-dir (by the path,
+    then by its file name), or a file of the hub set (a resolve/ URL or a path in the set's repository,
+    downloaded once by huggingface_hub)."""
+    name = str(name)
+    if base and os.path.exists(os.path.join(base, name)):
+        return os.path.join(base, name)
+    if cfg.get("dir"):
+        direct = os.path.join(cfg["dir"], name)
+        if os.path.exists(direct):
+            return direct
+        found = video_dir_index(cfg["dir"]).get(os.path.basename(name))
+        if found:
+            return found
+    repo_path = _after(name, f"/datasets/{spec['hub']}/resolve/")
+    if repo_path is not None or (not base and spec.get("video_in_repo")):
+        from huggingface_hub import hf_hub_download
+
+        revision, _, path = repo_path.partition("/") if repo_path is not None else ("main", "", name)
+        try:
+            return hf_hub_download(spec["hub"], path, repo_type="dataset", revision=revision)
+        except Exception as e:  # noqa: BLE001 (whatever the hub raises: the video is not downloadable)
+            raise VideoError(f"{where}: video {path} of {spec['hub']} not downloadable "
+                             f"({type(e).__name__})") from None
+    raise VideoError(f"{where}: video {name!r} not found"
+                     + (f" under --video-dir {cfg['dir']}" if cfg.get("dir")
+                        else " (pass --video-dir: the set ships its videos in archives)"))
+
+
+def srt_lines(path):
+    """(start s, end s, text) of each cue of an .srt file."""
+    def seconds(stamp):
+        h, m, s = stamp.strip().replace(",", ".").split(":")
+        return int(h) * 3600 + int(m) * 60 + float(s)
+
+    cues = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        blocks = f.read().replace("\r", "").strip().split("\n\n")
+    for block in blocks:
+        lines = block.split("\n")
+        for k, line in enumerate(lines):
+            if "-->" in line:
+                start, end = line.split("-->")
+                text = " ".join(x.strip() for x in lines[k + 1:] if x.strip())
+                cues.append((seconds(start), seconds(end.split()[0]), text))
+                break
+    return cues
+
+
+def subtitles_at(path, times):
+    """Video-MME with subtitles: the cues shown at the sampled frames' times, in order, once each (lmms-eval's
+    per-frame subtitle selection); "No subtitles available" when the video has none."""
+    if not path or not os.path.exists(path):
+        return "No subtitles available"
+    picked = [text for start, end, text in srt_lines(path) if any(start <= t <= end for t in times)]
+    return "\n".join(dict.fromkeys(picked)) or "No subtitles available"
+
+
+def attach_video(got, spec, where, base, cfg):
+    """The converter's fields with the clip sampled: `videos` [frames.json]; Video-MME's subtitles before the
+    question when the benchmark asks for them."""
+    got = dict(got)
+    path = resolve_video(got.pop("video_file"), spec, where, base, cfg)
+    index = sample_frames(path, cfg.get("fps") or DEFAULT_FPS, cfg.get("max_frames") or DEFAULT_MAX_FRAMES,
+                          cfg.get("cache"))
+    got["videos"] = [index]
+    subtitle = got.pop("subtitle_file", None)
+    if subtitle is not None:
+        _, meta = load_clip(index)
+        folder = cfg.get("dir") or base
+        srt = os.path.join(folder, "subtitle", subtitle) if folder else None
+        got["question"] = f"This video's subtitles are listed below: \n{subtitles_at(srt, meta['times'])}\n" \
+                          f"{got['question']}"
+    return got

@@ -1,6 +1,8 @@
-"""Judge prompt texts that must be verbatim, copied from the benchmarks' upstream evaluators (not fetched at run
-time). Each block names its source; tests/test_benchmarks.py checks every text against a digest of the upstream
-value. Nothing else lives here."""
+"""The judge texts that must be verbatim, copied from the benchmarks' upstream evaluators (not fetched at run
+time), and the paper's wording of the two LLM BenchJudges. Each block names its source; tests/test_benchmarks.py
+checks the benchmarks' texts against digests of the upstream values. Nothing else lives here: the code that fills
+them in is in the benchmark's own module. Long lines are the upstream layout (pyproject.toml exempts this file
+from the line length)."""
 # flake8: noqa  (upstream text, upstream layout)
 
 # MM-Vet: the few-shot grader prompt of yuweihao/MM-Vet, mm-vet_evaluator.py (variable `prompt`, commit acde843).
@@ -515,3 +517,51 @@ Output your response in the following structured format:
     "correct": // boolean value, True if the answer is correct, False otherwise
 }
 """
+
+# Scale AI's MultiChallenge verifier: the judge answers the row's target_question about the student's final
+# reply, and the row passes when that YES/NO equals pass_criteria. The text is the official evaluator's
+# JUDGE_PROMPT (scaleapi multichallenge repo, src/evaluator.py) as the paper prints it (Fig. 11) and public
+# ports of that file reproduce it; it was not fetched from the repo (no network here): check it against the
+# upstream evaluator. Upstream reads {reasoning, verdict} through OpenAI structured output; a local judge has
+# no schema, so the verdict is read from the text (llm.yes_no_verdict).
+MULTICHALLENGE_PROMPT = """You are tasked with evaluating a model response to see if it meets a specific criteria.
+The criteria will always be YES/NO evaluation.
+
+The model response is as follows:
+<MODEL_RESPONSE>
+{{ response }}
+</MODEL_RESPONSE>
+
+The criteria that the model response must meet is as follows. Be VERY STRICT!:
+<CRITERIA>
+{{ target_question }}
+</CRITERIA>
+
+Print your reasoning followed by your verdict, either "YES" or "NO"."""
+
+# CAIS's HLE judge: JUDGE_PROMPT of the official evaluator (centerforaisafety hle repo,
+# hle_eval/run_judge_results.py; "if there if there" is upstream's), as public ports of that file reproduce it
+# and the paper summarises it (Fig. 13); not fetched from the repo (no network here): check it against the
+# upstream evaluator. Upstream reads the four fields through OpenAI structured output (ExtractedAnswer:
+# extracted_final_answer, reasoning, correct "yes"|"no", confidence); a local judge has no schema, so the last
+# paragraph, the paper's Fig. 13 wording, asks for that JSON object.
+HLE_PROMPT = r"""Judge whether the following [response] to [question] is correct or not based on the precise and unambiguous [correct_answer] below.
+
+[question]: {{ question }}
+
+[response]: {{ response }}
+
+Your judgement must be in the format and criteria specified below:
+
+extracted_final_answer: The final exact answer extracted from the [response]. Put the extracted answer as 'None' if there is no exact, final answer to extract from the response.
+
+[correct_answer]: {{ correct_answer }}
+
+reasoning: Explain why the extracted_final_answer is correct or incorrect based on [correct_answer], focusing only on if there are meaningful differences between [correct_answer] and the extracted_final_answer. Do not comment on any background to the problem, do not attempt to solve the problem, do not argue for any answer different than [correct_answer], focus only on whether the answers match.
+
+correct: Answer 'yes' if extracted_final_answer matches the [correct_answer] given above, or is within a small margin of error for numerical problems. Answer 'no' otherwise, i.e. if there if there is any inconsistency, ambiguity, non-equivalency, or if the extracted answer is incorrect.
+
+
+confidence: The extracted confidence score between 0|\%| and 100|\%| from [response]. Put 100 if there is no confidence score available.
+
+Respond with ONLY a single JSON object using exactly these keys: extracted_final_answer, reasoning, correct ("yes"/"no"), confidence (integer 0-100)."""
