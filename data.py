@@ -4,6 +4,13 @@ An example is a dict: id, question, answer (gold short answer), and optionally s
 solution ending in \\boxed{answer}, used by --teacher gold) and images (a list of image file paths: a JSONL
 row's `image`, one path or a list, relative to the JSONL file or absolute; a hub set's image column is
 written to files once, so examples, the replay buffer and checkpoints hold paths, never pixels).
+
+Every image is read and decoded in full at load (read_image, decode_image: 15-25 ms for a 1,000 x 800
+PNG on one core), so a bad file stops the load, not a step after the model has loaded: missing, a directory,
+empty, no permission, a symlink loop, not an image, a bad checksum, pixel data cut short, a decompression
+bomb, or a shape the image processor refuses; the error names the data file and line (a hub set's row), the
+image path, what is wrong and what was expected. Any mode PIL converts to RGB (palette, 16-bit, CMYK, 1-bit)
+is fine: training converts it the same way (rollout.open_image).
 """
 import json
 import os
@@ -90,10 +97,9 @@ def _example(record, where, qid, base=""):
 
 
 def check_images(value, where, base=""):
-    """Absolute paths of a row's image(s), each opened once so a missing or unreadable file fails at load,
-    naming the data file and line and the path."""
-    from PIL import Image, UnidentifiedImageError
-
+    """Absolute paths of a row's image(s), each read and decoded in full once (read_image, decode_image), so
+    a bad file fails at load, not after the model has loaded: the error names the data file and line, the
+    path, what is wrong and what was expected."""
     paths = value if isinstance(value, list) else [value]
     out = []
     for p in paths:
@@ -101,19 +107,80 @@ def check_images(value, where, base=""):
             raise ValueError(f"{where}: 'image' must be a path or a list of paths, got {p!r}")
         path = p if os.path.isabs(p) else os.path.join(base, p)
         try:
-            with Image.open(path) as image:
-                image.verify()
-        except FileNotFoundError:
-            raise ValueError(f"{where}: image file not found: {path}") from None
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"{where}: image file unreadable: {path} ({type(e).__name__})") from None
+            decode_image(read_image(path), path)
+        except ValueError as e:
+            raise ValueError(f"{where}: {e}") from None
         out.append(os.path.abspath(path))
     return out
 
 
+# Qwen's image processor (smart_resize) refuses an image whose longer side is over 200 times the shorter
+MAX_ASPECT_RATIO = 200
+AN_IMAGE = "expected an image file that PIL decodes in full (PNG, JPEG, WebP, ...)"
+
+
+def read_image(path):
+    """The bytes of an image file, or a ValueError saying what is wrong with the path and what was expected:
+    not found (a dangling symlink too), a directory, no permission, a symlink loop, a path through a file,
+    an empty file."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except FileNotFoundError:
+        raise ValueError(f"image file not found: {path}; expected an existing image file") from None
+    except IsADirectoryError:
+        raise ValueError(f"image path is a directory: {path}; expected an image file") from None
+    except OSError as e:  # no permission, a symlink loop, a path through a file, ...
+        raise ValueError(f"image file unreadable: {path} ({e.strerror}); expected a readable image file"
+                         ) from None
+    if not raw:
+        raise ValueError(f"image file is empty: {path} (0 bytes); {AN_IMAGE}")
+    return raw
+
+
+def decode_image(raw, path):
+    """An image file's bytes `raw` (or an image a hub set's column already opened) decoded in full, as
+    training opens it (rollout.open_image: every pixel, converted to RGB), or a ValueError naming `path`,
+    what is wrong and what was expected. Image.verify() checks the PNG checksums and chunks but decodes no
+    pixel; the conversion decodes every pixel but skips the checksums: both run. A decompression bomb (over
+    PIL's Image.MAX_IMAGE_PIXELS, where PIL only warns, or twice that) is refused before decoding, as is a
+    shape the image processor refuses (aspect ratio over MAX_ASPECT_RATIO)."""
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)  # refused, not decoded
+            if isinstance(raw, bytes):
+                with Image.open(io.BytesIO(raw)) as image:
+                    image.verify()
+                with Image.open(io.BytesIO(raw)) as image:
+                    rgb = image.convert("RGB")
+            else:
+                rgb = raw.convert("RGB")
+    except UnidentifiedImageError:
+        raise ValueError(f"image file unreadable: {path} (not an image format PIL knows); {AN_IMAGE}"
+                         ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise ValueError(f"image too large: {path} ({e}); expected at most {Image.MAX_IMAGE_PIXELS:,} pixels "
+                         "(PIL's limit; the image processor shrinks every image far below it): shrink it"
+                         ) from None
+    except Exception as e:  # noqa: BLE001 - PIL raises OSError, SyntaxError, ValueError, ... for a bad file
+        raise ValueError(f"image file unreadable: {path} ({type(e).__name__}: {e}); {AN_IMAGE}") from None
+    w, h = rgb.size
+    if max(w, h) > MAX_ASPECT_RATIO * min(w, h):
+        raise ValueError(f"image shape refused by the image processor: {path} is {w} x {h} pixels, aspect "
+                         f"ratio {max(w, h) / min(w, h):g}; expected at most {MAX_ASPECT_RATIO}: pad or crop "
+                         "it")
+    return rgb
+
+
 def save_hub_images(record, name, split, index, folder=None):
     """A hub row's PIL image(s) written once to files (~/.cache/zppo/images), the row's `image` becoming
-    their paths: examples stay JSON (buffer, checkpoints) and a question keeps the same file across runs."""
+    their paths: examples stay JSON (buffer, checkpoints) and a question keeps the same file across runs.
+    Each is decoded in full first (decode_image): a bad one fails naming the set, split and row."""
     value = record.get("image")
     images = value if isinstance(value, list) else [value]
     if value is None or not all(hasattr(im, "save") for im in images):
@@ -125,7 +192,11 @@ def save_hub_images(record, name, split, index, folder=None):
     for k, image in enumerate(images):
         paths.append(os.path.join(folder, f"{split}_{index}_{k}.png"))
         if not os.path.exists(paths[-1]):
-            image.convert("RGB").save(paths[-1] + ".tmp.png")
+            try:
+                rgb = decode_image(image, f"image {k} of the row")
+            except ValueError as e:
+                raise ValueError(f"{name}[{split}][{index}]: {e}") from None
+            rgb.save(paths[-1] + ".tmp.png")
             os.replace(paths[-1] + ".tmp.png", paths[-1])
     return {**record, "image": paths}
 

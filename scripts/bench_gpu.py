@@ -23,6 +23,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the project's modules, when run as python scripts/bench_gpu.py
 sys.path.append(os.path.join(ROOT, "tests"))  # tests/tiny.py: the model and tokenizer builders
+from scripts import number
 from tiny import SHAPE_TINY, build_random_model
 
 # Qwen3.5-0.8B's text model (its config.json): 752M parameters, tied embeddings
@@ -142,7 +143,13 @@ def update_table(model_path, device, budget, micro_sizes, lengths, prompt=256):
             print(f"| {mb} | {length:,} | {peak:.1f} | {rate:,.0f} | {seconds:.1f} |", flush=True)
 
 
-def main():
+def counts(text):
+    """A comma-separated list of integers >= 1 (--micro, --lengths)."""
+    return [number(int, 1)(item) for item in text.split(",")]
+
+
+def parse_args(argv=None):
+    """The flags; a numeric one that cannot work stops here, before the model is built (scripts.number)."""
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="/tmp/zppo_gpu_smoke", help="model and runs go here")
@@ -150,12 +157,19 @@ def main():
     parser.add_argument("--cpu", action="store_true", help="no accelerate configs, no FSDP: python train.py")
     parser.add_argument("--skip-smoke", action="store_true", help="only the update table")
     parser.add_argument("--skip-table", action="store_true", help="only the smoke stages")
-    parser.add_argument("--stage-timeout", type=int, default=300, help="seconds per smoke stage")
-    parser.add_argument("--budget-s", type=float, default=240, help="seconds for the update table")
-    parser.add_argument("--total-s", type=float, default=float("inf"), help="seconds for everything")
-    parser.add_argument("--micro", default="1,4,8", help="micro-batch sizes of the table")
-    parser.add_argument("--lengths", default="1024,4096,12288", help="response lengths of the table")
-    args = parser.parse_args()
+    parser.add_argument("--stage-timeout", type=number(int, 1), default=300, help="seconds per smoke stage")
+    parser.add_argument("--budget-s", type=number(float, 0, above=True), default=240,
+                        help="seconds for the update table")
+    parser.add_argument("--total-s", type=number(float, 0, above=True, inf=True), default=float("inf"),
+                        help="seconds for everything")
+    parser.add_argument("--micro", type=counts, default="1,4,8", help="micro-batch sizes of the table")
+    parser.add_argument("--lengths", type=counts, default="1024,4096,12288",
+                        help="response lengths of the table")
+    return parser.parse_args(argv)
+
+
+def main():
+    args = parse_args()
     DEADLINE[0] = time.time() + args.total_s
     device = "cpu" if args.cpu else "cuda"
     if device == "cuda":
@@ -171,8 +185,7 @@ def main():
         smoke(model, args.work, args.cpu, args.stage_timeout)
     if not args.skip_table:
         budget = min(args.budget_s, DEADLINE[0] - time.time() - 20)
-        update_table(model, device, budget, [int(x) for x in args.micro.split(",")],
-                     [int(x) for x in args.lengths.split(",")])
+        update_table(model, device, budget, args.micro, args.lengths)
 
 
 if __name__ == "__main__":

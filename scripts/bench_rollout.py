@@ -23,6 +23,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from scripts import number  # found through ROOT when run as python scripts/bench_rollout.py
+
 
 def one(args):
     """One engine, one precision, in this process: prints one JSON line."""
@@ -65,21 +67,26 @@ def one(args):
                                       peak_rss_gib=rss, sync_gap=sum(diffs) / len(diffs))))
 
 
-def main():
+def parse_args(argv=None):
+    """The flags; a numeric one that cannot work stops here, before any engine starts (scripts.number)."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="model folder (default: the demo's SmolLM2-135M-Instruct)")
     p.add_argument("--engines", default="transformers,vllm", help="comma-separated: transformers, vllm")
     p.add_argument("--dtypes", default="float32,bfloat16", help="comma-separated: float32, bfloat16")
-    p.add_argument("--prompts", type=int, default=32, help="questions")
-    p.add_argument("--n", type=int, default=8, help="samples per question")
-    p.add_argument("--max-new-tokens", type=int, default=128, help="response cap")
-    p.add_argument("--batch-size", type=int, default=256,
+    p.add_argument("--prompts", type=number(int, 1), default=32, help="questions")
+    p.add_argument("--n", type=number(int, 1), default=8, help="samples per question")
+    p.add_argument("--max-new-tokens", type=number(int, 1), default=128, help="response cap")
+    p.add_argument("--batch-size", type=number(int, 1), default=256,
                    help="transformers engine: sequences per generate call")
-    p.add_argument("--vllm-gpu-memory-utilization", type=float, default=0.2,
+    p.add_argument("--vllm-gpu-memory-utilization", type=number(float, 0, 1, above=True), default=0.2,
                    help="vLLM's share (CPU: of memory)")
     p.add_argument("--one", choices=["transformers", "vllm"], help=argparse.SUPPRESS)
     p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
-    args = p.parse_args()
+    return p.parse_args(argv)
+
+
+def main():
+    args = parse_args()
     if args.model is None:
         from demo import smollm2
 

@@ -124,6 +124,8 @@ def parse_args(argv=None):
                  if getattr(args, name) < 1]
     if args.eval_samples < 0:
         problems.append(f"--eval-samples {args.eval_samples}: must be >= 0")
+    if not (math.isfinite(args.eval_temperature) and args.eval_temperature >= 0):  # nan, inf, negative
+        problems.append(f"--eval-temperature {args.eval_temperature}: must be a finite number >= 0")
     if args.checkpoint_every is None:
         args.checkpoint_every = args.eval_every
     elif args.checkpoint_every < 1:
