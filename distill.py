@@ -11,12 +11,20 @@ computes the JSD without (tokens x vocabulary) logits is logprobs.ChunkedJSD.
 import time
 from collections import Counter, defaultdict
 
-from logprobs import micro_batches, response_jsd, unwrap
+from logprobs import response_jsd, unwrap
 from metrics import step_metrics, teacher_metrics, teacher_tally
 from reformulate import plain_prompt
 from reward import score_rollouts
 from train import finish_step, help_builder, oom_hint, replay, sample_groups, steps, sync_engine, timed
-from zppo import Episode, backward_in_step, episodes, reduce_sum
+from zppo import (
+    Episode,
+    clip_gradients,
+    drop_unreached,
+    episodes,
+    micro_batches,
+    passes,
+    reduce_sum,
+)
 
 
 def jsd_update(model, teacher_model, optimizer, accelerator, seqs, temperature, micro_batch_size, pad_id,
@@ -24,33 +32,35 @@ def jsd_update(model, teacher_model, optimizer, accelerator, seqs, temperature, 
     """ONE optimizer step on sum_s weights[s] * (sum of the per-token JSD over the response tokens of s)
     (micro-batches accumulate into it); weights None: 1 / (all tokens of `seqs`), the token-level mean
     (On-Distill; Off-Distill's weights are off_distill_weights'). Over several processes each rank takes every
-    world-th sequence (zppo.backward_in_step keeps the ranks in step). No tokens, no step: AdamW would still
-    move the weights (decay, momentum) with no loss. train/loss is the objective, train/jsd the token mean of
-    the JSD over every token of `seqs` (the two agree for the token-level mean)."""
+    world-th sequence, and every rank runs as many passes as the rank with the most (zppo.passes). No
+    tokens, no step: AdamW would still move the weights (decay, momentum) with no loss. train/loss is the
+    objective, train/jsd the token mean of the JSD over every token of `seqs` (the two agree for the
+    token-level mean)."""
     world, rank = accelerator.num_processes, accelerator.process_index
     n_tokens = sum(len(s.token_ids) for s in seqs)  # seqs are the same on every rank
     if n_tokens == 0:
         return {"train/jsd": None, "train/loss": None, "train/grad_norm": 0.0, "count/distill_tokens": 0}
     weights = [1.0 / n_tokens] * len(seqs) if weights is None else weights
-    weight_of = {id(s): w for s, w in zip(seqs, weights)}  # micro_batches reorders the sequences
-    sums = [0.0, 0.0]  # this rank's JSD and loss
-
-    def loss_of(micro, zero=False):
-        jsd, mask = response_jsd(model, teacher_model, micro, temperature, pad_id, beta)  # (b, R) each
-        if zero:
-            return jsd.sum() * 0.0
+    micros = micro_batches(list(range(len(seqs)))[rank::world], seqs, micro_batch_size)
+    jsd_sum, loss_sum, reached = 0.0, 0.0, False
+    for j in range(passes(accelerator, len(micros))):
+        micro = micros[j] if j < len(micros) else [0]
+        reached = reached or any(seqs[i].vision is not None for i in micro)
+        jsd, mask = response_jsd(model, teacher_model, [seqs[i] for i in micro], temperature, pad_id,
+                                 beta)  # (b, R) each
+        if j >= len(micros):  # a filler: the collectives of a pass, an exact zero gradient
+            accelerator.backward(jsd.sum() * 0.0)
+            continue
         row_sums = (jsd * mask).sum(-1)  # (b,)
-        w = [weight_of[id(s)] for s in micro]
-        loss = (row_sums * row_sums.new_tensor(w)).sum()
-        sums[0] += row_sums.sum().item()
-        sums[1] += loss.item()
-        return loss
-
-    backward_in_step(accelerator, micro_batches(seqs[rank::world], micro_batch_size), seqs[:1], loss_of)
-    grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), grad_clip))
+        loss = (row_sums * row_sums.new_tensor([weights[i] for i in micro])).sum()
+        jsd_sum += row_sums.sum().item()
+        loss_sum += loss.item()
+        accelerator.backward(loss * world)  # DDP / FSDP average over ranks: x world gives the sum
+    drop_unreached(model, accelerator, reached)
+    grad_norm = clip_gradients(model, grad_clip, accelerator)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    jsd_total, loss_total = reduce_sum(accelerator, sums)
+    jsd_total, loss_total = reduce_sum(accelerator, [jsd_sum, loss_sum])
     return {"train/jsd": jsd_total / n_tokens, "train/loss": loss_total, "train/grad_norm": grad_norm,
             "count/distill_tokens": n_tokens}
 
@@ -149,7 +159,7 @@ def distill_loop(cfg, run):
         # 11. the buffer, under --buffer (the paper's "(†)" rows); bookkeeping as train.py's
         metrics.update(replay(cfg, run, plain), **facts)
         metrics.update(step_metrics(cfg, plain, helped, eps, n_new, run.buffer), **counts,
-                       **teacher_metrics(run.teacher, tally, step, cfg.teacher_url))
+                       **teacher_metrics(run.teacher, tally, step, cfg.teacher_url, run.accelerator))
         metrics.update({f"time/{k}": v for k, v in timer.items()}, **{"time/step": time.time() - t_step})
         finish_step(cfg, run, step, metrics, eps, helped, data_pos, 0, bar)
     run.accelerator.end_training()

@@ -271,9 +271,3 @@ def response_jsd(model, teacher_model, seqs, temperature, pad_id, beta=0.5, chun
         return out.view(len(seqs), R)
 
     return with_head(model, head_forward, **inputs), mask
-
-
-def micro_batches(seqs, size):
-    """Chunks of similar length (sorted), so little compute goes to padding."""
-    seqs = sorted(seqs, key=lambda s: (len(s.prompt_ids), len(s.token_ids)))
-    return [seqs[i:i + size] for i in range(0, len(seqs), size)]

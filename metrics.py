@@ -9,6 +9,7 @@ import torch
 from checkpoint import atomic_write
 from config import TEACHER_GUIDED
 from reformulate import hint_leaks
+from zppo import reduce_sum
 
 
 def mean(xs):
@@ -53,25 +54,33 @@ def step_metrics(cfg, plain, helped, eps, n_new, buffer):
 
 
 def weight_spread(model, accelerator):
-    """DDP/FSDP keep the ranks identical; check it cheaply: max - min over ranks of the sum of all weights."""
+    """DDP keeps the ranks' replicas identical; check it cheaply: max - min over ranks of the sum of all
+    weights. Under FSDP each rank holds other shards, no replica: None."""
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        return None
     checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
     sums = accelerator.gather(checksum)
     return (sums.max() - sums.min()).item()
 
 
 def teacher_tally(teacher):
-    """(requests that failed, prompts asked) of a remote teacher so far; (0, 0) for any other."""
-    return getattr(teacher, "failures", 0), getattr(teacher, "prompts", 0)
+    """(requests that failed, prompts asked, prompts over its context) of the teacher so far, this rank's;
+    zeros for none."""
+    return [getattr(teacher, key, 0) for key in ("failures", "prompts", "too_long")]
 
 
-def teacher_metrics(teacher, before, step, url):
-    """count/teacher_failed since `before` (teacher_tally's); a teacher that failed every request is said."""
-    failed, asked = (now - then for now, then in zip(teacher_tally(teacher), before))
+def teacher_metrics(teacher, before, step, url, accelerator):
+    """count/teacher_failed and count/teacher_too_long since `before` (teacher_tally's), all ranks together
+    (each rank's engine serves its share); a teacher that failed every request is said."""
+    now = teacher_tally(teacher)
+    failed, asked, too_long = reduce_sum(accelerator, [a - b for a, b in zip(now, before)])
     if asked and failed == asked:
-        warnings.warn(f"step {step}: every one of the {asked} requests to the teacher at {url} failed "
+        warnings.warn(f"step {step}: every one of the {asked:.0f} requests to the teacher at {url} failed "
                       "(count/teacher_failed): no teacher answers, no judge verdicts this step; is the "
                       "server up and serving --teacher?")
-    return {"count/teacher_failed": failed}
+    return {"count/teacher_failed": int(failed), "count/teacher_too_long": int(too_long)}
 
 
 def write_step(cfg, step, metrics, eps, helped, log_path, accelerator):

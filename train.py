@@ -28,16 +28,17 @@ from functools import partial
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedDataParallelKwargs
 from tqdm import tqdm
 
 import checkpoint
 from buffer import ReplayBuffer
-from config import DISTILLATION, TEACHER_GUIDED, parse_config, validate
+from config import DISTILLATION, TEACHER_GUIDED, parse_config, use_fsdp, validate
 from data import load_examples, take
 from metrics import periodic_eval, step_metrics, teacher_metrics, teacher_tally, weight_spread, write_step
 from reformulate import bcq_ncq_groups, group_prompt, hint_groups, plain_prompt, precap, prefix_groups
 from reward import score_rollouts
-from rollout import Rollout, build_engines, encode_prompt, engine_weights, prepare_student
+from rollout import Rollout, build_engines, encode_prompt, prepare_student, trains_vision
 from zppo import Group, episodes, old_logprobs, plan_minibatches, ppo_update, sync_check
 
 
@@ -120,15 +121,28 @@ def setup(cfg):
     problems = checkpoint.resume_problems(cfg, ckpt) if ckpt else []
     if problems:  # before anything loads, and before config.json is rewritten
         raise SystemExit("train.py: cannot resume:\n  " + "\n  ".join(problems))
+    # DDP with a vision tower that trains: a pass that reaches it on no rank (text micro-batches) must leave
+    # it without a gradient instead of failing DDP's check that every parameter got one
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=trains_vision(ckpt or cfg.student, cfg)
+                                        and not use_fsdp(cfg))
+    world = int(os.environ.get("WORLD_SIZE", "1"))  # the processes the launcher started
+    # several processes without a GPU: accelerate joins them (gloo) only when told it runs on the CPU; left to
+    # itself it makes each one a run of its own, racing the others on the run folder
     accelerator = Accelerator(log_with=None if cfg.report_to == "none" else cfg.report_to,
-                              project_dir=cfg.out_dir, mixed_precision=cfg.mixed_precision)
+                              project_dir=cfg.out_dir, mixed_precision=cfg.mixed_precision,
+                              kwargs_handlers=[ddp], cpu=world > 1 and not torch.cuda.is_available())
+    if accelerator.num_processes != world:
+        raise SystemExit(f"train.py: the launcher started {world} processes (WORLD_SIZE) but accelerate "
+                         f"joined {accelerator.num_processes}: each would train and write {cfg.out_dir} on "
+                         "its own")
     if cfg.overwrite and accelerator.is_main_process and os.path.isdir(cfg.out_dir):
         checkpoint.clear_run(cfg.out_dir)
     accelerator.wait_for_everyone()
     rng = random.Random(cfg.seed)
     torch.manual_seed(cfg.seed)
     os.makedirs(cfg.out_dir, exist_ok=True)
-    model, tokenizer, optimizer = prepare_student(cfg, ckpt or cfg.student, accelerator)
+    images = any(e.get("images") for e in examples)
+    model, tokenizer, optimizer = prepare_student(cfg, ckpt or cfg.student, accelerator, images)
     examples = fit_prompts(cfg, examples, tokenizer)
     student, teacher = build_engines(cfg, accelerator, model, tokenizer, ckpt or cfg.student)
     buffer = ReplayBuffer(cfg.buffer_capacity)
@@ -216,10 +230,13 @@ def sample_groups(cfg, run, build_help, data_pos, timer):
     with timed(timer, phase):
         helped = build(plain, kept, correct, run.rng)
 
-    # 7. student rollouts on them, scored against the original gold answer
-    helped = answer(cfg, run, helped, timer)
+    # 7. student rollouts on them, scored against the original gold answer; a prompt too long for the
+    # engine's context (--max-model-len) gets none, and its group is dropped and counted
+    answered = [g for g in answer(cfg, run, helped, timer) if g.rollouts]
     facts = {"data/epoch": data_pos[0], "count/hard": len(hard),
+             "count/too_long": len(helped) - len(answered),
              "count/no_teacher_correct": sum(not correct.get(i) for i in kept) if guided else 0}
+    helped = answered
     return plain, helped, len(new), facts, tuple(data_pos)
 
 
@@ -258,9 +275,9 @@ def update(cfg, run, eps, step):
 
 
 def sync_engine(cfg, run):
-    """The student's engine samples the next step from the updated weights (gathered in full under FSDP)."""
-    weights = engine_weights(run.model, run.accelerator) if cfg.engine == "vllm" else None
-    run.student.sync_weights(run.accelerator.unwrap_model(run.model), weights)
+    """The student's engine samples the next step from the updated weights (vLLM's reload streams them, one
+    tensor at a time, gathered from the shards under FSDP; the transformers engine shares the module)."""
+    run.student.sync_weights(run.model)
 
 
 def replay(cfg, run, plain):
@@ -278,8 +295,9 @@ def replay(cfg, run, plain):
 def finish_step(cfg, run, step, metrics, eps, helped, data_pos, nonfinite_steps, bar):
     """Metrics and dumps, the checkpoint, a stop after too many non-finite updates in a row, then the optional
     evaluation (after the checkpoint: a crash in it loses nothing)."""
-    if run.accelerator.num_processes > 1:
-        metrics["dist/weight_checksum_spread"] = weight_spread(run.model, run.accelerator)
+    spread = weight_spread(run.model, run.accelerator) if run.accelerator.num_processes > 1 else None
+    if spread is not None:  # DDP's replicas (FSDP has none)
+        metrics["dist/weight_checksum_spread"] = spread
     write_step(cfg, step, metrics, eps, helped, run.log_path, run.accelerator)
     bar.set_postfix(acc=f"{metrics['acc/plain']:.2f}", bcq=f"{metrics['acc/bcq']:.2f}",
                     ncq=f"{metrics['acc/ncq']:.2f}", buf=len(run.buffer), t=f"{metrics['time/step']:.0f}s")
@@ -328,7 +346,7 @@ def train_loop(cfg, run):
 
         # bookkeeping: the step's numbers, then metrics.jsonl, the checkpoint and the optional eval
         metrics.update(facts, **step_metrics(cfg, plain, helped, eps, n_new, run.buffer),
-                       **teacher_metrics(run.teacher, tally, step, cfg.teacher_url))
+                       **teacher_metrics(run.teacher, tally, step, cfg.teacher_url, run.accelerator))
         metrics.update({f"time/{k}": v for k, v in timer.items()}, **{"time/step": time.time() - t_step})
         finish_step(cfg, run, step, metrics, eps, helped, data_pos, nonfinite_steps, bar)
     run.accelerator.end_training()
@@ -348,6 +366,10 @@ def main(cfg):
         return train_loop(cfg, run)
     finally:
         checkpoint.release_lock(lock)
+        # the process group closed while Python still runs: torch's gloo group, destroyed at interpreter exit
+        # instead, can deadlock with its own worker thread (the process never exits)
+        if torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

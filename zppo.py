@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from logprobs import micro_batches, response_logprobs
+from logprobs import response_logprobs
 
 
 @dataclass(frozen=True)
@@ -172,17 +172,42 @@ def reduce_sum(accelerator, values):
     return (accelerator.reduce(t, "sum") if accelerator.num_processes > 1 else t).tolist()
 
 
+def passes(accelerator, n):
+    """How many passes each rank runs in a phase where this rank has n: the most any rank has. A backward runs
+    collectives under DDP and FSDP (gradient reduction), and under FSDP every forward does too (it gathers
+    the parameters): ranks that ran different numbers of passes would wait on each other for ever (a hang
+    on GPUs). A rank with fewer makes up the difference with passes over a filler that keep nothing."""
+    if accelerator.num_processes == 1:
+        return n
+    return int(accelerator.gather(torch.tensor([n], device=accelerator.device)).max())
+
+
+def micro_batches(indices, eps, size):
+    """Episode indices in chunks of `size`, of similar length (sorted), so little compute goes to padding."""
+    order = sorted(indices, key=lambda i: (len(eps[i].prompt_ids), len(eps[i].token_ids)))
+    return [order[i:i + size] for i in range(0, len(order), size)]
+
+
+def shortest(eps):
+    """The index of the cheapest episode: what a filler forward runs."""
+    return min(range(len(eps)), key=lambda i: len(eps[i].prompt_ids) + len(eps[i].token_ids))
+
+
 @torch.no_grad()
 def old_logprobs(model, eps, plan, temperature, micro_batch_size, pad_id, accelerator):
     """The sampling policy's log-probs (the weights before this step's updates) of this rank's episodes
     (plan.share), as {episode index: per-token list}, and the policy's mean token entropy over every rollout
     of the step, all ranks together (None if there are no tokens)."""
     model.eval()
-    index, old, ent_sum, n_tok = {id(eps[i]): i for i in plan.share}, {}, 0.0, 0.0
-    for micro in micro_batches([eps[i] for i in plan.share], micro_batch_size):
-        lp, mask, ent = response_logprobs(model, micro, temperature, pad_id, entropy=True)  # (b, R) each
-        for b, e in enumerate(micro):
-            old[index[id(e)]] = lp[b, :len(e.token_ids)].tolist()
+    old, ent_sum, n_tok = {}, 0.0, 0.0
+    micros = micro_batches(plan.share, eps, micro_batch_size)
+    for j in range(passes(accelerator, len(micros))):
+        micro = micros[j] if j < len(micros) else [shortest(eps)]  # a filler: the ranks' gathers match
+        lp, mask, ent = response_logprobs(model, [eps[i] for i in micro], temperature, pad_id, entropy=True)
+        if j >= len(micros):
+            continue
+        for b, i in enumerate(micro):  # (b, R) each
+            old[i] = lp[b, :len(eps[i].token_ids)].tolist()
         ent_sum += (ent * mask).sum().item()
         n_tok += mask.sum().item()
     model.train()
@@ -193,7 +218,8 @@ def old_logprobs(model, eps, plan, temperature, micro_batch_size, pad_id, accele
 def sync_check(eps, old, threshold, step, accelerator):
     """Mean |engine log-prob - trainer log-prob| over the tokens of this step's rollouts (each rank its
     share). Both are the sampling policy's, so the gap is numerical noise unless the engine samples from stale
-    or wrong weights: a silent weight-sync failure shows up here first."""
+    or wrong weights: a silent weight-sync failure shows up here (the engine's own check after each reload,
+    rollout.VLLMEngine.sync_weights, is the first line)."""
     diffs = [abs(a - b) for i, lps in sorted(old.items()) if len(eps[i].engine_logprobs) == len(lps)
              for a, b in zip(eps[i].engine_logprobs, lps)]
     total, count = reduce_sum(accelerator, [sum(diffs), len(diffs)])
@@ -204,34 +230,18 @@ def sync_check(eps, old, threshold, step, accelerator):
     return gap
 
 
-def coverage_filler(mb, computed):
-    """The zero-weight micro-batch a mini-batch needs when skip_zero_adv left out every sequence that would
-    have reached some parameters: all of them (every A = 0), or all its image ones (the vision tower). Without
-    the skip those parameters get an exact zero gradient and AdamW steps them (step count, moments, weight
-    decay); with no gradient at all it would leave them behind. None when nothing is missing."""
-    images = [e for e in mb if e.vision is not None]
-    if mb and not any(computed):
-        return (images or mb)[:1]
-    if images and not any(e.vision is not None for e, c in zip(mb, computed) if c):
+def coverage_filler(members, eps, computed):
+    """The zero-weight micro-batch (episode indices) a mini-batch needs when skip_zero_adv left out every
+    sequence that would have reached some parameters: all of them (every A = 0), or all its image ones (the
+    vision tower). Without the skip those parameters get an exact zero gradient and AdamW steps them (step
+    count, moments, weight decay); with no gradient at all it would leave them behind. None when nothing is
+    missing."""
+    images = [i for i in members if eps[i].vision is not None]
+    if members and not any(computed[i] for i in members):
+        return (images or members)[:1]
+    if images and not any(computed[i] for i in images):
         return images[:1]
     return None
-
-
-def backward_in_step(accelerator, micros, filler, loss_of, extra=0):
-    """accelerator.backward of loss_of(micro) * world for each of this rank's micro-batches. Every rank runs
-    as many backward passes as the rank with the most, plus `extra`: zero-weight passes over `filler` make up
-    the difference, so the collective operations inside backward (DDP, FSDP) stay in step. DDP/FSDP average
-    gradients over ranks; the factor world turns that into the sum the loss's global divisor expects. Returns
-    the number of passes."""
-    world, n = accelerator.num_processes, len(micros)
-    if world > 1:
-        n = int(accelerator.gather(torch.tensor([n], device=accelerator.device)).max())
-    for j in range(n + extra):
-        if j < len(micros):
-            accelerator.backward(loss_of(micros[j]) * world)
-        else:  # a filler: zero gradient, same collectives
-            accelerator.backward(loss_of(filler, zero=True))
-    return n + extra
 
 
 def pad_rows(rows, width, device):
@@ -239,6 +249,41 @@ def pad_rows(rows, width, device):
     for b, r in enumerate(rows):
         out[b, :len(r)] = torch.tensor(r[:width], device=device)
     return out
+
+
+def clipped_loss(model, seqs, old, n_tokens, temperature, pad_id, clip_low, clip_high, dual_clip):
+    """One micro-batch's share of its mini-batch's loss (its token sum over the mini-batch's `n_tokens`) and
+    the policy metrics' sums over its A != 0 tokens (`tokens`: their count). `old`: each sequence's
+    sampling-policy log-probs."""
+    lp, mask, _ = response_logprobs(model, seqs, temperature, pad_id)  # (b, R) each
+    old_lp = pad_rows(old, lp.shape[1], lp.device)  # (b, R)
+    adv = torch.tensor([e.adv for e in seqs], device=lp.device)  # (b,)
+    # the A = 0 tokens add exactly 0 to the loss: leaving them out of the mask changes only the metrics
+    active = mask * (adv != 0).to(mask.dtype)[:, None]
+    loss, metrics = policy_loss(lp, old_lp, adv, active, clip_low, clip_high, dual_clip, n_tokens)
+    return loss, metrics, active.sum().item()
+
+
+def clip_gradients(model, max_norm, accelerator):
+    """The gradient norm over every parameter and rank, after clipping it to max_norm. FSDP2's parameters and
+    gradients are shards (DTensors): torch's clip reduces their norms over the ranks."""
+    from torch.distributed.tensor import DTensor
+
+    params = list(model.parameters())
+    if params and isinstance(params[0], DTensor):
+        norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        return float(norm.full_tensor() if isinstance(norm, DTensor) else norm)
+    return float(accelerator.clip_grad_norm_(params, max_norm))
+
+
+def drop_unreached(model, accelerator, reached):
+    """A mini-batch whose passes reached the vision tower on no rank leaves it without a gradient, as one
+    process would (AdamW then skips it). FSDP reduces a gradient that only some ranks have as zeros on the
+    others (so their collectives match): with no rank reaching it, those zeros are dropped here."""
+    tower = [p for name, p in model.named_parameters() if "visual" in name and p.requires_grad]
+    if tower and not reduce_sum(accelerator, [float(reached)])[0]:
+        for p in tower:
+            p.grad = None
 
 
 def ppo_update(model, optimizer, accelerator, eps, plan, old, temperature, micro_batch_size, pad_id,
@@ -253,45 +298,41 @@ def ppo_update(model, optimizer, accelerator, eps, plan, old, temperature, micro
     optimizer's moments for good."""
     per_token = ("clip_frac_low", "clip_frac_high", "clip_frac_dual", "loss")  # over every token
     per_active = ("approx_kl", "ratio_mean")  # over the A != 0 tokens
+    world = accelerator.num_processes
     sums, n_active, grad_norms, skipped = defaultdict(float), 0, [], 0
     n_all = sum(len(e.token_ids) for e in eps)  # the same on every rank
-    index = {id(e): i for i, e in enumerate(eps)}
     for k, (members, mine) in enumerate(zip(plan.minibatches, plan.mine)):
-        mb = [eps[i] for i in members]
-        n_tokens = sum(len(e.token_ids) for e in mb)
-        # from the plan: the same on every rank
-        filler = coverage_filler(mb, [plan.computed[i] for i in members])
-        finite_loss = True
-
-        def loss_of(micro, zero=False, n_tokens=n_tokens):
-            nonlocal n_active, finite_loss
-            lp, mask, _ = response_logprobs(model, micro, temperature, pad_id)  # (b, R) each
-            if zero:
-                return lp.sum() * 0.0
-            old_lp = pad_rows([old[index[id(e)]] for e in micro], lp.shape[1], lp.device)  # (b, R)
-            adv = torch.tensor([e.adv for e in micro], device=lp.device)  # (b,)
-            # the A = 0 tokens add exactly 0 to the loss: leaving them out of the mask changes only the
-            # metrics
-            active = mask * (adv != 0).to(mask.dtype)[:, None]
-            loss, m = policy_loss(lp, old_lp, adv, active, clip_low, clip_high, dual_clip, n_tokens)
-            tok = active.sum().item()
-            for key, v in m.items():
-                sums[key] += v * tok
+        n_tokens = sum(len(eps[i].token_ids) for i in members)  # the divisor: every rank's tokens
+        filler = coverage_filler(members, eps, plan.computed)  # from the plan: the same on every rank
+        micros = micro_batches(mine, eps, micro_batch_size)
+        n_passes = passes(accelerator, len(micros)) + (filler is not None)
+        finite, reached = True, False
+        for j in range(n_passes):
+            micro = micros[j] if j < len(micros) else (filler or members[:1])
+            seqs = [eps[i] for i in micro]
+            reached = reached or any(e.vision is not None for e in seqs)
+            if j >= len(micros):  # a zero-weight pass: a pass's collectives, an exact zero gradient
+                lp, _, _ = response_logprobs(model, seqs, temperature, pad_id)
+                accelerator.backward(lp.sum() * 0.0)
+                continue
+            loss, metrics, tokens = clipped_loss(model, seqs, [old[i] for i in micro], n_tokens, temperature,
+                                                 pad_id, clip_low, clip_high, dual_clip)
+            # DDP / FSDP average the ranks' gradients; x world makes that the sum the global divisor expects
+            accelerator.backward(loss * world)
+            for key, v in metrics.items():
+                sums[key] += v * tokens
             sums["loss"] += loss.item() * n_tokens
-            finite_loss = finite_loss and math.isfinite(loss.item())
-            n_active += tok
-            return loss
-
-        micros = micro_batches([eps[i] for i in mine], micro_batch_size)
-        n_micro = backward_in_step(accelerator, micros, filler or mb[:1], loss_of, extra=filler is not None)
-        grad_norm = float(accelerator.clip_grad_norm_(model.parameters(), grad_clip)) if n_micro else 0.0
+            finite = finite and math.isfinite(loss.item())
+            n_active += tokens
+        drop_unreached(model, accelerator, reached)
+        grad_norm = clip_gradients(model, grad_clip, accelerator) if n_passes else 0.0
         grad_norms.append(grad_norm)
-        # the gradient norm is the same on every rank after the all-reduce, the loss is this rank's own: all
+        # the gradient norm is the same on every rank after the reduction, the loss is this rank's own: all
         # ranks must agree to skip, or their weights would part
-        nonfinite = float(not (finite_loss and math.isfinite(grad_norm)))
-        if (reduce_sum(accelerator, [nonfinite])[0] if accelerator.num_processes > 1 else nonfinite) > 0:
+        nonfinite = float(not (finite and math.isfinite(grad_norm)))
+        if (reduce_sum(accelerator, [nonfinite])[0] if world > 1 else nonfinite) > 0:
             skipped += 1
-            what = "gradient norm" if finite_loss else "loss"
+            what = "gradient norm" if finite else "loss"
             warnings.warn(f"mini-batch {k + 1}/{len(plan.minibatches)}: non-finite {what} (gradient norm "
                           f"{grad_norm}); optimizer step skipped, weights unchanged")
         else:

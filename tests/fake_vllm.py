@@ -59,9 +59,19 @@ class LLM:
             model.load_weights(weights_iterator)
 
         runner = SimpleNamespace(model=model, get_model=lambda: model, reload_weights=reload_weights)
-        self.llm_engine = SimpleNamespace(model_executor=SimpleNamespace(
-            driver_worker=SimpleNamespace(worker=SimpleNamespace(model_runner=runner))))
+        self.llm_engine = SimpleNamespace(
+            model_executor=SimpleNamespace(driver_worker=SimpleNamespace(worker=SimpleNamespace(
+                model_runner=runner))),
+            model_config=SimpleNamespace(dtype=next(self.model.parameters()).dtype,
+                                         max_model_len=kwargs.get("max_model_len")
+                                         or self.model.config.get_text_config().max_position_embeddings))
         LLM.instances.append(self)
+
+    def collective_rpc(self, method, kwargs=None):
+        """vLLM's entry point to the worker (which sets its current config around the call)."""
+        self.events.append(f"rpc:{method}")
+        runner = self.llm_engine.model_executor.driver_worker.worker.model_runner
+        return [getattr(runner, method)(**(kwargs or {}))]
 
     def reset_prefix_cache(self):
         self.events.append("reset_prefix_cache")

@@ -22,14 +22,35 @@ def tiny_vlm():
                                                          tie_word_embeddings=True))
 
 
-def test_fsdp_wraps_the_blocks_each_model_class_has(tiny_model):
+def test_fsdp_units_are_the_text_blocks(tiny_model):
     model, _ = load_model(tiny_model)
-    assert "Qwen3_5VisionBlock" in model._no_split_modules  # listed, yet absent: what stopped accelerate
-    assert rollout.fsdp_wrap_classes(model) == ["Qwen3_5DecoderLayer"]
-    assert rollout.fsdp_wrap_classes(tiny_vlm()) == ["Qwen3_5DecoderLayer", "Qwen3_5VisionBlock"]
+    assert "Qwen3_5VisionBlock" in model._no_split_modules  # listed, yet absent in the text class
+    assert [type(m).__name__ for m in rollout.decoder_layers(model)] == ["Qwen3_5DecoderLayer"] * 2
+    vlm = tiny_vlm()  # its vision blocks stay out: the tower is the root's (image data) or one unit (text)
+    assert [type(m).__name__ for m in rollout.decoder_layers(vlm)] == ["Qwen3_5DecoderLayer"] * 2
+    assert rollout.vision_tower(vlm) is vlm.model.visual and rollout.vision_tower(model) is None
     model._no_split_modules = ["NoSuchBlock"]
-    with pytest.raises(ValueError, match="fsdp_transformer_layer_cls_to_wrap"):
-        rollout.fsdp_wrap_classes(model)
+    with pytest.raises(ValueError, match="none of its _no_split_modules"):
+        rollout.decoder_layers(model)
+
+
+def test_the_memory_check_stops_layouts_that_cannot_fit_a_gpu():
+    """The check train.py runs on a GPU before anything loads (config.memory_problems), with the paper's
+    sizes on an 80 GiB GPU: a 27B bf16 teacher does not fit its 0.4 share, its FP8 checkpoint does; a 9B
+    student's AdamW state does not fit one GPU, it does as an FSDP shard over 8."""
+    from config import memory_problems, parse_config
+
+    gpu = 80 * 2 ** 30
+    cfg = parse_config(["--teacher", "Qwen3.5-27B", "--engine", "vllm"])
+    problems, _ = memory_problems(cfg, gpu, 1, (0.8e9, 2), (27e9, 2), fsdp=False)
+    assert len(problems) == 1 and "teacher's weights (50.3 GiB)" in problems[0]
+    assert memory_problems(cfg, gpu, 1, (0.8e9, 2), (27e9, 1), fsdp=False)[0] == []  # FP8: 1 byte a weight
+    solo = parse_config(["--teacher", "gold", "--engine", "vllm"])
+    problems, plan = memory_problems(solo, gpu, 1, (9e9, 2), None, fsdp=False)
+    assert "needs 158.1 GiB" in problems[0]
+    assert plan["trainer (fp32 weights, gradients, AdamW)"] == 16 * 9e9
+    assert memory_problems(solo, gpu, 8, (9e9, 2), None, fsdp=True)[0] == []
+    assert memory_problems(solo, gpu, 8, (9e9, 2), None, fsdp=False)[0]  # DDP: every rank holds it all
 
 
 def test_a_checkpoint_s_generation_defaults_never_reach_sampling(tiny_model, tmp_path, monkeypatch):
@@ -115,39 +136,29 @@ def test_gpu_smoke_script_runs_end_to_end_on_a_tiny_model(tmp_path):
 
 
 FSDP_PROBE = """
-import contextlib, functools, os, sys, torch, torch.distributed as dist
+import os, sys, torch
 sys.path.insert(0, {root!r})
-os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT={port!r})
-dist.init_process_group("gloo", rank=0, world_size=1)
-from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT={port!r}, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
+from torch.distributed.fsdp import FSDPModule
 import rollout
-import train
-from rollout import TransformersEngine, load_model
+from rollout import TransformersEngine, load_model, unsharded
 from logprobs import response_logprobs
 from zppo import Episode
 model, tok = load_model({model!r})
-(name,) = rollout.fsdp_wrap_classes(model)
-block = next(type(m) for m in model.modules() if type(m).__name__ == name)
-policy = functools.partial(transformer_auto_wrap_policy, transformer_layer_cls={{block}})
-wrapped = FSDP(model, auto_wrap_policy=policy, use_orig_params=True, device_id=torch.device("cpu"))
-@contextlib.contextmanager
-def gather():  # what train.py hands the engine under FSDP, before the root's first forward
-    with FSDP.summon_full_params(wrapped, recurse=False, writeback=False):
-        yield
-engine = TransformersEngine(wrapped.module, tok, context=gather)
+model = rollout.shard(model, "no", images=False)  # a world of one: shard() starts it (gloo)
+engine = TransformersEngine(model, tok, context=lambda: unsharded(model))  # before the root's first forward
 (group,) = engine.generate(["What is 1 + 1?"], n=2, max_new_tokens=6, temperature=1.0)
-lp, mask, _ = response_logprobs(wrapped, [Episode(r.prompt_ids, r.token_ids) for r in group], 1.0, tok.pad_token_id)
+lp, mask, _ = response_logprobs(model, [Episode(r.prompt_ids, r.token_ids) for r in group], 1.0, tok.pad_token_id)
 gap = max((lp[b, :len(r.logprobs)] - torch.tensor(r.logprobs)).abs().max().item() for b, r in enumerate(group))
 (lp * mask).sum().backward()
-grads = sum(p.grad is not None and bool(p.grad.abs().sum() > 0) for p in wrapped.parameters())
-print("gap", gap, "units", sum(isinstance(m, FSDP) for m in wrapped.modules()), "grads", grads)
+grads = sum(p.grad is not None and bool(p.grad.to_local().abs().sum() > 0) for p in model.parameters())
+print("gap", gap, "units", sum(isinstance(m, FSDPModule) for m in model.modules()), "grads", grads)
 """  # noqa: E501 (the script run in the subprocess, verbatim)
 
 
 def test_fsdp_generates_before_the_first_forward_and_the_chunked_head_trains_under_it(tiny_model):
-    """FSDP (one CPU process, gloo) wrapping each decoder layer: the engine generates through the gathered
-    root, the chunked head runs inside the wrapped forward, and the gradients reach the parameters."""
+    """FSDP2 (one CPU process, gloo) with a unit per decoder layer: the engine generates with every unit
+    gathered, the chunked head runs inside the sharded forward, and the gradients reach the parameters."""
     import socket
     import subprocess
 

@@ -15,8 +15,9 @@ def test_sleep_mode_wakes_around_generation_and_sync(fake, tiny_model):
     (llm,) = fake.LLM.instances
     engine.generate(["a"], n=1, max_new_tokens=2)
     engine.sync_weights(model)
-    assert llm.events == ["sleep1", "wake_up", "generate", "sleep1", "wake_up", "reset_prefix_cache",
-                          "sleep1"]
+    # the reload goes through the worker's entry point (collective_rpc), which sets vLLM's current config
+    assert llm.events == ["sleep1", "wake_up", "generate", "sleep1", "wake_up", "rpc:reload_weights",
+                          "reset_prefix_cache", "sleep1"]
     assert llm.kwargs["enable_sleep_mode"] is True
 
 
@@ -48,6 +49,43 @@ def test_response_prefix_with_images_on_vllm(fake, tiny_vlm, images):
     for r in group:
         assert r.prompt_ids == encode_prompt(tok, prompt)[0] + prefix and r.vision is not None
         assert r.text == tok.decode(prefix + r.token_ids, skip_special_tokens=True)
+
+
+def test_a_reload_that_leaves_a_checked_tensor_stale_stops_the_run(fake, tiny_model):
+    """Stand-in: a reload that reports every name loaded but leaves the embedding as it was (as a model runner
+    whose reload path ignored the pushed tensors would): the spot check after the reload stops the run, where
+    the log-prob gap would have stayed under its warning threshold for many steps at a small learning rate."""
+    import torch
+
+    model, tok = load_model(tiny_model)
+    engine = VLLMEngine(tiny_model, tok)
+    assert "model.embed_tokens.weight" in engine.spot  # stored as loaded: compared after every reload
+    with torch.no_grad():
+        model.model.embed_tokens.weight.add_(1e-3)
+    copy_all = fake._Model.load_weights
+
+    def skip_embedding(self, weights):
+        loaded = copy_all(self, [(n, t) for n, t in weights if "embed_tokens" not in n])
+        return loaded | {"model.embed_tokens.weight"}
+
+    fake._Model.load_weights = skip_embedding
+    try:
+        with pytest.raises(RuntimeError,
+                           match=r"engine's model\.embed_tokens\.weight is not what the trainer pushed"):
+            engine.sync_weights(model)
+    finally:
+        fake._Model.load_weights = copy_all
+    engine.sync_weights(model)  # a reload that takes: no error
+
+
+def test_prompts_over_the_engine_context_get_no_rollouts(fake, tiny_model):
+    """Stand-in for vLLM's refusal (the real one: test_vllm_real.py): a prompt whose response would not fit
+    max_model_len gets no rollouts and is counted, the other prompts of the batch are sampled as usual."""
+    _, tok = load_model(tiny_model)
+    engine = VLLMEngine(tiny_model, tok, max_model_len=64)
+    short, long = "Hi", "What is 3 + 4? " * 20
+    groups = engine.generate([short, long, short], n=2, max_new_tokens=8)
+    assert [len(g) for g in groups] == [2, 0, 2] and engine.too_long == 1
 
 
 def test_engine_vllm_without_vllm_says_what_to_install(tiny_model, tmp_path, monkeypatch):

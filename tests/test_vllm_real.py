@@ -35,7 +35,8 @@ ENV = {**{k: v for k, v in os.environ.items() if k not in LAUNCHER},
        "PYTHONPATH": os.pathsep.join([ROOT, os.path.join(ROOT, "tests")])}
 TRAIN = ["--teacher", "gold", "--data", "arithmetic", "--data-limit", "40", "--questions-per-step", "8",
          "--group-size", "4", "--max-new-tokens", "12", "--iters-per-step", "2", "--lr", "1e-3",
-         "--micro-batch-size", "8", "--vllm-gpu-memory-utilization", "0.15", "--vllm-max-model-len", "1024"]
+         "--micro-batch-size", "8", "--vllm-gpu-memory-utilization", "0.15", "--max-model-len", "1024",
+         "--max-prompt-tokens", "512", "--teacher-max-new-tokens", "64"]
 
 
 def run(*args, timeout=900):
@@ -81,6 +82,13 @@ def test_engine_log_probs_follow_every_weight_sync(dense):
         assert result[key]["tokens"] > 50 and result[key]["max"] < 1e-3, (key, result[key])
     assert result["stale"]["mean"] > 0.1  # the sync check's default bound: a stale engine is seen at once
     assert "left 1 stale" in result["broken"] and "'model.layers.1.mlp.down_proj.weight'" in result["broken"]
+    # every reload ran inside vLLM's current config (the worker's entry point sets it; outside it, vLLM 0.32's
+    # model code raises), and the engine compared the tensors it stores as loaded after each one
+    assert result["config_set"] and all(result["config_set"])
+    assert "model.embed_tokens.weight" in result["spot"] and len(result["spot"]) >= 3
+    # a prompt too long for max_model_len: no rollouts for it, the batch's others sampled (vLLM alone
+    # refuses the whole batch)
+    assert result["too_long"] == {"sizes": [2, 0, 2], "count": 1}
     prefix = result["prefix"]  # a response prefix (the Prefix baseline) continues on vLLM as on transformers
     assert prefix["prompt_ends_with_prefix"] and prefix["text_starts_with_prefix"] and prefix["max"] < 1e-3
 
