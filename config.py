@@ -69,11 +69,9 @@ def gpu_memory():
 
 
 def use_fsdp(cfg):
-    """--fsdp, or by default what accelerate's config asks for (configs/fsdp.yaml sets ACCELERATE_USE_FSDP;
-    accelerate itself does not shard on CPU: zppo shards with torch's fully_shard on either)."""
-    if cfg.fsdp is not None:
-        return cfg.fsdp
-    return os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+    """--fsdp, or accelerate's config asking for FSDP (configs/fsdp.yaml sets ACCELERATE_USE_FSDP; accelerate
+    itself does not shard on CPU: zppo shards with torch's fully_shard on either)."""
+    return cfg.fsdp or os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
 
 
 def arg(default, help):
@@ -177,9 +175,8 @@ class Config:
                                     "metrics, less compute)")
     mixed_precision: Literal["no", "bf16", "fp16"] | None = arg(None, "autocast (FSDP: bf16 compute, fp32 "
                                                                       "reduction); default: accelerate's")
-    fsdp: bool | None = arg(None, "shard the student over the processes with torch's FSDP2 (the paper's full "
-                                  "shard); default: as the accelerate config says (configs/fsdp.yaml), "
-                                  "--fsdp for torchrun")
+    fsdp: bool = arg(False, "shard the student over the processes with torch's FSDP2 (the paper's full "
+                            "shard); on by itself when accelerate's config asks for FSDP (configs/fsdp.yaml)")
     # run
     steps: int = arg(200, "rollout steps")
     seed: int = arg(0, "seed for data order, buffer sampling, tie-breaks and sampling")

@@ -174,3 +174,18 @@ def test_fsdp_generates_before_the_first_forward_and_the_chunked_head_trains_und
     assert float(words[words.index("gap") + 1]) < 1e-4  # engine and trainer agree under FSDP
     assert int(words[words.index("units") + 1]) == 3  # the root and one unit per decoder layer
     assert int(words[words.index("grads") + 1]) > 0
+
+
+def test_gpu_check_script_runs_its_stages_on_cpu(tmp_path):
+    """scripts/gpu_check.py, the short script for a lent GPU, on CPU with tiny models: FSDP keeps RoPE's
+    buffers in fp32 under bf16, and train.py --fsdp runs 3 steps with a sync gap per step (the vLLM stage runs
+    where vLLM is installed: CI's vLLM environment)."""
+    import subprocess
+
+    from conftest import ROOT
+
+    res = subprocess.run([sys.executable, "scripts/gpu_check.py", "--cpu", "--tiny", "--work", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=900, check=False)
+    assert res.returncode == 0 and "FAILED" not in res.stdout, res.stdout[-3000:] + res.stderr[-3000:]
+    assert "inv_freq inside the forward: torch.float32" in res.stdout
+    assert res.stdout.count("sync gap") == 3
