@@ -7,26 +7,19 @@ position, replay buffer, config). It is written under a temporary name, flushed 
 when complete; OUT/latest names the newest one. A fresh run never writes into a folder that holds
 another run (unless told to replace it), and resuming skips a damaged checkpoint for the one before.
 """
-import functools
-import hashlib
 import json
 import os
 import re
 import shutil
-import socket
 import warnings
 from dataclasses import asdict
 
 import torch
 
+from config import RUN_FILES
+from data import data_identity
 from zppo import reduce_sum
 
-# what a run writes into its folder: a fresh run refuses a folder that holds any of them, --overwrite deletes
-# them (and config.json, which alone is no run: it is written before the first step)
-RUN_FILES = ("metrics.jsonl", "latest", "checkpoints", "rollouts.jsonl", "reformulated.jsonl")
-# everything else train.py writes there: its config, its lock, accelerate trackers' logs (and NAME.tmp of each
-# while it is replaced atomically); a fresh run refuses a folder that holds anything outside these
-OWN_FILES = RUN_FILES + ("config.json", "lock", "zppo")
 _STEP_DIR = re.compile(r"step_(\d+)")
 # flags whose change on resume is expected and not worth a warning
 _RESUME_FLAGS = {"out_dir", "resume", "steps", "overwrite"}
@@ -34,44 +27,6 @@ _RESUME_FLAGS = {"out_dir", "resume", "steps", "overwrite"}
 
 def step_of(name):
     return int(_STEP_DIR.fullmatch(name).group(1))
-
-
-def run_files(out_dir):
-    """The files of a run in out_dir that a fresh run would clobber (an empty checkpoints/ is none)."""
-    return [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))
-            and not (name == "checkpoints" and not os.listdir(os.path.join(out_dir, name)))]
-
-
-def is_run_config(path):
-    """Whether path is a config.json that train.py wrote (a model's config.json is not)."""
-    try:
-        with open(path) as f:
-            saved = json.load(f)
-    except (OSError, ValueError, RecursionError):
-        return False
-    return isinstance(saved, dict) and {"student", "algo", "out_dir", "questions_per_step"} <= set(saved)
-
-
-def run_config(out_dir):
-    """The config (a dict) of the run in out_dir as its config.json records it; None when train.py wrote
-    none."""
-    path = os.path.join(out_dir, "config.json")
-    if not is_run_config(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
-
-def foreign_files(out_dir):
-    """What out_dir holds that train.py did not write there: a model's files, another tool's, a model's
-    config.json. --overwrite deletes a run's files only, so a folder holding any of these is never a run
-    folder."""
-    found = []
-    for name in sorted(os.listdir(out_dir)):
-        base = name.removesuffix(".tmp")
-        if base not in OWN_FILES or base == "config.json" and not is_run_config(os.path.join(out_dir, name)):
-            found.append(name)
-    return found
 
 
 def clear_run(out_dir):
@@ -82,75 +37,6 @@ def clear_run(out_dir):
             shutil.rmtree(path)
         elif os.path.exists(path):
             os.remove(path)
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, another user's
-        return True
-    return True
-
-
-def take_lock(out_dir):
-    """OUT/lock: one process writes a run folder. It names the pid and host of the process that holds it; a
-    second train.py on the folder (a fresh run, or a --resume of a live run) stops. A lock left by a process
-    that died without releasing it (kill -9, a power cut) is taken over, with a warning. Returns its path."""
-    os.makedirs(out_dir, exist_ok=True)
-    path, host = os.path.join(out_dir, "lock"), socket.gethostname()
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                with open(path) as f:
-                    pid, owner = f.read().split()[:2]
-                pid = int(pid)
-            except (OSError, ValueError):  # empty or garbled: its writer died while writing it
-                pid, owner = None, host
-            if pid is not None and owner != host:
-                raise SystemExit(f"train.py: {out_dir} is locked by pid {pid} on {owner} ({path}): another "
-                                 "train.py writes this run; if none is running there, delete that file"
-                                 ) from None
-            if pid is not None and _alive(pid) and pid != os.getpid():
-                raise SystemExit(f"train.py: {out_dir} is locked by a live process, pid {pid} ({path}): "
-                                 "another train.py writes this run there; wait for it to end or stop it, or "
-                                 f"choose another --out-dir (if pid {pid} is no train.py, delete that file)"
-                                 ) from None
-            warnings.warn(f"{path}: taking over the stale lock of pid {pid} (no such process: it ended "
-                          "without releasing it)")
-            try:
-                os.remove(path)
-            except FileNotFoundError:
-                pass
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()} {host}\n")
-        return path
-    raise SystemExit(f"train.py: could not take the lock {path}: other processes keep taking it")
-
-
-def release_lock(path):
-    """Remove the lock if this process holds it."""
-    try:
-        with open(path) as f:
-            mine = f.read().split()[:1] == [str(os.getpid())]
-        if mine:
-            os.remove(path)
-    except (OSError, TypeError):
-        pass
-
-
-def run_folder(path):
-    """The run folder a --resume path belongs to: the path itself, or OUT for OUT/checkpoints/step_N; None
-    for a checkpoint folder outside a run folder."""
-    path = os.path.normpath(path)
-    if not os.path.exists(os.path.join(path, "trainer_state.pt")):
-        return path
-    parent = os.path.dirname(path)
-    return os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else None
 
 
 def _fsync(path):
@@ -167,24 +53,6 @@ def _fsync_tree(path):
         for name in files:
             _fsync(os.path.join(folder, name))
         _fsync(folder)
-
-
-@functools.lru_cache(maxsize=4)
-def _sha256(path, size, mtime_ns):  # hashed once per version of the file, not at every save
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def data_identity(data):
-    """What a run's questions are: a data file's path and content hash (the buffer and the data position refer
-    to its rows), or the name of a generated or hub data set."""
-    if not os.path.isfile(data):
-        return {"name": data}
-    stat, path = os.stat(data), os.path.realpath(data)
-    return {"path": path, "sha256": _sha256(path, stat.st_size, stat.st_mtime_ns)}
 
 
 def resume_problems(cfg, path):
@@ -554,3 +422,44 @@ def resume_from(cfg, ckpt, model, optimizer, rng, buffer, accelerator):
                 group[key] = getattr(cfg, key)
     print(f"resumed from {ckpt} at step {start}")
     return start, data_pos
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a step's lines: metrics.jsonl and the optional dumps
+
+
+def write_step(cfg, step, metrics, eps, helped, log_path, accelerator):
+    """One line of metrics.jsonl and the optional dumps (rollouts.jsonl, reformulated.jsonl)."""
+    if not accelerator.is_main_process:
+        return
+    if cfg.dump_rollouts:
+        with open(os.path.join(cfg.out_dir, "rollouts.jsonl"), "a") as f:
+            f.writelines(json.dumps({"step": step, "group": e.group, "kind": e.kind, "reward": e.reward,
+                                     "adv": e.adv, "tokens": len(e.token_ids),
+                                     "images": len(e.vision["image_grid_thw"]) if e.vision else 0}) + "\n"
+                         for e in eps)
+    if cfg.dump_reformulated:
+        with open(os.path.join(cfg.out_dir, "reformulated.jsonl"), "a") as f:
+            f.writelines(json.dumps({"step": step, "kind": g.kind, "id": g.question["id"], "prompt": g.text,
+                                     "images": g.question.get("images", []), "answer": g.question["answer"],
+                                     "rollouts": [{"text": r.text, "reward": x} for r, x in
+                                                  zip(g.rollouts, g.rewards)]}) + "\n"
+                         for g in helped)
+    with open(log_path, "a") as f:
+        f.write(json.dumps({"step": step, **metrics}) + "\n")
+    accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=step)
+
+
+def add_to_step(step, metrics, log_path, accelerator):
+    """Merge metrics (an evaluation that ran after the step's checkpoint) into the step's line, the last one
+    of metrics.jsonl; the file is replaced atomically, so a crash leaves the line with or without them."""
+    if not accelerator.is_main_process or not metrics:
+        return
+    with open(log_path) as f:
+        lines = f.readlines()
+    row = json.loads(lines[-1])
+    if row["step"] != step:
+        raise ValueError(f"{log_path}: the last line is step {row['step']}, not {step}")
+    lines[-1] = json.dumps({**row, **metrics}) + "\n"
+    atomic_write(log_path, "".join(lines))
+    accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=step)

@@ -5,14 +5,15 @@ model loads (`validate`): a bad value would otherwise do zero work, learn nothin
     python train.py --help      # every flag with its default and help
 """
 import importlib.util
+import json
 import os
+import socket
+import urllib.parse
 import warnings
 from dataclasses import dataclass, field
 from typing import Literal
 
 from transformers import HfArgumentParser
-
-from checkpoint import foreign_files, run_files, run_folder
 
 TEACHER_GUIDED = ("hint", "prefix")  # one extra group per capped hard question with a correct teacher rollout
 DISTILLATION = ("off_distill", "on_distill")  # a JSD loss to the teacher's distributions instead of PPO
@@ -59,13 +60,23 @@ def vllm_missing(what):
             "torchvision torchaudio torchcodec (README, \"vLLM on CPU\"); or use --engine transformers")
 
 
-def gpu_memory():
-    """This process's GPU's memory in bytes, or None without one."""
-    import torch
+def url_problem(url):
+    """What is wrong with a server URL (no http:// or https:// scheme, no host), or None."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"{url}: not an http:// or https:// URL with a host (e.g. http://{url.split('://')[-1]})"
+    return None
 
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0"))).total_memory
+
+def max_model_len(cfg):
+    """--max-model-len, or the run's longest sequence: a plain prompt (--max-prompt-tokens), the longer
+    response cap (student or teacher), and room for G_S compressed candidates (the longest NCQ) [our
+    default]. vLLM reserves KV cache for it (the model's own 262,144 would not fit a large student's
+    share)."""
+    if cfg.max_model_len is not None:
+        return cfg.max_model_len
+    return cfg.max_prompt_tokens + max(cfg.max_new_tokens, cfg.teacher_max_new_tokens) \
+        + cfg.group_size * cfg.compress_max_new_tokens
 
 
 def use_fsdp(cfg):
@@ -104,8 +115,8 @@ class Config:
                                  "error)")
     # ZPPO (paper's Table 8)
     algo: Literal["zppo", "grpo", "hint", "prefix", "off_distill", "on_distill"] = arg(
-        "zppo", "zppo, or one of the paper's baselines (PRESETS below; Hint and Prefix in reformulate.py, "
-                "the distillation ones in distill.py): grpo = --no-buffer --no-bcq --no-ncq; hint and prefix "
+        "zppo", "zppo, or one of the paper's baselines (baselines.py; PRESETS above sets their flags): grpo "
+                "= --no-buffer --no-bcq --no-ncq; hint and prefix "
                 "replay by default, grpo and the distillation ones do not (--buffer/--no-buffer)")
     buffer: bool = arg(True, "replay hard questions until they graduate")
     bcq: bool = arg(True, "binary-choice questions (teacher answer vs. student wrong answer)")
@@ -216,6 +227,118 @@ def parse_config(argv=None):
     return cfg
 
 
+# ---------------------------------------------------------------------------------------------------------
+# the run folder: what train.py writes there, so a fresh run never clobbers another run or a model's folder
+
+# what a run writes into its folder: a fresh run refuses a folder that holds any of them, --overwrite deletes
+# them (and config.json, which alone is no run: it is written before the first step)
+RUN_FILES = ("metrics.jsonl", "latest", "checkpoints", "rollouts.jsonl", "reformulated.jsonl")
+
+# everything else train.py writes there: its config, its lock, accelerate trackers' logs (and NAME.tmp of each
+# while it is replaced atomically); a fresh run refuses a folder that holds anything outside these
+OWN_FILES = RUN_FILES + ("config.json", "lock", "zppo")
+
+def run_files(out_dir):
+    """The files of a run in out_dir that a fresh run would clobber (an empty checkpoints/ is none)."""
+    return [name for name in RUN_FILES if os.path.exists(os.path.join(out_dir, name))
+            and not (name == "checkpoints" and not os.listdir(os.path.join(out_dir, name)))]
+
+def is_run_config(path):
+    """Whether path is a config.json that train.py wrote (a model's config.json is not)."""
+    try:
+        with open(path) as f:
+            saved = json.load(f)
+    except (OSError, ValueError, RecursionError):
+        return False
+    return isinstance(saved, dict) and {"student", "algo", "out_dir", "questions_per_step"} <= set(saved)
+
+def run_config(out_dir):
+    """The config (a dict) of the run in out_dir as its config.json records it; None when train.py wrote
+    none."""
+    path = os.path.join(out_dir, "config.json")
+    if not is_run_config(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+def foreign_files(out_dir):
+    """What out_dir holds that train.py did not write there: a model's files, another tool's, a model's
+    config.json. --overwrite deletes a run's files only, so a folder holding any of these is never a run
+    folder."""
+    found = []
+    for name in sorted(os.listdir(out_dir)):
+        base = name.removesuffix(".tmp")
+        if base not in OWN_FILES or base == "config.json" and not is_run_config(os.path.join(out_dir, name)):
+            found.append(name)
+    return found
+
+def run_folder(path):
+    """The run folder a --resume path belongs to: the path itself, or OUT for OUT/checkpoints/step_N; None
+    for a checkpoint folder outside a run folder."""
+    path = os.path.normpath(path)
+    if not os.path.exists(os.path.join(path, "trainer_state.pt")):
+        return path
+    parent = os.path.dirname(path)
+    return os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else None
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, another user's
+        return True
+    return True
+
+def take_lock(out_dir):
+    """OUT/lock: one process writes a run folder. It names the pid and host of the process that holds it; a
+    second train.py on the folder (a fresh run, or a --resume of a live run) stops. A lock left by a process
+    that died without releasing it (kill -9, a power cut) is taken over, with a warning. Returns its path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path, host = os.path.join(out_dir, "lock"), socket.gethostname()
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    pid, owner = f.read().split()[:2]
+                pid = int(pid)
+            except (OSError, ValueError):  # empty or garbled: its writer died while writing it
+                pid, owner = None, host
+            if pid is not None and owner != host:
+                raise SystemExit(f"train.py: {out_dir} is locked by pid {pid} on {owner} ({path}): another "
+                                 "train.py writes this run; if none is running there, delete that file"
+                                 ) from None
+            if pid is not None and _alive(pid) and pid != os.getpid():
+                raise SystemExit(f"train.py: {out_dir} is locked by a live process, pid {pid} ({path}): "
+                                 "another train.py writes this run there; wait for it to end or stop it, or "
+                                 f"choose another --out-dir (if pid {pid} is no train.py, delete that file)"
+                                 ) from None
+            warnings.warn(f"{path}: taking over the stale lock of pid {pid} (no such process: it ended "
+                          "without releasing it)")
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {host}\n")
+        return path
+    raise SystemExit(f"train.py: could not take the lock {path}: other processes keep taking it")
+
+def release_lock(path):
+    """Remove the lock if this process holds it."""
+    try:
+        with open(path) as f:
+            mine = f.read().split()[:1] == [str(os.getpid())]
+        if mine:
+            os.remove(path)
+    except (OSError, TypeError):
+        pass
+
+
 def _missing_local_path(name):
     """A model name that can only be a local path (./x, /x, a/b/c, x.gguf, odd characters) and does not exist.
     owner/name and bare names may be hub ids: whether they load is only known by trying."""
@@ -267,79 +390,10 @@ def value_problems(cfg):
             for name, ok, need in rules if not ok]
 
 
-def checkpoint_parameters(name):
-    """(parameters, bytes per parameter) of a checkpoint from its safetensors headers: a local folder, or a
-    hub id already in the local cache; None when neither is there (not downloaded yet, or a .gguf file)."""
-    import json
-    import struct
-
-    folder = name if os.path.isdir(name) else None
-    if folder is None and "/" in name and not name.endswith(".gguf"):
-        try:
-            from huggingface_hub import snapshot_download
-
-            folder = snapshot_download(name, allow_patterns=["*.safetensors"], local_files_only=True)
-        except Exception:  # noqa: BLE001 (not in the cache, or no hub library: unknown)
-            return None
-    files = [os.path.join(folder, f) for f in sorted(os.listdir(folder))
-             if f.endswith(".safetensors")] if folder else []
-    count, nbytes = 0, 0
-    for path in files:
-        with open(path, "rb") as f:
-            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-        for key, tensor in header.items():
-            if key != "__metadata__":
-                n = 1
-                for d in tensor["shape"]:
-                    n *= d
-                count += n
-                nbytes += tensor["data_offsets"][1] - tensor["data_offsets"][0]
-    return (count, nbytes / count) if count else None
-
-
-GIB = 2 ** 30
-
-
-def memory_problems(cfg, gpu_bytes, world, student, teacher, fsdp):
-    """What does not fit on one GPU, checked at start, before anything loads: a list of lines (empty when it
-    fits), and the plan they come from. `student` and `teacher`: checkpoint_parameters' (parameters, bytes per
-    parameter), or None when unknown (that part is then left out). The trainer holds fp32 weights and
-    gradients and AdamW's two moments, 16 bytes per parameter (FSDP: its share of them), besides the
-    activations of the update; a colocated vLLM engine takes its --*-gpu-memory-utilization share of the
-    GPU; an in-process vLLM teacher must hold its weights in its share with room for KV cache, and is awake
-    only during its calls (--teacher-sleep), but then beside the trainer and the student's engine; an
-    in-process transformers teacher keeps bf16 weights on the GPU all the time."""
-    plan, problems = {}, []
-    engine = cfg.engine if cfg.engine != "auto" else \
-        "vllm" if importlib.util.find_spec("vllm") else "transformers"  # on a GPU: train.py's choice
-    if student:
-        plan["trainer (fp32 weights, gradients, AdamW)"] = 16 * student[0] / (world if fsdp else 1)
-    if engine == "vllm":
-        plan["student's vLLM engine"] = cfg.vllm_gpu_memory_utilization * gpu_bytes
-    in_process = cfg.teacher not in (None, "gold") and not cfg.teacher_url
-    kind = cfg.teacher_engine if cfg.teacher_engine != "auto" else engine
-    if in_process and teacher:
-        weights = teacher[0] * min(teacher[1], 2)  # bf16, or the checkpoint's own (FP8: 1 byte)
-        if kind == "vllm":
-            share = cfg.teacher_gpu_memory_utilization * gpu_bytes
-            plan["teacher's vLLM engine (awake during its calls)"] = share
-            if weights > 0.9 * share:
-                problems.append(f"the teacher's weights ({weights / GIB:.1f} GiB) do not fit its share of "
-                                "the GPU (--teacher-gpu-memory-utilization "
-                                f"{cfg.teacher_gpu_memory_utilization}: {share / GIB:.1f} GiB) with room for "
-                                "its KV cache")
-        else:
-            plan["teacher (transformers, bf16 weights)"] = weights
-    used = sum(plan.values())
-    if used > 0.95 * gpu_bytes:
-        problems.append(f"the run needs {used / GIB:.1f} GiB of the GPU's {gpu_bytes / GIB:.1f} GiB before "
-                        "any activation (" + ", ".join(f"{k} {v / GIB:.1f}" for k, v in plan.items()) + ")")
-    return problems, plan
-
-
-def validate(cfg):
+def validate(cfg, benchmarks=()):
     """Every flag and the output folder, checked before anything loads; fills in --out-dir. Raises SystemExit
-    listing each problem: a bad value would otherwise do zero work, learn nothing or fail mid-run."""
+    listing each problem: a bad value would otherwise do zero work, learn nothing or fail mid-run.
+    `benchmarks`: the names --eval-benchmarks may use (eval.py's)."""
     problems = value_problems(cfg)
     in_process_teacher = None if cfg.teacher == "gold" or cfg.teacher_url else cfg.teacher
     for role, name in (("student", None if cfg.resume else cfg.student), ("teacher", in_process_teacher)):
@@ -347,18 +401,14 @@ def validate(cfg):
             problems.append(f"--{role} {name}: no such file or directory (the {role} model; a hub id is "
                             "owner/name)")
     if cfg.teacher_url:
-        from rollout import RemoteEngine
-
-        problem = RemoteEngine.url_problem(cfg.teacher_url)
+        problem = url_problem(cfg.teacher_url)
         if problem:
             problems.append(f"--teacher-url {problem}")
     if cfg.eval_benchmarks:  # a typo found now, not as a failed evaluation at the end of the run
-        from benchmarks import BENCHMARKS
-
-        unknown = [n for n in cfg.eval_benchmarks.split(",") if n.strip() not in BENCHMARKS]
+        unknown = [n for n in cfg.eval_benchmarks.split(",") if n.strip() not in benchmarks]
         if unknown:
             problems.append(f"--eval-benchmarks {cfg.eval_benchmarks}: unknown "
-                            f"{', '.join(map(repr, unknown))} (known: {', '.join(BENCHMARKS)})")
+                            f"{', '.join(map(repr, unknown))} (known: {', '.join(benchmarks)})")
     precision = cfg.mixed_precision or os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
     if use_fsdp(cfg) and precision == "fp16":
         problems.append("--mixed-precision fp16: not with FSDP (its gradients would need a sharded loss "
@@ -398,14 +448,6 @@ def validate(cfg):
     if "vllm" in (cfg.engine, cfg.teacher_engine) and importlib.util.find_spec("vllm") is None:
         flag = "--engine" if cfg.engine == "vllm" else "--teacher-engine"
         problems.append(vllm_missing(f"{flag} vllm"))
-    if not problems and importlib.util.find_spec("torch") and gpu_memory():
-        student = checkpoint_parameters(cfg.resume or cfg.student)
-        teacher = checkpoint_parameters(cfg.teacher) if in_process_teacher else None
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        found, _ = memory_problems(cfg, gpu_memory(), world, student, teacher, use_fsdp(cfg))
-        problems += [f"GPU memory: {p}; docs/gpus.md lists the layouts that fit each student and teacher "
-                     "(e.g. the teacher on GPUs of its own with --teacher-url, --fsdp over more GPUs, lower "
-                     "shares)" for p in found]
     if problems:
         raise SystemExit("train.py: cannot start:\n  " + "\n  ".join(problems))
     teacher_room = cfg.max_prompt_tokens + cfg.teacher_max_new_tokens  # an in-process teacher's engine's

@@ -12,6 +12,8 @@ bomb, or a shape the image processor refuses; the error names the data file and 
 image path, what is wrong and what was expected. Any mode PIL converts to RGB (palette, 16-bit, CMYK, 1-bit)
 is fine: training converts it the same way (rollout.open_image).
 """
+import functools
+import hashlib
 import json
 import os
 import random
@@ -275,3 +277,20 @@ def take(examples, n, seed, epoch, pos):
     order = list(range(len(examples)))
     random.Random(seed * 100_003 + epoch).shuffle(order)
     return [examples[i] for i in order[pos:pos + n]], epoch, pos + n
+
+
+@functools.lru_cache(maxsize=4)
+def _sha256(path, size, mtime_ns):  # hashed once per version of the file, not at every save
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+def data_identity(data):
+    """What a run's questions are: a data file's path and content hash (the buffer and the data position refer
+    to its rows), or the name of a generated or hub data set."""
+    if not os.path.isfile(data):
+        return {"name": data}
+    stat, path = os.stat(data), os.path.realpath(data)
+    return {"path": path, "sha256": _sha256(path, stat.st_size, stat.st_mtime_ns)}

@@ -34,11 +34,12 @@ if __name__ == "__main__":
 import torch
 
 import train
-from checkpoint import run_config, run_files
+from config import run_config, run_files
 from data import make_arithmetic
 from eval import evaluate
+from models import TransformersEngine, checkpointing, load_model, smollm2_gguf
 from reformulate import with_closer
-from rollout import TransformersEngine, chat_prompt_ids, checkpointing, load_model, smollm2_gguf
+from rollout import chat_prompt_ids
 
 
 def format_primer(model, tokenizer, examples, epochs=1, batch_size=16, lr=1e-4, bf16=True):

@@ -1,4 +1,4 @@
-"""Benchmark evaluation, as the paper scores it (its appendix B.2, the project's EVAL.md; docs/evaluation.md).
+"""Benchmark evaluation, as the paper scores it (its appendix B.2; docs/EVAL.md, docs/evaluation.md).
 
     python eval.py --model runs/demo/zppo/checkpoints/step_000010 --benchmarks arithmetic
     python eval.py --model Qwen3.5-0.8B --benchmarks aime2025,mmlu_redux,hle --judge Qwen3.5-27B \\
@@ -151,17 +151,9 @@ def load_engines(cfg, device):
     """The judge first (one that cannot work stops before the model loads), then the student's engine, every
     checkpoint at the paper's image resolution (a base model's processor would otherwise use its own
     defaults and a trained one its training bounds)."""
-    from rollout import (
-        TransformersEngine,
-        VLLMEngine,
-        frozen_engine,
-        load_model,
-        load_tokenizer,
-        pick_engine,
-        resolve_model_name,
-        vllm_dtype,
-        vllm_missing,
-    )
+    from config import vllm_missing
+    from models import TransformersEngine, frozen_engine, load_model, load_tokenizer, resolve_model_name
+    from rollout import VLLMEngine, pick_engine, vllm_dtype
 
     judge = frozen_engine(cfg.judge, cfg.judge_url, device=device, batch_size=cfg.batch_size,
                           timeout=cfg.judge_timeout, retries=cfg.judge_retries)
@@ -180,11 +172,11 @@ def load_engines(cfg, device):
 def main(cfg):
     """Evaluate; the summary is returned. --out is written at the start ("incomplete"), after every benchmark
     (still "incomplete", the finished and pending names) and at the end ("complete", the results)."""
-    from rollout import RemoteEngine
+    from config import url_problem
 
     names = check(cfg)
-    if cfg.judge_url and RemoteEngine.url_problem(cfg.judge_url):
-        raise ValueError(f"--judge-url {RemoteEngine.url_problem(cfg.judge_url)}")
+    if cfg.judge_url and url_problem(cfg.judge_url):
+        raise ValueError(f"--judge-url {url_problem(cfg.judge_url)}")
     outputs = [cfg.out, cfg.responses, *([samples_path(cfg, n) for n in names] if cfg.log_samples else [])]
     held = lock_outputs(outputs)  # before anything loads: a second writer stops at once
     try:
@@ -267,6 +259,38 @@ def run_eval(cfg, names):
         print(f"eval.py: scores that rest on failed judge calls: {', '.join(judge_failures(summary))}",
               file=sys.stderr)
     return summary
+
+
+def periodic_eval(student, teacher, cfg, step, log, log_path, accelerator):
+    """eval.py's benchmarks every --eval-every steps and at the end, added to the step's metrics line; the
+    teacher judges free-form answers. It runs after the step's checkpoint is saved, and its sampling draws on
+    a forked random state, so a run resumes exactly whether or not it evaluates. A failure is reported
+    (eval/failed) and training goes on."""
+    import torch
+
+    from checkpoint import add_to_step
+
+    if not cfg.eval_benchmarks or not ((cfg.eval_every and step % cfg.eval_every == 0) or step == cfg.steps):
+        return
+    try:
+        devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+        with torch.random.fork_rng(devices=devices):
+            summary = run_benchmarks(student, cfg.eval_benchmarks.split(","), cfg.eval_samples,
+                                     cfg.eval_max_new_tokens, judge=teacher, data_dir=cfg.eval_data_dir,
+                                     limit=cfg.eval_limit, log=log)
+        metrics = {f"eval/{name}": r["accuracy"] for name, r in summary["benchmarks"].items()}
+        metrics.update({f"eval/macro_{fam}": acc for fam, acc in summary["macro"].items()})
+        for name, r in summary["benchmarks"].items():  # judge calls that failed were scored 0: a lower bound
+            if r.get("judge_failed"):
+                metrics[f"eval/{name}_judge_failed"] = r["judge_failed"]
+        if summary["errors"]:  # a benchmark that failed (a bad file line) is reported, not raised
+            log(f"step {step}: evaluation of {', '.join(summary['errors'])} failed; training goes on")
+            metrics["eval/failed"] = 1.0
+        log(f"step {step}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
+    except Exception as e:  # noqa: BLE001 (an evaluation costs its own numbers at most, never the run)
+        log(f"step {step}: evaluation failed ({type(e).__name__}: {e}); training goes on")
+        metrics = {"eval/failed": 1.0}
+    add_to_step(step, metrics, log_path, accelerator)
 
 
 if __name__ == "__main__":

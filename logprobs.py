@@ -1,6 +1,6 @@
 """Teacher-forced log-probs of response tokens, without ever holding (tokens x vocabulary) logits.
 
-The update (zppo.py), the distillation baselines (distill.py) and the engines (rollout.py) share this file:
+The update (zppo.py), the distillation baselines (baselines.py) and the engines (models.py) share this file:
 the padded batch of prompts + responses, the output-head kernels that work chunk by chunk, and the tokens
 the policy never samples. A vocabulary of 248,320 words makes full logits of a 12,288-token response 12 GB
 in fp32; the kernels keep one chunk of 256 MB at a time and recompute it in backward (the technique of

@@ -2,14 +2,12 @@
 
 The teacher reaches the student only through these strings: BCQ shows one correct teacher answer and
 one wrong student answer without saying which is which; NCQ shows the student's own wrong attempts,
-labelled wrong. Prompt strings are the paper's, as ZPPO.md gives them; spec steps 4-6. The paper's Hint and
-Prefix baselines put the teacher's help into the student's prompt too: their builders, at the end, return
-groups of the same shape as BCQ/NCQ's (`bcq_ncq_groups`, `hint_groups`, `prefix_groups`).
+labelled wrong. Prompt strings are the paper's, as docs/ZPPO.md gives them; spec steps 4-6. The Hint and
+Prefix baselines' groups, of the same shape as `bcq_ncq_groups`', are baselines.py's.
 """
-import math
 import re
 
-from reward import after_thinking, last_boxed
+from reward import last_boxed
 from zppo import Group
 
 CLOSER = (
@@ -174,91 +172,3 @@ def bcq_ncq_groups(plain, kept, correct, rng, cap, bcq, ncq, compressor=None, ma
     texts = reformulated_prompts(chosen, [g.text for g in plain], wrong, correct_texts, rng, compressor,
                                  max_chars, **sampling)
     return [Group(plain[i].question, kind, text) for (i, kind), text in zip(chosen, texts)]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Hint: the teacher's help as an answer-free hint inside the prompt
-
-HINT_TEMPLATE = (
-    "Read the solved response below and write a concise hint that helps solve the original question. "
-    "Do NOT reveal the final answer, do NOT include any \\boxed{{}} expression, and do NOT copy the full "
-    "solution. Keep only high-level guidance or the key intermediate idea. <response>\n{response} </response>"
-)
-
-
-def hint_prompt(response):
-    return HINT_TEMPLATE.format(response=response)
-
-
-def hinted_question(question, hint):
-    """The student's prompt (before the closer): the question, then the hint in the paper's tags."""
-    return f"{question} <hint> {hint} </hint>"
-
-
-def hint_leaks(hint, gold):
-    """A hint that gives the answer away: it holds a \\boxed{ or the gold answer as a whole word or number
-    (so gold 7 leaks in "the sum is 7" but not in "17"). The paper does not filter them; we count them."""
-    gold = str(gold).strip()
-    whole = re.search(rf"(?<![\w.]){re.escape(gold)}(?![\w]|\.\d)", hint) if gold else None
-    return "\\boxed{" in hint or whole is not None
-
-
-def hint_groups(plain, kept, correct, rng, teacher, max_new_tokens):
-    """The Hint baseline's groups. For each capped hard question (`kept`, hardest first) with a correct
-    teacher rollout (correct[i], fresh this step): one picked uniformly, the teacher writes a hint from it
-    with the spec's hint prompt (greedy). The reply is the hint as written, except that a reasoning teacher's
-    thinking (everything up to its last </think>, reward.after_thinking) is dropped [our default]: it is the
-    teacher's scratch work, not the hint. A remote request that failed for good gives no hint for that
-    question."""
-    picks = [(i, rng.choice(correct[i]).text) for i in kept if correct.get(i)]
-    outs = teacher.generate([hint_prompt(r) for _, r in picks], n=1, max_new_tokens=max_new_tokens,
-                            temperature=0.0, top_p=1.0, top_k=0) if picks else []
-    hints = [(i, after_thinking(out[0].text)) for (i, _), out in zip(picks, outs) if out]
-    return [Group(plain[i].question, "hint", hinted_question(plain[i].text, h), hint=h) for i, h in hints]
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Prefix: the teacher's help as the start of the student's answer
-#
-# How the prefix is kept out of the loss: it is given to the engine as `response_prefixes` (token ids appended
-# after the chat-templated prompt, rollout.py), so each continuation's Episode has the prefix at the end of
-# its prompt_ids and only the sampled tokens in token_ids. The update then needs nothing new: prompt tokens
-# never reach the loss or the token count, the old log-probs and the sync check cover exactly the sampled
-# tokens, and the model sees in training the very sequence it continued in sampling. (A mask over the first k
-# response tokens would have touched every function of zppo.py that reads token_ids.)
-
-
-def prefix_length(n, frac):
-    """floor(frac * n), Alg. 6's p = (t_1 .. t_floor(alpha L)); the 1e-9 keeps a product such as 0.29 * 100
-    (28.999999999999996 in floats) at its exact value."""
-    return math.floor(frac * n + 1e-9)
-
-
-def prefix_ids(rollout, tokenizer, frac, teacher_tokenizer=None):
-    """The first floor(frac * L) of a correct teacher rollout's L tokens, as student token ids. L counts the
-    teacher's own tokens as its engine returned them, less the end-of-sequence token that closes them (the
-    prefix is the start of the answer's text). teacher_tokenizer None: the teacher shares the student's
-    tokenizer and the ids are used as they are; a teacher with another tokenizer has its first floor(frac * L)
-    tokens decoded and re-tokenized with the student's [our default]. A rollout without token ids (a worked
-    solution under --teacher gold, a remote teacher's text) is tokenized with the student's tokenizer and cut
-    there."""
-    ids, source = list(rollout.token_ids), teacher_tokenizer or tokenizer
-    if not ids:
-        ids, source = tokenizer(rollout.text, add_special_tokens=False)["input_ids"], tokenizer
-    elif ids[-1] in source.all_special_ids:
-        ids = ids[:-1]
-    cut = ids[:prefix_length(len(ids), frac)]
-    if source is tokenizer:
-        return cut
-    return tokenizer(source.decode(cut, skip_special_tokens=True), add_special_tokens=False)["input_ids"]
-
-
-def prefix_groups(plain, kept, correct, rng, tokenizer, frac, teacher_tokenizer=None):
-    """The Prefix baseline's groups: for each capped hard question with a correct teacher rollout
-    (correct[i]), one picked uniformly and cut to the first floor(frac * L) of its tokens (prefix_ids); the
-    student continues it after the plain question. A question without a correct teacher rollout has its plain
-    rollouts only."""
-    return [Group(plain[i].question, "prefix", plain[i].text,
-                  prefix=prefix_ids(rng.choice(correct[i]), tokenizer, frac, teacher_tokenizer))
-            for i in kept if correct.get(i)]
-

@@ -1,6 +1,6 @@
 """The binary reward: is the last \\boxed{} answer of a response equivalent to the gold answer?
 
-Spec section "Reward" and EVAL.md "Exact+Judge". The rule grader (`grade`) checks short answers and
+Spec section "Reward" and docs/EVAL.md "Exact+Judge". The rule grader (`grade`) checks short answers and
 letters in the response's final answer, the part after its reasoning (`final_part`: a box written only
 inside <think> is no final answer); every row it cannot resolve (a free-form gold answer, no parseable box
 in the final answer, a truncated response) goes to the LLM judge with the paper's prompt and the full
@@ -241,7 +241,7 @@ def answers_match(pred, gold):
 def final_part(text):
     """Where a response's final answer is: the text after its last </think>; nothing when a <think> block
     opened and never closed (the reasoning was cut: no final answer was written); the whole text when there
-    is no think tag. Only the judge looks inside the reasoning (EVAL.md), so the rule grader and the
+    is no think tag. Only the judge looks inside the reasoning (docs/EVAL.md), so the rule grader and the
     benchmarks' deterministic parsers read this part alone."""
     if "</think>" in text:
         return text.rsplit("</think>", 1)[1]
@@ -270,8 +270,8 @@ def grade(response, gold):
 # ---------------------------------------------------------------------------------------------------------
 # routing (Exact+Judge): the rule grader first, the judge for every row the rule cannot resolve
 
-# The paper's shared judge prompt (Fig. 9; EVAL.md), verbatim: a Jinja2 template, `options` rendered only when
-# the benchmark has answer options. Its long lines are kept as the paper prints them.
+# The paper's shared judge prompt (Fig. 9; docs/EVAL.md), verbatim: a Jinja2 template, `options` rendered only
+# when the benchmark has answer options. Its long lines are kept as the paper prints them.
 JUDGE_PROMPT = r"""You are an expert judge evaluating whether a model's response is correct according to the ground truth.
 ## Your Role (READ FIRST)
 You are a COMPARATOR, not a solver. Your ONLY job is to decide how well the model's response matches the provided GROUND TRUTH.

@@ -1,7 +1,7 @@
 """ZPPO's optimisation: the step's groups, their advantages (REINFORCE++ two-step), the clipped policy loss,
-the mini-batch plan, the update and the sync check. Spec (ZPPO.md) steps 8 to 10.
+the mini-batch plan, the update and the sync check. Spec (docs/ZPPO.md) steps 8 to 10.
 
-Values in, values out: a step's `Group`s become `Episode`s with their advantages (`episodes`), the plan is
+Values in, values out: a step's `Group`s become `Episode`s with their advantages (`episodes_of`), the plan is
 returned by `plan_minibatches`, the sampling policy's log-probs by `old_logprobs`, and `ppo_update` takes all
 three. The formulas are checked by hand in tests/test_zppo.py; the log-prob kernel is logprobs.py's.
 """
@@ -46,7 +46,7 @@ class Episode:
     vision: dict = None  # the prompt's image inputs (pixel_values, image_grid_thw); None for a text prompt
 
 
-def episodes(groups, norm="without_zero"):
+def episodes_of(groups, norm="without_zero"):
     """Spec steps 8-9: every rollout of every group as an Episode with its group's advantage."""
     flat = [(g, r, reward) for g in groups for r, reward in zip(g.rollouts, g.rewards)]
     advantages = compute_advantages([reward for _, _, reward in flat], [g.id for g, _, _ in flat], norm=norm)
@@ -57,7 +57,7 @@ def episodes(groups, norm="without_zero"):
 ADV_NORMS = ("without_zero", "with_zero", "none")
 
 
-def compute_advantages(rewards, group_ids, norm="without_zero", eps=1e-6):
+def compute_advantages(rewards, group_ids, norm="without_zero", epsilon=1e-6):
     """One scalar advantage per rollout.
 
     Step 1: A' = r - mean(r of its group); no per-group std division, so a group of 1/8 and a group of
@@ -88,12 +88,12 @@ def compute_advantages(rewards, group_ids, norm="without_zero", eps=1e-6):
     nontrivial = (hi > lo)[inverse]
     if norm == "with_zero":
         mu, sigma = centred.mean(), centred.std(correction=0)
-        return (centred - mu) / (sigma + eps)
+        return (centred - mu) / (sigma + epsilon)
     if not nontrivial.any():
         return torch.zeros_like(rewards)
     sel = centred[nontrivial]
     mu, sigma = sel.mean(), sel.std(correction=0)
-    return torch.where(nontrivial, (centred - mu) / (sigma + eps), torch.zeros_like(centred))
+    return torch.where(nontrivial, (centred - mu) / (sigma + epsilon), torch.zeros_like(centred))
 
 
 def policy_loss(logprobs, old_logprobs, advantages, mask, clip_low=0.2, clip_high=0.28, dual_clip=10.0,
@@ -143,27 +143,28 @@ class Plan:
     and this rank's part of the work."""
     minibatches: list  # I lists of episode indices, in step order
     computed: list  # per episode: does its forward/backward run? (False for A = 0 under skip_zero_adv)
-    mine: list  # per mini-batch, the computed episodes this rank runs
-    share: list  # the episodes whose sampling-policy log-probs this rank computes (old_logprobs, sync_check)
+    rank_work: list  # per mini-batch, the computed episodes this rank runs
+    rank_logprobs: list  # the episodes whose sampling-policy log-probs this rank computes (old_logprobs)
 
 
-def plan_minibatches(eps, iters, rng, rank=0, world=1, skip_zero_adv=True):
+def plan_minibatches(episodes, iters, rng, rank=0, world=1, skip_zero_adv=True):
     """The whole step batch shuffled into I equal mini-batches; every rank takes every world-th sequence of a
     mini-batch that enters the gradient. A sequence with A = 0 adds exactly zero loss and zero gradient, so
     with skip_zero_adv it is not computed at all; its tokens still count in the token-level mean, so the
     gradient is identical, only cheaper (early on most groups are trivial). Its sampling log-probs are still
-    computed, by one rank each (`share`), so the entropy and the sync check cover every rollout."""
-    order = list(range(len(eps)))
+    computed, by one rank each (`rank_logprobs`), so the entropy and the sync check cover every rollout."""
+    order = list(range(len(episodes)))
     rng.shuffle(order)
     I = min(iters, len(order))
-    computed = [not skip_zero_adv or e.adv != 0 for e in eps]
-    minibatches, mine = [], []
+    computed = [not skip_zero_adv or e.adv != 0 for e in episodes]
+    minibatches, work = [], []
     for k in range(I):
         mb = order[k * len(order) // I:(k + 1) * len(order) // I]
         minibatches.append(sorted(mb))
-        mine.append(sorted([i for i in mb if computed[i]][rank::world]))
-    ours = {i for m in mine for i in m} | set([i for i in range(len(eps)) if not computed[i]][rank::world])
-    return Plan(minibatches, computed, mine, sorted(ours))
+        work.append(sorted([i for i in mb if computed[i]][rank::world]))
+    skipped = [i for i in range(len(episodes)) if not computed[i]]
+    logprobs = {i for w in work for i in w} | set(skipped[rank::world])
+    return Plan(minibatches, computed, work, sorted(logprobs))
 
 
 def reduce_sum(accelerator, values):
@@ -182,32 +183,33 @@ def passes(accelerator, n):
     return int(accelerator.gather(torch.tensor([n], device=accelerator.device)).max())
 
 
-def micro_batches(indices, eps, size):
+def micro_batches(indices, episodes, size):
     """Episode indices in chunks of `size`, of similar length (sorted), so little compute goes to padding."""
-    order = sorted(indices, key=lambda i: (len(eps[i].prompt_ids), len(eps[i].token_ids)))
+    order = sorted(indices, key=lambda i: (len(episodes[i].prompt_ids), len(episodes[i].token_ids)))
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
-def shortest(eps):
+def shortest(episodes):
     """The index of the cheapest episode: what a filler forward runs."""
-    return min(range(len(eps)), key=lambda i: len(eps[i].prompt_ids) + len(eps[i].token_ids))
+    return min(range(len(episodes)), key=lambda i: len(episodes[i].prompt_ids + episodes[i].token_ids))
 
 
 @torch.no_grad()
-def old_logprobs(model, eps, plan, temperature, micro_batch_size, pad_id, accelerator):
+def old_logprobs(model, episodes, plan, temperature, micro_batch_size, pad_id, accelerator):
     """The sampling policy's log-probs (the weights before this step's updates) of this rank's episodes
-    (plan.share), as {episode index: per-token list}, and the policy's mean token entropy over every rollout
-    of the step, all ranks together (None if there are no tokens)."""
+    (plan.rank_logprobs), as {episode index: per-token list}, and the policy's mean token entropy over every
+    rollout of the step, all ranks together (None if there are no tokens)."""
     model.eval()
     old, ent_sum, n_tok = {}, 0.0, 0.0
-    micros = micro_batches(plan.share, eps, micro_batch_size)
+    micros = micro_batches(plan.rank_logprobs, episodes, micro_batch_size)
     for j in range(passes(accelerator, len(micros))):
-        micro = micros[j] if j < len(micros) else [shortest(eps)]  # a filler: the ranks' gathers match
-        lp, mask, ent = response_logprobs(model, [eps[i] for i in micro], temperature, pad_id, entropy=True)
+        micro = micros[j] if j < len(micros) else [shortest(episodes)]  # a filler: the ranks' gathers match
+        seqs = [episodes[i] for i in micro]
+        lp, mask, ent = response_logprobs(model, seqs, temperature, pad_id, entropy=True)
         if j >= len(micros):
             continue
         for b, i in enumerate(micro):  # (b, R) each
-            old[i] = lp[b, :len(eps[i].token_ids)].tolist()
+            old[i] = lp[b, :len(episodes[i].token_ids)].tolist()
         ent_sum += (ent * mask).sum().item()
         n_tok += mask.sum().item()
     model.train()
@@ -215,13 +217,13 @@ def old_logprobs(model, eps, plan, temperature, micro_batch_size, pad_id, accele
     return old, ent_sum / n_tok if n_tok else None
 
 
-def sync_check(eps, old, threshold, step, accelerator):
+def sync_check(episodes, old, threshold, step, accelerator):
     """Mean |engine log-prob - trainer log-prob| over the tokens of this step's rollouts (each rank its
     share). Both are the sampling policy's, so the gap is numerical noise unless the engine samples from stale
     or wrong weights: a silent weight-sync failure shows up here (the engine's own check after each reload,
     rollout.VLLMEngine.sync_weights, is the first line)."""
-    diffs = [abs(a - b) for i, lps in sorted(old.items()) if len(eps[i].engine_logprobs) == len(lps)
-             for a, b in zip(eps[i].engine_logprobs, lps)]
+    diffs = [abs(a - b) for i, lps in sorted(old.items()) if len(episodes[i].engine_logprobs) == len(lps)
+             for a, b in zip(episodes[i].engine_logprobs, lps)]
     total, count = reduce_sum(accelerator, [sum(diffs), len(diffs)])
     gap = total / count if count else None
     if gap is not None and gap > threshold:
@@ -230,13 +232,13 @@ def sync_check(eps, old, threshold, step, accelerator):
     return gap
 
 
-def coverage_filler(members, eps, computed):
+def coverage_filler(members, episodes, computed):
     """The zero-weight micro-batch (episode indices) a mini-batch needs when skip_zero_adv left out every
     sequence that would have reached some parameters: all of them (every A = 0), or all its image ones (the
     vision tower). Without the skip those parameters get an exact zero gradient and AdamW steps them (step
     count, moments, weight decay); with no gradient at all it would leave them behind. None when nothing is
     missing."""
-    images = [i for i in members if eps[i].vision is not None]
+    images = [i for i in members if episodes[i].vision is not None]
     if members and not any(computed[i] for i in members):
         return (images or members)[:1]
     if images and not any(computed[i] for i in images):
@@ -286,7 +288,7 @@ def drop_unreached(model, accelerator, reached):
             p.grad = None
 
 
-def ppo_update(model, optimizer, accelerator, eps, plan, old, temperature, micro_batch_size, pad_id,
+def ppo_update(model, optimizer, accelerator, episodes, plan, old, temperature, micro_batch_size, pad_id,
                clip_low=0.2, clip_high=0.28, dual_clip=10.0, grad_clip=1.0):
     """Spec step 10: one optimizer step per mini-batch of the plan, token-level mean loss over the
     mini-batch's tokens (all ranks', A = 0 ones included). `old`: old_logprobs' {episode index: log-probs}.
@@ -300,16 +302,16 @@ def ppo_update(model, optimizer, accelerator, eps, plan, old, temperature, micro
     per_active = ("approx_kl", "ratio_mean")  # over the A != 0 tokens
     world = accelerator.num_processes
     sums, n_active, grad_norms, skipped = defaultdict(float), 0, [], 0
-    n_all = sum(len(e.token_ids) for e in eps)  # the same on every rank
-    for k, (members, mine) in enumerate(zip(plan.minibatches, plan.mine)):
-        n_tokens = sum(len(eps[i].token_ids) for i in members)  # the divisor: every rank's tokens
-        filler = coverage_filler(members, eps, plan.computed)  # from the plan: the same on every rank
-        micros = micro_batches(mine, eps, micro_batch_size)
+    n_all = sum(len(e.token_ids) for e in episodes)  # the same on every rank
+    for k, (members, work) in enumerate(zip(plan.minibatches, plan.rank_work)):
+        n_tokens = sum(len(episodes[i].token_ids) for i in members)  # the divisor: every rank's tokens
+        filler = coverage_filler(members, episodes, plan.computed)  # from the plan: the same on every rank
+        micros = micro_batches(work, episodes, micro_batch_size)
         n_passes = passes(accelerator, len(micros)) + (filler is not None)
         finite, reached = True, False
         for j in range(n_passes):
             micro = micros[j] if j < len(micros) else (filler or members[:1])
-            seqs = [eps[i] for i in micro]
+            seqs = [episodes[i] for i in micro]
             reached = reached or any(e.vision is not None for e in seqs)
             if j >= len(micros):  # a zero-weight pass: a pass's collectives, an exact zero gradient
                 lp, _, _ = response_logprobs(model, seqs, temperature, pad_id)
@@ -343,6 +345,46 @@ def ppo_update(model, optimizer, accelerator, eps, plan, old, temperature, micro
     active_totals = totals[len(per_token):-1]
     out.update({f"train/{key}": v / max(totals[-1], 1) for key, v in zip(per_active, active_totals)})
     out["train/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
-    out["train/active_frac"] = sum(e.adv != 0 for e in eps) / max(len(eps), 1)
+    out["train/active_frac"] = sum(e.adv != 0 for e in episodes) / max(len(episodes), 1)
     out["train/skipped_nonfinite"] = skipped
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# what a step logs (docs/ZPPO.md, "What to log per step")
+
+
+def mean(xs):
+    xs = list(xs)
+    return sum(xs) / len(xs) if xs else 0.0
+
+
+def step_metrics(plain, helped, episodes, n_new, buffer, buffered=True):
+    """The per-step numbers the paper's analyses need, from the step's groups and episodes (the Hint / Prefix
+    baselines add theirs: baselines.baseline_metrics)."""
+    acc = [mean(g.rewards) for g in plain]
+    rewards = lambda kind: [r for g in helped if g.kind == kind for r in g.rewards]
+    lengths = lambda groups: [len(r.token_ids) for g in groups for r in g.rollouts]
+    # the mechanism: all-wrong plain groups give GRPO no gradient; a BCQ/NCQ group of such a question with a
+    # correct rollout has nonzero advantages (count/zero_solved), a signal plain sampling did not have
+    zero = {g.question["id"] for g, a in zip(plain, acc) if a == 0}
+    zero_groups = [g for g in helped if g.question["id"] in zero]
+    metrics = {
+        "acc/plain": mean(r for g in plain for r in g.rewards), "acc/plain_new": mean(acc[:n_new]),
+        "acc/replay": mean(acc[n_new:]), "acc/bcq": mean(rewards("bcq")), "acc/ncq": mean(rewards("ncq")),
+        "count/questions": len(plain), "count/replayed": len(plain) - n_new,
+        "count/bcq": sum(g.kind == "bcq" for g in helped), "count/ncq": sum(g.kind == "ncq" for g in helped),
+        "count/plain_zero": len(zero), "count/zero_reformulated": len(zero_groups),
+        "count/zero_solved": sum(max(g.rewards) > 0 for g in zero_groups),
+        "count/bcq_zero": sum(g.kind == "bcq" for g in zero_groups),
+        "acc/bcq_zero": mean(r for g in zero_groups if g.kind == "bcq" for r in g.rewards),
+        "adv/positive_frac": mean(e.adv > 0 for e in episodes),
+        "groups/trivial_frac": mean(max(g.rewards) == min(g.rewards) for g in plain + helped if g.rewards),
+        "buffer/size": len(buffer), "len/plain": mean(lengths(plain)),
+        "len/reformulated": mean(lengths(helped)),
+        "len/clipped_frac": mean(r.finish_reason == "length" for g in plain + helped for r in g.rollouts),
+    }
+    if buffered:
+        metrics.update({f"buffer/graduated_total_from_{k}": v for k, v in buffer.graduated_by_bin.items()})
+        metrics.update({f"buffer/admitted_total_at_{k}": v for k, v in buffer.admitted_by_bin.items()})
+    return metrics

@@ -1,4 +1,4 @@
-"""The evaluation stack behind eval.py (EVAL.md; docs/evaluation.md): the paper's 31 benchmarks (and the
+"""The evaluation stack behind eval.py (docs/EVAL.md; docs/evaluation.md): the paper's 31 benchmarks (and the
 project's own math sets), one table, BENCHMARKS, below, and the modules it points into:
 
     load.py      rows (hub or DATA_DIR/NAME.jsonl) -> examples: choices lettered, directives stripped, images

@@ -1,4 +1,4 @@
-"""The Det. protocol (EVAL.md): the benchmark's own deterministic metric, no judge. What its scorers read
+"""The Det. protocol (docs/EVAL.md): the benchmark's own deterministic metric, no judge. What its scorers read
 (`final_answer`), the edit distance they share, and InfographicVQA's ANLS. OCRBench v2's scorer is
 ocrbench.py."""
 from reward import final_boxed, final_part

@@ -1,4 +1,4 @@
-"""The BenchJudge protocol's machinery (EVAL.md): a benchmark's own judge prompt sent to the judge model with
+"""The BenchJudge protocol (docs/EVAL.md): a benchmark's own judge prompt sent to the judge model with
 the paper's judge decoding, its reply parsed by the benchmark's parser, re-asked where the upstream evaluator
 re-asks (MM-Vet), and every reply that parses nowhere counted. The prompts and parsers themselves live in
 each benchmark's module; score.BENCH_JUDGES names them per route."""

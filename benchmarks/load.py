@@ -1,8 +1,8 @@
-"""How a benchmark's rows become examples (EVAL.md; docs/evaluation.md). load_benchmark reads one benchmark's
-rows, from DATA_DIR/NAME.jsonl (rows as the hub serves them) or from the hub, config by config, and converts
-them by its entry in the BENCHMARKS table: choices lettered, the benchmark's own format directives stripped,
-MMLU-Redux's rows re-targeted, images written to files, videos sampled, rows this student or grader cannot
-take skipped and counted. score.py scores what it loads."""
+"""How a benchmark's rows become examples (docs/EVAL.md, docs/evaluation.md). load_benchmark reads a
+benchmark's rows, from DATA_DIR/NAME.jsonl (rows as the hub serves them) or from the hub, config by config,
+and converts them by its entry in the BENCHMARKS table: choices lettered, the benchmark's own format
+directives stripped, MMLU-Redux's rows re-targeted, images written to files, videos sampled, rows this
+student or grader cannot take skipped and counted. score.py scores what it loads."""
 import ast
 import os
 import random

@@ -1,5 +1,5 @@
 """MathVista testmini (AI4Math/MathVista): the question as upstream's query states it, and its deterministic
-parser, the first step of Rule+Judge (EVAL.md), as lupantech/MathVista's evaluation/extract_answer.py and
+parser, the first step of Rule+Judge (docs/EVAL.md), as lupantech/MathVista's evaluation/extract_answer.py and
 calculate_score.py (normalize_extracted_answer, safe_equal) score an answer; what the parser cannot read goes
 to the judge.
 

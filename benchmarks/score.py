@@ -1,4 +1,4 @@
-"""The student's answers to a benchmark, scored by the benchmark's protocol (EVAL.md; docs/evaluation.md):
+"""The student's answers to a benchmark, scored by its protocol (docs/EVAL.md; docs/evaluation.md):
 
   Exact+Judge  reward.py: the rule grader on the final answer's last \\boxed{}; every response it cannot
                resolve (free-form gold, no parseable box in the final answer, cut by the token limit with a

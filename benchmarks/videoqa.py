@@ -1,7 +1,7 @@
 """The paper's five video benchmarks (its Table 7): their row converters, MMVU's BenchJudge (yale-nlp/MMVU
 utils/eval_utils.py, texts verbatim in prompts.py), and the deterministic parsers of MVBench and Video-MME,
-the first step of their Rule+Judge (EVAL.md), as lmms-eval's task utilities read an answer. A converter names
-the row's video (`video_file`); video.py finds the file and samples its frames."""
+the first step of their Rule+Judge (docs/EVAL.md), as lmms-eval's task utilities read an answer. A converter
+names the row's video (`video_file`); video.py finds the file and samples its frames."""
 import re
 from collections import defaultdict
 

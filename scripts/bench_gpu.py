@@ -94,7 +94,7 @@ def smoke(model, work, cpu, timeout):
 
 def update_table(model_path, device, budget, micro_sizes, lengths, prompt=256):
     """Stage 4: peak memory and throughput of the update's forward + backward + optimizer step."""
-    from rollout import load_model
+    from models import load_model
     from zppo import Episode, policy_loss, response_logprobs
 
     model, _ = load_model(model_path, device=device)

@@ -31,8 +31,9 @@ def one(args):
     import torch
 
     from data import make_arithmetic
+    from models import TransformersEngine, load_model, load_tokenizer
     from reformulate import plain_prompt
-    from rollout import TransformersEngine, VLLMEngine, load_model, load_tokenizer
+    from rollout import VLLMEngine
     from zppo import Episode, response_logprobs
 
     prompts = [plain_prompt(q) for q in make_arithmetic(args.prompts, seed=0)]

@@ -1,4 +1,4 @@
-"""Build ZPPO-77K, the paper's training set (its appendix B.1; EVAL.md "Training data"),
+"""Build ZPPO-77K, the paper's training set (its appendix B.1; docs/EVAL.md "Training data"),
 as the JSONL + image files that `train.py --data` reads.
 
     python scripts/build_data.py --out data/zppo77k --tokenizer Qwen/Qwen3.5-0.8B
@@ -269,7 +269,7 @@ def load_tokenizer(name, pixels):
     """The student's tokenizer and image processor (the paper's pixel bounds), without the model's weights."""
     from transformers import AutoImageProcessor, AutoTokenizer
 
-    from rollout import resolve_model_name
+    from models import resolve_model_name
 
     name = resolve_model_name(name)
     tokenizer = AutoTokenizer.from_pretrained(name)

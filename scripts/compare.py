@@ -30,7 +30,7 @@ against AVX512-BF16 changed the primer's loss in the 3rd digit and the held-out 
 each run's heldout.jsonl records its student and a seed's new run is refused when its other runs trained
 another: finish a started seed where it started, or run it again whole.
 
-Default size, measured on 2 cores of an AVX2 CPU in fp32 (RESULTS.md): a step of any of the three methods
+Default size, measured on 2 cores of an AVX2 CPU in fp32 (docs/RESULTS.md): a step of any of the three methods
 takes 2-3 minutes (rollouts of 80-96 sequences of up to 48 tokens, then the update), scoring a checkpoint
 (64 greedy answers and 128 samples) 2 minutes; one seed of the three methods at 5 steps took 25-35 minutes,
 and the default 3 seeds with the primer, the probe and the step-0 score about 1.7 hours (within 2.5 hours).
@@ -258,9 +258,9 @@ def probe(model_path, questions, samples=8, max_new_tokens=32, seed=0):
     it never solved a BCQ (its gold solution beside one of the student's wrong answers, in random order),
     sampled `samples` times: its accuracy, and how many of those questions got at least one correct BCQ
     rollout."""
+    from models import TransformersEngine, load_model
     from reformulate import bcq_prompt, pick_bcq_pair, plain_prompt, with_closer
     from reward import grade
-    from rollout import TransformersEngine, load_model
 
     model, tokenizer = load_model(model_path)
     engine = TransformersEngine(model, tokenizer, max_batch_size=128)
@@ -304,7 +304,7 @@ def probe(model_path, questions, samples=8, max_new_tokens=32, seed=0):
 def score(model_path, test, args, step):
     """Held-out accuracy of a checkpoint: greedy (one answer) and sampled avg@k (seeded by the step)."""
     from eval import evaluate
-    from rollout import TransformersEngine, load_model
+    from models import TransformersEngine, load_model
 
     model, tokenizer = load_model(model_path)
     engine = TransformersEngine(model, tokenizer, max_batch_size=128)
@@ -370,7 +370,7 @@ def run_one(args, method, seed, student, data_path, test, student_info, step0):
     other runs trained another student (the primer rebuilt on another CPU) is refused: the seed's methods
     would not be paired."""
     import train
-    from checkpoint import run_config, run_files
+    from config import run_config, run_files
     from demo import TRAIN_FLAGS, precision_flags
 
     run_dir = os.path.join(args.out_dir, "runs", f"{method}_seed{seed}")
@@ -476,7 +476,7 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
         # the median step over every seed's steps: a step slowed by other work on the machine does not move it
         entry["time"] = plot.phase_times([row for run in runs.values() for row in run["rows"]],
                                          statistics.median)
-        # the second study's pre-registered measures (RESULTS.md): over seeds, the share of the questions
+        # the second study's pre-registered measures (docs/RESULTS.md): over seeds, the share of the questions
         # admitted at 0/G that graduated, and the last held-out score of each tier
         shares = [zero_share(run) for run in entry["runs"].values()]
         entry["graduation_zero"] = seeds_interval([v for v in shares if v is not None])
@@ -501,8 +501,8 @@ def zero_share(run):
     return zero["graduated"] / zero["admitted"] if zero.get("admitted") else None
 
 
-# the second study's registered contrasts (RESULTS.md): method minus baseline, paired by seed (the same seed
-# gives both the same first questions), the primary one first
+# the second study's registered contrasts (docs/RESULTS.md): method minus baseline, paired by seed (the same
+# seed gives both the same first questions), the primary one first
 CONTRASTS = (("zppo", "grpo_buffer"), ("grpo_buffer_bcq", "grpo_buffer"), ("grpo_buffer_ncq", "grpo_buffer"),
              ("zppo", "grpo"))
 
@@ -542,7 +542,7 @@ def seeds_interval(values):
 def results_table(results):
     """results.md: the study's numbers as Markdown tables (per method: held-out accuracy before and after with
     the 95% interval over seeds, graduation from 0/G, the mechanism counts, seconds per step), for
-    RESULTS.md."""
+    docs/RESULTS.md."""
     def score(c):
         # accuracies
         ci = f" [{max(0, c['low']):.3f}, {min(1, c['high']):.3f}]" if c["low"] is not None else ""
@@ -576,7 +576,7 @@ def results_table(results):
         lines.append(f"| {e['name']} | {m['plain_groups']} | {m['plain_zero']} | {m['zero_reformulated']} | "
                      f"{m['zero_solved']} | {bcq} |")
     tiers = sorted({t for e in results["methods"].values() for t in e.get("heldout_greedy_by_tier_last", {})})
-    if tiers:  # the measures RESULTS.md's second study registered before it ran
+    if tiers:  # the measures docs/RESULTS.md's second study registered before it ran
         lines += ["", ("| method | share of the 0/G admissions that graduated, mean over seeds [95%] | "
                        + " | ".join(f"held-out greedy {t}, last step" for t in tiers) + " |"),
                   "| --- | --- | " + " | ".join("---" for _ in tiers) + " |"]

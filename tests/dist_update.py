@@ -1,6 +1,6 @@
 """One update (spec step 10) on a fixed step batch, in one process or several (torch.distributed.run, gloo),
 run by test_distributed.py to compare layouts: the same batch, plan and old log-probs through the project's
-own preparation (rollout.prepare_student: FSDP2 shards, DDP, or neither) and update (zppo.old_logprobs,
+own preparation (train.prepare_student: FSDP2 shards, DDP, or neither) and update (zppo.old_logprobs,
 zppo.ppo_update); the main process writes what is compared.
 
     python tests/dist_update.py MODEL OUT.json [--fsdp] [--images PNG ...] [--image-every N] [--bf16]
@@ -27,6 +27,7 @@ from accelerate.utils import DistributedDataParallelKwargs, gather_object
 
 import checkpoint
 import rollout
+import train
 import zppo
 from logprobs import unwrap
 from zppo import Episode
@@ -63,12 +64,12 @@ def main():
     cfg = SimpleNamespace(text_only=False, freeze_vision=False, image_min_pixels=32 * 32,
                           image_max_pixels=64 * 64, lr=1e-3, weight_decay=0.1, gradient_checkpointing=True,
                           fsdp=args.fsdp)
-    ddp = DistributedDataParallelKwargs(find_unused_parameters=rollout.trains_vision(args.model, cfg)
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=train.trains_vision(args.model, cfg)
                                         and not args.fsdp)
     acc = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision="bf16" if args.bf16 else "no",
                       kwargs_handlers=[ddp])
     torch.manual_seed(0)
-    model, tokenizer, optimizer = rollout.prepare_student(cfg, args.model, acc, bool(args.images))
+    model, tokenizer, optimizer = train.prepare_student(cfg, args.model, acc, bool(args.images))
     eps = step_batch(tokenizer, args.images, args.image_every)
 
     passes, inv_freq = [0], set()

@@ -9,7 +9,8 @@ from typing import ClassVar
 
 import torch
 
-from rollout import TransformersEngine, expand_image_tokens, load_model
+from models import TransformersEngine, load_model
+from rollout import expand_image_tokens
 
 
 class SamplingParams:

@@ -1,4 +1,4 @@
-"""The paper's baselines (config.PRESETS, reformulate.py's Hint and Prefix groups, distill.py): presets and
+"""The paper's baselines (config.PRESETS, baselines.py's Hint and Prefix groups and distillation): presets and
 start-up checks, the JSD and its chunked form, Hint's prompts and leak count, Prefix's masking, Off-Distill's
 single update, and exact resume for every --algo. A tiny student and a tiny teacher of another width share one
 tokenizer (trained on the same corpus)."""
@@ -15,12 +15,20 @@ from safetensors.torch import load_file
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
 import train
-from buffer import ReplayBuffer
-from distill import jsd_update, off_distill_targets, shared_teacher
+from baselines import (
+    baseline_metrics,
+    hint_groups,
+    hint_leaks,
+    jsd_update,
+    off_distill_targets,
+    prefix_ids,
+    shared_teacher,
+)
 from logprobs import ChunkedJSD, generalized_jsd, response_jsd, response_logprobs
-from metrics import step_metrics
-from reformulate import hint_groups, hint_leaks, prefix_ids, with_closer
-from rollout import RemoteEngine, Rollout, TransformersEngine, chat_prompt_ids, load_model
+from models import TransformersEngine, load_model
+from reformulate import with_closer
+from rollout import Rollout, chat_prompt_ids
+from server import RemoteEngine
 from test_train import parity_grade, read_metrics
 from tiny import SHAPE_TINY, VISION_TINY, build_random_model
 from zppo import Episode, Group, plan_minibatches, policy_loss, ppo_update
@@ -233,7 +241,7 @@ def test_hint_prompts_hold_the_teachers_hint_and_leaks_are_counted():
     assert teacher.calls[0] == dict(max_new_tokens=512, temperature=0.0, top_p=1.0, top_k=0)  # greedy
     helped = [replace(g, rollouts=[Rollout("", [1], [2])] * 2, rewards=rs)
               for g, rs in zip(groups, ([1, 0], [0, 0], [1, 1]))]
-    m = step_metrics(types.SimpleNamespace(algo="hint", buffer=False), [], helped, [], 0, ReplayBuffer())
+    m = baseline_metrics("hint", helped)
     # question 0's hint holds \boxed{, question 3's the gold answer 5
     assert {k: m[k] for k in ("acc/hint", "count/hint", "count/hint_leak")} == \
         {"acc/hint": 0.5, "count/hint": 3, "count/hint_leak": 2}
@@ -321,7 +329,7 @@ def test_prefix_is_the_first_floor_alpha_l_of_the_teachers_own_tokens(tiny_model
     tokens); the end-of-sequence token closing a rollout is not one of the L. A text without tokens (a worked
     solution) is cut in the student's tokens; a teacher with another vocabulary is cut in its own, then
     re-tokenized for the student."""
-    from reformulate import prefix_length
+    from baselines import prefix_length
 
     _, tok = load_model(tiny_model)
     _, other = load_model(tiny_vlm)  # the same corpus with four more special tokens: other ids
@@ -349,10 +357,10 @@ def test_prefix_is_the_first_floor_alpha_l_of_the_teachers_own_tokens(tiny_model
 def test_prefix_run_cuts_the_model_teachers_own_token_ids(tiny_model, tiny_teacher, tmp_path, monkeypatch):
     """train.py hands Prefix the correct teacher rollouts themselves: with a model teacher that shares the
     student's tokenizer, every prefix is the first floor(0.4 L) of the picked rollout's own token ids."""
-    import reformulate
+    import baselines
 
-    calls, real = [], reformulate.prefix_ids
-    monkeypatch.setattr(reformulate, "prefix_ids",
+    calls, real = [], baselines.prefix_ids
+    monkeypatch.setattr(baselines, "prefix_ids",
                         lambda r, *a: calls.append((r, a, real(r, *a))) or calls[-1][2])
     monkeypatch.setattr("reward.grade", lambda text, gold: 1.0 if len(text) % 2 else 0.0)
     train.main(train.parse_config(args(tiny_model, tiny_teacher, "prefix", tmp_path / "p", "--steps", "1")))
@@ -524,7 +532,7 @@ def test_off_distill_loss_is_the_mean_over_questions_of_each_ones_target_average
     not 1/2)."""
     from accelerate import Accelerator
 
-    from distill import off_distill_weights
+    from baselines import off_distill_weights
 
     model, tok = load_model(tiny_model, dtype=torch.float64)
     teacher, _ = load_model(tiny_teacher, dtype=torch.float64)

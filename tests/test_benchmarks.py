@@ -42,7 +42,7 @@ def test_anls_as_the_infographicvqa_script_defines_it(pred, golds, expected):
 
 
 def test_det_scorers_read_the_final_answer_never_the_thinking():
-    """EVAL.md: only the judge may look inside the reasoning, so a Det. metric reads the final answer's box,
+    """docs/EVAL.md: only the judge may look inside the reasoning: a Det. metric reads the final answer's box,
     else the final answer itself; a box written only inside <think> is no answer (was: scored 1)."""
     ex = {"answer": ["42 percent"]}
     assert det.score_anls("<think>maybe 40 percent</think> It is \\boxed{42 percent}.", ex) == 1.0
@@ -609,7 +609,7 @@ def test_every_new_vlm_benchmark_is_scored_by_its_protocol(tmp_path, images, mon
 
 
 def test_the_new_benchmarks_run_end_to_end_on_a_tiny_vlm(tiny_vlm, images, tmp_path):
-    from rollout import TransformersEngine, load_model
+    from models import TransformersEngine, load_model
 
     write_local(str(tmp_path), local_rows(images))
     model, tok = load_model(tiny_vlm, pixels=(1024, 4096))

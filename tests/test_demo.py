@@ -45,7 +45,7 @@ def test_precision_follows_the_cpu_flags(monkeypatch, tmp_path):
 
 
 def test_smollm2_is_converted_once_into_the_cache(tiny_model, tmp_path, monkeypatch):
-    from rollout import load_model
+    from models import load_model
 
     gguf = tmp_path / "SmolLM2.gguf"
     gguf.write_bytes(b"x" * 123)
@@ -70,8 +70,8 @@ def test_smollm2_is_converted_once_into_the_cache(tiny_model, tmp_path, monkeypa
 
 
 def test_primer_runs_under_gradient_checkpointing_and_turns_it_off(tiny_model, monkeypatch):
-    import rollout
-    from rollout import load_model
+    import models
+    from models import load_model
 
     model, tokenizer = load_model(tiny_model)
     seen = []
@@ -89,7 +89,7 @@ def test_primer_runs_under_gradient_checkpointing_and_turns_it_off(tiny_model, m
     loss = demo.format_primer(model, tokenizer, examples, batch_size=2, bf16=False)
     assert seen == [True, True] and loss > 0  # two batches, both checkpointed
     assert not on() and not model.training
-    rollout.checkpointing(model, True)
+    models.checkpointing(model, True)
     assert on()
 
 

@@ -152,7 +152,8 @@ MODES = {"P": (120, 100), "LA": (120, 100), "L": (120, 100), "1": (120, 100),
 
 def test_images_in_any_mode_the_processor_takes_load_and_go_through_the_processor(tmp_path, tiny_vlm):
     """What the load check lets through, the real image processor takes (as training opens images)."""
-    from rollout import PAPER_PIXELS, image_inputs, load_tokenizer
+    from models import load_tokenizer
+    from rollout import PAPER_PIXELS, image_inputs
 
     rows = []
     for name, size in MODES.items():

@@ -7,10 +7,13 @@ import sys
 import pytest
 import torch
 
+import models
 import train
 from data import load_jsonl
 from logprobs import response_logprobs, suppressed_token_ids
-from rollout import RemoteEngine, TransformersEngine, VLLMEngine, encode_prompt, load_model
+from models import TransformersEngine, load_model
+from rollout import VLLMEngine, encode_prompt
+from server import RemoteEngine
 from test_train import parity_grade, read_metrics
 from zppo import Episode
 
@@ -238,24 +241,23 @@ def test_eval_cli_scores_an_image_benchmark_file_with_a_tiny_vlm(tiny_vlm, image
 
 def test_eval_resizes_images_within_the_papers_pixel_bounds_not_the_checkpoints(tiny_vlm, images, tmp_path,
                                                                                  monkeypatch):
-    """EVAL.md: every checkpoint is evaluated with images between 256x32x32 and 1280x32x32 pixels. The tiny
+    """docs/EVAL.md: every checkpoint is evaluated with images of 256x32x32 to 1280x32x32 pixels. The tiny
     VLM's own processor says 32x32 .. 64x64; eval.py's --image-min-pixels / --image-max-pixels (the paper's by
     default) replace it, and other bounds can be asked for."""
     from transformers import AutoImageProcessor
 
     import eval as ev
-    import rollout
     from rollout import PAPER_PIXELS, open_image
 
     (tmp_path / "ai2d.jsonl").write_text(json.dumps(
         {"question": "Which?", "options": ["a", "b"], "answer": "0", "image": images[0]}) + "\n")
-    seen, real = [], rollout.TransformersEngine.generate
+    seen, real = [], models.TransformersEngine.generate
 
     def generate(self, prompts, *a, **kw):  # the grid each image prompt reaches the model with
         seen.extend(encode_prompt(self.tokenizer, p)[1]["image_grid_thw"].tolist() for p in prompts)
         return real(self, prompts, *a, **kw)
 
-    monkeypatch.setattr(rollout.TransformersEngine, "generate", generate)
+    monkeypatch.setattr(models.TransformersEngine, "generate", generate)
 
     def grid(*bounds):
         size = {"size": {"shortest_edge": bounds[0], "longest_edge": bounds[1]}} if bounds else {}

@@ -9,7 +9,7 @@ import torch
 
 from conftest import ROOT
 from logprobs import response_logprobs, token_entropy, token_logprobs
-from rollout import load_model
+from models import load_model
 from zppo import Episode
 
 

@@ -1,13 +1,13 @@
 """Prompt strings exactly as the spec prints them, and the selection logic of spec steps 4-6."""
 import random
 
+from baselines import hint_prompt
 from reformulate import (
     CLOSER,
     bcq_prompt,
     compression_prompt,
     dedup,
     extract_summary,
-    hint_prompt,
     ncq_prompt,
     pick_bcq_pair,
     postcap,

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import train
-from rollout import RemoteEngine
+from server import RemoteEngine
 from test_train import ARGS, read_metrics
 
 # replies that are no well-formed completion of the requested shape, each a prompt of its own

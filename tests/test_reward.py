@@ -109,7 +109,7 @@ def test_judge_verdict_after_a_think_block_anywhere(text, verdict):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Exact+Judge routing and the paper's judge prompt (EVAL.md)
+# Exact+Judge routing and the paper's judge prompt (docs/EVAL.md)
 
 from reward import (
     JUDGE_MAX_RESPONSE_CHARS,
@@ -137,7 +137,7 @@ class Judge:
         return [[Rollout(text=self.reply(p), prompt_ids=[], token_ids=[])] for p in prompts]
 
 
-PAPER_LINES = [  # EVAL.md, "The shared judge prompt", lines that must reach the judge exactly
+PAPER_LINES = [  # docs/EVAL.md, "The shared judge prompt", lines that must reach the judge exactly
     "You are an expert judge evaluating whether a model's response is correct according to the ground truth.",
     "## Your Role (READ FIRST)",
     "• Do NOT second-guess the ground truth, even if it seems wrong.",
@@ -231,7 +231,7 @@ def test_a_truncated_response_is_scored_the_same_in_training_and_eval():
 
     import eval as ev
     import train
-    from distill import off_distill_targets
+    from baselines import off_distill_targets
     from reward import score_rollouts
     from zppo import Group
 

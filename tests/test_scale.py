@@ -6,8 +6,9 @@ import pytest
 import torch
 from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
-import rollout
-from rollout import TransformersEngine, checkpoint_names_for, load_model
+import models
+from models import TransformersEngine, load_model
+from rollout import checkpoint_names_for
 
 
 def tiny_vlm():
@@ -25,20 +26,21 @@ def tiny_vlm():
 def test_fsdp_units_are_the_text_blocks(tiny_model):
     model, _ = load_model(tiny_model)
     assert "Qwen3_5VisionBlock" in model._no_split_modules  # listed, yet absent in the text class
-    assert [type(m).__name__ for m in rollout.decoder_layers(model)] == ["Qwen3_5DecoderLayer"] * 2
+    assert [type(m).__name__ for m in models.decoder_layers(model)] == ["Qwen3_5DecoderLayer"] * 2
     vlm = tiny_vlm()  # its vision blocks stay out: the tower is the root's (image data) or one unit (text)
-    assert [type(m).__name__ for m in rollout.decoder_layers(vlm)] == ["Qwen3_5DecoderLayer"] * 2
-    assert rollout.vision_tower(vlm) is vlm.model.visual and rollout.vision_tower(model) is None
+    assert [type(m).__name__ for m in models.decoder_layers(vlm)] == ["Qwen3_5DecoderLayer"] * 2
+    assert models.vision_tower(vlm) is vlm.model.visual and models.vision_tower(model) is None
     model._no_split_modules = ["NoSuchBlock"]
     with pytest.raises(ValueError, match="none of its _no_split_modules"):
-        rollout.decoder_layers(model)
+        models.decoder_layers(model)
 
 
 def test_the_memory_check_stops_layouts_that_cannot_fit_a_gpu():
     """The check train.py runs on a GPU before anything loads (config.memory_problems), with the paper's
     sizes on an 80 GiB GPU: a 27B bf16 teacher does not fit its 0.4 share, its FP8 checkpoint does; a 9B
     student's AdamW state does not fit one GPU, it does as an FSDP shard over 8."""
-    from config import memory_problems, parse_config
+    from config import parse_config
+    from models import memory_problems
 
     gpu = 80 * 2 ** 30
     cfg = parse_config(["--teacher", "Qwen3.5-27B", "--engine", "vllm"])
@@ -140,12 +142,12 @@ import os, sys, torch
 sys.path.insert(0, {root!r})
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT={port!r}, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
 from torch.distributed.fsdp import FSDPModule
-import rollout
-from rollout import TransformersEngine, load_model, unsharded
+import models
+from models import load_model, TransformersEngine, unsharded
 from logprobs import response_logprobs
 from zppo import Episode
 model, tok = load_model({model!r})
-model = rollout.shard(model, "no", images=False)  # a world of one: shard() starts it (gloo)
+model = models.shard(model, "no", images=False)  # a world of one: shard() starts it (gloo)
 engine = TransformersEngine(model, tok, context=lambda: unsharded(model))  # before the root's first forward
 (group,) = engine.generate(["What is 1 + 1?"], n=2, max_new_tokens=6, temperature=1.0)
 lp, mask, _ = response_logprobs(model, [Episode(r.prompt_ids, r.token_ids) for r in group], 1.0, tok.pad_token_id)

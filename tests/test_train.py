@@ -9,11 +9,11 @@ import torch
 from safetensors.torch import load_file
 
 import checkpoint
-import rollout
+import models
 import train
 from conftest import ROOT
 from logprobs import response_logprobs
-from rollout import TransformersEngine, load_model
+from models import TransformersEngine, load_model
 from zppo import Episode
 
 ARGS = ["--teacher", "gold", "--data", "arithmetic", "--data-limit", "40", "--questions-per-step", "8",
@@ -137,13 +137,13 @@ def test_model_teacher_generates_and_compresses_candidates(tiny_model, tmp_path,
     """A model teacher (not gold) goes through the same engine: G_T rollouts graded by the reward, and
     every candidate rewritten through the compression prompt before it enters a BCQ/NCQ prompt."""
     prompts_seen = []
-    real_generate = rollout.TransformersEngine.generate
+    real_generate = models.TransformersEngine.generate
 
     def spy(self, prompts, *a, **kw):
         prompts_seen.extend(prompts)
         return real_generate(self, prompts, *a, **kw)
 
-    monkeypatch.setattr(rollout.TransformersEngine, "generate", spy)
+    monkeypatch.setattr(models.TransformersEngine, "generate", spy)
     monkeypatch.setattr("reward.grade", lambda text, gold: float(text.startswith("\x00never")))  # all wrong
     # the teacher judges unboxed rollouts: keep replies short
     monkeypatch.setattr("reward.JUDGE_MAX_NEW_TOKENS", 8)
@@ -190,7 +190,7 @@ def test_eval_runs_inside_training_and_lands_in_the_step_metrics(tiny_model, tmp
 
 
 def test_bare_qwen_names_mean_the_qwen_hub_repository(tmp_path):
-    from rollout import resolve_model_name
+    from models import resolve_model_name
 
     assert resolve_model_name("Qwen3.5-0.8B") == "Qwen/Qwen3.5-0.8B"
     assert resolve_model_name("Qwen/Qwen3.5-27B-FP8") == "Qwen/Qwen3.5-27B-FP8"
@@ -201,12 +201,10 @@ def test_bare_qwen_names_mean_the_qwen_hub_repository(tmp_path):
 
 
 def test_step_metrics_count_the_all_wrong_groups_a_reformulation_turned_into_signal():
-    from types import SimpleNamespace
 
     from buffer import ReplayBuffer
-    from metrics import step_metrics
     from rollout import Rollout
-    from zppo import Group, episodes
+    from zppo import Group, episodes_of, step_metrics
 
     def group(qid, kind, rewards):
         return Group({"id": qid}, kind, "Q", rollouts=[Rollout("", [1], [2, 3])] * len(rewards),
@@ -218,8 +216,7 @@ def test_step_metrics_count_the_all_wrong_groups_a_reformulation_turned_into_sig
              group("q/c", "plain", [1, 1, 0, 0])]
     helped = [group("q/a", "bcq", [1, 0, 0, 0]), group("q/a", "ncq", [0] * 4),
               group("q/b", "ncq", [1, 1, 0, 0]), group("q/c", "bcq", [1] * 4)]
-    cfg = SimpleNamespace(algo="zppo", buffer=False)
-    m = step_metrics(cfg, plain, helped, episodes(plain + helped), 3, ReplayBuffer())
+    m = step_metrics(plain, helped, episodes_of(plain + helped), 3, ReplayBuffer(), buffered=False)
     assert m["count/plain_zero"] == 2 and m["count/zero_reformulated"] == 3  # a/bcq, a/ncq, b/ncq
     assert m["count/zero_solved"] == 2  # a/bcq and b/ncq have a right rollout; a/ncq does not
     assert m["count/bcq_zero"] == 1 and m["acc/bcq_zero"] == 0.25  # q/c's BCQ is not on a 0/4 question

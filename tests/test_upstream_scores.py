@@ -207,9 +207,9 @@ def test_a_comma_is_a_thousands_separator_only_in_thousands(box, gold, expected)
 
 
 def test_a_box_only_inside_the_thinking_goes_to_the_judge_in_eval_and_in_training():
-    """EVAL.md: the rule grader reads the final answer (the last \\boxed{} or the sentence after </think>);
-    only the judge looks inside the reasoning, and only when the final answer is missing. Was: scored 1 by
-    rule. Training rewards route the same way (reward.score_rollouts)."""
+    """docs/EVAL.md: the rule grader reads the final answer (the last \\boxed{} or the sentence after
+    </think>); only the judge looks inside the reasoning, and only when the final answer is missing. Was:
+    scored 1 by rule. Training rewards route the same way (reward.score_rollouts)."""
     example = {"id": "q", "question": "2+5?", "answer": "7"}
     texts = ["<think>so \\boxed{7}</think> The answer is seven.", "<think>maybe \\boxed{7}",
              "<think>\\boxed{8}</think> \\boxed{7}"]

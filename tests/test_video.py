@@ -62,7 +62,8 @@ def test_frames_are_sampled_evenly_cached_and_bad_files_named(clip, tmp_path, mo
 
 
 def test_video_inputs_are_qwen3_vl_s_layout_and_tokens(clip, tiny_vlm, tmp_path):
-    from rollout import encode_prompt, load_model
+    from models import load_model
+    from rollout import encode_prompt
 
     _, tok = load_model(tiny_vlm, pixels=(1024, 4096))
     index = video.sample_frames(clip, fps=2, max_frames=4, cache=str(tmp_path))
@@ -88,7 +89,9 @@ def test_video_inputs_are_qwen3_vl_s_layout_and_tokens(clip, tiny_vlm, tmp_path)
 
 
 def test_engines_take_videos(clip, tiny_vlm, tmp_path, fake, monkeypatch, images):
-    from rollout import RemoteEngine, TransformersEngine, VLLMEngine, load_model
+    from models import TransformersEngine, load_model
+    from rollout import VLLMEngine
+    from server import RemoteEngine
 
     model, tok = load_model(tiny_vlm, pixels=(1024, 4096))
     index = video.sample_frames(clip, fps=2, max_frames=4, cache=str(tmp_path))
@@ -219,7 +222,7 @@ def test_the_five_video_benchmarks_load_and_score_by_protocol(clip, tmp_path, mo
 
 
 def test_video_benchmarks_end_to_end_on_the_tiny_vlm(clip, tiny_vlm, tmp_path, monkeypatch):
-    from rollout import TransformersEngine, load_model
+    from models import TransformersEngine, load_model
 
     monkeypatch.setattr(video, "cache_root", lambda: str(tmp_path / "frames"))
     folder = tmp_path / "bench"

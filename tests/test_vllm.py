@@ -5,7 +5,8 @@ glue runs against the real vLLM in test_vllm_real.py."""
 
 import pytest
 
-from rollout import VLLMEngine, encode_prompt, load_model
+from models import load_model
+from rollout import VLLMEngine, encode_prompt
 
 
 def test_sleep_mode_wakes_around_generation_and_sync(fake, tiny_model):

@@ -26,7 +26,7 @@ from conftest import ROOT, build_tiny_dense, require_vllm
 
 require_vllm()
 
-from rollout import RemoteEngine
+from server import RemoteEngine
 from test_train import read_metrics
 
 # a plain `python train.py`: none of a launcher's variables (the engine must set what vLLM needs itself)

@@ -139,8 +139,9 @@ def test_skip_zero_adv_changes_nothing_but_the_compute(kind, tiny_model, tiny_vl
 
     from accelerate import Accelerator
 
+    from models import load_model
     from reformulate import with_closer
-    from rollout import encode_prompt, load_model
+    from rollout import encode_prompt
     from zppo import Episode, old_logprobs, plan_minibatches, ppo_update, sync_check
 
     model0, tok = load_model(tiny_vlm if kind == "vision" else tiny_model)

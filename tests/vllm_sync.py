@@ -18,7 +18,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch
 
 from logprobs import response_logprobs
-from rollout import VLLMEngine, load_model
+from models import load_model
+from rollout import VLLMEngine
 from zppo import Episode
 
 PROMPTS = ["What is 3 + 4?", "Hi", "The answer is \\boxed{7}."]
