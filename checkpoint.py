@@ -11,13 +11,15 @@ import json
 import os
 import re
 import shutil
+import socket
 import warnings
 from dataclasses import asdict
 
 import torch
 
-from config import RUN_FILES
+from config import RUN_FILES, redact_url
 from data import data_identity
+from models import load_optimizer_state, local, model_state, optimizer_state, rank_rngs
 from zppo import reduce_sum
 
 _STEP_DIR = re.compile(r"step_(\d+)")
@@ -25,8 +27,92 @@ _STEP_DIR = re.compile(r"step_(\d+)")
 _RESUME_FLAGS = {"out_dir", "resume", "steps", "overwrite"}
 
 
+def atomic_write(path, text):
+    """`path` replaced by `text` all at once (written beside it, flushed, renamed): a crash leaves the old
+    file or the new one, never half of one."""
+    with open(path + ".tmp", "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(path + ".tmp", path)
+    fsync(os.path.dirname(path) or ".")
+
+
+def fsync(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, another user's
+        return True
+    return True
+
+
+def take_lock(out_dir):
+    """OUT/lock: one process writes a run folder. It names the pid and host of the process that holds it; a
+    second train.py on the folder (a fresh run, or a --resume of a live run) stops. A lock left by a process
+    that died without releasing it (kill -9, a power cut) is taken over, with a warning. Returns its path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path, host = os.path.join(out_dir, "lock"), socket.gethostname()
+    for _ in range(3):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(path) as f:
+                    pid, owner = f.read().split()[:2]
+                pid = int(pid)
+            except (OSError, ValueError):  # empty or garbled: its writer died while writing it
+                pid, owner = None, host
+            if pid is not None and owner != host:
+                raise SystemExit(f"train.py: {out_dir} is locked by pid {pid} on {owner} ({path}): another "
+                                 "train.py writes this run; if none is running there, delete that file"
+                                 ) from None
+            if pid is not None and _alive(pid) and pid != os.getpid():
+                raise SystemExit(f"train.py: {out_dir} is locked by a live process, pid {pid} ({path}): "
+                                 "another train.py writes this run there; wait for it to end or stop it, or "
+                                 f"choose another --out-dir (if pid {pid} is no train.py, delete that file)"
+                                 ) from None
+            warnings.warn(f"{path}: taking over the stale lock of pid {pid} (no such process: it ended "
+                          "without releasing it)")
+            try:
+                os.remove(path)
+            except FileNotFoundError:
+                pass
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {host}\n")
+        return path
+    raise SystemExit(f"train.py: could not take the lock {path}: other processes keep taking it")
+
+
+def release_lock(path):
+    """Remove the lock if this process holds it."""
+    try:
+        with open(path) as f:
+            mine = f.read().split()[:1] == [str(os.getpid())]
+        if mine:
+            os.remove(path)
+    except (OSError, TypeError):
+        pass
+
+
 def step_of(name):
     return int(_STEP_DIR.fullmatch(name).group(1))
+
+
+def config_record(cfg):
+    """The flags as config.json, state.json, resumes.jsonl and the trackers get them: the teacher's URL
+    without its key (redact_url); the key's variable is recorded by its name."""
+    return dict(asdict(cfg), teacher_url=redact_url(cfg.teacher_url))
 
 
 def clear_run(out_dir):
@@ -39,20 +125,12 @@ def clear_run(out_dir):
             os.remove(path)
 
 
-def _fsync(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _fsync_tree(path):
     """Every file and folder under path on disk, so a rename after it never publishes a half-written file."""
     for folder, _, files in os.walk(path):
         for name in files:
-            _fsync(os.path.join(folder, name))
-        _fsync(folder)
+            fsync(os.path.join(folder, name))
+        fsync(folder)
 
 
 def resume_problems(cfg, path):
@@ -68,10 +146,27 @@ def resume_problems(cfg, path):
                         f"{saved['sha256'][:12]} -> {(now.get('sha256') or 'none')[:12]}): the buffer and "
                         f"the data position refer to the rows of {saved['path']} as they were; restore that "
                         "file, or start a fresh run on the new one (another --out-dir)")
-    if state["step"] >= cfg.steps:
+    pending = pending_eval(os.path.join(cfg.out_dir, "metrics.jsonl"), state["step"])
+    if state["step"] >= cfg.steps and not pending:  # an evaluation a crash interrupted is still to do
         problems.append(f"--steps {cfg.steps}: the run is already at step {state['step']} ({path}), nothing "
                         f"to do; give --steps above {state['step']} to continue it")
     return problems
+
+
+def pending_eval(log_path, step):
+    """Whether the step's line of metrics.jsonl says its evaluation started and never ended (eval/pending: a
+    crash inside it): a resume runs it first."""
+    if not os.path.exists(log_path):
+        return False
+    with open(log_path) as f:
+        for line in f:
+            try:
+                row = json.loads(line)
+            except ValueError:  # a line a crash cut short (open_run drops it)
+                continue
+            if isinstance(row, dict) and row.get("step") == step and row.get("eval/pending"):
+                return True
+    return False
 
 
 def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer, data_pos, rng, accelerator,
@@ -97,8 +192,8 @@ def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer
                  for d, _, names in os.walk(tmp) for name in names}
         with open(os.path.join(tmp, "state.json"), "w") as f:
             json.dump({"step": step, "data_epoch": data_pos[0], "data_pos": data_pos[1],
-                       "buffer": buffer.state_dict(), "config": asdict(cfg), "data": data_identity(cfg.data),
-                       "files": files}, f)
+                       "buffer": buffer.state_dict(), "config": config_record(cfg),
+                       "data": data_identity(cfg.data), "files": files}, f)
         _fsync_tree(tmp)
     except (OSError, RuntimeError) as e:  # a full disk: torch says only "unexpected pos", safetensors less
         size = sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(tmp) for f in fs)
@@ -112,7 +207,7 @@ def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer
                       f"space (or lower --keep-checkpoints), then --resume {cfg.out_dir}") from e
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    _fsync(root)
+    fsync(root)
     atomic_write(os.path.join(cfg.out_dir, "latest"), name)
     # keep the one just written and the newest keep_checkpoints - 1 before it. Checkpoints after it (left by a
     # run resumed from an earlier step) are not counted and not deleted: this run replaces them as it gets
@@ -121,15 +216,6 @@ def save_checkpoint(cfg, step, model, state_dict, tokenizer, optim_state, buffer
     for old in older[:max(0, len(older) - (cfg.keep_checkpoints - 1))] if cfg.keep_checkpoints > 0 else []:
         shutil.rmtree(os.path.join(root, old), ignore_errors=True)
     return final
-
-
-def atomic_write(path, text):
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(path + ".tmp", path)
-    _fsync(os.path.dirname(path) or ".")
 
 
 def safetensors_problem(path):
@@ -255,91 +341,44 @@ def load_checkpoint(path, rng, buffer, rank=0, world=1):
     return state["step"], (state["data_epoch"], state["data_pos"]), trainer_state["optimizer"]
 
 
-def local(tensor):
-    """This rank's part of a parameter: its shard under FSDP (a DTensor), else the tensor itself."""
-    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+# what a resume may not change: the weights continue the checkpoint's student, and the data position and the
+# buffer refer to the rows of its data, in its order
+_SAME_RUN = ("student", "text_only", "freeze_vision", "data", "data_config", "data_limit", "dedup_ids",
+             "seed")
 
 
-def rank_rngs(accelerator):
-    """Every rank's (torch, CUDA) generator states, in rank order (a collective: every rank calls it)."""
-    mine = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
-    if accelerator.num_processes == 1:
-        return [mine]
-    from accelerate.utils import gather_object
-
-    return gather_object([mine])
-
-
-def _dcp_options(**kwargs):
-    from torch.distributed.checkpoint.state_dict import StateDictOptions
-
-    return StateDictOptions(full_state_dict=True, **kwargs)
-
-
-def model_state(model, accelerator):
-    """The whole model's weights for the checkpoint, on the main process. Under FSDP a collective (every rank
-    calls it): the shards are gathered one tensor at a time into the main process's CPU memory; the other
-    ranks get nothing."""
-    from torch.distributed.checkpoint.state_dict import get_model_state_dict
-    from torch.distributed.tensor import DTensor
-
-    if any(isinstance(p, DTensor) for p in model.parameters()):
-        return get_model_state_dict(model, options=_dcp_options(cpu_offload=True))
-    return accelerator.get_state_dict(model)
-
-
-def _named(model, optimizer):
-    """(the torch optimizer, {parameter: its name}): accelerate wraps the optimizer, DDP the module."""
-    from logprobs import unwrap
-
-    return getattr(optimizer, "optimizer", optimizer), {p: n for n, p in unwrap(model).named_parameters()}
-
-
-def optimizer_state(model, optimizer):
-    """AdamW's whole state keyed by parameter name (torch.distributed.checkpoint's full form: `state` and each
-    group's `params` by name), which any layout loads: one process, DDP, or FSDP over any number of ranks.
-    Under FSDP the shards are gathered (a collective) into the main process's CPU memory. An optimizer that
-    has not stepped yet is written as its groups alone: torch's gathering would first step it once with lr 0
-    to create its state, and the run would then continue from another AdamW step count."""
-    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
-    from torch.distributed.tensor import DTensor
-
-    optim, names = _named(model, optimizer)
-    if optim.state and any(isinstance(p, DTensor) for p in names):
-        return get_optimizer_state_dict(model, optim, options=_dcp_options(cpu_offload=True))
-    state = optim.state_dict()  # by position: the groups' parameters in order
-    order = [names[p] for g in optim.param_groups for p in g["params"]]
-    return {"state": {order[k]: v for k, v in state["state"].items()},
-            "param_groups": [{**g, "params": [order[k] for k in g["params"]]} for g in state["param_groups"]]}
-
-
-def load_optimizer_state(model, optimizer, state):
-    """The inverse of optimizer_state, whatever the layout (each FSDP rank takes its shard of the full state).
-    A checkpoint of the older form (by position, not by name) loads into the same layout only."""
-    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
-    from torch.distributed.tensor import DTensor
-
-    optim, names = _named(model, optimizer)
-    groups = state.get("param_groups", [])
-    if any(isinstance(p, int) for g in groups for p in g["params"]):
-        optimizer.load_state_dict(state)
-        return
-    if any(isinstance(p, DTensor) for p in names):
-        if state["state"]:  # else nothing to load: the groups' settings are resume_from's
-            set_optimizer_state_dict(model, optim, state, options=_dcp_options())
-        return
-    position = {names[p]: k for k, p in enumerate(p for g in optim.param_groups for p in g["params"])}
-    optim.load_state_dict({"state": {position[n]: v for n, v in state["state"].items()},
-                           "param_groups": [{**g, "params": [position[n] for n in g["params"]]}
-                                            for g in groups]})
-
-
-def config_changes(cfg, path):
-    """'name old -> new' for each flag that differs from the run the checkpoint at `path` was written by."""
-    with open(os.path.join(path, "state.json")) as f:
+def continue_config(cfg):
+    """A resume continues the run as it was: every flag the command line does not give takes the value the
+    checkpoint's run had (--steps, --out-dir and --overwrite excepted), so config.json and the checkpoints
+    record what trains. A flag given with another value changes the run from here on: listed in a warning
+    and recorded in OUT/resumes.jsonl with the step; one of _SAME_RUN stops the resume instead. Returns the
+    changes, {name: [old, new]}."""
+    ckpt = find_checkpoint(cfg.resume)
+    with open(os.path.join(ckpt, "state.json")) as f:
         saved = json.load(f)["config"]
-    return [f"{name} {saved[name]!r} -> {value!r}" for name, value in asdict(cfg).items()
-            if name in saved and name not in _RESUME_FLAGS and saved[name] != value]
+    given = getattr(cfg, "given", set(saved))
+    changes = {}
+    for name, value in config_record(cfg).items():
+        if name not in saved or name in _RESUME_FLAGS or saved[name] == value:
+            continue
+        if name in given:
+            changes[name] = [saved[name], value]
+        elif name == "teacher_url" and saved[name] and "***" in saved[name]:  # its key was never written
+            raise SystemExit(f"train.py: cannot resume: the run's --teacher-url carried a key, which is "
+                             f"never written ({saved[name]}): give --teacher-url again")
+        else:
+            setattr(cfg, name, saved[name])
+    fixed = [name for name in _SAME_RUN if name in changes]
+    if fixed:
+        raise SystemExit("train.py: cannot resume: " + "; ".join(
+            f"--{name.replace('_', '-')} {changes[name][1]!r}: the run continues {ckpt}, trained with "
+            f"{changes[name][0]!r}" for name in fixed) + " (the weights, the data position and the buffer "
+            "belong to it); leave these flags out, or start a fresh run with them")
+    if changes:
+        warnings.warn(f"--resume: flags differ from the run that wrote {ckpt}: "
+                      + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
+    cfg.resume_changes = changes  # not a field: open_run records them in resumes.jsonl
+    return changes
 
 
 def cut_back(path, start):
@@ -370,13 +409,16 @@ def open_run(cfg, start, accelerator, ckpt=None):
         root = os.path.realpath(os.path.join(cfg.out_dir, "checkpoints"))
         if ckpt and os.path.dirname(os.path.realpath(ckpt)) == root:
             atomic_write(os.path.join(cfg.out_dir, "latest"), os.path.basename(os.path.normpath(ckpt)))
-        atomic_write(os.path.join(cfg.out_dir, "config.json"), json.dumps(asdict(cfg), indent=2))
+        atomic_write(os.path.join(cfg.out_dir, "config.json"), json.dumps(config_record(cfg), indent=2))
+        if getattr(cfg, "resume_changes", None):  # when the run changed, and how
+            with open(os.path.join(cfg.out_dir, "resumes.jsonl"), "a") as f:
+                f.write(json.dumps({"step": start, "changes": cfg.resume_changes}) + "\n")
         # the steps after it are written again
         for name in ("metrics.jsonl", "rollouts.jsonl", "reformulated.jsonl"):
             if os.path.exists(os.path.join(cfg.out_dir, name)):
                 cut_back(os.path.join(cfg.out_dir, name), start)
     if cfg.report_to != "none":
-        accelerator.init_trackers("zppo", config=asdict(cfg))
+        accelerator.init_trackers("zppo", config=config_record(cfg))
     return log_path
 
 
@@ -399,11 +441,8 @@ def save(cfg, step, model, tokenizer, optimizer, buffer, data_pos, rng, accelera
 
 
 def resume_from(cfg, ckpt, model, optimizer, rng, buffer, accelerator):
-    """Restore the checkpoint's state; say which flags differ from its run's, and apply --lr and
-    --weight-decay to the restored optimizer (loading it brings back the values it was saved with)."""
-    changes = config_changes(cfg, ckpt)
-    if changes:
-        warnings.warn(f"--resume: flags differ from the run that wrote {ckpt}: {', '.join(changes)}")
+    """Restore the checkpoint's state, and apply --lr and --weight-decay to the restored optimizer (loading it
+    brings back the values it was saved with)."""
     start, data_pos, optim = load_checkpoint(ckpt, rng, buffer, accelerator.process_index,
                                              accelerator.num_processes)
     if buffer.capacity != cfg.buffer_capacity:  # applied, not only listed: the restored capacity would win
@@ -460,6 +499,7 @@ def add_to_step(step, metrics, log_path, accelerator):
     row = json.loads(lines[-1])
     if row["step"] != step:
         raise ValueError(f"{log_path}: the last line is step {row['step']}, not {step}")
+    row.pop("eval/pending", None)  # the evaluation ended, well or not
     lines[-1] = json.dumps({**row, **metrics}) + "\n"
     atomic_write(log_path, "".join(lines))
     accelerator.log({k: v for k, v in metrics.items() if v is not None}, step=step)

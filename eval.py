@@ -55,6 +55,9 @@ class EvalConfig:
     judge: str | None = field(default=None, metadata={
         "help": "judge model (paper: the teacher, Qwen3.5-27B-FP8): Exact+Judge fallback and BenchJudge"})
     judge_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server serving --judge"})
+    judge_api_key_env: str | None = field(default=None, metadata={
+        "help": "environment variable holding the judge server's API key, sent as a bearer token (default "
+                "OPENAI_API_KEY, or a key in --judge-url's user part); its name is recorded, never the key"})
     judge_timeout: float = field(default=600.0, metadata={
         "help": "seconds per judge request, all of it (remote judge)"})
     judge_retries: int = field(default=3, metadata={
@@ -113,15 +116,21 @@ def check(cfg):
     names = [n.strip() for n in cfg.benchmarks.split(",") if n.strip()]
     if not names:
         raise ValueError("--benchmarks names no benchmark")
-    if cfg.samples < 1 or (cfg.limit is not None and cfg.limit < 0) or cfg.chunk_size < 1:
-        raise ValueError(f"--samples and --chunk-size must be >= 1 and --limit >= 0 (got {cfg.samples}, "
-                         f"{cfg.chunk_size}, {cfg.limit})")
-    if not 0 < cfg.image_min_pixels <= cfg.image_max_pixels:
-        raise ValueError(f"--image-min-pixels must be > 0 and at most --image-max-pixels (got "
-                         f"{cfg.image_min_pixels}, {cfg.image_max_pixels})")
-    if cfg.judge_timeout <= 0 or cfg.judge_retries < 0:
-        raise ValueError(f"--judge-timeout must be > 0 and --judge-retries >= 0 (got {cfg.judge_timeout}, "
-                         f"{cfg.judge_retries})")
+    from config import finite_problems
+
+    rules = [("samples", cfg.samples >= 1, ">= 1"), ("chunk_size", cfg.chunk_size >= 1, ">= 1"),
+             ("limit", cfg.limit is None or cfg.limit >= 1, ">= 1"),
+             ("max_new_tokens", cfg.max_new_tokens >= 1, ">= 1"), ("batch_size", cfg.batch_size >= 1, ">= 1"),
+             ("image_min_pixels", cfg.image_min_pixels >= 1, ">= 1"),
+             ("image_max_pixels", cfg.image_max_pixels >= cfg.image_min_pixels, ">= --image-min-pixels"),
+             ("judge_timeout", cfg.judge_timeout > 0, "> 0"),
+             ("judge_retries", cfg.judge_retries >= 0, ">= 0"),
+             ("video_fps", cfg.video_fps > 0, "> 0"), ("video_max_frames", cfg.video_max_frames >= 2, ">= 2"),
+             ("vllm_gpu_memory_utilization", 0 < cfg.vllm_gpu_memory_utilization <= 1, "in (0, 1]")]
+    problems = finite_problems(cfg) + [f"--{name.replace('_', '-')} {getattr(cfg, name)}: must be {need}"
+                                       for name, ok, need in rules if not ok]
+    if problems:
+        raise SystemExit("eval.py: cannot start:\n  " + "\n  ".join(problems))
     if cfg.log_samples and not cfg.out:
         raise ValueError("--log-samples writes next to --out: give --out")
     for path in (cfg.out, cfg.responses):  # found out now, not after the first benchmark has run
@@ -152,11 +161,13 @@ def load_engines(cfg, device):
     checkpoint at the paper's image resolution (a base model's processor would otherwise use its own
     defaults and a trained one its training bounds)."""
     from config import vllm_missing
-    from models import TransformersEngine, frozen_engine, load_model, load_tokenizer, resolve_model_name
+    from engines.transformers_engine import TransformersEngine
+    from models import frozen_engine, load_model, load_tokenizer, resolve_model_name
     from rollout import VLLMEngine, pick_engine, vllm_dtype
 
     judge = frozen_engine(cfg.judge, cfg.judge_url, device=device, batch_size=cfg.batch_size,
-                          timeout=cfg.judge_timeout, retries=cfg.judge_retries)
+                          timeout=cfg.judge_timeout, retries=cfg.judge_retries, role="judge",
+                          api_key_env=cfg.judge_api_key_env)
     pixels = (cfg.image_min_pixels, cfg.image_max_pixels)
     if pick_engine(cfg.engine, device) == "vllm":
         if importlib.util.find_spec("vllm") is None:
@@ -190,11 +201,12 @@ def run_eval(cfg, names):
     import torch
 
     from checkpoint import atomic_write
+    from config import redact_url
 
     started = time.time()
     torch.manual_seed(cfg.seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    config = dict(asdict(cfg), device=device)
+    config = dict(asdict(cfg), judge_url=redact_url(cfg.judge_url), device=device)  # never the key
     sampling = dict(SAMPLING)
 
     def write_out(summary, status):
@@ -207,7 +219,7 @@ def run_eval(cfg, names):
     if cfg.responses:
         open(cfg.responses, "w").close()  # a fresh file; every benchmark's records are appended when it ends
     engine, judge, engine_kind = load_engines(cfg, device)
-    judge_id = f"{cfg.judge}@{cfg.judge_url}" if cfg.judge else None
+    judge_id = f"{cfg.judge}@{redact_url(cfg.judge_url)}" if cfg.judge else None
     settings = {"samples": cfg.samples, "max_new_tokens": cfg.max_new_tokens, "sampling": sampling,
                 "seed": cfg.seed, "pixels": [cfg.image_min_pixels, cfg.image_max_pixels],
                 "engine": engine_kind}

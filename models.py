@@ -4,34 +4,25 @@ GPUs for training (FSDP2's units, gathered whole to generate), and sampled in th
 the client of a teacher or judge server server.py's; `frozen_engine` picks one of the three for a model that
 is never trained (the teacher, the judge).
 """
-import contextlib
 import importlib.util
 import os
 import warnings
 from contextlib import contextmanager
 
 import torch
-from tqdm import tqdm
 from transformers import (
     AutoConfig,
     AutoImageProcessor,
     AutoModelForCausalLM,
     AutoModelForImageTextToText,
     AutoTokenizer,
-    GenerationConfig,
 )
 
-from config import use_fsdp
-from logprobs import batch_vision, mm_token_types, suppressed_token_ids, unwrap
-from rollout import (
-    Rollout,
-    VLLMEngine,
-    encode_prompt,
-    exceeds_context,
-    external_launcher_env,
-    with_prefix_text,
-)
-from server import RemoteEngine
+from config import max_model_len, use_fsdp
+from engines.server import RemoteEngine
+from engines.transformers_engine import TransformersEngine
+from logprobs import unwrap
+from rollout import ShardedEngine, VLLMEngine, external_launcher_env, pick_engine, vllm_dtype
 
 # ---------------------------------------------------------------------------------------------------------
 # loading
@@ -79,6 +70,11 @@ def load_model(name_or_path, dtype=torch.float32, device="cpu", text_only=False,
         plain = AutoModelForCausalLM.from_config(config, dtype=dtype)
         plain.load_state_dict(model.state_dict())
         model = plain
+    bad = [n for n, p in model.named_parameters() if not torch.isfinite(p).all()]
+    if bad:  # found now, not as a sampling error ("probability tensor contains inf, nan") after the load
+        raise ValueError(f"the {role} {name_or_path!r} holds NaN or inf weights in {len(bad)} tensors "
+                         f"(first: {bad[0]}): a damaged or diverged checkpoint; load another one (a run's "
+                         "checkpoints/ keeps earlier ones)")
     return model.to(device), tokenizer
 
 
@@ -95,152 +91,17 @@ def load_tokenizer(name, text_only=False, pixels=None, **kwargs):
     return tokenizer, config
 
 
-# ---------------------------------------------------------------------------------------------------------
-# the CPU engine: transformers' generate, on the trainer's own module
-
-
-class PresencePenalty:
-    """vLLM's presence penalty as a transformers logits processor (transformers has none): a constant taken
-    off the logit of every token a row has generated so far."""
-
-    def __init__(self, penalty, prompt_width, rows, vocab, device):
-        self.penalty, self.width = penalty, prompt_width
-        self.seen = torch.zeros(rows, vocab, dtype=torch.bool, device=device)
-
-    def __call__(self, ids, scores):
-        if ids.shape[1] > self.width:  # the token the last step generated
-            self.seen[torch.arange(len(ids)), ids[:, -1]] = True
-        return scores - self.penalty * self.seen[:, :scores.shape[-1]].to(scores.dtype)
-
-
-class SampledLogprobs:
-    """A logits processor that records the log-probability of every sampled token under softmax(logits / T),
-    the distribution the trainer recomputes, and keeps the policy off the image placeholders (their logits
-    set to -inf, as the trainer's log-probs exclude them). It runs on the raw logits, before transformers'
-    temperature / top-k / top-p warpers. A step's token is drawn after the processors run, so each call
-    reads the token the previous step drew (the last of `ids`) from that step's log-probs; `result` reads
-    the last step's after generate returns."""
-
-    def __init__(self, temperature, suppress):
-        self.temperature, self.suppress = temperature or 1.0, suppress
-        self.steps, self.pending = [], None  # per step, the sampled tokens' log-probs (rows,)
-
-    def __call__(self, ids, scores):
-        if self.suppress:
-            scores = scores.index_fill(-1, torch.tensor(self.suppress, device=scores.device), float("-inf"))
-        if self.pending is not None:
-            self.steps.append(self.pending.gather(-1, ids[:, -1:]).squeeze(-1))
-        self.pending = torch.log_softmax(scores.float() / self.temperature, dim=-1)
-        return scores
-
-    def result(self, new_tokens):
-        """(rows, steps) log-probs of the generated tokens `new_tokens` (rows, steps)."""
-        if self.pending is not None:
-            self.steps.append(self.pending.gather(-1, new_tokens[:, -1:]).squeeze(-1))
-            self.pending = None
-        if not self.steps:
-            return torch.zeros_like(new_tokens, dtype=torch.float)
-        return torch.stack(self.steps, dim=1)
-
-
-class TransformersEngine:
-    """Batched sampling with `model.generate`. The engine shares the trainer's module, so weights are
-    always in sync; sync_weights does nothing. `max_model_len` bounds prompt + response as vLLM's does: a
-    longer prompt gets no rollouts (an empty list) and counts in `too_long`, the same under either engine."""
-
-    def __init__(self, model, tokenizer, max_batch_size=64, context=None, max_model_len=None):
-        self.model, self.tokenizer = model, tokenizer
-        self.max_batch_size, self.max_model_len, self.too_long = max_batch_size, max_model_len, 0
-        self.context = context or contextlib.nullcontext  # FSDP: every unit's parameters gathered to generate
-        eos = model.generation_config.eos_token_id if model.generation_config is not None else None
-        eos = eos if eos is not None else tokenizer.eos_token_id
-        self.eos_ids = set(eos if isinstance(eos, (list, tuple)) else [eos])
-
-    def sync_weights(self, model, weights=None):
-        pass  # the trainer's own module: nothing to copy
-
-    @torch.no_grad()
-    def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0,
-                 presence_penalty=0.0, response_prefixes=None):
-        prefixes = response_prefixes or [[] for _ in prompts]
-        encoded = [(ids + list(pre), vision) for (ids, vision), pre in
-                   zip((encode_prompt(self.tokenizer, p) for p in prompts), prefixes)]
-        fits = [not exceeds_context(len(ids), max_new_tokens, self.max_model_len) for ids, _ in encoded]
-        self.too_long += len(fits) - sum(fits)
-        # one row per rollout, prompts repeated n times; chunks bound the padded batch in memory
-        rows = [i for i in range(len(prompts)) for _ in range(n) if fits[i]]
-        sampling = dict(temperature=temperature, top_p=top_p, top_k=top_k, presence_penalty=presence_penalty)
-        results = []
-        with self.context():  # entered even with nothing to generate: under FSDP every rank gathers together
-            for start in tqdm(range(0, len(rows), self.max_batch_size), desc="generate", leave=False,
-                              disable=len(rows) <= self.max_batch_size):
-                chunk = rows[start:start + self.max_batch_size]
-                results += self._generate_rows([encoded[i][0] for i in chunk], max_new_tokens, **sampling,
-                                               vision=[encoded[i][1] for i in chunk])
-        done = iter(results)
-        groups = [[next(done) for _ in range(n)] if ok else [] for ok in fits]
-        return with_prefix_text(groups, response_prefixes, self.tokenizer)
-
-    def _generate_rows(self, prompt_ids, max_new_tokens, temperature, top_p, top_k, presence_penalty,
-                       vision=None):
-        """One padded batch of prompts (left-padded), one Rollout each."""
-        model, pad = self.model, self.tokenizer.pad_token_id
-        device = next(model.parameters()).device
-        width = max(len(p) for p in prompt_ids)
-        input_ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompt_ids], device=device)
-        attention = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompt_ids], device=device)
-        vision = vision or [None] * len(prompt_ids)
-        images = {k: v.to(device) for k, v in batch_vision(vision).items()}
-        if images:  # the model places multimodal rotary positions from the image (1) and video (2) tokens
-            images["mm_token_type_ids"] = mm_token_types(input_ids, model.config)
-        greedy = temperature == 0
-        config = GenerationConfig(
-            do_sample=not greedy, temperature=None if greedy else temperature,
-            top_p=None if greedy else top_p, top_k=None if greedy else (top_k or 0),
-            max_new_tokens=max_new_tokens, pad_token_id=pad,
-            eos_token_id=sorted(self.eos_ids), return_dict_in_generate=True)
-        record = SampledLogprobs(temperature, suppressed_token_ids(model.config))
-        processors = [record]
-        if presence_penalty:
-            vocab = model.config.get_text_config().vocab_size
-            processors.insert(0, PresencePenalty(presence_penalty, width, len(prompt_ids), vocab, device))
-        # generate() fills every field left None from model.generation_config (the checkpoint's file):
-        # a blank one stands in for the call, so only the arguments above decide the sampling
-        was_training, own_config = model.training, model.generation_config
-        model.eval()
-        model.generation_config = GenerationConfig()
-        try:
-            # synced_gpus off: transformers turns it on for an FSDP model on several ranks, to keep their
-            # gathers in step; the engine's context has gathered every unit already, so each rank generates
-            # its own share to its own length
-            out = model.generate(input_ids=input_ids, attention_mask=attention, **images,
-                                 generation_config=config, synced_gpus=False, logits_processor=processors)
-        finally:
-            model.generation_config = own_config
-            model.train(was_training)
-        new = out.sequences[:, width:]
-        logprobs = record.result(new)
-        rollouts = []
-        for row, prompt in enumerate(prompt_ids):
-            tokens = new[row].tolist()
-            stop = next((k for k, t in enumerate(tokens) if t in self.eos_ids), None)
-            length = len(tokens) if stop is None else stop + 1
-            rollouts.append(Rollout(
-                text=self.tokenizer.decode(tokens[:length], skip_special_tokens=True), prompt_ids=prompt,
-                token_ids=tokens[:length], logprobs=logprobs[row, :length].tolist(),
-                finish_reason="length" if stop is None else "stop", vision=vision[row]))
-        return rollouts
-
-
 def frozen_engine(name, url=None, kind="transformers", device="cpu", batch_size=64, timeout=600.0, retries=3,
                   concurrency=32, gpu_memory_utilization=0.4, seed=0, dtype="bfloat16", max_model_len=None,
-                  sleep=False):
+                  sleep=False, api_key_env=None, role="teacher"):
     """A model that is never trained, behind the engine interface: the teacher in train.py, the judge in
-    eval.py. Remote when `url` is given (an OpenAI-compatible server serving `name`), else in this
+    eval.py. Remote when `url` is given (an OpenAI-compatible server serving `name`; its API key from the
+    URL's user part or the environment variable `api_key_env`, default OPENAI_API_KEY), else in this
     process: vLLM (asleep between calls with `sleep`: a teacher is used in bursts), or transformers in bf16
     on GPU (half the memory) and fp32 on CPU. None without a name."""
     if url:
-        engine = RemoteEngine(url, resolve_model_name(name or "default"), timeout, retries, concurrency)
+        engine = RemoteEngine(url, resolve_model_name(name or "default"), timeout, retries, concurrency,
+                              api_key_env=api_key_env)
         engine.check()  # no server there, a wrong path: said now, not as every request failing
         return engine
     if name is None:
@@ -250,7 +111,7 @@ def frozen_engine(name, url=None, kind="transformers", device="cpu", batch_size=
         return VLLMEngine(resolve_model_name(name), tokenizer, gpu_memory_utilization, max_model_len,
                           seed=seed, dtype=dtype, sleep=sleep)
     dtype = torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
-    model, tokenizer = load_model(name, dtype=dtype, device=device)
+    model, tokenizer = load_model(name, dtype=dtype, device=device, role=role)
     return TransformersEngine(model.eval().requires_grad_(False), tokenizer, max_batch_size=batch_size,
                               max_model_len=max_model_len)
 
@@ -331,6 +192,15 @@ def unsharded(model):
             m.set_reshard_after_forward(m is not unwrap(model), recurse=False)
 
 
+def trains_vision(path, cfg):
+    """Whether the student has a vision tower that trains (a vision-language checkpoint, loaded whole, not
+    frozen): some passes then reach it and others not."""
+    name = resolve_model_name(path)
+    kwargs = {"gguf_file": os.path.basename(name)} if name.endswith(".gguf") else {}
+    config = AutoConfig.from_pretrained(os.path.dirname(os.path.abspath(name)) if kwargs else name, **kwargs)
+    return getattr(config, "vision_config", None) is not None and not cfg.text_only and not cfg.freeze_vision
+
+
 def warn_slow_kernels(model, device):
     """Qwen3.5's linear-attention layers fall back to transformers' torch kernels (correct, several times
     slower) without flash-linear-attention and causal-conv1d; say so once, on GPU, with what to install."""
@@ -353,95 +223,140 @@ def checkpointing(model, on):
 
 
 # ---------------------------------------------------------------------------------------------------------
-# will the run fit its GPU: checked at start, before anything loads
-
-def gpu_memory():
-    """This process's GPU's memory in bytes, or None without one."""
-    import torch
-
-    if not torch.cuda.is_available():
-        return None
-    return torch.cuda.get_device_properties(int(os.environ.get("LOCAL_RANK", "0"))).total_memory
-
-def checkpoint_parameters(name):
-    """(parameters, bytes per parameter) of a checkpoint from its safetensors headers: a local folder, or a
-    hub id already in the local cache; None when neither is there (not downloaded yet, or a .gguf file)."""
-    import json
-    import struct
-
-    folder = name if os.path.isdir(name) else None
-    if folder is None and "/" in name and not name.endswith(".gguf"):
-        try:
-            from huggingface_hub import snapshot_download
-
-            folder = snapshot_download(name, allow_patterns=["*.safetensors"], local_files_only=True)
-        except Exception:  # noqa: BLE001 (not in the cache, or no hub library: unknown)
-            return None
-    files = [os.path.join(folder, f) for f in sorted(os.listdir(folder))
-             if f.endswith(".safetensors")] if folder else []
-    count, nbytes = 0, 0
-    for path in files:
-        with open(path, "rb") as f:
-            header = json.loads(f.read(struct.unpack("<Q", f.read(8))[0]))
-        for key, tensor in header.items():
-            if key != "__metadata__":
-                n = 1
-                for d in tensor["shape"]:
-                    n *= d
-                count += n
-                nbytes += tensor["data_offsets"][1] - tensor["data_offsets"][0]
-    return (count, nbytes / count) if count else None
-
-GIB = 2 ** 30
-
-def memory_problems(cfg, gpu_bytes, world, student, teacher, fsdp):
-    """What does not fit on one GPU, checked at start, before anything loads: a list of lines (empty when it
-    fits), and the plan they come from. `student` and `teacher`: checkpoint_parameters' (parameters, bytes per
-    parameter), or None when unknown (that part is then left out). The trainer holds fp32 weights and
-    gradients and AdamW's two moments, 16 bytes per parameter (FSDP: its share of them), besides the
-    activations of the update; a colocated vLLM engine takes its --*-gpu-memory-utilization share of the
-    GPU; an in-process vLLM teacher must hold its weights in its share with room for KV cache, and is awake
-    only during its calls (--teacher-sleep), but then beside the trainer and the student's engine; an
-    in-process transformers teacher keeps bf16 weights on the GPU all the time."""
-    plan, problems = {}, []
-    engine = cfg.engine if cfg.engine != "auto" else \
-        "vllm" if importlib.util.find_spec("vllm") else "transformers"  # on a GPU: train.py's choice
-    if student:
-        plan["trainer (fp32 weights, gradients, AdamW)"] = 16 * student[0] / (world if fsdp else 1)
-    if engine == "vllm":
-        plan["student's vLLM engine"] = cfg.vllm_gpu_memory_utilization * gpu_bytes
-    in_process = cfg.teacher not in (None, "gold") and not cfg.teacher_url
-    kind = cfg.teacher_engine if cfg.teacher_engine != "auto" else engine
-    if in_process and teacher:
-        weights = teacher[0] * min(teacher[1], 2)  # bf16, or the checkpoint's own (FP8: 1 byte)
-        if kind == "vllm":
-            share = cfg.teacher_gpu_memory_utilization * gpu_bytes
-            plan["teacher's vLLM engine (awake during its calls)"] = share
-            if weights > 0.9 * share:
-                problems.append(f"the teacher's weights ({weights / GIB:.1f} GiB) do not fit its share of "
-                                "the GPU (--teacher-gpu-memory-utilization "
-                                f"{cfg.teacher_gpu_memory_utilization}: {share / GIB:.1f} GiB) with room for "
-                                "its KV cache")
-        else:
-            plan["teacher (transformers, bf16 weights)"] = weights
-    used = sum(plan.values())
-    if used > 0.95 * gpu_bytes:
-        problems.append(f"the run needs {used / GIB:.1f} GiB of the GPU's {gpu_bytes / GIB:.1f} GiB before "
-                        "any activation (" + ", ".join(f"{k} {v / GIB:.1f}" for k, v in plan.items()) + ")")
-    return problems, plan
+# the student for training, and the engines of a run
 
 
-def memory_check(cfg):
-    """On a GPU, stop at start when the run cannot fit it (memory_problems), naming what to change."""
-    gpu = gpu_memory()
-    if gpu is None:
+def prepare_student(cfg, path, accelerator, images=False):
+    """The student (text or vision-language class), its tokenizer, and AdamW over its trainable parameters:
+    sharded with FSDP2 (models.shard), or wrapped by accelerate (DDP, autocast), with gradient checkpointing
+    as asked. Under DDP a vision tower that trains is registered with find_unused_parameters (set when the
+    accelerator was made), so a pass whose micro-batches hold no image on some rank (text data, or a text
+    micro-batch of mixed data) leaves it as a single process would: no gradient where no rank used it."""
+    model, tokenizer = load_model(path, text_only=cfg.text_only, role="student",
+                                  pixels=(cfg.image_min_pixels, cfg.image_max_pixels))
+    if cfg.freeze_vision:
+        for name, p in model.named_parameters():
+            p.requires_grad_(p.requires_grad and "visual" not in name)
+    model.to(accelerator.device).train()
+    warn_slow_kernels(model, accelerator.device)
+    if cfg.gradient_checkpointing:  # only in training mode: the no-grad passes run in eval mode, unaffected
+        checkpointing(model, True)
+    if use_fsdp(cfg):
+        model = shard(model, accelerator.mixed_precision, images)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+    if not use_fsdp(cfg):
+        model, optimizer = accelerator.prepare(model, optimizer)
+    return model, tokenizer, optimizer
+
+
+def build_engines(cfg, accelerator, model, tokenizer, model_path):
+    """The student's rollout engine and the teacher (None for 'gold' or none), sharded over processes."""
+    cfg.engine = pick_engine(cfg.engine, accelerator.device)
+    dtype, context = vllm_dtype(cfg.vllm_dtype, accelerator.device), max_model_len(cfg)
+    if cfg.engine == "vllm":
+        student = VLLMEngine(resolve_model_name(model_path), tokenizer, cfg.vllm_gpu_memory_utilization,
+                             context, seed=cfg.seed + accelerator.process_index, sleep=cfg.vllm_sleep,
+                             dtype=dtype, pixels=(cfg.image_min_pixels, cfg.image_max_pixels))
+    else:  # the trainer's own module; under FSDP2 every unit is gathered while it generates
+        student = TransformersEngine(accelerator.unwrap_model(model), tokenizer, cfg.gen_batch_size,
+                                     (lambda: unsharded(model)) if sharded(model) else None, context)
+    try:
+        teacher = frozen_engine(
+            None if cfg.teacher == "gold" else cfg.teacher, cfg.teacher_url,
+            kind=cfg.engine if cfg.teacher_engine == "auto" else cfg.teacher_engine,
+            device=accelerator.device,
+            batch_size=cfg.gen_batch_size, timeout=cfg.teacher_timeout, retries=cfg.teacher_retries,
+            concurrency=cfg.teacher_concurrency, gpu_memory_utilization=cfg.teacher_gpu_memory_utilization,
+            seed=cfg.seed + accelerator.process_index, dtype=dtype, max_model_len=context,
+            sleep=cfg.teacher_sleep and accelerator.device.type == "cuda",
+            api_key_env=cfg.teacher_api_key_env)
+    except OSError as e:  # a path that does not exist, an unreachable hub id: name the flag too
+        raise OSError(f"--teacher {cfg.teacher}: {e}") from e
+    if accelerator.num_processes > 1:  # every rank generates its share of the prompts and sees all results
+        student = ShardedEngine(student, accelerator)
+        teacher = ShardedEngine(teacher, accelerator) if teacher is not None else None
+    return student, teacher
+
+
+# ---------------------------------------------------------------------------------------------------------
+# a checkpoint's full state from the ranks' shards (checkpoint.py writes it)
+
+
+def local(tensor):
+    """This rank's part of a parameter: its shard under FSDP (a DTensor), else the tensor itself."""
+    return tensor.to_local() if hasattr(tensor, "to_local") else tensor
+
+
+def rank_rngs(accelerator):
+    """Every rank's (torch, CUDA) generator states, in rank order (a collective: every rank calls it)."""
+    mine = (torch.get_rng_state(), torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None)
+    if accelerator.num_processes == 1:
+        return [mine]
+    from accelerate.utils import gather_object
+
+    return gather_object([mine])
+
+
+def _dcp_options(**kwargs):
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(full_state_dict=True, **kwargs)
+
+
+def model_state(model, accelerator):
+    """The whole model's weights for the checkpoint, on the main process. Under FSDP a collective (every rank
+    calls it): the shards are gathered one tensor at a time into the main process's CPU memory; the other
+    ranks get nothing."""
+    from torch.distributed.checkpoint.state_dict import get_model_state_dict
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in model.parameters()):
+        return get_model_state_dict(model, options=_dcp_options(cpu_offload=True))
+    return accelerator.get_state_dict(model)
+
+
+def _named(model, optimizer):
+    """(the torch optimizer, {parameter: its name}): accelerate wraps the optimizer, DDP the module."""
+    from logprobs import unwrap
+
+    return getattr(optimizer, "optimizer", optimizer), {p: n for n, p in unwrap(model).named_parameters()}
+
+
+def optimizer_state(model, optimizer):
+    """AdamW's whole state keyed by parameter name (torch.distributed.checkpoint's full form: `state` and each
+    group's `params` by name), which any layout loads: one process, DDP, or FSDP over any number of ranks.
+    Under FSDP the shards are gathered (a collective) into the main process's CPU memory. An optimizer that
+    has not stepped yet is written as its groups alone: torch's gathering would first step it once with lr 0
+    to create its state, and the run would then continue from another AdamW step count."""
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+    from torch.distributed.tensor import DTensor
+
+    optim, names = _named(model, optimizer)
+    if optim.state and any(isinstance(p, DTensor) for p in names):
+        return get_optimizer_state_dict(model, optim, options=_dcp_options(cpu_offload=True))
+    state = optim.state_dict()  # by position: the groups' parameters in order
+    order = [names[p] for g in optim.param_groups for p in g["params"]]
+    return {"state": {order[k]: v for k, v in state["state"].items()},
+            "param_groups": [{**g, "params": [order[k] for k in g["params"]]} for g in state["param_groups"]]}
+
+
+def load_optimizer_state(model, optimizer, state):
+    """The inverse of optimizer_state, whatever the layout (each FSDP rank takes its shard of the full state).
+    A checkpoint of the older form (by position, not by name) loads into the same layout only."""
+    from torch.distributed.checkpoint.state_dict import set_optimizer_state_dict
+    from torch.distributed.tensor import DTensor
+
+    optim, names = _named(model, optimizer)
+    groups = state.get("param_groups", [])
+    if any(isinstance(p, int) for g in groups for p in g["params"]):
+        optimizer.load_state_dict(state)
         return
-    in_process = cfg.teacher not in (None, "gold") and not cfg.teacher_url
-    student = checkpoint_parameters(cfg.resume or cfg.student)
-    teacher = checkpoint_parameters(cfg.teacher) if in_process else None
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    found, _ = memory_problems(cfg, gpu, world, student, teacher, use_fsdp(cfg))
-    if found:
-        raise SystemExit("train.py: cannot start:\n  " + "\n  ".join(
-            f"GPU memory: {p}; docs/gpus.md lists the layouts that fit each student and teacher (the teacher "
-            "on GPUs of its own with --teacher-url, --fsdp over more GPUs, lower shares)" for p in found))
+    if any(isinstance(p, DTensor) for p in names):
+        if state["state"]:  # else nothing to load: the groups' settings are resume_from's
+            set_optimizer_state_dict(model, optim, state, options=_dcp_options())
+        return
+    position = {names[p]: k for k, p in enumerate(p for g in optim.param_groups for p in g["params"])}
+    optim.load_state_dict({"state": {position[n]: v for n, v in state["state"].items()},
+                           "param_groups": [{**g, "params": [position[n] for n in g["params"]]}
+                                            for g in groups]})

@@ -61,8 +61,12 @@ def last_boxed(text, max_chars=MAX_ANSWER_CHARS):
 _UNWRAP = re.compile(r"\\(?:text|textbf|mathrm|mathbf|mbox|operatorname)\s*\{([^{}]*)\}")
 _SPACING = re.compile(r"\\[,;:! ]|\\(?:left|right|displaystyle)\b|\$|~")
 # a comma inside a number only as a thousands separator (1,000 and 12,345,678): "5,6" is a list of two numbers
-# (VLMs-are-Blind's grid answers), never 56
-_NUMBER = r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:/\d+)?"
+# (VLMs-are-Blind's grid answers), never 56; a decimal exponent (1e-5, 2.5E3, -3e+2) as the number it is
+_NUMBER = r"[-+]?(?:(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d*)?|\.\d+)(?:[eE][-+]?\d+)?(?:/\d+)?"
+# a larger decimal exponent is no answer: 1e999999999 would be built as a billion-digit integer, in C, where
+# no time limit stops it
+MAX_EXPONENT = 1000
+_EXPONENT = re.compile(r"\d\.?[eE][-+]?(\d+)")
 _UNIT_TAIL = re.compile(rf"^({_NUMBER})\s*[A-Za-z][A-Za-z ./]*$")
 
 
@@ -78,13 +82,19 @@ def normalize(ans):
     return s.replace(" ", "")
 
 
+def _huge_exponent(s):
+    """Whether s writes a number with a decimal exponent beyond MAX_EXPONENT (1e999999999)."""
+    return any(len(e.lstrip("0")) > 4 or int(e) > MAX_EXPONENT for e in _EXPONENT.findall(s))
+
+
 def _as_fraction(s):
-    """Plain numbers, 1,000-style thousands, decimals, a/b and \\frac{a}{b}; None for anything else."""
+    """Plain numbers, 1,000-style thousands, decimals, exponents (1e-5, 2.5E3; |exponent| up to
+    MAX_EXPONENT), a/b and \\frac{a}{b}; None for anything else."""
     m = re.fullmatch(r"([-+]?)\\frac\{(\d+)\}\{(\d+)\}", s)
     if m:
         sign, num, den = -1 if m.group(1) == "-" else 1, int(m.group(2)), int(m.group(3))
         return sign * Fraction(num, den) if den else None
-    if not re.fullmatch(_NUMBER, s) or len(s) > 60:
+    if not re.fullmatch(_NUMBER, s) or len(s) > 60 or _huge_exponent(s):
         return None
     try:
         return Fraction(s.replace(",", ""))
@@ -143,7 +153,7 @@ def _explosive(s):
     exact big integers, in C where no time limit interrupts it, or only at the limit, with nothing gained.
     Every such answer is graded not equal without trying. The factorial of one digit up to 7 stays allowed
     inside a factorial or an exponent ((3!)! = 720, 2^{3!} = 64: at most 5040!, milliseconds)."""
-    if _TOWER.search(s) or (("binom" in s or "choose" in s) and _BIG_INT.search(s)):
+    if _TOWER.search(s) or (("binom" in s or "choose" in s) and _BIG_INT.search(s)) or _huge_exponent(s):
         return True
     for i, c in enumerate(s):
         if c == "^":
@@ -255,8 +265,8 @@ def final_boxed(text):
 
 
 def as_number(text):
-    """A boxed answer as an exact number (Fraction) when it is one (plain, 1,000-style, decimal, a/b,
-    \\frac{a}{b}, a unit after it), else None."""
+    """A boxed answer as an exact number (Fraction) when it is one (plain, 1,000-style, decimal, 1e-5-style,
+    a/b, \\frac{a}{b}, a unit after it), else None."""
     return _as_fraction(normalize(text))
 
 

@@ -27,6 +27,7 @@ import torch
 from transformers import AutoConfig
 
 from config import vllm_missing
+from engines.video import prompt_videos
 from logprobs import suppressed_token_ids, unwrap
 
 
@@ -55,16 +56,17 @@ def prompt_parts(prompt):
     return prompt["text"], list(prompt.get("images") or [])
 
 
-def prompt_videos(prompt):
-    """The video clips of a prompt (evaluation's video benchmarks: benchmarks/video.py's frame folders)."""
-    return list(prompt.get("videos") or []) if isinstance(prompt, dict) else []
-
-
 def open_image(path):
+    """An image of a prompt, decoded. data.py checked every training image at load: one that fails here was
+    changed or removed since, and the error says so, with its path."""
     from PIL import Image
 
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except Exception as e:  # noqa: BLE001 (PIL raises OSError, SyntaxError, ValueError... for a bad file)
+        raise ValueError(f"image unreadable: {path} ({type(e).__name__}: {e}); it was readable when the data "
+                         "loaded: was it changed or removed since?") from None
 
 
 def encode_prompt(tokenizer, prompt):
@@ -79,7 +81,7 @@ def encode_prompt(tokenizer, prompt):
         return ids, None
     vision = image_inputs(tokenizer, images) if images else {}
     if videos:  # evaluation's video benchmarks only: their frames become the model's video inputs
-        from benchmarks.video import expand_video_tokens, video_inputs
+        from engines.video import expand_video_tokens, video_inputs
 
         vision.update(video_inputs(tokenizer, videos))
         ids = expand_video_tokens(tokenizer, ids, vision, videos)
@@ -428,7 +430,7 @@ class VLLMEngine:
             if images or videos:  # one placeholder per image or video in `ids`: vLLM expands them itself
                 data = {"image": [open_image(x) for x in images]} if images else {}
                 if videos:  # evaluation only: the sampled frames with their metadata, not re-sampled by vLLM
-                    from benchmarks.video import vllm_video
+                    from engines.video import vllm_video
 
                     data["video"] = [vllm_video(v) for v in videos]
                     request["mm_processor_kwargs"] = {"do_sample_frames": False}

@@ -19,8 +19,9 @@ same loop with one JSD step to the teacher in place of step 10's PPO (baselines.
 import math
 import os
 import random
+import signal
+import sys
 import time
-import warnings
 from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -36,29 +37,17 @@ from buffer import ReplayBuffer
 from config import (
     DISTILLATION,
     TEACHER_GUIDED,
-    max_model_len,
     parse_config,
-    release_lock,
-    take_lock,
     use_fsdp,
     validate,
 )
-from data import load_examples, take
-from models import (
-    TransformersEngine,
-    checkpointing,
-    frozen_engine,
-    load_model,
-    memory_check,
-    resolve_model_name,
-    shard,
-    sharded,
-    unsharded,
-    warn_slow_kernels,
-)
+from data import fit_prompts, load_training_data, take
+from device import memory_check
+from engines.server import teacher_metrics, teacher_tally
+from models import build_engines, prepare_student, trains_vision
 from reformulate import bcq_ncq_groups, group_prompt, plain_prompt, precap
 from reward import score_rollouts
-from rollout import Rollout, ShardedEngine, VLLMEngine, encode_prompt, pick_engine, vllm_dtype
+from rollout import Rollout
 from zppo import (
     Group,
     episodes_of,
@@ -68,6 +57,7 @@ from zppo import (
     reduce_sum,
     step_metrics,
     sync_check,
+    weight_spread,
 )
 
 
@@ -103,112 +93,9 @@ class Run:
     log_path: str  # metrics.jsonl
 
 
-def load_data(cfg):
-    """The training questions, before any model loads: every bad row named by file and line, ids unique,
-    enough questions for one step, and for --teacher gold worked solutions to stand in for the teacher."""
-    examples = load_examples(cfg.data, limit=cfg.data_limit, seed=cfg.seed, config=cfg.data_config,
-                             dedup_ids=cfg.dedup_ids)
-    if cfg.questions_per_step > len(examples):
-        raise SystemExit(f"--questions-per-step {cfg.questions_per_step} is more than the {len(examples)} "
-                         f"questions of {cfg.data}: a step would hold a question twice")
-    without = sum(not ex.get("solution") for ex in examples)
-    if cfg.teacher == "gold" and (cfg.bcq or cfg.algo in TEACHER_GUIDED) and without:
-        if without == len(examples):
-            raise SystemExit(f"--teacher gold: no question of {cfg.data} has a `solution` field, so no "
-                             "question would ever get a correct teacher answer (no BCQ, no hint or prefix); "
-                             "add worked solutions, use a teacher model, or --no-bcq")
-        warnings.warn(f"--teacher gold: {without} of the {len(examples)} questions of {cfg.data} have no "
-                      "`solution`: those never get a correct teacher answer (no BCQ)")
-    return examples
-
-
-def fit_prompts(cfg, examples, tokenizer):
-    """The questions whose plain prompt fits --max-prompt-tokens; at least one step's worth, else
-    SystemExit."""
-    if any(e.get("images") for e in examples) and not hasattr(tokenizer, "image_processor"):
-        raise ValueError(f"{cfg.data} has images but the student is a text model: use a vision-language "
-                         "checkpoint" + (" without --text-only" if cfg.text_only else ""))
-    lengths = [len(encode_prompt(tokenizer, plain_prompt(e))[0]) for e in examples]  # as the student sees it
-    kept = [e for e, n in zip(examples, lengths) if n <= cfg.max_prompt_tokens]
-    if len(kept) < len(examples):
-        print(f"dropping {len(examples) - len(kept)} questions whose plain prompt exceeds "
-              f"{cfg.max_prompt_tokens} tokens")
-    if not kept:
-        raise SystemExit(f"none of the {len(examples)} questions of {cfg.data} fits --max-prompt-tokens "
-                         f"{cfg.max_prompt_tokens}: the shortest plain prompt has {min(lengths)} tokens")
-    if cfg.questions_per_step > len(kept):
-        raise SystemExit(f"--questions-per-step {cfg.questions_per_step} is more than the {len(kept)} "
-                         f"questions of {cfg.data} that fit --max-prompt-tokens {cfg.max_prompt_tokens}: a "
-                         "step would hold a question twice")
-    return kept
-
-
-def trains_vision(path, cfg):
-    """Whether the student has a vision tower that trains (a vision-language checkpoint, loaded whole, not
-    frozen): some passes then reach it and others not."""
-    from transformers import AutoConfig
-
-    name = resolve_model_name(path)
-    kwargs = {"gguf_file": os.path.basename(name)} if name.endswith(".gguf") else {}
-    config = AutoConfig.from_pretrained(os.path.dirname(os.path.abspath(name)) if kwargs else name, **kwargs)
-    return getattr(config, "vision_config", None) is not None and not cfg.text_only and not cfg.freeze_vision
-
-
-def prepare_student(cfg, path, accelerator, images=False):
-    """The student (text or vision-language class), its tokenizer, and AdamW over its trainable parameters:
-    sharded with FSDP2 (models.shard), or wrapped by accelerate (DDP, autocast), with gradient checkpointing
-    as asked. Under DDP a vision tower that trains is registered with find_unused_parameters (set when the
-    accelerator was made), so a pass whose micro-batches hold no image on some rank (text data, or a text
-    micro-batch of mixed data) leaves it as a single process would: no gradient where no rank used it."""
-    model, tokenizer = load_model(path, text_only=cfg.text_only, role="student",
-                                  pixels=(cfg.image_min_pixels, cfg.image_max_pixels))
-    if cfg.freeze_vision:
-        for name, p in model.named_parameters():
-            p.requires_grad_(p.requires_grad and "visual" not in name)
-    model.to(accelerator.device).train()
-    warn_slow_kernels(model, accelerator.device)
-    if cfg.gradient_checkpointing:  # only in training mode: the no-grad passes run in eval mode, unaffected
-        checkpointing(model, True)
-    if use_fsdp(cfg):
-        model = shard(model, accelerator.mixed_precision, images)
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
-    if not use_fsdp(cfg):
-        model, optimizer = accelerator.prepare(model, optimizer)
-    return model, tokenizer, optimizer
-
-
-def build_engines(cfg, accelerator, model, tokenizer, model_path):
-    """The student's rollout engine and the teacher (None for 'gold' or none), sharded over processes."""
-    cfg.engine = pick_engine(cfg.engine, accelerator.device)
-    dtype, context = vllm_dtype(cfg.vllm_dtype, accelerator.device), max_model_len(cfg)
-    if cfg.engine == "vllm":
-        student = VLLMEngine(resolve_model_name(model_path), tokenizer, cfg.vllm_gpu_memory_utilization,
-                             context, seed=cfg.seed + accelerator.process_index, sleep=cfg.vllm_sleep,
-                             dtype=dtype, pixels=(cfg.image_min_pixels, cfg.image_max_pixels))
-    else:  # the trainer's own module; under FSDP2 every unit is gathered while it generates
-        student = TransformersEngine(accelerator.unwrap_model(model), tokenizer, cfg.gen_batch_size,
-                                     (lambda: unsharded(model)) if sharded(model) else None, context)
-    try:
-        teacher = frozen_engine(
-            None if cfg.teacher == "gold" else cfg.teacher, cfg.teacher_url,
-            kind=cfg.engine if cfg.teacher_engine == "auto" else cfg.teacher_engine,
-            device=accelerator.device,
-            batch_size=cfg.gen_batch_size, timeout=cfg.teacher_timeout, retries=cfg.teacher_retries,
-            concurrency=cfg.teacher_concurrency, gpu_memory_utilization=cfg.teacher_gpu_memory_utilization,
-            seed=cfg.seed + accelerator.process_index, dtype=dtype, max_model_len=context,
-            sleep=cfg.teacher_sleep and accelerator.device.type == "cuda")
-    except OSError as e:  # a path that does not exist, an unreachable hub id: say it is the teacher
-        raise OSError(f"the teacher (--teacher {cfg.teacher}): {e}") from e
-    if accelerator.num_processes > 1:  # every rank generates its share of the prompts and sees all results
-        student = ShardedEngine(student, accelerator)
-        teacher = ShardedEngine(teacher, accelerator) if teacher is not None else None
-    return student, teacher
-
-
 def setup(cfg):
     """Data, accelerate, the student and its optimizer, the engines, the buffer, and a resumed run's state."""
-    examples = load_data(cfg)
+    examples = load_training_data(cfg)
     ckpt = checkpoint.find_checkpoint(cfg.resume) if cfg.resume else None
     problems = checkpoint.resume_problems(cfg, ckpt) if ckpt else []
     if problems:  # before anything loads, and before config.json is rewritten
@@ -385,45 +272,34 @@ def update_buffer(cfg, run, plain):
 # bookkeeping
 
 
-def weight_spread(model, accelerator):
-    """DDP keeps the ranks' replicas identical; check it cheaply: max - min over ranks of the sum of all
-    weights. Under FSDP each rank holds other shards, no replica: None."""
-    if sharded(model) or accelerator.num_processes == 1:
-        return None
-    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
-    sums = accelerator.gather(checksum)
-    return (sums.max() - sums.min()).item()
+def eval_due(cfg, step):
+    """Whether the step evaluates (--eval-benchmarks every --eval-every steps, and at the end)."""
+    every = cfg.eval_every and step % cfg.eval_every == 0
+    return bool(cfg.eval_benchmarks) and bool(every or step == cfg.steps)
 
 
-def teacher_tally(teacher):
-    """(requests that failed, prompts asked, prompts over its context) of the teacher so far, this rank's;
-    zeros for none."""
-    return [getattr(teacher, key, 0) for key in ("failures", "prompts", "too_long")]
+def evaluate(cfg, run, step, bar):
+    """eval.py's benchmarks on the current weights, their numbers added to the step's metrics line."""
+    from eval import periodic_eval  # training itself never needs the evaluation stack
 
-
-def teacher_metrics(cfg, run, before, step):
-    """count/teacher_failed and count/teacher_too_long since `before` (teacher_tally's), all ranks together
-    (each rank's engine serves its share); a teacher that failed every request is said."""
-    now = teacher_tally(run.teacher)
-    failed, asked, too_long = reduce_sum(run.accelerator, [a - b for a, b in zip(now, before)])
-    if asked and failed == asked:
-        warnings.warn(f"step {step}: every one of the {asked:.0f} requests to the teacher at "
-                      f"{cfg.teacher_url} failed (count/teacher_failed): no teacher answers, no judge "
-                      "verdicts this step; is the server up and serving --teacher?")
-    return {"count/teacher_failed": int(failed), "count/teacher_too_long": int(too_long)}
+    periodic_eval(run.student, run.teacher, cfg, step, bar.write, run.log_path, run.accelerator)
 
 
 def finish_step(cfg, run, step, metrics, episodes, helped, nonfinite_steps, bar):
     """Metrics and dumps, the checkpoint, a stop after too many non-finite updates in a row, then the optional
-    evaluation (after the checkpoint: a crash in it loses nothing)."""
+    evaluation (after the checkpoint: a crash in it loses nothing; its line says eval/pending until it ends,
+    so a resume runs it). Returns whether it saved a checkpoint."""
     spread = weight_spread(run.model, run.accelerator)
     if spread is not None:  # DDP's replicas (FSDP has none)
         metrics["dist/weight_checksum_spread"] = spread
+    if eval_due(cfg, step):
+        metrics["eval/pending"] = 1
     checkpoint.write_step(cfg, step, metrics, episodes, helped, run.log_path, run.accelerator)
     bar.set_postfix(acc=f"{metrics['acc/plain']:.2f}", bcq=f"{metrics['acc/bcq']:.2f}",
                     ncq=f"{metrics['acc/ncq']:.2f}", buf=len(run.buffer), t=f"{metrics['time/step']:.0f}s")
     stop = cfg.max_nonfinite_steps and nonfinite_steps >= cfg.max_nonfinite_steps
-    if (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stop:
+    save = (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stop
+    if save:
         checkpoint.save(cfg, step, run.model, run.tokenizer, run.optimizer, run.buffer, run.data_pos, run.rng,
                         run.accelerator)
     if stop:  # the skipped updates kept the weights finite: the checkpoint above holds the last good ones
@@ -432,10 +308,40 @@ def finish_step(cfg, run, step, metrics, episodes, helped, nonfinite_steps, bar)
                          "had a NaN or inf loss or gradient (skipped, weights unchanged; see "
                          f"train/skipped_nonfinite in {run.log_path}); try a lower --lr, or --resume "
                          f"{cfg.out_dir} after a fix (--max-nonfinite-steps sets the limit)")
-    if cfg.eval_benchmarks:  # eval.py's benchmarks: training itself never needs them
-        from eval import periodic_eval
+    if eval_due(cfg, step):
+        evaluate(cfg, run, step, bar)
+    return bool(save)
 
-        periodic_eval(run.student, run.teacher, cfg, step, bar.write, run.log_path, run.accelerator)
+
+def stop_when_asked(cfg, run, step, saved, request):
+    """A stop request at a safe point: the checkpoint of `step` (unless saved already), then exit with REQUEUE
+    (75, "try again"), the lock released on the way out."""
+    if not saved and step > 0:
+        checkpoint.save(cfg, step, run.model, run.tokenizer, run.optimizer, run.buffer, run.data_pos, run.rng,
+                        run.accelerator)
+    if run.accelerator.is_main_process and os.path.exists(request.path):
+        os.remove(request.path)  # acted on: the next incarnation starts clean
+    run.accelerator.end_training()
+    if run.accelerator.is_main_process:
+        print(f"train.py: stopped as asked ({request.reason()}) at step {step}, its checkpoint saved; "
+              f"continue with --resume {cfg.out_dir}", file=sys.stderr, flush=True)
+    raise SystemExit(REQUEUE)
+
+
+def step_state(run):
+    """What steps 1-7 consume before the update changes anything: the random states and the data position.
+    Restored, a step dropped by a stop request leaves the run exactly where the previous step ended."""
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    return run.rng.getstate(), torch.get_rng_state(), cuda, tuple(run.data_pos)
+
+
+def restore_step_state(run, state):
+    python, cpu, cuda, data_pos = state
+    run.rng.setstate(python)
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state_all(cuda)
+    run.data_pos = data_pos
 
 
 def progress_bar(cfg, run):
@@ -445,16 +351,66 @@ def progress_bar(cfg, run):
 
 
 # ---------------------------------------------------------------------------------------------------------
+# stopping when asked: a scheduler's signal, or OUT/stop
+
+REQUEUE = 75  # the exit status of a run stopped when asked, after its checkpoint (sysexits' EX_TEMPFAIL)
+STOP_SIGNALS = ("SIGTERM", "SIGINT", "SIGUSR1", "SIGUSR2")
+
+
+class StopRequest:
+    """A request to stop at the run's next safe point, with a checkpoint: one of STOP_SIGNALS (SIGTERM is how
+    schedulers end a job, SIGKILL following after a grace period; SLURM's --signal=USR1@SECONDS warns before
+    the time limit; SIGINT is Ctrl-C), or a file OUT/stop, which a job script can create on any node whatever
+    process got the scheduler's signal. A second signal stops at once (the lock is still released)."""
+
+    def __init__(self, out_dir):
+        self.path, self.signum, self.previous = os.path.join(out_dir, "stop"), None, {}
+
+    def __enter__(self):
+        if os.path.exists(self.path):  # left by an earlier incarnation of this run: not a request to this one
+            os.remove(self.path)
+        for name in STOP_SIGNALS:
+            self.previous[name] = signal.signal(getattr(signal, name), self.handle)
+        return self
+
+    def __exit__(self, *exc):
+        for name, handler in self.previous.items():
+            signal.signal(getattr(signal, name), handler)
+
+    def handle(self, signum, frame):
+        if self.signum is not None:
+            raise SystemExit(128 + signum)
+        self.signum = signum
+        print(f"train.py: {signal.Signals(signum).name}: stopping at the next safe point with a checkpoint "
+              "(the same signal again stops at once, without one)", file=sys.stderr, flush=True)
+
+    def asked(self, accelerator):
+        """Whether any rank was asked to stop (a collective: every rank calls it at the same points)."""
+        mine = self.signum is not None or (accelerator.is_main_process and os.path.exists(self.path))
+        return bool(reduce_sum(accelerator, [float(mine)])[0])
+
+    def reason(self):
+        return signal.Signals(self.signum).name if self.signum is not None else self.path
+
+
+# ---------------------------------------------------------------------------------------------------------
 # the loop
 
 
-def train_loop(cfg, run):
-    nonfinite_steps = 0  # steps in a row whose update skipped a mini-batch for a NaN / inf
-    for step in (bar := progress_bar(cfg, run)):
+def train_loop(cfg, run, request):
+    nonfinite_steps, saved = 0, run.start  # steps in a row whose update was skipped; the last step saved
+    bar = progress_bar(cfg, run)
+    if checkpoint.pending_eval(run.log_path, run.start):  # a crash cut the resumed step's evaluation short
+        evaluate(cfg, run, run.start, bar)
+    for step in bar:
         t_step, timer, tally = time.time(), defaultdict(float), teacher_tally(run.teacher)
+        before = step_state(run)
 
         # 1-7. the plain groups, and the groups the teacher helps with
         batch = sample_groups(cfg, run, timer)
+        if request.asked(run.accelerator):  # before the update: the step is dropped, the run stops as it was
+            restore_step_state(run, before)
+            stop_when_asked(cfg, run, step - 1, saved == step - 1, request)
 
         # 8-9. every rollout an Episode with its group's advantage, over the whole step batch
         episodes = episodes_of(batch.plain + batch.helped, cfg.adv_norm)
@@ -474,9 +430,13 @@ def train_loop(cfg, run):
         # metrics.jsonl, the checkpoint and the optional eval
         metrics = {**batch.counts, **metrics}
         metrics.update(step_metrics(batch.plain, batch.helped, episodes, batch.n_new, run.buffer, cfg.buffer),
-                       **baseline_metrics(cfg.algo, batch.helped), **teacher_metrics(cfg, run, tally, step))
+                       **baseline_metrics(cfg.algo, batch.helped),
+                       **teacher_metrics(run.teacher, tally, step, cfg.teacher_url, run.accelerator))
         metrics.update({f"time/{k}": v for k, v in timer.items()}, **{"time/step": time.time() - t_step})
-        finish_step(cfg, run, step, metrics, episodes, batch.helped, nonfinite_steps, bar)
+        saved = step if finish_step(cfg, run, step, metrics, episodes, batch.helped, nonfinite_steps, bar) \
+            else saved
+        if request.asked(run.accelerator):
+            stop_when_asked(cfg, run, step, saved == step, request)
     run.accelerator.end_training()
     return run.log_path
 
@@ -487,12 +447,15 @@ def main(cfg):
         from benchmarks import BENCHMARKS as known
     validate(cfg, known)  # flags, the output folder, then the data: all before any model loads
     # one process writes a run folder: the main process holds OUT/lock until it exits, however it exits
-    memory_check(cfg)  # on a GPU: a layout that cannot fit stops here
-    lock = take_lock(cfg.out_dir) if os.environ.get("RANK", "0") == "0" else None
+    lock = checkpoint.take_lock(cfg.out_dir) if os.environ.get("RANK", "0") == "0" else None
     try:
-        return train_loop(cfg, setup(cfg))
+        if cfg.resume:  # the run continues as it was, but for the flags given: what config.json records
+            checkpoint.continue_config(cfg)
+        memory_check(cfg)  # on a GPU: a layout that cannot fit stops here
+        with StopRequest(cfg.out_dir) as request:  # a scheduler's signal: stop with a checkpoint
+            return train_loop(cfg, setup(cfg), request)
     finally:
-        release_lock(lock)
+        checkpoint.release_lock(lock)
         # the process group closed while Python still runs: torch's gloo group, destroyed at interpreter exit
         # instead, can deadlock with its own worker thread (the process never exits)
         if torch.distributed.is_initialized():

@@ -173,6 +173,18 @@ def reduce_sum(accelerator, values):
     return (accelerator.reduce(t, "sum") if accelerator.num_processes > 1 else t).tolist()
 
 
+def weight_spread(model, accelerator):
+    """DDP keeps the ranks' replicas identical; check it cheaply: max - min over ranks of the sum of all
+    weights. Under FSDP each rank holds other shards (DTensors), no replica: None."""
+    from torch.distributed.tensor import DTensor
+
+    if accelerator.num_processes == 1 or any(isinstance(p, DTensor) for p in model.parameters()):
+        return None
+    checksum = torch.stack([p.detach().double().sum() for p in model.parameters()]).sum().reshape(1)
+    sums = accelerator.gather(checksum)
+    return (sums.max() - sums.min()).item()
+
+
 def passes(accelerator, n):
     """How many passes each rank runs in a phase where this rank has n: the most any rank has. A backward runs
     collectives under DDP and FSDP (gradient reduction), and under FSDP every forward does too (it gathers

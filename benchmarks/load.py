@@ -12,7 +12,7 @@ from collections import Counter
 from benchmarks import BENCHMARKS
 from benchmarks.llm import conversation, redux_target
 from benchmarks.video import VideoError, attach_video
-from data import make_arithmetic, read_jsonl, split_gsm8k
+from data import answer_text, make_arithmetic, read_jsonl, split_gsm8k
 from reward import is_choice
 
 # MMLU-Redux rows the reference evaluators score differently: lm-evaluation-harness keeps only the rows
@@ -87,7 +87,8 @@ def row_images(row, spec, where, base, name):
         if isinstance(value, str):
             paths += check_images(value, where, base)
         else:
-            paths += save_hub_images({"image": value}, name, where.replace("/", "_"), k)["image"]
+            paths += save_hub_images({"image": value}, name, where.replace("/", "_"), k,
+                                     version=row.get("_hub_version"))["image"]
     return paths
 
 
@@ -161,11 +162,11 @@ def to_example(row, spec, where, config=None, redux_rows="ok", vision=False, bas
             return None, "answer_format"
         return dict(example, question=stem + "\n\n" + render_choices(options), stem=stem,
                     options=render_choices(options), answer=answer), None
-    if isinstance(answer, bool) or not isinstance(answer, (str, int, float)) or not str(answer).strip():
+    if answer_text(answer) is None:  # null, a boolean, NaN, blank: no gold to grade against
         return None, "answer_format"
     if isinstance(answer, str):
         answer = split_gsm8k(answer)[1]  # GSM8K: the short answer after "####"
-    return dict(example, question=stem, answer=str(answer).strip()), None
+    return dict(example, question=stem, answer=answer_text(answer)), None
 
 
 def _converted(example, got, row, spec, where, base, name, has_image, get):
@@ -199,8 +200,9 @@ def hub_rows(spec):
                 reason = f"{type(e).__name__}: {str(e)[:200]}"
                 raise RuntimeError(f"config {config}, split {split}: {reason}") from None
             label = config if not spec.get("splits") else f"{config}:{split}" if config else split
+            version = getattr(rows, "_fingerprint", None)  # the set's revision: its images' cache folder
             for i in range(len(rows)):
-                yield f"{spec['hub']}[{config}][{split}][{i}]", label, dict(rows[i])
+                yield f"{spec['hub']}[{config}][{split}][{i}]", label, {**rows[i], "_hub_version": version}
 
 
 def _convert(rows, spec, limit, redux_rows, vision=False, base="", name="bench", video=None):

@@ -6,20 +6,18 @@ never pixels), and turned into the model's video inputs; and where a video bench
 The paper gives no frame sampling; ours [flags --video-fps, --video-max-frames]: FPS frames per second of the
 video, uniformly spaced, at most MAX_FRAMES (fewer frames over the whole clip when it is long), an even count
 (Qwen's temporal patch is two frames), each frame sized by the student's image processor within its pixel
-bounds. Engines: the transformers engine gets pixel_values_videos / video_grid_thw built here (Qwen3-VL's
-video layout: pairs of frames per temporal patch, a "<t seconds>" text before each pair's tokens, as its
-processor writes them), vLLM gets `multi_modal_data={"video": [(frames, metadata)]}` of the same sampled
-frames, and an OpenAI-compatible server gets the video file itself as a `video_url` content part (a base64
-data URL), which it samples itself.
+bounds. The engines' side of a clip (the model's video inputs, vLLM's, a server's) is engines/video.py.
 """
+import bisect
 import hashlib
 import json
 import os
 
 import numpy as np
 
+from engines.video import load_clip
+
 DEFAULT_FPS, DEFAULT_MAX_FRAMES = 2.0, 32
-VIDEO_TOKEN, VISION_START, VISION_END = "<|video_pad|>", "<|vision_start|>", "<|vision_end|>"
 
 
 class VideoError(ValueError):
@@ -32,7 +30,13 @@ def cache_root():
 
 def sample_frames(path, fps=DEFAULT_FPS, max_frames=DEFAULT_MAX_FRAMES, cache=None):
     """The clip's frames.json (frames, times, indices, native fps, source), decoded once and cached by the
-    file's path, size, mtime and the sampling settings."""
+    file's path, size, mtime and the sampling settings. Only the sampled frames are kept (memory set by
+    max_frames, not by the clip's length), and they are reached by seeking: the stream's packets are read
+    without decoding (how many frames, their times), then each sampled frame is decoded from the keyframe
+    before it. Where the packets do not tell every frame's time or a seek lands elsewhere, the stream is
+    decoded in one pass keeping only the frames the packets say are sampled (a second pass only when the
+    decoded frames disagree with the packets). Either way the frames are those that decoding every frame and
+    taking evenly spaced ones gives."""
     import av
 
     if not os.path.exists(path):
@@ -48,130 +52,113 @@ def sample_frames(path, fps=DEFAULT_FPS, max_frames=DEFAULT_MAX_FRAMES, cache=No
         with av.open(path) as container:
             stream = container.streams.video[0]
             rate = float(stream.average_rate or stream.guessed_rate or 0) or 24.0
-            frames = [(f.time if f.time is not None else i / rate, f.to_image()) for i, f in
-                      enumerate(container.decode(stream))]
+            pts, keys = _packets(container, stream)
+            base, clip = stream.time_base, None
+            try:
+                clip = _by_seeking(container, stream, rate, fps, max_frames, pts, keys)
+            except av.error.FFmpegError:  # a container that cannot seek: decoded whole instead
+                pass
+        if clip is None:  # every frame's time as the packets say, where they say it
+            guess = ([float(p) * base.numerator / base.denominator for p in sorted(pts)]
+                     if base and None not in pts else [i / rate for i in range(len(pts))]
+                     if set(pts) == {None} else [])
+            clip = _in_one_pass(av, path, rate, fps, max_frames, guess)
     except (av.error.FFmpegError, IndexError, OSError, ValueError) as e:
         raise VideoError(f"video file undecodable: {path} ({type(e).__name__}: {str(e)[:120]})") from None
-    if not frames:
+    if clip is None:
         raise VideoError(f"video file has no frames: {path}")
-    duration = frames[-1][0] + 1.0 / rate
-    count = min(max_frames, max(2, round(duration * fps)), len(frames))
-    count -= count % 2 if count > 1 else 0
-    # int(): a plain int for frames.json whatever round() gives for numpy's floats
-    picks = sorted({int(round(x)) for x in np.linspace(0, len(frames) - 1, max(count, 1))})  # noqa: RUF046
+    picks, times, images, total, duration = clip
     os.makedirs(folder, exist_ok=True)
     names = []
-    for k, i in enumerate(picks):
+    for k, image in enumerate(images):
         names.append(f"frame_{k:04d}.png")
-        frames[i][1].convert("RGB").save(os.path.join(folder, names[-1]))
-    meta = {"frames": names, "indices": picks, "times": [frames[i][0] for i in picks], "fps": rate,
-            "total_frames": len(frames), "duration": duration, "source": os.path.abspath(path)}
+        image.convert("RGB").save(os.path.join(folder, names[-1]))
+    meta = {"frames": names, "indices": picks, "times": times, "fps": rate, "total_frames": total,
+            "duration": duration, "source": os.path.abspath(path)}
     from checkpoint import atomic_write
 
     atomic_write(index, json.dumps(meta))  # frames.json last, whole: a cut decode leaves no clip to find
     return index
 
 
-def load_clip(index):
-    """(RGB frames, metadata) of a cached clip."""
-    from PIL import Image
-
-    with open(index) as f:
-        meta = json.load(f)
-    folder = os.path.dirname(index)
-    frames = []
-    for name in meta["frames"]:
-        with Image.open(os.path.join(folder, name)) as im:
-            frames.append(im.convert("RGB"))
-    return frames, meta
+def _picks(times, rate, fps, max_frames):
+    """(indices of the sampled frames, the clip's duration) from every frame's time: at most max_frames (an
+    even count) evenly spaced from the first frame to the last, FPS per second of the clip."""
+    duration = times[-1] + 1.0 / rate
+    count = min(max_frames, max(2, round(duration * fps)), len(times))
+    count -= count % 2 if count > 1 else 0
+    # int(): a plain int for frames.json whatever round() gives for numpy's floats
+    picks = sorted({int(round(x)) for x in np.linspace(0, len(times) - 1, max(count, 1))})  # noqa: RUF046
+    return picks, duration
 
 
-def prompt_videos(prompt):
-    """The clips (frames.json paths) of a prompt; none for a text or a chat."""
-    return list(prompt.get("videos") or []) if isinstance(prompt, dict) else []
+def _packets(container, stream):
+    """(every frame's pts, the keyframes' pts) as the stream's packets say, read without decoding; a pts
+    is None where its packet has none or decoding drops the packet (discarded, corrupt)."""
+    pts, keys = [], []
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the demuxer's end-of-stream marker, no frame
+            continue
+        pts.append(None if packet.is_discard or packet.is_corrupt else packet.pts)
+        if packet.is_keyframe and pts[-1] is not None:
+            keys.append(pts[-1])
+    return pts, sorted(keys)
 
 
-def group_times(meta, temporal=2):
-    """One timestamp per temporal patch: the mean of its first and last frame's index / fps, as Qwen3-VL's
-    processor computes them (the last frame repeated to fill a patch)."""
-    idx = list(meta["indices"])
-    idx += [idx[-1]] * (-len(idx) % temporal)
-    t = [i / meta["fps"] for i in idx]
-    return [(t[i] + t[i + temporal - 1]) / 2 for i in range(0, len(t), temporal)]
-
-
-def video_inputs(tokenizer, clips):
-    """pixel_values_videos (patches, dim) and video_grid_thw (videos, 3) in Qwen3-VL's video layout, built
-    from the image processor's patches of each frame: a temporal patch holds two consecutive frames."""
-    import torch
-
-    processor = getattr(tokenizer, "image_processor", None)
-    if processor is None:
-        raise ValueError(f"a prompt with a video ({clips[0]}) for a model without an image processor: load a "
-                         "vision-language checkpoint without --text-only")
-    temporal = processor.temporal_patch_size
-    pixels, grids = [], []
-    for index in clips:
-        frames, _ = load_clip(index)
-        frames += [frames[-1]] * (-len(frames) % temporal)  # pad to whole temporal patches, as upstream
-        out = processor(images=frames, return_tensors="pt")
-        per_frame = out["pixel_values"].shape[0] // len(frames)
-        thw = out["image_grid_thw"][0].tolist()
-        dim = out["pixel_values"].shape[1]
-        # (frames, patches, C, temporal, p, p): each frame's patch holds its pixels repeated over `temporal`
-        p = out["pixel_values"].reshape(len(frames), per_frame, 3, temporal, -1)
-        groups = []
-        for g in range(len(frames) // temporal):
-            patch = p[g * temporal].clone()
-            for j in range(1, temporal):
-                patch[:, :, j] = p[g * temporal + j][:, :, j]
-            groups.append(patch.reshape(per_frame, dim))
-        pixels.append(torch.cat(groups))
-        grids.append([len(frames) // temporal, thw[1], thw[2]])
-    return {"pixel_values_videos": torch.cat(pixels), "video_grid_thw": torch.tensor(grids)}
-
-
-def expand_video_tokens(tokenizer, ids, vision, clips):
-    """Each video's <|vision_start|><|video_pad|><|vision_end|> becomes, per temporal patch, "<t seconds>"
-    then its own start, one pad per merged patch, and end (Qwen3-VL's processor's replace_video_token)."""
-    start, pad, end = (tokenizer.convert_tokens_to_ids(t) for t in (VISION_START, VIDEO_TOKEN, VISION_END))
-    merge = tokenizer.image_processor.merge_size ** 2
-    out, k, i = [], 0, 0
-    while i < len(ids):
-        if ids[i:i + 3] == [start, pad, end] and k < len(clips):
-            _, meta = load_clip(clips[k])
-            t, h, w = vision["video_grid_thw"][k].tolist()
-            for when in group_times(meta, tokenizer.image_processor.temporal_patch_size)[:t]:
-                out += tokenizer.encode(f"<{when:.1f} seconds>", add_special_tokens=False)
-                out += [start] + [pad] * (h * w // merge) + [end]
-            k, i = k + 1, i + 3
+def _by_seeking(container, stream, rate, fps, max_frames, pts, keys):
+    """(picks, times, images, frame count, duration) with only the sampled frames decoded, each from the
+    keyframe at or before it; None where the packets do not give every frame a time of its own or a seek
+    lands elsewhere than asked."""
+    pts, base = sorted(pts) if pts and None not in pts else [], stream.time_base
+    if not pts or not keys or not base or len(set(pts)) < len(pts) or keys[0] > pts[0]:
+        return None
+    times = [float(p) * base.numerator / base.denominator for p in pts]  # as av.Frame.time computes it
+    picks, duration = _picks(times, rate, fps, max_frames)
+    images, frames, last = [], None, None
+    for i in picks:
+        key = keys[bisect.bisect_right(keys, pts[i]) - 1]  # the last keyframe at or before it
+        if frames is None or key > last:  # its keyframe is ahead of what was decoded: jump there
+            container.seek(key, stream=stream, backward=True)
+            frames = container.decode(stream)
+        for frame in frames:
+            last = frame.pts
+            if frame.pts is None or frame.pts > pts[i]:
+                return None  # past it: this container's seeking is not exact
+            if frame.pts == pts[i]:
+                if frame.time != times[i]:
+                    return None
+                images.append(frame.to_image())
+                break
         else:
-            out.append(ids[i])
-            i += 1
-    if k != len(clips):
-        raise ValueError(f"the chat template placed {k} video(s) for {len(clips)} in the prompt")
-    return out
+            return None
+    return picks, [times[i] for i in picks], images, len(pts), duration
 
 
-def vllm_video(index):
-    """vLLM's video item for Qwen3-VL: the sampled frames (T, H, W, 3) and their metadata, not re-sampled."""
-    frames, meta = load_clip(index)
-    array = np.stack([np.asarray(f) for f in frames])
-    return array, {"fps": meta["fps"], "frames_indices": meta["indices"],
-                   "total_num_frames": meta["total_frames"], "duration": meta["duration"],
-                   "video_backend": "pyav", "do_sample_frames": False}
-
-
-def video_data_url(index):
-    """The clip's source file as a base64 data URL, for a server's `video_url` content part."""
-    import base64
-
-    with open(index) as f:
-        source = json.load(f)["source"]
-    with open(source, "rb") as f:
-        data = base64.b64encode(f.read()).decode()
-    kind = os.path.splitext(source)[1].lstrip(".").lower() or "mp4"
-    return f"data:video/{kind};base64,{data}"
+def _in_one_pass(av, path, rate, fps, max_frames, guess):
+    """(picks, times, images, frame count, duration) by decoding the whole stream once, keeping only the
+    frames sampled from `guess` (every frame's time as the packets say); when the decoded frames sample
+    otherwise, a second pass keeps those. None for a stream without frames."""
+    picks = _picks(guess, rate, fps, max_frames)[0] if guess else []
+    wanted, times, kept = set(picks), [], {}
+    with av.open(path) as container:
+        for i, frame in enumerate(container.decode(container.streams.video[0])):
+            times.append(frame.time if frame.time is not None else i / rate)
+            if i in wanted:
+                kept[i] = frame.to_image()
+    if not times:
+        return None
+    sampled, duration = _picks(times, rate, fps, max_frames)
+    if sampled != picks:  # the packets did not tell the frames as decoding gives them
+        wanted, kept = set(sampled), {}
+        with av.open(path) as container:
+            for i, frame in enumerate(container.decode(container.streams.video[0])):
+                if i in wanted:
+                    kept[i] = frame.to_image()
+                if i >= sampled[-1]:
+                    break
+    if sorted(kept) != sampled:
+        raise ValueError(f"decoding again gave {len(kept)} of the {len(sampled)} sampled frames")
+    return sampled, [times[i] for i in sampled], [kept[i] for i in sampled], len(times), duration
 
 
 # ---------------------------------------------------------------------------------------------------------

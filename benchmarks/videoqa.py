@@ -8,6 +8,7 @@ from collections import defaultdict
 from benchmarks.judges import loose_json_object
 from benchmarks.prompts import MMVU_MULTI_CHOICE_INSTRUCTION, MMVU_OPEN_ENDED_INSTRUCTION
 from benchmarks.vlm import by_sample
+from data import answer_text
 from reward import clip_start
 
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
@@ -199,5 +200,7 @@ def convert_videommmu(row, spec, where):
         if not re.fullmatch(r"[A-Z]", gold) or LETTERS.index(gold) >= len(options):
             return "answer_format"
         return {"video_file": video, "route": "choice", **choice_fields(str(row["question"]), options, gold)}
-    return {"video_file": video, "route": "rule", "question": str(row["question"]),
-            "answer": str(row["answer"])}
+    answer = answer_text(row["answer"])  # a number as its exact decimal text
+    if answer is None:
+        return "answer_format"
+    return {"video_file": video, "route": "rule", "question": str(row["question"]), "answer": answer}

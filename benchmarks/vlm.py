@@ -10,6 +10,8 @@ computed on each sample index's answers and averaged over them (avg@k of the ups
 import re
 from collections import defaultdict
 
+from data import answer_text
+
 
 def by_sample(records, samples):
     """[{row id: score} for each sample index]."""
@@ -27,8 +29,8 @@ def convert_babyvision(row, spec, where):
         if not options or index is None or not 0 <= int(index) < len(options):
             return "answer_format"
         return {"choices": [str(o) for o in options], "letter_index": int(index)}
-    answer = row.get("blankAns")
-    return "answer_format" if answer in (None, "") else {"answer": str(answer), "route": "rule"}
+    answer = answer_text(row.get("blankAns"))
+    return "answer_format" if answer is None else {"answer": answer, "route": "rule"}
 
 
 # ---------------------------------------------------------------------------------------------------------

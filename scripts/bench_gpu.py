@@ -1,6 +1,6 @@
 """GPU smoke test and update benchmark, offline: a random-weight model of Qwen3.5-0.8B's text shape.
 
-    python scripts/bench_gpu.py               # one GPU: prints markdown tables, README's GPU section has them
+    python scripts/bench_gpu.py               # one GPU: prints markdown tables, docs/gpus.md has them
     python scripts/bench_gpu.py --tiny --cpu  # the same path on a tiny model, on CPU (what the tests run)
 
 1. builds the model from a config (no download; a small local tokenizer, ids below the model's vocabulary)

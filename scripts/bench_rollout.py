@@ -31,7 +31,8 @@ def one(args):
     import torch
 
     from data import make_arithmetic
-    from models import TransformersEngine, load_model, load_tokenizer
+    from engines.transformers_engine import TransformersEngine
+    from models import load_model, load_tokenizer
     from reformulate import plain_prompt
     from rollout import VLLMEngine
     from zppo import Episode, response_logprobs

@@ -30,10 +30,11 @@ against AVX512-BF16 changed the primer's loss in the 3rd digit and the held-out 
 each run's heldout.jsonl records its student and a seed's new run is refused when its other runs trained
 another: finish a started seed where it started, or run it again whole.
 
-Default size, measured on 2 cores of an AVX2 CPU in fp32 (docs/RESULTS.md): a step of any of the three methods
-takes 2-3 minutes (rollouts of 80-96 sequences of up to 48 tokens, then the update), scoring a checkpoint
-(64 greedy answers and 128 samples) 2 minutes; one seed of the three methods at 5 steps took 25-35 minutes,
-and the default 3 seeds with the primer, the probe and the step-0 score about 1.7 hours (within 2.5 hours).
+Default size, measured on 2 cores of an AVX2 CPU in fp32 (docs/RESULTS.md): a median step took 56 s
+(GRPO), 86 s (GRPO†) and 153 s (ZPPO) (rollouts of 80-96 sequences of up to 48 tokens, then the update),
+scoring a checkpoint (64 greedy answers and 128 samples) 2 minutes; one seed of the three methods at 5 steps
+took 25-35 minutes, and the default 3 seeds with the primer, the probe and the step-0 score about 1.7 hours
+(within 2.5 hours).
 """
 import argparse
 import gc
@@ -52,7 +53,8 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)  # the project's modules, when run as python scripts/compare.py
 
-METHODS = {  # name in the plots, train.py flags (README: every row of the paper's tables is one command)
+# name in the plots, train.py flags (docs/training.md: every row of the paper's tables is one command)
+METHODS = {
     "zppo": ("ZPPO", ["--algo", "zppo"]),
     "grpo_buffer": ("GRPO†", ["--algo", "grpo", "--buffer"]),
     "grpo": ("GRPO", ["--algo", "grpo"]),
@@ -163,11 +165,19 @@ SHARED = ("smoke", "fp32", "eval_limit", "eval_samples", "eval_temperature", "ma
           "train_extra")
 
 
+def recorded(argv):
+    """Flags as study.json and results.json record them: a URL (train.py's --teacher-url) without its key and
+    query values (redact_url); train.py itself gets them whole."""
+    from config import redact_url
+
+    return [redact_url(a) if "://" in a else a for a in argv]
+
+
 def check_study(args):
     """OUT/study.json records the shared settings of the study in OUT; a rerun with others stops, naming them
     (methods, seeds and steps may grow: the finished runs are kept and the others run or continue)."""
     path = os.path.join(args.out_dir, "study.json")
-    mine = {k: getattr(args, k) for k in SHARED}
+    mine = {k: recorded(getattr(args, k)) if k == "train_extra" else getattr(args, k) for k in SHARED}
     if os.path.exists(path):
         with open(path) as f:
             saved = json.load(f)
@@ -258,7 +268,8 @@ def probe(model_path, questions, samples=8, max_new_tokens=32, seed=0):
     it never solved a BCQ (its gold solution beside one of the student's wrong answers, in random order),
     sampled `samples` times: its accuracy, and how many of those questions got at least one correct BCQ
     rollout."""
-    from models import TransformersEngine, load_model
+    from engines.transformers_engine import TransformersEngine
+    from models import load_model
     from reformulate import bcq_prompt, pick_bcq_pair, plain_prompt, with_closer
     from reward import grade
 
@@ -303,8 +314,9 @@ def probe(model_path, questions, samples=8, max_new_tokens=32, seed=0):
 
 def score(model_path, test, args, step):
     """Held-out accuracy of a checkpoint: greedy (one answer) and sampled avg@k (seeded by the step)."""
+    from engines.transformers_engine import TransformersEngine
     from eval import evaluate
-    from models import TransformersEngine, load_model
+    from models import load_model
 
     model, tokenizer = load_model(model_path)
     engine = TransformersEngine(model, tokenizer, max_batch_size=128)
@@ -437,8 +449,9 @@ def summarize(args, methods_runs, student_info, step0, probe_info):
     and 95% interval over seeds of every score at every step, pooled graduation counts, mean phase times."""
     from scripts import plot
 
-    out = {"command": [sys.executable, *sys.argv], "commit": git_commit(), "settings": {
-        k: v for k, v in vars(args).items()}, "task": "scripts.tiers.make_tiered (OUT/data/train.jsonl)",
+    out = {"command": [sys.executable, *recorded(sys.argv)], "commit": git_commit(), "settings": {
+        k: recorded(v) if k == "train_extra" else v for k, v in vars(args).items()},
+        "task": "scripts.tiers.make_tiered (OUT/data/train.jsonl)",
         "student": student_info, "probe": probe_info, "step0": step0, "methods": {}}
     for method, runs in methods_runs.items():
         entry = {"name": METHODS[method][0], "runs": {}}

@@ -38,7 +38,7 @@ class MetricsError(ValueError):
 
 
 def method_name(config):
-    """The paper's name for a run's flags (README's table): ZPPO, GRPO, GRPO†, GRPO+Both, ..."""
+    """The paper's name for a run's flags (docs/training.md's table): ZPPO, GRPO, GRPO†, GRPO+Both, ..."""
     algo, buffer = config.get("algo", "zppo"), config.get("buffer", True)
     if algo == "zppo":
         bcq, ncq = config.get("bcq", True), config.get("ncq", True)

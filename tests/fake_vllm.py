@@ -9,7 +9,8 @@ from typing import ClassVar
 
 import torch
 
-from models import TransformersEngine, load_model
+from engines.transformers_engine import TransformersEngine
+from models import load_model
 from rollout import expand_image_tokens
 
 

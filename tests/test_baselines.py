@@ -24,11 +24,12 @@ from baselines import (
     prefix_ids,
     shared_teacher,
 )
+from engines.server import RemoteEngine
+from engines.transformers_engine import TransformersEngine
 from logprobs import ChunkedJSD, generalized_jsd, response_jsd, response_logprobs
-from models import TransformersEngine, load_model
+from models import load_model
 from reformulate import with_closer
 from rollout import Rollout, chat_prompt_ids
-from server import RemoteEngine
 from test_train import parity_grade, read_metrics
 from tiny import SHAPE_TINY, VISION_TINY, build_random_model
 from zppo import Episode, Group, plan_minibatches, policy_loss, ppo_update

@@ -609,7 +609,8 @@ def test_every_new_vlm_benchmark_is_scored_by_its_protocol(tmp_path, images, mon
 
 
 def test_the_new_benchmarks_run_end_to_end_on_a_tiny_vlm(tiny_vlm, images, tmp_path):
-    from models import TransformersEngine, load_model
+    from engines.transformers_engine import TransformersEngine
+    from models import load_model
 
     write_local(str(tmp_path), local_rows(images))
     model, tok = load_model(tiny_vlm, pixels=(1024, 4096))

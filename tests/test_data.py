@@ -123,3 +123,50 @@ def test_duplicate_ids_name_both_lines_or_keep_the_first(tmp_path, capsys):
     kept = load_examples(path, dedup_ids=True)
     assert [e["question"] for e in kept] == ["Q1", "Q2"]
     assert "dropped 1 rows" in capsys.readouterr().out
+
+
+NUMBER_ANSWERS = [  # (the answer as the JSON line writes it, the gold text it becomes)
+    ("1e-05", "0.00001"), ("1E-7", "0.0000001"), ("1.5e-7", "0.00000015"), ("2.50", "2.5"),
+    ("1000.0", "1000.0"), ("-3e+2", "-300.0"), ("1e20", "100000000000000000000"), ("2.5E3", "2500.0"),
+    ("0.1", "0.1"), ("7", "7"), ("-0", "0"), ("12345678901234567890123", "12345678901234567890123"),
+    ("3.14159", "3.14159"),
+]
+
+
+def test_number_answers_are_their_exact_decimal_text(tmp_path):
+    """Was: str(answer): 1e-05 stayed "1e-05" (never equal to \\boxed{0.00001}), 1e20 "1e+20"."""
+    path = write(tmp_path, [json.dumps({"question": f"q{i}"})[:-1] + f', "answer": {raw}}}'
+                            for i, (raw, _) in enumerate(NUMBER_ANSWERS)])
+    examples = load_jsonl(path)
+    assert [e["answer"] for e in examples] == [text for _, text in NUMBER_ANSWERS]
+    for e, (raw, text) in zip(examples, NUMBER_ANSWERS):
+        assert grade(f"\\boxed{{{text}}}", e["answer"]) == 1.0
+        assert grade(f"\\boxed{{{raw}}}", e["answer"]) == 1.0
+    assert grade("\\boxed{0.0001}", examples[0]["answer"]) == 0.0
+
+
+@pytest.mark.parametrize("raw", ["NaN", "Infinity", "-Infinity"])
+def test_a_non_finite_number_answer_names_file_and_line(tmp_path, raw):
+    """Was: "nan" and "inf" became gold answers that no response can match."""
+    path = write(tmp_path, [json.dumps({"question": "ok", "answer": "1"}),
+                            f'{{"question": "q", "answer": {raw}}}'])
+    with pytest.raises(ValueError, match=r"d.jsonl:2: 'answer' must be a non-empty string or number \(a "
+                                         r"finite one\), got -?(nan|inf)"):
+        load_jsonl(path)
+
+
+def test_benchmark_number_answers_are_their_exact_decimal_text():
+    """A benchmark row's gold read by the generic loader (a local file in the hub's columns) and by the
+    converters that pass a free-form gold on (BabyVision's blank answers, VideoMMMU's open questions)."""
+    from benchmarks import BENCHMARKS, load
+
+    for raw, text in NUMBER_ANSWERS:
+        row = json.loads(f'{{"problem": "What?", "answer": {raw}, "unique_id": "u"}}')
+        example, why = load.to_example(row, BENCHMARKS["math500"], "math500.jsonl:1")
+        assert why is None and example["answer"] == text
+        assert grade(f"\\boxed{{{raw}}}", example["answer"]) == 1.0
+    row = json.loads('{"problem": "What?", "answer": NaN, "unique_id": "u"}')
+    assert load.to_example(row, BENCHMARKS["math500"], "math500.jsonl:1") == (None, "answer_format")
+    from benchmarks.vlm import convert_babyvision
+
+    assert convert_babyvision({"ansType": "blank", "blankAns": 1e-05}, {}, "w")["answer"] == "0.00001"

@@ -131,9 +131,9 @@ def test_fsdp_mixed_precision_keeps_rope_buffers_in_fp32(tiny_model, tmp_path):
 
 
 def test_a_vision_language_student_trains_on_text_data_under_ddp(tiny_vlm, tmp_path):
-    """The README's example on several GPUs (a Qwen3.5 checkpoint, vision tower included, on GSM8K-like text):
-    DDP stopped at the first update ("parameters that were not used in producing loss"). Now it trains, and
-    the vision tower, which no pass reached, is left exactly as it was, as one process leaves it."""
+    """The README's GPU command on several GPUs (a Qwen3.5 checkpoint, vision tower included, on GSM8K-like
+    text): DDP stopped at the first update ("parameters that were not used in producing loss"). Now it trains,
+    and the vision tower, which no pass reached, is left exactly as it was, as one process leaves it."""
     out = str(tmp_path / "vlm_text")
     res = torchrun(os.path.join("tests", "parity_train.py"),
                    ["--student", tiny_vlm, *ARGS, "--steps", "2", "--out-dir", out],

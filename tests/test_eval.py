@@ -498,7 +498,8 @@ def test_mean_stderr_of_nothing_does_not_crash():
 
 
 def test_transformers_engine_takes_a_conversation(tiny_model):
-    from models import TransformersEngine, load_model
+    from engines.transformers_engine import TransformersEngine
+    from models import load_model
 
     model, tok = load_model(tiny_model)
     chat = MULTICHALLENGE_ROWS[0]["conversation"]

@@ -7,13 +7,14 @@ import sys
 import pytest
 import torch
 
-import models
 import train
 from data import load_jsonl
+from engines import transformers_engine
+from engines.server import RemoteEngine
+from engines.transformers_engine import TransformersEngine
 from logprobs import response_logprobs, suppressed_token_ids
-from models import TransformersEngine, load_model
+from models import load_model
 from rollout import VLLMEngine, encode_prompt
-from server import RemoteEngine
 from test_train import parity_grade, read_metrics
 from zppo import Episode
 
@@ -251,13 +252,13 @@ def test_eval_resizes_images_within_the_papers_pixel_bounds_not_the_checkpoints(
 
     (tmp_path / "ai2d.jsonl").write_text(json.dumps(
         {"question": "Which?", "options": ["a", "b"], "answer": "0", "image": images[0]}) + "\n")
-    seen, real = [], models.TransformersEngine.generate
+    seen, real = [], transformers_engine.TransformersEngine.generate
 
     def generate(self, prompts, *a, **kw):  # the grid each image prompt reaches the model with
         seen.extend(encode_prompt(self.tokenizer, p)[1]["image_grid_thw"].tolist() for p in prompts)
         return real(self, prompts, *a, **kw)
 
-    monkeypatch.setattr(models.TransformersEngine, "generate", generate)
+    monkeypatch.setattr(transformers_engine.TransformersEngine, "generate", generate)
 
     def grid(*bounds):
         size = {"size": {"shortest_edge": bounds[0], "longest_edge": bounds[1]}} if bounds else {}
@@ -272,5 +273,5 @@ def test_eval_resizes_images_within_the_papers_pixel_bounds_not_the_checkpoints(
     seen.clear()
     assert not ev.main(ev.EvalConfig(**run, image_min_pixels=32 * 32, image_max_pixels=64 * 64))["errors"]
     assert seen == [grid()]
-    with pytest.raises(ValueError, match="--image-min-pixels"):
+    with pytest.raises(SystemExit, match="--image-max-pixels 4096: must be >= --image-min-pixels"):
         ev.main(ev.EvalConfig(**run, image_min_pixels=5000, image_max_pixels=4096))

@@ -232,8 +232,8 @@ def test_bad_bytes_missing_models_and_unreachable_hub_ids_say_what_and_where(tin
                                        "--out-dir", str(tmp_path / "o")]))
     import huggingface_hub.constants
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # as on a machine with no network
-    with pytest.raises(OSError, match=r"the teacher \(--teacher someorg/no-such-model\): could not load the "
-                                      r"model 'someorg/no-such-model': tried the hub id "
+    with pytest.raises(OSError, match=r"--teacher someorg/no-such-model: could not load the teacher "
+                                      r"'someorg/no-such-model': tried the hub id "
                                       r"'someorg/no-such-model' \(no such local path\)"):
         train.main(train.parse_config(["--student", tiny_model, *ARGS[2:], "--teacher",
                                        "someorg/no-such-model", "--out-dir", str(tmp_path / "t")]))
@@ -449,7 +449,7 @@ def test_a_gold_teacher_on_data_without_solutions_is_an_error(tiny_model, tmp_pa
 
 def test_an_eval_typo_stops_at_start_and_a_failing_eval_file_is_logged_as_eval_failed(tiny_model, tmp_path):
     """Was: `--eval-benchmarks arithmetc` and an eval file with a bad line only printed `[failed] ...` at the
-    end of the run: no eval/failed in metrics (README promises it), the typo not caught at start."""
+    end of the run: no eval/failed in metrics (docs/failure.md promises it), the typo not caught at start."""
     with pytest.raises(SystemExit, match=r"--eval-benchmarks arithmetc: unknown 'arithmetc' \(known: "):
         train.main(config(tiny_model, str(tmp_path / "t"), "--eval-benchmarks", "arithmetc"))
     assert not os.path.exists(tmp_path / "t")

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 import train
-from server import RemoteEngine
+from engines.server import RemoteEngine
 from test_train import ARGS, read_metrics
 
 # replies that are no well-formed completion of the requested shape, each a prompt of its own
@@ -235,7 +235,7 @@ def test_a_configuration_that_cannot_work_is_caught_at_start(tiny_model, tmp_pat
     with pytest.raises(SystemExit, match=r"--teacher-url 127.0.0.1:8000: not an http:// or https:// URL "
                                          r"with a host \(e.g. http://127.0.0.1:8000\)"):
         train.main(train.parse_config(base + ["--teacher-url", "127.0.0.1:8000"]))
-    with pytest.raises(OSError, match=r"the teacher \(--teacher t\): .*/wrong/v1/chat/completions answered "
+    with pytest.raises(OSError, match=r"the teacher \(--teacher t\): .*/wrong/chat/completions answered "
                                       r"404 to a test request for the model 't'"):
         train.main(train.parse_config(base + ["--teacher-url", stub.url + "/wrong"]))
     with pytest.raises(OSError, match=r"the teacher \(--teacher t\): no server answers at http://127.0.0.1:9/v1/chat"

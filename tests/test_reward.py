@@ -1,11 +1,12 @@
 """The binary grader: extraction, equivalence, retries, letters, and hostile input."""
 import time
+from fractions import Fraction
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from reward import answers_match, grade, last_boxed, normalize, parse_verdict
+from reward import answers_match, as_number, grade, last_boxed, normalize, parse_verdict
 
 
 def test_last_box_wins_and_braces_balance():
@@ -34,6 +35,47 @@ def test_equivalences(pred, gold):
                                        ("", "0")])
 def test_non_equivalences(pred, gold):
     assert not answers_match(pred, gold)
+
+
+@pytest.mark.parametrize("pred,gold", [
+    ("0.00001", "1e-05"), ("1e-5", "0.00001"), ("1E-5", "1e-05"), ("2500", "2.5E3"), ("2.5e3", "2500"),
+    ("-300", "-3e+2"), ("-3e+2", "-300.0"), ("6.02e23", "602000000000000000000000"), ("+1e2", "100"),
+    ("1.5e-3", "\\frac{3}{2000}"), ("1.5e-3", "3/2000"), ("2.5e3 m", "2500"), ("1e0", "1"), (".5e1", "5"),
+    ("1,000e-3", "1"), ("1e-400", "1e-400"), ("1E+300", "1e300"),
+])
+def test_exponent_notation_is_the_number_it_is(pred, gold):
+    """Was: "1e-05" (a JSON gold 0.00001 as str() wrote it) never equal to \\boxed{0.00001}, -3e+2 never -300:
+    the grader's numbers had no exponent."""
+    assert answers_match(pred, gold) and answers_match(gold, pred), (pred, gold)
+    assert grade(f"so \\boxed{{{pred}}}", gold) == 1.0
+
+
+@pytest.mark.parametrize("pred,gold", [("1e-5", "0.0001"), ("1e5", "1e6"), ("2e3", "2"), ("-1e2", "1e2"),
+                                       ("1e-400", "0"), ("1e300", "1e301")])
+def test_exponent_notation_of_different_numbers_is_not_equal(pred, gold):
+    assert not answers_match(pred, gold) and not answers_match(gold, pred)
+
+
+@pytest.mark.parametrize("huge", ["1e999999999", "-1e-999999999", "9.99e99999", "1E+1000000", "2e5000 m",
+                                  "1e99999999999999999999999999999999999999999"])
+def test_a_huge_exponent_never_builds_the_number(huge, monkeypatch):
+    """\\boxed{1e999999999} would build a billion-digit integer (in C, where no time limit stops it): refused
+    as a number and before math-verify, in no time, whichever side it is on."""
+    import math_verify
+
+    calls = []
+    monkeypatch.setattr(math_verify, "parse", lambda *args, **kwargs: calls.append(args))
+    start = time.perf_counter()
+    assert as_number(huge) is None
+    assert not answers_match(huge, "1") and not answers_match("1", huge) and not answers_match(huge, "0")
+    assert grade(f"\\boxed{{{huge}}}", "100") == 0.0
+    assert answers_match(huge, huge)  # the same text is the same answer
+    assert time.perf_counter() - start < 0.1 and calls == []
+
+
+def test_as_number_reads_exponents_exactly():
+    assert as_number("1e-5") == Fraction(1, 100000) and as_number("2.5E3") == 2500
+    assert as_number("-3e+2 kg") == -300 and as_number("e5") is None and as_number("1e5/2") is None
 
 
 def test_multiple_choice_letters():

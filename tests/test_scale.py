@@ -7,7 +7,8 @@ import torch
 from transformers import Qwen3_5Config, Qwen3_5ForConditionalGeneration
 
 import models
-from models import TransformersEngine, load_model
+from engines.transformers_engine import TransformersEngine
+from models import load_model
 from rollout import checkpoint_names_for
 
 
@@ -40,7 +41,7 @@ def test_the_memory_check_stops_layouts_that_cannot_fit_a_gpu():
     sizes on an 80 GiB GPU: a 27B bf16 teacher does not fit its 0.4 share, its FP8 checkpoint does; a 9B
     student's AdamW state does not fit one GPU, it does as an FSDP shard over 8."""
     from config import parse_config
-    from models import memory_problems
+    from device import memory_problems
 
     gpu = 80 * 2 ** 30
     cfg = parse_config(["--teacher", "Qwen3.5-27B", "--engine", "vllm"])
@@ -143,7 +144,8 @@ sys.path.insert(0, {root!r})
 os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT={port!r}, RANK="0", LOCAL_RANK="0", WORLD_SIZE="1")
 from torch.distributed.fsdp import FSDPModule
 import models
-from models import load_model, TransformersEngine, unsharded
+from models import load_model, unsharded
+from engines.transformers_engine import TransformersEngine
 from logprobs import response_logprobs
 from zppo import Episode
 model, tok = load_model({model!r})

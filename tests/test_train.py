@@ -9,11 +9,12 @@ import torch
 from safetensors.torch import load_file
 
 import checkpoint
-import models
 import train
 from conftest import ROOT
+from engines import transformers_engine
+from engines.transformers_engine import TransformersEngine
 from logprobs import response_logprobs
-from models import TransformersEngine, load_model
+from models import load_model
 from zppo import Episode
 
 ARGS = ["--teacher", "gold", "--data", "arithmetic", "--data-limit", "40", "--questions-per-step", "8",
@@ -137,13 +138,13 @@ def test_model_teacher_generates_and_compresses_candidates(tiny_model, tmp_path,
     """A model teacher (not gold) goes through the same engine: G_T rollouts graded by the reward, and
     every candidate rewritten through the compression prompt before it enters a BCQ/NCQ prompt."""
     prompts_seen = []
-    real_generate = models.TransformersEngine.generate
+    real_generate = transformers_engine.TransformersEngine.generate
 
     def spy(self, prompts, *a, **kw):
         prompts_seen.extend(prompts)
         return real_generate(self, prompts, *a, **kw)
 
-    monkeypatch.setattr(models.TransformersEngine, "generate", spy)
+    monkeypatch.setattr(transformers_engine.TransformersEngine, "generate", spy)
     monkeypatch.setattr("reward.grade", lambda text, gold: float(text.startswith("\x00never")))  # all wrong
     # the teacher judges unboxed rollouts: keep replies short
     monkeypatch.setattr("reward.JUDGE_MAX_NEW_TOKENS", 8)

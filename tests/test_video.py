@@ -13,6 +13,7 @@ import torch
 import eval as ev
 from benchmarks import load, video
 from benchmarks import prompts as texts
+from engines import video as clips
 from test_benchmarks import VisionEngine
 from test_eval import ScriptedEngine
 
@@ -41,13 +42,13 @@ def clip(tmp_path_factory):
 
 def test_frames_are_sampled_evenly_cached_and_bad_files_named(clip, tmp_path, monkeypatch):
     index = video.sample_frames(clip, fps=2, max_frames=8, cache=str(tmp_path))
-    frames, meta = video.load_clip(index)
+    frames, meta = clips.load_clip(index)
     assert meta["total_frames"] == 30 and meta["fps"] == 10.0 and meta["duration"] == pytest.approx(3.0)
     assert len(frames) == 6 and meta["indices"] == [0, 6, 12, 17, 23, 29]  # 3 s x 2 fps, first to last frame
     reds = [np.asarray(f)[:, :, 0].mean() for f in frames]
     assert reds == sorted(reds) and reds[-1] - reds[0] > 150  # the right frames, in order
-    assert video.group_times(meta) == pytest.approx([0.3, 1.45, 2.6])  # Qwen's per-pair timestamps
-    capped = video.load_clip(video.sample_frames(clip, fps=2, max_frames=4, cache=str(tmp_path)))[1]
+    assert clips.group_times(meta) == pytest.approx([0.3, 1.45, 2.6])  # Qwen's per-pair timestamps
+    capped = clips.load_clip(video.sample_frames(clip, fps=2, max_frames=4, cache=str(tmp_path)))[1]
     assert capped["indices"] == [0, 10, 19, 29]  # fewer frames over the whole clip, not its start
     import av
 
@@ -67,8 +68,8 @@ def test_video_inputs_are_qwen3_vl_s_layout_and_tokens(clip, tiny_vlm, tmp_path)
 
     _, tok = load_model(tiny_vlm, pixels=(1024, 4096))
     index = video.sample_frames(clip, fps=2, max_frames=4, cache=str(tmp_path))
-    vision = video.video_inputs(tok, [index])
-    frames, _ = video.load_clip(index)
+    vision = clips.video_inputs(tok, [index])
+    frames, _ = clips.load_clip(index)
     # upstream's layout (Qwen3VLVideoProcessor.patchify) applied to the normalised 64x64 frames (no resize
     # here)
     proc = tok.image_processor
@@ -89,9 +90,10 @@ def test_video_inputs_are_qwen3_vl_s_layout_and_tokens(clip, tiny_vlm, tmp_path)
 
 
 def test_engines_take_videos(clip, tiny_vlm, tmp_path, fake, monkeypatch, images):
-    from models import TransformersEngine, load_model
+    from engines.server import RemoteEngine
+    from engines.transformers_engine import TransformersEngine
+    from models import load_model
     from rollout import VLLMEngine
-    from server import RemoteEngine
 
     model, tok = load_model(tiny_vlm, pixels=(1024, 4096))
     index = video.sample_frames(clip, fps=2, max_frames=4, cache=str(tmp_path))
@@ -222,7 +224,8 @@ def test_the_five_video_benchmarks_load_and_score_by_protocol(clip, tmp_path, mo
 
 
 def test_video_benchmarks_end_to_end_on_the_tiny_vlm(clip, tiny_vlm, tmp_path, monkeypatch):
-    from models import TransformersEngine, load_model
+    from engines.transformers_engine import TransformersEngine
+    from models import load_model
 
     monkeypatch.setattr(video, "cache_root", lambda: str(tmp_path / "frames"))
     folder = tmp_path / "bench"
@@ -235,3 +238,148 @@ def test_video_benchmarks_end_to_end_on_the_tiny_vlm(clip, tiny_vlm, tmp_path, m
                                 max_new_tokens=3, video={"fps": 1, "max_frames": 4}, log=lambda *_: None)
     assert summary["errors"] == {} and set(summary["benchmarks"]) == set(names)
     assert summary["benchmarks"]["mmvu"]["skipped"] == {"video: undecodable": 1}
+
+
+def encode(path, codec, frames=60, fps=10, size=(64, 48), fmt=None, options=None, gop=None, b_frames=None):
+    """A clip whose frame i has its own colour (4i red, 7i green), in any container and codec PyAV writes."""
+    import av
+
+    with av.open(path, "w", format=fmt) as container:
+        stream = container.add_stream(codec, rate=fps, options=options or {})
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        if gop:
+            stream.codec_context.gop_size = gop
+        if b_frames is not None:
+            stream.codec_context.max_b_frames = b_frames
+        for i in range(frames):
+            pixels = np.zeros((size[1], size[0], 3), np.uint8)
+            pixels[:, :, 0], pixels[:, :, 1] = 4 * i % 256, 7 * i % 256
+            for packet in stream.encode(av.VideoFrame.from_ndarray(pixels, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def every_frame_sampling(path, fps, max_frames):
+    """The former sampling, kept here as the reference: decode every frame, keep them all, take evenly spaced
+    ones. (indices, times, total frames, duration, native fps, the sampled frames' pixels)."""
+    import av
+
+    with av.open(path) as container:
+        stream = container.streams.video[0]
+        rate = float(stream.average_rate or stream.guessed_rate or 0) or 24.0
+        frames = [(f.time if f.time is not None else i / rate, f.to_image()) for i, f in
+                  enumerate(container.decode(stream))]
+    duration = frames[-1][0] + 1.0 / rate
+    count = min(max_frames, max(2, round(duration * fps)), len(frames))
+    count -= count % 2 if count > 1 else 0
+    picks = sorted({int(round(x)) for x in np.linspace(0, len(frames) - 1, max(count, 1))})  # noqa: RUF046
+    return (picks, [frames[i][0] for i in picks], len(frames), duration, rate,
+            [np.asarray(frames[i][1].convert("RGB")) for i in picks])
+
+
+CONTAINERS = {  # name: (codec, encode's options); seekable ones and ones decoded in one pass
+    "clip.mp4": ("mpeg4", {}),
+    "b_frames.mp4": ("libx264", {"options": {"bf": "3", "g": "12"}}),
+    "open_gop.mp4": ("libx264", {"options": {"bf": "3", "g": "25", "open-gop": "1"}, "frames": 97,
+                                 "fps": 30}),
+    "vp9.mkv": ("libvpx-vp9", {}),
+    "vp8.webm": ("libvpx", {}),
+    "b_frames.avi": ("mpeg4", {"b_frames": 2}),
+    "mpeg2.ts": ("mpeg2video", {"b_frames": 2}),
+    "program.mpg": ("mpeg2video", {"fmt": "mpeg", "b_frames": 2}),
+    "raw.h264": ("libx264", {"fmt": "h264"}),  # no timestamps at all
+    "raw.m4v": ("mpeg4", {"fmt": "m4v"}),
+    "mjpeg.mov": ("mjpeg", {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONTAINERS))
+def test_sampled_frames_are_those_of_decoding_every_frame(name, tmp_path):
+    """The frames, times, indices, frame count and duration are what decoding the whole clip gave, for every
+    container (seeking where its timestamps allow, one pass keeping only the sampled frames where not)."""
+    codec, kw = CONTAINERS[name]
+    path = encode(str(tmp_path / name), codec, **kw)
+    for fps, max_frames in [(2, 8), (2, 32), (10, 64), (0.5, 4), (100, 1000)]:
+        frames, meta = clips.load_clip(video.sample_frames(path, fps, max_frames, cache=str(tmp_path / "c")))
+        picks, times, total, duration, rate, pixels = every_frame_sampling(path, fps, max_frames)
+        assert (meta["indices"], meta["times"], meta["total_frames"], meta["duration"], meta["fps"]) == \
+            (picks, times, total, duration, rate), (fps, max_frames)
+        assert len(frames) == len(pixels)
+        assert all(np.array_equal(np.asarray(f), p) for f, p in zip(frames, pixels))
+
+
+@pytest.fixture(scope="module")
+def long_clip(tmp_path_factory):
+    """600 frames of 320 x 240 (138 MB as decoded RGB frames), a keyframe every 25."""
+    return encode(str(tmp_path_factory.mktemp("long") / "long.mp4"), "mpeg4", frames=600, fps=25,
+                  size=(320, 240), gop=25)
+
+
+def test_a_long_clip_decodes_only_around_the_sampled_frames(long_clip, tmp_path, monkeypatch):
+    """Was: every frame decoded and kept. Now each sampled frame is decoded from the keyframe before it: at
+    most 8 x 25 frames of the 600 (counted on the real decoder's output)."""
+    import av
+
+    decoded, real_open = [], av.open
+
+    class Counting:  # the real container; what its decode yields is counted
+        def __init__(self, *args, **kwargs):
+            self.container = real_open(*args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(self.container, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.container.__exit__(*exc)
+
+        def decode(self, *args, **kwargs):
+            for frame in self.container.decode(*args, **kwargs):
+                decoded.append(frame.pts)
+                yield frame
+
+    monkeypatch.setattr(av, "open", Counting)
+    frames, meta = clips.load_clip(video.sample_frames(long_clip, fps=2, max_frames=8, cache=str(tmp_path)))
+    monkeypatch.undo()
+    assert meta["total_frames"] == 600 and meta["indices"] == every_frame_sampling(long_clip, 2, 8)[0]
+    assert len(frames) == 8 and len(decoded) <= 8 * 25
+
+
+PEAK = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import av  # what sample_frames imports, loaded before the baseline
+import checkpoint
+from PIL import Image, PngImagePlugin
+from benchmarks import video
+
+def status(key):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(key + ":")) * 1024
+
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # the peak (VmHWM) starts again from what the process holds now
+base = status("VmRSS")
+video.sample_frames(sys.argv[2], fps=2, max_frames=8, cache=sys.argv[3])
+print(status("VmHWM") - base)
+"""
+
+
+def test_sampling_a_long_clip_takes_memory_set_by_max_frames_not_by_its_length(long_clip, tmp_path):
+    """Was: 138 MB of decoded frames held for 8 kept (2.3 GB for 20 s of 720p; hundreds of GB for an hour).
+    Measured as the peak resident memory of a process of its own (VmHWM: getrusage's maxrss would count its
+    parent's memory at the fork), over what it held before sampling."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    res = subprocess.run([sys.executable, "-c", PEAK, ROOT, long_clip, str(tmp_path)], capture_output=True,
+                         text=True, timeout=300, check=True)
+    grew, everything = int(res.stdout.split()[-1]), 600 * 320 * 240 * 3
+    assert grew < 40 << 20 and grew < everything / 4, (grew, everything)

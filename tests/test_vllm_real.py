@@ -26,7 +26,7 @@ from conftest import ROOT, build_tiny_dense, require_vllm
 
 require_vllm()
 
-from server import RemoteEngine
+from engines.server import RemoteEngine
 from test_train import read_metrics
 
 # a plain `python train.py`: none of a launcher's variables (the engine must set what vLLM needs itself)
@@ -96,7 +96,7 @@ def test_engine_log_probs_follow_every_weight_sync(dense):
 def test_a_model_class_vllm_cannot_load_names_it_and_the_way_out(tiny_model):
     """Qwen3.5 on the CPU build: the engine's own error, the class, and --engine transformers, before any
     step."""
-    code, out = run("-c", "import sys; from rollout import VLLMEngine, load_tokenizer; "
+    code, out = run("-c", "import sys; from rollout import VLLMEngine; from models import load_tokenizer; "
                           f"VLLMEngine({tiny_model!r}, load_tokenizer({tiny_model!r})[0], 0.15, 512, "
                           "dtype='float32')",
                     timeout=600)
