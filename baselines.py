@@ -232,13 +232,14 @@ def shared_teacher(teacher, tokenizer, model):
     return teacher_model
 
 
-def distill_step(cfg, run, plain, eps, timer, timed):
+def distill_step(cfg, run, plain, eps):
     """Step 10 of the distillation baselines: On-Distill along the step's own episodes (the student's plain
     rollouts), Off-Distill along G_T fresh teacher rollouts per question, the correct ones (their teacher
-    calls timed as "teacher"); then ONE optimizer step on the JSD. Returns the update's metrics and counts."""
+    calls timed as "teacher", inside the update's time); then ONE optimizer step on the JSD. Returns the
+    update's metrics and counts."""
     targets, counts = eps, {}
     if cfg.algo == "off_distill":
-        with timed(timer, "teacher"):
+        with run.meter.phase("teacher"):
             targets, counts = off_distill_targets(
                 plain, run.teacher, n=cfg.teacher_group_size, max_new_tokens=cfg.teacher_max_new_tokens,
                 temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
@@ -246,4 +247,6 @@ def distill_step(cfg, run, plain, eps, timer, timed):
     metrics = jsd_update(run.model, shared_teacher(run.teacher, run.tokenizer, run.model), run.optimizer,
                          run.accelerator, targets, cfg.temperature, cfg.micro_batch_size,
                          run.tokenizer.pad_token_id, cfg.jsd_beta, cfg.grad_clip, weights)
+    # the student's forward and backward tokens (the teacher's forward is another model's)
+    counts["tokens/update"] = sum(len(t.prompt_ids) + len(t.token_ids) for t in targets)
     return {**metrics, **counts}

@@ -212,6 +212,11 @@ class Config:
                                              "speed")
     skip_zero_adv: bool = arg(True, "skip the forward/backward of A = 0 sequences (the same update and "
                                     "metrics, less compute)")
+    old_logprobs: Literal["all", "needed"] = arg(
+        "all", "the sampling policy's log-probs, a pass before the update [ours]: all = of every rollout "
+               "(the entropy and the sync check over all); needed = only what the loss needs: none for the "
+               "first mini-batch (its weights are still the sampling policy's, so its own log-probs serve: "
+               "the same loss) nor for skipped A = 0 rollouts, the entropy and sync check over the rest")
     mixed_precision: Literal["no", "bf16", "fp16"] | None = arg(None, "autocast (FSDP: bf16 compute, fp32 "
                                                                       "reduction); default: accelerate's")
     fsdp: bool = arg(False, "shard the student over the processes with torch's FSDP2 (the paper's full "

@@ -83,8 +83,9 @@ TRAIN_FLAGS = [
     "--lr", "1e-5", "--micro-batch-size", "16", "--gen-batch-size", "128"]
 # the demo's own micro-batch (memory only: the loss is the token-level mean over the whole mini-batch, so the
 # gradient is the same up to rounding): 8 sequences at a heavy step's BCQ lengths keep 0.2-0.7 GiB less than
-# 16 (measured; docs/demo.md)
-DEMO_MICRO_BATCH = "8"
+# 16 (measured; docs/demo.md). And no log-prob pass the loss does not need (the same update; the entropy
+# and the sync check over the rollouts in the gradient): a third of the update's FLOPs went to it
+DEMO_FLAGS = ["--micro-batch-size", "8", "--old-logprobs", "needed"]
 
 
 def cpu_has_fast_bf16():
@@ -242,7 +243,7 @@ def main():
 
     cfg = train.parse_config([
         "--student", student, "--teacher", "gold", "--data", rl_path, "--algo", args.algo,
-        *TRAIN_FLAGS, "--micro-batch-size", DEMO_MICRO_BATCH, *precision_flags(bf16),  # the later flag wins
+        *TRAIN_FLAGS, *DEMO_FLAGS, *precision_flags(bf16),  # the later flag wins
         "--steps", str(args.steps), "--save-every", "0", "--out-dir", run_dir,
         # the demo rebuilds its whole folder (data, primed student)
         "--dump-reformulated", "--overwrite", *extra])
@@ -255,11 +256,13 @@ def main():
     with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as f:
         metrics = [json.loads(line) for line in f]
     print(f"\n{'step':>4} {'plain':>6} {'bcq':>6} {'ncq':>6} {'#bcq':>5} {'#ncq':>5} {'hard':>5} "
-          f"{'buffer':>6} {'grad.':>5} {'rollout':>8} {'update':>7}")
+          f"{'buffer':>6} {'grad.':>5} {'rollout':>8} {'update':>7} {'tok/s':>6} {'mfu':>5} {'GiB':>4}")
     for m in metrics:
         print(f"{m['step']:>4} {m['acc/plain']:>6.3f} {m['acc/bcq']:>6.3f} {m['acc/ncq']:>6.3f} "
               f"{m['count/bcq']:>5} {m['count/ncq']:>5} {m['count/hard']:>5} {m['buffer/size']:>6} "
-              f"{m.get('buffer/graduated', 0):>5} {m['time/rollout']:>7.0f}s {m['time/update']:>6.0f}s")
+              f"{m.get('buffer/graduated', 0):>5} {m['time/rollout']:>7.0f}s {m['time/update']:>6.0f}s "
+              f"{m.get('perf/rollout_tokens_per_s', 0):>6.0f} {m.get('perf/mfu', 0):>5.1%} "
+              f"{max(v for k, v in m.items() if k.startswith('mem/')):>4.1f}")
     print("\n" + "\n".join(mechanism_lines(metrics, args.algo, cfg.group_size)))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print(f"\nheld-out greedy accuracy ({len(test)} questions): after the primer {primed:.3f} -> "

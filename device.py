@@ -3,6 +3,7 @@ device's peak FLOP/s (GPUs from a table by name, a CPU measured by a short matmu
 step's passes, and each phase's seconds and peak memory. train.py logs every step's throughput from these
 (perf/*, mem/*: docs/training.md, "What each step logs").
 """
+import functools
 import importlib.util
 import os
 import threading
@@ -14,6 +15,8 @@ import torch
 from config import use_fsdp
 
 GIB = 2 ** 30
+# a step's metrics that measure the machine, not the run: they differ between two runs of the same steps
+MEASURED = ("time/", "perf/", "mem/")
 
 # ---------------------------------------------------------------------------------------------------------
 # throughput and utilisation
@@ -22,9 +25,8 @@ GIB = 2 ** 30
 # name contains wins, so the more specific names come first
 GPU_PEAKS = [("H100 PCIe", 756e12), ("H100 NVL", 835e12), ("H100", 989e12), ("H200", 989e12),
              ("H800", 989e12), ("GH200", 989e12), ("B200", 2250e12), ("B100", 1750e12), ("A100", 312e12),
-             ("A800", 312e12),
-             ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12), ("A10", 125e12), ("RTX 4090", 165e12),
-             ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12)]
+             ("A800", 312e12), ("L40S", 362e12), ("L40", 181e12), ("L4", 121e12), ("A10", 125e12),
+             ("RTX 4090", 165e12), ("RTX 3090", 71e12), ("V100", 125e12), ("T4", 65e12)]
 
 
 def gpu_peak(name):
@@ -32,11 +34,13 @@ def gpu_peak(name):
     return next((peak for key, peak in GPU_PEAKS if key.lower() in name.lower()), None)
 
 
-def cpu_peak(dtype=torch.float32, seconds=0.3, size=1024):
-    """This CPU's matmul rate, FLOP/s, in `dtype` with torch's threads as they are: square `size` matmuls for
-    about `seconds` (a bf16 matmul runs ~40x slower than fp32 on a CPU without bf16 instructions: the probe
-    sees it)."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+@functools.cache
+def cpu_peak(dtype=torch.float32, threads=None, seconds=0.2, size=1024):
+    """This CPU's matmul rate, FLOP/s, in `dtype` with torch's `threads`: square `size` matmuls for about
+    `seconds` (a bf16 matmul runs ~40x slower than fp32 on a CPU without bf16 instructions: the probe sees
+    it). Measured once per process and setting."""
+    own = torch.Generator().manual_seed(0)  # torch's global random state is the run's: left untouched
+    a, b = (torch.rand(size, size, generator=own).to(dtype) for _ in range(2))
     a @ b  # warm-up: the first call picks its kernels
     count, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
@@ -46,24 +50,30 @@ def cpu_peak(dtype=torch.float32, seconds=0.3, size=1024):
 
 
 def device_peak(device, dtype):
-    """(peak FLOP/s, where the number comes from) of the device the update runs on, or (None, why not)."""
+    """(peak FLOP/s of one process's device, where the number comes from), or (None, why there is none)."""
     if torch.device(device).type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = gpu_peak(name)
-        return (peak, f"{name}, dense bf16 data sheet") if peak else \
+        return (peak, f"{name}, dense bf16, data sheet") if peak else \
             (None, f"{name}: not in device.GPU_PEAKS")
-    return cpu_peak(dtype), f"CPU, measured ({dtype}, {torch.get_num_threads()} threads)"
+    threads, kind = torch.get_num_threads(), str(dtype).replace("torch.", "")
+    return cpu_peak(dtype, threads), f"CPU, {kind} matmul probe, {threads} threads"
+
+
+def flop_parameters(model):
+    """The parameters a token's forward multiplies by (2 FLOPs each): all of them, less an input embedding
+    that is not also the output head (a lookup, no multiply). Global sizes, also of FSDP2's shards."""
+    total = sum(p.numel() for p in model.parameters())
+    embed, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and embed is not None and head.weight is embed.weight
+    return total - (0 if tied or embed is None else embed.weight.numel())
 
 
 def model_flops(parameters, forward_tokens, trained_tokens):
     """Model FLOPs of passes over a model of `parameters` (2 per parameter and token forward, 6 forward and
-    backward: Kaplan et al.'s count, attention's own FLOPs and activation recomputation left out, as
+    backward: Kaplan et al.'s count; attention's own FLOPs and activation recomputation left out, as
     model-FLOPs utilisation counts them)."""
     return 2 * parameters * forward_tokens + 6 * parameters * trained_tokens
-
-
-# ---------------------------------------------------------------------------------------------------------
-# seconds and peak memory per phase
 
 
 def resident_bytes():
@@ -78,18 +88,31 @@ def resident_bytes():
 class Meter:
     """Each phase's seconds (summed over the step) and peak memory: on a GPU the allocator's peak, on a CPU
     the resident memory, sampled every `interval` seconds by a thread (resident memory has no peak counter
-    that can be reset per phase)."""
+    that can be reset per phase). Phases may nest (a judge's calls inside scoring): an inner phase's peak
+    counts for the phases around it too."""
 
     def __init__(self, device, interval=0.02):
         self.cuda = torch.device(device).type == "cuda"
-        self.seconds, self.peaks, self.interval, self._peak = {}, {}, interval, 0
+        self.seconds, self.peaks, self.open, self.interval, self._peak = {}, {}, [], interval, 0
+        self._done = threading.Event()
         if not self.cuda:
             threading.Thread(target=self._sample, daemon=True).start()
 
     def _sample(self):
-        while True:
+        while not self._done.wait(self.interval):
             self._peak = max(self._peak, resident_bytes())
-            time.sleep(self.interval)
+
+    def close(self):
+        self._done.set()
+
+    def _read(self):
+        """The peak since the last reset, then reset: each open phase has had it."""
+        peak = torch.cuda.max_memory_allocated() if self.cuda else max(self._peak, resident_bytes())
+        for key in self.open:
+            self.peaks[key] = max(self.peaks.get(key, 0), peak)
+        if self.cuda:
+            torch.cuda.reset_peak_memory_stats()
+        self._peak = resident_bytes()
 
     def step(self):
         """A new step: its phases start from nothing."""
@@ -97,16 +120,35 @@ class Meter:
 
     @contextmanager
     def phase(self, key):
-        if self.cuda:
-            torch.cuda.reset_peak_memory_stats()
-        self._peak = resident_bytes()
-        start = time.time()
+        self._read()  # the phases around this one keep what they reached before it
+        self.open.append(key)
+        start = time.perf_counter()
         try:
             yield
         finally:
-            self.seconds[key] = self.seconds.get(key, 0.0) + time.time() - start
-            peak = torch.cuda.max_memory_allocated() if self.cuda else max(self._peak, resident_bytes())
-            self.peaks[key] = max(self.peaks.get(key, 0), peak)
+            self.seconds[key] = self.seconds.get(key, 0.0) + time.perf_counter() - start
+            self._read()
+            self.open.remove(key)
+
+
+def perf_metrics(meter, step_seconds, tokens, parameters, peak, world):
+    """A step's throughput: time/PHASE (seconds), mem/PHASE_gib (the main process's peak), the rollout and
+    update phases' tokens per second (`tokens`: the whole job's counts, all ranks), and perf/mfu, the model
+    FLOPs of the student's passes over the step's time and every process's device peak (`peak` None: no
+    utilisation)."""
+    out = {f"time/{k}": v for k, v in meter.seconds.items()}
+    out.update({f"mem/{k}_gib": v / GIB for k, v in meter.peaks.items()})
+    out["time/step"] = step_seconds
+    for phase, key in (("rollout", "rollout"), ("update", "update")):
+        if meter.seconds.get(phase):
+            out[f"perf/{phase}_tokens_per_s"] = tokens[key] / meter.seconds[phase]
+    if peak:
+        flops = model_flops(parameters, tokens["prefill"] + tokens["rollout"] + tokens["forward"],
+                            tokens["update"])
+        out["perf/mfu"] = flops / (step_seconds * peak * world)
+        out["perf/update_mfu"] = model_flops(parameters, tokens["forward"], tokens["update"]) / (
+            max(meter.seconds.get("update", 0.0), 1e-9) * peak * world)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------

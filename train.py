@@ -22,7 +22,6 @@ import random
 import signal
 import sys
 import time
-from collections import defaultdict
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -42,7 +41,7 @@ from config import (
     validate,
 )
 from data import fit_prompts, load_training_data, take
-from device import memory_check
+from device import Meter, device_peak, flop_parameters, memory_check, perf_metrics
 from engines.server import teacher_metrics, teacher_tally
 from models import build_engines, prepare_student, trains_vision
 from reformulate import bcq_ncq_groups, group_prompt, plain_prompt, precap
@@ -51,6 +50,7 @@ from rollout import Rollout
 from zppo import (
     Group,
     episodes_of,
+    mean_entropy,
     old_logprobs,
     plan_minibatches,
     ppo_update,
@@ -63,14 +63,6 @@ from zppo import (
 
 def round_half_up(x):
     return math.floor(x + 0.5)
-
-
-@contextmanager
-def timed(timer, key):
-    """Adds the seconds spent inside the block to timer[key]."""
-    start = time.time()
-    yield
-    timer[key] += time.time() - start
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -91,6 +83,9 @@ class Run:
     start: int  # the first step to run (0, or the resumed checkpoint's)
     data_pos: tuple  # (pass over the data, position in it) before the next step
     log_path: str  # metrics.jsonl
+    meter: Meter  # each phase's seconds and peak memory
+    parameters: int  # the student's parameters a token's forward multiplies by (model FLOPs)
+    peak: float  # one process's device peak, FLOP/s (None: unknown), for perf/mfu
 
 
 def setup(cfg):
@@ -130,8 +125,15 @@ def setup(cfg):
     log_path = checkpoint.open_run(cfg, start, accelerator, ckpt)
     if cfg.algo in DISTILLATION:  # the teacher's distributions must compare with the student's: said now
         shared_teacher(teacher, tokenizer, model)
+    # the device's peak, for the utilisation each step logs (a CPU's is measured: a short matmul probe)
+    dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else next(model.parameters()).dtype
+    peak, source = device_peak(accelerator.device, dtype)
+    if accelerator.is_main_process:
+        print(f"train.py: perf/mfu against {f'{peak / 1e12:.2f} TFLOP/s per process' if peak else 'nothing'} "
+              f"({source})", file=sys.stderr, flush=True)
     return Run(accelerator, model, tokenizer, optimizer, student, teacher, examples, buffer, rng, start,
-               tuple(data_pos), log_path)
+               tuple(data_pos), log_path, Meter(accelerator.device),
+               flop_parameters(accelerator.unwrap_model(model)), peak)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -147,17 +149,17 @@ class Batch:
     counts: dict  # count/hard, count/too_long, count/no_teacher_correct, data/epoch
 
 
-def sample_and_score(cfg, run, groups, timer):
+def sample_and_score(cfg, run, groups):
     """Spec steps 1 and 7: G_S student rollouts on each group's prompt, each scored 0/1 against its question's
     gold answer (the rule grader, or the teacher as judge where the rule cannot decide)."""
     if not groups:
         return []
     prefixes = [g.prefix for g in groups] if any(g.prefix is not None for g in groups) else None
-    with timed(timer, "rollout"):
+    with run.meter.phase("rollout"):
         rollouts = run.student.generate([group_prompt(g) for g in groups], n=cfg.group_size,
                                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                         top_p=cfg.top_p, top_k=cfg.top_k, response_prefixes=prefixes)
-    with timed(timer, "score"):
+    with run.meter.phase("score"):
         rewards = score_rollouts(rollouts, [g.question for g in groups], run.teacher)
     return [replace(g, rollouts=rs, rewards=ss) for g, rs, ss in zip(groups, rollouts, rewards)]
 
@@ -193,13 +195,13 @@ def helped_groups(cfg, run, plain, kept, correct, cap):
                           top_p=cfg.top_p, top_k=cfg.top_k)
 
 
-def sample_groups(cfg, run, timer):
+def sample_groups(cfg, run):
     """Spec steps 1-7: the plain groups and the groups the teacher helps with, rolled out and scored."""
     # 1. plain rollouts on new questions + replayed hard ones, binary reward
     new, *run.data_pos = take(run.examples, cfg.questions_per_step, cfg.seed, *run.data_pos)
     n_replay = round_half_up(cfg.rho_replay * len(new)) if cfg.buffer else 0
     questions = new + run.buffer.sample(n_replay, run.rng, exclude={ex["id"] for ex in new})
-    plain = sample_and_score(cfg, run, [Group(q, "plain", q["question"]) for q in questions], timer)
+    plain = sample_and_score(cfg, run, [Group(q, "plain", q["question"]) for q in questions])
     acc = [sum(g.rewards) / len(g.rewards) for g in plain]
 
     # 2. hard: plain accuracy < tau; 4. pre-cap: hardest first, ties at random, at most rho_aug * N_new
@@ -210,17 +212,17 @@ def sample_groups(cfg, run, timer):
     kept = precap(acc, hard, cap, run.rng) if (guided or cfg.ncq) else []
 
     # 3. teacher rollouts on the kept hard questions, only the correct ones kept (never cached)
-    with timed(timer, "teacher"):
+    with run.meter.phase("teacher"):
         correct = {} if not guided else \
             dict(zip(kept, teacher_correct(cfg, run.teacher, [questions[i] for i in kept])))
 
     # 6. post-cap, 5. the BCQ / NCQ prompts from (compressed) candidates; or the Hint / Prefix groups
-    with timed(timer, "teacher" if cfg.algo in TEACHER_GUIDED else "compress"):
+    with run.meter.phase("teacher" if cfg.algo in TEACHER_GUIDED else "compress"):
         helped = helped_groups(cfg, run, plain, kept, correct, cap)
 
     # 7. student rollouts on them, scored against the original gold answer; a prompt too long for the
     # engine's context (--max-model-len) gets none, and its group is dropped and counted
-    answered = [g for g in sample_and_score(cfg, run, helped, timer) if g.rollouts]
+    answered = [g for g in sample_and_score(cfg, run, helped) if g.rollouts]
     counts = {"data/epoch": run.data_pos[0], "count/hard": len(hard),
               "count/too_long": len(helped) - len(answered),
               "count/no_teacher_correct": sum(not correct.get(i) for i in kept) if guided else 0}
@@ -250,13 +252,20 @@ def update(cfg, run, episodes, step):
     engine's is the sync check), I optimizer steps."""
     acc, pad = run.accelerator, run.tokenizer.pad_token_id
     plan = plan_minibatches(episodes, cfg.iters_per_step, run.rng, acc.process_index, acc.num_processes,
-                            cfg.skip_zero_adv)
+                            cfg.skip_zero_adv, cfg.old_logprobs == "all")
     old, entropy = old_logprobs(run.model, episodes, plan, cfg.temperature, cfg.micro_batch_size, pad, acc)
-    metrics = {"policy/entropy": entropy,
-               "sync/logprob_abs_diff": sync_check(episodes, old, cfg.sync_warn, step, acc)}
-    metrics.update(ppo_update(run.model, run.optimizer, acc, episodes, plan, old, cfg.temperature,
-                              cfg.micro_batch_size, pad, cfg.clip_low, cfg.clip_high, cfg.dual_clip,
-                              cfg.grad_clip))
+    metrics, first = ppo_update(run.model, run.optimizer, acc, episodes, plan, old, cfg.temperature,
+                                cfg.micro_batch_size, pad, cfg.clip_low, cfg.clip_high, cfg.dual_clip,
+                                cfg.grad_clip)  # `old` now also holds what the first mini-batch computed
+    metrics["policy/entropy"] = mean_entropy(acc, entropy, first)
+    metrics["sync/logprob_abs_diff"] = sync_check(episodes, old, cfg.sync_warn, step, acc)
+    # the update's tokens, prompts included (every rank's): forward only for the log-probs pass, forward and
+    # backward for the computed sequences
+    lengths = [len(e.prompt_ids) + len(e.token_ids) for e in episodes]
+    passed = range(len(episodes)) if cfg.old_logprobs == "all" else \
+        [i for mb in plan.minibatches[1:] for i in mb if plan.computed[i]]
+    metrics["tokens/forward"] = sum(lengths[i] for i in passed)
+    metrics["tokens/update"] = sum(n for n, computed in zip(lengths, plan.computed) if computed)
     return metrics
 
 
@@ -296,14 +305,17 @@ def finish_step(cfg, run, step, metrics, episodes, helped, nonfinite_steps, bar)
         metrics["eval/pending"] = 1
     checkpoint.write_step(cfg, step, metrics, episodes, helped, run.log_path, run.accelerator)
     bar.set_postfix(acc=f"{metrics['acc/plain']:.2f}", bcq=f"{metrics['acc/bcq']:.2f}",
-                    ncq=f"{metrics['acc/ncq']:.2f}", buf=len(run.buffer), t=f"{metrics['time/step']:.0f}s")
+                    ncq=f"{metrics['acc/ncq']:.2f}", buf=len(run.buffer), t=f"{metrics['time/step']:.0f}s",
+                    gen=f"{metrics.get('perf/rollout_tokens_per_s', 0):.0f}tok/s",
+                    upd=f"{metrics.get('perf/update_tokens_per_s', 0):.0f}tok/s",
+                    mfu=f"{metrics['perf/mfu']:.1%}" if "perf/mfu" in metrics else "-")
     stop = cfg.max_nonfinite_steps and nonfinite_steps >= cfg.max_nonfinite_steps
     save = (cfg.save_every and step % cfg.save_every == 0) or step == cfg.steps or stop
     if save:
         checkpoint.save(cfg, step, run.model, run.tokenizer, run.optimizer, run.buffer, run.data_pos, run.rng,
                         run.accelerator)
     if stop:  # the skipped updates kept the weights finite: the checkpoint above holds the last good ones
-        run.accelerator.end_training()
+        end_training(run.accelerator)  # every rank stops here: the step metrics are global
         raise SystemExit(f"step {step}: stopping after {nonfinite_steps} rollout steps in a row whose update "
                          "had a NaN or inf loss or gradient (skipped, weights unchanged; see "
                          f"train/skipped_nonfinite in {run.log_path}); try a lower --lr, or --resume "
@@ -321,10 +333,10 @@ def stop_when_asked(cfg, run, step, saved, request):
                         run.accelerator)
     if run.accelerator.is_main_process and os.path.exists(request.path):
         os.remove(request.path)  # acted on: the next incarnation starts clean
-    run.accelerator.end_training()
     if run.accelerator.is_main_process:
         print(f"train.py: stopped as asked ({request.reason()}) at step {step}, its checkpoint saved; "
               f"continue with --resume {cfg.out_dir}", file=sys.stderr, flush=True)
+    end_training(run.accelerator)
     raise SystemExit(REQUEUE)
 
 
@@ -342,6 +354,18 @@ def restore_step_state(run, state):
     if cuda is not None:
         torch.cuda.set_rng_state_all(cuda)
     run.data_pos = data_pos
+
+
+def step_throughput(run, batch, metrics, seconds):
+    """The step's seconds, peak memory, tokens per second and utilisation per phase (device.perf_metrics),
+    from its token counts: sampled by the student, its prompts (read once per group), and the update's."""
+    groups = [g for g in batch.plain + batch.helped if g.rollouts]
+    tokens = {"rollout": sum(len(r.token_ids) for g in groups for r in g.rollouts),
+              "prefill": sum(len(g.rollouts[0].prompt_ids) for g in groups),
+              "forward": metrics.get("tokens/forward", 0), "update": metrics.get("tokens/update", 0)}
+    world = run.accelerator.num_processes
+    return {"tokens/rollout": tokens["rollout"],
+            **perf_metrics(run.meter, seconds, tokens, run.parameters, run.peak, world)}
 
 
 def progress_bar(cfg, run):
@@ -403,11 +427,12 @@ def train_loop(cfg, run, request):
     if checkpoint.pending_eval(run.log_path, run.start):  # a crash cut the resumed step's evaluation short
         evaluate(cfg, run, run.start, bar)
     for step in bar:
-        t_step, timer, tally = time.time(), defaultdict(float), teacher_tally(run.teacher)
+        t_step, tally = time.perf_counter(), teacher_tally(run.teacher)
+        run.meter.step()
         before = step_state(run)
 
         # 1-7. the plain groups, and the groups the teacher helps with
-        batch = sample_groups(cfg, run, timer)
+        batch = sample_groups(cfg, run)
         if request.asked(run.accelerator):  # before the update: the step is dropped, the run stops as it was
             restore_step_state(run, before)
             stop_when_asked(cfg, run, step - 1, saved == step - 1, request)
@@ -417,10 +442,11 @@ def train_loop(cfg, run, request):
 
         # 10. I mini-batch PPO updates, old log-probs those of the policy that sampled (the distillation
         # baselines: one JSD step to the teacher instead); then the engine gets the new weights
-        with timed(timer, "update"), oom_hint(cfg, episodes):
+        with run.meter.phase("update"), oom_hint(cfg, episodes):
             metrics = update(cfg, run, episodes, step) if cfg.algo not in DISTILLATION else \
-                distill_step(cfg, run, batch.plain, episodes, timer, timed)
-            run.student.sync_weights(run.model)  # vLLM: streamed, gathered from the shards under FSDP
+                distill_step(cfg, run, batch.plain, episodes)
+        with run.meter.phase("sync"):  # vLLM: streamed, gathered from the shards under FSDP
+            run.student.sync_weights(run.model)
         nonfinite_steps = nonfinite_steps + 1 if metrics.get("train/skipped_nonfinite") else 0
 
         # 11. buffer update from plain rollouts only
@@ -432,13 +458,24 @@ def train_loop(cfg, run, request):
         metrics.update(step_metrics(batch.plain, batch.helped, episodes, batch.n_new, run.buffer, cfg.buffer),
                        **baseline_metrics(cfg.algo, batch.helped),
                        **teacher_metrics(run.teacher, tally, step, cfg.teacher_url, run.accelerator))
-        metrics.update({f"time/{k}": v for k, v in timer.items()}, **{"time/step": time.time() - t_step})
+        metrics.update(step_throughput(run, batch, metrics, time.perf_counter() - t_step))
         saved = step if finish_step(cfg, run, step, metrics, episodes, batch.helped, nonfinite_steps, bar) \
             else saved
         if request.asked(run.accelerator):
             stop_when_asked(cfg, run, step, saved == step, request)
-    run.accelerator.end_training()
+    run.meter.close()
+    end_training(run.accelerator)
     return run.log_path
+
+
+def end_training(accelerator):
+    """accelerate's end_training (trackers, then the process group) once every rank is past its last
+    collective: gloo's workers drop a finished one's tensors only with the GIL, and a group destroyed
+    meanwhile waits for them holding it (CPU ranks hung at exit in about one run in five)."""
+    if accelerator.num_processes > 1:
+        torch.distributed.barrier()
+        time.sleep(0.2)  # the GIL released: workers finish dropping what the barrier waited for
+    accelerator.end_training()
 
 
 def main(cfg):
@@ -456,8 +493,6 @@ def main(cfg):
             return train_loop(cfg, setup(cfg), request)
     finally:
         checkpoint.release_lock(lock)
-        # the process group closed while Python still runs: torch's gloo group, destroyed at interpreter exit
-        # instead, can deadlock with its own worker thread (the process never exits)
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 

@@ -147,12 +147,14 @@ class Plan:
     rank_logprobs: list  # the episodes whose sampling-policy log-probs this rank computes (old_logprobs)
 
 
-def plan_minibatches(episodes, iters, rng, rank=0, world=1, skip_zero_adv=True):
+def plan_minibatches(episodes, iters, rng, rank=0, world=1, skip_zero_adv=True, all_logprobs=True):
     """The whole step batch shuffled into I equal mini-batches; every rank takes every world-th sequence of a
     mini-batch that enters the gradient. A sequence with A = 0 adds exactly zero loss and zero gradient, so
     with skip_zero_adv it is not computed at all; its tokens still count in the token-level mean, so the
-    gradient is identical, only cheaper (early on most groups are trivial). Its sampling log-probs are still
-    computed, by one rank each (`rank_logprobs`), so the entropy and the sync check cover every rollout."""
+    gradient is identical, only cheaper (early on most groups are trivial). With all_logprobs its sampling
+    log-probs are still computed, by one rank each (`rank_logprobs`), so the entropy and the sync check
+    cover every rollout. Without, only what the loss needs: the computed sequences of mini-batches 2..I (the
+    first one's weights are still the sampling policy's: ppo_update takes its own log-probs)."""
     order = list(range(len(episodes)))
     rng.shuffle(order)
     I = min(iters, len(order))
@@ -163,7 +165,8 @@ def plan_minibatches(episodes, iters, rng, rank=0, world=1, skip_zero_adv=True):
         minibatches.append(sorted(mb))
         work.append(sorted([i for i in mb if computed[i]][rank::world]))
     skipped = [i for i in range(len(episodes)) if not computed[i]]
-    logprobs = {i for w in work for i in w} | set(skipped[rank::world])
+    logprobs = {i for w in work for i in w} | set(skipped[rank::world]) if all_logprobs else \
+        {i for w in work[1:] for i in w}
     return Plan(minibatches, computed, work, sorted(logprobs))
 
 
@@ -209,8 +212,8 @@ def shortest(episodes):
 @torch.no_grad()
 def old_logprobs(model, episodes, plan, temperature, micro_batch_size, pad_id, accelerator):
     """The sampling policy's log-probs (the weights before this step's updates) of this rank's episodes
-    (plan.rank_logprobs), as {episode index: per-token list}, and the policy's mean token entropy over every
-    rollout of the step, all ranks together (None if there are no tokens)."""
+    (plan.rank_logprobs), as {episode index: per-token list}, and this rank's [entropy sum, tokens] of the
+    policy over them (mean_entropy adds the ranks' and ppo_update's own)."""
     model.eval()
     old, ent_sum, n_tok = {}, 0.0, 0.0
     micros = micro_batches(plan.rank_logprobs, episodes, micro_batch_size)
@@ -225,8 +228,13 @@ def old_logprobs(model, episodes, plan, temperature, micro_batch_size, pad_id, a
         ent_sum += (ent * mask).sum().item()
         n_tok += mask.sum().item()
     model.train()
-    ent_sum, n_tok = reduce_sum(accelerator, [ent_sum, n_tok])
-    return old, ent_sum / n_tok if n_tok else None
+    return old, [ent_sum, n_tok]
+
+
+def mean_entropy(accelerator, *sums):
+    """The policy's mean token entropy from [sum, tokens] pairs, all ranks together (None: no tokens)."""
+    ent_sum, n_tok = reduce_sum(accelerator, [sum(s[0] for s in sums), sum(s[1] for s in sums)])
+    return ent_sum / n_tok if n_tok else None
 
 
 def sync_check(episodes, old, threshold, step, accelerator):
@@ -268,14 +276,23 @@ def pad_rows(rows, width, device):
 def clipped_loss(model, seqs, old, n_tokens, temperature, pad_id, clip_low, clip_high, dual_clip):
     """One micro-batch's share of its mini-batch's loss (its token sum over the mini-batch's `n_tokens`) and
     the policy metrics' sums over its A != 0 tokens (`tokens`: their count). `old`: each sequence's
-    sampling-policy log-probs."""
-    lp, mask, _ = response_logprobs(model, seqs, temperature, pad_id)  # (b, R) each
-    old_lp = pad_rows(old, lp.shape[1], lp.device)  # (b, R)
+    sampling-policy log-probs, or None where the weights still are the sampling policy's (the first
+    mini-batch): its own log-probs, detached, stand in (a ratio of exactly 1), and `fresh` returns them with
+    their entropy: ({row: log-probs}, [entropy sum, tokens])."""
+    new = [o is None for o in old]
+    lp, mask, ent = response_logprobs(model, seqs, temperature, pad_id, entropy=any(new))  # (b, R) each
+    old_lp = pad_rows([o or [] for o in old], lp.shape[1], lp.device)  # (b, R)
+    fresh = ({}, [0.0, 0.0])
+    if any(new):
+        rows = torch.tensor(new, device=lp.device)[:, None]
+        old_lp = torch.where(rows, lp.detach(), old_lp)
+        fresh = ({b: lp[b, :len(s.token_ids)].tolist() for b, s in enumerate(seqs) if new[b]},
+                 [(ent.detach() * mask * rows).sum().item(), (mask * rows).sum().item()])
     adv = torch.tensor([e.adv for e in seqs], device=lp.device)  # (b,)
     # the A = 0 tokens add exactly 0 to the loss: leaving them out of the mask changes only the metrics
     active = mask * (adv != 0).to(mask.dtype)[:, None]
     loss, metrics = policy_loss(lp, old_lp, adv, active, clip_low, clip_high, dual_clip, n_tokens)
-    return loss, metrics, active.sum().item()
+    return loss, metrics, active.sum().item(), fresh
 
 
 def clip_gradients(model, max_norm, accelerator):
@@ -303,7 +320,9 @@ def drop_unreached(model, accelerator, reached):
 def ppo_update(model, optimizer, accelerator, episodes, plan, old, temperature, micro_batch_size, pad_id,
                clip_low=0.2, clip_high=0.28, dual_clip=10.0, grad_clip=1.0):
     """Spec step 10: one optimizer step per mini-batch of the plan, token-level mean loss over the
-    mini-batch's tokens (all ranks', A = 0 ones included). `old`: old_logprobs' {episode index: log-probs}.
+    mini-batch's tokens (all ranks', A = 0 ones included). `old`: old_logprobs' {episode index: log-probs};
+    a first mini-batch sequence it lacks takes its own (clipped_loss), added to `old`. Returns the metrics
+    and this rank's [entropy sum, tokens] over those added.
     Metrics, the same with and without skip_zero_adv: train/loss and the clip fractions over every token of
     the step (A = 0 tokens add 0), approx_kl and ratio_mean over the tokens with A != 0 (those of A = 0 need a
     forward the skip saves, and the loss does not act on them). A mini-batch whose loss or gradient norm is
@@ -313,7 +332,7 @@ def ppo_update(model, optimizer, accelerator, episodes, plan, old, temperature, 
     per_token = ("clip_frac_low", "clip_frac_high", "clip_frac_dual", "loss")  # over every token
     per_active = ("approx_kl", "ratio_mean")  # over the A != 0 tokens
     world = accelerator.num_processes
-    sums, n_active, grad_norms, skipped = defaultdict(float), 0, [], 0
+    sums, n_active, grad_norms, skipped, entropy = defaultdict(float), 0, [], 0, [0.0, 0.0]
     n_all = sum(len(e.token_ids) for e in episodes)  # the same on every rank
     for k, (members, work) in enumerate(zip(plan.minibatches, plan.rank_work)):
         n_tokens = sum(len(episodes[i].token_ids) for i in members)  # the divisor: every rank's tokens
@@ -329,8 +348,12 @@ def ppo_update(model, optimizer, accelerator, episodes, plan, old, temperature, 
                 lp, _, _ = response_logprobs(model, seqs, temperature, pad_id)
                 accelerator.backward(lp.sum() * 0.0)
                 continue
-            loss, metrics, tokens = clipped_loss(model, seqs, [old[i] for i in micro], n_tokens, temperature,
-                                                 pad_id, clip_low, clip_high, dual_clip)
+            # after the first optimizer step the weights have moved: only the first mini-batch may lack old
+            mine = [old.get(i) if k == 0 else old[i] for i in micro]
+            loss, metrics, tokens, (fresh, ent) = clipped_loss(model, seqs, mine, n_tokens, temperature,
+                                                               pad_id, clip_low, clip_high, dual_clip)
+            old.update({micro[b]: lps for b, lps in fresh.items()})
+            entropy = [entropy[0] + ent[0], entropy[1] + ent[1]]
             # DDP / FSDP average the ranks' gradients; x world makes that the sum the global divisor expects
             accelerator.backward(loss * world)
             for key, v in metrics.items():
@@ -359,7 +382,7 @@ def ppo_update(model, optimizer, accelerator, episodes, plan, old, temperature, 
     out["train/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     out["train/active_frac"] = sum(e.adv != 0 for e in episodes) / max(len(episodes), 1)
     out["train/skipped_nonfinite"] = skipped
-    return out
+    return out, entropy
 
 
 # ---------------------------------------------------------------------------------------------------------

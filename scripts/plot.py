@@ -29,7 +29,7 @@ from matplotlib.ticker import MaxNLocator
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data import read_jsonl
 
-PHASES = ("rollout", "teacher", "compress", "score", "update")
+PHASES = ("rollout", "teacher", "compress", "score", "update", "sync")
 _ADMITTED = re.compile(r"buffer/admitted_total_at_(\d+)/(\d+)")
 
 
@@ -247,6 +247,13 @@ def _times(ax, runs):
     return 1
 
 
+def _throughput(ax, runs):
+    curves = [(f"{r['label']} {what}", *series(r["rows"], f"perf/{what}_tokens_per_s"),
+               {"color": r["color"], "linestyle": dash})
+              for r in runs for what, dash in (("rollout", "-"), ("update", "--"))]
+    return draw_lines(ax, curves, "tokens/s: rollout (solid), update (dashed)", "tokens per second")
+
+
 def _evals(ax, runs):
     names = sorted({k for r in runs for row in r["rows"] for k in row
                     if k.startswith("eval/") and k != "eval/failed"})
@@ -265,6 +272,8 @@ PANELS = [
     ("buffer", _line_panel("buffer/size", "replay buffer size", "questions")),
     ("graduation", _graduation),
     ("time", _times),
+    ("throughput", _throughput),
+    ("mfu", _line_panel("perf/mfu", "model FLOPs utilisation (perf/mfu)", "fraction of the peak")),
     ("eval", _evals),
 ]
 
@@ -283,7 +292,7 @@ def plot_runs(runs, out, title=None, cols=3):
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
     for ax, (name, draw) in zip(axes.flat, kept):
         draw(ax, runs)
-        if name != "time" and (len(runs) > 1 or name in ("bcq_ncq", "eval")):
+        if name != "time" and (len(runs) > 1 or name in ("bcq_ncq", "eval", "throughput")):
             ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(kept):]:
         ax.set_visible(False)

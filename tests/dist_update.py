@@ -58,6 +58,7 @@ def main():
     parser.add_argument("--images", nargs="*", default=[])
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--skip-zero-adv", action="store_true")
+    parser.add_argument("--old-logprobs", default="all", choices=["all", "needed"])
     parser.add_argument("--image-every", type=int, default=3)
     args = parser.parse_args()
 
@@ -85,10 +86,10 @@ def main():
             m.register_forward_hook(lambda mod, i, o: inv_freq.add(str(mod.inv_freq.dtype)))
 
     plan = zppo.plan_minibatches(eps, 3, random.Random(0), acc.process_index, acc.num_processes,
-                                 args.skip_zero_adv)
+                                 args.skip_zero_adv, args.old_logprobs == "all")
     old, entropy = zppo.old_logprobs(model, eps, plan, 1.0, 2, tokenizer.pad_token_id, acc)
-    metrics = zppo.ppo_update(model, optimizer, acc, eps, plan, old, 1.0, 2, tokenizer.pad_token_id)
-    metrics["policy/entropy"] = entropy
+    metrics, first = zppo.ppo_update(model, optimizer, acc, eps, plan, old, 1.0, 2, tokenizer.pad_token_id)
+    metrics["policy/entropy"] = zppo.mean_entropy(acc, entropy, first)
     weights = models.model_state(model, acc)
     counts = gather_object([passes[0]]) if acc.num_processes > 1 else passes
     names = {p: n for n, p in unwrap(model).named_parameters()}
@@ -98,7 +99,7 @@ def main():
             json.dump({"metrics": metrics, "passes": counts, "inv_freq": sorted(inv_freq), "steps": steps,
                        "weights": {k: [v.double().sum().item(), v.double().square().sum().item()]
                                    for k, v in sorted(weights.items())}}, f)
-    acc.wait_for_everyone()
+    train.end_training(acc)
 
 
 if __name__ == "__main__":

@@ -97,9 +97,8 @@ class LLM:
             prompts.append(r["prompt_token_ids"] if vision is None else
                            expand_image_tokens(self.tokenizer, r["prompt_token_ids"], vision))
             visions.append(vision)
-        rows = engine._generate_rows([p for p in prompts for _ in range(sp.n)], sp.max_tokens, sp.temperature,
-                                     sp.top_p, max(sp.top_k, 0), sp.presence_penalty,
-                                     vision=[v for v in visions for _ in range(sp.n)])
+        rows = engine._generate_rows(prompts, sp.n, sp.max_tokens, sp.temperature, sp.top_p, max(sp.top_k, 0),
+                                     sp.presence_penalty, vision=visions)  # a prompt's n rows together
         outputs = []
         for i, prompt in enumerate(prompts):
             completions = [SimpleNamespace(text=r.text, token_ids=tuple(r.token_ids),

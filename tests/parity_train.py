@@ -47,9 +47,9 @@ if __name__ == "__main__":
         train.update = at("update", train.update, steps_itself=True)
         real_sample_groups = train.sample_groups
 
-        def sample_groups(cfg, run, timer):  # the step about to be sampled
+        def sample_groups(cfg, run):  # the step about to be sampled
             step[0] += 1
-            return real_sample_groups(cfg, run, timer)
+            return real_sample_groups(cfg, run)
 
         train.sample_groups = sample_groups
         train.sample_and_score = at("rollout", train.sample_and_score)

@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
+from device import MEASURED
 from test_images import PIXELS, write_data
 from test_train import ARGS, read_metrics
 from zppo import compute_advantages
@@ -123,6 +124,23 @@ def test_one_update_is_the_same_on_one_process_under_ddp_and_under_fsdp(student,
     assert_same_update(update(model, tmp_path / "fsdp2.json", "--fsdp", *flags, nproc=2), single, rel=5e-4)
 
 
+def test_an_update_without_the_unneeded_log_prob_pass_is_the_same_on_two_ranks(tiny_model, tmp_path):
+    """--old-logprobs needed: the first mini-batch's old log-probs come from its own forward, on every rank
+    its own share; the same weights as with the full pass, and the same metrics on one process, DDP and
+    FSDP over two ranks (the entropy and sync gap then over the computed sequences)."""
+    full = update(tiny_model, tmp_path / "all.json", "--skip-zero-adv")
+    flags = ["--skip-zero-adv", "--old-logprobs", "needed"]
+    single = update(tiny_model, tmp_path / "needed.json", *flags)
+    for name, sums in full["weights"].items():
+        assert single["weights"][name] == pytest.approx(sums, rel=1e-5, abs=1e-6), name
+    assert single["steps"] == full["steps"]
+    assert single["metrics"]["train/loss"] == pytest.approx(full["metrics"]["train/loss"], rel=1e-5)
+    assert single["metrics"]["policy/entropy"] != full["metrics"]["policy/entropy"]
+    assert_same_update(update(tiny_model, tmp_path / "ddp2.json", *flags, nproc=2), single, rel=5e-4)
+    assert_same_update(update(tiny_model, tmp_path / "fsdp2.json", "--fsdp", *flags, nproc=2), single,
+                       rel=5e-4)
+
+
 def test_fsdp_mixed_precision_keeps_rope_buffers_in_fp32(tiny_model, tmp_path):
     """bf16 compute under FSDP: the parameters are cast for the forward, RoPE's inv_freq is not (a bf16
     inv_freq puts positions of 1k-12k tokens off by radians)."""
@@ -225,7 +243,7 @@ def test_two_nodes_train_and_resume_exactly_across_them(tiny_model, tmp_path):
     two_nodes([*base, "--steps", "2", "--out-dir", resumed])
     assert not os.path.exists(os.path.join(resumed, "lock"))  # released at exit
     two_nodes([*base, "--steps", "3", "--resume", resumed])
-    drop = lambda m: {k: v for k, v in m.items() if not k.startswith("time/")}
+    drop = lambda m: {k: v for k, v in m.items() if not k.startswith(MEASURED)}
     assert [drop(m) for m in read_metrics(resumed)] == [drop(m) for m in read_metrics(straight)]
     a = load_file(os.path.join(straight, "checkpoints", "step_000003", "model.safetensors"))
     b = load_file(os.path.join(resumed, "checkpoints", "step_000003", "model.safetensors"))

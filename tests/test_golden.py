@@ -27,6 +27,7 @@ def run(model_dir, out_dir):
     compared."""
     import reward
     import train
+    from device import MEASURED
     from test_train import parity_grade
 
     saved = reward.grade
@@ -36,7 +37,7 @@ def run(model_dir, out_dir):
     finally:
         reward.grade = saved
     with open(os.path.join(out_dir, "metrics.jsonl")) as f:
-        metrics = [{k: v for k, v in json.loads(line).items() if not k.startswith("time/")} for line in f]
+        metrics = [{k: v for k, v in json.loads(line).items() if not k.startswith(MEASURED)} for line in f]
     weights = load_file(os.path.join(out_dir, "checkpoints", "step_000003", "model.safetensors"))
     sums = {k: [w.double().sum().item(), w.double().square().sum().item()]
             for k, w in sorted(weights.items())}

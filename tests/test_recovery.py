@@ -110,7 +110,7 @@ def test_a_checkpoint_is_never_written_from_non_finite_weights(tiny_model, tmp_p
     def poisoning_update(model, *args, **kwargs):
         with torch.no_grad():
             next(model.parameters()).fill_(float("inf"))
-        return {"train/skipped_nonfinite": 0}
+        return {"train/skipped_nonfinite": 0}, [0.0, 0.0]  # the metrics, the first mini-batch's entropy sums
 
     monkeypatch.setattr(train, "ppo_update", poisoning_update)
     out = str(tmp_path / "w")

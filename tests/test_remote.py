@@ -235,10 +235,10 @@ def test_a_configuration_that_cannot_work_is_caught_at_start(tiny_model, tmp_pat
     with pytest.raises(SystemExit, match=r"--teacher-url 127.0.0.1:8000: not an http:// or https:// URL "
                                          r"with a host \(e.g. http://127.0.0.1:8000\)"):
         train.main(train.parse_config(base + ["--teacher-url", "127.0.0.1:8000"]))
-    with pytest.raises(OSError, match=r"the teacher \(--teacher t\): .*/wrong/chat/completions answered "
+    with pytest.raises(OSError, match=r"--teacher t: .*/wrong/chat/completions answered "
                                       r"404 to a test request for the model 't'"):
         train.main(train.parse_config(base + ["--teacher-url", stub.url + "/wrong"]))
-    with pytest.raises(OSError, match=r"the teacher \(--teacher t\): no server answers at http://127.0.0.1:9/v1/chat"
+    with pytest.raises(OSError, match=r"--teacher t: no server answers at http://127.0.0.1:9/v1/chat"
                                       r"/completions \(ConnectionRefusedError"):
         train.main(train.parse_config(base + ["--teacher-url", "http://127.0.0.1:9",
                                               "--teacher-timeout", "1"]))

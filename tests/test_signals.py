@@ -14,6 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import ROOT
+from device import MEASURED
 from test_train import ARGS, read_metrics
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1",
@@ -33,8 +34,8 @@ def latest(out):
 
 
 def same_run(a, b, step):
-    """The same metrics (timings aside) and the same weights at `step`."""
-    drop = lambda m: {k: v for k, v in m.items() if not k.startswith("time/")}
+    """The same metrics (the machine's measurements aside) and the same weights at `step`."""
+    drop = lambda m: {k: v for k, v in m.items() if not k.startswith(MEASURED)}
     assert [drop(m) for m in read_metrics(a)] == [drop(m) for m in read_metrics(b)]
     wa = load_file(os.path.join(a, "checkpoints", f"step_{step:06d}", "model.safetensors"))
     wb = load_file(os.path.join(b, "checkpoints", f"step_{step:06d}", "model.safetensors"))

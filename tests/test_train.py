@@ -46,6 +46,38 @@ def test_response_logprobs_match_unpadded_forward_and_sampling(tiny_model):
             assert torch.allclose(alone[0, :n], torch.tensor(r.logprobs), atol=1e-4)
 
 
+@pytest.mark.parametrize("kind", ["dense", "hybrid"])
+def test_a_prompt_s_rollouts_share_its_prefill_where_the_cache_allows(kind, tiny_dense, tiny_model,
+                                                                      monkeypatch):
+    """A prompt's n rollouts start from one prefill of it (plain attention: its cache repeated n times), with
+    the same tokens and log-probs as n prefills; Qwen3.5's linear-attention layers keep states that cannot be
+    repeated, so it prefills every row. Prompts of other lengths (left padding) and a batch split into
+    chunks (max_batch_size) included."""
+    model, tok = load_model(tiny_dense if kind == "dense" else tiny_model)
+    engine = TransformersEngine(model, tok, max_batch_size=6)  # 2 prompts x 3 rows a chunk
+    prompts = ["What is 1 + 2?", "Hi", "What is 10 - 7? Think hard, then answer."]
+    shared = []
+    real = TransformersEngine._shared_prefill
+
+    def spy(self, *a):
+        shared.append(real(self, *a))
+        return shared[-1]
+
+    monkeypatch.setattr(TransformersEngine, "_shared_prefill", spy)
+    greedy = dict(n=3, max_new_tokens=8, temperature=0.0)
+    once = engine.generate(prompts, **greedy)
+    assert len(shared) == 2 and all(bool(s) == (kind == "dense") for s in shared)  # two chunks
+    monkeypatch.setattr(TransformersEngine, "_shared_prefill", lambda self, *a: {})  # every row its own
+    every = engine.generate(prompts, **greedy)
+    for g1, g2, prompt in zip(once, every, prompts):
+        assert len(g1) == len(g2) == 3
+        for a, b in zip(g1, g2):
+            assert a.prompt_ids == b.prompt_ids and a.token_ids == b.token_ids and a.token_ids
+            assert a.logprobs == pytest.approx(b.logprobs, abs=1e-4)
+    sampled = engine.generate(prompts, n=4, max_new_tokens=6, temperature=1.0)
+    assert [len(g) for g in sampled] == [4, 4, 4]
+
+
 def test_cli_trains_two_steps_with_bcq_and_ncq_groups_and_eval_scores_it(tiny_model, tmp_path):
     out = str(tmp_path / "run")
     cmd = [sys.executable, "train.py", "--student", tiny_model, *ARGS, "--steps", "2", "--out-dir", out,

@@ -142,7 +142,7 @@ def test_skip_zero_adv_changes_nothing_but_the_compute(kind, tiny_model, tiny_vl
     from models import load_model
     from reformulate import with_closer
     from rollout import encode_prompt
-    from zppo import Episode, old_logprobs, plan_minibatches, ppo_update, sync_check
+    from zppo import Episode, mean_entropy, old_logprobs, plan_minibatches, ppo_update, sync_check
 
     model0, tok = load_model(tiny_vlm if kind == "vision" else tiny_model)
     advs = [1.2, -0.7, 0.0, 0.0, 0.0, 0.0, 0.0, 0.9, -1.1]
@@ -156,17 +156,19 @@ def test_skip_zero_adv_changes_nothing_but_the_compute(kind, tiny_model, tiny_vl
         seqs.append(Episode(ids, answer, group=f"q{i}/plain", adv=a, vision=vision,
                             engine_logprobs=[-0.5 - 0.01 * t for t in range(len(answer))]))
 
-    def run(skip):
+    def run(skip, all_logprobs=True):
         model, batch = copy.deepcopy(model0), copy.deepcopy(seqs)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.999), eps=1e-8,
                                       weight_decay=0.1)
         accelerator = Accelerator(cpu=True)
-        plan = plan_minibatches(batch, 3, InOrder(), skip_zero_adv=skip)
+        plan = plan_minibatches(batch, 3, InOrder(), skip_zero_adv=skip, all_logprobs=all_logprobs)
         old, entropy = old_logprobs(model, batch, plan, 1.0, 1, tok.pad_token_id, accelerator)
-        metrics = {"policy/entropy": entropy,
+        before = set(old)
+        update, first = ppo_update(model, optimizer, accelerator, batch, plan, old, 1.0, 1, tok.pad_token_id)
+        assert (first == [0.0, 0.0]) == all_logprobs  # all: every old log-prob came from the pass before
+        metrics = {"policy/entropy": mean_entropy(accelerator, entropy, first),
                    "sync/logprob_abs_diff": sync_check(batch, old, 1e9, 1, accelerator)}
-        metrics.update(ppo_update(model, optimizer, accelerator, batch, plan, old, 1.0, 1, tok.pad_token_id))
-        return model, optimizer, plan, metrics
+        return model, optimizer, plan, {**metrics, **update, "computed before": before, "old": old}
 
     model_a, opt_a, plan_a, skipped = run(True)
     model_b, opt_b, plan_b, full = run(False)
@@ -183,3 +185,16 @@ def test_skip_zero_adv_changes_nothing_but_the_compute(kind, tiny_model, tiny_vl
         assert not torch.equal(moved[name], p), name  # weight decay reached every parameter
     assert skipped == full and skipped["train/approx_kl"] > 0 and skipped["train/loss"] != 0
     assert plan_a.computed == [a != 0 for a in advs] and all(plan_b.computed)
+
+    # --old-logprobs needed: no pass before the update for the first mini-batch (its own forward's
+    # log-probs serve) nor for the skipped A = 0 rows; the same update, the metrics over the computed rows
+    model_c, _, plan_c, needed = run(True, all_logprobs=False)
+    assert needed["computed before"] == {7, 8} == set(plan_c.rank_logprobs)  # mini-batch 3's computed rows
+    assert set(needed["old"]) == {0, 1, 7, 8}  # and mini-batch 1's own, added by the update
+    for i in (0, 1, 7, 8):
+        assert needed["old"][i] == pytest.approx(full["old"][i], abs=1e-5)
+    for name, p in model_c.named_parameters():
+        assert torch.allclose(dict(model_b.named_parameters())[name], p, atol=1e-6), name
+    for key in ("train/loss", "train/approx_kl", "train/clip_frac_low", "train/clip_frac_high"):
+        assert needed[key] == pytest.approx(full[key], abs=1e-6), key
+    assert needed["policy/entropy"] != full["policy/entropy"] and needed["policy/entropy"] > 0
