@@ -3,7 +3,9 @@ device's peak FLOP/s (GPUs from a table by name, a CPU measured by a short matmu
 step's passes, and each phase's seconds and peak memory. train.py logs every step's throughput from these
 (perf/*, mem/*: docs/training.md, "What each step logs").
 """
+import ctypes
 import functools
+import gc
 import importlib.util
 import os
 import threading
@@ -83,6 +85,17 @@ def resident_bytes():
             return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     except (OSError, ValueError, IndexError):
         return 0
+
+
+def release_memory():
+    """Hand freed host memory back to the OS: glibc keeps freed tensors resident in its heap, so without
+    this a CPU run's resident memory creeps up step by step (measured in the demo: the rollout phase from
+    1.9 to 4.3 GiB over 10 steps at the same sizes). A no-op where the C library is not glibc."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to trim
+        pass
 
 
 class Meter:

@@ -233,13 +233,13 @@ def full_weights(model, dtype=None):
     """The trained model's weights as (name, tensor) pairs, one at a time, for an engine's reload. Under FSDP2
     a parameter is a shard (a DTensor): it is cast to `dtype` (the engine's) and all-gathered only when its
     turn comes, so a rank never holds more than one full tensor beyond its shards. Every rank iterates the
-    same names in the same order, so the gathers match. Elsewhere the module's own tensors, as they are."""
+    same names in the same order, so the gathers match. Elsewhere the module's own tensors, cast one at a
+    time (the copy vLLM's loader would make, with a warning per tensor)."""
     from torch.distributed.tensor import DTensor
 
     for name, tensor in unwrap(model).state_dict().items():
-        if isinstance(tensor, DTensor):
-            tensor = tensor.to(dtype or tensor.dtype).full_tensor()
-        yield name, tensor
+        tensor = tensor.to(dtype or tensor.dtype)
+        yield name, tensor.full_tensor() if isinstance(tensor, DTensor) else tensor
 
 
 SPOT_ROWS = 8  # rows of each spot-checked tensor compared after every reload

@@ -41,7 +41,7 @@ from config import (
     validate,
 )
 from data import fit_prompts, load_training_data, take
-from device import Meter, device_peak, flop_parameters, memory_check, perf_metrics
+from device import Meter, device_peak, flop_parameters, memory_check, perf_metrics, release_memory
 from engines.server import teacher_metrics, teacher_tally
 from models import build_engines, prepare_student, trains_vision
 from reformulate import bcq_ncq_groups, group_prompt, plain_prompt, precap
@@ -447,6 +447,7 @@ def train_loop(cfg, run, request):
                 distill_step(cfg, run, batch.plain, episodes)
         with run.meter.phase("sync"):  # vLLM: streamed, gathered from the shards under FSDP
             run.student.sync_weights(run.model)
+        release_memory()  # the update's freed activations handed back: the next peak is the step's own
         nonfinite_steps = nonfinite_steps + 1 if metrics.get("train/skipped_nonfinite") else 0
 
         # 11. buffer update from plain rollouts only

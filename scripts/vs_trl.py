@@ -57,6 +57,8 @@ def peak_gib():
 
 def run_zppo(args, data):
     """train.py --algo grpo at the shared shapes; each step's numbers from its metrics.jsonl."""
+    import torch
+
     import train
 
     out = os.path.join(args.out, "zppo_run")
@@ -68,6 +70,9 @@ def run_zppo(args, data):
              str(args.lr), "--steps", str(args.steps), "--save-every", "0", "--mixed-precision",
              "bf16" if args.bf16 else "no", "--engine", args.engine, "--seed", str(args.seed),
              "--out-dir", out, "--overwrite"]
+    if args.engine == "vllm":  # rollouts in the update's precision; on a CPU a KV space sized to the work
+        flags += ["--vllm-dtype", "bfloat16" if args.bf16 else "float32"]
+        flags += [] if torch.cuda.is_available() else ["--vllm-gpu-memory-utilization", "0.12"]
     train.main(train.parse_config(flags))
     with open(os.path.join(out, "metrics.jsonl")) as f:
         rows = [json.loads(line) for line in f]

@@ -121,6 +121,19 @@ def test_train_on_vllm_stays_in_sync_for_three_steps(dense, tmp_path):
     assert "engine and trainer log-probs differ" not in out
 
 
+def test_the_default_context_stays_within_the_model_s_positions(dense, tmp_path):
+    """Without --max-model-len the engines' context is derived from the run's caps: here 4,096 prompt tokens
+    + 64 + 4 compressed candidates of 512, past the tiny model's 4,096 positions (SmolLM2's 8,192 against
+    GSM8K's default caps the same way). vLLM refused to start with it; now it is the model's own limit."""
+    flags = TRAIN[:TRAIN.index("--max-model-len")] + TRAIN[TRAIN.index("--max-model-len") + 2:]
+    flags[flags.index("--max-prompt-tokens") + 1] = "4096"
+    code, out = run("tests/parity_train.py", "--student", dense, *flags, "--steps", "1", "--engine", "vllm",
+                    "--out-dir", str(tmp_path / "run"))
+    assert code == 0, out[-3000:]
+    assert "'max_model_len': 4096" in out
+    assert [m["step"] for m in read_metrics(tmp_path / "run")] == [1]
+
+
 def test_eval_on_vllm(dense, tmp_path):
     summary = tmp_path / "eval.json"
     code, out = run("eval.py", "--model", dense, "--engine", "vllm", "--benchmarks", "arithmetic",
