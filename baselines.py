@@ -188,7 +188,7 @@ def off_distill_weights(targets, mean="question"):
             for t in targets]
 
 
-def off_distill_targets(plain, teacher, **sampling):
+def off_distill_targets(plain, teacher, judge=None, **sampling):
     """Off-Distill's trajectories: `sampling["n"]` (G_T) fresh teacher rollouts per question on the plain
     prompt, the question's images included (pi_T(.|x), x = image + text), graded as in training (free-form
     gold answers by the teacher as judge); every correct one becomes an Episode on the student's own plain
@@ -197,7 +197,7 @@ def off_distill_targets(plain, teacher, **sampling):
     rollout adds nothing. Returns the episodes and the step's counts."""
     questions = [g.question for g in plain]
     teacher_groups = teacher.generate([plain_prompt(ex) for ex in questions], **sampling)
-    teacher_rewards = score_rollouts(teacher_groups, questions, teacher)
+    teacher_rewards = score_rollouts(teacher_groups, questions, judge or teacher)
     targets, missing = [], 0
     for g, rollouts, rewards in zip(plain, teacher_groups, teacher_rewards):
         correct = [r for r, reward in zip(rollouts, rewards) if reward]
@@ -241,8 +241,9 @@ def distill_step(cfg, run, plain, eps):
     if cfg.algo == "off_distill":
         with run.meter.phase("teacher"):
             targets, counts = off_distill_targets(
-                plain, run.teacher, n=cfg.teacher_group_size, max_new_tokens=cfg.teacher_max_new_tokens,
-                temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k)
+                plain, run.teacher, run.helper, n=cfg.teacher_group_size,
+                max_new_tokens=cfg.teacher_max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p,
+                top_k=cfg.top_k)
     weights = off_distill_weights(targets, cfg.off_distill_mean) if cfg.algo == "off_distill" else None
     metrics = jsd_update(run.model, shared_teacher(run.teacher, run.tokenizer, run.model), run.optimizer,
                          run.accelerator, targets, cfg.temperature, cfg.micro_batch_size,

@@ -182,6 +182,11 @@ class Config:
     max_new_tokens: int = arg(12_288, "student response cap")
     teacher_max_new_tokens: int = arg(12_288, "teacher response cap")
     compress_max_new_tokens: int = arg(512, "compressed candidate cap")
+    helper_thinking: Literal["off", "on", "template"] = arg(
+        "off", "the chat template's thinking switch (enable_thinking) in the teacher's short calls: its "
+        "verdicts as judge, candidate compression and hints, whose caps (512 tokens) a thinking block can "
+        "fill before any answer; its own rollouts keep the template's default [ours: off; template: leave "
+        "it to the template, which for Qwen3.5 thinks]")
     compress_temperature: float = arg(0.0, "compression sampling temperature (0 = greedy) [our default]")
     gen_batch_size: int = arg(64, "sequences per generate call (transformers engine)")
     engine: Literal["auto", "transformers", "vllm"] = arg("auto", "student rollouts: auto = vllm on GPU if "

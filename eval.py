@@ -55,6 +55,11 @@ class EvalConfig:
     judge: str | None = field(default=None, metadata={
         "help": "judge model (paper: the teacher, Qwen3.5-27B-FP8): Exact+Judge fallback and BenchJudge"})
     judge_url: str | None = field(default=None, metadata={"help": "OpenAI-compatible server serving --judge"})
+    judge_thinking: str = field(default="off", metadata={
+        "choices": ["off", "on", "template"],
+        "help": "the chat template's thinking switch (enable_thinking) in the judge's calls, whose cap (512 "
+                "tokens) a thinking block can fill before the verdict [ours: off; template: the template's "
+                "default, which for Qwen3.5 thinks]"})
     judge_api_key_env: str | None = field(default=None, metadata={
         "help": "environment variable holding the judge server's API key, sent as a bearer token (default "
                 "OPENAI_API_KEY, or a key in --judge-url's user part); its name is recorded, never the key"})
@@ -163,11 +168,12 @@ def load_engines(cfg, device):
     from config import vllm_missing
     from engines.transformers_engine import TransformersEngine
     from models import frozen_engine, load_model, load_tokenizer, resolve_model_name
-    from rollout import VLLMEngine, pick_engine, vllm_dtype
+    from rollout import VLLMEngine, pick_engine, short_calls, vllm_dtype
 
     judge = frozen_engine(cfg.judge, cfg.judge_url, device=device, batch_size=cfg.batch_size,
                           timeout=cfg.judge_timeout, retries=cfg.judge_retries, role="judge",
                           api_key_env=cfg.judge_api_key_env)
+    judge = short_calls(judge, cfg.judge_thinking)
     pixels = (cfg.image_min_pixels, cfg.image_max_pixels)
     if pick_engine(cfg.engine, device) == "vllm":
         if importlib.util.find_spec("vllm") is None:
@@ -219,7 +225,7 @@ def run_eval(cfg, names):
     if cfg.responses:
         open(cfg.responses, "w").close()  # a fresh file; every benchmark's records are appended when it ends
     engine, judge, engine_kind = load_engines(cfg, device)
-    judge_id = f"{cfg.judge}@{redact_url(cfg.judge_url)}" if cfg.judge else None
+    judge_id = f"{cfg.judge}@{redact_url(cfg.judge_url)}/thinking-{cfg.judge_thinking}" if cfg.judge else None
     settings = {"samples": cfg.samples, "max_new_tokens": cfg.max_new_tokens, "sampling": sampling,
                 "seed": cfg.seed, "pixels": [cfg.image_min_pixels, cfg.image_max_pixels],
                 "engine": engine_kind}

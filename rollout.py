@@ -3,7 +3,7 @@ samples them during training (each training process holds its own, colocated on 
 
 Every engine has the same small surface, so train.py never knows which one it drives:
     engine.generate(prompts, n, max_new_tokens, temperature, top_p, top_k, presence_penalty,
-                    response_prefixes=None)
+                    response_prefixes=None, thinking=None)
         -> per prompt, a list of n Rollouts (empty when the prompt does not fit the engine's context, or a
            remote request failed for good)
     engine.sync_weights(model)   # after an optimizer phase: make the engine sample from `model`
@@ -69,14 +69,14 @@ def open_image(path):
                          "loaded: was it changed or removed since?") from None
 
 
-def encode_prompt(tokenizer, prompt):
+def encode_prompt(tokenizer, prompt, thinking=None):
     """(prompt token ids, image inputs or None). The chat template puts one placeholder per image; as
     Qwen's processor does, each becomes as many placeholders as the image has merged patches, and the
     image processor (attached to the tokenizer by load_model) gives the pixel values. A prompt's videos
     (video.py: sampled frames) come first, as Qwen's video inputs."""
     text, images = prompt_parts(prompt)
     videos = prompt_videos(prompt)
-    ids = chat_prompt_ids(tokenizer, text, images, videos=len(videos))
+    ids = chat_prompt_ids(tokenizer, text, images, videos=len(videos), thinking=thinking)
     if not images and not videos:
         return ids, None
     vision = image_inputs(tokenizer, images) if images else {}
@@ -110,18 +110,20 @@ def expand_image_tokens(tokenizer, ids, vision):
     return [t for i in ids for t in ([pad] * next(counts) if i == pad else [i])]
 
 
-def chat_prompt_ids(tokenizer, text, images=(), videos=0):
+def chat_prompt_ids(tokenizer, text, images=(), videos=0, thinking=None):
     """The chat-templated prompt: a user-message text (with images: their placeholders first, then the
     text; `videos` video placeholders before those), or a list of {role, content} messages (a multi-turn
-    chat) as it is."""
+    chat) as it is. `thinking` False / True: the template's `enable_thinking` switch (Qwen3 and Qwen3.5
+    think unless it is false; a template without the switch ignores it); None: the template's default."""
     if isinstance(text, list):
         messages = text
     else:
         visual = [{"type": "video"} for _ in range(videos)] + [{"type": "image"} for _ in images]
         content = text if not visual else visual + [{"type": "text", "text": text}]
         messages = [{"role": "user", "content": content}]
-    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True,
-                                              tokenize=True, return_dict=False))
+    switch = {} if thinking is None else {"enable_thinking": thinking}
+    return list(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True,
+                                              return_dict=False, **switch))
 
 
 def with_prefix_text(groups, prefixes, tokenizer):
@@ -421,14 +423,14 @@ class VLLMEngine:
         self._doze()
 
     def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0,
-                 presence_penalty=0.0, response_prefixes=None):
+                 presence_penalty=0.0, response_prefixes=None, thinking=None):
         params = vllm_sampling_params(n, max_new_tokens, temperature, top_p, top_k, presence_penalty,
                                       self.suppress)
         requests, visions, expected, fits = [], [], [], []
         for p, pre in zip(prompts, response_prefixes or [[] for _ in prompts]):
             text, images = prompt_parts(p)
             videos = prompt_videos(p)
-            ids = chat_prompt_ids(self.tokenizer, text, images, videos=len(videos)) + list(pre)
+            ids = chat_prompt_ids(self.tokenizer, text, images, len(videos), thinking) + list(pre)
             request = {"prompt_token_ids": ids}
             vision = None
             if images or videos:  # one placeholder per image or video in `ids`: vLLM expands them itself
@@ -465,6 +467,27 @@ class VLLMEngine:
                       for o in req.outputs] for req, vision in zip(outputs, visions)])
         groups = [next(done) if ok else [] for ok in fits]
         return with_prefix_text(groups, response_prefixes, self.tokenizer)
+
+
+class ThinkingSwitch:
+    """An engine whose every call sets the chat template's thinking switch (True / False). The teacher's
+    short calls go through one (a judge's verdict, a compressed candidate, a hint: caps of 512 tokens, which
+    a thinking block can fill before any answer), while its own rollouts keep the template's default."""
+
+    def __init__(self, engine, thinking):
+        self.engine, self.thinking = engine, thinking
+
+    def __getattr__(self, name):  # failures, tokenizer, ...: the wrapped engine's
+        return getattr(self.engine, name)
+
+    def generate(self, prompts, *args, **kwargs):
+        return self.engine.generate(prompts, *args, thinking=self.thinking, **kwargs)
+
+
+def short_calls(engine, choice):
+    """The engine for a model's short calls under --helper-thinking / --judge-thinking: off, on, or template
+    (the engine as it is)."""
+    return engine if engine is None or choice == "template" else ThinkingSwitch(engine, choice == "on")
 
 
 class ShardedEngine:

@@ -46,7 +46,7 @@ from engines.server import teacher_metrics, teacher_tally
 from models import build_engines, prepare_student, trains_vision
 from reformulate import bcq_ncq_groups, group_prompt, plain_prompt, precap
 from reward import score_rollouts
-from rollout import Rollout
+from rollout import Rollout, short_calls
 from zppo import (
     Group,
     episodes_of,
@@ -77,6 +77,7 @@ class Run:
     optimizer: torch.optim.Optimizer
     student: object  # the student's rollout engine (rollout.py, models.py)
     teacher: object  # the teacher's engine, or None (--teacher gold or none)
+    helper: object  # the same teacher for its short calls (judge, compression, hints): --helper-thinking
     examples: list  # the training questions
     buffer: ReplayBuffer
     rng: random.Random  # data-independent choices: replay sampling, tie-breaks, candidate picks, mini-batches
@@ -131,9 +132,9 @@ def setup(cfg):
     if accelerator.is_main_process:
         print(f"train.py: perf/mfu against {f'{peak / 1e12:.2f} TFLOP/s per process' if peak else 'nothing'} "
               f"({source})", file=sys.stderr, flush=True)
-    return Run(accelerator, model, tokenizer, optimizer, student, teacher, examples, buffer, rng, start,
-               tuple(data_pos), log_path, Meter(accelerator.device),
-               flop_parameters(accelerator.unwrap_model(model)), peak)
+    return Run(accelerator, model, tokenizer, optimizer, student, teacher,
+               short_calls(teacher, cfg.helper_thinking), examples, buffer, rng, start, tuple(data_pos),
+               log_path, Meter(accelerator.device), flop_parameters(accelerator.unwrap_model(model)), peak)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -160,11 +161,11 @@ def sample_and_score(cfg, run, groups):
                                         max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature,
                                         top_p=cfg.top_p, top_k=cfg.top_k, response_prefixes=prefixes)
     with run.meter.phase("score"):
-        rewards = score_rollouts(rollouts, [g.question for g in groups], run.teacher)
+        rewards = score_rollouts(rollouts, [g.question for g in groups], run.helper)
     return [replace(g, rollouts=rs, rewards=ss) for g, rs, ss in zip(groups, rollouts, rewards)]
 
 
-def teacher_correct(cfg, teacher, questions):
+def teacher_correct(cfg, teacher, questions, judge=None):
     """Spec step 3: G_T teacher rollouts per question on the plain prompt, the correct ones kept (a list of
     Rollouts per question). With --teacher gold the data set's worked solution stands in (text, no tokens)."""
     if cfg.teacher == "gold":
@@ -175,7 +176,7 @@ def teacher_correct(cfg, teacher, questions):
                                   top_p=cfg.top_p, top_k=cfg.top_k)
     else:
         groups = [[] for _ in questions]
-    scores = score_rollouts(groups, questions, teacher)
+    scores = score_rollouts(groups, questions, judge or teacher)
     return [[r for r, ok in zip(g, ss) if ok] for g, ss in zip(groups, scores)]
 
 
@@ -183,14 +184,14 @@ def helped_groups(cfg, run, plain, kept, correct, cap):
     """Spec steps 6 and 5 (post-cap first: only the chosen instances are compressed and built): ZPPO's BCQ /
     NCQ groups; or the baseline's Hint or Prefix groups."""
     if cfg.algo == "hint":
-        return hint_groups(plain, kept, correct, run.rng, run.teacher, cfg.hint_max_new_tokens)
+        return hint_groups(plain, kept, correct, run.rng, run.helper, cfg.hint_max_new_tokens)
     if cfg.algo == "prefix":  # cuts the teacher's own tokens: its tokenizer's, where its vocabulary differs
         theirs = getattr(run.teacher, "tokenizer", None)
         same = theirs is None or theirs.get_vocab() == run.tokenizer.get_vocab()
         return prefix_groups(plain, kept, correct, run.rng, run.tokenizer, cfg.prefix_frac,
                              None if same else theirs)
     return bcq_ncq_groups(plain, kept, correct, run.rng, cap, cfg.bcq, cfg.ncq,
-                          run.teacher if cfg.compress else None, cfg.candidate_max_chars,
+                          run.helper if cfg.compress else None, cfg.candidate_max_chars,
                           max_new_tokens=cfg.compress_max_new_tokens, temperature=cfg.compress_temperature,
                           top_p=cfg.top_p, top_k=cfg.top_k)
 
@@ -214,7 +215,7 @@ def sample_groups(cfg, run):
     # 3. teacher rollouts on the kept hard questions, only the correct ones kept (never cached)
     with run.meter.phase("teacher"):
         correct = {} if not guided else \
-            dict(zip(kept, teacher_correct(cfg, run.teacher, [questions[i] for i in kept])))
+            dict(zip(kept, teacher_correct(cfg, run.teacher, [questions[i] for i in kept], run.helper)))
 
     # 6. post-cap, 5. the BCQ / NCQ prompts from (compressed) candidates; or the Hint / Prefix groups
     with run.meter.phase("teacher" if cfg.algo in TEACHER_GUIDED else "compress"):
@@ -291,7 +292,7 @@ def evaluate(cfg, run, step, bar):
     """eval.py's benchmarks on the current weights, their numbers added to the step's metrics line."""
     from eval import periodic_eval  # training itself never needs the evaluation stack
 
-    periodic_eval(run.student, run.teacher, cfg, step, bar.write, run.log_path, run.accelerator)
+    periodic_eval(run.student, run.helper, cfg, step, bar.write, run.log_path, run.accelerator)
 
 
 def finish_step(cfg, run, step, metrics, episodes, helped, nonfinite_steps, bar):

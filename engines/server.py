@@ -150,7 +150,7 @@ class RemoteEngine:
                           "fails is counted)")
 
     def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0,
-                 presence_penalty=0.0, response_prefixes=None):
+                 presence_penalty=0.0, response_prefixes=None, thinking=None):
         if response_prefixes is not None:
             raise ValueError("RemoteEngine: response prefixes need token-level prompts, which a "
                              "chat-completions server does not take; only the student (transformers or vLLM "
@@ -160,6 +160,8 @@ class RemoteEngine:
                 # vLLM's server takes these sampling parameters beside the OpenAI ones; sent always, so the
                 # server's defaults from the checkpoint's generation config never apply
                 "top_k": top_k if top_k else -1, "min_p": 0.0, "repetition_penalty": 1.0}
+        if thinking is not None:  # the chat template's switch, as vLLM's and SGLang's servers take it
+            body["chat_template_kwargs"] = {"enable_thinking": thinking}
         with ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(prompts)))) as pool:
             return list(pool.map(lambda p: self._complete(p, body), prompts))
 

@@ -76,10 +76,10 @@ class TransformersEngine:
 
     @torch.no_grad()
     def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0,
-                 presence_penalty=0.0, response_prefixes=None):
+                 presence_penalty=0.0, response_prefixes=None, thinking=None):
         prefixes = response_prefixes or [[] for _ in prompts]
         encoded = [(ids + list(pre), vision) for (ids, vision), pre in
-                   zip((encode_prompt(self.tokenizer, p) for p in prompts), prefixes)]
+                   zip((encode_prompt(self.tokenizer, p, thinking) for p in prompts), prefixes)]
         fits = [not exceeds_context(len(ids), max_new_tokens, self.max_model_len) for ids, _ in encoded]
         self.too_long += len(fits) - sum(fits)
         # one row per rollout, a prompt's n rows in one chunk (their prefill is shared); chunks of about

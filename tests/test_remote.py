@@ -209,7 +209,28 @@ def test_free_form_gold_answers_are_judged_by_the_teacher_during_training(tiny_m
     (m,) = read_metrics(out)
     judged = [r for r in stub.requests if r["messages"][0]["content"].startswith("You are an expert judge")]
     assert len(judged) == 16 and all(r["temperature"] == 0.0 and r["max_tokens"] == 512 for r in judged)
+    # a verdict within 512 tokens: the judge's chat template does not think (--helper-thinking off)
+    assert all(r["chat_template_kwargs"] == {"enable_thinking": False} for r in judged)
     assert m["acc/plain"] == 1.0 and m["count/hard"] == 0  # the judge said correct to every rollout
+
+
+@pytest.mark.parametrize("choice", ["off", "on", "template"])
+def test_the_teacher_s_short_calls_set_the_thinking_switch_and_its_rollouts_do_not(tiny_model, tmp_path, stub,
+                                                                                   monkeypatch, choice):
+    """Qwen3.5 thinks by default: a compression (512 tokens) or a verdict could be all thinking. The
+    compression calls carry --helper-thinking's switch to the server (vLLM's chat_template_kwargs); the
+    teacher's own rollouts on hard questions carry none, so its template decides."""
+    monkeypatch.setattr(train, "score_rollouts", lambda groups, examples, judge=None: [[0.0] * len(g)
+                                                                                    for g in groups])
+    out = str(tmp_path / choice)  # every rollout wrong: all hard, teacher rollouts, NCQs of compressed ones
+    train.main(train.parse_config(["--student", tiny_model, *ARGS[2:], "--teacher", "t", "--teacher-url",
+                                   stub.url, "--steps", "1", "--helper-thinking", choice, "--out-dir", out]))
+    compressed = [r for r in stub.requests if r["messages"][0]["content"].startswith("Compress the response")]
+    rollouts = [r for r in stub.requests if r["n"] > 1]  # the teacher's G_T rollouts per hard question
+    assert compressed and rollouts and read_metrics(out)[0]["count/ncq"] > 0
+    want = {"off": {"enable_thinking": False}, "on": {"enable_thinking": True}, "template": None}[choice]
+    assert all(r.get("chat_template_kwargs") == want for r in compressed)
+    assert all("chat_template_kwargs" not in r for r in rollouts)
 
 
 @pytest.mark.parametrize("how", sorted(HOSTILE))
@@ -259,3 +280,21 @@ def test_a_teacher_that_fails_every_request_of_a_step_says_so_and_one_that_cuts_
                                          r"\(count/teacher_failed\)"):
         train.main(train.parse_config(base + ["--teacher", "slow-teacher", "--teacher-url", stub.url,
                                               "--steps", "1", "--out-dir", str(tmp_path / "slow")]))
+
+
+def test_eval_s_judge_calls_do_not_think_unless_asked(tiny_model, tmp_path, stub):
+    """eval.py --judge-thinking (default off): every judge request carries the switch; `template` sends
+    none (the server's template decides)."""
+    import eval as ev
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "math500.jsonl").write_text("".join(  # prose answers: every response is judged
+        json.dumps({"problem": f"Describe f{i}.", "answer": "it is strictly increasing"}) + "\n"
+        for i in range(3)))
+    for choice, want in (("off", {"enable_thinking": False}), ("template", None)):
+        stub.requests.clear()
+        ev.main(ev.EvalConfig(model=tiny_model, benchmarks="math500", data_dir=str(tmp_path / "data"),
+                              max_new_tokens=4, judge="j", judge_url=stub.url, judge_thinking=choice,
+                              out=str(tmp_path / f"{choice}.json"), cache=False))
+        judged = [r for r in stub.requests if r["messages"][0]["content"] != "Say OK."]
+        assert len(judged) == 3 and all(r.get("chat_template_kwargs") == want for r in judged), choice

@@ -254,3 +254,30 @@ def test_step_metrics_count_the_all_wrong_groups_a_reformulation_turned_into_sig
     assert m["count/zero_solved"] == 2  # a/bcq and b/ncq have a right rollout; a/ncq does not
     assert m["count/bcq_zero"] == 1 and m["acc/bcq_zero"] == 0.25  # q/c's BCQ is not on a 0/4 question
     assert m["acc/bcq"] == 5 / 8
+
+
+# Qwen3's and Qwen3.5's switch: the assistant turn opens with an empty think block if enable_thinking is false
+THINKING_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n"
+    "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n{% endif %}"
+    "{% endif %}")
+
+
+def test_a_thinking_template_gets_the_switch_only_in_short_calls(tiny_model):
+    """rollout.short_calls: off opens the turn with the empty think block the template writes for
+    enable_thinking=False, on and template leave it to think; the engine itself (the teacher's rollouts)
+    passes nothing."""
+    from rollout import short_calls
+
+    model, tok = load_model(tiny_model)
+    tok.chat_template = THINKING_TEMPLATE
+    engine = TransformersEngine(model, tok)
+
+    def opening(e):
+        (rollout,) = e.generate(["What is 1 + 2?"], n=1, max_new_tokens=2, temperature=0.0)[0]
+        return tok.decode(rollout.prompt_ids).split("<|im_start|>assistant\n")[1]
+
+    assert opening(short_calls(engine, "off")) == "<think>\n\n</think>\n\n"
+    assert opening(short_calls(engine, "on")) == opening(engine) == ""
+    assert short_calls(engine, "template") is engine and short_calls(None, "off") is None
