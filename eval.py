@@ -167,8 +167,8 @@ def load_engines(cfg, device):
     defaults and a trained one its training bounds)."""
     from config import vllm_missing
     from engines.transformers_engine import TransformersEngine
-    from models import frozen_engine, load_model, load_tokenizer, resolve_model_name
-    from rollout import VLLMEngine, pick_engine, short_calls, vllm_dtype
+    from models import frozen_engine, load_model, load_tokenizer, resolve_model_name, short_calls
+    from rollout import VLLMEngine, pick_engine, vllm_dtype
 
     judge = frozen_engine(cfg.judge, cfg.judge_url, device=device, batch_size=cfg.batch_size,
                           timeout=cfg.judge_timeout, retries=cfg.judge_retries, role="judge",

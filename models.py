@@ -116,6 +116,27 @@ def frozen_engine(name, url=None, kind="transformers", device="cpu", batch_size=
                               max_model_len=max_model_len)
 
 
+class ThinkingSwitch:
+    """An engine whose every call sets the chat template's thinking switch (True / False). The teacher's
+    short calls go through one (a judge's verdict, a compressed candidate, a hint: caps of 512 tokens, which
+    a thinking block can fill before any answer), while its own rollouts keep the template's default."""
+
+    def __init__(self, engine, thinking):
+        self.engine, self.thinking = engine, thinking
+
+    def __getattr__(self, name):  # failures, tokenizer, ...: the wrapped engine's
+        return getattr(self.engine, name)
+
+    def generate(self, prompts, *args, **kwargs):
+        return self.engine.generate(prompts, *args, thinking=self.thinking, **kwargs)
+
+
+def short_calls(engine, choice):
+    """The engine for a model's short calls under --helper-thinking / --judge-thinking: off, on, or template
+    (the engine as it is)."""
+    return engine if engine is None or choice == "template" else ThinkingSwitch(engine, choice == "on")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the student on several GPUs (FSDP2), and what every training student needs
 

@@ -469,27 +469,6 @@ class VLLMEngine:
         return with_prefix_text(groups, response_prefixes, self.tokenizer)
 
 
-class ThinkingSwitch:
-    """An engine whose every call sets the chat template's thinking switch (True / False). The teacher's
-    short calls go through one (a judge's verdict, a compressed candidate, a hint: caps of 512 tokens, which
-    a thinking block can fill before any answer), while its own rollouts keep the template's default."""
-
-    def __init__(self, engine, thinking):
-        self.engine, self.thinking = engine, thinking
-
-    def __getattr__(self, name):  # failures, tokenizer, ...: the wrapped engine's
-        return getattr(self.engine, name)
-
-    def generate(self, prompts, *args, **kwargs):
-        return self.engine.generate(prompts, *args, thinking=self.thinking, **kwargs)
-
-
-def short_calls(engine, choice):
-    """The engine for a model's short calls under --helper-thinking / --judge-thinking: off, on, or template
-    (the engine as it is)."""
-    return engine if engine is None or choice == "template" else ThinkingSwitch(engine, choice == "on")
-
-
 class ShardedEngine:
     """Several training processes: each rank generates every world-th prompt with its own engine, then
     all results are gathered so every rank holds the whole step batch in the original order (rewards,

@@ -43,10 +43,10 @@ from config import (
 from data import fit_prompts, load_training_data, take
 from device import Meter, device_peak, flop_parameters, memory_check, perf_metrics, release_memory
 from engines.server import teacher_metrics, teacher_tally
-from models import build_engines, prepare_student, trains_vision
+from models import build_engines, prepare_student, short_calls, trains_vision
 from reformulate import bcq_ncq_groups, group_prompt, plain_prompt, precap
 from reward import score_rollouts
-from rollout import Rollout, short_calls
+from rollout import Rollout
 from zppo import (
     Group,
     episodes_of,

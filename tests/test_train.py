@@ -265,10 +265,10 @@ THINKING_TEMPLATE = (
 
 
 def test_a_thinking_template_gets_the_switch_only_in_short_calls(tiny_model):
-    """rollout.short_calls: off opens the turn with the empty think block the template writes for
+    """models.short_calls: off opens the turn with the empty think block the template writes for
     enable_thinking=False, on and template leave it to think; the engine itself (the teacher's rollouts)
     passes nothing."""
-    from rollout import short_calls
+    from models import short_calls
 
     model, tok = load_model(tiny_model)
     tok.chat_template = THINKING_TEMPLATE
