@@ -127,9 +127,10 @@ def test_one_writer_per_output(tiny_model, tmp_path):
     bench_files(tmp_path)
     out = tmp_path / "res.json"
     log = open(tmp_path / "first.log", "w")  # noqa: SIM115 (the first run's stderr, read when it ends)
-    # the first run is made long enough (16 questions, 64 tokens) for the other two to start meanwhile
+    # the first run is made long enough (16 questions, 256 tokens) for the other two to start and be refused
+    # meanwhile (with 64 tokens it once ended first, in the vLLM environment: the test then failed)
     slow = command(tiny_model, tmp_path, out, tmp_path / "cache", "--no-cache", "--limit", "16",
-                   "--max-new-tokens", "64")
+                   "--max-new-tokens", "256")
     first = subprocess.Popen(slow, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=log)
     try:
         deadline = time.time() + 120
