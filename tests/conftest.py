@@ -2,6 +2,8 @@
 disk, so the tests exercise the real from_pretrained loading code without any download."""
 import os
 import sys
+import threading
+from http.server import ThreadingHTTPServer
 
 import pytest
 
@@ -71,3 +73,16 @@ def fake(monkeypatch):
     yield fake_vllm
     for k, v in launcher.items():
         os.environ.pop(k, None) if v is None else os.environ.__setitem__(k, v)
+
+
+def serve(handler):
+    """An HTTP server on a free loopback port running `handler` (a BaseHTTPRequestHandler class) in a daemon
+    thread, and its URL: the tests' stand-ins for an OpenAI-compatible server. stop() ends it."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def stop(server):
+    server.shutdown()
+    server.server_close()

@@ -5,11 +5,12 @@ import json
 import os
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
 import train
+from conftest import serve, stop
 from engines.server import RemoteEngine
 from test_train import ARGS, read_metrics
 
@@ -106,17 +107,14 @@ class Stub:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (a timeout under test)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve(Handler)
 
 
 @pytest.fixture
 def stub():
     server = Stub()
     yield server
-    server.server.shutdown()
-    server.server.server_close()
+    stop(server.server)
 
 
 def engine(stub, **kw):

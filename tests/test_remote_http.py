@@ -6,10 +6,11 @@ import json
 import socket
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
+from conftest import serve, stop
 from engines.server import RemoteEngine
 
 
@@ -35,17 +36,14 @@ class PathStub:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.server, self.url = serve(Handler)
 
 
 @pytest.fixture
 def paths():
     stub = PathStub()
     yield stub
-    stub.server.shutdown()
-    stub.server.server_close()
+    stop(stub.server)
 
 
 # (what follows the host in --teacher-url / --judge-url, the path the server must get)

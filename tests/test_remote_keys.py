@@ -6,13 +6,12 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import urllib.parse
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, serve, stop
 from engines.server import RemoteEngine
 from test_train import ARGS
 
@@ -56,10 +55,8 @@ class KeyStub:
                 self.end_headers()
                 self.wfile.write(payload)
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server, self.url = serve(Handler)
         self.port = self.server.server_address[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
 
 @pytest.fixture
@@ -67,8 +64,7 @@ def keyed(monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
     server = KeyStub()
     yield server
-    server.server.shutdown()
-    server.server.server_close()
+    stop(server.server)
 
 
 def engine(url, **kw):
