@@ -215,6 +215,10 @@ class Config:
     gradient_checkpointing: bool = arg(True, "recompute activations in backward: the paper's response "
                                              "lengths need it; --no-gradient-checkpointing trades memory for "
                                              "speed")
+    share_prompts: bool = arg(True, "the rollouts of one prompt share its pass in the update: the prompt "
+                                    "once, then each response behind a mask (the same log-probs up to "
+                                    "rounding, P + kR tokens instead of k(P + R)); only for full-attention "
+                                    "models through SDPA, text rows [ours]")
     skip_zero_adv: bool = arg(True, "skip the forward/backward of A = 0 sequences (the same update and "
                                     "metrics, less compute)")
     old_logprobs: Literal["all", "needed"] = arg(

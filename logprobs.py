@@ -217,6 +217,65 @@ def padded_batch(model, seqs, pad_id):
     return inputs, mask
 
 
+def shares_prompts(model):
+    """Whether responses to one prompt can share its pass (shared_batch): only where a custom attention mask
+    is all that separates them, i.e. a text model whose every layer is full softmax attention through SDPA,
+    without a sliding window. Not so: linear-attention layers (Qwen3.5's Gated DeltaNet reads the whole row
+    in order), flash-attention kernels (no custom masks), multimodal positions (M-RoPE)."""
+    config = unwrap(model).config
+    layers = getattr(config, "layer_types", None) or ["full_attention"]
+    window = getattr(config, "sliding_window", None) if getattr(config, "use_sliding_window", True) else None
+    return (getattr(config, "_attn_implementation", None) == "sdpa" and set(layers) == {"full_attention"}
+            and window is None and not any(hasattr(config, k) for k in ("text_config", "vision_config")))
+
+
+def pass_tokens(seqs, share):
+    """How many tokens a teacher-forced pass over `seqs` runs, padding left out: each prompt once per pass
+    with `share` (shared_batch, for rows without images), once per response otherwise."""
+    if share and all(getattr(s, "vision", None) is None for s in seqs):
+        return sum(len(p) for p in {tuple(s.prompt_ids) for s in seqs}) + sum(len(s.token_ids) for s in seqs)
+    return sum(len(s.prompt_ids) + len(s.token_ids) for s in seqs)
+
+
+def shared_batch(model, seqs, pad_id):
+    """The teacher-forced batch of `seqs` (Episodes, without images) with one row per distinct prompt: the
+    prompt once, then each of its responses, every response attending to the prompt and to itself only (a
+    4-D mask) at the positions it would have alone. The same log-probs as padded_batch's (up to rounding)
+    for fewer tokens: a prompt of P tokens answered k times costs P + k R instead of k (P + R).
+    Returns the inputs, the response mask (B, R), and where (B, R): each response token's predicting position
+    in the flattened (rows x T) hidden states."""
+    device = next(model.parameters()).device
+    rows = {}  # prompt -> the indices of its responses in seqs
+    for b, s in enumerate(seqs):
+        rows.setdefault(tuple(s.prompt_ids), []).append(b)
+    T = max(len(p) + sum(len(seqs[b].token_ids) for b in members) for p, members in rows.items())
+    R = max(len(s.token_ids) for s in seqs)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    positions = torch.zeros_like(ids)
+    segment = torch.full_like(ids, -2)  # -1: the prompt, b: response b, -2: padding
+    where = torch.zeros(len(seqs), R, dtype=torch.long)
+    mask = torch.zeros(len(seqs), R)
+    for row, (prompt, members) in enumerate(rows.items()):
+        P = len(prompt)
+        ids[row, :P], positions[row, :P], segment[row, :P] = torch.tensor(prompt), torch.arange(P), -1
+        at = P
+        for b in members:
+            r = seqs[b].token_ids
+            ids[row, at:at + len(r)] = torch.tensor(r)
+            positions[row, at:at + len(r)] = torch.arange(P, P + len(r))
+            segment[row, at:at + len(r)] = b
+            # token 0 is predicted by the prompt's last position, token k by the response's position k - 1
+            where[b, :len(r)] = row * T + torch.tensor([P - 1] + list(range(at, at + len(r) - 1)))
+            mask[b, :len(r)] = 1
+            at += len(r)
+    causal = torch.ones(T, T, dtype=torch.bool).tril()
+    # (rows, 1, T, T): causal, and the key is the prompt or the query's own response (padding sees itself)
+    attend = causal & ((segment[:, :, None] == segment[:, None, :]) | (segment[:, None, :] == -1))
+    inputs = dict(input_ids=ids.to(device), attention_mask=attend[:, None].to(device),
+                  position_ids=positions.to(device), logits_to_keep=0)
+    return inputs, mask.to(device), where.to(device)
+
+
 def with_head(model, head_forward, **inputs):
     """model(**inputs).logits with the output head's forward replaced by head_forward for this call: it gets
     the last hidden states (B, R+1, H) and returns what stands in for the logits. It runs inside the model's
@@ -230,19 +289,30 @@ def with_head(model, head_forward, **inputs):
         del head.forward  # the class's forward again
 
 
-def response_logprobs(model, seqs, temperature, pad_id, entropy=False, chunk_tokens=None):
+def response_logprobs(model, seqs, temperature, pad_id, entropy=False, chunk_tokens=None, share=False):
     """Teacher-forced log-probs of each response token of `seqs` (Episodes): logprobs (B, R), mask (B, R),
     entropy (B, R) or None. The head's forward is ChunkedHead for the length of this call: it returns
-    (B, R, 2) [log-prob, entropy] in place of logits."""
-    inputs, mask = padded_batch(model, seqs, pad_id)
-    B, R = mask.shape
-    targets = inputs["input_ids"][:, -R:]  # (B, R)
+    (B, R, 2) [log-prob, entropy] in place of logits. `share`: responses to one prompt share its pass
+    (shared_batch; for models where shares_prompts, and rows without images)."""
+    share = share and all(getattr(s, "vision", None) is None for s in seqs)
+    if share:
+        inputs, mask, where = shared_batch(model, seqs, pad_id)
+        B, R = mask.shape
+        targets = torch.tensor([list(s.token_ids) + [0] * (R - len(s.token_ids)) for s in seqs],
+                               device=mask.device)
+    else:
+        inputs, mask = padded_batch(model, seqs, pad_id)
+        B, R = mask.shape
+        targets = inputs["input_ids"][:, -R:]  # (B, R)
     head = unwrap(model).get_output_embeddings()
     chunk = chunk_tokens or max(1, LOGITS_CHUNK_BYTES // (4 * head.weight.shape[0]))
     suppress = suppressed_token_ids(unwrap(model).config) or None
 
     def head_forward(hidden):  # hidden (B, R+1, H): position P-1+k predicts response token k
-        h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
+        if share:  # hidden (rows, T, H): each response token's predicting position
+            h = hidden.reshape(-1, hidden.shape[-1])[where.reshape(-1)]
+        else:
+            h = hidden[:, :-1].reshape(-1, hidden.shape[-1])
         out = ChunkedHead.apply(h, head.weight, targets.reshape(-1), temperature, chunk, suppress)
         return out.view(B, R, 2)
 

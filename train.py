@@ -43,6 +43,7 @@ from config import (
 from data import fit_prompts, load_training_data, take
 from device import Meter, device_peak, flop_parameters, memory_check, perf_metrics, release_memory
 from engines.server import teacher_metrics, teacher_tally
+from logprobs import shares_prompts
 from models import build_engines, prepare_student, short_calls, trains_vision
 from reformulate import bcq_ncq_groups, group_prompt, plain_prompt, precap
 from reward import score_rollouts
@@ -87,6 +88,7 @@ class Run:
     meter: Meter  # each phase's seconds and peak memory
     parameters: int  # the student's parameters a token's forward multiplies by (model FLOPs)
     peak: float  # one process's device peak, FLOP/s (None: unknown), for perf/mfu
+    share: bool  # a prompt's rollouts share its pass in the update (--share-prompts, where the model allows)
 
 
 def setup(cfg):
@@ -126,15 +128,19 @@ def setup(cfg):
     log_path = checkpoint.open_run(cfg, start, accelerator, ckpt)
     if cfg.algo in DISTILLATION:  # the teacher's distributions must compare with the student's: said now
         shared_teacher(teacher, tokenizer, model)
-    # the device's peak, for the utilisation each step logs (a CPU's is measured: a short matmul probe)
+    # the device's peak for perf/mfu (a CPU's is measured: a short matmul probe); --share-prompts if it can
     dtype = torch.bfloat16 if cfg.mixed_precision == "bf16" else next(model.parameters()).dtype
     peak, source = device_peak(accelerator.device, dtype)
+    share = cfg.share_prompts and shares_prompts(model)
     if accelerator.is_main_process:
         print(f"train.py: perf/mfu against {f'{peak / 1e12:.2f} TFLOP/s per process' if peak else 'nothing'} "
-              f"({source})", file=sys.stderr, flush=True)
-    return Run(accelerator, model, tokenizer, optimizer, student, teacher,
-               short_calls(teacher, cfg.helper_thinking), examples, buffer, rng, start, tuple(data_pos),
-               log_path, Meter(accelerator.device), flop_parameters(accelerator.unwrap_model(model)), peak)
+              f"({source})" + ("; every rollout's pass reads its own prompt (--share-prompts needs full "
+                               "attention through SDPA)" if cfg.share_prompts and not share else ""),
+              file=sys.stderr, flush=True)
+    helper = short_calls(teacher, cfg.helper_thinking)
+    flops = flop_parameters(accelerator.unwrap_model(model))
+    return Run(accelerator, model, tokenizer, optimizer, student, teacher, helper, examples, buffer, rng,
+               start, tuple(data_pos), log_path, Meter(accelerator.device), flops, peak, share)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -253,20 +259,16 @@ def update(cfg, run, episodes, step):
     engine's is the sync check), I optimizer steps."""
     acc, pad = run.accelerator, run.tokenizer.pad_token_id
     plan = plan_minibatches(episodes, cfg.iters_per_step, run.rng, acc.process_index, acc.num_processes,
-                            cfg.skip_zero_adv, cfg.old_logprobs == "all")
-    old, entropy = old_logprobs(run.model, episodes, plan, cfg.temperature, cfg.micro_batch_size, pad, acc)
+                            cfg.skip_zero_adv, cfg.old_logprobs == "all", run.share)
+    old, entropy, ran = old_logprobs(run.model, episodes, plan, cfg.temperature, cfg.micro_batch_size, pad,
+                                     acc, run.share)
     metrics, first = ppo_update(run.model, run.optimizer, acc, episodes, plan, old, cfg.temperature,
                                 cfg.micro_batch_size, pad, cfg.clip_low, cfg.clip_high, cfg.dual_clip,
-                                cfg.grad_clip)  # `old` now also holds what the first mini-batch computed
+                                cfg.grad_clip, run.share)
     metrics["policy/entropy"] = mean_entropy(acc, entropy, first)
     metrics["sync/logprob_abs_diff"] = sync_check(episodes, old, cfg.sync_warn, step, acc)
-    # the update's tokens, prompts included (every rank's): forward only for the log-probs pass, forward and
-    # backward for the computed sequences
-    lengths = [len(e.prompt_ids) + len(e.token_ids) for e in episodes]
-    passed = range(len(episodes)) if cfg.old_logprobs == "all" else \
-        [i for mb in plan.minibatches[1:] for i in mb if plan.computed[i]]
-    metrics["tokens/forward"] = sum(lengths[i] for i in passed)
-    metrics["tokens/update"] = sum(n for n, computed in zip(lengths, plan.computed) if computed)
+    # the log-prob pass's tokens, all ranks' (ppo_update counts its passes' in tokens/update)
+    metrics["tokens/forward"] = int(reduce_sum(acc, [ran])[0])
     return metrics
 
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from logprobs import response_logprobs
+from logprobs import pass_tokens, response_logprobs
 
 
 @dataclass(frozen=True)
@@ -147,14 +147,17 @@ class Plan:
     rank_logprobs: list  # the episodes whose sampling-policy log-probs this rank computes (old_logprobs)
 
 
-def plan_minibatches(episodes, iters, rng, rank=0, world=1, skip_zero_adv=True, all_logprobs=True):
+def plan_minibatches(episodes, iters, rng, rank=0, world=1, skip_zero_adv=True, all_logprobs=True,
+                     share=False):
     """The whole step batch shuffled into I equal mini-batches; every rank takes every world-th sequence of a
     mini-batch that enters the gradient. A sequence with A = 0 adds exactly zero loss and zero gradient, so
     with skip_zero_adv it is not computed at all; its tokens still count in the token-level mean, so the
     gradient is identical, only cheaper (early on most groups are trivial). With all_logprobs its sampling
     log-probs are still computed, by one rank each (`rank_logprobs`), so the entropy and the sync check
     cover every rollout. Without, only what the loss needs: the computed sequences of mini-batches 2..I (the
-    first one's weights are still the sampling policy's: ppo_update takes its own log-probs)."""
+    first one's weights are still the sampling policy's: ppo_update takes its own log-probs). With `share`
+    (responses to one prompt share its pass: logprobs.shared_batch) each rank takes a contiguous run of the
+    mini-batch's sequences in prompt order, so a prompt's rollouts stay together rather than one per rank."""
     order = list(range(len(episodes)))
     rng.shuffle(order)
     I = min(iters, len(order))
@@ -163,7 +166,13 @@ def plan_minibatches(episodes, iters, rng, rank=0, world=1, skip_zero_adv=True, 
     for k in range(I):
         mb = order[k * len(order) // I:(k + 1) * len(order) // I]
         minibatches.append(sorted(mb))
-        work.append(sorted([i for i in mb if computed[i]][rank::world]))
+        mine = [i for i in mb if computed[i]]
+        if share:  # rank r: the r-th of `world` near-equal runs in prompt order
+            mine = sorted(mine, key=lambda i: by_prompt(episodes[i]))
+            mine = mine[rank * len(mine) // world:(rank + 1) * len(mine) // world]
+        else:
+            mine = mine[rank::world]
+        work.append(sorted(mine))
     skipped = [i for i in range(len(episodes)) if not computed[i]]
     logprobs = {i for w in work for i in w} | set(skipped[rank::world]) if all_logprobs else \
         {i for w in work[1:] for i in w}
@@ -198,9 +207,16 @@ def passes(accelerator, n):
     return int(accelerator.gather(torch.tensor([n], device=accelerator.device)).max())
 
 
-def micro_batches(indices, episodes, size):
-    """Episode indices in chunks of `size`, of similar length (sorted), so little compute goes to padding."""
-    order = sorted(indices, key=lambda i: (len(episodes[i].prompt_ids), len(episodes[i].token_ids)))
+def by_prompt(episode):
+    """A sort key that puts the rollouts of one prompt next to each other, prompts of similar length close."""
+    return len(episode.prompt_ids), tuple(episode.prompt_ids), len(episode.token_ids)
+
+
+def micro_batches(indices, episodes, size, share=False):
+    """Episode indices in chunks of `size`, of similar length (sorted), so little compute goes to padding;
+    with `share`, the rollouts of one prompt together (they share its pass: logprobs.shared_batch)."""
+    order = sorted(indices, key=lambda i: by_prompt(episodes[i]) if share else
+                   (len(episodes[i].prompt_ids), len(episodes[i].token_ids)))
     return [order[i:i + size] for i in range(0, len(order), size)]
 
 
@@ -210,25 +226,26 @@ def shortest(episodes):
 
 
 @torch.no_grad()
-def old_logprobs(model, episodes, plan, temperature, micro_batch_size, pad_id, accelerator):
+def old_logprobs(model, episodes, plan, temperature, micro_batch_size, pad_id, accelerator, share=False):
     """The sampling policy's log-probs (the weights before this step's updates) of this rank's episodes
-    (plan.rank_logprobs), as {episode index: per-token list}, and this rank's [entropy sum, tokens] of the
-    policy over them (mean_entropy adds the ranks' and ppo_update's own)."""
+    (plan.rank_logprobs), as {episode index: per-token list}, this rank's [entropy sum, tokens] of the
+    policy over them (mean_entropy adds the ranks' and ppo_update's own), and the tokens its passes ran."""
     model.eval()
-    old, ent_sum, n_tok = {}, 0.0, 0.0
-    micros = micro_batches(plan.rank_logprobs, episodes, micro_batch_size)
+    old, ent_sum, n_tok, ran = {}, 0.0, 0.0, 0
+    micros = micro_batches(plan.rank_logprobs, episodes, micro_batch_size, share)
     for j in range(passes(accelerator, len(micros))):
         micro = micros[j] if j < len(micros) else [shortest(episodes)]  # a filler: the ranks' gathers match
         seqs = [episodes[i] for i in micro]
-        lp, mask, ent = response_logprobs(model, seqs, temperature, pad_id, entropy=True)
+        lp, mask, ent = response_logprobs(model, seqs, temperature, pad_id, entropy=True, share=share)
         if j >= len(micros):
             continue
+        ran += pass_tokens(seqs, share)
         for b, i in enumerate(micro):  # (b, R) each
             old[i] = lp[b, :len(episodes[i].token_ids)].tolist()
         ent_sum += (ent * mask).sum().item()
         n_tok += mask.sum().item()
     model.train()
-    return old, [ent_sum, n_tok]
+    return old, [ent_sum, n_tok], ran
 
 
 def mean_entropy(accelerator, *sums):
@@ -273,14 +290,15 @@ def pad_rows(rows, width, device):
     return out
 
 
-def clipped_loss(model, seqs, old, n_tokens, temperature, pad_id, clip_low, clip_high, dual_clip):
+def clipped_loss(model, seqs, old, n_tokens, temperature, pad_id, clip_low, clip_high, dual_clip,
+                 share=False):
     """One micro-batch's share of its mini-batch's loss (its token sum over the mini-batch's `n_tokens`) and
     the policy metrics' sums over its A != 0 tokens (`tokens`: their count). `old`: each sequence's
     sampling-policy log-probs, or None where the weights still are the sampling policy's (the first
     mini-batch): its own log-probs, detached, stand in (a ratio of exactly 1), and `fresh` returns them with
     their entropy: ({row: log-probs}, [entropy sum, tokens])."""
     new = [o is None for o in old]
-    lp, mask, ent = response_logprobs(model, seqs, temperature, pad_id, entropy=any(new))  # (b, R) each
+    lp, mask, ent = response_logprobs(model, seqs, temperature, pad_id, entropy=any(new), share=share)
     old_lp = pad_rows([o or [] for o in old], lp.shape[1], lp.device)  # (b, R)
     fresh = ({}, [0.0, 0.0])
     if any(new):
@@ -318,7 +336,7 @@ def drop_unreached(model, accelerator, reached):
 
 
 def ppo_update(model, optimizer, accelerator, episodes, plan, old, temperature, micro_batch_size, pad_id,
-               clip_low=0.2, clip_high=0.28, dual_clip=10.0, grad_clip=1.0):
+               clip_low=0.2, clip_high=0.28, dual_clip=10.0, grad_clip=1.0, share=False):
     """Spec step 10: one optimizer step per mini-batch of the plan, token-level mean loss over the
     mini-batch's tokens (all ranks', A = 0 ones included). `old`: old_logprobs' {episode index: log-probs};
     a first mini-batch sequence it lacks takes its own (clipped_loss), added to `old`. Returns the metrics
@@ -328,16 +346,17 @@ def ppo_update(model, optimizer, accelerator, episodes, plan, old, temperature, 
     forward the skip saves, and the loss does not act on them). A mini-batch whose loss or gradient norm is
     not finite (NaN or inf) is not stepped on any rank: its gradient is dropped and counted in
     train/skipped_nonfinite, because one AdamW step would carry the NaN into every weight and into the
-    optimizer's moments for good."""
+    optimizer's moments for good. `share`: responses to one prompt share its pass (logprobs.shared_batch);
+    tokens/update counts the tokens the passes ran (fillers left out)."""
     per_token = ("clip_frac_low", "clip_frac_high", "clip_frac_dual", "loss")  # over every token
     per_active = ("approx_kl", "ratio_mean")  # over the A != 0 tokens
     world = accelerator.num_processes
-    sums, n_active, grad_norms, skipped, entropy = defaultdict(float), 0, [], 0, [0.0, 0.0]
+    sums, n_active, grad_norms, skipped, entropy, ran = defaultdict(float), 0, [], 0, [0.0, 0.0], 0
     n_all = sum(len(e.token_ids) for e in episodes)  # the same on every rank
     for k, (members, work) in enumerate(zip(plan.minibatches, plan.rank_work)):
         n_tokens = sum(len(episodes[i].token_ids) for i in members)  # the divisor: every rank's tokens
         filler = coverage_filler(members, episodes, plan.computed)  # from the plan: the same on every rank
-        micros = micro_batches(work, episodes, micro_batch_size)
+        micros = micro_batches(work, episodes, micro_batch_size, share)
         n_passes = passes(accelerator, len(micros)) + (filler is not None)
         finite, reached = True, False
         for j in range(n_passes):
@@ -351,7 +370,8 @@ def ppo_update(model, optimizer, accelerator, episodes, plan, old, temperature, 
             # after the first optimizer step the weights have moved: only the first mini-batch may lack old
             mine = [old.get(i) if k == 0 else old[i] for i in micro]
             loss, metrics, tokens, (fresh, ent) = clipped_loss(model, seqs, mine, n_tokens, temperature,
-                                                               pad_id, clip_low, clip_high, dual_clip)
+                                                               pad_id, clip_low, clip_high, dual_clip, share)
+            ran += pass_tokens(seqs, share)
             old.update({micro[b]: lps for b, lps in fresh.items()})
             entropy = [entropy[0] + ent[0], entropy[1] + ent[1]]
             # DDP / FSDP average the ranks' gradients; x world makes that the sum the global divisor expects
@@ -375,13 +395,14 @@ def ppo_update(model, optimizer, accelerator, episodes, plan, old, temperature, 
         else:
             optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    totals = reduce_sum(accelerator, [sums[key] for key in per_token + per_active] + [n_active])
+    *totals, ran = reduce_sum(accelerator, [sums[key] for key in per_token + per_active] + [n_active, ran])
     out = {f"train/{key}": v / max(n_all, 1) for key, v in zip(per_token, totals)}
     active_totals = totals[len(per_token):-1]
     out.update({f"train/{key}": v / max(totals[-1], 1) for key, v in zip(per_active, active_totals)})
     out["train/grad_norm"] = sum(grad_norms) / max(len(grad_norms), 1)
     out["train/active_frac"] = sum(e.adv != 0 for e in episodes) / max(len(episodes), 1)
     out["train/skipped_nonfinite"] = skipped
+    out["tokens/update"] = int(ran)
     return out, entropy
 
 

@@ -12,6 +12,8 @@ each scored 0/1 by reward.grade, then ONE optimizer step over all of them in mic
 mean loss, every sequence through the backward (zppo: --no-skip-zero-adv), and no log-prob pass before the
 update (with one optimizer step the weights are still the sampling policy's: zppo's --old-logprobs needed,
 TRL's behaviour with one iteration; --old-logprobs all adds zppo's pass, for its entropy over every rollout).
+The loss is the same; zppo's passes read a prompt once for all its rollouts (--share-prompts, train.py's
+default: the same log-probs for fewer tokens), TRL's read it once per rollout (--no-share-prompts matches it).
 zppo runs `train.py --algo grpo --iters-per-step 1`; TRL runs GRPOTrainer with beta 0, loss_type "dapo",
 per-device batch = micro-batch,
 gradient accumulation = the step's rollouts / micro-batch (one generation per optimizer step), its
@@ -42,7 +44,7 @@ from scripts import number  # found through ROOT when run as python scripts/vs_t
 
 def settings(args, side):
     """What decides a side's result: a kept result with other settings is run again."""
-    own = ("engine", "old_logprobs") if side == "zppo" else ()
+    own = ("engine", "old_logprobs", "share_prompts") if side == "zppo" else ()
     return {k: getattr(args, k) for k in ("model", "data", "questions", "group_size", "max_new_tokens",
                                           "micro_batch_size", "steps", "lr", "bf16", "seed", *own)}
 
@@ -69,7 +71,7 @@ def run_zppo(args, data):
              str(args.micro_batch_size), "--gen-batch-size", str(args.questions * args.group_size), "--lr",
              str(args.lr), "--steps", str(args.steps), "--save-every", "0", "--mixed-precision",
              "bf16" if args.bf16 else "no", "--engine", args.engine, "--seed", str(args.seed),
-             "--out-dir", out, "--overwrite"]
+             "--out-dir", out, "--overwrite", f"--{'' if args.share_prompts else 'no-'}share-prompts"]
     if args.engine == "vllm":  # rollouts in the update's precision; on a CPU a KV space sized to the work
         flags += ["--vllm-dtype", "bfloat16" if args.bf16 else "float32"]
         flags += [] if torch.cuda.is_available() else ["--vllm-gpu-memory-utilization", "0.12"]
@@ -232,6 +234,9 @@ def main():
                         help="zppo's rollout engine (TRL's is its transformers generation)")
     parser.add_argument("--old-logprobs", default="needed", choices=["all", "needed"],
                         help="zppo's train.py flag: needed does the work TRL does")
+    parser.add_argument("--share-prompts", action=argparse.BooleanOptionalAction, default=True,
+                        help="zppo's train.py flag (on by default there): a prompt's rollouts share its pass "
+                             "in the update (the same loss; TRL runs every rollout with its own prompt)")
     parser.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                         help="bf16 autocast on both sides; default: on a GPU, or where the CPU has bf16 "
                              "instructions")

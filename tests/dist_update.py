@@ -87,7 +87,7 @@ def main():
 
     plan = zppo.plan_minibatches(eps, 3, random.Random(0), acc.process_index, acc.num_processes,
                                  args.skip_zero_adv, args.old_logprobs == "all")
-    old, entropy = zppo.old_logprobs(model, eps, plan, 1.0, 2, tokenizer.pad_token_id, acc)
+    old, entropy, _ = zppo.old_logprobs(model, eps, plan, 1.0, 2, tokenizer.pad_token_id, acc)
     metrics, first = zppo.ppo_update(model, optimizer, acc, eps, plan, old, 1.0, 2, tokenizer.pad_token_id)
     metrics["policy/entropy"] = zppo.mean_entropy(acc, entropy, first)
     weights = models.model_state(model, acc)

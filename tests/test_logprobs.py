@@ -96,3 +96,71 @@ def test_large_vocabulary_long_response_fits_in_two_gib():
     peak = float(res.stdout.split()[1])
     print(f"\n[large vocabulary] {res.stdout.strip()}")
     assert peak < 2.0
+
+
+def test_responses_sharing_their_prompt_s_pass_give_the_padded_batch_s_logprobs_and_gradients(tiny_dense):
+    """shared_batch: one row per distinct prompt, its responses behind a mask. The same log-probs, entropies
+    and gradients as one padded row per response (fp64), for fewer tokens (logprobs.pass_tokens)."""
+    from logprobs import pass_tokens, shares_prompts
+
+    model, tok = load_model(tiny_dense, dtype=torch.float64)
+    assert shares_prompts(model)
+    g = torch.Generator().manual_seed(1)
+    V = model.config.vocab_size
+
+    def ids(n):
+        return torch.randint(3, V, (n,), generator=g).tolist()
+
+    a, b, c = ids(6), ids(3), ids(6)  # a and c: two prompts of one length
+    # prompt a answered three times (one of them a single token), b once, c twice; interleaved
+    seqs = [Episode(a, ids(4)), Episode(c, ids(2)), Episode(b, ids(5)), Episode(a, ids(1)),
+            Episode(c, ids(7)), Episode(a, ids(6))]
+    weights = torch.rand(len(seqs), 7, generator=g, dtype=torch.float64)
+
+    def run(share):
+        model.zero_grad()
+        lp, mask, ent = response_logprobs(model, seqs, 0.7, tok.pad_token_id, entropy=True, chunk_tokens=5,
+                                          share=share)
+        ((lp * weights * mask).sum() + 0.3 * (ent * weights * mask).sum()).backward()
+        return lp.detach(), mask, ent.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    lp, mask, ent, grads = run(True)
+    ref_lp, ref_mask, ref_ent, ref_grads = run(False)
+    m = mask.bool()
+    assert torch.equal(mask, ref_mask) and mask.shape == (6, 7)
+    assert torch.allclose(lp[m], ref_lp[m], atol=1e-10) and torch.allclose(ent[m], ref_ent[m], atol=1e-10)
+    # gradients to fp32 rounding: the model's RMSNorm runs in fp32 even here, and a shared prompt position's
+    # gradient (the sum over its responses) rounds there once instead of once per response
+    for name in ref_grads:
+        assert torch.allclose(grads[name], ref_grads[name], atol=1e-6, rtol=1e-5), name
+        assert not torch.equal(grads[name], torch.zeros_like(grads[name])), name
+    # three prompts once, the responses' 25 tokens: 43 tokens instead of 6 + 6 + 3 + 6 + 6 + 6 + 25 = 58
+    assert pass_tokens(seqs, True) == 6 + 3 + 6 + 25 and pass_tokens(seqs, False) == 58
+
+
+def test_only_full_attention_text_models_through_sdpa_share_a_prompt_s_pass(tiny_model, tiny_dense, tiny_vlm,
+                                                                            images):
+    """Linear-attention layers read a row in order, and a flash kernel takes no custom mask: those models
+    (and any row with images) keep one row per response, whatever `share` says."""
+    from engines.transformers_engine import TransformersEngine
+    from logprobs import shares_prompts
+
+    assert not shares_prompts(load_model(tiny_model)[0])  # Qwen3.5: Gated DeltaNet layers
+    vlm, tok = load_model(tiny_vlm, pixels=(1024, 4096))
+    assert not shares_prompts(vlm)
+    dense = load_model(tiny_dense)[0]
+    assert shares_prompts(dense)
+    dense.config.use_sliding_window, dense.config.sliding_window = True, 16  # the mask has no window
+    assert not shares_prompts(dense)
+    dense.config.use_sliding_window = False
+    dense.set_attn_implementation("eager")
+    assert not shares_prompts(dense)
+    # rows with an image fall back to the padded batch: bit for bit the same
+    engine = TransformersEngine(vlm, tok)
+    prompts = [{"text": "What is 1 + 2?", "images": images[:2]}, "Hi"]
+    rollouts = engine.generate(prompts, n=2, max_new_tokens=4, temperature=1.0)
+    seqs = [Episode(r.prompt_ids, r.token_ids, vision=r.vision) for g in rollouts for r in g]
+    with torch.no_grad():
+        shared = response_logprobs(vlm, seqs, 1.0, tok.pad_token_id, share=True)[0]
+        padded = response_logprobs(vlm, seqs, 1.0, tok.pad_token_id)[0]
+    assert torch.equal(shared, padded)

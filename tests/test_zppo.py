@@ -162,7 +162,7 @@ def test_skip_zero_adv_changes_nothing_but_the_compute(kind, tiny_model, tiny_vl
                                       weight_decay=0.1)
         accelerator = Accelerator(cpu=True)
         plan = plan_minibatches(batch, 3, InOrder(), skip_zero_adv=skip, all_logprobs=all_logprobs)
-        old, entropy = old_logprobs(model, batch, plan, 1.0, 1, tok.pad_token_id, accelerator)
+        old, entropy, _ = old_logprobs(model, batch, plan, 1.0, 1, tok.pad_token_id, accelerator)
         before = set(old)
         update, first = ppo_update(model, optimizer, accelerator, batch, plan, old, 1.0, 1, tok.pad_token_id)
         assert (first == [0.0, 0.0]) == all_logprobs  # all: every old log-prob came from the pass before
@@ -183,6 +183,10 @@ def test_skip_zero_adv_changes_nothing_but_the_compute(kind, tiny_model, tiny_vl
     for name, p in model_b.named_parameters():
         assert torch.equal(dict(model_a.named_parameters())[name], p), name
         assert not torch.equal(moved[name], p), name  # weight decay reached every parameter
+    # the same metrics but the compute: tokens/update counts the passes run (prompts included)
+    lengths = [len(e.prompt_ids) + len(e.token_ids) for e in seqs]
+    assert skipped.pop("tokens/update") == sum(n for n, a in zip(lengths, advs) if a != 0)
+    assert full.pop("tokens/update") == sum(lengths)
     assert skipped == full and skipped["train/approx_kl"] > 0 and skipped["train/loss"] != 0
     assert plan_a.computed == [a != 0 for a in advs] and all(plan_b.computed)
 
@@ -198,3 +202,55 @@ def test_skip_zero_adv_changes_nothing_but_the_compute(kind, tiny_model, tiny_vl
     for key in ("train/loss", "train/approx_kl", "train/clip_frac_low", "train/clip_frac_high"):
         assert needed[key] == pytest.approx(full[key], abs=1e-6), key
     assert needed["policy/entropy"] != full["policy/entropy"] and needed["policy/entropy"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# --share-prompts: a prompt's rollouts share its pass (logprobs.shared_batch); the same update, fewer tokens
+
+
+def test_shared_prompts_keep_a_prompt_s_rollouts_on_one_rank_and_give_the_same_update(tiny_dense):
+    import copy
+    import random
+
+    from accelerate import Accelerator
+
+    from models import load_model
+    from zppo import Episode, old_logprobs, plan_minibatches, ppo_update
+
+    # 4 prompts (two of one length) x 4 rollouts, every advantage nonzero
+    rng = random.Random(0)
+    prompts = [[5, 6, 7, 8], [9, 10, 11, 12], [13, 14], [15, 16, 17, 18, 19, 20]]
+    seqs = [Episode(p, [rng.randrange(3, 300) for _ in range(rng.randint(1, 6))], adv=rng.choice([-1.0, 0.5]))
+            for p in prompts for _ in range(4)]
+    rng.shuffle(seqs)
+    for share in (False, True):
+        works = [plan_minibatches(seqs, 1, InOrder(), rank, 2, share=share).rank_work[0] for rank in (0, 1)]
+        assert sorted(works[0] + works[1]) == list(range(16)) and not set(works[0]) & set(works[1])
+        ranks_of = {tuple(p): {r for r in (0, 1) for i in works[r] if seqs[i].prompt_ids == p}
+                    for p in prompts}
+        # shared: every prompt's 4 rollouts on one rank (8 a rank); one rollout per rank in turn otherwise
+        assert all(len(r) == (1 if share else 2) for r in ranks_of.values()), ranks_of
+
+    model0, tok = load_model(tiny_dense)
+
+    def run(share):
+        model = copy.deepcopy(model0)
+        optimizer = torch.optim.SGD(model.parameters(), lr=1.0)  # the step is the gradient (AdamW: its sign)
+        accelerator = Accelerator(cpu=True)
+        plan = plan_minibatches(seqs, 2, random.Random(1), share=share, all_logprobs=False)
+        old, _, forward = old_logprobs(model, seqs, plan, 1.0, 8, tok.pad_token_id, accelerator, share)
+        metrics, _ = ppo_update(model, optimizer, accelerator, seqs, plan, old, 1.0, 8, tok.pad_token_id,
+                                share=share)
+        return model, metrics, forward, plan
+
+    shared, m_shared, f_shared, plan = run(True)
+    alone, m_alone, f_alone, _ = run(False)
+    for name, p in alone.named_parameters():
+        assert torch.allclose(dict(shared.named_parameters())[name], p, atol=1e-5), name
+    assert m_shared["train/loss"] == pytest.approx(m_alone["train/loss"], abs=1e-6)
+    # tokens run: every prompt once per micro-batch instead of once per rollout
+    lengths = sum(len(e.prompt_ids) + len(e.token_ids) for e in seqs)
+    second = sum(len(seqs[i].prompt_ids) + len(seqs[i].token_ids) for i in plan.minibatches[1])
+    assert m_alone["tokens/update"] == lengths and f_alone == second  # needed: mini-batch 2's old log-probs
+    assert m_shared["tokens/update"] < 0.8 * lengths and f_shared < 0.8 * second
+    assert any(not torch.equal(p, q) for p, q in zip(alone.parameters(), model0.parameters()))
