@@ -364,7 +364,9 @@ def test_prefix_run_cuts_the_model_teachers_own_token_ids(tiny_model, tiny_teach
     monkeypatch.setattr(baselines, "prefix_ids",
                         lambda r, *a: calls.append((r, a, real(r, *a))) or calls[-1][2])
     monkeypatch.setattr("reward.grade", lambda text, gold: 1.0 if len(text) % 2 else 0.0)
-    train.main(train.parse_config(args(tiny_model, tiny_teacher, "prefix", tmp_path / "p", "--steps", "1")))
+    # two steps and 4 teacher rollouts per hard question: a step without a correct one has no prefix to cut
+    train.main(train.parse_config(args(tiny_model, tiny_teacher, "prefix", tmp_path / "p", "--steps", "2",
+                                       "--teacher-group-size", "4")))
     assert calls
     for rollout, (tok, frac, teacher_tokenizer), prefix in calls:
         body = rollout.token_ids[:-1] if rollout.finish_reason == "stop" else rollout.token_ids

@@ -198,6 +198,28 @@ def test_model_teacher_generates_and_compresses_candidates(tiny_model, tmp_path,
     assert not any(p.startswith("Compress the response below") for p in prompts_seen)
 
 
+def test_the_engine_draws_from_softmax_under_temperature_top_k_and_top_p():
+    """The transformers engine draws its tokens itself (engines.transformers_engine.Draw: the inverse of each
+    row's cumulative distribution) after transformers' own warpers: the frequencies of 20,000 draws are the
+    distribution's, a word of probability 0 is never drawn, and exactly one word is left for generate."""
+    from engines.transformers_engine import sampler
+
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    sqrt = probs.sqrt() / probs.sqrt().sum()  # softmax(log p / 2)
+    torch.manual_seed(0)
+    for (temperature, top_p, top_k), want in [((1.0, 1.0, 0), probs),
+                                              ((1.0, 1.0, 2), torch.tensor([0.625, 0.375, 0, 0, 0])),
+                                              ((1.0, 0.7, 0), torch.tensor([0.625, 0.375, 0, 0, 0])),
+                                              ((2.0, 1.0, 0), sqrt)]:
+        scores = probs.log().repeat(20000, 1)  # (rows, vocab); log 0 = -inf
+        for processor in sampler(temperature, top_p, top_k):
+            scores = processor(None, scores)
+        assert ((scores == 0).sum(-1) == 1).all() and (torch.isinf(scores).sum(-1) == 4).all()
+        freq = torch.bincount(scores.argmax(-1), minlength=5) / 20000
+        assert torch.allclose(freq, want.float(), atol=0.012), (temperature, top_p, top_k, freq)
+        assert freq[4] == 0 and (freq[want == 0] == 0).all()
+
+
 def test_presence_penalty_discourages_repeated_tokens(tiny_model):
     model, tok = load_model(tiny_model)
     engine = TransformersEngine(model, tok)
