@@ -187,9 +187,10 @@ def prepare(args):
                      for ex in examples)
 
 
-def kept(args, side):
+def kept(args, side, again=False):
+    """A side's result kept in --out for the same settings, or None (also with `again`: run it anew)."""
     path = os.path.join(args.out, f"{side}.json")
-    if args.again or not os.path.exists(path):
+    if again or not os.path.exists(path):
         return None
     with open(path) as f:
         result = json.load(f)
@@ -264,7 +265,7 @@ def main():
     prepare(args)
     results = {}
     for side in args.sides.split(","):
-        result = kept(args, side)
+        result = kept(args, side, args.again)
         if result is None:
             python = args.trl_python if side == "trl" else sys.executable
             argv = [a for a in sys.argv[1:] if a != "--again"]

@@ -40,6 +40,11 @@ def test_the_zppo_side_runs_its_steps_reports_and_is_kept(tiny_model, tmp_path):
     assert again.returncode == 0 and "vs_trl.py: zppo ..." not in again.stdout and "| zppo |" in again.stdout
     changed = run(*flags[:-1], "--old-logprobs", "all", "--no-bf16")  # another setting: run again
     assert changed.returncode == 0 and "vs_trl.py: zppo ..." in changed.stdout
+    forced = run(*flags, "--no-share-prompts", "--again")  # run anew on request, then the table
+    assert forced.returncode == 0, forced.stderr[-3000:]
+    assert "vs_trl.py: zppo ..." in forced.stdout and "| zppo |" in forced.stdout
+    with open(out / "zppo.json") as f:
+        assert json.load(f)["settings"]["share_prompts"] is False
 
 
 def test_without_trl_its_side_says_what_to_install(tiny_model, tmp_path):
