@@ -14,8 +14,8 @@ closing lines count the mechanism: all-wrong groups, those a BCQ/NCQ turned into
 Simplifications, for a CPU: bf16 autocast only where the CPU multiplies bf16 natively (fp32 elsewhere, with
 fewer default steps); 32-token answers; micro-batches of 8; torch's large blocks on huge pages, oneDNN's
 kernel cache kept small, and freed memory handed back to the OS between phases (memory: 3.4-4 GiB,
-measured). The same seed gives
-the same numbers on the same machine; other CPUs (other kernels, other rounding) give other numbers.
+measured). The same seed gives the same numbers on the same machine; other CPUs (other kernels, other
+rounding) give other numbers.
 """
 import argparse
 import ctypes
