@@ -229,10 +229,15 @@ def shares_prompts(model):
             and window is None and not any(hasattr(config, k) for k in ("text_config", "vision_config")))
 
 
+def shared(seqs, share):
+    """Whether a pass over `seqs` shares prompts (shared_batch): asked for, and no row with images."""
+    return share and all(getattr(s, "vision", None) is None for s in seqs)
+
+
 def pass_tokens(seqs, share):
     """How many tokens a teacher-forced pass over `seqs` runs, padding left out: each prompt once per pass
     with `share` (shared_batch, for rows without images), once per response otherwise."""
-    if share and all(getattr(s, "vision", None) is None for s in seqs):
+    if shared(seqs, share):
         return sum(len(p) for p in {tuple(s.prompt_ids) for s in seqs}) + sum(len(s.token_ids) for s in seqs)
     return sum(len(s.prompt_ids) + len(s.token_ids) for s in seqs)
 
@@ -294,7 +299,7 @@ def response_logprobs(model, seqs, temperature, pad_id, entropy=False, chunk_tok
     entropy (B, R) or None. The head's forward is ChunkedHead for the length of this call: it returns
     (B, R, 2) [log-prob, entropy] in place of logits. `share`: responses to one prompt share its pass
     (shared_batch; for models where shares_prompts, and rows without images)."""
-    share = share and all(getattr(s, "vision", None) is None for s in seqs)
+    share = shared(seqs, share)
     if share:
         inputs, mask, where = shared_batch(model, seqs, pad_id)
         B, R = mask.shape
