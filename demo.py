@@ -50,7 +50,7 @@ from rollout import chat_prompt_ids
 def format_primer(model, tokenizer, examples, epochs=1, batch_size=16, lr=1e-4, bf16=True):
     """Supervised warm-up on (plain prompt, worked solution) pairs; only the response tokens are learned.
     `bf16`: under bf16 autocast (bf16=False: fp32, for CPUs without bf16 matrix instructions)."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, fused=True)
     model.train()
     # recompute activations in the backward: a batch of 16 keeps ~3 GiB of them in fp32 otherwise (measured
     # peak 5.6 GiB for the primer without; same numbers with)
@@ -160,9 +160,13 @@ def primed_smollm2(primer, bf16=True):
     return model, tokenizer, loss
 
 
-def heldout_accuracy(model, tokenizer, examples):
-    """Greedy pass@1 on the held-out split: one number, no sampling noise."""
-    engine = TransformersEngine(model, tokenizer, max_batch_size=128)
+def heldout_accuracy(model, tokenizer, examples, bf16=True):
+    """Greedy pass@1 on the held-out split: one number, no sampling noise. `bf16`: under bf16 autocast, as
+    the rollouts run (17 s against 27-31 s in fp32 on 2 cores; measured)."""
+    def context():
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+
+    engine = TransformersEngine(model, tokenizer, max_batch_size=128, context=context)
     return evaluate(engine, examples, samples=1, max_new_tokens=32, temperature=0.0,
                     presence_penalty=0.0)["accuracy"]
 
@@ -228,7 +232,7 @@ def main():
     write_jsonl(rl_path, rl)
 
     model, tokenizer, _ = primed_smollm2(primer, bf16=bf16)
-    primed = heldout_accuracy(model, tokenizer, test)
+    primed = heldout_accuracy(model, tokenizer, test, bf16)
     model.save_pretrained(student)
     tokenizer.save_pretrained(student)
     del model
@@ -244,7 +248,7 @@ def main():
     release_memory()
     final = os.path.join(cfg.out_dir, "checkpoints", f"step_{cfg.steps:06d}")
     model, tokenizer = load_model(final)
-    after = heldout_accuracy(model, tokenizer, test)
+    after = heldout_accuracy(model, tokenizer, test, bf16)
 
     with open(os.path.join(cfg.out_dir, "metrics.jsonl")) as f:
         metrics = [json.loads(line) for line in f]

@@ -4,11 +4,13 @@ own preparation (train.prepare_student: FSDP2 shards, DDP, or neither) and updat
 zppo.ppo_update); the main process writes what is compared.
 
     python tests/dist_update.py MODEL OUT.json [--fsdp] [--images PNG ...] [--image-every N] [--bf16]
-                                               [--skip-zero-adv]
+                                               [--skip-zero-adv] [--group-prompts] [--share]
 
 OUT.json: the update's metrics, each weight's sum and sum of squares after it, the number of trainer passes
 (forwards through logprobs.response_logprobs) of every rank, and the dtypes RoPE's inv_freq had inside the
 forward passes.
+--group-prompts: a group's 4 episodes answer one prompt (the same ids); --share: their responses share its
+pass in the update (--share-prompts), where the model allows it (logprobs.shares_prompts).
 """
 import argparse
 import json
@@ -25,6 +27,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedDataParallelKwargs, gather_object
 
+import logprobs
 import models
 import rollout
 import train
@@ -33,15 +36,17 @@ from logprobs import unwrap
 from zppo import Episode
 
 
-def step_batch(tokenizer, images, every):
+def step_batch(tokenizer, images, every, group_prompts=False):
     """22 episodes of 3-14 response tokens in groups of 4 with nonzero advantages (and a few of A = 0), every
-    `every`-th one with an image when `images` (paths) are given: the same on every rank."""
+    `every`-th one with an image when `images` (paths) are given: the same on every rank. `group_prompts`: a
+    group's episodes answer one prompt, as a step's rollouts do."""
     gen = random.Random(1)
     vocab = [i for i in range(40, 300)]
     eps = []
     for k in range(22):
         image = images[k % len(images)] if images and k % every == 0 else None
-        prompt = {"text": f"question {k}", "images": [image]} if image else f"question {k}"
+        text = f"question {k // 4 if group_prompts else k}"
+        prompt = {"text": text, "images": [image]} if image else text
         ids, vision = rollout.encode_prompt(tokenizer, prompt)
         tokens = [gen.choice(vocab) for _ in range(3 + k % 12)]
         adv = 0.0 if k % 7 == 3 else gen.uniform(-1.5, 1.5)
@@ -60,6 +65,8 @@ def main():
     parser.add_argument("--skip-zero-adv", action="store_true")
     parser.add_argument("--old-logprobs", default="all", choices=["all", "needed"])
     parser.add_argument("--image-every", type=int, default=3)
+    parser.add_argument("--group-prompts", action="store_true")
+    parser.add_argument("--share", action="store_true")
     args = parser.parse_args()
 
     cfg = SimpleNamespace(text_only=False, freeze_vision=False, image_min_pixels=32 * 32,
@@ -71,7 +78,8 @@ def main():
                       kwargs_handlers=[ddp])
     torch.manual_seed(0)
     model, tokenizer, optimizer = train.prepare_student(cfg, args.model, acc, bool(args.images))
-    eps = step_batch(tokenizer, args.images, args.image_every)
+    eps = step_batch(tokenizer, args.images, args.image_every, args.group_prompts)
+    share = args.share and logprobs.shares_prompts(model)
 
     passes, inv_freq = [0], set()
     counted = zppo.response_logprobs
@@ -86,9 +94,12 @@ def main():
             m.register_forward_hook(lambda mod, i, o: inv_freq.add(str(mod.inv_freq.dtype)))
 
     plan = zppo.plan_minibatches(eps, 3, random.Random(0), acc.process_index, acc.num_processes,
-                                 args.skip_zero_adv, args.old_logprobs == "all")
-    old, entropy, _ = zppo.old_logprobs(model, eps, plan, 1.0, 2, tokenizer.pad_token_id, acc)
-    metrics, first = zppo.ppo_update(model, optimizer, acc, eps, plan, old, 1.0, 2, tokenizer.pad_token_id)
+                                 args.skip_zero_adv, args.old_logprobs == "all", share)
+    old, entropy, ran = zppo.old_logprobs(model, eps, plan, 1.0, 2, tokenizer.pad_token_id, acc, share)
+    metrics, first = zppo.ppo_update(model, optimizer, acc, eps, plan, old, 1.0, 2, tokenizer.pad_token_id,
+                                     share=share)
+    metrics["tokens/forward"] = int(zppo.reduce_sum(acc, [ran])[0])
+    metrics["shared"] = int(share)
     metrics["policy/entropy"] = zppo.mean_entropy(acc, entropy, first)
     weights = models.model_state(model, acc)
     counts = gather_object([passes[0]]) if acc.num_processes > 1 else passes

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+import device
 import train
 from device import (
     GIB,
@@ -48,6 +49,25 @@ def test_a_cpu_peak_is_measured_once_without_touching_the_run_s_random_state():
     assert torch.equal(torch.get_rng_state(), before)  # a resumed run samples as the straight one did
     assert 1e8 < peak < 1e14 and "CPU" in source and "float32" in source
     assert cpu_peak(torch.float32, torch.get_num_threads()) == peak  # measured once per setting
+
+
+def test_the_cpu_probe_keeps_its_fastest_window(monkeypatch):
+    # a clock where the first of the 5 windows runs 10x slower (the OS took the cores meanwhile): the peak is
+    # the undisturbed windows' rate, not the average that one disturbed window drags down
+    class Clock:
+        now, ticks = 0.0, 0
+
+        def perf_counter(self):
+            self.ticks += 1
+            self.now += 0.01 if self.ticks <= 6 else 0.001
+            return self.now
+
+    monkeypatch.setattr(device, "time", Clock())
+    peak = cpu_peak.__wrapped__(torch.float32, 1, seconds=0.05, size=64)
+    per_call = 2 * 64 ** 3
+    # undisturbed: a matmul per 0.001 s tick (less the window's own clock readings); one window of it all
+    # would read under a tenth of that
+    assert 0.7 * per_call / 0.001 < peak <= per_call / 0.001
 
 
 def test_flop_parameters_leave_out_an_input_embedding_that_is_not_the_head():

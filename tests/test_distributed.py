@@ -141,6 +141,33 @@ def test_an_update_without_the_unneeded_log_prob_pass_is_the_same_on_two_ranks(t
                        rel=5e-4)
 
 
+def test_prompt_sharing_gives_the_same_update_on_one_process_under_ddp_and_under_fsdp(tiny_dense, tmp_path):
+    """--share-prompts on a dense text student (every layer full attention through SDPA): a group's
+    rollouts answer one prompt and share its pass. On two ranks each rank takes a contiguous run in prompt
+    order (zppo.plan_minibatches); the weights, loss and clip fractions are those of one process without
+    sharing, under DDP and FSDP. The tokens run differ with the micro-batches each layout forms, and are
+    fewer than without sharing."""
+    flags = ["--skip-zero-adv", "--group-prompts"]
+    plain = update(tiny_dense, tmp_path / "plain.json", *flags)
+    single = update(tiny_dense, tmp_path / "single.json", *flags, "--share")
+    assert single["metrics"]["shared"] == 1 and plain["metrics"]["shared"] == 0
+    assert single["metrics"]["tokens/update"] < plain["metrics"]["tokens/update"]
+    assert single["metrics"]["tokens/forward"] < plain["metrics"]["tokens/forward"]
+    measured = {"tokens/update", "tokens/forward"}
+    for key, value in plain["metrics"].items():
+        if key not in measured | {"shared"}:
+            assert single["metrics"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+    for name, sums in plain["weights"].items():  # AdamW's first steps amplify rounding: as between layouts
+        assert single["weights"][name] == pytest.approx(sums, rel=5e-4, abs=1e-4), name
+    for flag in ([], ["--fsdp"]):
+        got = update(tiny_dense, tmp_path / f"two{flag}.json", *flags, "--share", *flag, nproc=2)
+        assert got["metrics"]["shared"] == 1
+        assert got["metrics"]["tokens/update"] < plain["metrics"]["tokens/update"]
+        for key in measured:
+            got["metrics"][key] = single["metrics"][key]
+        assert_same_update(got, single, rel=5e-4)
+
+
 def test_fsdp_mixed_precision_keeps_rope_buffers_in_fp32(tiny_model, tmp_path):
     """bf16 compute under FSDP: the parameters are cast for the forward, RoPE's inv_freq is not (a bf16
     inv_freq puts positions of 1k-12k tokens off by radians)."""
