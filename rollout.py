@@ -422,6 +422,11 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()
         self._doze()
 
+    def close(self):
+        """Shut the engine down now (train.close_engines, before the process group goes); vLLM's exit
+        handler then has nothing left to do."""
+        self.llm.llm_engine.engine_core.shutdown()
+
     def generate(self, prompts, n=1, max_new_tokens=256, temperature=1.0, top_p=1.0, top_k=0,
                  presence_penalty=0.0, response_prefixes=None, thinking=None):
         params = vllm_sampling_params(n, max_new_tokens, temperature, top_p, top_k, presence_penalty,

@@ -318,7 +318,7 @@ def finish_step(cfg, run, step, metrics, episodes, helped, nonfinite_steps, bar)
         checkpoint.save(cfg, step, run.model, run.tokenizer, run.optimizer, run.buffer, run.data_pos, run.rng,
                         run.accelerator)
     if stop:  # the skipped updates kept the weights finite: the checkpoint above holds the last good ones
-        end_training(run.accelerator)  # every rank stops here: the step metrics are global
+        end_training(run)  # every rank stops here: the step metrics are global
         raise SystemExit(f"step {step}: stopping after {nonfinite_steps} rollout steps in a row whose update "
                          "had a NaN or inf loss or gradient (skipped, weights unchanged; see "
                          f"train/skipped_nonfinite in {run.log_path}); try a lower --lr, or --resume "
@@ -339,7 +339,7 @@ def stop_when_asked(cfg, run, step, saved, request):
     if run.accelerator.is_main_process:
         print(f"train.py: stopped as asked ({request.reason()}) at step {step}, its checkpoint saved; "
               f"continue with --resume {cfg.out_dir}", file=sys.stderr, flush=True)
-    end_training(run.accelerator)
+    end_training(run)
     raise SystemExit(REQUEUE)
 
 
@@ -468,18 +468,28 @@ def train_loop(cfg, run, request):
         if request.asked(run.accelerator):
             stop_when_asked(cfg, run, step, saved == step, request)
     run.meter.close()
-    end_training(run.accelerator)
+    end_training(run)
     return run.log_path
 
 
-def end_training(accelerator):
+def close_engines(run):
+    """The in-process vLLM engines shut down while the process group they joined still exists: their
+    teardown destroys vLLM's groups, and left to vLLM's exit handler, after accelerate had destroyed the
+    world's, it failed with "Invalid process group specified" at the end of every run. Twice is harmless."""
+    for engine in (run.student, run.teacher):
+        if hasattr(engine, "close"):  # only an engine that holds resources of its own has one
+            engine.close()
+
+
+def end_training(run):
     """accelerate's end_training (trackers, then the process group) once every rank is past its last
     collective: gloo's workers drop a finished one's tensors only with the GIL, and a group destroyed
     meanwhile waits for them holding it (CPU ranks hung at exit in about one run in five)."""
-    if accelerator.num_processes > 1:
+    if run.accelerator.num_processes > 1:
         torch.distributed.barrier()
         time.sleep(0.2)  # the GIL released: workers finish dropping what the barrier waited for
-    accelerator.end_training()
+    close_engines(run)
+    run.accelerator.end_training()
 
 
 def main(cfg):
@@ -489,13 +499,17 @@ def main(cfg):
     validate(cfg, known)  # flags, the output folder, then the data: all before any model loads
     # one process writes a run folder: the main process holds OUT/lock until it exits, however it exits
     lock = checkpoint.take_lock(cfg.out_dir) if os.environ.get("RANK", "0") == "0" else None
+    run = None
     try:
         if cfg.resume:  # the run continues as it was, but for the flags given: what config.json records
             checkpoint.continue_config(cfg)
         memory_check(cfg)  # on a GPU: a layout that cannot fit stops here
         with StopRequest(cfg.out_dir) as request:  # a scheduler's signal: stop with a checkpoint
-            return train_loop(cfg, setup(cfg), request)
+            run = setup(cfg)
+            return train_loop(cfg, run, request)
     finally:
+        if run is not None:  # a crash too: the engines before the process group
+            close_engines(run)
         checkpoint.release_lock(lock)
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()

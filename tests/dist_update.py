@@ -110,7 +110,7 @@ def main():
             json.dump({"metrics": metrics, "passes": counts, "inv_freq": sorted(inv_freq), "steps": steps,
                        "weights": {k: [v.double().sum().item(), v.double().square().sum().item()]
                                    for k, v in sorted(weights.items())}}, f)
-    train.end_training(acc)
+    train.end_training(SimpleNamespace(accelerator=acc, student=None, teacher=None))
 
 
 if __name__ == "__main__":

@@ -66,7 +66,8 @@ class LLM:
                 model_runner=runner))),
             model_config=SimpleNamespace(dtype=next(self.model.parameters()).dtype,
                                          max_model_len=kwargs.get("max_model_len")
-                                         or self.model.config.get_text_config().max_position_embeddings))
+                                         or self.model.config.get_text_config().max_position_embeddings),
+            engine_core=SimpleNamespace(shutdown=lambda: self.events.append("shutdown")))
         LLM.instances.append(self)
 
     def collective_rpc(self, method, kwargs=None):

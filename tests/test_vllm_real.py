@@ -119,6 +119,9 @@ def test_train_on_vllm_stays_in_sync_for_three_steps(dense, tmp_path):
                                                                       for m in metrics]
     assert all(m["train/grad_norm"] > 0 for m in metrics)  # the weights really changed between steps
     assert "engine and trainer log-probs differ" not in out
+    # the engine shut down before the process group went (train.close_engines): before, vLLM's exit handler
+    # failed after every run with "ValueError: Invalid process group specified"
+    assert "Traceback" not in out and "Invalid process group" not in out, out[-3000:]
 
 
 def test_the_default_context_stays_within_the_model_s_positions(dense, tmp_path):
@@ -140,6 +143,7 @@ def test_eval_on_vllm(dense, tmp_path):
                     "--limit", "6", "--max-new-tokens", "8", "--vllm-gpu-memory-utilization", "0.15",
                     "--out", str(summary))
     assert code == 0, out[-3000:]
+    assert "Traceback" not in out, out[-3000:]  # vLLM's exit handler too
     with open(summary) as f:
         result = json.load(f)["benchmarks"]["arithmetic"]
     assert result["questions"] == 6 and 0.0 <= result["accuracy"] <= 1.0
