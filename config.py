@@ -194,8 +194,9 @@ class Config:
     vllm_gpu_memory_utilization: float = arg(0.3, "share of the GPU the colocated vLLM engine may take (on "
                                                   "CPU: of the machine's memory; 0.1-0.3 there)")
     vllm_dtype: Literal["auto", "bfloat16", "float32"] = arg(
-        "auto", "vLLM's weights and compute: auto = bfloat16 on GPU, float32 on CPU (the trainer's precision "
-                "there, so the sync check stays tight) [our default]")
+        "auto", "vLLM's weights and compute: auto = bfloat16 on GPU; on CPU the trainer's precision "
+                "(bfloat16 under --mixed-precision bf16, else float32), so the sync check stays tight [our "
+                "default]")
     vllm_sleep: bool = arg(False, "release vLLM's memory between generations (one tight GPU; not on CPU)")
     teacher_sleep: bool = arg(True, "an in-process vLLM teacher releases its memory between its calls (GPU "
                                     "only) [our default: it is used in bursts, and awake it would not leave "

@@ -276,7 +276,8 @@ def prepare_student(cfg, path, accelerator, images=False):
 def build_engines(cfg, accelerator, model, tokenizer, model_path):
     """The student's rollout engine and the teacher (None for 'gold' or none), sharded over processes."""
     cfg.engine = pick_engine(cfg.engine, accelerator.device)
-    dtype, context = vllm_dtype(cfg.vllm_dtype, accelerator.device), max_model_len(cfg)
+    dtype = vllm_dtype(cfg.vllm_dtype, accelerator.device, cfg.mixed_precision)
+    context = max_model_len(cfg)
     text = accelerator.unwrap_model(model).config.get_text_config()
     if cfg.max_model_len is None and getattr(text, "max_position_embeddings", None):
         # the derived default never past the model's own positions (vLLM refuses it: SmolLM2 holds 8,192)

