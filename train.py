@@ -508,9 +508,9 @@ def main(cfg):
             run = setup(cfg)
             return train_loop(cfg, run, request)
     finally:
+        checkpoint.release_lock(lock)  # first: whatever the engines' teardown does, the folder is free
         if run is not None:  # a crash too: the engines before the process group
             close_engines(run)
-        checkpoint.release_lock(lock)
         if torch.distributed.is_initialized():
             torch.distributed.destroy_process_group()
 
